@@ -1,0 +1,43 @@
+# One-command set-up, tests and demo. Everything runs inside .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYTHONHASHSEED := 0
+
+.PHONY: setup test test-all lint format demo bench gpu-check tables clean
+
+setup: $(VENV)/.installed  ## create .venv with the right torch and the package (editable, dev + cluster extras)
+
+$(VENV)/.installed: pyproject.toml scripts/install_torch.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	PYTHON=$(PY) bash scripts/install_torch.sh
+	$(PY) -m pip install --quiet -e ".[dev,cluster]"
+	$(PY) -c "import torch, triton, hydra, wandb, datasets, torchmetrics; print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.cuda.is_available())"
+	touch $@
+
+test: setup  ## the whole CPU test suite (Triton kernels under TRITON_INTERPRET=1)
+	$(PY) -m pytest tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+demo: setup  ## ListOps run sized for a 2-core CPU (< 15 min); summary in results/demo/
+	$(PY) run.py experiment=demo_listops
+
+bench: setup
+	$(PY) scripts/bench_surnn.py
+
+gpu-check: setup
+	bash scripts/gpu_check.sh
+
+tables: setup
+	$(PY) scripts/make_tables.py outputs/
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

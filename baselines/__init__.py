@@ -1,0 +1,3 @@
+"""Baseline mixers. Importing this package registers them with ``surnn.registry.MIXERS``."""
+
+from baselines import rnn  # noqa: F401

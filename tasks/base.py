@@ -1,0 +1,219 @@
+"""The Task interface, the padded batch format and memory-mapped sequence caches.
+
+A batch is a dict:
+  ``x``: LongTensor [B, L] (token ids, 0 = padding) or FloatTensor [B, L, C] (values),
+  ``lengths``: LongTensor [B] (valid positions; padding is never inferred from values),
+  ``y``: LongTensor [B];
+  dual tasks (Retrieval) add ``x2`` and ``lengths2``.
+Caches live under ``<data_dir>/cache/<task>/<key>/`` where the key hashes every option
+that changes the arrays, so two settings never share a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from surnn.errors import DataError
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    collate: Callable[[list], dict[str, torch.Tensor]]
+
+
+class Task:
+    """A classification task over sequences. Subclasses set the attributes below
+    (in ``__init__`` when they depend on options) and implement ``splits``."""
+
+    name: str = "task"
+    n_classes: int = 2
+    input_kind: Literal["tokens", "values"] = "tokens"
+    vocab_size: int | None = None  # tokens: ids in [0, vocab_size), 0 = padding
+    input_dim: int | None = None  # values: channels per position
+    max_len: int = 0
+    dual: bool = False
+
+    def __init__(self, data_dir: str | os.PathLike, **options: Any):
+        self.data_dir = Path(data_dir).expanduser()
+        self.options = options
+
+    def splits(self) -> Splits:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What a run records about its data (lengths, vocabulary, sizes)."""
+        return {
+            "name": self.name,
+            "n_classes": self.n_classes,
+            "input_kind": self.input_kind,
+            "vocab_size": self.vocab_size,
+            "input_dim": self.input_dim,
+            "max_len": self.max_len,
+            "dual": self.dual,
+        }
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+class SequenceDataset(Dataset):
+    """Variable-length sequences stored flat: ``seq i = data[offsets[i]:offsets[i+1]]``.
+
+    ``data`` may be a memory-mapped uint8/int16 array; items are returned as numpy
+    arrays and converted to tensors only in the collate function.
+    """
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray, labels: np.ndarray):
+        if len(offsets) != len(labels) + 1:
+            raise ValueError("offsets must have one more entry than labels")
+        self.data, self.offsets, self.labels = data, offsets, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+        return self.data[a:b], int(self.labels[i])
+
+
+class FixedDataset(Dataset):
+    """Fixed-length examples ``data[i]`` ([L] tokens or [L, C] values) with labels."""
+
+    def __init__(self, data: np.ndarray, labels: np.ndarray):
+        self.data, self.labels = data, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return self.data[i], int(self.labels[i])
+
+
+class Subset(Dataset):
+    """Index view of a dataset (split indices are stored in the cache)."""
+
+    def __init__(self, base: Dataset, indices: np.ndarray):
+        self.base, self.indices = base, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[int(self.indices[i])]
+
+
+# ----------------------------------------------------------------------------- collate
+
+
+def _pad(seqs: Sequence[np.ndarray], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    L = int(lengths.max()) if len(seqs) else 0
+    tail = tuple(np.asarray(seqs[0]).shape[1:]) if len(seqs) else ()
+    out = torch.zeros((len(seqs), L, *tail), dtype=dtype)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.from_numpy(np.asarray(s).astype(np.int64 if dtype == torch.long else np.float32))
+    return out, lengths
+
+
+def make_collate(
+    input_kind: Literal["tokens", "values"],
+    dual: bool = False,
+    value_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Callable[[list], dict[str, torch.Tensor]]:
+    """Right-pad a list of ``(seq, label)`` (or ``(seq1, seq2, label)``) into a batch.
+
+    Tokens become LongTensor [B, L]; values become FloatTensor [B, L, C] (a 1-D sequence
+    gets C = 1) after ``value_transform`` (e.g. uint8 pixels -> normalised scalars).
+    """
+    dtype = torch.long if input_kind == "tokens" else torch.float32
+
+    def encode(seqs):
+        x, lengths = _pad(seqs, dtype)
+        if input_kind == "values":
+            if x.dim() == 2:
+                x = x.unsqueeze(-1)
+            if value_transform is not None:
+                x = value_transform(x)
+        return x, lengths
+
+    def collate(items: list) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {}
+        batch["x"], batch["lengths"] = encode([it[0] for it in items])
+        if dual:
+            batch["x2"], batch["lengths2"] = encode([it[1] for it in items])
+        batch["y"] = torch.tensor([int(it[-1]) for it in items], dtype=torch.long)
+        return batch
+
+    return collate
+
+
+# ----------------------------------------------------------------------------- caches
+
+
+def cache_key(options: dict[str, Any]) -> str:
+    """Stable short hash of every option that changes the cached arrays."""
+    blob = json.dumps(options, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def cache_dir(data_dir: str | os.PathLike, task: str, options: dict[str, Any]) -> Path:
+    return Path(data_dir).expanduser() / "cache" / task / cache_key(options)
+
+
+def write_cache(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Write arrays as .npy plus ``meta.json`` atomically (a temp folder renamed into
+    place), so an interrupted preparation never leaves a half-written cache."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for k, v in arrays.items():
+        np.save(tmp / f"{k}.npy", v)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def read_cache(path: Path, names: Sequence[str]) -> tuple[dict[str, np.ndarray], dict] | None:
+    """Memory-map a cache written by ``write_cache``; None when absent or incomplete."""
+    path = Path(path)
+    if not (path / "meta.json").exists():
+        return None
+    try:
+        arrays = {k: np.load(path / f"{k}.npy", mmap_mode="r") for k in names}
+    except (OSError, ValueError) as e:
+        raise DataError(
+            f"cache {path} is corrupt ({e}); delete that folder and rerun to rebuild it"
+        ) from e
+    return arrays, json.loads((path / "meta.json").read_text())
+
+
+def pack_sequences(seqs: Sequence[np.ndarray], dtype=np.int16) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate variable-length sequences into (flat data, offsets)."""
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(s) for s in seqs])
+    data = np.concatenate([np.asarray(s, dtype=dtype) for s in seqs]) if seqs else np.zeros(0, dtype)
+    return data, offsets
+
+
+def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Split ``range(n)`` by a fixed seed (indices are stored with the cache)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    cuts = np.cumsum([int(round(f * n)) for f in fractions[:-1]])
+    return [np.sort(p) for p in np.split(perm, cuts)]
