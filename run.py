@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Train and test any registered model on any task.
+
+    python run.py task=listops model=surnn
+    python run.py task=listops model=lstm trainer=smoke
+    python run.py -m task=listops,image model=surnn,s4d seed=0,1,2 hydra/launcher=slurm
+    python run.py experiment=demo_listops
+
+The run folder (``outputs/<run_id>``) gets config.yaml, metrics.jsonl, checkpoints/ and
+results.json. Rerunning with the same ``run_id=...`` resumes from checkpoints/last.pt.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from surnn.cli import check_overrides
+from surnn.errors import HarnessError
+
+log = logging.getLogger("run")
+
+
+def _fail(e: HarnessError) -> None:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from surnn.train.run import train
+
+    try:
+        results = train(cfg, HydraConfig.get().runtime.output_dir)
+    except HarnessError as e:
+        _fail(e)
+    log.info(
+        "done: best val acc %.4f (step %d), test acc %.4f -> %s/results.json",
+        results["best_val_acc"], results["best_step"], results["test_acc"],
+        HydraConfig.get().runtime.output_dir,
+    )
+    return results["best_val_acc"]
+
+
+if __name__ == "__main__":
+    try:
+        check_overrides(sys.argv[1:])
+    except HarnessError as e:
+        _fail(e)
+    main()

@@ -1,0 +1,1 @@
+"""Trainer, checkpoints, metrics and loggers shared by every model and task."""
