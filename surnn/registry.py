@@ -65,7 +65,7 @@ class Registry:
 
 
 MIXERS = Registry("model", modules=("surnn.layer", "baselines"))
-TASKS = Registry("task", modules=("tasks",))
+TASKS = Registry("task", modules=("tasks.all",))
 
 register_mixer = MIXERS.register
 register_task = TASKS.register

@@ -14,6 +14,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
+def _own_generator() -> torch.Generator:
+    """Each loader iterator draws a worker base seed; from its own generator, so that
+    making a loader never moves the global RNG (dropout masks after a resume stay the
+    same as in an uninterrupted run)."""
+    return torch.Generator().manual_seed(0)
+
+
 class ResumableBatchSampler(Sampler[list[int]]):
     """Endless seeded batches starting at global batch index ``start``.
 
@@ -54,6 +61,7 @@ def train_loader(ds: Dataset, sampler: ResumableBatchSampler, collate, num_worke
         num_workers=num_workers,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
+        generator=_own_generator(),
     )
 
 
@@ -78,4 +86,5 @@ def eval_loader(ds: Dataset, batch_size: int, collate, num_workers: int, rank=0,
         drop_last=False,
         collate_fn=collate,
         num_workers=num_workers,
+        generator=_own_generator(),
     )
