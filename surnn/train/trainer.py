@@ -3,7 +3,8 @@
 AdamW with parameter groups from optimizer hints, linear warmup + cosine decay, gradient
 clipping and accumulation, bf16 autocast on GPU, DDP under torchrun, periodic validation,
 test at the best-validation checkpoint over every example, exact resume from
-``checkpoints/last.pt`` (also written on SIGTERM/SIGUSR1, for SLURM preemption).
+``checkpoints/last.pt`` (also written on SIGTERM/SIGUSR1/SIGUSR2, for SLURM preemption;
+the signal is then handed on, e.g. to submitit, which requeues the job).
 """
 
 from __future__ import annotations
@@ -318,7 +319,7 @@ class Trainer:
 
     def fit(self) -> None:
         self._prev_handlers = {}
-        for s in (signal.SIGTERM, signal.SIGUSR1):
+        for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
             with contextlib.suppress(ValueError):  # not the main thread
                 self._prev_handlers[s] = signal.signal(s, self._on_signal)
         self.try_resume()

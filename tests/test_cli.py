@@ -1,0 +1,127 @@
+"""End to end through run.py, as a user runs it: smoke runs, clear errors, kill -9 resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "task.options.generate.n_train=64",
+    "task.options.generate.n_val=20",
+    "task.options.generate.n_test=21",
+    "task.options.generate.min_length=10",
+    "task.options.generate.max_length=60",
+    "task.options.generate.max_depth=3",
+    "task.options.max_len=64",
+    "logger=none",
+]
+RESULT_FIELDS = {
+    "task", "model", "seed", "best_val_acc", "best_step", "test_acc", "test_majority_class",
+    "flops_per_seq", "flops_per_seq_dense", "update_rate", "params", "train_time_s",
+    "eval_time_s", "step_time_s", "tokens_per_s", "peak_memory_bytes", "device", "git_commit",
+    "command", "date", "data", "split_sizes",
+}
+
+
+def run(args, tmp, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), f"data_dir={tmp / 'data'}", f"output_dir={tmp / 'out'}", *args],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=kw.get("timeout", 300),
+    )
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.mark.parametrize("model", ["surnn", "lstm"])
+def test_smoke_run_writes_every_result_field(tmp, model):
+    p = run(["task=listops", f"model={model}", "trainer=smoke", f"run_id=smoke-{model}", *TINY], tmp)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp / "out" / f"smoke-{model}" / "results.json").read_text())
+    assert RESULT_FIELDS <= res.keys(), RESULT_FIELDS - res.keys()
+    assert res["task"] == "listops" and res["model"] == model and res["steps"] == 4
+    assert res["test_examples"] == 21 and res["split_sizes"] == {"train": 64, "val": 20, "test": 21}
+    assert res["flops_per_seq"] > 0 and res["flops_per_seq_dense"] >= res["flops_per_seq"]
+    if model == "surnn":
+        assert 0.0 < res["update_rate"]["layer0"] < 1.0
+    lines = [json.loads(l) for l in (tmp / "out" / f"smoke-{model}" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "val/acc" in r] == [2, 4]
+    assert (tmp / "out" / f"smoke-{model}" / "checkpoints" / "best.pt").exists()
+
+
+def test_unknown_model_is_one_clear_line(tmp):
+    p = run(["model=nope"], tmp, timeout=60)
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1, p.stderr
+    assert "unknown model 'nope'" in err[0] and "lstm" in err[0] and "surnn" in err[0]
+
+
+def test_bad_trainer_value_is_one_clear_line(tmp):
+    p = run(["trainer.max_steps=abc", "task=listops", "trainer=smoke", *TINY], tmp, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith("error: trainer.max_steps"), p.stderr
+
+
+def test_corrupt_listops_row_is_one_clear_line(tmp):
+    d = tmp / "corrupt" / "listops-1000"
+    d.mkdir(parents=True)
+    good = "( ( [MAX 2 ) 9 ) ]\t9\n"
+    for split in ("train", "val", "test"):
+        body = "Source\tTarget\n" + good * 8
+        if split == "train":
+            body += "( ( [MAX 2 ) 9 ) ]\tnine\n"
+        (d / f"basic_{split}.tsv").write_text(body)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), f"data_dir={tmp / 'corrupt'}", f"output_dir={tmp / 'out'}",
+         "task=listops", "trainer=smoke", "logger=none"],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert p.returncode == 2
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "basic_train.tsv" in last and "10" in last, p.stderr
+
+
+def test_kill_9_and_resume_matches_uninterrupted_run(tmp):
+    common = ["task=listops", "model=surnn", "trainer=smoke", "trainer.max_steps=16",
+              "trainer.ckpt_every=4", "trainer.eval_every=4", "trainer.max_train_examples=null",
+              "model.dropout=0.1", *TINY]
+    ref = run([*common, "run_id=straight"], tmp)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "run.py"), f"data_dir={tmp / 'data'}", f"output_dir={tmp / 'out'}",
+           *common, "run_id=killed"]
+    proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp / "out" / "killed" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and any(json.loads(l).get("step", 0) >= 10 for l in metrics.read_text().splitlines() if l.endswith("}")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp / "out" / "killed" / "results.json").exists()
+
+    resumed = run([*common, "run_id=killed"], tmp)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = json.loads((tmp / "out" / "straight" / "results.json").read_text())
+    b = json.loads((tmp / "out" / "killed" / "results.json").read_text())
+    for k in ("best_val_acc", "best_step", "test_acc", "steps", "update_rate"):
+        assert a[k] == b[k], k
+    assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-6)
+    steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
+    assert steps == sorted(steps), "metrics.jsonl has lines from the killed process past the checkpoint"
