@@ -125,3 +125,17 @@ def test_kill_9_and_resume_matches_uninterrupted_run(tmp):
     assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-6)
     steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
     assert steps == sorted(steps), "metrics.jsonl has lines from the killed process past the checkpoint"
+
+
+def test_torchrun_ddp_on_cpu_evaluates_every_example_once(tmp):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(ROOT / "run.py"),
+         f"data_dir={tmp / 'data'}", f"output_dir={tmp / 'out'}", "task=listops", "model=lstm",
+         "trainer=smoke", *TINY],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = [json.loads(r.read_text()) for r in (tmp / "out").glob("listops-lstm-*/results.json")]
+    assert len(runs) == 1, "both ranks must share one run folder"
+    assert runs[0]["world_size"] == 2 and runs[0]["test_examples"] == 21

@@ -109,6 +109,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     mcfg: BackboneConfig = checked(BackboneConfig, cfg.model, "model")
     rank, local, world = _ddp()
     device = resolve_device(str(cfg.device), local)
+    if world > 1:
+        # Ranks may resolve a time-stamped run_id a second apart: rank 0's folder wins.
+        shared = [str(run_dir)]
+        dist.broadcast_object_list(shared, src=0)
+        run_dir = shared[0]
+        if rank != 0:
+            logging.getLogger().setLevel(logging.WARNING)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed = int(cfg.seed)
