@@ -4,11 +4,27 @@ The paper's rhythm gate depends on time only:
     a[t, i] = b_i + sum_k alpha[i, k] * sin(omega_k * t + phi[i, k]),   g = Heaviside(a)
 so the set of open neurons at step t is the same for the whole batch and known before
 the sequence is read. Forward uses the hard step; backward uses a surrogate psi(a).
+
+Every gate returns ``(g, active)``: ``g`` the gate values ([T, H], or [B, T, H] for the
+input-dependent ``content`` gate) and ``active`` (bool, same shape) where the layer must
+compute the GRU update f: the open neurons, plus, when training the gate with a bounded
+surrogate (``triangle``/``rect`` of width w), the closed neurons with |a| < w (they get
+a gradient). With ``ste`` every neuron is active while the gate is trained.
+
+Kinds (``build_gate(kind=...)``): ``rhythm`` (the paper's), ``soft`` (sigmoid of the
+rhythm, no binarisation), ``random`` (a frozen random rhythm), ``interval`` (open every
+``period`` steps), ``open`` (always open: equals nn.GRU), ``content`` (threshold of a
+linear function of the input, per sample).
+
+``all_open()`` is a context manager under which every gate returns all ones (and every
+neuron active): the trainer counts dense-equivalent FLOPs with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,6 +33,21 @@ from surnn.errors import ConfigError
 from surnn.mixer import optim_hint
 
 SURROGATES = ("ste", "triangle", "rect")
+_FORCE_OPEN = [0]
+
+
+@contextlib.contextmanager
+def all_open():
+    """Within this context every gate returns all ones (used to count dense FLOPs)."""
+    _FORCE_OPEN[0] += 1
+    try:
+        yield
+    finally:
+        _FORCE_OPEN[0] -= 1
+
+
+def forced_open() -> bool:
+    return _FORCE_OPEN[0] > 0
 
 
 def surrogate_grad(a: torch.Tensor, kind: str, width: float) -> torch.Tensor:
@@ -47,14 +78,67 @@ class _Heaviside(torch.autograd.Function):
         return grad * surrogate_grad(a, ctx.kind, ctx.width), None, None
 
 
-def heaviside(a: torch.Tensor, surrogate: str = "triangle", width: float = 1.0) -> torch.Tensor:
-    """Hard step forward, surrogate gradient backward."""
+def _check_surrogate(surrogate: str, width: float) -> None:
     if surrogate not in SURROGATES:
         raise ConfigError(f"gate surrogate={surrogate!r}: expected one of {', '.join(SURROGATES)}")
+    if not width > 0:
+        raise ConfigError(f"gate width={width}: expected a positive surrogate width")
+
+
+def heaviside(a: torch.Tensor, surrogate: str = "triangle", width: float = 1.0) -> torch.Tensor:
+    """Hard step forward, surrogate gradient backward."""
+    _check_surrogate(surrogate, width)
     return _Heaviside.apply(a, surrogate, float(width))
 
 
-class RhythmGate(nn.Module):
+class Gate(nn.Module):
+    """Base class: ``forward(T, x=None) -> (g, active)``; see the module docstring."""
+
+    time_only: bool = True
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+
+    def gate(self, T: int, x: torch.Tensor | None, device, dtype):  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, T: int, x: torch.Tensor | None = None, device=None, dtype=None):
+        if forced_open():
+            shape = (T, self.hidden_size)
+            if not self.time_only and x is not None:
+                shape = (x.shape[0], T, self.hidden_size)
+            g = torch.ones(shape, device=device, dtype=dtype)
+            return g, torch.ones(shape, device=device, dtype=torch.bool)
+        return self.gate(T, x, device, dtype)
+
+
+class BinaryGate(Gate):
+    """A hard gate on a pre-activation ``a`` with a surrogate gradient."""
+
+    def __init__(self, hidden_size: int, surrogate: str = "triangle", width: float = 1.0):
+        super().__init__(hidden_size)
+        _check_surrogate(surrogate, float(width))
+        self.surrogate, self.width = surrogate, float(width)
+
+    def preactivation(self, T: int, x, device) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def gate(self, T, x, device, dtype):
+        a = self.preactivation(T, x, device)
+        g = heaviside(a, self.surrogate, self.width)
+        open_ = a > 0
+        if torch.is_grad_enabled() and a.requires_grad:
+            if self.surrogate == "ste":
+                active = torch.ones_like(open_)
+            else:
+                active = open_ | (a.abs() < self.width)
+        else:
+            active = open_
+        return (g if dtype is None else g.to(dtype)), active
+
+
+class RhythmGate(BinaryGate):
     """Learned per-neuron rhythm: a bias plus K sinusoids at shared frequencies.
 
     Args:
@@ -66,6 +150,7 @@ class RhythmGate(nn.Module):
         amplitude: initial alpha (per neuron and frequency).
         surrogate, width: surrogate gradient for the Heaviside step.
         lr: optional learning rate for the gate parameters (trainer parameter hint).
+        frozen: keep every gate parameter fixed (the ``random`` ablation).
     """
 
     def __init__(
@@ -80,42 +165,150 @@ class RhythmGate(nn.Module):
         surrogate: str = "triangle",
         width: float = 1.0,
         lr: float | None = None,
+        frozen: bool = False,
     ):
-        super().__init__()
+        super().__init__(hidden_size, surrogate, width)
         if not 0.0 < init_rate <= 1.0:
             raise ConfigError(f"gate init_rate={init_rate}: expected a value in (0, 1]")
         if n_freqs < 1:
             raise ConfigError(f"gate n_freqs={n_freqs}: expected at least 1")
-        self.hidden_size, self.n_freqs = hidden_size, n_freqs
-        self.surrogate, self.width = surrogate, float(width)
+        if not 0 < period_min <= period_max:
+            raise ConfigError(
+                f"gate period_min={period_min}, period_max={period_max}: expected "
+                "0 < period_min <= period_max (periods in steps)"
+            )
+        self.n_freqs = n_freqs
         periods = torch.logspace(math.log10(period_min), math.log10(period_max), n_freqs)
-        log_omega = torch.log(2 * math.pi / periods)
-        if learn_freqs:
-            self.log_omega = optim_hint(nn.Parameter(log_omega), lr=lr, weight_decay=0.0)
-        else:
-            self.register_buffer("log_omega", log_omega)
-        self.alpha = optim_hint(
-            nn.Parameter(torch.full((hidden_size, n_freqs), float(amplitude))), lr=lr, weight_decay=0.0
-        )
-        self.phi = optim_hint(
-            nn.Parameter(torch.rand(hidden_size, n_freqs) * 2 * math.pi), lr=lr, weight_decay=0.0
-        )
-        # With random phases the sinusoid sum is roughly normal with variance K*alpha^2/2,
-        # so this bias opens each neuron about init_rate of the time.
         sigma = abs(amplitude) * math.sqrt(n_freqs / 2)
         q = torch.special.ndtri(torch.tensor(min(init_rate, 1 - 1e-6))).item()
-        self.bias = optim_hint(nn.Parameter(torch.full((hidden_size,), sigma * q)), lr=lr, weight_decay=0.0)
+        # With random phases the sinusoid sum is roughly normal with variance K*alpha^2/2,
+        # so this bias opens each neuron about init_rate of the time.
+        init = {
+            "log_omega": torch.log(2 * math.pi / periods),
+            "alpha": torch.full((hidden_size, n_freqs), float(amplitude)),
+            "phi": torch.rand(hidden_size, n_freqs) * 2 * math.pi,
+            "bias": torch.full((hidden_size,), sigma * q),
+        }
+        for name, value in init.items():
+            learn = not frozen and (name != "log_omega" or learn_freqs)
+            if learn:
+                p = optim_hint(nn.Parameter(value), lr=lr, weight_decay=0.0)
+                self.register_parameter(name, p)
+            else:
+                self.register_buffer(name, value)
 
-    def preactivation(self, T: int, device=None, dtype=None) -> torch.Tensor:
-        """a: [T, H]."""
+    def preactivation(self, T: int, x=None, device=None, dtype=None) -> torch.Tensor:
+        """a: [T, H] (float32)."""
         t = torch.arange(T, device=device or self.alpha.device, dtype=torch.float32)
         omega = self.log_omega.float().exp()
         phase = t[:, None, None] * omega[None, None, :] + self.phi.float()[None]  # [T, H, K]
         a = self.bias.float() + (self.alpha.float()[None] * torch.sin(phase)).sum(-1)
         return a if dtype is None else a.to(dtype)
 
-    def forward(self, T: int, device=None, dtype=None) -> torch.Tensor:
-        """g: [T, H] in {0, 1} (surrogate gradient to the gate parameters)."""
-        a = self.preactivation(T, device)
-        g = heaviside(a, self.surrogate, self.width)
-        return g if dtype is None else g.to(dtype)
+
+class SoftGate(RhythmGate):
+    """Ablation: g = sigmoid(a / temperature) of the rhythm, no binarisation (dense)."""
+
+    def __init__(self, hidden_size: int, temperature: float = 1.0, **rhythm: Any):
+        super().__init__(hidden_size, **rhythm)
+        if not temperature > 0:
+            raise ConfigError(f"gate temperature={temperature}: expected a positive value")
+        self.temperature = float(temperature)
+
+    def gate(self, T, x, device, dtype):
+        g = torch.sigmoid(self.preactivation(T, None, device) / self.temperature)
+        return (g if dtype is None else g.to(dtype)), torch.ones_like(g, dtype=torch.bool)
+
+
+class IntervalGate(Gate):
+    """Ablation: neuron i is open when (t + offset_i) % period == 0 (rate 1/period).
+
+    ``stagger`` spreads the offsets over the neurons in contiguous classes (neuron i has
+    offset floor(i * period / H)), so each step updates one contiguous slab of about
+    H / period neurons; without it every neuron opens at the same steps.
+    """
+
+    def __init__(self, hidden_size: int, period: int = 3, stagger: bool = True):
+        super().__init__(hidden_size)
+        if int(period) < 1:
+            raise ConfigError(f"gate period={period}: expected an integer >= 1 (steps)")
+        self.period = int(period)
+        off = torch.arange(hidden_size) * self.period // max(hidden_size, 1) if stagger else None
+        self.register_buffer("offset", off if off is not None else torch.zeros(hidden_size).long())
+
+    def gate(self, T, x, device, dtype):
+        t = torch.arange(T, device=device or self.offset.device)
+        g = (t[:, None] + self.offset.to(t.device)[None]) % self.period == 0
+        return g.to(dtype or torch.float32), g
+
+
+class OpenGate(Gate):
+    """Ablation: always open; the layer equals torch.nn.GRU."""
+
+    def gate(self, T, x, device, dtype):
+        g = torch.ones(T, self.hidden_size, device=device, dtype=dtype or torch.float32)
+        return g, torch.ones_like(g, dtype=torch.bool)
+
+
+class ContentGate(BinaryGate):
+    """Ablation: input-dependent threshold gate, g[b, t] = Heaviside(W x[b, t] + c).
+
+    Per sample, so the active set differs across the batch: the fast paths compute the
+    union of active neurons over the batch at each step.
+    """
+
+    time_only = False
+
+    def __init__(
+        self,
+        hidden_size: int,
+        input_size: int,
+        init_rate: float = 0.5,
+        surrogate: str = "triangle",
+        width: float = 1.0,
+        lr: float | None = None,
+    ):
+        super().__init__(hidden_size, surrogate, width)
+        if not 0.0 < init_rate <= 1.0:
+            raise ConfigError(f"gate init_rate={init_rate}: expected a value in (0, 1]")
+        self.proj = nn.Linear(input_size, hidden_size)
+        nn.init.normal_(self.proj.weight, std=1.0 / math.sqrt(input_size))
+        q = torch.special.ndtri(torch.tensor(min(init_rate, 1 - 1e-6))).item()
+        nn.init.constant_(self.proj.bias, q)
+        for p in self.proj.parameters():
+            optim_hint(p, lr=lr, weight_decay=0.0)
+
+    def preactivation(self, T, x, device):
+        if x is None:
+            raise ConfigError("gate kind=content needs the layer input x")
+        return self.proj(x).float()
+
+
+GATES = ("rhythm", "soft", "random", "interval", "open", "content")
+
+
+def build_gate(hidden_size: int, input_size: int, options: dict[str, Any] | None) -> Gate:
+    """A gate from its config dict (``kind`` plus that kind's options)."""
+    opts = dict(options or {})
+    kind = opts.pop("kind", "rhythm")
+    try:
+        if kind == "rhythm":
+            return RhythmGate(hidden_size, **opts)
+        if kind == "soft":
+            return SoftGate(hidden_size, **opts)
+        if kind == "random":
+            return RhythmGate(hidden_size, frozen=True, **opts)
+        if kind == "interval":
+            return IntervalGate(hidden_size, **opts)
+        if kind == "open":
+            if opts:
+                raise TypeError(f"unexpected options {sorted(opts)}")
+            return OpenGate(hidden_size)
+        if kind == "content":
+            return ContentGate(hidden_size, input_size, **opts)
+    except TypeError as e:
+        raise ConfigError(
+            f"gate kind={kind!r}: bad option ({e}); see configs/model/surnn.yaml for the "
+            "options each gate kind takes"
+        ) from e
+    raise ConfigError(f"gate kind={kind!r}: expected one of {', '.join(GATES)}")

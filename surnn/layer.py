@@ -7,11 +7,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from surnn.errors import ConfigError
-from surnn.gates import RhythmGate
+from surnn.gates import build_gate
 from surnn.mixer import Mixer
-from surnn.ops import su_gru
+from surnn.ops import IMPLS, su_gru
 from surnn.registry import register_mixer
 
 
@@ -20,10 +21,15 @@ class SelectiveUpdateGRU(nn.Module):
 
     Constructor, weight names and layout follow ``torch.nn.GRU`` (unidirectional), so
     ``load_state_dict`` from an ``nn.GRU`` works (``strict=False``: the gates add their
-    own parameters). Input ``[B, T, D]`` with ``batch_first=True`` else ``[T, B, D]``;
-    returns ``(output, h_n)`` with ``h_n: [num_layers, B, H]`` taken at each sequence's
-    last valid step when ``lengths`` is given. After a call, ``last_gate`` holds each
-    layer's gate ``[T, H]`` and ``last_update_rate`` the mean over valid positions.
+    own parameters). Input ``[B, T, D]`` with ``batch_first=True`` else ``[T, B, D]``, or
+    a ``PackedSequence``; returns ``(output, h_n)`` with ``h_n: [num_layers, B, H]`` taken
+    at each sequence's last valid step when ``lengths`` is given (padding steps are closed).
+
+    ``gate`` is a gate config (``surnn.gates.build_gate``) plus two layer options:
+    ``target_rate`` and ``rate_penalty`` (adds ``rate_penalty * (rate - target_rate)^2``
+    per layer to ``last_aux_loss``). After a call, ``last_gate`` holds each layer's gate
+    (``[T, H]``, or ``[B, T, H]`` for per-sample gates), ``last_update_rate`` the mean over
+    valid positions and ``last_active_rate`` the fraction of updates actually computed.
     """
 
     def __init__(
@@ -41,12 +47,19 @@ class SelectiveUpdateGRU(nn.Module):
         super().__init__()
         if bidirectional:
             raise ConfigError(
-                "SelectiveUpdateGRU is causal (as in the paper): bidirectional=True is not supported"
+                "SelectiveUpdateGRU bidirectional=True: the layer is causal (as in the paper); "
+                "use bidirectional=False"
             )
+        if impl not in IMPLS:
+            raise ConfigError(f"surnn impl={impl!r}: expected one of {', '.join(IMPLS)}")
         self.input_size, self.hidden_size = input_size, hidden_size
         self.num_layers, self.bias, self.batch_first = num_layers, bias, batch_first
         self.dropout, self.impl = float(dropout), impl
         gate = dict(gate or {})
+        self.target_rate = gate.pop("target_rate", None)
+        self.rate_penalty = float(gate.pop("rate_penalty", 0.0) or 0.0)
+        if self.target_rate is not None and not 0.0 <= float(self.target_rate) <= 1.0:
+            raise ConfigError(f"gate target_rate={self.target_rate}: expected a value in [0, 1]")
         H = hidden_size
         for k in range(num_layers):
             d = input_size if k == 0 else H
@@ -55,10 +68,14 @@ class SelectiveUpdateGRU(nn.Module):
             if bias:
                 self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(3 * H)))
                 self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(3 * H)))
-        self.gates = nn.ModuleList(RhythmGate(H, **gate) for _ in range(num_layers))
+        self.gates = nn.ModuleList(
+            build_gate(H, input_size if k == 0 else H, gate) for k in range(num_layers)
+        )
         self.reset_parameters()
         self.last_gate: list[torch.Tensor] = []
         self.last_update_rate: list[float] = []
+        self.last_active_rate: list[float] = []
+        self.last_aux_loss: torch.Tensor | None = None
 
     def reset_parameters(self) -> None:
         std = 1.0 / math.sqrt(self.hidden_size)
@@ -73,43 +90,73 @@ class SelectiveUpdateGRU(nn.Module):
 
     def forward(
         self,
-        input: torch.Tensor,
+        input: torch.Tensor | PackedSequence,
         hx: torch.Tensor | None = None,
         lengths: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = input if self.batch_first else input.transpose(0, 1)
+    ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor]:
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            x, lengths = pad_packed_sequence(input, batch_first=True)
+            if input.sorted_indices is not None:  # back to the caller's batch order
+                x, lengths = x[input.unsorted_indices], lengths[input.unsorted_indices]
+            if hx is not None and input.sorted_indices is not None:
+                hx = hx[:, input.unsorted_indices]
+        else:
+            x = input if self.batch_first else input.transpose(0, 1)
         B, T, _ = x.shape
         H = self.hidden_size
         if hx is None:
             hx = x.new_zeros(self.num_layers, B, H)
-        valid = None
+        counts = None  # sequences still running at each step
         if lengths is not None:
-            valid = (torch.arange(T, device=x.device)[None, :] < lengths.to(x.device)[:, None]).to(x.dtype)
-        h_n, self.last_gate, self.last_update_rate = [], [], []
+            lengths = lengths.to(x.device)
+            counts = (torch.arange(T, device=x.device)[:, None] < lengths[None, :]).sum(1)
+        h_n, aux_loss = [], None
+        self.last_gate, self.last_update_rate, self.last_active_rate = [], [], []
         for k in range(self.num_layers):
-            g = self.gates[k](T, device=x.device, dtype=x.dtype)  # [T, H]
+            g, active = self.gates[k](T, x, device=x.device, dtype=x.dtype)
             self.last_gate.append(g.detach())
-            if valid is None:
-                self.last_update_rate.append(float(g.detach().mean()) if T else 0.0)
-                g_eff = g
-            else:
-                # Padding steps are closed, so the state at the end is the last valid state.
-                g_eff = g[None] * valid[:, :, None]
-                n_valid = valid.sum().clamp(min=1)
-                self.last_update_rate.append(float(g_eff.detach().sum() / (n_valid * H)))
-            out, h = su_gru(x, hx[k], *self.layer_weights(k), g_eff, impl=self.impl)
+            rate, act_rate = _rates(g, active, lengths, counts, B)
+            self.last_update_rate.append(float(rate.detach()))
+            self.last_active_rate.append(act_rate)
+            if self.target_rate is not None and self.rate_penalty > 0 and self.training:
+                pen = self.rate_penalty * (rate - float(self.target_rate)) ** 2
+                aux_loss = pen if aux_loss is None else aux_loss + pen
+            out, h = su_gru(x, hx[k], *self.layer_weights(k), g, active, lengths, impl=self.impl)
             h_n.append(h)
             x = out
             if self.dropout and self.training and k < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout, True)
+        self.last_aux_loss = aux_loss
+        h_n = torch.stack(h_n, 0)
+        if packed:
+            out = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            if input.sorted_indices is not None:
+                h_n = h_n[:, input.sorted_indices]
+            return out, h_n
         out = x if self.batch_first else x.transpose(0, 1)
-        return out, torch.stack(h_n, 0)
+        return out, h_n
+
+
+def _rates(g, active, lengths, counts, B):
+    """(update rate over valid positions as a tensor, fraction of updates computed)."""
+    if lengths is None:
+        return g.float().mean() if g.numel() else g.new_zeros(()), float(active.float().mean())
+    n = (counts.sum() * g.shape[-1]).clamp(min=1)
+    if g.dim() == 2:
+        w = counts.to(torch.float32)[:, None]
+        return (g.float() * w).sum() / n, float((active.float() * w).sum() / n)
+    T = g.shape[1]
+    valid = (torch.arange(T, device=g.device)[None, :] < lengths[:, None]).float()[..., None]
+    return (g.float() * valid).sum() / n, float((active.float() * valid).sum() / n)
 
 
 @register_mixer("surnn", "sugru")
 class SuRNNMixer(Mixer):
     """The suRNN mixer: one SelectiveUpdateGRU layer (hidden = d_model by default),
-    projected back to d_model when the hidden size differs."""
+    projected back to d_model when the hidden size differs. aux: ``update_rate`` (mean
+    over valid positions), ``active_rate`` (fraction of updates computed) and, with a
+    rate penalty configured, ``aux_loss``."""
 
     causal = True
 
@@ -124,8 +171,14 @@ class SuRNNMixer(Mixer):
         super().__init__(d_model)
         H = hidden_size or d_model
         self.rnn = SelectiveUpdateGRU(d_model, H, batch_first=True, gate=gate, impl=impl)
-        self.out = nn.Linear(H, d_model) if H != d_model else nn.Identity()
+        self.out = nn.Linear(H, d_model) if d_model != H else nn.Identity()
 
     def forward(self, x, lengths):
         y, _ = self.rnn(x, lengths=lengths)
-        return self.out(y), {"update_rate": self.rnn.last_update_rate[0]}
+        aux: dict[str, Any] = {
+            "update_rate": self.rnn.last_update_rate[0],
+            "active_rate": self.rnn.last_active_rate[0],
+        }
+        if self.rnn.last_aux_loss is not None:
+            aux["aux_loss"] = self.rnn.last_aux_loss
+        return self.out(y), aux
