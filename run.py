@@ -40,7 +40,9 @@ def main(cfg: DictConfig) -> float | None:
         _fail(e)
     log.info(
         "done: best val acc %.4f (step %d), test acc %.4f -> %s/results.json",
-        results["best_val_acc"], results["best_step"], results["test_acc"],
+        results["best_val_acc"],
+        results["best_step"],
+        results["test_acc"],
         HydraConfig.get().runtime.output_dir,
     )
     return results["best_val_acc"]

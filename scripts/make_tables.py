@@ -27,15 +27,21 @@ def find_runs(roots: list[Path]) -> list[dict]:
     runs = []
     for root in roots:
         if not root.exists():
-            raise SystemExit(f"error: run folder {root} does not exist; pass the folder runs write to (default outputs/)")
+            raise SystemExit(
+                f"error: run folder {root} does not exist; pass the folder runs write to (default outputs/)"
+            )
         for p in sorted(root.rglob("results.json")):
             try:
                 r = json.loads(p.read_text())
             except json.JSONDecodeError as e:
-                raise SystemExit(f"error: {p} is not valid JSON ({e}); rerun that run or delete the file") from None
+                raise SystemExit(
+                    f"error: {p} is not valid JSON ({e}); rerun that run or delete the file"
+                ) from None
             missing = [k for k in ("task", "model", "seed", "test_acc") if k not in r]
             if missing:
-                raise SystemExit(f"error: {p} lacks {', '.join(missing)}; it was not written by run.py")
+                raise SystemExit(
+                    f"error: {p} lacks {', '.join(missing)}; it was not written by run.py"
+                )
             r["_path"] = str(p.parent)
             runs.append(r)
     return runs
@@ -102,8 +108,10 @@ def render(cells: dict, paper: dict) -> str:
     extra = sorted({t for t, _ in cells} - set(LRA_TASKS))
     cols = tasks + extra
     lines = ["# Long Range Arena: test accuracy (%) at the best validation step", ""]
-    lines.append("Runs of this harness: mean ± std over seeds (number of seeds). Avg over the "
-                 "five LRA tasks without Path-X, shown only when all five are present.")
+    lines.append(
+        "Runs of this harness: mean ± std over seeds (number of seeds). Avg over the "
+        "five LRA tasks without Path-X, shown only when all five are present."
+    )
     lines.append("")
     lines.append("| Model | " + " | ".join(cols) + " | Avg |")
     lines.append("|---" * (len(cols) + 2) + "|")
@@ -118,11 +126,17 @@ def render(cells: dict, paper: dict) -> str:
     lines.append("| Model | " + " | ".join(LRA_TASKS) + " | Avg |")
     lines.append("|---" * (len(LRA_TASKS) + 2) + "|")
     for name, row in paper.get("lra", {}).items():
-        lines.append(f"| {name} | " + " | ".join(str(row.get(t, "–")) for t in LRA_TASKS) + f" | {row.get('avg', '–')} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(str(row.get(t, "–")) for t in LRA_TASKS)
+            + f" | {row.get('avg', '–')} |"
+        )
     lines.append("")
     lines.append("## Cost and sparsity")
     lines.append("")
-    lines.append("| Task | Model | Params | GFLOPs/seq (executed) | GFLOPs/seq (dense) | Update rate | Step time (s) | Tokens/s | Majority class (%) | Device |")
+    lines.append(
+        "| Task | Model | Params | GFLOPs/seq (executed) | GFLOPs/seq (dense) | Update rate | Step time (s) | Tokens/s | Majority class (%) | Device |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for (t, m), c in sorted(cells.items()):
         rate = f"{c['update_rate']:.3f}" if c["update_rate"] is not None else "–"
@@ -134,26 +148,39 @@ def render(cells: dict, paper: dict) -> str:
     lines.append("## Provenance")
     lines.append("")
     for (t, m), c in sorted(cells.items()):
-        lines.append(f"- {t} / {m}: seeds {c['seeds']}, commits {', '.join(c['commits'])}, runs: {', '.join(c['runs'])}")
+        lines.append(
+            f"- {t} / {m}: seeds {c['seeds']}, commits {', '.join(c['commits'])}, runs: {', '.join(c['runs'])}"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("roots", nargs="*", type=Path, default=[Path("outputs")], help="folders holding run folders")
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "tables", help="where lra.md / lra.json go")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "roots", nargs="*", type=Path, default=[Path("outputs")], help="folders holding run folders"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "results" / "tables", help="where lra.md / lra.json go"
+    )
     ap.add_argument("--paper", type=Path, default=ROOT / "results" / "paper_reference.json")
     args = ap.parse_args(argv)
     runs = find_runs(args.roots)
     if not runs:
-        print(f"error: no results.json under {', '.join(map(str, args.roots))}; train with run.py first", file=sys.stderr)
+        print(
+            f"error: no results.json under {', '.join(map(str, args.roots))}; train with run.py first",
+            file=sys.stderr,
+        )
         return 2
     cells = aggregate(runs)
     paper = json.loads(args.paper.read_text()) if args.paper.exists() else {}
     md = render(cells, paper)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lra.md").write_text(md)
-    (args.out / "lra.json").write_text(json.dumps({f"{t}/{m}": c for (t, m), c in cells.items()}, indent=2) + "\n")
+    (args.out / "lra.json").write_text(
+        json.dumps({f"{t}/{m}": c for (t, m), c in cells.items()}, indent=2) + "\n"
+    )
     print(md)
     return 0
 

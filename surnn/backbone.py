@@ -79,7 +79,9 @@ class Encoder(nn.Module):
         mixer_cls = MIXERS.get(mixer)
         try:
             blocks = [
-                Block(mixer_cls(d_model, max_len=max_len, **mixer_options), d_model, ffn_mult, dropout)
+                Block(
+                    mixer_cls(d_model, max_len=max_len, **mixer_options), d_model, ffn_mult, dropout
+                )
                 for _ in range(n_layers)
             ]
         except TypeError as e:
@@ -159,5 +161,7 @@ class Model(nn.Module):
             return self.head(a), aux
         b, aux2 = self.encoder(batch["x2"], batch["lengths2"])
         for k, v in aux2.items():
-            aux[k] = (aux[k] + v) / 2 if k in aux and not k.endswith("aux_loss") else aux.get(k, 0) + v
+            aux[k] = (
+                (aux[k] + v) / 2 if k in aux and not k.endswith("aux_loss") else aux.get(k, 0) + v
+            )
         return self.head(torch.cat([a, b, a * b, a - b], dim=-1)), aux

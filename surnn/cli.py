@@ -36,6 +36,4 @@ def check_overrides(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
                 continue
             close = difflib.get_close_matches(v, valid, n=1)
             hint = f" Did you mean {key}={close[0]}?" if close else ""
-            raise ConfigError(
-                f"unknown {key} {v!r}: valid choices are {', '.join(valid)}.{hint}"
-            )
+            raise ConfigError(f"unknown {key} {v!r}: valid choices are {', '.join(valid)}.{hint}")

@@ -125,7 +125,9 @@ def _pad(seqs: Sequence[np.ndarray], dtype: torch.dtype) -> tuple[torch.Tensor, 
     tail = tuple(np.asarray(seqs[0]).shape[1:]) if len(seqs) else ()
     out = torch.zeros((len(seqs), L, *tail), dtype=dtype)
     for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.from_numpy(np.asarray(s).astype(np.int64 if dtype == torch.long else np.float32))
+        out[i, : len(s)] = torch.from_numpy(
+            np.asarray(s).astype(np.int64 if dtype == torch.long else np.float32)
+        )
     return out, lengths
 
 
@@ -208,7 +210,9 @@ def pack_sequences(seqs: Sequence[np.ndarray], dtype=np.int16) -> tuple[np.ndarr
     """Concatenate variable-length sequences into (flat data, offsets)."""
     offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(s) for s in seqs])
-    data = np.concatenate([np.asarray(s, dtype=dtype) for s in seqs]) if seqs else np.zeros(0, dtype)
+    data = (
+        np.concatenate([np.asarray(s, dtype=dtype) for s in seqs]) if seqs else np.zeros(0, dtype)
+    )
     return data, offsets
 
 

@@ -17,15 +17,34 @@ import make_tables  # noqa: E402
 def write_run(root: Path, task: str, model: str, seed: int, acc: float, **extra):
     d = root / f"{task}-{model}-s{seed}"
     d.mkdir(parents=True)
-    res = {"task": task, "model": model, "seed": seed, "test_acc": acc, "best_val_acc": acc + 0.01,
-           "test_majority_class": 0.17, "params": 1000, "flops_per_seq": 2e6, "flops_per_seq_dense": 4e6,
-           "update_rate": {"layer0": 0.5, "layer1": 0.3}, "step_time_s": 0.1, "tokens_per_s": 5e3,
-           "device": "cpu", "git_commit": "abc", **extra}
+    res = {
+        "task": task,
+        "model": model,
+        "seed": seed,
+        "test_acc": acc,
+        "best_val_acc": acc + 0.01,
+        "test_majority_class": 0.17,
+        "params": 1000,
+        "flops_per_seq": 2e6,
+        "flops_per_seq_dense": 4e6,
+        "update_rate": {"layer0": 0.5, "layer1": 0.3},
+        "step_time_s": 0.1,
+        "tokens_per_s": 5e3,
+        "device": "cpu",
+        "git_commit": "abc",
+        **extra,
+    }
     (d / "results.json").write_text(json.dumps(res))
 
 
 def test_mean_std_over_seeds_and_average(tmp_path):
-    accs = {"listops": [0.40, 0.44], "text": [0.6, 0.6], "retrieval": [0.7, 0.7], "image": [0.5, 0.5], "pathfinder": [0.8, 0.8]}
+    accs = {
+        "listops": [0.40, 0.44],
+        "text": [0.6, 0.6],
+        "retrieval": [0.7, 0.7],
+        "image": [0.5, 0.5],
+        "pathfinder": [0.8, 0.8],
+    }
     for task, vals in accs.items():
         for s, a in enumerate(vals):
             write_run(tmp_path / "runs", task, "surnn", s, a)
@@ -46,6 +65,9 @@ def test_duplicate_seeds_and_empty_folders_fail_clearly(tmp_path):
     write_run(tmp_path / "b", "listops", "lstm", 0, 0.3)
     with pytest.raises(SystemExit, match="share seeds"):
         make_tables.main([str(tmp_path), "--out", str(tmp_path / "t")])
-    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tables.py"), str(tmp_path / "empty_missing")],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_tables.py"), str(tmp_path / "empty_missing")],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode != 0 and "does not exist" in p.stderr

@@ -25,11 +25,35 @@ def make_trainer(tmp_path, mixer="lstm", seed=0, init_seed=None, **tkw):
     task = ToyTask()
     model = Model(task, mixer=mixer, mixer_options={}, d_model=16, n_layers=1, dropout=0.1)
     tcfg = TrainerConfig(
-        max_steps=tkw.pop("max_steps", 8), batch_size=8, warmup_steps=2, eval_every=3,
-        ckpt_every=tkw.pop("ckpt_every", 3), log_every=1, num_workers=0, progress=False, **tkw,
+        max_steps=tkw.pop("max_steps", 8),
+        batch_size=8,
+        warmup_steps=2,
+        eval_every=3,
+        ckpt_every=tkw.pop("ckpt_every", 3),
+        log_every=1,
+        num_workers=0,
+        progress=False,
+        **tkw,
     )
-    log = Loggers([JsonlLog(tmp_path / "metrics.jsonl", resume_step=None if not (tmp_path / "checkpoints" / "last.pt").exists() else 10**9)])
-    return Trainer(model, task, task.splits(), tcfg, OptimConfig(lr=3e-3), tmp_path, log, torch.device("cpu"), seed=seed)
+    log = Loggers(
+        [
+            JsonlLog(
+                tmp_path / "metrics.jsonl",
+                resume_step=None if not (tmp_path / "checkpoints" / "last.pt").exists() else 10**9,
+            )
+        ]
+    )
+    return Trainer(
+        model,
+        task,
+        task.splits(),
+        tcfg,
+        OptimConfig(lr=3e-3),
+        tmp_path,
+        log,
+        torch.device("cpu"),
+        seed=seed,
+    )
 
 
 def test_warmup_cosine_shape():

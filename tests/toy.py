@@ -24,7 +24,8 @@ class ToyTask(Task):
         def make(n):
             labels = rng.integers(0, self.n_classes, size=n)
             seqs = [
-                1 + c + 3 * rng.integers(0, 3, size=rng.integers(3, self.max_len + 1)) for c in labels
+                1 + c + 3 * rng.integers(0, 3, size=rng.integers(3, self.max_len + 1))
+                for c in labels
             ]
             data, offsets = pack_sequences(seqs, np.int16)
             return SequenceDataset(data, offsets, labels)

@@ -29,7 +29,9 @@ class ResumableBatchSampler(Sampler[list[int]]):
     sampler itself cannot know) and restarts the sampler there on resume.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
+    def __init__(
+        self, n: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1
+    ):
         if n < batch_size:
             raise ValueError(f"train split has {n} examples, fewer than one batch ({batch_size})")
         self.n, self.batch_size, self.seed = n, batch_size, seed
@@ -53,7 +55,9 @@ class ResumableBatchSampler(Sampler[list[int]]):
             epoch, pos = epoch + 1, 0
 
 
-def train_loader(ds: Dataset, sampler: ResumableBatchSampler, collate, num_workers: int) -> DataLoader:
+def train_loader(
+    ds: Dataset, sampler: ResumableBatchSampler, collate, num_workers: int
+) -> DataLoader:
     return DataLoader(
         ds,
         batch_sampler=sampler,
@@ -76,7 +80,9 @@ class _Shard(Dataset):
         return self.base[self.idx[i]]
 
 
-def eval_loader(ds: Dataset, batch_size: int, collate, num_workers: int, rank=0, world=1) -> DataLoader:
+def eval_loader(
+    ds: Dataset, batch_size: int, collate, num_workers: int, rank=0, world=1
+) -> DataLoader:
     if world > 1:
         ds = _Shard(ds, rank, world)
     return DataLoader(

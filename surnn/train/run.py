@@ -85,7 +85,13 @@ def fingerprint(cfg: DictConfig) -> str:
     """Hash of everything that changes the computation (for safe resume)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     trainer = {k: v for k, v in c["trainer"].items() if k not in _RESUME_FREE}
-    keep = {"task": c["task"], "model": c["model"], "optim": c["optim"], "trainer": trainer, "seed": c["seed"]}
+    keep = {
+        "task": c["task"],
+        "model": c["model"],
+        "optim": c["optim"],
+        "trainer": trainer,
+        "seed": c["seed"],
+    }
     return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -130,17 +136,43 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     sinks: list = []
     if rank == 0:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        sinks.append(JsonlLog(run_dir / "metrics.jsonl", resume_step=_ckpt_step(run_dir) if resumed else None))
-        lcfg = OmegaConf.to_container(cfg.logger, resolve=True) if "logger" in cfg else {"name": "none"}
+        sinks.append(
+            JsonlLog(
+                run_dir / "metrics.jsonl", resume_step=_ckpt_step(run_dir) if resumed else None
+            )
+        )
+        lcfg = (
+            OmegaConf.to_container(cfg.logger, resolve=True)
+            if "logger" in cfg
+            else {"name": "none"}
+        )
         if lcfg.get("name") == "wandb":
-            sinks.append(WandbLog(lcfg, run_dir, str(cfg.run_id), OmegaConf.to_container(cfg, resolve=True)))
+            sinks.append(
+                WandbLog(lcfg, run_dir, str(cfg.run_id), OmegaConf.to_container(cfg, resolve=True))
+            )
     loggers = Loggers(sinks)
     log.info(
         "task=%s model=%s params=%d device=%s run_dir=%s%s",
-        task.name, mcfg.name, n_params, device, run_dir, " (resuming)" if resumed else "",
+        task.name,
+        mcfg.name,
+        n_params,
+        device,
+        run_dir,
+        " (resuming)" if resumed else "",
     )
     trainer = Trainer(
-        model, task, splits, tcfg, ocfg, run_dir, loggers, device, seed, rank, world, fingerprint(cfg)
+        model,
+        task,
+        splits,
+        tcfg,
+        ocfg,
+        run_dir,
+        loggers,
+        device,
+        seed,
+        rank,
+        world,
+        fingerprint(cfg),
     )
     try:
         trainer.fit()

@@ -262,7 +262,9 @@ class Trainer:
         model.eval()
         ds = getattr(self.splits, split)
         bs = self.tcfg.eval_batch_size or self.micro_bs
-        loader = eval_loader(ds, bs, self.splits.collate, self.tcfg.num_workers, self.rank, self.world)
+        loader = eval_loader(
+            ds, bs, self.splits.collate, self.tcfg.num_workers, self.rank, self.world
+        )
         acc = MulticlassAccuracy(num_classes=self.task.n_classes, average="micro").to(self.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         n = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -296,7 +298,9 @@ class Trainer:
         return out
 
     def _maybe_eval(self, pbar) -> None:
-        due = self.step > 0 and (self.step % self.tcfg.eval_every == 0 or self.step == self.tcfg.max_steps)
+        due = self.step > 0 and (
+            self.step % self.tcfg.eval_every == 0 or self.step == self.tcfg.max_steps
+        )
         if not due or self.last_eval_step == self.step:
             return
         t0 = time.perf_counter()
@@ -307,15 +311,28 @@ class Trainer:
             self.best = {"val_acc": res["val/acc"], "step": self.step, "val_loss": res["val/loss"]}
             self.eval_aux = {k: v for k, v in res.items() if k.endswith("update_rate")}
             if self.is_main:
-                ckpt.save(self.ckpt_dir / "best.pt", {"model": self.model_raw.state_dict(), "step": self.step, "val": res})
-        res.update({"step": self.step, "best/val_acc": self.best["val_acc"], "best/step": self.best["step"]})
+                ckpt.save(
+                    self.ckpt_dir / "best.pt",
+                    {"model": self.model_raw.state_dict(), "step": self.step, "val": res},
+                )
+        res.update(
+            {
+                "step": self.step,
+                "best/val_acc": self.best["val_acc"],
+                "best/step": self.best["step"],
+            }
+        )
         self.loggers.log(res)
         if pbar is not None:
             pbar.write(
                 f"step {self.step}: val acc {res['val/acc']:.4f} loss {res['val/loss']:.4f} "
                 f"(best {self.best['val_acc']:.4f} @ {self.best['step']})"
             )
-        log.info("step %d val %s", self.step, {k: round(v, 4) for k, v in res.items() if isinstance(v, float)})
+        log.info(
+            "step %d val %s",
+            self.step,
+            {k: round(v, 4) for k, v in res.items() if isinstance(v, float)},
+        )
 
     def fit(self) -> None:
         self._prev_handlers = {}
@@ -332,7 +349,13 @@ class Trainer:
         it = iter(loader)
         pbar = None
         if self.is_main and self.tcfg.progress:
-            pbar = tqdm(total=self.tcfg.max_steps, initial=self.step, desc="train", dynamic_ncols=True, mininterval=1.0)
+            pbar = tqdm(
+                total=self.tcfg.max_steps,
+                initial=self.step,
+                desc="train",
+                dynamic_ncols=True,
+                mininterval=1.0,
+            )
         run = {"loss": 0.0, "acc": 0.0}
         try:
             self._maybe_eval(pbar)
@@ -342,12 +365,27 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 self.timers["train_s"] += dt
                 self.step_times.append(dt)
-                run = {k: 0.9 * run.get(k, m[k]) + 0.1 * m[k] for k in m} if self.step > 1 else dict(m)
+                run = (
+                    {k: 0.9 * run.get(k, m[k]) + 0.1 * m[k] for k in m}
+                    if self.step > 1
+                    else dict(m)
+                )
                 if pbar is not None:
                     pbar.update(1)
-                    pbar.set_postfix(loss=f"{run['loss']:.3f}", acc=f"{run['acc']:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                    pbar.set_postfix(
+                        loss=f"{run['loss']:.3f}",
+                        acc=f"{run['acc']:.3f}",
+                        lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                    )
                 if self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.max_steps:
-                    self.loggers.log({"step": self.step, **{f"train/{k}": v for k, v in m.items()}, "lr": self.scheduler.get_last_lr()[0], "step_time_s": dt})
+                    self.loggers.log(
+                        {
+                            "step": self.step,
+                            **{f"train/{k}": v for k, v in m.items()},
+                            "lr": self.scheduler.get_last_lr()[0],
+                            "step_time_s": dt,
+                        }
+                    )
                 self._maybe_eval(pbar)
                 if self.step % self.tcfg.ckpt_every == 0 or self.step == self.tcfg.max_steps:
                     self.save_last()
@@ -377,14 +415,18 @@ class Trainer:
             "train_time_s": self.timers["train_s"],
             "eval_time_s": self.timers["eval_s"],
             "step_time_s": statistics.median(self.step_times) if self.step_times else None,
-            "tokens_per_s": self.timers["tokens"] / self.timers["train_s"] if self.timers["train_s"] else None,
+            "tokens_per_s": self.timers["tokens"] / self.timers["train_s"]
+            if self.timers["train_s"]
+            else None,
         }
         out["peak_memory_bytes"], out["peak_memory_kind"] = peak_memory_bytes(self.device)
         return out
 
     def flops(self) -> dict[str, Any]:
         """FLOPs per sequence on the first validation batch (forward, executed and dense)."""
-        loader = eval_loader(self.splits.val, self.tcfg.eval_batch_size or self.micro_bs, self.splits.collate, 0)
+        loader = eval_loader(
+            self.splits.val, self.tcfg.eval_batch_size or self.micro_bs, self.splits.collate, 0
+        )
         batch = _to(next(iter(loader)), self.device)
         with self._autocast():
             c = count_flops(self.model_raw, batch)
