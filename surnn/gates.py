@@ -287,10 +287,33 @@ class ContentGate(BinaryGate):
 GATES = ("rhythm", "soft", "random", "interval", "open", "content")
 
 
+_RHYTHM = {"n_freqs", "period_min", "period_max", "learn_freqs", "init_rate", "amplitude"}
+_SURR = {"surrogate", "width", "lr"}
+_OPTIONS = {
+    "rhythm": _RHYTHM | _SURR,
+    "soft": _RHYTHM | {"lr", "temperature"},
+    "random": _RHYTHM | _SURR,
+    "interval": {"period", "stagger"},
+    "open": set(),
+    "content": {"init_rate"} | _SURR,
+}
+
+
 def build_gate(hidden_size: int, input_size: int, options: dict[str, Any] | None) -> Gate:
-    """A gate from its config dict (``kind`` plus that kind's options)."""
+    """A gate from its config dict (``kind`` plus options). Options that belong to another
+    kind are ignored (one config file documents them all); unknown ones are an error."""
     opts = dict(options or {})
     kind = opts.pop("kind", "rhythm")
+    if kind not in _OPTIONS:
+        raise ConfigError(f"gate kind={kind!r}: expected one of {', '.join(GATES)}")
+    known = set().union(*_OPTIONS.values())
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise ConfigError(
+            f"gate options {unknown}: not a gate option; valid ones are {sorted(known)} "
+            "(see configs/model/surnn.yaml)"
+        )
+    opts = {k: v for k, v in opts.items() if k in _OPTIONS[kind]}
     try:
         if kind == "rhythm":
             return RhythmGate(hidden_size, **opts)
