@@ -138,59 +138,86 @@ def test_corrupt_listops_row_is_one_clear_line(tmp):
     assert last.startswith("error:") and "basic_train.tsv" in last and "10" in last, p.stderr
 
 
-def test_kill_9_and_resume_matches_uninterrupted_run(tmp):
-    common = [
-        "task=listops",
-        "model=surnn",
-        "trainer=smoke",
-        "trainer.max_steps=16",
-        "trainer.ckpt_every=4",
-        "trainer.eval_every=4",
-        "trainer.max_train_examples=null",
-        "model.dropout=0.1",
-        *TINY,
-    ]
-    ref = run([*common, "run_id=straight"], tmp)
-    assert ref.returncode == 0, ref.stderr[-3000:]
+COMMON = [
+    "task=listops",
+    "model=surnn",
+    "trainer=smoke",
+    "trainer.max_steps=16",
+    "trainer.ckpt_every=4",
+    "trainer.eval_every=4",
+    "trainer.max_train_examples=null",
+    "model.dropout=0.1",
+    *TINY,
+]
 
+
+@pytest.fixture(scope="module")
+def straight(tmp):
+    ref = run([*COMMON, "run_id=straight"], tmp)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    return json.loads((tmp / "out" / "straight" / "results.json").read_text())
+
+
+def _interrupt(tmp, run_id: str, sig: int, at_step: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [
         sys.executable,
         str(ROOT / "run.py"),
         f"data_dir={tmp / 'data'}",
         f"output_dir={tmp / 'out'}",
-        *common,
-        "run_id=killed",
+        *COMMON,
+        f"run_id={run_id}",
     ]
     proc = subprocess.Popen(
         cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    metrics = tmp / "out" / "killed" / "metrics.jsonl"
+    metrics = tmp / "out" / run_id / "metrics.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if metrics.exists() and any(
-            json.loads(l).get("step", 0) >= 10
+            json.loads(l).get("step", 0) >= at_step
             for l in metrics.read_text().splitlines()
             if l.endswith("}")
         ):
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (tmp / "out" / "killed" / "results.json").exists()
+    assert proc.poll() is None, "run finished before it could be interrupted"
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=120)
+    assert not (tmp / "out" / run_id / "results.json").exists()
+    return proc
 
-    resumed = run([*common, "run_id=killed"], tmp)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = json.loads((tmp / "out" / "straight" / "results.json").read_text())
-    b = json.loads((tmp / "out" / "killed" / "results.json").read_text())
+
+def _assert_same(a: dict, b: dict) -> None:
     for k in ("best_val_acc", "best_step", "test_acc", "steps", "update_rate"):
         assert a[k] == b[k], k
     assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-6)
-    steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
+
+
+def test_kill_9_and_resume_matches_uninterrupted_run(tmp, straight):
+    _interrupt(tmp, "killed", signal.SIGKILL, at_step=10)
+    resumed = run([*COMMON, "run_id=killed"], tmp)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same(straight, json.loads((tmp / "out" / "killed" / "results.json").read_text()))
+    steps = [
+        json.loads(l)["step"]
+        for l in (tmp / "out" / "killed" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == sorted(steps), (
         "metrics.jsonl has lines from the killed process past the checkpoint"
     )
+
+
+def test_sigterm_saves_last_checkpoint_then_resume_matches(tmp, straight):
+    import torch
+
+    proc = _interrupt(tmp, "preempted", signal.SIGTERM, at_step=5)
+    assert proc.returncode == -signal.SIGTERM
+    saved = torch.load(tmp / "out" / "preempted" / "checkpoints" / "last.pt", weights_only=False)
+    assert 5 <= saved["step"] < 16  # written at the signal, not only every ckpt_every steps
+    resumed = run([*COMMON, "run_id=preempted"], tmp)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same(straight, json.loads((tmp / "out" / "preempted" / "results.json").read_text()))
 
 
 def test_torchrun_ddp_on_cpu_evaluates_every_example_once(tmp):

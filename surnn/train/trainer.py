@@ -322,6 +322,7 @@ class Trainer:
                 "best/step": self.best["step"],
             }
         )
+        res.update({f"sys/{k}": v for k, v in self.summary().items() if k != "peak_memory_kind"})
         self.loggers.log(res)
         if pbar is not None:
             pbar.write(
@@ -423,7 +424,10 @@ class Trainer:
         return out
 
     def flops(self) -> dict[str, Any]:
-        """FLOPs per sequence on the first validation batch (forward, executed and dense)."""
+        """FLOPs per sequence on the first validation batch (forward, executed and dense).
+
+        Called after ``test`` so the model holds the best-validation weights: a learned
+        gate's update rate, and so the executed FLOPs, change during training."""
         loader = eval_loader(
             self.splits.val, self.tcfg.eval_batch_size or self.micro_bs, self.splits.collate, 0
         )
