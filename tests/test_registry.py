@@ -1,0 +1,43 @@
+"""Each config group mirrors one registry, and unknown names fail with the valid choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from surnn.cli import check_overrides, choices
+from surnn.errors import ConfigError
+from surnn.registry import MIXERS, TASKS
+
+
+def test_model_configs_match_registered_mixers():
+    assert set(choices("model")) == set(MIXERS.names(aliases=True))
+
+
+def test_task_configs_match_registered_tasks():
+    assert set(choices("task")) == set(TASKS.names(aliases=True))
+
+
+def test_model_configs_name_their_mixer():
+    from omegaconf import OmegaConf
+
+    from surnn.cli import CONFIG_DIR
+
+    for name in choices("model"):
+        cfg = OmegaConf.load(CONFIG_DIR / "model" / f"{name}.yaml")
+        if "name" in cfg:  # an alias config may inherit its name through defaults
+            assert MIXERS.canonical(cfg.name) == MIXERS.canonical(name)
+
+
+def test_unknown_names_list_valid_choices():
+    with pytest.raises(ConfigError, match=r"unknown model 'lstn'.*lstm.*Did you mean model=lstm"):
+        MIXERS.get("lstn")
+    with pytest.raises(ConfigError, match=r"unknown task 'nope'.*listops"):
+        TASKS.get("nope")
+
+
+def test_cli_precheck_covers_sweeps_and_groups():
+    check_overrides(["task=listops", "model=surnn,lstm", "seed=0,1", "trainer.max_steps=3"])
+    with pytest.raises(ConfigError, match=r"unknown model 'bogus'"):
+        check_overrides(["model=surnn,bogus"])
+    with pytest.raises(ConfigError, match=r"unknown trainer 'smok'.*Did you mean trainer=smoke"):
+        check_overrides(["trainer=smok"])
