@@ -1,0 +1,205 @@
+"""Triton kernels of the selective-update GRU: one launch per step, forward and backward.
+
+Each program owns a tile of BLOCK_B sequences x BLOCK_H neurons. A per-(step, neuron
+block) flag says whether any neuron of the block is active at that step; inactive tiles
+only carry the state over, so closed blocks cost no FLOPs and no weight traffic. State
+and accumulators are fp32, storage fp32 or bf16; selects use ``tl.where`` (a NaN in an
+unused lane cannot leak), tanh is ``2*sigmoid(2x)-1``, and the step index and sequence
+length are runtime arguments (never constexprs), so one compiled kernel serves every T.
+
+Set TRITON_INTERPRET=1 before importing this module to run it on the CPU (fp32 only).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 * _sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def fwd_step(
+    x_ptr, wx_ptr, wh_ptr, bx_ptr, bh_ptr, g_ptr, a_ptr, len_ptr, flag_ptr,
+    hs_ptr, out_ptr, sv_ptr,
+    t, B, T, D, H, NBH, sgb, sab,
+    SAVE: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """h_t for one (batch tile, neuron tile); hs is the fp32 state ping-pong [2, B, H]."""
+    pid_h = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    rmask = rows < B
+    cmask = cols < H
+    m2 = rmask[:, None] & cmask[None, :]
+    src = t % 2
+    hin = hs_ptr + src * B * H
+    hout = hs_ptr + (1 - src) * B * H
+    tile = rows[:, None] * H + cols[None, :]
+    hp = tl.load(hin + tile, mask=m2, other=0.0)
+    seq = rows[:, None] * (T * H) + t * H + cols[None, :]  # [B, T, H] offsets
+    BTH = B * T * H
+    if SAVE:
+        tl.store(sv_ptr + 4 * BTH + seq, hp, mask=m2)
+    flag = tl.load(flag_ptr + t * NBH + pid_h)
+    hnew = hp
+    if flag != 0:
+        acc_r = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+        acc_z = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+        acc_xn = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+        acc_hn = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+        kk = tl.arange(0, BLOCK_K)
+        for k0 in range(0, D, BLOCK_K):
+            k = k0 + kk
+            km = k < D
+            xt = tl.load(
+                x_ptr + rows[:, None] * (T * D) + t * D + k[None, :],
+                mask=rmask[:, None] & km[None, :],
+                other=0.0,
+            )
+            wm = km[:, None] & cmask[None, :]
+            wp = wx_ptr + cols[None, :] * D + k[:, None]
+            acc_r += _dot(xt, tl.load(wp, mask=wm, other=0.0), IEEE)
+            acc_z += _dot(xt, tl.load(wp + H * D, mask=wm, other=0.0), IEEE)
+            acc_xn += _dot(xt, tl.load(wp + 2 * H * D, mask=wm, other=0.0), IEEE)
+        for k0 in range(0, H, BLOCK_K):
+            k = k0 + kk
+            km = k < H
+            ht = tl.load(
+                hin + rows[:, None] * H + k[None, :], mask=rmask[:, None] & km[None, :], other=0.0
+            ).to(wh_ptr.dtype.element_ty)
+            wm = km[:, None] & cmask[None, :]
+            wp = wh_ptr + cols[None, :] * H + k[:, None]
+            acc_r += _dot(ht, tl.load(wp, mask=wm, other=0.0), IEEE)
+            acc_z += _dot(ht, tl.load(wp + H * H, mask=wm, other=0.0), IEEE)
+            acc_hn += _dot(ht, tl.load(wp + 2 * H * H, mask=wm, other=0.0), IEEE)
+        bxr = tl.load(bx_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        bxz = tl.load(bx_ptr + H + cols, mask=cmask, other=0.0).to(tl.float32)
+        bxn = tl.load(bx_ptr + 2 * H + cols, mask=cmask, other=0.0).to(tl.float32)
+        bhr = tl.load(bh_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+        bhz = tl.load(bh_ptr + H + cols, mask=cmask, other=0.0).to(tl.float32)
+        bhn = tl.load(bh_ptr + 2 * H + cols, mask=cmask, other=0.0).to(tl.float32)
+        r = _sigmoid(acc_r + (bxr + bhr)[None, :])
+        z = _sigmoid(acc_z + (bxz + bhz)[None, :])
+        hn = acc_hn + bhn[None, :]
+        n = _tanh(acc_xn + bxn[None, :] + r * hn)
+        f = n + z * (hp - n)
+        gv = tl.load(g_ptr + rows[:, None] * sgb + t * H + cols[None, :], mask=m2, other=0.0)
+        av = tl.load(a_ptr + rows[:, None] * sab + t * H + cols[None, :], mask=m2, other=0)
+        ln = tl.load(len_ptr + rows, mask=rmask, other=0)
+        upd = (av != 0) & (t < ln)[:, None] & m2
+        hnew = tl.where(upd, hp + gv.to(tl.float32) * (f - hp), hp)
+        if SAVE:
+            tl.store(sv_ptr + seq, r, mask=m2)
+            tl.store(sv_ptr + BTH + seq, z, mask=m2)
+            tl.store(sv_ptr + 2 * BTH + seq, n, mask=m2)
+            tl.store(sv_ptr + 3 * BTH + seq, hn, mask=m2)
+    tl.store(hout + tile, hnew, mask=m2)
+    tl.store(out_ptr + seq, hnew.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def bwd_point(
+    dh_ptr, dhn_ptr, sv_ptr, g_ptr, a_ptr, len_ptr, flag_ptr, dgx_ptr, dgh_ptr, dg_ptr,
+    t, B, T, H, NBH, sgb, sab,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    """Pointwise backward of step t: pre-activation grads (dgx, dgh [B, T, 3H]), gate grad
+    dg [B, T, H], and the direct part of dL/dh_{t-1} into dhn."""
+    pid_h = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    rmask = rows < B
+    m2 = rmask[:, None] & (cols < H)[None, :]
+    tile = rows[:, None] * H + cols[None, :]
+    dh = tl.load(dh_ptr + tile, mask=m2, other=0.0)
+    dhnew = dh
+    flag = tl.load(flag_ptr + t * NBH + pid_h)
+    if flag != 0:
+        BTH = B * T * H
+        seq = rows[:, None] * (T * H) + t * H + cols[None, :]
+        r = tl.load(sv_ptr + seq, mask=m2, other=0.0)
+        z = tl.load(sv_ptr + BTH + seq, mask=m2, other=0.0)
+        n = tl.load(sv_ptr + 2 * BTH + seq, mask=m2, other=0.0)
+        hn = tl.load(sv_ptr + 3 * BTH + seq, mask=m2, other=0.0)
+        hp = tl.load(sv_ptr + 4 * BTH + seq, mask=m2, other=0.0)
+        gv = tl.load(g_ptr + rows[:, None] * sgb + t * H + cols[None, :], mask=m2, other=0.0)
+        av = tl.load(a_ptr + rows[:, None] * sab + t * H + cols[None, :], mask=m2, other=0)
+        ln = tl.load(len_ptr + rows, mask=rmask, other=0)
+        upd = (av != 0) & (t < ln)[:, None] & m2
+        gv = gv.to(tl.float32)
+        f = n + z * (hp - n)
+        df = dh * gv
+        dz = df * (hp - n)
+        dan = (df - df * z) * (1.0 - n * n)
+        dar = dan * hn * r * (1.0 - r)
+        daz = dz * z * (1.0 - z)
+        dar = tl.where(upd, dar, 0.0)
+        daz = tl.where(upd, daz, 0.0)
+        dan = tl.where(upd, dan, 0.0)
+        dhnew = tl.where(upd, dh - df + df * z, dh)
+        g3 = rows[:, None] * (T * 3 * H) + t * 3 * H + cols[None, :]
+        tl.store(dgx_ptr + g3, dar, mask=m2)
+        tl.store(dgx_ptr + g3 + H, daz, mask=m2)
+        tl.store(dgx_ptr + g3 + 2 * H, dan, mask=m2)
+        tl.store(dgh_ptr + g3, dar, mask=m2)
+        tl.store(dgh_ptr + g3 + H, daz, mask=m2)
+        tl.store(dgh_ptr + g3 + 2 * H, dan * r, mask=m2)
+        tl.store(dg_ptr + seq, tl.where(upd, dh * (f - hp), 0.0), mask=m2)
+    tl.store(dhn_ptr + tile, dhnew, mask=m2)
+
+
+@triton.jit
+def bwd_matmul(
+    dhn_ptr, dgh_ptr, wh_ptr, list_ptr, cnt_ptr, go_ptr,
+    t, B, T, H, NBH,
+    IEEE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):  # fmt: skip
+    """dL/dh_{t-1} += dgh_t @ W_hh over the active neuron blocks of step t only, plus the
+    output gradient at t-1."""
+    pid_h = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    rmask = rows < B
+    cmask = cols < H
+    m2 = rmask[:, None] & cmask[None, :]
+    tile = rows[:, None] * H + cols[None, :]
+    acc = tl.load(dhn_ptr + tile, mask=m2, other=0.0)
+    nact = tl.load(cnt_ptr + t)
+    for jj in range(0, nact):
+        j = tl.load(list_ptr + t * NBH + jj)
+        nrow = j * BLOCK_H + tl.arange(0, BLOCK_H)
+        nm = nrow < H
+        am = rmask[:, None] & nm[None, :]
+        wm = nm[:, None] & cmask[None, :]
+        base = dgh_ptr + rows[:, None] * (T * 3 * H) + t * 3 * H + nrow[None, :]
+        wp = wh_ptr + nrow[:, None] * H + cols[None, :]
+        for gate in tl.static_range(3):
+            a = tl.load(base + gate * H, mask=am, other=0.0)
+            w = tl.load(wp + gate * H * H, mask=wm, other=0.0)
+            acc += _dot(a.to(w.dtype), w, IEEE)
+    if t > 0:
+        acc += tl.load(
+            go_ptr + rows[:, None] * (T * H) + (t - 1) * H + cols[None, :], mask=m2, other=0.0
+        ).to(tl.float32)
+    tl.store(dhn_ptr + tile, acc, mask=m2)
