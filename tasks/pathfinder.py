@@ -1,0 +1,364 @@
+"""Pathfinder and Path-X (LRA): are the two markers on one contour? 2 classes.
+
+Data: ``<data_dir>/pathfinder<res>/<folder>/`` with folder ``curv_baseline`` (easy),
+``curv_contour_length_9`` (medium) or ``curv_contour_length_14`` (hard, the LRA task), in
+either layout:
+  * release: ``imgs/<k>/sample_<n>.png`` + ``metadata/<k>.npy`` (text lines
+    ``subdir filename index label ...``), decoded in parallel into a uint8 cache;
+  * generated (``python -m tasks.generators.pathfinder ... --format cache``):
+    ``images.npy`` uint8 [n, res*res] + ``labels.npy``, memory-mapped as they are.
+When neither exists the task raises a DataError with the exact generate command, or,
+with ``generate: true`` (or a dict of n / seed / workers), generates it first.
+
+Splits: 80 / 10 / 10 % (160k / 20k / 20k of 200k) by ``split_seed``; the indices are
+stored with the cache. The known empty PNG of the release
+(``pathfinder32/curv_baseline/imgs/0/sample_172.png``) is skipped, counted, logged and
+listed in ``describe()``; any other empty or unreadable PNG, malformed metadata line or
+label other than 0/1 is a DataError naming the file and line (``skip_unreadable: true``
+skips and reports those too). Pixel encodings as in tasks/image.py (``input``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from surnn.errors import ConfigError, DataError
+from surnn.registry import register_task
+from tasks.base import Splits, Subset, Task, cache_dir, read_cache, seeded_split
+from tasks.generators import pathfinder as gen
+from tasks.image import PixelDataset, encoding_info, pixel_collate, pixel_stats, set_input
+from tasks.text import begin_cache, commit_cache, file_lock, file_signature
+
+log = logging.getLogger(__name__)
+
+KNOWN_EMPTY = frozenset({"pathfinder32/curv_baseline/imgs/0/sample_172.png"})
+FRACTIONS = (0.8, 0.1, 0.1)
+EXPECTED_IMAGES = 200_000
+CACHE_FORMAT = 1
+
+
+def generate_command(data_dir: Path, resolution: int, difficulty: str, n: int = 200_000) -> str:
+    return (
+        f"python -m tasks.generators.pathfinder --resolution {resolution} "
+        f"--difficulty {difficulty} --n {n} --out {data_dir} --format cache"
+    )
+
+
+def read_metadata(root: Path) -> list[tuple[str, int, str, int]]:
+    """(image path relative to root, label, metadata file, line) for every listed image."""
+    meta = root / "metadata"
+    files = sorted(
+        meta.glob("*.npy"),
+        key=lambda p: (not p.stem.isdigit(), int(p.stem) if p.stem.isdigit() else 0, p.name),
+    )
+    if not files:
+        raise DataError(f"{meta}: no metadata/<k>.npy files; restore them from lra_release.gz")
+    out = []
+    for f in files:
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                cols = line.split()
+                if not cols:
+                    continue
+                if len(cols) < 4:
+                    raise DataError(
+                        f"{f}:{lineno}: expected 'subdir filename index label ...' (at least 4 "
+                        f"fields), got {len(cols)}; fix or delete that line"
+                    )
+                try:
+                    y = float(cols[3])
+                except ValueError:
+                    y = -1.0
+                if y not in (0.0, 1.0):
+                    raise DataError(f"{f}:{lineno}: label {cols[3]!r} is not 0 or 1; fix that line")
+                out.append((f"{cols[0]}/{cols[1]}", int(y), f.name, lineno))
+    return out
+
+
+def _decode(args) -> tuple[int, np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Decode a chunk of PNGs: (start, images, ok mask, [(index, reason)] of skipped)."""
+    from PIL import Image as PILImage
+
+    start, entries, root, rel_root, res, skip_unreadable = args
+    imgs = np.zeros((len(entries), res * res), np.uint8)
+    ok = np.ones(len(entries), bool)
+    skipped = []
+    for j, (rel, _, mfile, lineno) in enumerate(entries):
+        p = Path(root) / rel
+        where = f"{p} (metadata/{mfile}:{lineno})"
+        reason = None
+        try:
+            if p.stat().st_size == 0:
+                reason = "empty file"
+            else:
+                with PILImage.open(p) as im:
+                    a = np.asarray(im.convert("L"), np.uint8)
+                if a.shape != (res, res):
+                    raise DataError(f"{where}: image is {a.shape}, expected {res}x{res}")
+                imgs[j] = a.reshape(-1)
+        except FileNotFoundError:
+            reason = "missing file"
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt files
+            reason = f"unreadable ({type(e).__name__})"
+        if reason is not None:
+            known = f"{rel_root}/{rel}" in KNOWN_EMPTY
+            if not (known or skip_unreadable):
+                raise DataError(
+                    f"{where}: {reason}; restore it from lra_release.gz, delete its metadata line, "
+                    "or set task.options.skip_unreadable=true to skip and count such images"
+                )
+            ok[j] = False
+            skipped.append((start + j, f"{rel_root}/{rel}: {reason}"))
+    return start, imgs, ok, skipped
+
+
+@register_task("pathfinder")
+class Pathfinder(Task):
+    """Pathfinder images as pixel sequences (LRA Pathfinder; Path-X at 128 px)."""
+
+    name = "pathfinder"
+    n_classes = 2
+
+    def __init__(
+        self,
+        data_dir,
+        resolution: int = 32,
+        difficulty: str = "hard",
+        input: str = "tokens",
+        split_seed: int = 0,
+        generate: bool | dict | None = False,
+        skip_unreadable: bool = False,
+        workers: int | None = None,
+        **options: Any,
+    ):
+        if options:
+            raise ConfigError(
+                f"task={self.name}: unknown options {sorted(options)}; valid: resolution, "
+                f"difficulty, input, split_seed, generate, skip_unreadable, workers "
+                f"(configs/task/{self.name}.yaml)"
+            )
+        super().__init__(data_dir, resolution=resolution, difficulty=difficulty, input=input)
+        if resolution not in (32, 64, 128, 256):
+            raise ConfigError(
+                f"task.options.resolution={resolution!r}: expected 32, 64, 128 or 256"
+            )
+        if difficulty not in gen.DIFFICULTIES:
+            raise ConfigError(
+                f"task.options.difficulty={difficulty!r}: expected easy (contour length 6), "
+                "medium (9) or hard (14)"
+            )
+        set_input(self, input)
+        self.resolution, self.difficulty, self.split_seed = resolution, difficulty, split_seed
+        self.max_len = resolution * resolution
+        self.generate = self._generate_options(generate)
+        self.skip_unreadable, self.workers = bool(skip_unreadable), workers
+        self.root = self.data_dir / gen.folder_name(resolution, difficulty)
+        self.source = None
+        self.info: dict[str, Any] = {}
+
+    @staticmethod
+    def _generate_options(g) -> dict | None:
+        if g in (None, False):
+            return None
+        opts = {"n": EXPECTED_IMAGES, "seed": 0, "workers": None}
+        if g is True:
+            return opts
+        if isinstance(g, dict) and set(g) <= set(opts):
+            return {**opts, **g}
+        raise ConfigError(
+            f"task.options.generate={g!r}: expected false, true or a dict of {sorted(opts)}"
+        )
+
+    def _ensure_data(self) -> str:
+        """'release' or 'generated' (the layout found), generating first when allowed."""
+        if (self.root / "metadata").is_dir():
+            return "release"
+        if (self.root / "images.npy").is_file():
+            return "generated"
+        if self.generate is None:
+            raise DataError(
+                f"task={self.name}: no data at {self.root} (expected imgs/ + metadata/ of the LRA "
+                "release, or generated arrays). Generate it with\n  "
+                + generate_command(self.data_dir, self.resolution, self.difficulty)
+                + f"\nor set task.options.generate=true (configs/task/{self.name}.yaml)"
+            )
+        g = self.generate
+        log.warning(
+            "%s: %s is absent; generating %d images (seed %d) = %s",
+            self.name, self.root, g["n"], g["seed"],
+            generate_command(self.data_dir, self.resolution, self.difficulty, g["n"]),
+        )  # fmt: skip
+        gen.generate(
+            self.data_dir,
+            self.resolution,
+            self.difficulty,
+            g["n"],
+            g["seed"],
+            g["workers"],
+            "cache",
+        )
+        return "generated"
+
+    def _build_release(self, tmp: Path) -> tuple[np.ndarray, np.ndarray, list]:
+        entries = read_metadata(self.root)
+        res, n = self.resolution, len(entries)
+        images = np.lib.format.open_memmap(tmp / "all.npy", "w+", np.uint8, (n, res * res))
+        keep = np.ones(n, bool)
+        skipped: list[tuple[int, str]] = []
+        chunk = 1000
+        rel_root = gen.folder_name(self.resolution, self.difficulty)
+        jobs = [(i, entries[i : i + chunk], self.root, rel_root, res, self.skip_unreadable)
+                for i in range(0, n, chunk)]  # fmt: skip
+        workers = self.workers or min(os.cpu_count() or 1, 8)
+        pool = mp.get_context("fork").Pool(workers) if workers > 1 and n > 4 * chunk else None
+        try:
+            from tqdm import tqdm
+
+            it = pool.imap(_decode, jobs) if pool else map(_decode, jobs)
+            with tqdm(total=n, unit="img", desc=f"decode {rel_root}", disable=n < 20_000) as bar:
+                for start, imgs, ok, sk in it:
+                    images[start : start + len(imgs)] = imgs
+                    keep[start : start + len(imgs)] = ok
+                    skipped += sk
+                    bar.update(len(imgs))
+        finally:
+            if pool:
+                pool.close()
+                pool.join()
+        labels = np.array([e[1] for e in entries], np.uint8)
+        rows = np.flatnonzero(keep)
+        for _, why in skipped:
+            log.warning("%s: skipped %s", self.name, why)
+        if rows.size < n:  # compact: the cache holds only usable images
+            out = np.lib.format.open_memmap(
+                tmp / "images.npy", "w+", np.uint8, (rows.size, res * res)
+            )
+            for i in range(0, rows.size, 8192):
+                out[i : i + 8192] = images[rows[i : i + 8192]]
+            out.flush()
+            del images
+            (tmp / "all.npy").unlink()
+        else:
+            images.flush()
+            del images
+            (tmp / "all.npy").rename(tmp / "images.npy")
+        return labels[rows], rows, [w for _, w in skipped]
+
+    def splits(self) -> Splits:
+        layout = self._ensure_data()
+        if layout == "release":
+            sig = file_signature(sorted((self.root / "metadata").glob("*.npy")))
+        else:
+            sig = file_signature([self.root / "images.npy", self.root / "labels.npy"])
+        key = {
+            "format": CACHE_FORMAT,
+            "layout": layout,
+            "source": sig,
+            "resolution": self.resolution,
+            "difficulty": self.difficulty,
+            "split_seed": self.split_seed,
+            "skip_unreadable": self.skip_unreadable,
+        }
+        path = cache_dir(self.data_dir, "pathfinder", key)
+        names = ["labels", "train_idx", "val_idx", "test_idx"]
+        with file_lock(self.data_dir / "cache" / ".pathfinder.lock"):
+            got = read_cache(path, names)
+            if got is None:
+                self._build_cache(path, layout)
+                got = read_cache(path, names)
+        a, meta = got
+        src_images = path / "images.npy" if layout == "release" else self.root / "images.npy"
+        images = np.load(src_images, mmap_mode="r")
+        if images.shape[1] != self.max_len or len(images) != len(a["labels"]):
+            raise DataError(
+                f"{src_images}: shape {images.shape} does not match {len(a['labels'])} labels of "
+                f"{self.resolution}x{self.resolution} images; delete {path} and the data, regenerate"
+            )
+        self.cache_path, self.source = path, meta["source"]
+        self.mean, self.std = meta["mean"], meta["std"]
+        self.info = {
+            k: meta[k] for k in ("counts", "skipped", "n_skipped", "label_mean", "mean", "std")
+        }
+        base = PixelDataset(images, a["labels"], self.input)
+        return Splits(
+            Subset(base, a["train_idx"]),
+            Subset(base, a["val_idx"]),
+            Subset(base, a["test_idx"]),
+            pixel_collate(self.input, self.mean, self.std),
+        )
+
+    def _build_cache(self, path: Path, layout: str) -> None:
+        tmp = begin_cache(path)
+        if layout == "release":
+            log.info("%s: decoding %s into %s", self.name, self.root, path)
+            labels, _, skipped = self._build_release(tmp)
+            images = np.load(tmp / "images.npy", mmap_mode="r")
+            source = f"release {self.root}"
+        else:
+            images = np.load(self.root / "images.npy", mmap_mode="r")
+            labels = np.load(self.root / "labels.npy")
+            skipped = []
+            info = json.loads((self.root / "generated.json").read_text()) if (
+                self.root / "generated.json").is_file() else {}  # fmt: skip
+            source = f"generated {self.root} (seed {info.get('seed')}, n {info.get('n')})"
+            if labels.ndim != 1 or len(labels) != len(images) or not np.isin(labels, (0, 1)).all():
+                raise DataError(
+                    f"{self.root}/labels.npy: expected {len(images)} labels in {{0, 1}}"
+                )
+        n = len(labels)
+        if n < 3:
+            raise DataError(f"{self.root}: {n} usable images; need at least 3 for the splits")
+        tr, va, te = seeded_split(n, FRACTIONS, self.split_seed)
+        mean, std = pixel_stats(images, tr)
+        del images
+        meta = {
+            "source": source,
+            "counts": {"train": len(tr), "val": len(va), "test": len(te)},
+            "skipped": skipped[:20],
+            "n_skipped": len(skipped),
+            "label_mean": {
+                s: float(labels[i].mean()) for s, i in (("train", tr), ("val", va), ("test", te))
+            },
+            "mean": mean,
+            "std": std,
+        }
+        if n != EXPECTED_IMAGES:
+            log.info("%s: %d images (the LRA release has %d)", self.name, n, EXPECTED_IMAGES)
+        arrays = {"labels": labels.astype(np.uint8), "train_idx": tr, "val_idx": va, "test_idx": te}
+        commit_cache(tmp, path, arrays, meta)
+
+    def describe(self) -> dict[str, Any]:
+        info = dict(self.info)
+        enc = encoding_info(self.input, info.get("mean", 0.0), info.get("std", 1.0))
+        return {
+            **super().describe(),
+            "resolution": self.resolution,
+            "difficulty": self.difficulty,
+            "encoding": enc,
+            "source": self.source,
+            **info,
+        }
+
+
+@register_task("pathx")
+class PathX(Pathfinder):
+    """Path-X: Pathfinder at 128 x 128 (16,384 steps), hard contours by default."""
+
+    name = "pathx"
+
+    def __init__(self, data_dir, resolution: int = 128, **options: Any):
+        if resolution != 128:
+            raise ConfigError(
+                f"task=pathx: resolution={resolution}; Path-X is 128 px (use task=pathfinder "
+                "with task.options.resolution for other sizes)"
+            )
+        super().__init__(data_dir, resolution=128, **options)

@@ -1,0 +1,331 @@
+"""Text (LRA): IMDB sentiment from raw UTF-8 bytes, 2 classes, 4096 bytes.
+
+Sources, first found wins (``describe()["source"]`` records which):
+  1. ``<data_dir>/aclImdb/{train,test}/{neg,pos}/<id>_<rating>.txt`` (the Stanford archive);
+  2. ``<data_dir>/hub/stanfordnlp/imdb``, a ``datasets`` ``save_to_disk`` folder;
+  3. the hub data set ``stanfordnlp/imdb`` through ``datasets.load_dataset`` (needs network
+     or the Hugging Face cache; skipped with ``hub: false``).
+Tokens: byte b -> id b + 1, 0 = padding (vocab 257); each review keeps its first
+``max_len`` bytes. Splits: LRA trains on the 25,000 train reviews and uses the 25,000 test
+reviews for both validation and test (``val_fraction: 0``); ``val_fraction > 0`` instead
+holds out a seeded part of train. Split indices are stored with the cache.
+
+This module also holds the byte-sequence helpers Retrieval uses (datasets over flat uint8
+arrays, a streaming .npy writer, file signatures and a file lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from surnn.errors import ConfigError, DataError
+from surnn.registry import register_task
+from tasks.base import Splits, Subset, Task, cache_dir, make_collate, read_cache, seeded_split
+
+log = logging.getLogger(__name__)
+
+BYTE_VOCAB = 257  # 256 byte values shifted by one, 0 = padding
+HUB_NAME = "stanfordnlp/imdb"
+CACHE_FORMAT = 1  # bump when the encoding changes
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class ByteDataset(Dataset):
+    """Byte strings stored flat (uint8, memory-mapped); an item is (ids = bytes + 1, label)."""
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray, labels: np.ndarray):
+        self.data, self.offsets, self.labels = data, offsets, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _doc(self, k: int) -> np.ndarray:
+        a, b = int(self.offsets[k]), int(self.offsets[k + 1])
+        return self.data[a:b].astype(np.int16) + 1
+
+    def __getitem__(self, i: int):
+        return self._doc(i), int(self.labels[i])
+
+
+class BytePairDataset(ByteDataset):
+    """Document pairs: documents 2i and 2i + 1 of the flat store; item (ids1, ids2, label)."""
+
+    def __getitem__(self, i: int):
+        return self._doc(2 * i), self._doc(2 * i + 1), int(self.labels[i])
+
+
+class NpyStream:
+    """Append-only 1-D .npy file of unknown final length: a fixed-size header is
+    rewritten with the true shape on ``close``, so nothing is held in memory."""
+
+    HEADER = 128
+
+    def __init__(self, path: Path, dtype=np.uint8):
+        self.path, self.dtype, self.n = Path(path), np.dtype(dtype), 0
+        self.f = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self.f.write(b"\0" * self.HEADER)
+
+    def write(self, arr: np.ndarray | bytes) -> None:
+        buf = bytes(arr) if isinstance(arr, bytes | bytearray) else arr.astype(self.dtype).tobytes()
+        self.f.write(buf)
+        self.n += len(buf) // self.dtype.itemsize
+
+    def close(self) -> None:
+        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
+        d["shape"] = (self.n,)
+        body = repr(d).encode("latin1")
+        pad = self.HEADER - 10 - len(body) - 1
+        self.f.seek(0)
+        self.f.write(b"\x93NUMPY\x01\x00" + (self.HEADER - 10).to_bytes(2, "little"))
+        self.f.write(body + b" " * pad + b"\n")
+        self.f.close()
+
+
+def file_signature(paths: Iterable[Path]) -> list[list]:
+    """Identity of source files (path, size, mtime) for cache keys: a changed file
+    gives a new cache instead of stale arrays."""
+    out = []
+    for p in paths:
+        st = Path(p).stat()
+        out.append([str(p), st.st_size, st.st_mtime_ns])
+    return out
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock so concurrent runs (or DDP ranks) build a cache once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def begin_cache(path: Path) -> Path:
+    """A fresh temp folder next to ``path``; ``commit_cache`` renames it into place."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_cache(tmp: Path, path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    for k, v in arrays.items():
+        np.save(tmp / f"{k}.npy", v)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+
+
+def hub_disk_dir(data_dir: Path, hub_name: str) -> Path:
+    return data_dir / "hub" / hub_name
+
+
+def load_hub(data_dir: Path, hub_name: str, allow_download: bool):
+    """A ``datasets.DatasetDict`` from ``<data_dir>/hub/<name>`` (save_to_disk) or the hub;
+    (None, reason) when neither works (offline, no cache, datasets missing)."""
+    try:
+        import datasets
+    except ImportError:
+        return None, "the datasets package is not installed"
+    disk = hub_disk_dir(data_dir, hub_name)
+    if disk.exists():
+        try:
+            return datasets.load_from_disk(str(disk)), f"save_to_disk folder {disk}"
+        except Exception as e:  # noqa: BLE001 - any failure: report and fall through
+            raise DataError(
+                f"{disk} is not a readable datasets.save_to_disk folder ({e}); delete it or "
+                f"re-save it with datasets.load_dataset({hub_name!r}).save_to_disk"
+            ) from e
+    if not allow_download:
+        return None, "hub access disabled (hub: false)"
+    try:
+        return datasets.load_dataset(hub_name), f"hub {hub_name}"
+    except Exception as e:  # noqa: BLE001 - offline hubs raise many types
+        return None, f"datasets.load_dataset({hub_name!r}) failed: {type(e).__name__}"
+
+
+def check_max_len(value: Any, name: str, limit: int | None = None) -> int:
+    if not isinstance(value, int) or value < 1 or (limit and value > limit):
+        raise ConfigError(f"task.options.max_len={value!r}: expected a positive integer for {name}")
+    return value
+
+
+# ----------------------------------------------------------------------------- task
+
+
+def _acl_files(root: Path, split: str) -> list[tuple[Path, int]]:
+    files: list[tuple[Path, int]] = []
+    for label, sub in ((0, "neg"), (1, "pos")):
+        d = root / split / sub
+        if not d.is_dir():
+            raise DataError(
+                f"{d} is missing: expected the aclImdb layout {root}/{{train,test}}/{{neg,pos}}/"
+                "*.txt; unpack aclImdb_v1.tar.gz into the data folder"
+            )
+
+        def key(p: Path):
+            head = p.stem.split("_")[0]
+            return (0, int(head), p.name) if head.isdigit() else (1, 0, p.name)
+
+        files += [(p, label) for p in sorted(d.glob("*.txt"), key=key)]
+    return files
+
+
+@register_task("text")
+class Text(Task):
+    """IMDB reviews as byte sequences (LRA Text)."""
+
+    name = "text"
+    n_classes = 2
+    input_kind = "tokens"
+    vocab_size = BYTE_VOCAB
+
+    def __init__(
+        self,
+        data_dir,
+        max_len: int = 4096,
+        val_fraction: float = 0.0,
+        split_seed: int = 0,
+        hub: bool = True,
+        **options: Any,
+    ):
+        if options:
+            raise ConfigError(
+                f"task=text: unknown options {sorted(options)}; valid: max_len, val_fraction, "
+                "split_seed, hub (configs/task/text.yaml)"
+            )
+        super().__init__(data_dir, max_len=max_len, val_fraction=val_fraction)
+        self.max_len = check_max_len(max_len, "text")
+        if not 0.0 <= float(val_fraction) < 1.0:
+            raise ConfigError(f"task.options.val_fraction={val_fraction}: expected 0 <= f < 1")
+        self.val_fraction, self.split_seed, self.hub = float(val_fraction), split_seed, hub
+        self.source = None
+        self.info: dict[str, Any] = {}
+
+    def _read(self) -> tuple[str, list, dict[str, list[tuple[bytes, int]]]]:
+        """(source description, signature, split -> iterator of (bytes, label))."""
+        acl = self.data_dir / "aclImdb"
+        if acl.is_dir():
+            files = {s: _acl_files(acl, s) for s in ("train", "test")}
+            sig = [[str(acl), len(files["train"]), len(files["test"])]]
+            sig += file_signature([files["train"][0][0], files["test"][-1][0]])
+
+            def gen(split):
+                for p, y in files[split]:
+                    yield p.read_bytes(), y
+
+            return f"aclImdb folder {acl}", sig, {s: gen(s) for s in files}
+        ds, why = load_hub(self.data_dir, HUB_NAME, self.hub)
+        if ds is None:
+            raise DataError(
+                f"task=text: no IMDB data under {self.data_dir}: expected {acl}/ (unpack "
+                "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz there) or "
+                f"{hub_disk_dir(self.data_dir, HUB_NAME)} (datasets save_to_disk); hub: {why}"
+            )
+        dd, src = ds
+        for s in ("train", "test"):
+            if s not in dd:
+                raise DataError(f"{src}: has no {s!r} split (found {list(dd)}); re-save it")
+
+        def gen_hub(split):
+            for k, row in enumerate(dd[split]):
+                y = row.get("label")
+                if y not in (0, 1):
+                    raise DataError(f"{src} split {split} row {k}: label {y!r} is not 0 or 1")
+                yield row["text"].encode("utf-8"), y
+
+        sig = [[src, dd["train"].num_rows, dd["test"].num_rows, dd["train"]._fingerprint]]
+        return src, sig, {s: gen_hub(s) for s in ("train", "test")}
+
+    def _build(self, path: Path, rows: dict) -> None:
+        tmp = begin_cache(path)
+        stream = NpyStream(tmp / "data.npy")
+        offsets, labels, n_trunc = [0], [], 0
+        counts = {}
+        for split in ("train", "test"):
+            n0 = len(labels)
+            for b, y in rows[split]:
+                n_trunc += len(b) > self.max_len
+                b = b[: self.max_len]
+                stream.write(b)
+                offsets.append(offsets[-1] + len(b))
+                labels.append(y)
+            counts[split] = len(labels) - n0
+        stream.close()
+        n_train = counts["train"]
+        if n_train == 0 or counts["test"] == 0:
+            raise DataError(f"task=text: {self.source} has an empty split ({counts})")
+        test = np.arange(n_train, n_train + counts["test"])
+        if self.val_fraction > 0:
+            tr, va = seeded_split(
+                n_train, [1 - self.val_fraction, self.val_fraction], self.split_seed
+            )
+        else:
+            tr, va = np.arange(n_train), test
+        arrays = {
+            "offsets": np.asarray(offsets, np.int64),
+            "labels": np.asarray(labels, np.uint8),
+            "train_idx": tr,
+            "val_idx": va,
+            "test_idx": test,
+        }
+        meta = {"source": self.source, "counts": counts, "truncated": n_trunc}
+        commit_cache(tmp, path, arrays, meta)
+
+    def splits(self) -> Splits:
+        src, sig, rows = self._read()
+        self.source = src
+        key = {
+            "format": CACHE_FORMAT,
+            "source": sig,
+            "max_len": self.max_len,
+            "val_fraction": self.val_fraction,
+            "split_seed": self.split_seed if self.val_fraction > 0 else None,
+        }
+        path = cache_dir(self.data_dir, self.name, key)
+        names = ["data", "offsets", "labels", "train_idx", "val_idx", "test_idx"]
+        with file_lock(self.data_dir / "cache" / ".text.lock"):
+            got = read_cache(path, names)
+            if got is None:
+                log.info("text: building byte cache from %s into %s", src, path)
+                self._build(path, rows)
+                got = read_cache(path, names)
+        a, meta = got
+        self.cache_path = path
+        self.info = {"counts": meta["counts"], "truncated": meta["truncated"]}
+        base = ByteDataset(a["data"], a["offsets"], a["labels"])
+        return Splits(
+            Subset(base, a["train_idx"]),
+            Subset(base, a["val_idx"]),
+            Subset(base, a["test_idx"]),
+            make_collate("tokens"),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "encoding": "bytes: id = byte + 1, 0 = pad",
+            "source": self.source,
+            "val": "test split (LRA)"
+            if self.val_fraction == 0
+            else f"{self.val_fraction} of train",
+            **self.info,
+        }
