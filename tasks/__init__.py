@@ -1,3 +1,2 @@
-"""LRA tasks. Importing this package registers every task with ``surnn.registry.TASKS``."""
-
-from tasks import image, listops, pathfinder, retrieval, text  # noqa: F401
+"""LRA tasks. ``tasks.all`` imports every task module, which registers it with
+``surnn.registry.TASKS``; importing ``tasks.base`` alone stays light."""
