@@ -171,7 +171,6 @@ class _SuGRUFunction(torch.autograd.Function):
         p, plan = ctx.p, ctx.plan
         need = ctx.needs_input_grad
         grads = _backward(p, plan, ctx.out_ext, ctx.saved, grad_out, grad_h, need)
-        ctx.saved = None
         dx, dh0, dwi, dwh, dbi, dbh, dg = grads
         return (
             dx,

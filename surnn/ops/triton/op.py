@@ -85,7 +85,7 @@ def su_gru_fwd(
             t, B, T, D, H, flag.shape[1], _bstride(g), _bstride(act),
             SAVE=save, IEEE=ieee, BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk,
         )  # fmt: skip
-    return out, hs[T % 2].to(x.dtype), sv
+    return out, hs[T % 2].to(x.dtype, copy=True), sv
 
 
 @su_gru_fwd.register_fake

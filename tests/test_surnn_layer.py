@@ -1,0 +1,115 @@
+"""Gates, the SelectiveUpdateGRU module and the surnn mixer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from surnn.errors import ConfigError
+from surnn.gates import all_open, build_gate
+from surnn.layer import SelectiveUpdateGRU, SuRNNMixer
+
+
+def test_interval_gate_rate_and_slabs():
+    gate = build_gate(12, 4, {"kind": "interval", "period": 3})
+    g, active = gate(30)
+    assert g.shape == (30, 12) and torch.equal(active, g.bool())
+    assert torch.allclose(g.mean(0), torch.full((12,), 1 / 3))
+    for t in range(30):  # one contiguous slab of 4 neurons per step
+        idx = g[t].nonzero().flatten()
+        assert len(idx) == 4 and int(idx[-1] - idx[0]) == 3
+
+
+def test_rhythm_init_rate_and_bounded_active_set():
+    torch.manual_seed(0)
+    gate = build_gate(256, 4, {"kind": "rhythm", "init_rate": 0.2, "width": 0.5})
+    g, active = gate(2000)
+    assert abs(g.mean().item() - 0.2) < 0.05
+    a = gate.preactivation(2000)
+    assert torch.equal(active, (a > 0) | (a.abs() < 0.5))  # training: open + near threshold
+    with torch.no_grad():
+        _, active_eval = gate(2000)
+    assert torch.equal(active_eval, a > 0)
+    ste = build_gate(8, 4, {"kind": "rhythm", "surrogate": "ste"})
+    assert ste(10)[1].all()
+
+
+def test_surrogate_gradient_is_bounded():
+    gate = build_gate(16, 4, {"kind": "rhythm", "surrogate": "rect", "width": 0.3})
+    g, _ = gate(100)
+    g.sum().backward()
+    a = gate.preactivation(100).detach()
+    expected = (a.abs() < 0.3).float().sum(0)
+    assert torch.allclose(gate.bias.grad, expected)
+
+
+def test_random_and_content_gates():
+    rnd = build_gate(8, 4, {"kind": "random"})
+    assert not list(rnd.parameters())
+    content = build_gate(8, 4, {"kind": "content"})
+    g, active = content(5, torch.randn(3, 5, 4))
+    assert g.shape == (3, 5, 8) and active.shape == (3, 5, 8)
+    soft = build_gate(8, 4, {"kind": "soft"})
+    g, active = soft(5)
+    assert ((g > 0) & (g < 1)).all() and active.all()
+
+
+def test_all_open_forces_every_gate():
+    for kind in ["rhythm", "interval", "content"]:
+        gate = build_gate(8, 4, {"kind": kind})
+        with all_open():
+            g, active = gate(6, torch.randn(2, 6, 4))
+        assert g.all() and active.all()
+
+
+def test_bad_gate_config_names_the_option():
+    with pytest.raises(ConfigError, match="kind"):
+        build_gate(8, 4, {"kind": "nope"})
+    with pytest.raises(ConfigError, match="colour"):
+        build_gate(8, 4, {"colour": 1})
+    with pytest.raises(ConfigError, match="init_rate"):
+        build_gate(8, 4, {"init_rate": 2.0})
+
+
+@pytest.mark.parametrize("impl", ["reference", "cpu"])
+def test_mixer_padding_invariance_and_aux(impl):
+    torch.manual_seed(0)
+    gate = {"kind": "rhythm", "init_rate": 0.3, "target_rate": 0.1, "rate_penalty": 2.0}
+    m = SuRNNMixer(16, gate=gate, impl=impl, max_len=40)
+    x = torch.randn(3, 30, 16)
+    lens = torch.tensor([30, 12, 20])
+    y, aux = m(x, lens)
+    x2 = torch.cat([x, torch.randn(3, 10, 16)], 1)  # more right padding, different values
+    y2, _ = m(x2, lens)
+    for b, n in enumerate(lens.tolist()):
+        assert torch.allclose(y[b, :n], y2[b, :n], atol=1e-6)
+    rate = m.rnn.last_gate[0][:30]
+    valid = (torch.arange(30)[:, None] < lens[None]).float()  # [T, B]
+    expected = float((rate.sum(1) * valid.sum(1)).sum() / (lens.sum() * 16))
+    assert abs(aux["update_rate"] - expected) < 1e-6
+    assert aux["aux_loss"].item() == pytest.approx(2.0 * (expected - 0.1) ** 2, rel=1e-4)
+    aux["aux_loss"].backward()
+    assert m.rnn.gates[0].bias.grad.abs().sum() > 0
+
+
+def test_mixer_hidden_projection_and_flops_under_all_open():
+    m = SuRNNMixer(8, hidden_size=12, gate={"kind": "interval", "period": 4}, impl="cpu").eval()
+    x, lens = torch.randn(2, 16, 8), torch.tensor([16, 16])
+    counts = []
+    for ctx in (torch.no_grad(), all_open()):
+        with torch.no_grad(), ctx, FlopCounterMode(display=False) as fc:
+            y, aux = m(x, lens)
+        counts.append(fc.get_total_flops())
+    assert y.shape == (2, 16, 8)
+    proj = 2 * 2 * 16 * 12 * 8  # the output projection H -> d_model
+    per_update = 2 * 3 * (8 + 12)
+    assert counts[0] == per_update * 2 * 16 * 12 // 4 + proj
+    assert counts[1] == per_update * 2 * 16 * 12 + proj
+
+
+def test_layer_rejects_bidirectional_and_bad_impl():
+    with pytest.raises(ConfigError):
+        SelectiveUpdateGRU(4, 4, bidirectional=True)
+    with pytest.raises(ConfigError, match="impl"):
+        SelectiveUpdateGRU(4, 4, impl="cuda-magic")
