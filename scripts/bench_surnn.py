@@ -1,0 +1,224 @@
+"""Benchmark the selective-update GRU against torch.nn.GRU of the same size.
+
+One process, same sizes and dtype, interleaved repetitions, median. For each update rate
+the gate is a staggered interval schedule (``--gate interval``: period round(1/rate),
+one contiguous slab of neurons per step) or a rhythm gate initialised at that rate
+(``--gate rhythm``; training then also computes the near-threshold neurons of the bounded
+surrogate). Prints a table and writes JSON under results/bench/.
+
+    python scripts/bench_surnn.py                                   # CPU, the issue's sizes
+    python scripts/bench_surnn.py --batch 8 --seq 128 --reps 3      # quick
+    python scripts/bench_surnn.py --device cuda --dtype bf16 --batch 64 --hidden 1024 --dim 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from surnn.gates import build_gate
+from surnn.ops import resolve_impl, su_gru
+
+ROOT = Path(__file__).resolve().parents[1]
+RATES = (1.0, 0.5, 0.25, 0.17, 0.1, 0.05)
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--dim", type=int, default=512, help="input size D")
+    p.add_argument("--hidden", type=int, default=512, help="hidden size H")
+    p.add_argument("--rates", type=float, nargs="+", default=list(RATES))
+    p.add_argument("--gate", choices=("interval", "rhythm"), default="interval")
+    p.add_argument("--width", type=float, default=0.1, help="rhythm surrogate width")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--impl", default="auto")
+    p.add_argument("--no-train", action="store_true", help="forward only")
+    p.add_argument("--out", default=None, help="JSON path (default results/bench/<name>.json)")
+    p.add_argument("--label", default="", help="free text stored in the JSON (e.g. 'noisy')")
+    return p.parse_args()
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True
+        ).strip()
+    except Exception:  # noqa: BLE001 - not a git checkout
+        return "unknown"
+
+
+def make_gate(args, rate: float, H: int, device, dtype):
+    """(g, active_train, active_eval) for one update rate."""
+    if args.gate == "interval":
+        period = max(1, round(1 / rate))
+        g, act = build_gate(H, H, {"kind": "interval", "period": period})(args.seq, device=device)
+        return g.to(dtype), act, act
+    torch.manual_seed(0)
+    gate = build_gate(
+        H, H, {"kind": "rhythm", "init_rate": rate, "width": args.width, "n_freqs": 4}
+    ).to(device)
+    g, act_train = gate(args.seq, device=device)
+    with torch.no_grad():
+        _, act_eval = gate(args.seq, device=device)
+    return g.detach().to(dtype), act_train, act_eval
+
+
+def timer(device: torch.device):
+    def run(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    return run
+
+
+def main() -> None:
+    args = parse()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    B, T, D, H = args.batch, args.seq, args.dim, args.hidden
+    impl = resolve_impl(args.impl, device)
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(D, H, batch_first=True).to(device, dtype)
+    w = [gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0]
+    x = torch.randn(B, T, D, device=device, dtype=dtype)
+    xg = x.clone().requires_grad_()
+    h0 = torch.zeros(B, H, device=device, dtype=dtype)
+    gates = {r: make_gate(args, r, H, device, dtype) for r in args.rates}
+
+    def zero():
+        for p in [*w, xg]:
+            p.grad = None
+
+    cases: dict[str, dict] = {}
+
+    def add(name, kind, fn, flops, rate):
+        cases[name] = {"kind": kind, "fn": fn, "flops": flops, "rate": rate, "times": []}
+
+    dense = 2 * 3 * (D + H) * B * T * H
+    add("nn.GRU fwd", "fwd", lambda: gru(x), dense, 1.0)
+    if not args.no_train:
+        add(
+            "nn.GRU train",
+            "train",
+            lambda: (zero(), gru(xg)[0].float().sum().backward()),
+            3 * dense,
+            1.0,
+        )
+    for r, (g, act_tr, act_ev) in gates.items():
+        ex_ev = 2 * 3 * (D + H) * B * int(act_ev.sum())
+        ex_tr = 3 * 2 * 3 * (D + H) * B * int(act_tr.sum())
+        real = float(g.float().mean())
+
+        def fwd(g=g, a=act_ev):
+            with torch.no_grad():
+                su_gru(x, h0, *w, g, a, impl=impl)
+
+        def train(g=g, a=act_tr):
+            zero()
+            out, _ = su_gru(xg, h0, *w, g, a, impl=impl)
+            out.float().sum().backward()
+
+        add(f"su rate {r:g} fwd", "fwd", fwd, ex_ev, real)
+        if not args.no_train:
+            add(f"su rate {r:g} train", "train", train, ex_tr, real)
+
+    run = timer(device)
+    for c in cases.values():  # warm-up (compiles kernels, allocates)
+        run(c["fn"])
+    for rep in range(args.reps):
+        for c in cases.values():
+            c["times"].append(run(c["fn"]))
+        print(f"rep {rep + 1}/{args.reps} done", flush=True)
+
+    ref = {
+        k: statistics.median(cases[f"nn.GRU {k}"]["times"])
+        for k in ("fwd", "train")
+        if f"nn.GRU {k}" in cases
+    }
+    rate1 = {
+        c["kind"]: statistics.median(c["times"])
+        for n, c in cases.items()
+        if n.startswith("su rate 1 ")
+    }
+    rows = []
+    for name, c in cases.items():
+        med = statistics.median(c["times"])
+        rows.append(
+            {
+                "case": name,
+                "kind": c["kind"],
+                "update_rate": round(c["rate"], 4),
+                "median_s": med,
+                "times_s": c["times"],
+                "executed_gflop": c["flops"] / 1e9,
+                "gflop_per_s": c["flops"] / 1e9 / med,
+                "speedup_vs_nn_gru": ref.get(c["kind"], math.nan) / med,
+                "speedup_vs_rate1": rate1.get(c["kind"], math.nan) / med,
+            }
+        )
+    print(
+        f"\nB={B} T={T} D={D} H={H} {args.dtype} {device} threads={args.threads} impl={impl} gate={args.gate}"
+    )
+    print(f"{'case':<22}{'rate':>7}{'median ms':>11}{'GFLOP/s':>9}{'vs GRU':>8}{'vs rate1':>9}")
+    for r in rows:
+        print(
+            f"{r['case']:<22}{r['update_rate']:>7.3f}{r['median_s'] * 1e3:>11.1f}"
+            f"{r['gflop_per_s']:>9.1f}{r['speedup_vs_nn_gru']:>8.2f}{r['speedup_vs_rate1']:>9.2f}"
+        )
+    meta = {
+        "command": "python scripts/bench_surnn.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if v not in (None, False, "")
+        ),
+        "label": args.label,
+        "sizes": {"B": B, "T": T, "D": D, "H": H},
+        "dtype": args.dtype,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "impl": impl,
+        "gate": args.gate,
+        "torch": torch.__version__,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
+        "reps": args.reps,
+        "rows": rows,
+    }
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT
+        / "results"
+        / "bench"
+        / (f"surnn_{device.type}_{args.dtype}_B{B}_T{T}_D{D}_H{H}_{args.gate}.json")
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(meta, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
