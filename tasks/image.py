@@ -182,14 +182,13 @@ class Image(Task):
                 file_signature(root / n for n in names),
                 load,
             )
-        ds, why = load_hub(self.data_dir, HUB_NAME, self.hub)
-        if ds is None:
+        dd, src = load_hub(self.data_dir, HUB_NAME, self.hub)
+        if dd is None:
             raise DataError(
                 f"task=image: no CIFAR-10 under {self.data_dir}: expected {root}/ (unpack "
                 "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz there) or "
-                f"{hub_disk_dir(self.data_dir, HUB_NAME)} (datasets save_to_disk); hub: {why}"
+                f"{hub_disk_dir(self.data_dir, HUB_NAME)} (datasets save_to_disk); hub: {src}"
             )
-        dd, src = ds
 
         def load_hub_split(split):
             if split not in dd:

@@ -315,9 +315,11 @@ class Pathfinder(Task):
                     f"{self.root}/labels.npy: expected {len(images)} labels in {{0, 1}}"
                 )
         n = len(labels)
-        if n < 3:
-            raise DataError(f"{self.root}: {n} usable images; need at least 3 for the splits")
         tr, va, te = seeded_split(n, FRACTIONS, self.split_seed)
+        if min(len(tr), len(va), len(te)) == 0:
+            raise DataError(
+                f"{self.root}: {n} usable images leave an empty split at 80/10/10 %; need at least 10"
+            )
         mean, std = pixel_stats(images, tr)
         del images
         meta = {

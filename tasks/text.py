@@ -233,14 +233,13 @@ class Text(Task):
                     yield p.read_bytes(), y
 
             return f"aclImdb folder {acl}", sig, {s: gen(s) for s in files}
-        ds, why = load_hub(self.data_dir, HUB_NAME, self.hub)
-        if ds is None:
+        dd, src = load_hub(self.data_dir, HUB_NAME, self.hub)
+        if dd is None:
             raise DataError(
                 f"task=text: no IMDB data under {self.data_dir}: expected {acl}/ (unpack "
                 "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz there) or "
-                f"{hub_disk_dir(self.data_dir, HUB_NAME)} (datasets save_to_disk); hub: {why}"
+                f"{hub_disk_dir(self.data_dir, HUB_NAME)} (datasets save_to_disk); hub: {src}"
             )
-        dd, src = ds
         for s in ("train", "test"):
             if s not in dd:
                 raise DataError(f"{src}: has no {s!r} split (found {list(dd)}); re-save it")
