@@ -1,3 +1,4 @@
-"""Baseline mixers. Importing this package registers them with ``surnn.registry.MIXERS``."""
+"""Baseline mixers. Importing this package registers them with ``surnn.registry.MIXERS``
+(and the FLOP formulas of ``baselines.flops``)."""
 
-from baselines import rnn  # noqa: F401
+from baselines import flops, rnn, s4d, transformer  # noqa: F401

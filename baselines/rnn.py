@@ -1,4 +1,10 @@
-"""Recurrent baselines: torch.nn.LSTM (cuDNN on GPU)."""
+"""Recurrent baselines: torch.nn.LSTM and torch.nn.GRU (cuDNN on GPU).
+
+Sequences are packed with ``pack_padded_sequence`` so padding never enters the recurrence
+(also in the reverse direction of a bidirectional layer, which starts at each sequence's
+last valid step); outputs at padded positions are zero. A batch without padding skips the
+packing and runs the plain kernel.
+"""
 
 from __future__ import annotations
 
@@ -10,21 +16,53 @@ from surnn.mixer import Mixer
 from surnn.registry import register_mixer
 
 
-@register_mixer("lstm")
-class LSTMMixer(Mixer):
-    """torch.nn.LSTM over the valid positions (packed, so padding never enters)."""
+class _TorchRNNMixer(Mixer):
+    """One torch RNN layer (hidden ``hidden_size``, default d_model), projected back to
+    d_model by a linear map when its output width (x2 if bidirectional) differs."""
 
-    def __init__(self, d_model: int, hidden_size: int | None = None, bidirectional: bool = False, max_len=None):
+    rnn_cls: type[nn.RNNBase] = nn.LSTM
+
+    def __init__(
+        self,
+        d_model: int,
+        hidden_size: int | None = None,
+        bidirectional: bool = False,
+        max_len: int | None = None,
+    ):
         super().__init__(d_model)
         H = hidden_size or d_model
         self.causal = not bidirectional
-        self.rnn = nn.LSTM(d_model, H, batch_first=True, bidirectional=bidirectional)
+        self.rnn = self.rnn_cls(d_model, H, batch_first=True, bidirectional=bidirectional)
         out = H * (2 if bidirectional else 1)
         self.out = nn.Linear(out, d_model) if out != d_model else nn.Identity()
 
-    def forward(self, x, lengths):
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
         T = x.shape[1]
-        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        y, _ = self.rnn(packed)
-        y, _ = pad_packed_sequence(y, batch_first=True, total_length=T)
+        lens = lengths.detach().to("cpu", torch.int64)
+        if bool((lens == T).all()):
+            y, _ = self.rnn(x)
+        else:
+            packed = pack_padded_sequence(
+                x, lens.clamp(min=1), batch_first=True, enforce_sorted=False
+            )
+            y, _ = self.rnn(packed)
+            y, _ = pad_packed_sequence(y, batch_first=True, total_length=T)
+            if bool((lens == 0).any()):  # an empty sequence read one padding step: drop it
+                y = y.masked_fill((lengths == 0).view(-1, 1, 1).to(y.device), 0.0)
         return self.out(y), {}
+
+
+@register_mixer("lstm")
+class LSTMMixer(_TorchRNNMixer):
+    """torch.nn.LSTM over the valid positions."""
+
+    rnn_cls = nn.LSTM
+
+
+@register_mixer("gru")
+class GRUMixer(_TorchRNNMixer):
+    """torch.nn.GRU over the valid positions. Its weights load one to one into the
+    ``surnn`` mixer (``surnn.layer.SelectiveUpdateGRU``), which equals it with the gate
+    always open."""
+
+    rnn_cls = nn.GRU

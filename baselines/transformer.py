@@ -1,0 +1,132 @@
+"""Multi-head self-attention as a sequence mixer (the Transformer baseline).
+
+The backbone already wraps every mixer in a pre-norm residual block with a GLU feed-forward
+(``surnn.backbone.Block``), so with this mixer the backbone is a pre-norm Transformer
+encoder. Attention runs through ``torch.nn.functional.scaled_dot_product_attention``
+(flash / memory-efficient kernels on GPU; a batch without padding and without a causal
+mask passes no mask, so the flash kernel applies).
+
+Padding: keys at padded positions are masked out, so valid outputs do not depend on right
+padding; padded query rows still see at least one valid key (lengths are clamped to >= 1),
+so no row is all -inf and no NaN appears; their outputs are then set to zero.
+
+Positions: mixers do not know their depth, so the position signal (``sinusoidal``,
+``learned`` or ``none``) is added to the attention input of every layer, not only the
+first (the per-layer "timing signal" of the Universal Transformer). It is added to the
+normed block input inside the mixer and never to the residual stream, so it does not
+accumulate; with ``n_layers: 1`` it is exactly the usual input-level embedding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import baselines.flops  # noqa: F401  (CPU attention FLOP formula)
+from surnn.errors import ConfigError
+from surnn.mixer import Mixer
+from surnn.registry import register_mixer
+
+POSITIONS = ("sinusoidal", "learned", "none")
+
+
+def sinusoidal_positions(L: int, d: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """[L, d]: sin at even and cos at odd channels, wavelengths 2 pi .. 10000 * 2 pi."""
+    pos = torch.arange(L, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(
+        torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d)
+    )
+    pe = torch.zeros(L, d, device=device)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq[: d // 2])
+    return pe.to(dtype)
+
+
+@register_mixer("transformer")
+class AttentionMixer(Mixer):
+    """Multi-head self-attention: qkv projection (width ``qkv_dim``, default d_model) ->
+    SDPA -> output projection back to d_model."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int = 4,
+        qkv_dim: int | None = None,
+        causal: bool = False,
+        positions: str = "sinusoidal",
+        attn_dropout: float = 0.0,
+        max_len: int | None = None,
+    ):
+        super().__init__(d_model)
+        dq = qkv_dim or d_model
+        if dq % n_heads:
+            raise ConfigError(
+                f"transformer qkv_dim={dq} (null means d_model) is not divisible by "
+                f"n_heads={n_heads}; choose n_heads that divides it"
+            )
+        if positions not in POSITIONS:
+            raise ConfigError(
+                f"transformer positions={positions!r}: expected one of {', '.join(POSITIONS)}"
+            )
+        self.causal, self.n_heads, self.qkv_dim = bool(causal), n_heads, dq
+        self.positions, self.attn_dropout, self.max_len = positions, float(attn_dropout), max_len
+        if positions == "learned":
+            if not max_len:
+                raise ConfigError(
+                    "transformer positions=learned needs the task's max_len; use "
+                    "positions=sinusoidal for tasks without one"
+                )
+            self.pos = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
+        self.qkv = nn.Linear(d_model, 3 * dq)
+        self.proj = nn.Linear(dq, d_model)
+
+    def _add_positions(self, x: torch.Tensor) -> torch.Tensor:
+        L = x.shape[1]
+        if self.positions == "sinusoidal":
+            return x + sinusoidal_positions(L, x.shape[-1], x.device, x.dtype)
+        if self.positions == "learned":
+            if self.pos.shape[0] < L:
+                raise ConfigError(
+                    f"transformer positions=learned: sequence length {L} exceeds the "
+                    f"table size {self.pos.shape[0]} (the task's max_len); raise max_len "
+                    "or use positions=sinusoidal"
+                )
+            return x + self.pos[:L].to(x.dtype)
+        return x
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        B, L, _ = x.shape
+        h, dh = self.n_heads, self.qkv_dim // self.n_heads
+        q, k, v = self.qkv(self._add_positions(x)).view(B, L, 3, h, dh).permute(2, 0, 3, 1, 4)
+        keep = torch.arange(L, device=x.device)[None, :] < lengths[:, None]  # [B, L]
+        padded = not bool(keep.all())
+        mask = None
+        if padded:
+            key_ok = torch.arange(L, device=x.device)[None, :] < lengths.clamp(min=1)[:, None]
+            mask = key_ok[:, None, None, :]  # [B, 1, 1, L]
+            if self.causal:
+                tri = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+                mask = mask & tri
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            is_causal=self.causal and not padded,
+        )
+        y = self.proj(y.transpose(1, 2).reshape(B, L, self.qkv_dim))
+        if padded:
+            y = y * keep[..., None].to(y.dtype)
+        return y, {}
+
+
+def analytic_flops(B: int, L: int, d_model: int, qkv_dim: int | None = None) -> int:
+    """Forward FLOPs of one AttentionMixer call: projections + QK^T + AV (full, unmasked)."""
+    dq = qkv_dim or d_model
+    proj = 2 * B * L * d_model * 3 * dq + 2 * B * L * dq * d_model
+    attn = 2 * (2 * B * L * L * dq)
+    return proj + attn
