@@ -42,7 +42,8 @@ def run(impl, case, grad_seed=1):
     x, h0, w, g, active, lens = case
     out, h = su_gru(x, h0, *w, g, active, lens, impl=impl)
     gen = torch.Generator().manual_seed(grad_seed)
-    loss = (out * torch.randn(out.shape, generator=gen, dtype=out.dtype)).sum() + (h * h).sum()
+    weights = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(out.device, out.dtype)
+    loss = (out * weights).sum() + (h * h).sum()
     grads = torch.autograd.grad(loss, [x, h0, *w, g])
     return (out, h, *grads)
 
@@ -63,10 +64,12 @@ def test_cpu_matches_reference(kind, per_sample, lengths):
     assert_close(run("cpu", case), run("reference", case), 1e-10)
 
 
-@pytest.mark.parametrize("max_runs,max_groups", [(0, 0), (0, 1000), (1000, 0)])
-def test_cpu_fallbacks_match_reference(monkeypatch, max_runs, max_groups):
+@pytest.mark.parametrize(
+    "max_blocks,max_groups", [(0, 0), (0, 1000), (1000, 0), (1000, 1000), (2, 1000)]
+)
+def test_cpu_fallbacks_match_reference(monkeypatch, max_blocks, max_groups):
     """Gathered rows (fragmented steps) and per-step weight gradients (many groups)."""
-    monkeypatch.setattr(schedule, "MAX_RUNS", max_runs)
+    monkeypatch.setattr(schedule, "MAX_BLOCKS", max_blocks)
     monkeypatch.setattr(schedule, "MAX_GROUPS", max_groups)
     case = make_case(3, 9, 4, 40, "random", lengths=True)
     assert_close(run("cpu", case), run("reference", case), 1e-10)

@@ -1,16 +1,17 @@
 """CPU fast path: only active neurons are computed, with a hand-written backward.
 
-Forward, per step: for each active slab (a view after the neuron reordering of
-``schedule.make_plan``) or gathered row set, one GEMM for the input projection and one
-for the recurrent projection of just those rows, then the GRU pointwise math. When every
-neuron is active at every step, the input projection is hoisted into one large GEMM.
-Padded sequences are handled as packed ones: the batch is sorted by length once and step
-t only touches the sequences still running. No autograd graph is built per step.
+The plan (``schedule.make_plan``) lays the weight rows out so that each step's active
+neurons are one or a few contiguous row blocks (or gathers them). Forward, per step and
+block: one GEMM for the recurrent projection of just those rows (the input projections
+of all executed updates are hoisted into one large GEMM per neuron group), then the GRU
+pointwise math on contiguous ``[r | z | n]`` columns. Padded sequences are handled as
+packed ones: the batch is sorted by length once and step t touches only the sequences
+still running. No autograd graph is built per step.
 
-Backward walks the steps in reverse, propagating dL/dh through the active rows only, and
-stores the pre-activation gradients; weight (and input) gradients are then a few large
-GEMMs per neuron group that shares an open/closed pattern. When the pattern has too many
-groups, weight gradients are accumulated per step instead.
+Backward walks the steps in reverse, propagating dL/dh through the active rows only and
+storing the pre-activation gradients; weight, bias and input gradients are then one
+GEMM each per neuron group. In gather mode (many groups) weight gradients are
+accumulated per step instead.
 """
 
 from __future__ import annotations
@@ -20,31 +21,6 @@ import torch
 from surnn.ops.schedule import Plan, make_plan
 
 
-def _blocks(step, D: int, H: int, Wx, Wh, bx, bh):
-    """Yield (wsel, hsel, Wx_A [3A, D], Wh_A [3A, H], bx_A, bh_A) for one step's active
-    rows: ``wsel`` selects the (reordered) weight rows, ``hsel`` the state columns; each is
-    a slice (views) or a LongTensor (gathered copies)."""
-    for wsel, hsel in step:
-        if isinstance(wsel, slice):
-            yield (
-                wsel,
-                hsel,
-                Wx[wsel].view(-1, D),
-                Wh[wsel].view(-1, H),
-                bx[wsel].view(-1),
-                bh[wsel].view(-1),
-            )
-        else:
-            yield (
-                wsel,
-                hsel,
-                Wx.index_select(0, wsel).view(-1, D),
-                Wh.index_select(0, wsel).view(-1, H),
-                bx.index_select(0, wsel).view(-1),
-                bh.index_select(0, wsel).view(-1),
-            )
-
-
 def _take(t: torch.Tensor, sel, dim: int) -> torch.Tensor:
     if isinstance(sel, slice):
         return t[(slice(None),) * dim + (sel,)]
@@ -52,7 +28,7 @@ def _take(t: torch.Tensor, sel, dim: int) -> torch.Tensor:
 
 
 def _put(dst: torch.Tensor, sel, src: torch.Tensor) -> None:
-    """dst[:, sel] = src (dst is [nb, H])."""
+    """dst[:, sel] = src."""
     if isinstance(sel, slice):
         dst[:, sel] = src
     else:
@@ -60,34 +36,32 @@ def _put(dst: torch.Tensor, sel, src: torch.Tensor) -> None:
 
 
 class _Prepared:
-    """Inputs reordered once: batch sorted by length, neurons in plan order."""
+    """Inputs reordered once: batch sorted by length, weight rows in plan layout."""
 
     def __init__(self, x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths, plan: Plan):
         B, T, D = x.shape
         H = h0.shape[-1]
         self.B, self.T, self.D, self.H = B, T, D, H
-        perm = plan.perm
+        self.order = self.lens = None
+        self.bs = [B] * T
         if lengths is not None:
             self.order = torch.argsort(lengths.cpu(), descending=True, stable=True)
             self.inv_order = torch.argsort(self.order)
-            ls = lengths.cpu()[self.order]
-            self.bs = (torch.arange(T)[:, None] < ls[None, :]).sum(1).tolist()
-            self.lens = ls
+            self.lens = lengths.cpu()[self.order]
+            self.bs = (torch.arange(T)[:, None] < self.lens[None, :]).sum(1).tolist()
             x, h0 = x[self.order], h0[self.order]
             if g.dim() == 3:
                 g, active = g[self.order], active[self.order]
-        else:
-            self.order = self.lens = None
-            self.bs = [B] * T
-        self.x = x.contiguous()
-        self.h0 = h0
-        # Weights neuron-major [H, 3, .] with rows in plan order; the state keeps the
-        # original neuron order (so the recurrent weights' columns are not permuted).
-        self.Wx = w_ih.view(3, H, D)[:, perm].transpose(0, 1).contiguous()
-        self.Wh = w_hh.view(3, H, H)[:, perm].transpose(0, 1).contiguous()
+        self.x, self.h0 = x.contiguous(), h0
         zeros = x.new_zeros(3 * H)
-        self.bx = (b_ih if b_ih is not None else zeros).view(3, H)[:, perm].T.contiguous()
-        self.bh = (b_hh if b_hh is not None else zeros).view(3, H)[:, perm].T.contiguous()
+        lay = plan.lay
+
+        def rows(w: torch.Tensor) -> torch.Tensor:
+            return (w if lay is None else w.index_select(0, lay)).contiguous()
+
+        self.Wx, self.Wh = rows(w_ih), rows(w_hh)
+        self.bx = rows(b_ih if b_ih is not None else zeros)
+        self.bh = rows(b_hh if b_hh is not None else zeros)
         self.per_sample = g.dim() == 3
         self.g = g.contiguous()
         self.active = active if self.per_sample else None
@@ -99,132 +73,135 @@ class _Prepared:
         return _take(self.g[t], sel, 0)
 
 
-def _hoisted_input(p: _Prepared, plan: Plan) -> torch.Tensor | None:
-    """Input projections of every executed (sequence, step, neuron) as one GEMM per neuron
-    group: [B, T, H, 3] in plan order (only executed entries are written), or None when the
-    plan has too many groups (then the input projection is done per step)."""
-    B, T, D, H = p.B, p.T, p.D, p.H
-    if plan.groups is None or T == 0:
-        return None
+class _Packing:
+    """For each neuron group, its executed (sequence, step) pairs packed step-major:
+    step t of the group owns rows [off[t], off[t] + bs_t) of the group's packed tensors,
+    so a step reads its hoisted input projection (and writes its gradients) as one
+    contiguous slice."""
+
+    def __init__(self, p: _Prepared, plan: Plan):
+        B, T = p.B, p.T
+        bs = torch.tensor(p.bs, dtype=torch.long)
+        self.rows_x, self.rows_h, self.off = [], [], []
+        for _, _, st in plan.groups:
+            counts = bs[st]
+            starts = torch.cumsum(counts, 0) - counts
+            total = int(counts.sum())
+            tt = torch.repeat_interleave(st, counts)
+            bb = torch.arange(total) - torch.repeat_interleave(starts, counts)
+            self.rows_x.append(bb * T + tt)  # rows of x.view(B*T, D)
+            self.rows_h.append(bb * (T + 1) + tt)  # rows of out.view(B*(T+1), H): h_{t-1}
+            self.off.append(dict(zip(st.tolist(), starts.tolist())))
+        self.B = B
+
+
+def _hoisted_input(p: _Prepared, plan: Plan, pk: _Packing | None):
+    """Input projections of every executed (sequence, step, neuron): one GEMM per neuron
+    group, packed as in ``_Packing`` (or, all neurons always active without padding, one
+    [B, T, 3H] GEMM). None in gather mode (the input projection is then per step)."""
+    B, T, D = p.B, p.T, p.D
+    if pk is None:
+        return None, None
     x2 = p.x.view(B * T, D)
     if plan.all_active and p.lens is None:
-        return torch.addmm(p.bx.view(-1), x2, p.Wx.view(3 * H, D).T).view(B, T, H, 3)
-    xp = p.x.new_empty(B, T, H, 3)
-    xpv = xp.view(B * T, H * 3)
-    for s, e, st in plan.groups:
-        rows = torch.arange(B)[:, None] * T + st[None, :]
-        if p.lens is not None:
-            rows = rows[st[None, :] < p.lens[:, None]]
-        rows = rows.reshape(-1)
-        res = torch.addmm(p.bx[s:e].view(-1), x2.index_select(0, rows), p.Wx[s:e].view(-1, D).T)
-        xpv[:, 3 * s : 3 * e].index_copy_(0, rows, res)
-    return xp
+        return torch.addmm(p.bx, x2, p.Wx.T).view(B, T, -1), None
+    res = []
+    for (s, e, _), rows in zip(plan.groups, pk.rows_x):
+        w = slice(3 * s, 3 * e)
+        res.append(torch.addmm(p.bx[w], x2.index_select(0, rows), p.Wx[w].T) if len(rows) else None)
+    return None, res
 
 
 def _forward(p: _Prepared, plan: Plan, save: bool):
-    B, T, D, H = p.B, p.T, p.D, p.H
+    B, T, H = p.B, p.T, p.H
     out = p.x.new_empty(B, T + 1, H)
     out[:, 0] = p.h0
-    xp = _hoisted_input(p, plan)
+    pk = _Packing(p, plan) if plan.groups is not None else None
+    xp, res = _hoisted_input(p, plan, pk)
     saved: list = []
     for t in range(T):
         nb = p.bs[t]
         out[:, t + 1] = out[:, t]
-        per_step = []
+        per_step: list = []
+        saved.append(per_step)
         if nb == 0:
-            saved.append(per_step)
             continue
-        hprev = out[:nb, t]
-        hnext = out[:nb, t + 1]
-        for wsel, sel, Wx_A, Wh_A, bx_A, bh_A in _blocks(
-            plan.steps[t], D, H, p.Wx, p.Wh, p.bx, p.bh
-        ):
+        hprev, hnext = out[:nb, t], out[:nb, t + 1]
+        for wsel, hsel, gid in plan.steps[t]:
+            Wh_A = _take(p.Wh, wsel, 0)
             A = Wh_A.shape[0] // 3
             if xp is not None:
-                gx = _take(xp[:nb, t], wsel, 1).reshape(nb, -1)
+                gx = _take(xp[:nb, t], wsel, 1)
+            elif gid is not None:
+                off = pk.off[gid][t]
+                gx = res[gid][off : off + nb]
             else:
-                gx = torch.addmm(bx_A, p.x[:nb, t], Wx_A.T)
-            gh = torch.addmm(bh_A, hprev, Wh_A.T)
-            gx3, gh3 = gx.view(nb, A, 3), gh.view(nb, A, 3)
-            rz = torch.sigmoid(gx3[..., :2] + gh3[..., :2])
-            n = torch.tanh(torch.addcmul(gx3[..., 2], rz[..., 0], gh3[..., 2]))
-            hp = _take(hprev, sel, 1)
-            f = torch.lerp(n, hp, rz[..., 1])
-            _put(hnext, sel, f if p.unit else torch.lerp(hp, f, p.gate(t, nb, sel)))
+                gx = torch.addmm(_take(p.bx, wsel, 0), p.x[:nb, t], _take(p.Wx, wsel, 0).T)
+            gh = torch.addmm(_take(p.bh, wsel, 0), hprev, Wh_A.T)
+            rz = gh[:, : 2 * A].add_(gx[:, : 2 * A]).sigmoid_()  # gh now holds [r | z | hn]
+            n = torch.tanh(torch.addcmul(gx[:, 2 * A :], rz[:, :A], gh[:, 2 * A :]))
+            hp = _take(hprev, hsel, 1)
+            f = torch.lerp(n, hp, rz[:, A:])
+            _put(hnext, hsel, f if p.unit else torch.lerp(hp, f, p.gate(t, nb, hsel)))
             if save:
-                per_step.append((gh3, rz, n))
-        saved.append(per_step)
-    return out, saved
+                per_step.append((gh, n))
+    return out, saved, pk
 
 
 class _SuGRUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths, plan):
         p = _Prepared(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths, plan)
-        out, saved = _forward(p, plan, save=True)
-        ctx.p, ctx.plan, ctx.out_ext, ctx.saved = p, plan, out, saved
+        out, saved, pk = _forward(p, plan, save=True)
+        ctx.p, ctx.plan, ctx.out_ext, ctx.saved, ctx.pk = p, plan, out, saved, pk
         ctx.has_b = (b_ih is not None, b_hh is not None)
-        return _unpermute_out(p, plan, out)
+        return _final_out(p, out)
 
     @staticmethod
     def backward(ctx, grad_out, grad_h):
-        p, plan = ctx.p, ctx.plan
         need = ctx.needs_input_grad
-        grads = _backward(p, plan, ctx.out_ext, ctx.saved, grad_out, grad_h, need)
+        grads = _backward(ctx.p, ctx.plan, ctx.pk, ctx.out_ext, ctx.saved, grad_out, grad_h, need)
         dx, dh0, dwi, dwh, dbi, dbh, dg = grads
-        return (
-            dx,
-            dh0,
-            dwi,
-            dwh,
-            dbi if ctx.has_b[0] else None,
-            dbh if ctx.has_b[1] else None,
-            dg,
-            None,
-            None,
-            None,
-        )
+        dbi = dbi if ctx.has_b[0] else None
+        dbh = dbh if ctx.has_b[1] else None
+        return dx, dh0, dwi, dwh, dbi, dbh, dg, None, None, None
 
 
-def _unpermute_out(p: _Prepared, plan: Plan, out: torch.Tensor):
+def _final_out(p: _Prepared, out: torch.Tensor):
     o, h = out[:, 1:], out[:, p.T]
     if p.order is not None:
         o, h = o[p.inv_order], h[p.inv_order]
     return o, h
 
 
-def _gate_grads(p: _Prepared, t, nb, sel, dhA, hp, n, z, dg):
-    f = torch.lerp(n, hp, z)
-    v = dhA * (f - hp)
+def _gate_grad(p: _Prepared, t, nb, sel, dhA, hp, n, z, dg) -> None:
+    v = dhA * (torch.lerp(n, hp, z) - hp)
     if p.per_sample:
         v = v * _take(p.active[:nb, t], sel, 1)
-        if isinstance(sel, slice):
-            dg[:nb, t, sel] = v
-        else:
-            dg[:nb, t].index_copy_(1, sel, v)
+        _put(dg[:nb, t], sel, v)
     elif isinstance(sel, slice):
         dg[t, sel] += v.sum(0)
     else:
         dg[t].index_add_(0, sel, v.sum(0))
 
 
-def _backward(p: _Prepared, plan: Plan, out, saved, grad_out, grad_h, need):
+def _backward(p: _Prepared, plan: Plan, pk, out, saved, grad_out, grad_h, need):
     B, T, D, H = p.B, p.T, p.D, p.H
 
-    def to_plan(t: torch.Tensor | None, shape) -> torch.Tensor:
+    def sorted_(t: torch.Tensor | None, shape) -> torch.Tensor:
         if t is None:
             return out.new_zeros(shape)
         return t[p.order] if p.order is not None else t
 
-    gop = to_plan(grad_out, (B, T, H))
-    dh = to_plan(grad_h, (B, H)).clone()
+    gop = sorted_(grad_out, (B, T, H))
+    dh = sorted_(grad_h, (B, H)).clone()
     dx = p.x.new_zeros(B, T, D) if need[0] else None
-    dWx, dWh = p.Wx.new_zeros(H, 3, D), p.Wh.new_zeros(H, 3, H)
-    dbx, dbh = p.bx.new_zeros(H, 3), p.bh.new_zeros(H, 3)
+    dWx, dWh = torch.zeros_like(p.Wx), torch.zeros_like(p.Wh)
+    dbx, dbh = torch.zeros_like(p.bx), torch.zeros_like(p.bh)
     dg = torch.zeros_like(p.g) if need[6] else None
-    grouped = plan.groups is not None
-    if grouped:
-        dGx, dGh = out.new_zeros(B, T, H, 3), out.new_zeros(B, T, H, 3)
+    if pk is not None:  # packed pre-activation gradients per group (see _Packing)
+        dGx = [out.new_empty(len(r), 3 * (e - s)) for (s, e, _), r in zip(plan.groups, pk.rows_x)]
+        dGh = [torch.empty_like(t) for t in dGx]
     for t in range(T - 1, -1, -1):
         dh += gop[:, t]
         nb = p.bs[t]
@@ -232,84 +209,78 @@ def _backward(p: _Prepared, plan: Plan, out, saved, grad_out, grad_h, need):
             continue
         hprev, dht = out[:nb, t], dh[:nb]
         pending = []
-        blocks = _blocks(plan.steps[t], D, H, p.Wx, p.Wh, p.bx, p.bh)
-        for (wsel, sel, Wx_A, Wh_A, _, _), (gh3, rz, n) in zip(blocks, saved[t]):
-            r, z = rz[..., 0], rz[..., 1]
-            hp, dhA = _take(hprev, sel, 1), _take(dht, sel, 1)
+        for (wsel, hsel, gid), (gh, n) in zip(plan.steps[t], saved[t]):
+            A = n.shape[1]
+            r, z, hn = gh[:, :A], gh[:, A : 2 * A], gh[:, 2 * A :]
+            hp, dhA = _take(hprev, hsel, 1), _take(dht, hsel, 1)
             if dg is not None:
-                _gate_grads(p, t, nb, sel, dhA, hp, n, z, dg)
+                _gate_grad(p, t, nb, hsel, dhA, hp, n, z, dg)
             if p.unit:
                 df = dhA
                 dhp = df * z
             else:
-                df = dhA * p.gate(t, nb, sel)
+                df = dhA * p.gate(t, nb, hsel)
                 dhp = torch.addcmul(dhA - df, df, z)
             dz = df * (hp - n)
             dan = (df - df * z) * (1 - n * n)
-            dar = dan * gh3[..., 2] * r * (1 - r)
+            dar = dan * hn * r * (1 - r)
             daz = dz * z * (1 - z)
-            dgx = torch.stack([dar, daz, dan], -1)
-            dgh = torch.stack([dar, daz, dan * r], -1)
-            _put(dht, sel, dhp)
-            pending.append((wsel, Wx_A, Wh_A, dgx.view(nb, -1), dgh.view(nb, -1)))
-        for sel, Wx_A, Wh_A, dgx, dgh in pending:
-            dht.addmm_(dgh, Wh_A)
-            if grouped:
-                if isinstance(sel, slice):
-                    dGx[:nb, t, sel] = dgx.view(nb, -1, 3)
-                    dGh[:nb, t, sel] = dgh.view(nb, -1, 3)
-                else:
-                    dGx[:nb, t].index_copy_(1, sel, dgx.view(nb, -1, 3))
-                    dGh[:nb, t].index_copy_(1, sel, dgh.view(nb, -1, 3))
+            if gid is not None:
+                off = pk.off[gid][t]
+                dgx = torch.cat([dar, daz, dan], 1, out=dGx[gid][off : off + nb])
+                dgh = torch.cat([dar, daz, dan * r], 1, out=dGh[gid][off : off + nb])
+            else:
+                dgx = torch.cat([dar, daz, dan], 1)
+                dgh = torch.cat([dar, daz, dan * r], 1)
+            _put(dht, hsel, dhp)
+            pending.append((wsel, gid, dgx, dgh))
+        for wsel, gid, dgx, dgh in pending:
+            dht.addmm_(dgh, _take(p.Wh, wsel, 0))
+            if gid is not None:
                 continue
+            Wx_A = _take(p.Wx, wsel, 0)
             if dx is not None:
                 dx[:nb, t].addmm_(dgx, Wx_A)
             gwx, gwh = dgx.T @ p.x[:nb, t], dgh.T @ hprev
-            if isinstance(sel, slice):
-                dWx[sel].view(-1, D).add_(gwx)
-                dWh[sel].view(-1, H).add_(gwh)
-                dbx[sel].view(-1).add_(dgx.sum(0))
-                dbh[sel].view(-1).add_(dgh.sum(0))
+            if isinstance(wsel, slice):
+                dWx[wsel] += gwx
+                dWh[wsel] += gwh
+                dbx[wsel] += dgx.sum(0)
+                dbh[wsel] += dgh.sum(0)
             else:
-                dWx.index_add_(0, sel, gwx.view(-1, 3, D))
-                dWh.index_add_(0, sel, gwh.view(-1, 3, H))
-                dbx.index_add_(0, sel, dgx.sum(0).view(-1, 3))
-                dbh.index_add_(0, sel, dgh.sum(0).view(-1, 3))
-    if grouped:
-        _group_grads(p, plan, out, dGx, dGh, dx, dWx, dWh, dbx, dbh)
-    return _unpermute_grads(p, plan, dx, dh, dWx, dWh, dbx, dbh, dg, need)
+                dWx.index_add_(0, wsel, gwx)
+                dWh.index_add_(0, wsel, gwh)
+                dbx.index_add_(0, wsel, dgx.sum(0))
+                dbh.index_add_(0, wsel, dgh.sum(0))
+    if pk is not None:
+        _group_grads(p, plan, pk, out, dGx, dGh, dx, dWx, dWh, dbx, dbh)
+    return _original_layout(p, plan, dx, dh, dWx, dWh, dbx, dbh, dg, need)
 
 
-def _group_grads(p, plan, out, dGx, dGh, dx, dWx, dWh, dbx, dbh):
-    """Weight, bias and input gradients as one pair of GEMMs per neuron group."""
+def _group_grads(p, plan, pk, out, dGx, dGh, dx, dWx, dWh, dbx, dbh):
+    """Weight, bias and input gradients as one GEMM each per neuron group."""
     B, T, D, H = p.B, p.T, p.D, p.H
-    for s, e, st in plan.groups:
-        A, n = e - s, len(st)
-        if n == T:
-            Gx, Gh = dGx[:, :, s:e].reshape(B * T, 3 * A), dGh[:, :, s:e].reshape(B * T, 3 * A)
-            Xg, Hg = p.x.view(B * T, D), out[:, :T].reshape(B * T, H)
-        else:
-            Gx = dGx[:, st, s:e].reshape(B * n, 3 * A)
-            Gh = dGh[:, st, s:e].reshape(B * n, 3 * A)
-            Xg, Hg = p.x[:, st].reshape(B * n, D), out[:, st].reshape(B * n, H)
-        dWx[s:e].view(3 * A, D).copy_(Gx.T @ Xg)
-        dWh[s:e].view(3 * A, H).copy_(Gh.T @ Hg)
-        dbx[s:e].view(-1).copy_(Gx.sum(0))
-        dbh[s:e].view(-1).copy_(Gh.sum(0))
+    x2, h2 = p.x.view(B * T, D), out.view(B * (T + 1), H)
+    for (s, e, _), rx, rh, Gx, Gh in zip(plan.groups, pk.rows_x, pk.rows_h, dGx, dGh):
+        if not len(rx):
+            continue
+        w = slice(3 * s, 3 * e)
+        dWx[w].addmm_(Gx.T, x2.index_select(0, rx))  # += : gathered steps added theirs
+        dWh[w].addmm_(Gh.T, h2.index_select(0, rh))
+        dbx[w] += Gx.sum(0)
+        dbh[w] += Gh.sum(0)
         if dx is not None:
-            gx = (Gx @ p.Wx[s:e].view(3 * A, D)).view(B, n, D)
-            if n == T:
-                dx += gx
-            else:
-                dx.index_add_(1, st, gx)
+            dx.view(B * T, D).index_add_(0, rx, Gx @ p.Wx[w])
 
 
-def _unpermute_grads(p, plan, dx, dh, dWx, dWh, dbx, dbh, dg, need):
-    ip, H = plan.inv_perm, p.H
-    dwi = dWx.transpose(0, 1)[:, ip].reshape(3 * H, p.D) if need[2] else None
-    dwh = dWh.transpose(0, 1)[:, ip].reshape(3 * H, H) if need[3] else None
-    dbi = dbx.T[:, ip].reshape(-1) if need[4] else None
-    dbh_ = dbh.T[:, ip].reshape(-1) if need[5] else None
+def _original_layout(p, plan, dx, dh, dWx, dWh, dbx, dbh, dg, need):
+    def back(t: torch.Tensor) -> torch.Tensor:
+        if plan.lay is None:
+            return t
+        return torch.empty_like(t).index_copy_(0, plan.lay, t)
+
+    dwi, dwh = (back(dWx) if need[2] else None), (back(dWh) if need[3] else None)
+    dbi, dbh_ = (back(dbx) if need[4] else None), (back(dbh) if need[5] else None)
     dh0 = dh
     if p.order is not None:
         dh0 = dh0[p.inv_order]
@@ -320,7 +291,7 @@ def _unpermute_grads(p, plan, dx, dh, dWx, dWh, dbx, dbh, dg, need):
 
 
 def compute_mask(g: torch.Tensor, active: torch.Tensor | None, lengths: torch.Tensor | None):
-    """Full compute mask (same shape as g, active or open) and its time-only union."""
+    """Full compute mask (same shape as g: active or open) and its time-only union."""
     act = g != 0 if active is None else (active | (g != 0))
     if lengths is None:
         union = act.any(0) if act.dim() == 3 else act
@@ -342,5 +313,5 @@ def su_gru_cpu(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, plan
         return _SuGRUFunction.apply(x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, plan)
     with torch.no_grad():
         p = _Prepared(x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, plan)
-        out, _ = _forward(p, plan, save=False)
-        return _unpermute_out(p, plan, out)
+        out, _, _ = _forward(p, plan, save=False)
+        return _final_out(p, out)

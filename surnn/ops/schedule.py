@@ -1,12 +1,15 @@
 """Turn a time-only compute mask into a plan the fast paths can execute cheaply.
 
-When the active sets are already a few contiguous runs of neurons (slab schedules, e.g.
-the interval gate whose phase classes are contiguous), the plan keeps the neuron order
-and every active slab's weights and state are views. Otherwise the weight rows are
-reordered once (lexicographic order of the neurons' open/closed patterns over time, so
-neurons sharing a pattern sit together and their weights are a contiguous slab), while
-the state stays in the original order and is gathered / scattered per step. Steps whose
-active set is still fragmented gather weight rows with ``index_select``.
+Neurons with the same open/closed pattern over time form a group; at every step a group
+is either wholly active or wholly closed. When there are few groups (slab schedules such
+as the staggered interval gate, or any rhythm whose neurons fall into few phase classes),
+the weight rows are laid out group by group, gate-major inside a group
+(``[r_G; z_G; n_G]``), so an active group's rows are one contiguous view, its input
+projections can be hoisted into one large GEMM, and its weight gradients are one GEMM
+after the backward loop. Neurons are reordered once (lexicographic order of their
+patterns) only when the groups are not already contiguous; the state keeps the original
+order. With many groups (e.g. a learned rhythm with free phases) each step gathers the
+active rows instead.
 """
 
 from __future__ import annotations
@@ -16,80 +19,98 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-MAX_RUNS = 4  # more contiguous runs than this in a step -> gather rows instead
-MAX_GROUPS = 64  # more distinct neuron patterns than this -> per-step weight gradients
+MAX_BLOCKS = 4  # more active groups than this in one step -> gather their rows instead
+MAX_GROUPS = 64  # more distinct neuron patterns than this -> gather mode
 
 
 @dataclass
 class Plan:
-    """perm[j] = original neuron at weight position j. steps[t] is a list of blocks
-    (wsel, hsel): wsel selects weight rows in permuted order, hsel the same neurons in
-    the state (original order); each is a slice (a view) or a LongTensor (a gather).
-    groups: (start, end, steps) for neurons sharing a pattern, or None when too many."""
+    """steps[t]: blocks (wsel, hsel, gid); wsel selects 3A weight rows of the layout in
+    ``[r; z; n]`` order, hsel the same A neurons in the state (original order); each is
+    a slice (a view) or a LongTensor (a gather); gid is the group the block is (None
+    for gathered blocks). ``lay[j]`` is the original row
+    (gate * H + neuron) of layout row j (None: the nn.GRU layout itself). groups:
+    (start, end, steps) neuron ranges in plan order, or None in gather mode."""
 
-    perm: torch.Tensor
-    identity: bool
-    inv_perm: torch.Tensor
+    lay: torch.Tensor | None
     steps: list
     groups: list | None
-    n_active: int  # sum over t of active neurons (time-only count)
     all_active: bool
 
 
-def _runs(row: np.ndarray) -> list[tuple[int, int]]:
-    d = np.diff(np.concatenate(([0], row.astype(np.int8), [0])))
-    starts = np.flatnonzero(d == 1)
-    ends = np.flatnonzero(d == -1)
-    return list(zip(starts.tolist(), ends.tolist()))
+def _groups(cols: np.ndarray) -> np.ndarray:
+    """Boundaries of runs of identical adjacent rows of cols [H, T]."""
+    H = cols.shape[0]
+    change = np.flatnonzero((cols[1:] != cols[:-1]).any(1)) + 1 if H > 1 else np.array([], int)
+    return np.concatenate(([0], change, [H])).astype(np.int64)
 
 
-def make_plan(mask: torch.Tensor, reorder: bool = True) -> Plan:
+def _gather_plan(m: np.ndarray) -> Plan:
+    T, H = m.shape
+    steps = []
+    for t in range(T):
+        idx = np.flatnonzero(m[t])
+        if len(idx) == H:
+            steps.append([(slice(0, 3 * H), slice(0, H), None)])
+        elif len(idx):
+            i = torch.from_numpy(idx).long()
+            steps.append([(torch.cat([i, i + H, i + 2 * H]), i, None)])
+        else:
+            steps.append([])
+    return Plan(lay=None, steps=steps, groups=None, all_active=bool(m.all()))
+
+
+def make_plan(mask: torch.Tensor) -> Plan:
     """mask: [T, H] bool (time-only compute mask) -> Plan."""
     m = mask.detach().to("cpu", torch.bool).numpy()
     T, H = m.shape
-
-    def n_groups(mm: np.ndarray) -> int:
-        return 1 + int((mm.T[1:] != mm.T[:-1]).any(1).sum()) if H else 0
-
-    runs0 = [_runs(m[t]) for t in range(T)]
-    keep = all(len(r) <= MAX_RUNS for r in runs0) and n_groups(m) <= MAX_GROUPS
-    if reorder and T > 0 and not keep:
+    if T == 0 or H == 0:
+        return _gather_plan(m)
+    perm = np.arange(H)
+    bounds = _groups(m.T)
+    if len(bounds) - 1 > MAX_GROUPS:
         packed = np.packbits(m.T, axis=1)  # [H, ceil(T/8)]: each neuron's pattern
-        perm_np = np.lexsort(packed.T[::-1]) if packed.shape[1] else np.arange(H)
-    else:
-        perm_np = np.arange(H)
-    mp = m[:, perm_np]
-    identity = bool((perm_np == np.arange(H)).all())
-    perm_t = torch.from_numpy(np.ascontiguousarray(perm_np)).long()
-    steps: list = []
+        perm = np.lexsort(packed.T[::-1])
+        bounds = _groups(m.T[perm])
+        if len(bounds) - 1 > MAX_GROUPS:
+            return _gather_plan(m)
+    identity = bool((perm == np.arange(H)).all())
+    perm_t = torch.from_numpy(np.ascontiguousarray(perm)).long()
+    groups, lay = [], []
+    for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        neurons = perm_t[s:e]
+        lay += [neurons + k * H for k in range(3)]
+        st = np.flatnonzero(m[:, perm[s]])
+        groups.append((s, e, torch.from_numpy(st).long()))
+    lay_t = torch.cat(lay)
+    lay_out = None if bool((lay_t == torch.arange(3 * H)).all()) else lay_t
+
+    def hsel_of(i: int):
+        s, e = groups[i][:2]
+        return slice(s, e) if identity else perm_t[s:e]
+
+    active_groups: list[list[int]] = [[] for _ in range(T)]
+    for gi, (_, _, st) in enumerate(groups):
+        for t in st.tolist():
+            active_groups[t].append(gi)
+    steps = []
+    view_steps: list[list[int]] = [[] for _ in groups]
     for t in range(T):
-        runs = runs0[t] if identity else _runs(mp[t])
-        if len(runs) <= MAX_RUNS:
+        ags = [groups[i] for i in active_groups[t]]
+        if len(ags) <= MAX_BLOCKS:
             blocks = []
-            for s, e in runs:
-                hsel = slice(s, e) if identity else perm_t[s:e]
-                blocks.append((slice(s, e), hsel))
+            for i in active_groups[t]:
+                view_steps[i].append(t)
+                blocks.append((slice(3 * groups[i][0], 3 * groups[i][1]), hsel_of(i), i))
+            steps.append(blocks)
         else:
-            idx = torch.from_numpy(np.flatnonzero(mp[t])).long()
-            blocks = [(idx, idx if identity else perm_t[idx])]
-        steps.append(blocks)
-    groups = None
-    if T > 0 and H > 0:
-        cols = mp.T  # [H, T], identical patterns now adjacent
-        change = np.flatnonzero((cols[1:] != cols[:-1]).any(1)) + 1
-        bounds = np.concatenate(([0], change, [H]))
-        if len(bounds) - 1 <= MAX_GROUPS:
-            groups = []
-            for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-                st = np.flatnonzero(cols[s])
-                if len(st):
-                    groups.append((s, e, torch.from_numpy(st).long()))
-    return Plan(
-        perm=perm_t,
-        inv_perm=torch.argsort(perm_t),
-        identity=identity,
-        steps=steps,
-        groups=groups,
-        n_active=int(m.sum()),
-        all_active=bool(m.all()),
-    )
+            wsel = [
+                torch.arange(3 * s + k * (e - s), 3 * s + (k + 1) * (e - s))
+                for k in range(3)
+                for s, e, _ in ags
+            ]
+            hsel = [perm_t[s:e] for s, e, _ in ags]
+            steps.append([(torch.cat(wsel), torch.cat(hsel), None)])
+    # A group's packed rows are the steps where it is a block of its own (view steps).
+    groups = [(s, e, torch.tensor(v, dtype=torch.long)) for (s, e, _), v in zip(groups, view_steps)]
+    return Plan(lay=lay_out, steps=steps, groups=groups, all_active=bool(m.all()))

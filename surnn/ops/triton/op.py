@@ -79,9 +79,10 @@ def su_gru_fwd(
     grid = (triton_cdiv(H, bh), triton_cdiv(B, bb))
     ieee = x.dtype == torch.float32
     lens = lengths.to(device=x.device, dtype=torch.int32).contiguous()
+    b_ih, b_hh = b_ih.contiguous(), b_hh.contiguous()
     for t in range(T):
         k.fwd_step[grid](
-            x, w_ih, w_hh, b_ih.contiguous(), b_hh.contiguous(), g, act, lens, flag, hs, out, sv,
+            x, w_ih, w_hh, b_ih, b_hh, g, act, lens, flag, hs, out, sv,
             t, B, T, D, H, flag.shape[1], _bstride(g), _bstride(act),
             SAVE=save, IEEE=ieee, BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk,
         )  # fmt: skip
