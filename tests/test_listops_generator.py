@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import random
 
 import numpy as np
@@ -110,6 +112,15 @@ def test_release_round_trip(small, tmp_path):
             assert SMALL.min_length < content_length(source) < SMALL.max_length
     assert (folder / gen.MARKER).exists()
     assert not list(folder.glob(".*tmp*"))
+
+
+def test_release_bytes_match_lra_csv_writer(small, tmp_path):
+    folder = gen.write_release(small, tmp_path, SMALL)
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf, delimiter="\t")  # what LRA's write_to_file uses
+    w.writerow(["Source", "Target"])
+    w.writerows([s, np.int64(y)] for s, y in zip(small.sources["val"], small.labels["val"]))
+    assert (folder / "basic_val.tsv").read_bytes() == buf.getvalue().encode()
 
 
 def test_lengths_strictly_within_bounds_and_recorded(small):

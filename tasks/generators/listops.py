@@ -337,20 +337,20 @@ def generate(spec: ListOpsSpec, workers: int | None = None, progress: bool = Tru
 
 
 def write_release(data: ListOpsData, out: str | os.PathLike, spec: ListOpsSpec) -> Path:
-    """Write ``out/listops-1000/basic_{train,val,test}.tsv`` (header ``Source\\tTarget``)
-    and a ``GENERATED.json`` marker; files appear only once fully written."""
+    """Write ``out/listops-1000/basic_{train,val,test}.tsv`` byte for byte as LRA's
+    ``csv.writer`` does (header ``Source\\tTarget``, CRLF line ends) and a
+    ``GENERATED.json`` marker; files appear only once fully written."""
     folder = Path(out).expanduser() / RELEASE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     tmp_paths = []
     for name in SPLITS:
         tmp = folder / f".basic_{name}.tsv.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="ascii", newline="\n") as f:
-            f.write(HEADER + "\n")
+        with open(tmp, "w", encoding="ascii", newline="") as f:
+            f.write(HEADER + "\r\n")
             srcs, labs = data.sources[name], data.labels[name]
             for a in range(0, len(srcs), 4096):
-                f.write(
-                    "".join(f"{s}\t{y}\n" for s, y in zip(srcs[a : a + 4096], labs[a : a + 4096]))
-                )
+                rows = zip(srcs[a : a + 4096], labs[a : a + 4096])
+                f.write("".join(f"{s}\t{y}\r\n" for s, y in rows))
         tmp_paths.append((tmp, folder / f"basic_{name}.tsv"))
     for tmp, final in tmp_paths:
         os.replace(tmp, final)
