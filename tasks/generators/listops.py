@@ -274,7 +274,7 @@ def _chunks(spec: ListOpsSpec, workers: int):
 def generate(spec: ListOpsSpec, workers: int | None = None, progress: bool = True) -> ListOpsData:
     """Generate the three splits; deterministic for ``spec`` whatever ``workers`` is."""
     spec.validate()
-    workers = max(1, workers if workers else (os.cpu_count() or 1))
+    workers = max(1, workers if workers else min(os.cpu_count() or 1, 16))
     total = spec.n_train + spec.n_val + spec.n_test
     t0 = time.perf_counter()
     seen: set[bytes] = set()
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--max-depth", type=int, default=d.max_depth)
     p.add_argument("--max-args", type=int, default=d.max_args)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores, at most 16)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
