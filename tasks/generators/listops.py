@@ -370,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--max-depth", type=int, default=d.max_depth)
     p.add_argument("--max-args", type=int, default=d.max_args)
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores, at most 16)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="processes (default: all cores, at most 16)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
