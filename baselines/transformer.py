@@ -6,9 +6,11 @@ encoder. Attention runs through ``torch.nn.functional.scaled_dot_product_attenti
 (flash / memory-efficient kernels on GPU; a batch without padding and without a causal
 mask passes no mask, so the flash kernel applies).
 
-Padding: keys at padded positions are masked out, so valid outputs do not depend on right
-padding; padded query rows still see at least one valid key (lengths are clamped to >= 1),
-so no row is all -inf and no NaN appears; their outputs are then set to zero.
+Padding: keys at padded positions are masked out (a [B, 1, 1, L] mask, broadcast), so valid
+outputs do not depend on right padding; padded query rows still see at least one valid key
+(lengths are clamped to >= 1), so no row is all -inf and no NaN appears; their outputs are
+then set to zero. A causal layer needs no padding mask: with right padding, a valid query
+only sees earlier, valid keys, so it uses the causal kernel alone (no [L, L] mask in memory).
 
 Positions: mixers do not know their depth, so the position signal (``sinusoidal``,
 ``learned`` or ``none``) is added to the attention input of every layer, not only the
@@ -104,19 +106,16 @@ class AttentionMixer(Mixer):
         keep = torch.arange(L, device=x.device)[None, :] < lengths[:, None]  # [B, L]
         padded = not bool(keep.all())
         mask = None
-        if padded:
+        if padded and not self.causal:  # a causal query at t < length never sees padding
             key_ok = torch.arange(L, device=x.device)[None, :] < lengths.clamp(min=1)[:, None]
-            mask = key_ok[:, None, None, :]  # [B, 1, 1, L]
-            if self.causal:
-                tri = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
-                mask = mask & tri
+            mask = key_ok[:, None, None, :]  # [B, 1, 1, L], broadcast over heads and queries
         y = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
             dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=self.causal and not padded,
+            is_causal=self.causal,
         )
         y = self.proj(y.transpose(1, 2).reshape(B, L, self.qkv_dim))
         if padded:
