@@ -106,7 +106,8 @@ def run_py(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_run_py_smoke_on_generated_pathfinder(data, tmp_path):
-    r = run_py(["task=pathfinder", "model=lstm", "trainer=smoke", f"data_dir={data}"], tmp_path)
+    args = ["task=pathfinder", "model=lstm", "model.d_model=16", "model.n_layers=1"]
+    r = run_py([*args, "trainer=smoke", f"data_dir={data}"], tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (res_file,) = (tmp_path / "out").rglob("results.json")
     res = json.loads(res_file.read_text())

@@ -11,6 +11,7 @@ from PIL import Image as PILImage
 
 from surnn.errors import ConfigError, DataError
 from tasks.generators import pathfinder as gen
+from tasks.generators import pathfinder_draw as draw
 from tasks.pathfinder import Pathfinder, PathX
 from tests.test_data_fixtures import random_images, write_pathfinder_pngs
 
@@ -49,8 +50,8 @@ def _segments(cv, contour):
     out = []
     for cell, tmpl, _, _ in contour.dashes:
         x, y = cv.xy(cell, tmpl)
-        a = tmpl // (gen.SUB * gen.SUB)
-        out.append((x, y, x + cv.L * gen._COS[a], y + cv.L * gen._SIN[a]))
+        a = tmpl // (draw.SUB * draw.SUB)
+        out.append((x, y, x + cv.L * draw._COS[a], y + cv.L * draw._SIN[a]))
     return out
 
 
@@ -67,7 +68,7 @@ def test_target_contours_have_full_length_and_keep_apart(resolution, difficulty)
     rng = np.random.default_rng(0)
     got = 0
     while got < 3:
-        out = gen._target_pair(p, p.margins[0], rng)
+        out = draw._target_pair(p, p.margins[0], rng)
         if out is None:
             continue
         cv, a, b = out
@@ -78,9 +79,14 @@ def test_target_contours_have_full_length_and_keep_apart(resolution, difficulty)
         # (less the snapping error of a quarter cell per coordinate)
         gap = min(_seg_gap(s, t) for s, t in itertools.product(sa, sb))
         assert gap >= cv.R_occ - 0.5
+        # a marker disc at any tip touches no ink of the other contour
+        for own, other in ((a, sb), (b, sa)):
+            for x, y in (own.start, own.end):
+                tip = (x, y, x, y)
+                assert min(_seg_gap(tip, t) for t in other) >= p.marker_radius * draw.AA + cv.r
         # the seeds are seed_distance apart
         (ax, ay), (bx, by) = a.start, b.start
-        assert abs(math.hypot(ax - bx, ay - by) - p.seed_distance * gen.AA) < 1.0
+        assert abs(math.hypot(ax - bx, ay - by) - p.seed_distance * draw.AA) < 1.0
         # consecutive dashes of one contour: gap 2 * margin straight ahead, turns bounded
         for s, t in zip(sa, sa[1:]):
             assert _seg_gap(s, t) <= 2 * cv.M + 0.8
