@@ -173,10 +173,11 @@ def test_right_padding_dual_and_values_inputs(name):
 # ------------------------------------------------------------------- gru == surnn open
 
 
-def test_gru_equals_surnn_with_gate_open():
+@pytest.mark.parametrize("impl", ["reference", "cpu"])
+def test_gru_equals_surnn_with_gate_open(impl):
     torch.manual_seed(0)
     gru = GRUMixer(10, hidden_size=14).eval()
-    su = SuRNNMixer(10, hidden_size=14, gate={"kind": "open"}, impl="reference").eval()
+    su = SuRNNMixer(10, hidden_size=14, gate={"kind": "open"}, impl=impl).eval()
     missing, unexpected = su.load_state_dict(gru.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("rnn.gates") for k in missing)
     x = torch.randn(3, 17, 10)
