@@ -6,7 +6,8 @@ Loaders are timed on synthetic data written in the release formats with realisti
 (IMDB-length reviews, 4000-byte AAN documents, CIFAR pickles, generated Pathfinder,
 random 128 px Path-X PNGs): the cache is built first (not timed), then the train split is
 read through a DataLoader (batch 64, collate included, no workers), i.e. the cost per
-example a training step pays. Generators are timed end to end (processes, PNG writing).
+example a training step pays. Generators are timed end to end (processes, PNG writing), in wall time and in CPU time
+per image (parent + workers), which gives the rate on cores nobody else uses.
 Loaders run with one torch thread (as DataLoader workers do). The load average is
 recorded: on a shared machine the numbers are lower bounds.
 ``--figure`` also writes results/figures/pathfinder_samples.png (generated samples with
@@ -20,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -119,6 +121,7 @@ def bench_generators(d: Path, quick: bool) -> dict:
     for res, diff, workers, fmt in runs:
         n = (200 if quick else 2000) // (8 if res == 128 else 1)
         load0 = os.getloadavg()[0]
+        cpu0 = time.process_time() + _children_cpu()
         t0 = time.perf_counter()
         gen.generate(
             d / f"g{res}{workers}{fmt}",
@@ -131,11 +134,25 @@ def bench_generators(d: Path, quick: bool) -> dict:
             progress=False,
         )
         dt = time.perf_counter() - t0
+        cpu = time.process_time() + _children_cpu() - cpu0
         key = f"pathfinder{res}_{diff}_{workers}proc_{fmt}"
-        out[key] = {"images": n, "images_per_s": round(n / dt, 1), "seconds": round(dt, 2),
-                    "load_avg_1min_before": load0}  # fmt: skip
-        print(f"generator {key:34s} {n / dt:8.1f} images/s (load {load0:.1f})")
+        out[key] = {
+            "images": n,
+            "images_per_s": round(n / dt, 1),
+            "seconds": round(dt, 2),
+            "cpu_ms_per_image": round(1000 * cpu / n, 2),
+            "images_per_s_if_cores_were_free": round(min(workers, os.cpu_count()) * n / cpu, 1),
+            "load_avg_1min_before": load0,
+        }
+        print(f"generator {key:34s} {n / dt:8.1f} images/s wall, {1000 * cpu / n:5.2f} CPU ms/image "
+              f"(load {load0:.1f})")  # fmt: skip
     return out
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of finished child processes (the generator's pool)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def figure(path: Path) -> None:

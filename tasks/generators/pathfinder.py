@@ -48,19 +48,23 @@ PER_FOLDER = 1000  # images per imgs/<k>/ folder and per metadata/<k>.npy file
 
 
 def _work(args) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """Images i0..i1-1: (i0, pixels or nothing when written as PNGs, labels, margins)."""
+    from PIL import Image
+
     p, seed, i0, i1, png_root = args
     res = p.resolution
     imgs = np.empty((i1 - i0, res * res), np.uint8)
     labels = np.empty(i1 - i0, np.uint8)
     margins = np.empty(i1 - i0, np.uint8)
+    made: set[Path] = set()
     for j, i in enumerate(range(i0, i1)):
         img, labels[j], margins[j] = make_image(p, seed, i)
         imgs[j] = img.reshape(-1)
         if png_root is not None:
-            from PIL import Image
-
             d = Path(png_root) / "imgs" / str(i // PER_FOLDER)
-            d.mkdir(parents=True, exist_ok=True)
+            if d not in made:
+                d.mkdir(parents=True, exist_ok=True)
+                made.add(d)
             Image.fromarray(img, mode="L").save(d / f"sample_{i % PER_FOLDER}.png")
     if png_root is not None:
         imgs = imgs[:0]

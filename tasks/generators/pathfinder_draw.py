@@ -323,10 +323,10 @@ class _Contour:
         cv = self.cv
         cell, tmpl, last_id, _ = self.dashes[-1]
         off = cv.grow_offsets(tmpl)
-        cw = np.cumsum(cv.s_w * cv.check(cell, None, last_id, self.look, off))
+        cw = (cv.s_w * cv.check(cell, None, last_id, self.look, off)).cumsum()
         if cw[-1] <= 0:
             return False
-        j = min(int(np.searchsorted(cw, rng.random() * cw[-1], side="right")), len(cw) - 1)
+        j = min(int(cw.searchsorted(rng.random() * cw[-1], side="right")), len(cw) - 1)
         self._add(cell + int(cv.s_cell[tmpl, j]), int(cv.s_tmpl[tmpl, j]))
         return True
 
