@@ -187,9 +187,9 @@ class Pathfinder(Task):
         if self.generate is None:
             raise DataError(
                 f"task={self.name}: no data at {self.root} (expected imgs/ + metadata/ of the LRA "
-                "release, or generated arrays). Generate it with\n  "
+                "release, or generated arrays); generate it with: "
                 + generate_command(self.data_dir, self.resolution, self.difficulty)
-                + f"\nor set task.options.generate=true (configs/task/{self.name}.yaml)"
+                + f" -- or set task.options.generate=true (configs/task/{self.name}.yaml)"
             )
         g = self.generate
         log.warning(
@@ -254,23 +254,24 @@ class Pathfinder(Task):
         return labels[rows], rows, [w for _, w in skipped]
 
     def splits(self) -> Splits:
-        layout = self._ensure_data()
-        if layout == "release":
-            sig = file_signature(sorted((self.root / "metadata").glob("*.npy")))
-        else:
-            sig = file_signature([self.root / "images.npy", self.root / "labels.npy"])
-        key = {
-            "format": CACHE_FORMAT,
-            "layout": layout,
-            "source": sig,
-            "resolution": self.resolution,
-            "difficulty": self.difficulty,
-            "split_seed": self.split_seed,
-            "skip_unreadable": self.skip_unreadable,
-        }
-        path = cache_dir(self.data_dir, "pathfinder", key)
-        names = ["labels", "train_idx", "val_idx", "test_idx"]
+        # one lock around generation and caching: concurrent runs / DDP ranks do it once
         with file_lock(self.data_dir / "cache" / ".pathfinder.lock"):
+            layout = self._ensure_data()
+            if layout == "release":
+                sig = file_signature(sorted((self.root / "metadata").glob("*.npy")))
+            else:
+                sig = file_signature([self.root / "images.npy", self.root / "labels.npy"])
+            key = {
+                "format": CACHE_FORMAT,
+                "layout": layout,
+                "source": sig,
+                "resolution": self.resolution,
+                "difficulty": self.difficulty,
+                "split_seed": self.split_seed,
+                "skip_unreadable": self.skip_unreadable,
+            }
+            path = cache_dir(self.data_dir, "pathfinder", key)
+            names = ["labels", "train_idx", "val_idx", "test_idx"]
             got = read_cache(path, names)
             if got is None:
                 self._build_cache(path, layout)
