@@ -95,7 +95,7 @@ class Retrieval(Task):
             )
         super().__init__(data_dir, max_len=max_len, doc_bytes=doc_bytes)
         self.max_len = check_max_len(max_len, "retrieval")
-        self.doc_bytes = check_max_len(doc_bytes, "retrieval doc_bytes")
+        self.doc_bytes = check_max_len(doc_bytes, "retrieval", "doc_bytes")
         self.info: dict[str, Any] = {}
 
     def files(self) -> dict[str, Path]:

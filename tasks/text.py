@@ -162,9 +162,12 @@ def load_hub(data_dir: Path, hub_name: str, allow_download: bool):
         return None, f"datasets.load_dataset({hub_name!r}) failed: {type(e).__name__}"
 
 
-def check_max_len(value: Any, name: str, limit: int | None = None) -> int:
-    if not isinstance(value, int) or value < 1 or (limit and value > limit):
-        raise ConfigError(f"task.options.max_len={value!r}: expected a positive integer for {name}")
+def check_max_len(value: Any, task: str, option: str = "max_len") -> int:
+    """A positive integer length option, else a ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"task={task}: task.options.{option}={value!r}; expected a positive integer"
+        )
     return value
 
 
