@@ -61,6 +61,21 @@ def commit() -> str:
         return "unknown"
 
 
+def command_args(args: argparse.Namespace) -> str:
+    parts = []
+    for k, v in vars(args).items():
+        if v in (None, False, ""):
+            continue
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            parts.append(flag)
+        elif isinstance(v, list):
+            parts.append(flag + " " + " ".join(f"{x:g}" for x in v))
+        else:
+            parts.append(f"{flag} {v!r}" if isinstance(v, str) and " " in v else f"{flag} {v}")
+    return " ".join(parts)
+
+
 def make_gate(args, rate: float, H: int, device, dtype):
     """(g, active_train, active_eval) for one update rate."""
     if args.gate == "interval":
@@ -169,6 +184,7 @@ def main() -> None:
                 "kind": c["kind"],
                 "update_rate": round(c["rate"], 4),
                 "median_s": med,
+                "min_s": min(c["times"]),
                 "times_s": c["times"],
                 "executed_gflop": c["flops"] / 1e9,
                 "gflop_per_s": c["flops"] / 1e9 / med,
@@ -186,12 +202,7 @@ def main() -> None:
             f"{r['gflop_per_s']:>9.1f}{r['speedup_vs_nn_gru']:>8.2f}{r['speedup_vs_rate1']:>9.2f}"
         )
     meta = {
-        "command": "python scripts/bench_surnn.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {v}"
-            for k, v in vars(args).items()
-            if v not in (None, False, "")
-        ),
+        "command": "python scripts/bench_surnn.py " + command_args(args),
         "label": args.label,
         "sizes": {"B": B, "T": T, "D": D, "H": H},
         "dtype": args.dtype,

@@ -5,9 +5,13 @@ block) flag says whether any neuron of the block is active at that step; inactiv
 only carry the state over, so closed blocks cost no FLOPs and no weight traffic. State
 and accumulators are fp32, storage fp32 or bf16; selects use ``tl.where`` (a NaN in an
 unused lane cannot leak), tanh is ``2*sigmoid(2x)-1``, and the step index and sequence
-length are runtime arguments (never constexprs), so one compiled kernel serves every T.
+length are runtime arguments (never constexprs nor specialised on), so one compiled kernel
+serves every step and every T.
 
 Set TRITON_INTERPRET=1 before importing this module to run it on the CPU (fp32 only).
+Only builtin ``tl`` functions are used (``tl.full``, not the ``@jit`` standard library's
+``tl.zeros``/``tl.sigmoid``), so the kernels also interpret correctly when ``triton`` was
+imported (e.g. by torch) before the flag was set.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def _tanh(x):
     return 2.0 * _sigmoid(2.0 * x) - 1.0
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t", "T"])
 def fwd_step(
     x_ptr, wx_ptr, wh_ptr, bx_ptr, bh_ptr, g_ptr, a_ptr, len_ptr, flag_ptr,
     hs_ptr, out_ptr, sv_ptr,
@@ -62,10 +66,10 @@ def fwd_step(
     flag = tl.load(flag_ptr + t * NBH + pid_h)
     hnew = hp
     if flag != 0:
-        acc_r = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-        acc_z = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-        acc_xn = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-        acc_hn = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+        acc_r = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
+        acc_z = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
+        acc_xn = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
+        acc_hn = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
         kk = tl.arange(0, BLOCK_K)
         for k0 in range(0, D, BLOCK_K):
             k = k0 + kk
@@ -116,7 +120,7 @@ def fwd_step(
     tl.store(out_ptr + seq, hnew.to(out_ptr.dtype.element_ty), mask=m2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t", "T"])
 def bwd_point(
     dh_ptr, dhn_ptr, sv_ptr, g_ptr, a_ptr, len_ptr, flag_ptr, dgx_ptr, dgh_ptr, dg_ptr,
     t, B, T, H, NBH, sgb, sab,
@@ -168,7 +172,7 @@ def bwd_point(
     tl.store(dhn_ptr + tile, dhnew, mask=m2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["t", "T"])
 def bwd_matmul(
     dhn_ptr, dgh_ptr, wh_ptr, list_ptr, cnt_ptr, go_ptr,
     t, B, T, H, NBH,

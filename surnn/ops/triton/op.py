@@ -22,8 +22,10 @@ def _kernels():
 
 
 def _cfg(B: int, D: int, H: int) -> tuple[int, int, int]:
-    bb = 16 if B <= 16 else (32 if B <= 32 else 64)
-    return bb, _BLOCK_H, 32
+    """(BLOCK_B, BLOCK_H, BLOCK_K). Small tiles: a step has only B*H outputs, so more
+    programs (parallelism across SMs) matter more than per-program efficiency. Untuned
+    (no GPU was available when this was written); scripts/gpu_check.sh measures it."""
+    return (16 if B <= 16 else 32), _BLOCK_H, 32
 
 
 def _flags(active: torch.Tensor, H: int, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -208,6 +210,12 @@ def _bwd_flops(grad_out, grad_h, x, w_ih, w_hh, g, active, lengths, saved, *a, *
 
 def su_gru_triton(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None):
     """Same semantics as ``su_gru_reference``; x on CUDA (or CPU with TRITON_INTERPRET=1)."""
+    if x.is_cuda and torch.is_autocast_enabled("cuda"):
+        # A custom op is not autocast-aware: run it in the autocast dtype (bf16 storage,
+        # fp32 state and accumulators inside the kernels).
+        dt = torch.get_autocast_dtype("cuda")
+        x, h0, w_ih, w_hh = (t.to(dt) for t in (x, h0, w_ih, w_hh))
+        b_ih, b_hh = (t.to(dt) if t is not None else None for t in (b_ih, b_hh))
     B, T, _ = x.shape
     H = h0.shape[-1]
     act, _ = compute_mask(g, active, lengths)
