@@ -33,6 +33,9 @@ class TrainerConfig:
     progress: bool = True
     flops: bool = True  # count FLOPs per sequence once per run
     max_train_examples: int | None = None  # use a prefix of the train split (debugging)
+    # Evaluate on a prefix of val/test (smoke runs only: published numbers need every
+    # example; results.json records the count).
+    max_eval_examples: int | None = None
     compile: bool = False  # torch.compile the model
 
 

@@ -32,6 +32,7 @@ from surnn.train.data import ResumableBatchSampler, eval_loader, train_loader
 from surnn.train.flops import count_flops
 from surnn.train.loggers import Loggers
 from surnn.train.metrics import peak_memory_bytes
+from tasks.base import Subset
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,6 @@ class Trainer:
         )
         train = splits.train
         if tcfg.max_train_examples:
-            from tasks.base import Subset
-
             train = Subset(train, list(range(min(len(train), tcfg.max_train_examples))))
         self.train_set = train
 
@@ -261,6 +260,14 @@ class Trainer:
         model = model or self.model_raw
         model.eval()
         ds = getattr(self.splits, split)
+        if self.tcfg.max_eval_examples and len(ds) > self.tcfg.max_eval_examples:
+            log.warning(
+                "%s: evaluating the first %d of %d examples (trainer.max_eval_examples)",
+                split,
+                self.tcfg.max_eval_examples,
+                len(ds),
+            )
+            ds = Subset(ds, list(range(self.tcfg.max_eval_examples)))
         bs = self.tcfg.eval_batch_size or self.micro_bs
         loader = eval_loader(
             ds, bs, self.splits.collate, self.tcfg.num_workers, self.rank, self.world
