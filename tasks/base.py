@@ -11,11 +11,13 @@ that changes the arrays, so two settings never share a cache.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from surnn.errors import DataError
+from surnn.errors import ConfigError, DataError
 
 
 @dataclass
@@ -179,11 +181,68 @@ def cache_dir(data_dir: str | os.PathLike, task: str, options: dict[str, Any]) -
 def write_cache(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
     """Write arrays as .npy plus ``meta.json`` atomically (a temp folder renamed into
     place), so an interrupted preparation never leaves a half-written cache."""
-    path = Path(path)
+    commit_cache(begin_cache(Path(path)), Path(path), arrays, meta)
+
+
+class NpyStream:
+    """Append-only 1-D .npy file of unknown final length: a fixed-size header is
+    rewritten with the true shape on ``close``, so nothing is held in memory."""
+
+    HEADER = 128
+
+    def __init__(self, path: Path, dtype=np.uint8):
+        self.path, self.dtype, self.n = Path(path), np.dtype(dtype), 0
+        self.f = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self.f.write(b"\0" * self.HEADER)
+
+    def write(self, arr: np.ndarray | bytes) -> None:
+        buf = bytes(arr) if isinstance(arr, bytes | bytearray) else arr.astype(self.dtype).tobytes()
+        self.f.write(buf)
+        self.n += len(buf) // self.dtype.itemsize
+
+    def close(self) -> None:
+        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
+        d["shape"] = (self.n,)
+        body = repr(d).encode("latin1")
+        pad = self.HEADER - 10 - len(body) - 1
+        self.f.seek(0)
+        self.f.write(b"\x93NUMPY\x01\x00" + (self.HEADER - 10).to_bytes(2, "little"))
+        self.f.write(body + b" " * pad + b"\n")
+        self.f.close()
+
+
+def file_signature(paths: Iterable[Path]) -> list[list]:
+    """Identity of source files (path, size, mtime) for cache keys: a changed file
+    gives a new cache instead of stale arrays."""
+    out = []
+    for p in paths:
+        st = Path(p).stat()
+        out.append([str(p), st.st_size, st.st_mtime_ns])
+    return out
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock so concurrent runs (or DDP ranks) build a cache once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def begin_cache(path: Path) -> Path:
+    """A fresh temp folder next to ``path``; ``commit_cache`` renames it into place."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit_cache(tmp: Path, path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     for k, v in arrays.items():
         np.save(tmp / f"{k}.npy", v)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
@@ -214,6 +273,15 @@ def pack_sequences(seqs: Sequence[np.ndarray], dtype=np.int16) -> tuple[np.ndarr
         np.concatenate([np.asarray(s, dtype=dtype) for s in seqs]) if seqs else np.zeros(0, dtype)
     )
     return data, offsets
+
+
+def check_max_len(value: Any, task: str, option: str = "max_len") -> int:
+    """A positive integer length option, else a ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"task={task}: task.options.{option}={value!r}; expected a positive integer"
+        )
+    return value
 
 
 def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:

@@ -29,8 +29,20 @@ from torch.utils.data import Dataset
 
 from surnn.errors import ConfigError, DataError
 from surnn.registry import register_task
-from tasks.base import Splits, Subset, Task, cache_dir, make_collate, read_cache, seeded_split
-from tasks.text import begin_cache, commit_cache, file_lock, file_signature, hub_disk_dir, load_hub
+from tasks.base import (
+    Splits,
+    Subset,
+    Task,
+    begin_cache,
+    cache_dir,
+    commit_cache,
+    file_lock,
+    file_signature,
+    make_collate,
+    read_cache,
+    seeded_split,
+)
+from tasks.hub import hub_disk_dir, load_hub
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ the source files' identity (path, size, mtime) and every option that changes the
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -40,6 +39,7 @@ from tasks.base import (
     Task,
     cache_dir,
     cache_key,
+    file_lock,
     make_collate,
     pack_sequences,
     read_cache,
@@ -144,20 +144,6 @@ def read_tsv(
     return seqs, np.asarray(labels, np.int8), truncated
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    """Exclusive lock so concurrent ranks/runs prepare the data once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            import fcntl
-
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - non-POSIX
-            pass
-        yield
-
-
 @register_task("listops")
 class ListOps(Task):
     """LRA ListOps; see the module docstring for the data source, vocabulary and EOS."""
@@ -244,7 +230,7 @@ class ListOps(Task):
 
     def splits(self) -> Splits:
         names = [f"{s}_{a}" for s in gen.SPLITS for a in ("data", "offsets", "labels")]
-        with _file_lock(self.data_dir / ".listops.lock"):
+        with file_lock(self.data_dir / ".listops.lock"):
             files, kind = self._resolve_source()
             ident = [
                 {

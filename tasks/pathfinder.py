@@ -31,10 +31,20 @@ import numpy as np
 
 from surnn.errors import ConfigError, DataError
 from surnn.registry import register_task
-from tasks.base import Splits, Subset, Task, cache_dir, read_cache, seeded_split
+from tasks.base import (
+    Splits,
+    Subset,
+    Task,
+    begin_cache,
+    cache_dir,
+    commit_cache,
+    file_lock,
+    file_signature,
+    read_cache,
+    seeded_split,
+)
 from tasks.generators import pathfinder as gen
 from tasks.image import PixelDataset, encoding_info, pixel_collate, pixel_stats, set_input
-from tasks.text import begin_cache, commit_cache, file_lock, file_signature
 
 log = logging.getLogger(__name__)
 

@@ -19,17 +19,21 @@ import numpy as np
 
 from surnn.errors import ConfigError, DataError
 from surnn.registry import register_task
-from tasks.base import Splits, Subset, Task, cache_dir, make_collate, read_cache
-from tasks.text import (
-    BYTE_VOCAB,
-    BytePairDataset,
+from tasks.base import (
     NpyStream,
+    Splits,
+    Subset,
+    Task,
     begin_cache,
+    cache_dir,
     check_max_len,
     commit_cache,
     file_lock,
     file_signature,
+    make_collate,
+    read_cache,
 )
+from tasks.text import BYTE_VOCAB, BytePairDataset
 
 log = logging.getLogger(__name__)
 

@@ -10,19 +10,12 @@ Tokens: byte b -> id b + 1, 0 = padding (vocab 257); each review keeps its first
 reviews for both validation and test (``val_fraction: 0``); ``val_fraction > 0`` instead
 holds out a seeded part of train. Split indices are stored with the cache.
 
-This module also holds the byte-sequence helpers Retrieval uses (datasets over flat uint8
-arrays, a streaming .npy writer, file signatures and a file lock).
+This module also holds the byte-sequence datasets Retrieval uses (flat uint8 arrays).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import logging
-import os
-import shutil
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +24,22 @@ from torch.utils.data import Dataset
 
 from surnn.errors import ConfigError, DataError
 from surnn.registry import register_task
-from tasks.base import Splits, Subset, Task, cache_dir, make_collate, read_cache, seeded_split
+from tasks.base import (
+    NpyStream,
+    Splits,
+    Subset,
+    Task,
+    begin_cache,
+    cache_dir,
+    check_max_len,
+    commit_cache,
+    file_lock,
+    file_signature,
+    make_collate,
+    read_cache,
+    seeded_split,
+)
+from tasks.hub import hub_disk_dir, load_hub
 
 log = logging.getLogger(__name__)
 
@@ -65,110 +73,6 @@ class BytePairDataset(ByteDataset):
 
     def __getitem__(self, i: int):
         return self._doc(2 * i), self._doc(2 * i + 1), int(self.labels[i])
-
-
-class NpyStream:
-    """Append-only 1-D .npy file of unknown final length: a fixed-size header is
-    rewritten with the true shape on ``close``, so nothing is held in memory."""
-
-    HEADER = 128
-
-    def __init__(self, path: Path, dtype=np.uint8):
-        self.path, self.dtype, self.n = Path(path), np.dtype(dtype), 0
-        self.f = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self.f.write(b"\0" * self.HEADER)
-
-    def write(self, arr: np.ndarray | bytes) -> None:
-        buf = bytes(arr) if isinstance(arr, bytes | bytearray) else arr.astype(self.dtype).tobytes()
-        self.f.write(buf)
-        self.n += len(buf) // self.dtype.itemsize
-
-    def close(self) -> None:
-        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
-        d["shape"] = (self.n,)
-        body = repr(d).encode("latin1")
-        pad = self.HEADER - 10 - len(body) - 1
-        self.f.seek(0)
-        self.f.write(b"\x93NUMPY\x01\x00" + (self.HEADER - 10).to_bytes(2, "little"))
-        self.f.write(body + b" " * pad + b"\n")
-        self.f.close()
-
-
-def file_signature(paths: Iterable[Path]) -> list[list]:
-    """Identity of source files (path, size, mtime) for cache keys: a changed file
-    gives a new cache instead of stale arrays."""
-    out = []
-    for p in paths:
-        st = Path(p).stat()
-        out.append([str(p), st.st_size, st.st_mtime_ns])
-    return out
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock so concurrent runs (or DDP ranks) build a cache once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def begin_cache(path: Path) -> Path:
-    """A fresh temp folder next to ``path``; ``commit_cache`` renames it into place."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def commit_cache(tmp: Path, path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    for k, v in arrays.items():
-        np.save(tmp / f"{k}.npy", v)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-
-
-def hub_disk_dir(data_dir: Path, hub_name: str) -> Path:
-    return data_dir / "hub" / hub_name
-
-
-def load_hub(data_dir: Path, hub_name: str, allow_download: bool):
-    """A ``datasets.DatasetDict`` from ``<data_dir>/hub/<name>`` (save_to_disk) or the hub;
-    (None, reason) when neither works (offline, no cache, datasets missing)."""
-    try:
-        import datasets
-    except ImportError:
-        return None, "the datasets package is not installed"
-    disk = hub_disk_dir(data_dir, hub_name)
-    if disk.exists():
-        try:
-            return datasets.load_from_disk(str(disk)), f"save_to_disk folder {disk}"
-        except Exception as e:  # noqa: BLE001 - any failure: report and fall through
-            raise DataError(
-                f"{disk} is not a readable datasets.save_to_disk folder ({e}); delete it or "
-                f"re-save it with datasets.load_dataset({hub_name!r}).save_to_disk"
-            ) from e
-    if not allow_download:
-        return None, "hub access disabled (hub: false)"
-    try:
-        return datasets.load_dataset(hub_name), f"hub {hub_name}"
-    except Exception as e:  # noqa: BLE001 - offline hubs raise many types
-        return None, f"datasets.load_dataset({hub_name!r}) failed: {type(e).__name__}"
-
-
-def check_max_len(value: Any, task: str, option: str = "max_len") -> int:
-    """A positive integer length option, else a ConfigError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(
-            f"task={task}: task.options.{option}={value!r}; expected a positive integer"
-        )
-    return value
 
 
 # ----------------------------------------------------------------------------- task
