@@ -12,39 +12,26 @@ outputs do not depend on right padding; padded query rows still see at least one
 then set to zero. A causal layer needs no padding mask: with right padding, a valid query
 only sees earlier, valid keys, so it uses the causal kernel alone (no [L, L] mask in memory).
 
-Positions: mixers do not know their depth, so the position signal (``sinusoidal``,
-``learned`` or ``none``) is added to the attention input of every layer, not only the
-first (the per-layer "timing signal" of the Universal Transformer). It is added to the
-normed block input inside the mixer and never to the residual stream, so it does not
-accumulate; with ``n_layers: 1`` it is exactly the usual input-level embedding.
+Positions: the standard setup adds them once to the input embedding, which the backbone
+does (``model.pos_emb: sinusoidal | learned``; the default transformer config). The
+mixer's own ``positions`` option instead adds a position signal to the attention input of
+every layer (the per-layer "timing signal" of the Universal Transformer), to the normed
+block input and never to the residual stream, so it does not accumulate.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import baselines.flops  # noqa: F401  (CPU attention FLOP formula)
+from surnn.backbone import sinusoidal_positions
 from surnn.errors import ConfigError
 from surnn.mixer import Mixer
 from surnn.registry import register_mixer
 
 POSITIONS = ("sinusoidal", "learned", "none")
-
-
-def sinusoidal_positions(L: int, d: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """[L, d]: sin at even and cos at odd channels, wavelengths 2 pi .. 10000 * 2 pi."""
-    pos = torch.arange(L, device=device, dtype=torch.float32)[:, None]
-    freq = torch.exp(
-        torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d)
-    )
-    pe = torch.zeros(L, d, device=device)
-    pe[:, 0::2] = torch.sin(pos * freq)
-    pe[:, 1::2] = torch.cos(pos * freq[: d // 2])
-    return pe.to(dtype)
 
 
 @register_mixer("transformer")

@@ -8,6 +8,7 @@ classifies ``[a, b, a*b, a-b]`` with a small MLP.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -16,6 +17,18 @@ from torch import nn
 
 from surnn.errors import ConfigError
 from surnn.registry import MIXERS
+
+
+def sinusoidal_positions(L: int, d: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """[L, d]: sin at even and cos at odd channels, wavelengths 2 pi .. 10000 * 2 pi."""
+    pos = torch.arange(L, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(
+        torch.arange(0, d, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d)
+    )
+    pe = torch.zeros(L, d, device=device)
+    pe[:, 0::2] = torch.sin(pos * freq)
+    pe[:, 1::2] = torch.cos(pos * freq[: d // 2])
+    return pe.to(dtype)
 
 
 class GLUFeedForward(nn.Module):
@@ -69,7 +82,7 @@ class Encoder(nn.Module):
         dropout: float,
         pool: Literal["mean", "last", "max"],
         max_len: int,
-        pos_emb: bool = False,
+        pos_emb: str = "none",
     ):
         super().__init__()
         if input_kind == "tokens":
@@ -91,13 +104,31 @@ class Encoder(nn.Module):
             ) from e
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(d_model)
+        if pos_emb not in ("none", "sinusoidal", "learned"):
+            raise ConfigError(f"model.pos_emb={pos_emb!r}: expected none, sinusoidal or learned")
+        self.pos_emb, self.max_len = pos_emb, max_len
+        if pos_emb == "learned":
+            if not max_len:
+                raise ConfigError("model.pos_emb=learned needs the task's max_len; use sinusoidal")
+            self.pos = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
         if pool not in ("mean", "last", "max"):
             raise ConfigError(f"model.pool={pool!r}: expected one of mean, last, max")
         self.pool = pool
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        h = self.drop(self.embed(x))
+        h = self.embed(x)
+        L = h.shape[1]
+        if self.pos_emb == "sinusoidal":
+            h = h + sinusoidal_positions(L, h.shape[-1], h.device, h.dtype)
+        elif self.pos_emb == "learned":
+            if self.pos.shape[0] < L:
+                raise ConfigError(
+                    f"model.pos_emb=learned: sequence length {L} exceeds the table size "
+                    f"{self.pos.shape[0]} (the task's max_len); use model.pos_emb=sinusoidal"
+                )
+            h = h + self.pos[:L].to(h.dtype)
+        h = self.drop(h)
         aux: dict[str, Any] = {}
         for i, blk in enumerate(self.blocks):
             h, a = blk(h, lengths)
@@ -130,6 +161,7 @@ class Model(nn.Module):
         dropout: float = 0.1,
         pool: Literal["mean", "last", "max"] = "mean",
         head_hidden: int | None = None,
+        pos_emb: str = "none",
     ):
         super().__init__()
         self.mixer_name = mixer
@@ -146,6 +178,7 @@ class Model(nn.Module):
             dropout,
             pool,
             task.max_len,
+            pos_emb,
         )
         if self.dual:
             hidden = head_hidden or d_model

@@ -58,6 +58,7 @@ class BackboneConfig:
     dropout: float = 0.1
     pool: str = "mean"
     head_hidden: int | None = None
+    pos_emb: str = "none"  # none | sinusoidal | learned: added to the input embedding
     options: dict[str, Any] = field(default_factory=dict)
 
 

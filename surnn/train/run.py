@@ -78,6 +78,7 @@ def build_model(task, mcfg: BackboneConfig) -> Model:
         dropout=mcfg.dropout,
         pool=mcfg.pool,
         head_hidden=mcfg.head_hidden,
+        pos_emb=mcfg.pos_emb,
     )
 
 
