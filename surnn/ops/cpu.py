@@ -66,6 +66,21 @@ class _Prepared:
         self.g = g.contiguous()
         self.active = active if self.per_sample else None
         self.unit = not self.per_sample and bool((g[active] == 1).all())
+        # Gathered steps fetch all of a row's parameters with one index_select.
+        gathers = any(isinstance(b[0], torch.Tensor) for step in plan.steps for b in step)
+        self.Wc = None
+        if gathers:  # row stride padded to 16 elements (aligned rows for the GEMMs)
+            pad = -(D + H + 2) % 16
+            parts = [self.Wx, self.Wh, self.bx[:, None], self.bh[:, None]]
+            self.Wc = torch.cat(parts + [self.Wx.new_zeros(3 * H, pad)], 1)
+
+    def weights(self, wsel):
+        """(Wx_A, Wh_A, bx_A, bh_A) for layout rows wsel (views, or one gathered copy)."""
+        if isinstance(wsel, slice):
+            return self.Wx[wsel], self.Wh[wsel], self.bx[wsel], self.bh[wsel]
+        D, H = self.D, self.H
+        Wc = self.Wc.index_select(0, wsel)
+        return Wc[:, :D], Wc[:, D : D + H], Wc[:, D + H], Wc[:, D + H + 1]
 
     def gate(self, t: int, nb: int, sel) -> torch.Tensor:
         if self.per_sample:
@@ -128,7 +143,7 @@ def _forward(p: _Prepared, plan: Plan, save: bool):
             continue
         hprev, hnext = out[:nb, t], out[:nb, t + 1]
         for wsel, hsel, gid in plan.steps[t]:
-            Wh_A = _take(p.Wh, wsel, 0)
+            Wx_A, Wh_A, bx_A, bh_A = p.weights(wsel)
             A = Wh_A.shape[0] // 3
             if xp is not None:
                 gx = _take(xp[:nb, t], wsel, 1)
@@ -136,8 +151,8 @@ def _forward(p: _Prepared, plan: Plan, save: bool):
                 off = pk.off[gid][t]
                 gx = res[gid][off : off + nb]
             else:
-                gx = torch.addmm(_take(p.bx, wsel, 0), p.x[:nb, t], _take(p.Wx, wsel, 0).T)
-            gh = torch.addmm(_take(p.bh, wsel, 0), hprev, Wh_A.T)
+                gx = torch.addmm(bx_A, p.x[:nb, t], Wx_A.T)
+            gh = torch.addmm(bh_A, hprev, Wh_A.T)
             rz = gh[:, : 2 * A].add_(gx[:, : 2 * A]).sigmoid_()  # gh now holds [r | z | hn]
             n = torch.tanh(torch.addcmul(gx[:, 2 * A :], rz[:, :A], gh[:, 2 * A :]))
             hp = _take(hprev, hsel, 1)
@@ -235,10 +250,10 @@ def _backward(p: _Prepared, plan: Plan, pk, out, saved, grad_out, grad_h, need):
             _put(dht, hsel, dhp)
             pending.append((wsel, gid, dgx, dgh))
         for wsel, gid, dgx, dgh in pending:
-            dht.addmm_(dgh, _take(p.Wh, wsel, 0))
+            Wx_A, Wh_A, _, _ = p.weights(wsel)
+            dht.addmm_(dgh, Wh_A)
             if gid is not None:
                 continue
-            Wx_A = _take(p.Wx, wsel, 0)
             if dx is not None:
                 dx[:nb, t].addmm_(dgx, Wx_A)
             gwx, gwh = dgx.T @ p.x[:nb, t], dgh.T @ hprev
