@@ -14,6 +14,8 @@ active rows instead.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,22 +49,46 @@ def _groups(cols: np.ndarray) -> np.ndarray:
 
 def _gather_plan(m: np.ndarray) -> Plan:
     T, H = m.shape
+    counts = m.sum(1).astype(np.int64)
+    starts = np.cumsum(counts) - counts
+    t_of, cols = np.nonzero(m)
+    cols = cols.astype(np.int64)
+    # Step t's weight rows [cols_t, cols_t + H, cols_t + 2H] at [3*start_t, 3*end_t).
+    local = np.arange(len(cols)) - starts[t_of]
+    wall = np.empty(3 * len(cols), dtype=np.int64)
+    for k in range(3):
+        wall[3 * starts[t_of] + k * counts[t_of] + local] = cols + k * H
+    wall_t, cols_t = torch.from_numpy(wall), torch.from_numpy(cols)
     steps = []
-    for t in range(T):
-        idx = np.flatnonzero(m[t])
-        if len(idx) == H:
+    for c, s in zip(counts.tolist(), starts.tolist()):
+        if c == H:
             steps.append([(slice(0, 3 * H), slice(0, H), None)])
-        elif len(idx):
-            i = torch.from_numpy(idx).long()
-            steps.append([(torch.cat([i, i + H, i + 2 * H]), i, None)])
+        elif c:
+            steps.append([(wall_t[3 * s : 3 * (s + c)], cols_t[s : s + c], None)])
         else:
             steps.append([])
     return Plan(lay=None, steps=steps, groups=None, all_active=bool(m.all()))
 
 
+_CACHE: OrderedDict[tuple, Plan] = OrderedDict()
+_CACHE_SIZE = 16  # plans of recent masks (evaluation reuses each layer's fixed schedule)
+
+
 def make_plan(mask: torch.Tensor) -> Plan:
-    """mask: [T, H] bool (time-only compute mask) -> Plan."""
+    """mask: [T, H] bool (time-only compute mask) -> Plan (cached by the mask's content)."""
     m = mask.detach().to("cpu", torch.bool).numpy()
+    key = (m.shape, MAX_BLOCKS, MAX_GROUPS, hashlib.blake2b(np.packbits(m).tobytes()).digest())
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    plan = _make_plan(m)
+    _CACHE[key] = plan
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return plan
+
+
+def _make_plan(m: np.ndarray) -> Plan:
     T, H = m.shape
     if T == 0 or H == 0:
         return _gather_plan(m)
