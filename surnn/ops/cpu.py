@@ -27,6 +27,10 @@ def _take(t: torch.Tensor, sel, dim: int) -> torch.Tensor:
     return t.index_select(dim, sel)
 
 
+def _size(sel, n: int) -> int:
+    return len(range(*sel.indices(n))) if isinstance(sel, slice) else len(sel)
+
+
 def _put(dst: torch.Tensor, sel, src: torch.Tensor) -> None:
     """dst[:, sel] = src."""
     if isinstance(sel, slice):
@@ -136,13 +140,15 @@ def _forward(p: _Prepared, plan: Plan, save: bool):
     saved: list = []
     for t in range(T):
         nb = p.bs[t]
-        out[:, t + 1] = out[:, t]
+        blocks = plan.steps[t]
+        if nb < B or sum(_size(hsel, H) for _, hsel, _ in blocks) < H:
+            out[:, t + 1] = out[:, t]  # carry the closed neurons (and finished sequences)
         per_step: list = []
         saved.append(per_step)
         if nb == 0:
             continue
         hprev, hnext = out[:nb, t], out[:nb, t + 1]
-        for wsel, hsel, gid in plan.steps[t]:
+        for wsel, hsel, gid in blocks:
             Wx_A, Wh_A, bx_A, bh_A = p.weights(wsel)
             A = Wh_A.shape[0] // 3
             if xp is not None:
@@ -154,10 +160,13 @@ def _forward(p: _Prepared, plan: Plan, save: bool):
                 gx = torch.addmm(bx_A, p.x[:nb, t], Wx_A.T)
             gh = torch.addmm(bh_A, hprev, Wh_A.T)
             rz = gh[:, : 2 * A].add_(gx[:, : 2 * A]).sigmoid_()  # gh now holds [r | z | hn]
-            n = torch.tanh(torch.addcmul(gx[:, 2 * A :], rz[:, :A], gh[:, 2 * A :]))
+            n = torch.addcmul(gx[:, 2 * A :], rz[:, :A], gh[:, 2 * A :]).tanh_()
             hp = _take(hprev, hsel, 1)
-            f = torch.lerp(n, hp, rz[:, A:])
-            _put(hnext, hsel, f if p.unit else torch.lerp(hp, f, p.gate(t, nb, hsel)))
+            if p.unit and isinstance(hsel, slice):  # f written straight into the state
+                torch.lerp(n, hp, rz[:, A:], out=hnext[:, hsel])
+            else:
+                f = torch.lerp(n, hp, rz[:, A:])
+                _put(hnext, hsel, f if p.unit else torch.lerp(hp, f, p.gate(t, nb, hsel)))
             if save:
                 per_step.append((gh, n))
     return out, saved, pk
