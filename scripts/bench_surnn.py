@@ -61,6 +61,18 @@ def commit() -> str:
         return "unknown"
 
 
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def command_args(args: argparse.Namespace) -> str:
     parts = []
     for k, v in vars(args).items():
@@ -206,9 +218,7 @@ def main() -> None:
         "label": args.label,
         "sizes": {"B": B, "T": T, "D": D, "H": H},
         "dtype": args.dtype,
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device": device_name(device),
         "threads": args.threads,
         "impl": impl,
         "gate": args.gate,
