@@ -34,6 +34,7 @@ RESULT_FIELDS = {
     "flops_per_seq",
     "flops_per_seq_dense",
     "update_rate",
+    "active_rate",
     "params",
     "train_time_s",
     "eval_time_s",
@@ -85,6 +86,8 @@ def test_smoke_run_writes_every_result_field(tmp, model):
     assert res["flops_per_seq"] > 0 and res["flops_per_seq_dense"] >= res["flops_per_seq"]
     if model == "surnn":
         assert 0.0 < res["update_rate"]["layer0"] < 1.0
+        # computed updates: the open ones plus those near threshold (bounded surrogate)
+        assert res["update_rate"]["layer0"] <= res["active_rate"]["layer0"] <= 1.0
     lines = [
         json.loads(l)
         for l in (tmp / "out" / f"smoke-{model}" / "metrics.jsonl").read_text().splitlines()

@@ -125,6 +125,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             logging.getLogger().setLevel(logging.WARNING)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    commit = git_commit()  # the code that starts the run, not what the tree holds at its end
     seed = int(cfg.seed)
 
     task = build_task(cfg)
@@ -191,13 +192,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "test_loss": test["test/loss"],
             "test_examples": test["test/n"],
             "test_majority_class": test["test/majority"],
-            "update_rate": _layer_rates(test),
+            "update_rate": _layer_rates(test, "update_rate"),
+            "active_rate": _layer_rates(test, "active_rate"),
             "params": n_params,
             **trainer.summary(),
             "device": device_name(device),
             "world_size": world,
             "precision": "bf16" if trainer.amp else "fp32",
-            "git_commit": git_commit(),
+            "git_commit": commit,
             "torch": torch.__version__,
             "date": now_iso(),
             "command": " ".join(["python", *sys.argv]),
@@ -221,9 +223,10 @@ def _ckpt_step(run_dir: Path) -> int:
     return int(checkpoint.load(run_dir / "checkpoints" / "last.pt")["step"])
 
 
-def _layer_rates(res: dict[str, Any]) -> dict[str, float]:
+def _layer_rates(res: dict[str, Any], name: str) -> dict[str, float]:
+    """{"layer0": rate, ...} from eval keys like ``test/layer0/update_rate``."""
     out = {}
     for k, v in res.items():
-        if k.endswith("update_rate"):
+        if k.endswith("/" + name):
             out[k.split("/", 1)[1].rsplit("/", 1)[0]] = v
     return out

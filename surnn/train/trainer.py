@@ -36,6 +36,10 @@ from tasks.base import Subset
 
 log = logging.getLogger(__name__)
 
+# Per-layer rates mixers report in aux and the trainer averages: the fraction of
+# (position, neuron) updates applied, and the fraction computed (open + near threshold).
+RATE_KEYS = ("update_rate", "active_rate")
+
 
 class _Preempted(Exception):
     """Raised inside evaluation when a stop signal arrives, to save and exit quickly."""
@@ -137,7 +141,6 @@ class Trainer:
         self.last_eval_step = -1
         self.timers = {"train_s": 0.0, "eval_s": 0.0, "tokens": 0}
         self.step_times: list[float] = []
-        self.eval_aux: dict[str, float] = {}
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ checkpoints
@@ -230,7 +233,7 @@ class Trainer:
             count += len(batch["y"])
             self.timers["tokens"] += _tokens(batch)
             for k, v in aux.items():
-                if k.endswith("update_rate"):
+                if k.endswith(RATE_KEYS):
                     rates[k] += float(v) / self.tcfg.grad_accum
         loss = losses / self.tcfg.grad_accum
         bad = torch.tensor([0.0 if math.isfinite(loss) else 1.0], device=self.device)
@@ -289,7 +292,7 @@ class Trainer:
             hist += torch.bincount(batch["y"], minlength=self.task.n_classes).double()
             acc.update(logits, batch["y"])
             for k, v in aux.items():
-                if k.endswith("update_rate"):
+                if k.endswith(RATE_KEYS):
                     aux_sum[k] += float(v) * len(batch["y"])
         if self.world > 1:
             for t in (loss_sum, n, hist):
@@ -316,7 +319,6 @@ class Trainer:
         self.last_eval_step = self.step
         if res["val/acc"] > self.best["val_acc"]:
             self.best = {"val_acc": res["val/acc"], "step": self.step, "val_loss": res["val/loss"]}
-            self.eval_aux = {k: v for k, v in res.items() if k.endswith("update_rate")}
             if self.is_main:
                 ckpt.save(
                     self.ckpt_dir / "best.pt",
