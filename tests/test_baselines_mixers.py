@@ -20,7 +20,7 @@ from surnn.registry import MIXERS
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm().clamp(min=1e-30))
+    return float(((a - b).norm() / b.norm().clamp(min=1e-30)).detach())
 
 
 def default_options(name: str) -> dict:
