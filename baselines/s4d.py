@@ -33,16 +33,12 @@ from torch import nn
 
 import baselines.flops  # noqa: F401  (FFT FLOP formulas)
 from surnn.errors import ConfigError
-from surnn.mixer import Mixer, optim_hint
+from surnn.mixer import Mixer, optim_hint, valid_mask
 from surnn.registry import register_mixer
 
 INITS = ("lin", "inv")
 MODES = ("conv", "recurrent")
 OUTPUTS = ("glu", "linear")
-
-
-def valid_mask(lengths: torch.Tensor, L: int) -> torch.Tensor:
-    return torch.arange(L, device=lengths.device)[None, :] < lengths[:, None]
 
 
 class S4DKernel(nn.Module):

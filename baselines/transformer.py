@@ -28,7 +28,7 @@ from torch import nn
 import baselines.flops  # noqa: F401  (CPU attention FLOP formula)
 from surnn.backbone import sinusoidal_positions
 from surnn.errors import ConfigError
-from surnn.mixer import Mixer
+from surnn.mixer import Mixer, valid_mask
 from surnn.registry import register_mixer
 
 POSITIONS = ("sinusoidal", "learned", "none")
@@ -90,11 +90,11 @@ class AttentionMixer(Mixer):
         B, L, _ = x.shape
         h, dh = self.n_heads, self.qkv_dim // self.n_heads
         q, k, v = self.qkv(self._add_positions(x)).view(B, L, 3, h, dh).permute(2, 0, 3, 1, 4)
-        keep = torch.arange(L, device=x.device)[None, :] < lengths[:, None]  # [B, L]
+        keep = valid_mask(lengths, L)  # [B, L]
         padded = not bool(keep.all())
         mask = None
         if padded and not self.causal:  # a causal query at t < length never sees padding
-            key_ok = torch.arange(L, device=x.device)[None, :] < lengths.clamp(min=1)[:, None]
+            key_ok = valid_mask(lengths.clamp(min=1), L)
             mask = key_ok[:, None, None, :]  # [B, 1, 1, L], broadcast over heads and queries
         y = F.scaled_dot_product_attention(
             q,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from surnn.errors import ConfigError
+from surnn.mixer import valid_mask
 from surnn.registry import MIXERS
 
 
@@ -59,11 +60,6 @@ class Block(nn.Module):
         if self.ffn is not None:
             x = x + self.drop(self.ffn(self.norm2(x)))
         return x, aux
-
-
-def valid_mask(lengths: torch.Tensor, L: int) -> torch.Tensor:
-    """[B, L] bool, True at valid (non-padding) positions."""
-    return torch.arange(L, device=lengths.device)[None, :] < lengths[:, None]
 
 
 class Encoder(nn.Module):

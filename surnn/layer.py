@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from surnn.errors import ConfigError
 from surnn.gates import build_gate
-from surnn.mixer import Mixer
+from surnn.mixer import Mixer, valid_mask
 from surnn.ops import IMPLS, su_gru
 from surnn.registry import register_mixer
 
@@ -147,7 +147,7 @@ def _rates(g, active, lengths, counts, B):
         w = counts.to(torch.float32)[:, None]
         return (g.float() * w).sum() / n, float((active.float() * w).sum() / n)
     T = g.shape[1]
-    valid = (torch.arange(T, device=g.device)[None, :] < lengths[:, None]).float()[..., None]
+    valid = valid_mask(lengths.to(g.device), T).float()[..., None]
     return (g.float() * valid).sum() / n, float((active.float() * valid).sum() / n)
 
 

@@ -31,6 +31,11 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
 
+def valid_mask(lengths: torch.Tensor, L: int) -> torch.Tensor:
+    """[B, L] bool, True at valid (non-padding) positions of right-padded sequences."""
+    return torch.arange(L, device=lengths.device)[None, :] < lengths[:, None]
+
+
 def optim_hint(param: nn.Parameter, lr: float | None = None, weight_decay: float | None = None):
     """Attach optimizer hints (own learning rate, weight decay) that the trainer turns
     into parameter groups. Returns the parameter for chaining."""

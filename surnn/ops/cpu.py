@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from surnn.mixer import valid_mask
 from surnn.ops.schedule import Plan, make_plan
 
 
@@ -321,7 +322,7 @@ def compute_mask(g: torch.Tensor, active: torch.Tensor | None, lengths: torch.Te
         union = act.any(0) if act.dim() == 3 else act
         return act, union
     T = g.shape[-2]
-    valid = torch.arange(T, device=g.device)[None, :] < lengths.to(g.device)[:, None]
+    valid = valid_mask(lengths.to(g.device), T)
     full = act if act.dim() == 3 else act[None].expand(valid.shape[0], -1, -1)
     union = (full & valid[:, :, None]).any(0)
     return act, union

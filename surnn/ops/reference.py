@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from surnn.mixer import valid_mask
+
 
 def gru_cell(x_proj: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor | None):
     """f(h, x) given the input projection ``x_proj = W_ih x + b_ih`` ([B, 3H])."""
@@ -44,7 +46,7 @@ def effective_gate(
     if active is not None:
         g = torch.where(active, g, g.detach())
     if lengths is not None:
-        valid = torch.arange(T, device=g.device)[None, :] < lengths.to(g.device)[:, None]
+        valid = valid_mask(lengths.to(g.device), T)
         g = (g if g.dim() == 3 else g[None]) * valid[:, :, None].to(g.dtype)
     return g
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
+from surnn.mixer import valid_mask
 from surnn.ops.cpu import compute_mask
 
 _BLOCK_H = 32
@@ -191,7 +192,7 @@ su_gru_fwd.register_autograd(_backward, setup_context=_setup_context)
 def _executed(x, g, active, lengths) -> int:
     """Executed (sequence, step, neuron) updates: active and not padding."""
     B, T = x.shape[:2]
-    valid = torch.arange(T, device=active.device)[None, :] < lengths.to(active.device)[:, None]
+    valid = valid_mask(lengths.to(active.device), T)
     a = active if active.dim() == 3 else active[None]
     return int((a & valid[:, :, None]).sum())
 
