@@ -9,18 +9,10 @@ the formulas registered by the mixers are counted; pointwise work is not.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-
-def _all_open():
-    try:
-        from surnn.gates import all_open
-    except ImportError:  # pragma: no cover - gates without the context manager
-        return contextlib.nullcontext()
-    return all_open()
+from surnn.gates import all_open
 
 
 @torch.no_grad()
@@ -32,7 +24,7 @@ def count_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[
         with FlopCounterMode(display=False) as fc:
             model(batch)
         executed = float(fc.get_total_flops())
-        with _all_open(), FlopCounterMode(display=False) as fc:
+        with all_open(), FlopCounterMode(display=False) as fc:
             model(batch)
         dense = float(fc.get_total_flops())
     finally:
