@@ -284,6 +284,18 @@ def check_max_len(value: Any, task: str, option: str = "max_len") -> int:
     return value
 
 
+def default_signals() -> None:
+    """Pool initializer: default SIGTERM/SIGINT handling in worker processes.
+
+    Forked workers inherit the parent's handlers; under submitit (SLURM sweeps) SIGTERM is
+    ignored there, so ``Pool.terminate`` could never stop them and data preparation hung.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """Split ``range(n)`` by a fixed seed (indices are stored with the cache)."""
     perm = np.random.default_rng(seed).permutation(n)

@@ -38,6 +38,7 @@ from tasks.base import (
     begin_cache,
     cache_dir,
     commit_cache,
+    default_signals,
     file_lock,
     file_signature,
     read_cache,
@@ -229,7 +230,11 @@ class Pathfinder(Task):
         jobs = [(i, entries[i : i + chunk], self.root, rel_root, res, self.skip_unreadable)
                 for i in range(0, n, chunk)]  # fmt: skip
         workers = self.workers or min(os.cpu_count() or 1, 8)
-        pool = mp.get_context("fork").Pool(workers) if workers > 1 and n > 4 * chunk else None
+        pool = (
+            mp.get_context("fork").Pool(workers, initializer=default_signals)
+            if workers > 1 and n > 4 * chunk
+            else None
+        )
         try:
             from tqdm import tqdm
 

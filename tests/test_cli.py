@@ -249,3 +249,40 @@ def test_torchrun_ddp_on_cpu_evaluates_every_example_once(tmp):
     runs = [json.loads(r.read_text()) for r in (tmp / "out").glob("listops-lstm-*/results.json")]
     assert len(runs) == 1, "both ranks must share one run folder"
     assert runs[0]["world_size"] == 2 and runs[0]["test_examples"] == 21
+
+
+def test_sweep_through_submitit_launcher_then_tables(tmp):
+    """The SLURM path minus SLURM: Hydra multirun through submitit's local executor."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "-m",
+        "hydra/launcher=local",
+        f"data_dir={tmp / 'data'}",
+        f"output_dir={tmp / 'out'}",
+        "task=listops",
+        "model=lstm,gru",
+        "trainer=smoke",
+        *TINY,
+    ]
+    p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    found = sorted((tmp / "out" / "sweeps").glob("*/listops-*-s0-*/results.json"))
+    assert [f.parent.name.split("-")[1] for f in found] == ["gru", "lstm"]
+    out = tmp / "tables"
+    t = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "make_tables.py"),
+            str(found[0].parents[1]),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert t.returncode == 0, t.stderr
+    md = (out / "lra.md").read_text()
+    assert "| gru |" in md and "| lstm |" in md

@@ -34,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from surnn.errors import ConfigError, HarnessError
+from tasks.base import default_signals
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def _chunks(spec: ListOpsSpec, workers: int):
             c += 1
     # fork: the workers only run numpy, and spawn would re-run an unguarded __main__
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers) as pool:
+    with ctx.Pool(workers, initializer=default_signals) as pool:
         pending: deque = deque()
         c = 0
         while True:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.base import default_signals
 from tasks.generators.pathfinder_draw import (  # noqa: F401 - re-exported
     _TABLE,
     AA,
@@ -127,7 +128,7 @@ def generate(
     t0 = time.perf_counter()
     bar = tqdm(total=n, unit="img", disable=not progress, desc=folder_name(resolution, difficulty))
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    pool = ctx.Pool(workers) if workers > 1 else None
+    pool = ctx.Pool(workers, initializer=default_signals) if workers > 1 else None
     try:
         it = pool.imap(_work, jobs) if pool else map(_work, jobs)
         for i0, imgs, lab, mar in it:
