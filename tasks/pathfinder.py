@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import os
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,9 @@ from tasks.base import (
     begin_cache,
     cache_dir,
     commit_cache,
-    default_signals,
     file_lock,
     file_signature,
+    ordered_map,
     read_cache,
     seeded_split,
 )
@@ -230,15 +229,10 @@ class Pathfinder(Task):
         jobs = [(i, entries[i : i + chunk], self.root, rel_root, res, self.skip_unreadable)
                 for i in range(0, n, chunk)]  # fmt: skip
         workers = self.workers or min(os.cpu_count() or 1, 8)
-        pool = (
-            mp.get_context("fork").Pool(workers, initializer=default_signals)
-            if workers > 1 and n > 4 * chunk
-            else None
-        )
+        it = ordered_map(_decode, jobs, workers if n > 4 * chunk else 1)
         try:
             from tqdm import tqdm
 
-            it = pool.imap(_decode, jobs) if pool else map(_decode, jobs)
             with tqdm(total=n, unit="img", desc=f"decode {rel_root}", disable=n < 20_000) as bar:
                 for start, imgs, ok, sk in it:
                     images[start : start + len(imgs)] = imgs
@@ -246,9 +240,7 @@ class Pathfinder(Task):
                     skipped += sk
                     bar.update(len(imgs))
         finally:
-            if pool:
-                pool.close()
-                pool.join()
+            it.close()
         labels = np.array([e[1] for e in entries], np.uint8)
         rows = np.flatnonzero(keep)
         for _, why in skipped:

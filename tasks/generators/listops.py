@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
-import multiprocessing as mp
 import os
 import sys
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from surnn.errors import ConfigError, HarnessError
-from tasks.base import default_signals
+from tasks.base import ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -255,21 +254,7 @@ def _chunk_worker(args: tuple[ListOpsSpec, int]):
 
 def _chunks(spec: ListOpsSpec, workers: int):
     """Yield chunk results in chunk order, forever (the caller stops)."""
-    if workers <= 1:
-        c = 0
-        while True:
-            yield sample_chunk(spec, c)
-            c += 1
-    # fork: the workers only run numpy, and spawn would re-run an unguarded __main__
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=default_signals) as pool:
-        pending: deque = deque()
-        c = 0
-        while True:
-            while len(pending) < 2 * workers:
-                pending.append(pool.apply_async(_chunk_worker, ((spec, c),)))
-                c += 1
-            yield pending.popleft().get()
+    return ordered_map(_chunk_worker, ((spec, c) for c in itertools.count()), workers)
 
 
 def generate(spec: ListOpsSpec, workers: int | None = None, progress: bool = True) -> ListOpsData:

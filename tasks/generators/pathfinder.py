@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.base import default_signals
+from tasks.base import ordered_map
 from tasks.generators.pathfinder_draw import (  # noqa: F401 - re-exported
     _TABLE,
     AA,
@@ -127,10 +126,8 @@ def generate(
         )
     t0 = time.perf_counter()
     bar = tqdm(total=n, unit="img", disable=not progress, desc=folder_name(resolution, difficulty))
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    pool = ctx.Pool(workers, initializer=default_signals) if workers > 1 else None
+    it = ordered_map(_work, jobs, workers)
     try:
-        it = pool.imap(_work, jobs) if pool else map(_work, jobs)
         for i0, imgs, lab, mar in it:
             labels[i0 : i0 + len(lab)] = lab
             margins[i0 : i0 + len(lab)] = mar
@@ -138,10 +135,8 @@ def generate(
                 images[i0 : i0 + len(lab)] = imgs
             bar.update(len(lab))
     finally:
+        it.close()
         bar.close()
-        if pool:
-            pool.close()
-            pool.join()
     elapsed = time.perf_counter() - t0
     meta = {
         "generator": "tasks.generators.pathfinder",
