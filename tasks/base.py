@@ -221,6 +221,17 @@ def file_signature(paths: Iterable[Path]) -> list[list]:
     return out
 
 
+def files_digest(paths: Iterable[Path]) -> str:
+    """One hash over (name, size, mtime) of many files (e.g. the 50,000 IMDB reviews):
+    editing, adding or replacing any one of them gives a new cache key. A stat per file
+    (about 0.3 s for IMDB), no reading."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Exclusive lock so concurrent runs (or DDP ranks) build a cache once."""

@@ -34,7 +34,7 @@ from tasks.base import (
     check_max_len,
     commit_cache,
     file_lock,
-    file_signature,
+    files_digest,
     make_collate,
     read_cache,
     seeded_split,
@@ -132,8 +132,8 @@ class Text(Task):
         acl = self.data_dir / "aclImdb"
         if acl.is_dir():
             files = {s: _acl_files(acl, s) for s in ("train", "test")}
-            sig = [[str(acl), len(files["train"]), len(files["test"])]]
-            sig += file_signature([files["train"][0][0], files["test"][-1][0]])
+            every = [f for s in ("train", "test") for f, _ in files[s]]
+            sig = [[str(acl), len(files["train"]), len(files["test"]), files_digest(every)]]
 
             def gen(split):
                 for p, y in files[split]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from surnn.errors import ConfigError, DataError
 from tasks.retrieval import Retrieval
-from tasks.text import Text
+from tasks.text import Text, _acl_files
 from tests.test_data_fixtures import write_aan, write_aclimdb
 
 
@@ -142,3 +144,20 @@ def test_retrieval_bad_rows_name_file_and_line(tmp_path, row, match):
 def test_retrieval_missing_files(tmp_path):
     with pytest.raises(DataError, match=r"new_aan_pairs.train.tsv.*lra_release"):
         Retrieval(tmp_path).splits()
+
+
+def test_text_cache_key_sees_an_edit_to_any_review(tmp_path):
+    """Not only the first and last files: a changed review in the middle rebuilds."""
+    write_aclimdb(tmp_path, n=4)
+    a = Text(tmp_path, hub=False)
+    a.splits()
+    middle = sorted((tmp_path / "aclImdb" / "train" / "pos").glob("*.txt"))[1]
+    st = middle.stat()
+    middle.write_bytes(middle.read_bytes()[::-1])  # same size, new content and mtime
+    os.utime(middle, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    b = Text(tmp_path, hub=False)
+    s = b.splits()
+    assert b.cache_path != a.cache_path
+    k = [p for p, _ in _acl_files(tmp_path / "aclImdb", "train")].index(middle)
+    n = min(b.max_len, st.st_size)
+    np.testing.assert_array_equal(s.train[k][0], ids(middle.read_bytes(), n))
