@@ -343,9 +343,9 @@ def ordered_map(
                 result = pending.popleft().result()
             except BrokenProcessPool as e:
                 raise DataError(
-                    f"a data-preparation worker process died ({e}); this is usually the "
-                    "out-of-memory killer: rerun with fewer workers (the task option "
-                    "workers=1 runs in-process)"
+                    f"a data-preparation worker process died ({e}): killed by the "
+                    "out-of-memory killer (rerun with fewer workers; the task option "
+                    "workers=1 runs in-process) or by a signal sent to the whole job"
                 ) from None
             for job in it:
                 pending.append(ex.submit(fn, job))

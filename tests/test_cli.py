@@ -161,7 +161,11 @@ def straight(tmp):
     return json.loads((tmp / "out" / "straight" / "results.json").read_text())
 
 
-def _interrupt(tmp, run_id: str, sig: int, at_step: int) -> subprocess.Popen:
+def _interrupt(
+    tmp, run_id: str, sig: int, at_step: int, group: bool = False, extra=()
+) -> subprocess.Popen:
+    """Start a run, signal it once it has logged ``at_step`` (the whole process group,
+    loader workers included, when ``group``: what SLURM and ``timeout`` do)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [
         sys.executable,
@@ -169,10 +173,16 @@ def _interrupt(tmp, run_id: str, sig: int, at_step: int) -> subprocess.Popen:
         f"data_dir={tmp / 'data'}",
         f"output_dir={tmp / 'out'}",
         *COMMON,
+        *extra,
         f"run_id={run_id}",
     ]
     proc = subprocess.Popen(
-        cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd,
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE if group else subprocess.DEVNULL,
+        start_new_session=group,
     )
     metrics = tmp / "out" / run_id / "metrics.jsonl"
     deadline = time.time() + 240
@@ -185,8 +195,12 @@ def _interrupt(tmp, run_id: str, sig: int, at_step: int) -> subprocess.Popen:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "run finished before it could be interrupted"
-    os.kill(proc.pid, sig)
-    proc.wait(timeout=120)
+    if group:
+        os.killpg(proc.pid, sig)
+        proc.stderr_text = proc.communicate(timeout=120)[1].decode(errors="replace")
+    else:
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=120)
     assert not (tmp / "out" / run_id / "results.json").exists()
     return proc
 
@@ -221,6 +235,23 @@ def test_sigterm_saves_last_checkpoint_then_resume_matches(tmp, straight):
     resumed = run([*COMMON, "run_id=preempted"], tmp)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same(straight, json.loads((tmp / "out" / "preempted" / "results.json").read_text()))
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_still_saves(tmp, straight):
+    """SLURM preemption signals every process of the job, DataLoader workers included.
+    The workers used to die first and the run crashed ("DataLoader worker ... killed by
+    signal: Terminated") without writing last.pt."""
+    import torch
+
+    workers = ["trainer.num_workers=2"]
+    proc = _interrupt(tmp, "group", signal.SIGTERM, at_step=5, group=True, extra=workers)
+    assert "killed by signal" not in proc.stderr_text, proc.stderr_text[-3000:]
+    assert proc.returncode == -signal.SIGTERM, proc.stderr_text[-3000:]
+    saved = torch.load(tmp / "out" / "group" / "checkpoints" / "last.pt", weights_only=False)
+    assert 5 <= saved["step"] < 16
+    resumed = run([*COMMON, *workers, "run_id=group"], tmp)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same(straight, json.loads((tmp / "out" / "group" / "results.json").read_text()))
 
 
 def test_torchrun_ddp_on_cpu_evaluates_every_example_once(tmp):

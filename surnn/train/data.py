@@ -8,6 +8,7 @@ once, with no dropped partial batch and no padding duplicates across ranks.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import torch
@@ -19,6 +20,23 @@ def _own_generator() -> torch.Generator:
     making a loader never moves the global RNG (dropout masks after a resume stay the
     same as in an uninterrupted run)."""
     return torch.Generator().manual_seed(0)
+
+
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _worker_init(_worker_id: int) -> None:
+    """Loader workers ignore the preemption signals the trainer handles.
+
+    SLURM preemption, ``scancel``, ``timeout`` and ``kill -- -PGID`` signal the whole
+    process group. A worker killed by SIGTERM makes the main process raise "DataLoader
+    worker ... is killed by signal: Terminated" from its SIGCHLD handler before the
+    trainer reaches the step boundary where it saves last.pt, so the run died without a
+    checkpoint. Ignoring the signal here leaves it to the main process, which saves and
+    exits; its workers then stop with it (their parent watchdog).
+    """
+    for s in PREEMPTION_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
@@ -66,6 +84,7 @@ def train_loader(
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
         generator=_own_generator(),
+        worker_init_fn=_worker_init,
     )
 
 
@@ -93,4 +112,5 @@ def eval_loader(
         collate_fn=collate,
         num_workers=num_workers,
         generator=_own_generator(),
+        worker_init_fn=_worker_init,
     )
