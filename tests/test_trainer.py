@@ -163,3 +163,17 @@ def test_training_learns_toy_task(tmp_path):
     res = tr.evaluate("val")
     assert res["val/acc"] > 0.6, res  # majority class is ~1/3
     assert math.isfinite(res["val/loss"])
+
+
+def test_long_cpu_run_warns_once_with_estimate_and_alternatives(tmp_path, caplog):
+    tr = make_trainer(tmp_path, max_steps=10**6)
+    tr.step, tr.step_times = 10, [0.5] * 10
+    with caplog.at_level("WARNING", logger="surnn.train.trainer"):
+        tr._warn_if_long()
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert "139 more hours on CPU" in msg and "make demo" in msg and "trainer=smoke" in msg
+    caplog.clear()
+    tr.tcfg.max_steps = 100  # under two hours: silent
+    with caplog.at_level("WARNING", logger="surnn.train.trainer"):
+        tr._warn_if_long()
+    assert not caplog.records

@@ -189,6 +189,21 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
+    def _warn_if_long(self) -> None:
+        """One warning when a CPU run is on course to take hours (the full LRA settings on
+        a laptop): the estimate, and what to run instead."""
+        per_step = statistics.median(self.step_times[-5:])
+        left_h = per_step * (self.tcfg.max_steps - self.step) / 3600
+        if self.device.type == "cpu" and left_h > 2:
+            log.warning(
+                "this run needs about %.0f more hours on CPU (%.2f s/step x %d steps). The "
+                "LRA settings are sized for a GPU; on CPU try `make demo` "
+                "(experiment=demo_listops, ~7 min) or trainer=smoke, or cut trainer.max_steps.",
+                left_h,
+                per_step,
+                self.tcfg.max_steps - self.step,
+            )
+
     def _exit_for_signal(self) -> None:
         """Save last.pt, then hand the signal on (default action or, e.g., submitit's
         requeue handler)."""
@@ -375,6 +390,8 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 self.timers["train_s"] += dt
                 self.step_times.append(dt)
+                if len(self.step_times) == 10 and self.is_main:
+                    self._warn_if_long()
                 run = (
                     {k: 0.9 * run.get(k, m[k]) + 0.1 * m[k] for k in m}
                     if self.step > 1
