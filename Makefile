@@ -33,7 +33,7 @@ demo: setup  ## ListOps run sized for a 2-core CPU (< 15 min); summary in result
 bench: setup
 	$(PY) scripts/bench_surnn.py
 
-gpu-check: setup
+gpu-check:  ## Triton kernels on CUDA + timings vs cuDNN (no setup needed where python3 has CUDA torch)
 	bash scripts/gpu_check.sh
 
 tables: setup

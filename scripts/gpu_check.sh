@@ -4,30 +4,68 @@
 #   1. the kernel tests on CUDA: fp32 against the reference, bf16 against the fp32 reference,
 #      FLOP formula, torch.library.opcheck;
 #   2. the benchmark against cuDNN nn.GRU: bf16, B=64, T=1024, D=H=1024;
-#   3. a short table (printed last). Budget: under 8 minutes after `make setup`.
+#   3. a short table (printed last). Budget: under 8 minutes.
+# Python: the project's .venv when its torch sees a GPU; else a python3 whose torch sees one
+# (GPU images without network access: the kernels and the benchmark need only torch, triton,
+# numpy, tqdm and pytest, not Hydra); else `make setup` (needs the package registries).
+#   bash scripts/gpu_check.sh --dry-run   runs the same steps on the CPU (Triton interpreter,
+#                                         tiny sizes) to check the script itself; CI does this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-make setup >/dev/null
-PY=.venv/bin/python
-unset TRITON_INTERPRET
-$PY - <<'PY'
+DRY=0
+[[ "${1:-}" == "--dry-run" ]] && DRY=1
+
+cuda_ok() { "$1" -c "import torch, triton; assert torch.cuda.is_available()" >/dev/null 2>&1; }
+if ((DRY)); then
+    PY=.venv/bin/python
+    [[ -x $PY ]] || { make setup >/dev/null; }
+elif [[ -x .venv/bin/python ]] && cuda_ok .venv/bin/python; then
+    PY=.venv/bin/python
+elif command -v python3 >/dev/null && cuda_ok python3; then
+    PY=python3
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+    make setup >/dev/null
+    PY=.venv/bin/python
+fi
+$PY - "$DRY" <<'PY'
+import importlib.util, sys
+missing = [m for m in ("torch", "triton", "numpy", "tqdm", "pytest") if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"gpu_check.sh: {sys.executable} lacks {', '.join(missing)}: run `make setup` "
+             "(or carry their wheels to a machine without network)")
 import torch, triton
-assert torch.cuda.is_available(), "gpu_check.sh needs a CUDA GPU (torch.cuda.is_available() is False)"
-print("device:", torch.cuda.get_device_name(), "| torch", torch.__version__, "| triton", triton.__version__)
+if sys.argv[1] == "0" and not torch.cuda.is_available():
+    sys.exit("gpu_check.sh needs a CUDA GPU (torch.cuda.is_available() is False); "
+             "--dry-run checks the script on the CPU")
+dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (dry run)"
+print("device:", dev, "| python", sys.executable, "| torch", torch.__version__,
+      "| triton", triton.__version__)
 PY
-OUT=results/bench/surnn_gpu_check.json
-echo "== kernel tests on CUDA (fp32, bf16) =="
+
+if ((DRY)); then
+    export TRITON_INTERPRET=1
+    OUT=${GPU_CHECK_OUT:-/tmp/surnn_gpu_check_dry.json}
+    BENCH=(--device cpu --dtype fp32 --batch 2 --seq 16 --dim 16 --hidden 16 --reps 1 --rates 1 0.17
+           --impl triton)
+else
+    unset TRITON_INTERPRET
+    OUT=${GPU_CHECK_OUT:-results/bench/surnn_gpu_check.json}
+    BENCH=(--device cuda --dtype bf16 --batch 64 --seq 1024 --dim 1024 --hidden 1024 --reps 5
+           --impl triton)
+fi
+LOG=$(mktemp)
+echo "== kernel tests (fp32; bf16 on CUDA) =="
 timeout 240 $PY -m pytest tests/test_surnn_triton.py -q -x -p no:cacheprovider
-echo "== benchmark vs cuDNN nn.GRU (bf16, B=64, T=1024, D=H=1024) =="
-timeout 300 $PY scripts/bench_surnn.py --device cuda --dtype bf16 --batch 64 --seq 1024 \
-    --dim 1024 --hidden 1024 --reps 5 --out "$OUT" --label "scripts/gpu_check.sh" >/tmp/surnn_gpu_bench.log \
-    || { tail -40 /tmp/surnn_gpu_bench.log; exit 1; }
+echo "== benchmark vs nn.GRU (cuDNN on CUDA): ${BENCH[*]} =="
+timeout 300 $PY scripts/bench_surnn.py "${BENCH[@]}" --out "$OUT" --label "scripts/gpu_check.sh" \
+    >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }
 echo "== summary ($OUT) =="
 $PY - "$OUT" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"{r['device']}  {r['dtype']}  B={r['sizes']['B']} T={r['sizes']['T']} H={r['sizes']['H']}  commit {r['commit']}")
-print(f"{'case':<22}{'rate':>7}{'median ms':>11}{'vs cuDNN':>10}{'vs rate1':>9}")
+print(f"{'case':<22}{'rate':>7}{'median ms':>11}{'vs nn.GRU':>10}{'vs rate1':>9}")
 for row in r["rows"]:
     print(f"{row['case']:<22}{row['update_rate']:>7.3f}{row['median_s'] * 1e3:>11.2f}"
           f"{row['speedup_vs_nn_gru']:>10.2f}{row['speedup_vs_rate1']:>9.2f}")
