@@ -46,16 +46,18 @@ def test_results_in_job_order_in_process_and_in_workers():
 def test_early_stop_on_endless_jobs_leaves_no_worker_behind():
     import itertools
 
+    before = set(mp.active_children())  # other tests' processes are not ours to judge
     it = ordered_map(_square, itertools.count(), workers=2)
     assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
     it.close()
-    assert mp.active_children() == []
+    assert set(mp.active_children()) <= before
 
 
 def test_dead_worker_raises_a_clear_error_instead_of_hanging():
+    before = set(mp.active_children())
     with pytest.raises(DataError, match="worker process died.*workers=1"):
         list(ordered_map(_die, range(10), workers=2))
-    assert mp.active_children() == []
+    assert set(mp.active_children()) <= before
 
 
 def _run_with_timeout(code: str, timeout: float) -> None:
