@@ -161,3 +161,36 @@ def test_text_cache_key_sees_an_edit_to_any_review(tmp_path):
     k = [p for p, _ in _acl_files(tmp_path / "aclImdb", "train")].index(middle)
     n = min(b.max_len, st.st_size)
     np.testing.assert_array_equal(s.train[k][0], ids(middle.read_bytes(), n))
+
+
+def test_unreachable_hub_fails_fast_and_offline_mode_uses_the_cache(tmp_path, monkeypatch):
+    """Offline, load_dataset spent ~30 s in retries before the missing-data error; the
+    probe answers at once. In offline mode (HF_HUB_OFFLINE=1) the hub's local cache is
+    read without probing."""
+    import socket
+    import time
+
+    datasets = pytest.importorskip("datasets")
+    import tasks.hub as hub
+
+    loads = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: loads.append(name) or "cached")
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+
+    def refuse(addr, timeout=None):
+        assert addr == ("hub.invalid", 8080) and timeout == hub.PROBE_TIMEOUT_S
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.invalid:8080")
+    t0 = time.monotonic()
+    with pytest.raises(
+        DataError, match=r"hub: hub.invalid:8080 unreachable.*not tried.*HF_HUB_OFFLINE=1"
+    ):
+        Text(tmp_path, hub=True).splits()
+    assert time.monotonic() - t0 < 5 and loads == []
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # cache only: no probe, load_dataset called
+    assert hub.load_hub(tmp_path, "stanfordnlp/imdb", True) == ("cached", "hub stanfordnlp/imdb")
+    assert loads == ["stanfordnlp/imdb"]
