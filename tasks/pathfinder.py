@@ -39,6 +39,7 @@ from tasks.base import (
     commit_cache,
     file_lock,
     file_signature,
+    files_digest,
     ordered_map,
     read_cache,
     seeded_split,
@@ -90,6 +91,12 @@ def read_metadata(root: Path) -> list[tuple[str, int, str, int]]:
                     raise DataError(f"{f}:{lineno}: label {cols[3]!r} is not 0 or 1; fix that line")
                 out.append((f"{cols[0]}/{cols[1]}", int(y), f.name, lineno))
     return out
+
+
+def _existing_digest(paths: list[Path]) -> str:
+    """files_digest of the listed images; a missing one counts as absent (the cache
+    build then reports it with its metadata line)."""
+    return files_digest(p for p in paths if p.exists())
 
 
 def _decode(args) -> tuple[int, np.ndarray, np.ndarray, list[tuple[int, str]]]:
@@ -265,7 +272,11 @@ class Pathfinder(Task):
         with file_lock(self.data_dir / "cache" / ".pathfinder.lock"):
             layout = self._ensure_data()
             if layout == "release":
-                sig = file_signature(sorted((self.root / "metadata").glob("*.npy")))
+                # every listed PNG too (a stat each, ~1.5 s for 200k local files): an image
+                # edited or replaced in place must not keep serving the old cache
+                meta = sorted((self.root / "metadata").glob("*.npy"))
+                pngs = [self.root / rel for rel, *_ in read_metadata(self.root)]
+                sig = [file_signature(meta), _existing_digest(pngs)]
             else:
                 sig = file_signature([self.root / "images.npy", self.root / "labels.npy"])
             key = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -227,3 +228,18 @@ def test_pathx_folder_at_128px(tmp_path):
         PathX(tmp_path, resolution=32)
     with pytest.raises(DataError, match=r"--resolution 128 --difficulty hard"):
         PathX(tmp_path / "empty").splits()
+
+
+def test_pathfinder_release_cache_key_sees_an_edited_png(tmp_path):
+    """The key covered only the metadata files: an image rewritten in place kept serving
+    the old arrays."""
+    imgs, y = random_images(12, 32)
+    root = write_pathfinder_pngs(tmp_path, HARD32, imgs, y)
+    Pathfinder(tmp_path, workers=1).splits()
+    png = sorted((root / "imgs").rglob("*.png"))[5]
+    before = png.stat()
+    data = png.read_bytes()
+    png.write_bytes(data)  # same bytes, new mtime: a new key
+    os.utime(png, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    Pathfinder(tmp_path, workers=1).splits()
+    assert len(list((tmp_path / "cache" / "pathfinder").iterdir())) == 2
