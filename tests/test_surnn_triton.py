@@ -72,6 +72,31 @@ def test_triton_bf16_close_to_fp32_reference():
         assert (a.float() - b).abs().max() < 5e-2
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU with > 8 GB free")
+def test_triton_offsets_past_2_31_elements():
+    """B*T*H = 260*16384*512 > 2**31: the last sequences live past the int32 range of the
+    output. With 32-bit offsets they were written to wrapped (wrong) addresses; each
+    sequence must come out as when it runs alone."""
+    B, T, D, H = 260, 16384, 8, 512
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    bf = torch.bfloat16
+
+    def rnd(*s):
+        return (torch.randn(*s, generator=gen, device=DEV) * 0.3).to(bf)
+
+    x, h0 = rnd(B, T, D), rnd(B, H)
+    w = [rnd(3 * H, D), rnd(3 * H, H), rnd(3 * H), rnd(3 * H)]
+    off = torch.arange(H, device=DEV) * 4 // H
+    g = ((torch.arange(T, device=DEV)[:, None] + off[None]) % 4 == 0).to(bf)
+    with torch.no_grad():
+        out, h = su_gru(x, h0, *w, g, g != 0, impl="triton")
+        tail = slice(B - 4, B)
+        out_t, h_t = su_gru(x[tail], h0[tail], *w, g, g != 0, impl="triton")
+        assert (out[tail, -1].float() - out_t[:, -1].float()).abs().max() < 2e-2
+        assert (h[tail].float() - h_t.float()).abs().max() < 2e-2
+        assert (out[tail].float() - out_t.float()).abs().max() < 5e-2
+
+
 def test_triton_flop_formula_counts_executed_updates():
     B, T, D, H = 3, 5, 6, 40
     x, h0, w, g, active, lens = to_dev(make_case(B, T, D, H, "random", lengths=True))

@@ -6,7 +6,9 @@ only carry the state over, so closed blocks cost no FLOPs and no weight traffic.
 and accumulators are fp32, storage fp32 or bf16; selects use ``tl.where`` (a NaN in an
 unused lane cannot leak), tanh is ``2*sigmoid(2x)-1``, and the step index and sequence
 length are runtime arguments (never constexprs nor specialised on), so one compiled kernel
-serves every step and every T.
+serves every step and every T. Offsets are 64-bit (the row index is int64, and the five
+saved planes are separate pointers): B*T*H reaches 2**31 at Path-X sizes (T=16384,
+H=512, B=256), where 32-bit offsets would wrap and address the wrong memory.
 
 Set TRITON_INTERPRET=1 before importing this module to run it on the CPU (fp32 only).
 Only builtin ``tl`` functions are used (``tl.full``, not the ``@jit`` standard library's
@@ -41,15 +43,16 @@ def _tanh(x):
 @triton.jit(do_not_specialize=["t", "T"])
 def fwd_step(
     x_ptr, wx_ptr, wh_ptr, bx_ptr, bh_ptr, g_ptr, a_ptr, len_ptr, flag_ptr,
-    hs_ptr, out_ptr, sv_ptr,
+    hs_ptr, out_ptr, sr_ptr, sz_ptr, sn_ptr, shn_ptr, shp_ptr,
     t, B, T, D, H, NBH, sgb, sab,
     SAVE: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """h_t for one (batch tile, neuron tile); hs is the fp32 state ping-pong [2, B, H]."""
+    """h_t for one (batch tile, neuron tile); hs is the fp32 state ping-pong [2, B, H];
+    with SAVE, r, z, n, hn and h_{t-1} go to the five fp32 [B, T, H] planes s*_ptr."""
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # 64-bit offsets
     cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     cmask = cols < H
@@ -59,10 +62,9 @@ def fwd_step(
     hout = hs_ptr + (1 - src) * B * H
     tile = rows[:, None] * H + cols[None, :]
     hp = tl.load(hin + tile, mask=m2, other=0.0)
-    seq = rows[:, None] * (T * H) + t * H + cols[None, :]  # [B, T, H] offsets
-    BTH = B * T * H
+    seq = rows[:, None] * (T * H) + t * H + cols[None, :]  # [B, T, H] offsets (int64)
     if SAVE:
-        tl.store(sv_ptr + 4 * BTH + seq, hp, mask=m2)
+        tl.store(shp_ptr + seq, hp, mask=m2)
     flag = tl.load(flag_ptr + t * NBH + pid_h)
     hnew = hp
     if flag != 0:
@@ -112,17 +114,17 @@ def fwd_step(
         upd = (av != 0) & (t < ln)[:, None] & m2
         hnew = tl.where(upd, hp + gv.to(tl.float32) * (f - hp), hp)
         if SAVE:
-            tl.store(sv_ptr + seq, r, mask=m2)
-            tl.store(sv_ptr + BTH + seq, z, mask=m2)
-            tl.store(sv_ptr + 2 * BTH + seq, n, mask=m2)
-            tl.store(sv_ptr + 3 * BTH + seq, hn, mask=m2)
+            tl.store(sr_ptr + seq, r, mask=m2)
+            tl.store(sz_ptr + seq, z, mask=m2)
+            tl.store(sn_ptr + seq, n, mask=m2)
+            tl.store(shn_ptr + seq, hn, mask=m2)
     tl.store(hout + tile, hnew, mask=m2)
     tl.store(out_ptr + seq, hnew.to(out_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit(do_not_specialize=["t", "T"])
 def bwd_point(
-    dh_ptr, dhn_ptr, sv_ptr, g_ptr, a_ptr, len_ptr, flag_ptr, dgx_ptr, dgh_ptr, dg_ptr,
+    dh_ptr, dhn_ptr, sr_ptr, sz_ptr, sn_ptr, shn_ptr, shp_ptr, g_ptr, a_ptr, len_ptr, flag_ptr, dgx_ptr, dgh_ptr, dg_ptr,
     t, B, T, H, NBH, sgb, sab,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
@@ -130,7 +132,7 @@ def bwd_point(
     dg [B, T, H], and the direct part of dL/dh_{t-1} into dhn."""
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # 64-bit offsets
     cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     m2 = rmask[:, None] & (cols < H)[None, :]
@@ -139,13 +141,12 @@ def bwd_point(
     dhnew = dh
     flag = tl.load(flag_ptr + t * NBH + pid_h)
     if flag != 0:
-        BTH = B * T * H
         seq = rows[:, None] * (T * H) + t * H + cols[None, :]
-        r = tl.load(sv_ptr + seq, mask=m2, other=0.0)
-        z = tl.load(sv_ptr + BTH + seq, mask=m2, other=0.0)
-        n = tl.load(sv_ptr + 2 * BTH + seq, mask=m2, other=0.0)
-        hn = tl.load(sv_ptr + 3 * BTH + seq, mask=m2, other=0.0)
-        hp = tl.load(sv_ptr + 4 * BTH + seq, mask=m2, other=0.0)
+        r = tl.load(sr_ptr + seq, mask=m2, other=0.0)
+        z = tl.load(sz_ptr + seq, mask=m2, other=0.0)
+        n = tl.load(sn_ptr + seq, mask=m2, other=0.0)
+        hn = tl.load(shn_ptr + seq, mask=m2, other=0.0)
+        hp = tl.load(shp_ptr + seq, mask=m2, other=0.0)
         gv = tl.load(g_ptr + rows[:, None] * sgb + t * H + cols[None, :], mask=m2, other=0.0)
         av = tl.load(a_ptr + rows[:, None] * sab + t * H + cols[None, :], mask=m2, other=0)
         ln = tl.load(len_ptr + rows, mask=rmask, other=0)
@@ -182,7 +183,7 @@ def bwd_matmul(
     output gradient at t-1."""
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    rows = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # 64-bit offsets
     cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
     rmask = rows < B
     cmask = cols < H

@@ -83,9 +83,10 @@ def su_gru_fwd(
     ieee = x.dtype == torch.float32
     lens = lengths.to(device=x.device, dtype=torch.int32).contiguous()
     b_ih, b_hh = b_ih.contiguous(), b_hh.contiguous()
+    planes = sv.unbind(0) if save else (sv,) * 5
     for t in range(T):
         k.fwd_step[grid](
-            x, w_ih, w_hh, b_ih, b_hh, g, act, lens, flag, hs, out, sv,
+            x, w_ih, w_hh, b_ih, b_hh, g, act, lens, flag, hs, out, *planes,
             t, B, T, D, H, flag.shape[1], _bstride(g), _bstride(act),
             SAVE=save, IEEE=ieee, BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk,
         )  # fmt: skip
@@ -137,7 +138,7 @@ def su_gru_bwd(
     nb = flag.shape[1]
     for t in range(T - 1, -1, -1):
         k.bwd_point[grid](
-            dh, dhn, saved, g, act, lens, flag, dgx, dgh, dgs,
+            dh, dhn, *saved.unbind(0), g, act, lens, flag, dgx, dgh, dgs,
             t, B, T, H, nb, _bstride(g), _bstride(act), BLOCK_B=bb, BLOCK_H=bh,
         )  # fmt: skip
         k.bwd_matmul[grid](
