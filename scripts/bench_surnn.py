@@ -4,10 +4,12 @@ One process, same sizes and dtype, interleaved repetitions, median. For each upd
 the gate is a staggered interval schedule (``--gate interval``: period round(1/rate),
 one contiguous slab of neurons per step) or a rhythm gate initialised at that rate
 (``--gate rhythm``; training then also computes the near-threshold neurons of the bounded
-surrogate). Prints a table and writes JSON under results/bench/.
+surrogate; ``--group-size G``: groups of G neurons share one rhythm). Prints a table and
+writes JSON under results/bench/.
 
     python scripts/bench_surnn.py                                   # CPU, the issue's sizes
     python scripts/bench_surnn.py --batch 8 --seq 128 --reps 3      # quick
+    python scripts/bench_surnn.py --gate rhythm --group-size 64     # learned rhythm, 8 groups
     python scripts/bench_surnn.py --device cuda --dtype bf16 --batch 64 --hidden 1024 --dim 1024
 """
 
@@ -41,6 +43,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--rates", type=float, nargs="+", default=list(RATES))
     p.add_argument("--gate", choices=("interval", "rhythm"), default="interval")
     p.add_argument("--width", type=float, default=0.1, help="rhythm surrogate width")
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=1,
+        help="rhythm: neurons per shared rhythm (1 = per neuron, the paper)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--threads", type=int, default=2)
@@ -96,12 +104,26 @@ def make_gate(args, rate: float, H: int, device, dtype):
         return g.to(dtype), act, act
     torch.manual_seed(0)
     gate = build_gate(
-        H, H, {"kind": "rhythm", "init_rate": rate, "width": args.width, "n_freqs": 4}
+        H,
+        H,
+        {
+            "kind": "rhythm",
+            "init_rate": rate,
+            "width": args.width,
+            "n_freqs": 4,
+            "group_size": args.group_size,
+        },
     ).to(device)
     g, act_train = gate(args.seq, device=device)
     with torch.no_grad():
         _, act_eval = gate(args.seq, device=device)
     return g.detach().to(dtype), act_train, act_eval
+
+
+def gate_name(args) -> str:
+    if args.gate == "rhythm" and args.group_size > 1:
+        return f"rhythm-g{args.group_size}"
+    return args.gate
 
 
 def timer(device: torch.device):
@@ -221,7 +243,7 @@ def main() -> None:
         "device": device_name(device),
         "threads": args.threads,
         "impl": impl,
-        "gate": args.gate,
+        "gate": gate_name(args),
         "torch": torch.__version__,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": commit(),
@@ -234,7 +256,7 @@ def main() -> None:
         else ROOT
         / "results"
         / "bench"
-        / (f"surnn_{device.type}_{args.dtype}_B{B}_T{T}_D{D}_H{H}_{args.gate}.json")
+        / (f"surnn_{device.type}_{args.dtype}_B{B}_T{T}_D{D}_H{H}_{gate_name(args)}.json")
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(meta, indent=1))

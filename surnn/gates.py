@@ -151,6 +151,12 @@ class RhythmGate(BinaryGate):
         surrogate, width: surrogate gradient for the Heaviside step.
         lr: optional learning rate for the gate parameters (trainer parameter hint).
         frozen: keep every gate parameter fixed (the ``random`` ablation).
+        group_size: neurons per rhythm. 1 (the paper): every neuron has its own bias,
+            amplitudes and phases. G > 1: contiguous groups of G neurons share one rhythm
+            (H/G rhythms), so the open neurons of a step are whole groups: contiguous
+            weight rows the fast paths compute without gathering (CPU slab lanes; on GPU,
+            with G a multiple of 32, whole kernel tiles are skipped). Free per-neuron
+            phases scatter the open neurons, and gathering them costs most of the gain.
     """
 
     def __init__(
@@ -166,8 +172,16 @@ class RhythmGate(BinaryGate):
         width: float = 1.0,
         lr: float | None = None,
         frozen: bool = False,
+        group_size: int = 1,
     ):
         super().__init__(hidden_size, surrogate, width)
+        if int(group_size) != group_size or group_size < 1 or hidden_size % int(group_size):
+            raise ConfigError(
+                f"gate group_size={group_size}: expected a positive integer dividing the "
+                f"hidden size {hidden_size} (neurons per shared rhythm; 1 = per neuron)"
+            )
+        self.group_size = int(group_size)
+        n_rhythms = hidden_size // self.group_size
         if not 0.0 < init_rate <= 1.0:
             raise ConfigError(f"gate init_rate={init_rate}: expected a value in (0, 1]")
         if n_freqs < 1:
@@ -185,9 +199,9 @@ class RhythmGate(BinaryGate):
         # so this bias opens each neuron about init_rate of the time.
         init = {
             "log_omega": torch.log(2 * math.pi / periods),
-            "alpha": torch.full((hidden_size, n_freqs), float(amplitude)),
-            "phi": torch.rand(hidden_size, n_freqs) * 2 * math.pi,
-            "bias": torch.full((hidden_size,), sigma * q),
+            "alpha": torch.full((n_rhythms, n_freqs), float(amplitude)),
+            "phi": torch.rand(n_rhythms, n_freqs) * 2 * math.pi,
+            "bias": torch.full((n_rhythms,), sigma * q),
         }
         for name, value in init.items():
             learn = not frozen and (name != "log_omega" or learn_freqs)
@@ -203,6 +217,8 @@ class RhythmGate(BinaryGate):
         omega = self.log_omega.float().exp()
         phase = t[:, None, None] * omega[None, None, :] + self.phi.float()[None]  # [T, H, K]
         a = self.bias.float() + (self.alpha.float()[None] * torch.sin(phase)).sum(-1)
+        if self.group_size > 1:  # [T, H/G] -> [T, H]; gradients sum over each group
+            a = a.repeat_interleave(self.group_size, dim=1)
         return a if dtype is None else a.to(dtype)
 
 
@@ -287,7 +303,15 @@ class ContentGate(BinaryGate):
 GATES = ("rhythm", "soft", "random", "interval", "open", "content")
 
 
-_RHYTHM = {"n_freqs", "period_min", "period_max", "learn_freqs", "init_rate", "amplitude"}
+_RHYTHM = {
+    "n_freqs",
+    "period_min",
+    "period_max",
+    "learn_freqs",
+    "init_rate",
+    "amplitude",
+    "group_size",
+}
 _SURR = {"surrogate", "width", "lr"}
 _OPTIONS = {
     "rhythm": _RHYTHM | _SURR,

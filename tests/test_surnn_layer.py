@@ -35,6 +35,56 @@ def test_rhythm_init_rate_and_bounded_active_set():
     assert ste(10)[1].all()
 
 
+@pytest.mark.parametrize("kind", ["rhythm", "random", "soft"])
+def test_grouped_rhythm_shares_one_rhythm_per_group(kind):
+    torch.manual_seed(0)
+    gate = build_gate(12, 4, {"kind": kind, "group_size": 4, "init_rate": 0.3})
+    g, _ = gate(50)
+    assert g.shape == (50, 12)
+    assert torch.equal(g, g[:, ::4].repeat_interleave(4, dim=1))  # 3 rhythms of 4 neurons
+    assert not torch.equal(g[:, 0], g[:, 4])  # the groups differ
+    if kind == "rhythm":
+        assert gate.phi.shape == (3, 4) and gate.bias.shape == (3,)
+    with pytest.raises(ConfigError, match=r"group_size=5.*dividing the hidden size 12"):
+        build_gate(12, 4, {"kind": kind, "group_size": 5})
+
+
+def test_grouped_rhythm_gradient_sums_over_the_group():
+    torch.manual_seed(0)
+    gate = build_gate(8, 4, {"kind": "rhythm", "group_size": 4, "surrogate": "rect"})
+    g, _ = gate(100)
+    g.sum().backward()
+    a = gate.preactivation(100).detach()
+    expected = (a.abs() < gate.width).float().sum(0).view(2, 4).sum(1)
+    assert torch.allclose(gate.bias.grad, expected)
+
+
+def test_grouped_rhythm_runs_on_slabs_and_matches_the_reference():
+    """With shared rhythms the plan has one group per rhythm (row slices, no gather), and
+    the cpu path still equals the reference."""
+    from surnn.ops import su_gru
+    from surnn.ops.schedule import make_plan
+
+    torch.manual_seed(0)
+    H, T = 32, 40
+    gate = build_gate(H, 4, {"kind": "rhythm", "group_size": 8, "init_rate": 0.3})
+    with torch.no_grad():
+        g, active = gate(T)
+    plan = make_plan(active)
+    assert plan.groups is not None and len(plan.groups) <= H // 8
+    assert all(isinstance(w, slice) for step in plan.steps for w, _, _ in step)
+    x, h0 = torch.randn(3, T, 5, dtype=torch.float64), torch.randn(3, H, dtype=torch.float64)
+    w = [
+        torch.randn(s, dtype=torch.float64) * 0.3
+        for s in [(3 * H, 5), (3 * H, H), (3 * H,), (3 * H,)]
+    ]
+    g64 = g.double()
+    with torch.no_grad():
+        a = su_gru(x, h0, *w, g64, active, impl="cpu")
+        b = su_gru(x, h0, *w, g64, active, impl="reference")
+    assert (a[0] - b[0]).abs().max() < 1e-10 and (a[1] - b[1]).abs().max() < 1e-10
+
+
 def test_surrogate_gradient_is_bounded():
     gate = build_gate(16, 4, {"kind": "rhythm", "surrogate": "rect", "width": 0.3})
     g, _ = gate(100)
