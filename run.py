@@ -19,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from surnn.cli import check_overrides
+from surnn.cli import check_overrides, variant_from_overrides
 from surnn.errors import HarnessError
 
 log = logging.getLogger("run")
@@ -34,6 +34,12 @@ def _fail(e: HarnessError) -> None:
 def main(cfg: DictConfig) -> float | None:
     from surnn.train.run import train
 
+    variant = cfg.get("variant")
+    if variant is None:  # the model.* overrides name the variant
+        variant = variant_from_overrides(list(HydraConfig.get().overrides.task))
+    elif str(variant).strip().lower() in ("", "none"):
+        variant = None
+    cfg.variant = variant
     try:
         results = train(cfg, HydraConfig.get().runtime.output_dir)
     except HarnessError as e:

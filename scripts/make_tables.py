@@ -4,7 +4,8 @@
     python scripts/make_tables.py outputs/ [more run roots ...] [--out results/tables]
 
 Every ``results.json`` under the given folders is one run. Runs are grouped by (task,
-model); each cell is the mean test accuracy (at the best validation step) with its
+model, variant): an ablation run (``variant``, by default its model.* overrides, e.g.
+``surnn [gate.kind=soft]``) gets its own row; each cell is the mean test accuracy (at the best validation step) with its
 standard deviation and the number of seeds. Published numbers are shown beside, labelled
 as the papers'. Writes ``lra.md`` and ``lra.json`` (and prints the Markdown).
 """
@@ -52,23 +53,31 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def label(r: dict) -> str:
+    """Row label: the model, and its variant (an ablation) when the run has one."""
+    v = r.get("variant")
+    return f"{r['model']} [{v}]" if v else r["model"]
+
+
 def aggregate(runs: list[dict]) -> dict:
     by: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in runs:
-        by[(r["task"], r["model"])].append(r)
+        by[(r["task"], label(r))].append(r)
     cells = {}
     for (task, model), rs in sorted(by.items()):
         seeds = sorted({r["seed"] for r in rs})
         if len(seeds) != len(rs):
             raise SystemExit(
                 f"error: {len(rs)} runs of task={task} model={model} share seeds {seeds}: "
-                "pass one run folder per seed (e.g. the sweep folder of one experiment)"
+                "pass one run folder per seed (e.g. the sweep folder of one experiment), or "
+                "tell variants apart with variant=<label> on their command lines"
             )
         acc = [100 * r["test_acc"] for r in rs]
         m, s = mean_std(acc)
         cells[(task, model)] = {
             "task": task,
             "model": model,
+            "variant": rs[0].get("variant"),
             "test_acc_mean": m,
             "test_acc_std": s,
             "n_seeds": len(rs),

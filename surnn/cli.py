@@ -37,3 +37,17 @@ def check_overrides(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
             close = difflib.get_close_matches(v, valid, n=1)
             hint = f" Did you mean {key}={close[0]}?" if close else ""
             raise ConfigError(f"unknown {key} {v!r}: valid choices are {', '.join(valid)}.{hint}")
+
+
+def variant_from_overrides(overrides: list[str]) -> str | None:
+    """The label of a run's model variant: its ``model.*`` command-line overrides, without
+    the ``model.`` and ``options.`` prefixes, sorted ("gate.group_size=8,hidden_size=64");
+    None when the model is the config file's."""
+    parts = []
+    for o in overrides:
+        key, eq, value = o.lstrip("+~").partition("=")
+        if not eq or not key.startswith("model."):
+            continue
+        key = key.removeprefix("model.").removeprefix("options.")
+        parts.append(f"{key}={value}")
+    return ",".join(sorted(parts)) or None

@@ -44,6 +44,7 @@ RESULT_FIELDS = {
     "device",
     "git_commit",
     "command",
+    "variant",
     "date",
     "data",
     "split_sizes",
@@ -75,13 +76,16 @@ def tmp(tmp_path_factory):
 
 @pytest.mark.parametrize("model", ["surnn", "lstm"])
 def test_smoke_run_writes_every_result_field(tmp, model):
+    extra = ["model.options.gate.init_rate=0.5"] if model == "surnn" else []  # a variant
     p = run(
-        ["task=listops", f"model={model}", "trainer=smoke", f"run_id=smoke-{model}", *TINY], tmp
+        ["task=listops", f"model={model}", "trainer=smoke", f"run_id=smoke-{model}", *TINY, *extra],
+        tmp,
     )
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads((tmp / "out" / f"smoke-{model}" / "results.json").read_text())
     assert res.keys() >= RESULT_FIELDS, RESULT_FIELDS - res.keys()
     assert res["task"] == "listops" and res["model"] == model and res["steps"] == 4
+    assert res["variant"] == ("gate.init_rate=0.5" if model == "surnn" else None)
     assert res["test_examples"] == 21 and res["split_sizes"] == {"train": 64, "val": 20, "test": 21}
     assert res["flops_per_seq"] > 0 and res["flops_per_seq_dense"] >= res["flops_per_seq"]
     if model == "surnn":

@@ -71,3 +71,38 @@ def test_duplicate_seeds_and_empty_folders_fail_clearly(tmp_path):
         text=True,
     )
     assert p.returncode != 0 and "does not exist" in p.stderr
+
+
+def test_variants_get_their_own_rows(tmp_path):
+    """Ablations (same model, same seeds, different options) are rows of their own; runs
+    written before the variant field existed keep the plain model row."""
+    write_run(tmp_path / "a", "listops", "surnn", 0, 0.40)  # no variant field
+    write_run(tmp_path / "b", "listops", "surnn", 0, 0.30, variant="gate.kind=soft")
+    write_run(tmp_path / "c", "listops", "surnn", 1, 0.34, variant="gate.kind=soft")
+    write_run(tmp_path / "d", "listops", "surnn", 0, 0.35, variant=None)
+    with pytest.raises(SystemExit, match="share seeds.*variant=<label>"):
+        make_tables.main([str(tmp_path), "--out", str(tmp_path / "t")])
+    (tmp_path / "d" / "listops-surnn-s0" / "results.json").unlink()
+    out = tmp_path / "t"
+    assert make_tables.main([str(tmp_path), "--out", str(out)]) == 0
+    rows = {
+        l.split("|")[1].strip(): l
+        for l in (out / "lra.md").read_text().splitlines()
+        if l.startswith("| surnn")
+    }
+    assert "40.00 (1)" in rows["surnn"]
+    assert "32.00 ± 2.83 (2)" in rows["surnn [gate.kind=soft]"]
+    data = json.loads((out / "lra.json").read_text())
+    assert data["listops/surnn [gate.kind=soft]"]["variant"] == "gate.kind=soft"
+
+
+def test_variant_from_overrides():
+    from surnn.cli import variant_from_overrides
+
+    assert variant_from_overrides(["task=listops", "model=surnn", "seed=1"]) is None
+    assert (
+        variant_from_overrides(
+            ["model=surnn", "model.options.gate.kind=soft", "+model.d_model=32", "trainer=smoke"]
+        )
+        == "d_model=32,gate.kind=soft"
+    )

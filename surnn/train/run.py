@@ -202,6 +202,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "git_commit": commit,
             "torch": torch.__version__,
             "date": now_iso(),
+            "variant": cfg.get("variant"),
             "command": " ".join(["python", *sys.argv]),
             "data": task.describe(),
             "split_sizes": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
