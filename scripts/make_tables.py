@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LRA_TASKS = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
 AVG_TASKS = LRA_TASKS[:5]  # the LRA average leaves Path-X out
+PIXEL_TASKS = ["smnist", "psmnist", "scifar"]  # the paper's pixel-level table
 TITLE = "Long Range Arena: test accuracy (%) at the best validation step"
 
 
@@ -112,36 +113,59 @@ def fmt_cell(c: dict | None) -> str:
     return s + f" ({c['n_seeds']})"
 
 
+def _acc_table(cells: dict, tasks: list[str], avg_tasks: list[str]) -> list[str]:
+    models = sorted({m for t, m in cells if t in tasks})
+    avg = bool(avg_tasks)
+    lines = ["| Model | " + " | ".join(tasks) + (" | Avg |" if avg else " |")]
+    lines.append("|---" * (len(tasks) + 1 + avg) + "|")
+    for m in models:
+        row = [fmt_cell(cells.get((t, m))) for t in tasks]
+        if avg:
+            have = [cells[(t, m)]["test_acc_mean"] for t in avg_tasks if (t, m) in cells]
+            a = f"{statistics.fmean(have):.2f}" if len(have) == len(avg_tasks) else "–"
+            row.append(a)
+        lines.append(f"| {m} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _paper_table(rows: dict, tasks: list[str], avg: bool) -> list[str]:
+    lines = ["", "Published numbers (the papers', not runs of this harness):", ""]
+    lines.append("| Model | " + " | ".join(tasks) + (" | Avg |" if avg else " |"))
+    lines.append("|---" * (len(tasks) + 1 + avg) + "|")
+    for name, row in rows.items():
+        vals = [str(row.get(t, "–")) for t in tasks] + ([str(row.get("avg", "–"))] if avg else [])
+        lines.append(f"| {name} | " + " | ".join(vals) + " |")
+    return lines
+
+
 def render(cells: dict, paper: dict, title: str = TITLE) -> str:
-    models = sorted({m for _, m in cells})
-    tasks = [t for t in LRA_TASKS if any(t == tt for tt, _ in cells)] or LRA_TASKS
-    extra = sorted({t for t, _ in cells} - set(LRA_TASKS))
-    cols = tasks + extra
+    have = {t for t, _ in cells}
+    pixel = [t for t in PIXEL_TASKS if t in have]
+    other = sorted(have - set(LRA_TASKS) - set(PIXEL_TASKS))
     lines = [f"# {title}", ""]
     lines.append(
         "Runs of this harness: mean ± std over seeds (number of seeds). Avg over the "
-        "five LRA tasks without Path-X, shown only when all five are present."
+        "five LRA tasks without Path-X, shown only when all five are present. A model "
+        "with a variant in brackets is an ablation (its model.* options or variant=)."
     )
     lines.append("")
-    lines.append("| Model | " + " | ".join(cols) + " | Avg |")
-    lines.append("|---" * (len(cols) + 2) + "|")
-    for m in models:
-        row = [fmt_cell(cells.get((t, m))) for t in cols]
-        have = [cells[(t, m)]["test_acc_mean"] for t in AVG_TASKS if (t, m) in cells]
-        avg = f"{statistics.fmean(have):.2f}" if len(have) == len(AVG_TASKS) else "–"
-        lines.append(f"| {m} | " + " | ".join(row) + f" | {avg} |")
-    if paper.get("lra"):
-        lines.append("")
-        lines.append("Published numbers (the papers', not runs of this harness):")
-        lines.append("")
-        lines.append("| Model | " + " | ".join(LRA_TASKS) + " | Avg |")
-        lines.append("|---" * (len(LRA_TASKS) + 2) + "|")
-    for name, row in paper.get("lra", {}).items():
-        lines.append(
-            f"| {name} | "
-            + " | ".join(str(row.get(t, "–")) for t in LRA_TASKS)
-            + f" | {row.get('avg', '–')} |"
-        )
+    if have & set(LRA_TASKS) or not (pixel or other):
+        tasks = [t for t in LRA_TASKS if t in have] or LRA_TASKS
+        lines += _acc_table(cells, tasks, AVG_TASKS)
+        if paper.get("lra"):
+            lines += _paper_table(paper["lra"], LRA_TASKS, avg=True)
+        if paper.get("ablation_gate"):
+            g = paper["ablation_gate"]
+            lines += ["", "Gate ablation (the paper's, LRA average): " + ", ".join(
+                f"{k} {v}" for k, v in g.items()) + "."]  # fmt: skip
+    if pixel:
+        lines += ["", "## Pixel-level benchmarks", ""]
+        lines += _acc_table(cells, pixel, [])
+        if paper.get("pixel"):
+            lines += _paper_table(paper["pixel"], PIXEL_TASKS, avg=False)
+    if other:
+        lines += ["", "## Other tasks", ""]
+        lines += _acc_table(cells, other, [])
     lines.append("")
     lines.append("## Cost and sparsity")
     lines.append("")

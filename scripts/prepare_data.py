@@ -1,4 +1,5 @@
-"""Check an LRA data folder, optionally build the caches, print one table.
+"""Check an LRA data folder (and the pixel-level tasks' MNIST / CIFAR-10), optionally
+build the caches, print one table.
 
     python scripts/prepare_data.py [--data-dir DIR] [--build-cache] [--tasks text image ...]
 
@@ -26,7 +27,17 @@ sys.path.insert(0, str(ROOT))
 from tasks.generators import pathfinder as pfgen  # noqa: E402
 from tasks.retrieval import EXPECTED_ROWS, tsv_path  # noqa: E402
 
-TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
+TASKS = (
+    "listops",
+    "text",
+    "retrieval",
+    "image",
+    "pathfinder",
+    "pathx",
+    "smnist",
+    "psmnist",
+    "scifar",
+)
 RELEASE_IMAGES = 200_000  # per Pathfinder difficulty
 LRA_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
 
@@ -186,6 +197,28 @@ def check_pathfinder(d: Path, resolution: int = 32, difficulty: str = "hard"):
     return "missing", 0, f"no {pfgen.folder_name(resolution, difficulty)}/", cmd
 
 
+def check_mnist(d: Path):
+    from tasks.pixel import MNIST_FILES, MNIST_URL, _find, read_idx
+
+    hub = d / "hub" / "ylecun" / "mnist"
+    how = (
+        f'put the four IDX files ({MNIST_URL}) in {d / "mnist"}, or python -c "import '
+        f"datasets; datasets.load_dataset('ylecun/mnist').save_to_disk('{hub}')\""
+    )
+    for root in (d / "mnist", d / "MNIST" / "raw"):
+        found = {k: _find(root, f) for k, f in MNIST_FILES.items()}
+        if not any(found.values()):
+            continue
+        missing = [f for k, f in MNIST_FILES.items() if found[k] is None]
+        if missing:
+            return "error", du(root), f"{root.name}/ lacks {', '.join(missing)}", how
+        got = {s: len(read_idx(found[f"{s}_y"], 1)) for s in ("train", "test")}
+        return "found", du(root), counts_note(got, {"train": 60_000, "test": 10_000}), ""
+    if hub.is_dir():
+        return "found", du(hub), f"datasets save_to_disk folder {hub}", ""
+    return "missing", 0, "no mnist/ (IDX files) or hub/ylecun/mnist", how
+
+
 CHECKS = {
     "listops": check_listops,
     "text": check_text,
@@ -193,6 +226,9 @@ CHECKS = {
     "image": check_image,
     "pathfinder": lambda d: check_pathfinder(d, 32, "hard"),
     "pathx": lambda d: check_pathfinder(d, 128, "hard"),
+    "smnist": check_mnist,
+    "psmnist": check_mnist,
+    "scifar": check_image,
 }
 
 

@@ -120,8 +120,9 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- CIFAR
 
 
-def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One cifar-10-batches-py pickle -> (grey [n, 1024] uint8, labels)."""
+def read_batch(path: Path, colour: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One cifar-10-batches-py pickle -> (grey [n, 1024] uint8, or with ``colour``
+    [n, 1024 * 3] pixel-major RGB, labels)."""
     if not path.is_file():
         raise DataError(
             f"{path} is missing: expected cifar-10-batches-py/data_batch_1..5 and test_batch "
@@ -142,7 +143,12 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if bad.size:
         raise DataError(f"{path}: label {labels[bad[0]]} at row {bad[0]} is not in 0-9")
     rgb = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return to_grey(rgb), labels.astype(np.uint8)
+    return _pixels(rgb, colour), labels.astype(np.uint8)
+
+
+def _pixels(rgb: np.ndarray, colour: bool) -> np.ndarray:
+    """[n, 32, 32, 3] uint8 -> [n, 1024 * 3] pixel-major RGB, or [n, 1024] greyscale."""
+    return np.ascontiguousarray(rgb).reshape(len(rgb), -1) if colour else to_grey(rgb)
 
 
 @register_task("image")
@@ -164,8 +170,8 @@ class Image(Task):
     ):
         if options:
             raise ConfigError(
-                f"task=image: unknown options {sorted(options)}; valid: input, val_size, "
-                "split_seed, hub (configs/task/image.yaml)"
+                f"task={self.name}: unknown options {sorted(options)}; valid: input, val_size, "
+                f"split_seed, hub (configs/task/{self.name}.yaml)"
             )
         super().__init__(data_dir, input=input, val_size=val_size, split_seed=split_seed)
         set_input(self, input)
@@ -175,7 +181,7 @@ class Image(Task):
         self.source = None
         self.info: dict[str, Any] = {}
 
-    def _read(self):
+    def _read(self, colour: bool = False):
         """(source, signature, loader returning (train x, train y, test x, test y))."""
         root = self.data_dir / "cifar-10-batches-py"
         if root.is_dir():
@@ -185,8 +191,8 @@ class Image(Task):
                     read_batch(root / n)  # raises the DataError naming the missing file
 
             def load():
-                tr = [read_batch(root / n) for n in names[:5]]
-                te = read_batch(root / "test_batch")
+                tr = [read_batch(root / n, colour) for n in names[:5]]
+                te = read_batch(root / "test_batch", colour)
                 return (np.concatenate([t[0] for t in tr]), np.concatenate([t[1] for t in tr]), *te)
 
             return (
@@ -197,7 +203,7 @@ class Image(Task):
         dd, src = load_hub(self.data_dir, HUB_NAME, self.hub)
         if dd is None:
             raise DataError(
-                f"task=image: no CIFAR-10 under {self.data_dir}: expected {root}/ (unpack "
+                f"task={self.name}: no CIFAR-10 under {self.data_dir}: expected {root}/ (unpack "
                 "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz there) or "
                 f"{hub_disk_dir(self.data_dir, HUB_NAME)} (datasets save_to_disk); hub: {src}"
             )
@@ -211,7 +217,7 @@ class Image(Task):
             y = np.asarray(d["label"], np.int64)
             if ((y < 0) | (y > 9)).any():
                 raise DataError(f"{src} split {split}: labels outside 0-9")
-            return to_grey(rgb), y.astype(np.uint8)
+            return _pixels(rgb, colour), y.astype(np.uint8)
 
         def load():
             return (*load_hub_split("train"), *load_hub_split("test"))

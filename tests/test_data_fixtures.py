@@ -71,6 +71,36 @@ def write_cifar(data_dir: Path, n: int = 20, seed: int = 0) -> tuple[np.ndarray,
     return np.concatenate(imgs), np.concatenate(labels)
 
 
+def write_idx(path: Path, arr: np.ndarray) -> None:
+    """An IDX file of unsigned bytes (MNIST's format), gzipped when the name ends in .gz."""
+    import gzip
+
+    head = bytes([0, 0, 0x08, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    blob = head + np.ascontiguousarray(arr, np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as f:
+            f.write(blob)
+    else:
+        path.write_bytes(blob)
+
+
+def write_mnist(
+    root: Path, n_train: int = 30, n_test: int = 10, gz: bool = False, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The four MNIST IDX files under root; returns (images uint8 [n, 28, 28], labels [n]),
+    train then test."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n_train + n_test, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, n_train + n_test).astype(np.uint8)
+    ext = ".gz" if gz else ""
+    write_idx(root / f"train-images-idx3-ubyte{ext}", x[:n_train])
+    write_idx(root / f"train-labels-idx1-ubyte{ext}", y[:n_train])
+    write_idx(root / f"t10k-images-idx3-ubyte{ext}", x[n_train:])
+    write_idx(root / f"t10k-labels-idx1-ubyte{ext}", y[n_train:])
+    return x, y
+
+
 def write_pathfinder_pngs(
     data_dir: Path,
     folder: str,

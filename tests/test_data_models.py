@@ -20,6 +20,7 @@ from tests.test_data_fixtures import (
     write_aan,
     write_aclimdb,
     write_cifar,
+    write_mnist,
     write_pathfinder_pngs,
 )
 
@@ -32,6 +33,7 @@ def data(tmp_path_factory) -> Path:
     write_aclimdb(d, n=3)
     write_aan(d, {"train": 4, "eval": 2, "test": 2})
     write_cifar(d, n=4)
+    write_mnist(d / "mnist", n_train=12, n_test=4)
     gen.generate(d, 32, "hard", n=20, seed=0, workers=1, fmt="release", progress=False)
     imgs, y = random_images(10, 128)
     write_pathfinder_pngs(d, "pathfinder128/curv_contour_length_14", imgs, y)
@@ -46,6 +48,9 @@ CASES = [
     ("pathfinder", {}, "tokens"),
     ("pathfinder", {"input": "values"}, "values"),
     ("pathx", {}, "tokens"),
+    ("smnist", {"val_size": 4, "hub": False}, "values"),
+    ("psmnist", {"val_size": 4, "hub": False, "input": "tokens"}, "tokens"),
+    ("scifar", {"val_size": 4, "hub": False}, "values"),
 ]
 
 
@@ -76,11 +81,21 @@ def test_prepare_data_on_empty_folder_prints_instructions(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    for task in ("listops", "text", "retrieval", "image", "pathfinder", "pathx"):
+    for task in (
+        "listops",
+        "text",
+        "retrieval",
+        "image",
+        "pathfinder",
+        "pathx",
+        "smnist",
+        "scifar",
+    ):
         row = next(ln for ln in lines if ln.startswith(task + " "))
         assert " missing " in row
     assert f"--resolution 128 --difficulty hard --n 200000 --out {tmp_path}" in r.stdout
     assert "aclImdb_v1.tar.gz" in r.stdout and "cifar-10-python.tar.gz" in r.stdout
+    assert "ossci-datasets" in r.stdout  # where MNIST's IDX files come from
 
 
 def test_prepare_data_counts_and_builds_caches(data):
@@ -94,6 +109,13 @@ def test_prepare_data_counts_and_builds_caches(data):
     assert "train 4 / val 2 / test 2 (release: 147,086 / 18,090 / 17,437)" in out
     assert "20 metadata lines, 20 PNGs" in out and "cache 16/2/2" in out
     assert "pathx       found" in out and "cache 8/1/1" in out
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "prepare_data.py"), "--data-dir", str(data),
+         "--tasks", "smnist", "scifar"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "train 12 / test 4 (release: 60,000 / 10,000)" in r.stdout
 
 
 def run_py(args: list[str], tmp: Path) -> subprocess.CompletedProcess:

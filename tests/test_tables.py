@@ -106,3 +106,18 @@ def test_variant_from_overrides():
         )
         == "d_model=32,gate.kind=soft"
     )
+
+
+def test_pixel_level_runs_get_their_own_table_with_published_numbers(tmp_path):
+    write_run(tmp_path / "r", "smnist", "surnn", 0, 0.99)
+    write_run(tmp_path / "r", "scifar", "surnn", 0, 0.80)
+    write_run(tmp_path / "r", "listops", "surnn", 0, 0.40)
+    out = tmp_path / "t"
+    assert make_tables.main([str(tmp_path / "r"), "--out", str(out)]) == 0
+    md = (out / "lra.md").read_text()
+    lra, pixel = md.split("## Pixel-level benchmarks")
+    assert "| Model | listops | Avg |" in lra and "smnist" not in lra.split("Published")[0]
+    assert "| Model | smnist | scifar |" in pixel
+    assert "| surnn | 99.00 (1) | 80.00 (1) |" in pixel
+    assert "| suGRU (paper) | 99.53 | 98.46 | 87.26 |" in pixel
+    assert "binary 70.43, soft 59.44" in lra

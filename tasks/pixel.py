@@ -1,0 +1,370 @@
+"""The paper's pixel-level benchmarks: sequential MNIST, permuted MNIST, sequential CIFAR.
+
+* ``smnist``: MNIST digits as 784 pixels in raster order, 10 classes.
+* ``psmnist``: the same pixels in one fixed random order (``permutation_seed``), the same
+  for every image, split and run with that seed.
+* ``scifar``: CIFAR-10 in colour as 1024 pixels of 3 channels (``input_dim`` 3, values only),
+  the sequential-CIFAR setting of LSSL/S4 (the LRA Image task is the greyscale one).
+
+MNIST sources, first found wins (``describe()["source"]``):
+  1. ``<data_dir>/mnist/`` or ``<data_dir>/MNIST/raw/`` (torchvision's layout) with the four
+     IDX files ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+     ``t10k-labels-idx1-ubyte``, each plain or ``.gz``;
+  2. ``<data_dir>/hub/ylecun/mnist``, a ``datasets`` ``save_to_disk`` folder;
+  3. the hub data set ``ylecun/mnist`` (``hub: false`` skips).
+CIFAR-10 is read as by the Image task (``cifar-10-batches-py/`` or the hub).
+
+Splits: a seeded ``val_size`` split of the train set (default 5,000; indices stored with
+the cache) and the test set. The cache holds uint8 pixels; ``values`` inputs are normalised
+by the train split's mean and std (per channel for scifar), ``tokens`` (MNIST only) are
+pixel + 1 with vocab 257.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from surnn.errors import ConfigError, DataError
+from surnn.registry import register_task
+from tasks.base import (
+    Splits,
+    Subset,
+    Task,
+    begin_cache,
+    cache_dir,
+    commit_cache,
+    file_lock,
+    file_signature,
+    make_collate,
+    read_cache,
+    seeded_split,
+)
+from tasks.hub import hub_disk_dir, load_hub
+from tasks.image import Image, PixelDataset, encoding_info, pixel_collate, pixel_stats, set_input
+
+log = logging.getLogger(__name__)
+
+MNIST_HUB = "ylecun/mnist"
+MNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/ (the four *-ubyte.gz files)"
+CACHE_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------- IDX files
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file (plain or gzip) of unsigned bytes with ``ndim`` dimensions."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: unreadable ({e}); re-download it ({MNIST_URL})") from e
+    if len(raw) < 4 + 4 * ndim or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] != ndim:
+        raise DataError(
+            f"{path}: not an IDX file of unsigned bytes with {ndim} dimensions (header "
+            f"{raw[:4].hex() or 'empty'}, expected 000008{ndim:02x}); re-download it ({MNIST_URL})"
+        )
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(
+            f"{path}: header says {'x'.join(map(str, dims))} = {int(np.prod(dims))} bytes, the "
+            f"file holds {body.size}: truncated or corrupt; re-download it ({MNIST_URL})"
+        )
+    return body.reshape(dims)
+
+
+def _find(root: Path, name: str) -> Path | None:
+    for p in (root / name, root / f"{name}.gz"):
+        if p.is_file():
+            return p
+    return None
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+class PermutedPixels(PixelDataset):
+    """Pixel rows read in a fixed order ``perm`` (psMNIST)."""
+
+    def __init__(self, data, labels, input: str, perm: np.ndarray):
+        super().__init__(data, labels, input)
+        self.perm = perm
+
+    def __getitem__(self, i: int):
+        x, y = super().__getitem__(i)
+        return x[self.perm], y
+
+
+class ColourPixels(torch.utils.data.Dataset):
+    """[n, L * C] uint8 rows -> [L, C] uint8 (normalised per channel in the collate)."""
+
+    def __init__(self, data, labels, channels: int):
+        self.data, self.labels, self.c = data, labels, channels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return np.asarray(self.data[i]).reshape(-1, self.c), int(self.labels[i])
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def _check_split(task: str, val_size: Any) -> int:
+    if not isinstance(val_size, int) or isinstance(val_size, bool) or val_size < 1:
+        raise ConfigError(
+            f"task={task}: task.options.val_size={val_size!r}: expected a positive integer"
+        )
+    return val_size
+
+
+def _build(task: Task, key: dict, load) -> tuple[dict, dict, Path]:
+    """The cached (images, labels, train/val/test indices) for ``key``, built once."""
+    path = cache_dir(task.data_dir, task.cache_name, key)
+    names = ["images", "labels", "train_idx", "val_idx", "test_idx"]
+    with file_lock(task.data_dir / "cache" / f".{task.cache_name}.lock"):
+        got = read_cache(path, names)
+        if got is None:
+            log.info("%s: building the pixel cache from %s into %s", task.name, key["source"], path)
+            xtr, ytr, xte, yte = load()
+            n = len(ytr)
+            if not 0 < task.val_size < n:
+                raise ConfigError(
+                    f"task={task.name}: task.options.val_size={task.val_size}: the train set "
+                    f"has {n} images"
+                )
+            tr, va = seeded_split(n, [1 - task.val_size / n, task.val_size / n], task.split_seed)
+            images = np.concatenate([xtr, xte])
+            arrays = {
+                "images": images,
+                "labels": np.concatenate([ytr, yte]),
+                "train_idx": tr,
+                "val_idx": va,
+                "test_idx": np.arange(n, n + len(yte)),
+            }
+            meta = {"source": task.source, "counts": {
+                "train": len(tr), "val": len(va), "test": len(yte)}, **task.stats(images, tr)}  # fmt: skip
+            commit_cache(begin_cache(path), path, arrays, meta)
+            got = read_cache(path, names)
+    a, meta = got
+    return a, meta, path
+
+
+@register_task("smnist")
+class SMNIST(Task):
+    """MNIST as a sequence of 784 pixels (raster order), 10 classes."""
+
+    name = "smnist"
+    cache_name = "mnist"  # smnist and psmnist share the cached pixels
+    n_classes = 10
+    max_len = 784
+    _extra: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        data_dir,
+        input: str = "values",
+        val_size: int = 5000,
+        split_seed: int = 0,
+        hub: bool = True,
+        **options: Any,
+    ):
+        extra = {k: options.pop(k) for k in self._extra if k in options}
+        if options:
+            valid = ", ".join(["input", "val_size", "split_seed", "hub", *self._extra])
+            raise ConfigError(
+                f"task={self.name}: unknown options {sorted(options)}; valid: {valid} "
+                f"(configs/task/{self.name}.yaml)"
+            )
+        super().__init__(data_dir, input=input, val_size=val_size, split_seed=split_seed, **extra)
+        set_input(self, input)
+        self.val_size = _check_split(self.name, val_size)
+        self.split_seed, self.hub = split_seed, hub
+        self.source: str | None = None
+        self.info: dict[str, Any] = {}
+
+    def stats(self, images: np.ndarray, train_idx: np.ndarray) -> dict[str, Any]:
+        mean, std = pixel_stats(images, train_idx)
+        return {"mean": mean, "std": std}
+
+    def _read(self):
+        """(source, signature, loader -> (train x [n, 784], train y, test x, test y))."""
+        for root in (self.data_dir / "mnist", self.data_dir / "MNIST" / "raw"):
+            found = {k: _find(root, f) for k, f in MNIST_FILES.items()}
+            if not any(found.values()):
+                continue
+            missing = [f for k, f in MNIST_FILES.items() if found[k] is None]
+            if missing:
+                raise DataError(
+                    f"task={self.name}: {root} lacks {', '.join(missing)} (plain or .gz); "
+                    f"get them from {MNIST_URL}"
+                )
+
+            def load(found=found):
+                parts = []
+                for split in ("train", "test"):
+                    x = read_idx(found[f"{split}_x"], 3)
+                    y = read_idx(found[f"{split}_y"], 1)
+                    if len(x) != len(y) or x.shape[1:] != (28, 28):
+                        raise DataError(
+                            f"{found[f'{split}_x']}: {x.shape} images for {len(y)} labels in "
+                            f"{found[f'{split}_y']}; expected [n, 28, 28] and n labels"
+                        )
+                    if (y > 9).any():
+                        row = int(np.flatnonzero(y > 9)[0])
+                        raise DataError(
+                            f"{found[f'{split}_y']}: label {int(y[row])} at item {row} is not 0-9"
+                        )
+                    parts += [x.reshape(len(x), -1), y]
+                return parts
+
+            return f"IDX files in {root}", file_signature(sorted(found.values())), load
+        dd, src = load_hub(self.data_dir, MNIST_HUB, self.hub)
+        if dd is None:
+            raise DataError(
+                f"task={self.name}: no MNIST under {self.data_dir}: expected "
+                f"{self.data_dir / 'mnist'}/ with the four IDX files ({MNIST_URL}) or "
+                f"{hub_disk_dir(self.data_dir, MNIST_HUB)} (datasets save_to_disk); hub: {src}"
+            )
+
+        def split(name):
+            if name not in dd:
+                raise DataError(f"{src}: has no {name!r} split (found {list(dd)})")
+            d = dd[name]
+            x = np.stack([np.asarray(im.convert("L"), np.uint8).reshape(-1) for im in d["image"]])
+            y = np.asarray(d["label"], np.int64)
+            if x.shape[1] != 784 or ((y < 0) | (y > 9)).any():
+                raise DataError(f"{src} split {name}: expected 28x28 images and labels 0-9")
+            return x, y.astype(np.uint8)
+
+        sig = [[src, dd["train"].num_rows, dd["train"]._fingerprint]]
+        return src, sig, lambda: (*split("train"), *split("test"))
+
+    def dataset(self, images, labels):
+        return PixelDataset(images, labels, self.input)
+
+    def splits(self) -> Splits:
+        src, sig, load = self._read()
+        self.source = src
+        key = {"format": CACHE_FORMAT, "source": sig, "val_size": self.val_size,
+               "seed": self.split_seed}  # fmt: skip
+        a, meta, path = _build(self, key, load)
+        self.cache_path, self.mean, self.std = path, meta["mean"], meta["std"]
+        self.info = {"counts": meta["counts"], "mean": self.mean, "std": self.std}
+        base = self.dataset(a["images"], a["labels"])
+        return Splits(
+            Subset(base, a["train_idx"]),
+            Subset(base, a["val_idx"]),
+            Subset(base, a["test_idx"]),
+            self.collate(),
+        )
+
+    def collate(self):
+        return pixel_collate(self.input, self.mean, self.std)
+
+    def describe(self) -> dict[str, Any]:
+        enc = encoding_info(self.input, self.info.get("mean", 0.0), self.info.get("std", 1.0))
+        return {**super().describe(), "encoding": enc, "source": self.source, **self.info}
+
+
+@register_task("psmnist")
+class PSMNIST(SMNIST):
+    """MNIST pixels in one fixed random order (``permutation_seed``)."""
+
+    name = "psmnist"
+    _extra = ("permutation_seed",)
+
+    def __init__(self, data_dir, permutation_seed: int = 0, **options: Any):
+        super().__init__(data_dir, permutation_seed=permutation_seed, **options)
+        if not isinstance(permutation_seed, int) or isinstance(permutation_seed, bool):
+            raise ConfigError(
+                f"task=psmnist: task.options.permutation_seed={permutation_seed!r}: expected "
+                "an integer"
+            )
+        self.permutation_seed = permutation_seed
+        self.perm = permutation(permutation_seed)
+
+    def dataset(self, images, labels):
+        return PermutedPixels(images, labels, self.input, self.perm)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "permutation_seed": self.permutation_seed}
+
+
+def permutation(seed: int, n: int = 784) -> np.ndarray:
+    """The psMNIST pixel order: the same on every machine and numpy version."""
+    return np.random.Generator(np.random.PCG64(seed)).permutation(n)
+
+
+@register_task("scifar")
+class SCIFAR(Image):
+    """CIFAR-10 in colour: 1024 pixels of 3 channels, normalised per channel."""
+
+    name = "scifar"
+    cache_name = "scifar"
+    n_classes = 10
+    max_len = 1024
+
+    def __init__(self, data_dir, input: str = "values", **options: Any):
+        if input != "values":
+            raise ConfigError(
+                f"task=scifar: input={input!r}; sequential CIFAR takes the 3 colour channels "
+                "as values (input_dim 3); for greyscale tokens use task=image"
+            )
+        super().__init__(data_dir, input="values", **options)
+        self.input_dim = 3
+
+    def splits(self) -> Splits:
+        src, sig, load = self._read(colour=True)
+        self.source = src
+        key = {"format": CACHE_FORMAT, "source": sig, "val_size": self.val_size,
+               "seed": self.split_seed, "colour": True}  # fmt: skip
+        a, meta, path = _build(self, key, load)
+        self.cache_path = path
+        self.mean, self.std = np.asarray(meta["mean"]), np.asarray(meta["std"])
+        self.info = {"counts": meta["counts"], "mean": meta["mean"], "std": meta["std"]}
+        base = ColourPixels(a["images"], a["labels"], 3)
+        mean = torch.tensor(self.mean, dtype=torch.float32)
+        std = torch.tensor(self.std, dtype=torch.float32)
+
+        def normalise(x: torch.Tensor) -> torch.Tensor:
+            return (x / 255.0 - mean) / std
+
+        return Splits(
+            Subset(base, a["train_idx"]),
+            Subset(base, a["val_idx"]),
+            Subset(base, a["test_idx"]),
+            make_collate("values", value_transform=normalise),
+        )
+
+    def stats(self, images: np.ndarray, train_idx: np.ndarray) -> dict[str, Any]:
+        """Per-channel mean and std of the train split (pixels / 255)."""
+        s = np.zeros(3)
+        s2 = np.zeros(3)
+        n = 0
+        for i in range(0, len(train_idx), 4096):
+            x = images[np.sort(train_idx[i : i + 4096])].reshape(-1, 3).astype(np.float64) / 255
+            s, s2, n = s + x.sum(0), s2 + (x * x).sum(0), n + len(x)
+        mean = s / max(n, 1)
+        std = np.sqrt(np.maximum(s2 / max(n, 1) - mean * mean, 1e-12))
+        return {"mean": mean.tolist(), "std": std.tolist()}
+
+    def describe(self) -> dict[str, Any]:
+        info = dict(self.info)
+        enc = "values: per-channel (pixel/255 - mean) / std of the train split, input_dim 3"
+        return {**Task.describe(self), "encoding": enc, "source": self.source, **info}
