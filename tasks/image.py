@@ -151,11 +151,46 @@ def _pixels(rgb: np.ndarray, colour: bool) -> np.ndarray:
     return np.ascontiguousarray(rgb).reshape(len(rgb), -1) if colour else to_grey(rgb)
 
 
+def build_pixel_cache(task: Task, key: dict, load) -> tuple[dict, dict, Path]:
+    """The cached (images, labels, train/val/test indices) of a pixel task for ``key``,
+    built once: ``load()`` -> (train x, train y, test x, test y); a seeded ``val_size``
+    split of train; ``task.stats(images, train_idx)`` (normalisation) into the metadata."""
+    path = cache_dir(task.data_dir, task.cache_name, key)
+    names = ["images", "labels", "train_idx", "val_idx", "test_idx"]
+    with file_lock(task.data_dir / "cache" / f".{task.cache_name}.lock"):
+        got = read_cache(path, names)
+        if got is None:
+            log.info("%s: building the pixel cache from %s into %s", task.name, task.source, path)
+            xtr, ytr, xte, yte = load()
+            n = len(ytr)
+            if not 0 < task.val_size < n:
+                raise ConfigError(
+                    f"task={task.name}: task.options.val_size={task.val_size}: the train set "
+                    f"has {n} images"
+                )
+            tr, va = seeded_split(n, [1 - task.val_size / n, task.val_size / n], task.split_seed)
+            images = np.concatenate([xtr, xte])
+            arrays = {
+                "images": images,
+                "labels": np.concatenate([ytr, yte]),
+                "train_idx": tr,
+                "val_idx": va,
+                "test_idx": np.arange(n, n + len(yte)),
+            }
+            meta = {"source": task.source, "counts": {
+                "train": len(tr), "val": len(va), "test": len(yte)}, **task.stats(images, tr)}  # fmt: skip
+            commit_cache(begin_cache(path), path, arrays, meta)
+            got = read_cache(path, names)
+    a, meta = got
+    return a, meta, path
+
+
 @register_task("image")
 class Image(Task):
     """Greyscale CIFAR-10 pixels (LRA Image)."""
 
     name = "image"
+    cache_name = "image"
     n_classes = 10
     max_len = 1024
 
@@ -225,45 +260,16 @@ class Image(Task):
         sig = [[src, dd["train"].num_rows, dd["train"]._fingerprint]]
         return src, sig, load
 
+    def stats(self, images: np.ndarray, train_idx: np.ndarray) -> dict[str, Any]:
+        mean, std = pixel_stats(images, train_idx)
+        return {"mean": mean, "std": std}
+
     def splits(self) -> Splits:
         src, sig, load = self._read()
         self.source = src
-        key = {
-            "format": CACHE_FORMAT,
-            "source": sig,
-            "val_size": self.val_size,
-            "seed": self.split_seed,
-        }
-        path = cache_dir(self.data_dir, self.name, key)
-        names = ["images", "labels", "train_idx", "val_idx", "test_idx"]
-        with file_lock(self.data_dir / "cache" / ".image.lock"):
-            got = read_cache(path, names)
-            if got is None:
-                log.info("image: building greyscale cache from %s into %s", src, path)
-                xtr, ytr, xte, yte = load()
-                n = len(ytr)
-                if not 0 < self.val_size < n:
-                    raise ConfigError(
-                        f"task.options.val_size={self.val_size}: train has {n} images"
-                    )
-                tr, va = seeded_split(
-                    n, [1 - self.val_size / n, self.val_size / n], self.split_seed
-                )
-                images = np.concatenate([xtr, xte])
-                mean, std = pixel_stats(images, tr)
-                arrays = {
-                    "images": images,
-                    "labels": np.concatenate([ytr, yte]),
-                    "train_idx": tr,
-                    "val_idx": va,
-                    "test_idx": np.arange(n, n + len(yte)),
-                }
-                meta = {"source": src, "mean": mean, "std": std, "counts": {
-                    "train": len(tr), "val": len(va), "test": len(yte)}}  # fmt: skip
-                tmp = begin_cache(path)
-                commit_cache(tmp, path, arrays, meta)
-                got = read_cache(path, names)
-        a, meta = got
+        key = {"format": CACHE_FORMAT, "source": sig, "val_size": self.val_size,
+               "seed": self.split_seed}  # fmt: skip
+        a, meta, path = build_pixel_cache(self, key, load)
         self.cache_path = path
         self.mean, self.std = meta["mean"], meta["std"]
         self.info = {"counts": meta["counts"], "mean": self.mean, "std": self.std}

@@ -36,17 +36,19 @@ from tasks.base import (
     Splits,
     Subset,
     Task,
-    begin_cache,
-    cache_dir,
-    commit_cache,
-    file_lock,
     file_signature,
     make_collate,
-    read_cache,
-    seeded_split,
 )
 from tasks.hub import hub_disk_dir, load_hub
-from tasks.image import Image, PixelDataset, encoding_info, pixel_collate, pixel_stats, set_input
+from tasks.image import (
+    Image,
+    PixelDataset,
+    build_pixel_cache,
+    encoding_info,
+    pixel_collate,
+    pixel_stats,
+    set_input,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,38 +133,6 @@ def _check_split(task: str, val_size: Any) -> int:
             f"task={task}: task.options.val_size={val_size!r}: expected a positive integer"
         )
     return val_size
-
-
-def _build(task: Task, key: dict, load) -> tuple[dict, dict, Path]:
-    """The cached (images, labels, train/val/test indices) for ``key``, built once."""
-    path = cache_dir(task.data_dir, task.cache_name, key)
-    names = ["images", "labels", "train_idx", "val_idx", "test_idx"]
-    with file_lock(task.data_dir / "cache" / f".{task.cache_name}.lock"):
-        got = read_cache(path, names)
-        if got is None:
-            log.info("%s: building the pixel cache from %s into %s", task.name, key["source"], path)
-            xtr, ytr, xte, yte = load()
-            n = len(ytr)
-            if not 0 < task.val_size < n:
-                raise ConfigError(
-                    f"task={task.name}: task.options.val_size={task.val_size}: the train set "
-                    f"has {n} images"
-                )
-            tr, va = seeded_split(n, [1 - task.val_size / n, task.val_size / n], task.split_seed)
-            images = np.concatenate([xtr, xte])
-            arrays = {
-                "images": images,
-                "labels": np.concatenate([ytr, yte]),
-                "train_idx": tr,
-                "val_idx": va,
-                "test_idx": np.arange(n, n + len(yte)),
-            }
-            meta = {"source": task.source, "counts": {
-                "train": len(tr), "val": len(va), "test": len(yte)}, **task.stats(images, tr)}  # fmt: skip
-            commit_cache(begin_cache(path), path, arrays, meta)
-            got = read_cache(path, names)
-    a, meta = got
-    return a, meta, path
 
 
 @register_task("smnist")
@@ -263,7 +233,7 @@ class SMNIST(Task):
         self.source = src
         key = {"format": CACHE_FORMAT, "source": sig, "val_size": self.val_size,
                "seed": self.split_seed}  # fmt: skip
-        a, meta, path = _build(self, key, load)
+        a, meta, path = build_pixel_cache(self, key, load)
         self.cache_path, self.mean, self.std = path, meta["mean"], meta["std"]
         self.info = {"counts": meta["counts"], "mean": self.mean, "std": self.std}
         base = self.dataset(a["images"], a["labels"])
@@ -334,7 +304,7 @@ class SCIFAR(Image):
         self.source = src
         key = {"format": CACHE_FORMAT, "source": sig, "val_size": self.val_size,
                "seed": self.split_seed, "colour": True}  # fmt: skip
-        a, meta, path = _build(self, key, load)
+        a, meta, path = build_pixel_cache(self, key, load)
         self.cache_path = path
         self.mean, self.std = np.asarray(meta["mean"]), np.asarray(meta["std"])
         self.info = {"counts": meta["counts"], "mean": meta["mean"], "std": meta["std"]}
