@@ -3,8 +3,10 @@
 # speed). Run on a machine with one CUDA GPU:   bash scripts/gpu_check.sh   (or make gpu-check)
 #   1. the kernel tests on CUDA: fp32 against the reference, bf16 against the fp32 reference,
 #      FLOP formula, torch.library.opcheck;
-#   2. the benchmark against cuDNN nn.GRU: bf16, B=64, T=1024, D=H=1024;
-#   3. a short table (printed last). Budget: under 8 minutes.
+#   2. the benchmark against cuDNN nn.GRU: bf16, B=64, T=1024, D=H=1024, with the staggered
+#      interval schedule, then with the learned rhythm in groups of 64 neurons (16 rhythms;
+#      whole 32-neuron kernel tiles are skipped);
+#   3. short tables (printed last). Budget: under 8 minutes.
 # Python: the project's .venv when its torch sees a GPU; else a python3 whose torch sees one
 # (GPU images without network access: the kernels and the benchmark need only torch, triton,
 # numpy, tqdm and pytest, not Hydra); else `make setup` (needs the package registries).
@@ -48,25 +50,34 @@ if ((DRY)); then
     OUT=${GPU_CHECK_OUT:-/tmp/surnn_gpu_check_dry.json}
     BENCH=(--device cpu --dtype fp32 --batch 2 --seq 16 --dim 16 --hidden 16 --reps 1 --rates 1 0.17
            --impl triton)
+    GROUP=8
 else
     unset TRITON_INTERPRET
     OUT=${GPU_CHECK_OUT:-results/bench/surnn_gpu_check.json}
     BENCH=(--device cuda --dtype bf16 --batch 64 --seq 1024 --dim 1024 --hidden 1024 --reps 5
            --impl triton)
+    GROUP=64
 fi
+OUT_RHYTHM=${OUT%.json}_rhythm-g$GROUP.json
 LOG=$(mktemp)
 echo "== kernel tests (fp32; bf16 on CUDA) =="
-timeout 240 $PY -m pytest tests/test_surnn_triton.py -q -x -p no:cacheprovider
+timeout 180 $PY -m pytest tests/test_surnn_triton.py -q -x -p no:cacheprovider
 echo "== benchmark vs nn.GRU (cuDNN on CUDA): ${BENCH[*]} =="
-timeout 300 $PY scripts/bench_surnn.py "${BENCH[@]}" --out "$OUT" --label "scripts/gpu_check.sh" \
+timeout 180 $PY scripts/bench_surnn.py "${BENCH[@]}" --out "$OUT" --label "scripts/gpu_check.sh" \
     >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }
-echo "== summary ($OUT) =="
-$PY - "$OUT" <<'PY'
+echo "== benchmark, learned rhythm in groups of $GROUP: rates 1 0.17 0.05 =="
+timeout 90 $PY scripts/bench_surnn.py "${BENCH[@]}" --gate rhythm --group-size "$GROUP" \
+    --rates 1 0.17 0.05 --out "$OUT_RHYTHM" --label "scripts/gpu_check.sh" \
+    >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }
+echo "== summary ($OUT, $OUT_RHYTHM) =="
+$PY - "$OUT" "$OUT_RHYTHM" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1]))
-print(f"{r['device']}  {r['dtype']}  B={r['sizes']['B']} T={r['sizes']['T']} H={r['sizes']['H']}  commit {r['commit']}")
-print(f"{'case':<22}{'rate':>7}{'median ms':>11}{'vs nn.GRU':>10}{'vs rate1':>9}")
-for row in r["rows"]:
-    print(f"{row['case']:<22}{row['update_rate']:>7.3f}{row['median_s'] * 1e3:>11.2f}"
-          f"{row['speedup_vs_nn_gru']:>10.2f}{row['speedup_vs_rate1']:>9.2f}")
+for path in sys.argv[1:]:
+    r = json.load(open(path))
+    print(f"{r['device']}  {r['dtype']}  B={r['sizes']['B']} T={r['sizes']['T']} H={r['sizes']['H']}"
+          f"  gate {r['gate']}  commit {r['commit']}")
+    print(f"{'case':<22}{'rate':>7}{'median ms':>11}{'vs nn.GRU':>10}{'vs rate1':>9}")
+    for row in r["rows"]:
+        print(f"{row['case']:<22}{row['update_rate']:>7.3f}{row['median_s'] * 1e3:>11.2f}"
+              f"{row['speedup_vs_nn_gru']:>10.2f}{row['speedup_vs_rate1']:>9.2f}")
 PY
