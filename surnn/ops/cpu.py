@@ -140,8 +140,10 @@ class _Packing:
 
 def _hoisted_input(p: _Prepared, plan: Plan, pk: _Packing | None):
     """Input projections of every executed (sequence, step, neuron): one GEMM per neuron
-    group, packed as in ``_Packing`` (or, all neurons always active without padding, one
-    [B, T, 3H] GEMM). None in gather mode (the input projection is then per step)."""
+    group, packed as in ``_Packing``, or batch-major [B, m, 3A] from a strided view of x
+    when the group's steps are evenly spaced and nothing is padded (no gather of x); all
+    neurons always active without padding: one [B, T, 3H] GEMM. None in gather mode (the
+    input projection is then per step)."""
     B, T, D = p.B, p.T, p.D
     if pk is None:
         return None, None
@@ -149,10 +151,35 @@ def _hoisted_input(p: _Prepared, plan: Plan, pk: _Packing | None):
     if plan.all_active and p.lens is None:
         return torch.addmm(p.bx, x2, p.Wx.T).view(B, T, -1), None
     res = []
-    for (s, e, _), rows in zip(plan.groups, pk.rows_x):
+    for (s, e, st), rows in zip(plan.groups, pk.rows_x):
         w = slice(3 * s, 3 * e)
-        res.append(torch.addmm(p.bx[w], x2.index_select(0, rows), p.Wx[w].T) if len(rows) else None)
+        if not len(rows):
+            res.append(None)
+        elif (xk := _evenly_spaced(p, st)) is not None:  # [B, m, D] view: no gather
+            res.append(torch.baddbmm(p.bx[w], xk, p.Wx[w].T.expand(B, D, -1)))
+        else:
+            res.append(torch.addmm(p.bx[w], x2.index_select(0, rows), p.Wx[w].T))
     return None, res
+
+
+def _evenly_spaced(p: _Prepared, st: torch.Tensor) -> torch.Tensor | None:
+    """x at steps st as a strided [B, m, D] view when every sequence runs them all (no
+    padding) and they are evenly spaced (slab schedules), else None."""
+    if p.lens is not None:
+        return None
+    gaps = torch.diff(st)
+    if len(gaps) and not bool((gaps == gaps[0]).all()):
+        return None
+    t0, P = int(st[0]), int(gaps[0]) if len(gaps) else 1
+    return p.x[:, t0 : t0 + P * (len(st) - 1) + 1 : P]
+
+
+def _per_step(r: torch.Tensor, counts: list[int], cols: slice = slice(None)) -> tuple:
+    """A group's hoisted input projection as per-step [bs_t, k] views of columns cols:
+    r is packed step-major [rows, 3A] (split by counts) or batch-major [B, m, 3A]."""
+    if r.dim() == 3:
+        return r[..., cols].unbind(1)
+    return r[:, cols].split(counts)
 
 
 def _gate_views(G: torch.Tensor, N: torch.Tensor, A: int) -> tuple:
@@ -185,7 +212,9 @@ def _lanes(p: _Prepared, plan: Plan, pk, out, xp, res, save: bool) -> dict:
             steps = list(pk.off[gid])
             counts = [p.bs[t] for t in steps]
             r = res[gid]
-            gx = zip(r[:, : 2 * A].split(counts), r[:, 2 * A :].split(counts))
+            gx = zip(
+                _per_step(r, counts, slice(0, 2 * A)), _per_step(r, counts, slice(2 * A, None))
+            )
         else:
             continue
 
@@ -214,7 +243,7 @@ def _forward(p: _Prepared, plan: Plan, save: bool):
     gxs = None
     if res is not None:
         gxs = [
-            dict(zip(off, r.split([p.bs[t] for t in off]))) if r is not None else {}
+            dict(zip(off, _per_step(r, [p.bs[t] for t in off]))) if r is not None else {}
             for off, r in zip(pk.off, res)
         ]
     lanes = _lanes(p, plan, pk, out, xp, res, save) if p.unit and pk is not None else {}
