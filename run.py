@@ -19,7 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from surnn.cli import check_overrides, variant_from_overrides
+from surnn.cli import check_keys, check_overrides, variant_from_overrides
 from surnn.errors import HarnessError
 
 log = logging.getLogger("run")
@@ -57,6 +57,7 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     try:
         check_overrides(sys.argv[1:])
+        check_keys(sys.argv[1:])
     except HarnessError as e:
         _fail(e)
     main()

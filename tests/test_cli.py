@@ -108,6 +108,14 @@ def test_unknown_model_is_one_clear_line(tmp):
     assert "unknown model 'nope'" in err[0] and "lstm" in err[0] and "surnn" in err[0]
 
 
+def test_misspelt_key_is_one_clear_line(tmp):
+    p = run(["trainer.max_stepz=5", "logger=none"], tmp, timeout=60)
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1, p.stderr
+    assert "unknown key 'trainer.max_stepz'" in err[0] and "trainer.max_steps?" in err[0]
+
+
 def test_bad_trainer_value_is_one_clear_line(tmp):
     p = run(["trainer.max_steps=abc", "task=listops", "trainer=smoke", *TINY], tmp, timeout=120)
     assert p.returncode == 2

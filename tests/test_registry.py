@@ -41,3 +41,20 @@ def test_cli_precheck_covers_sweeps_and_groups():
         check_overrides(["model=surnn,bogus"])
     with pytest.raises(ConfigError, match=r"unknown trainer 'smok'.*Did you mean trainer=smoke"):
         check_overrides(["trainer=smok"])
+
+
+def test_misspelt_keys_are_one_line_naming_the_closest_key():
+    """Hydra reported a misspelt key over several lines and suggested appending it with +."""
+    from surnn.cli import check_keys
+
+    check_keys(["task=listops", "model=surnn,lstm", "seed=0,1", "trainer.max_steps=3,4"])
+    check_keys(["+trainer.extra=1", "hydra.launcher.partition=gpu", "experiment=demo_listops"])
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'trainer.max_stepz'.*Did you mean trainer.max_steps\?"
+    ):
+        check_keys(["trainer=smoke", "trainer.max_stepz=5"])
+    with pytest.raises(ConfigError, match=r"model.options.gate has no 'kindd'.*gate.kind\?"):
+        check_keys(["model=surnn", "model.options.gate.kindd=soft,rhythm"])
+    with pytest.raises(ConfigError, match=r"task.options has no 'permutation_seed'"):
+        check_keys(["task=smnist", "task.options.permutation_seed=3"])
+    check_keys(["task=psmnist", "task.options.permutation_seed=3"])
