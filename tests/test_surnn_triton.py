@@ -124,3 +124,25 @@ def test_opcheck():
             "test_aot_dispatch_dynamic",
         ),
     )
+
+
+def test_step_order_packs_the_active_neurons_first():
+    """The kernels compute ceil(count/32) tiles per step: the order must put every active
+    neuron (of any sequence) first, be a permutation, and keep the layout order (stable)."""
+    from surnn.ops.triton.op import _order
+
+    gen = torch.Generator().manual_seed(0)
+    T, H = 6, 70
+    active = torch.rand(T, H, generator=gen) < 0.2
+    order, cnt = _order(active, H, T)
+    assert order.dtype == torch.int32 and cnt.tolist() == active.sum(1).tolist()
+    for t in range(T):
+        o = order[t].long()
+        assert sorted(o.tolist()) == list(range(H))
+        c = int(cnt[t])
+        assert active[t, o[:c]].all() and not active[t, o[c:]].any()
+        assert (torch.diff(o[:c]) > 0).all() and (torch.diff(o[c:]) > 0).all()
+    per_sample = torch.zeros(2, T, H, dtype=torch.bool)
+    per_sample[0, :, 3] = per_sample[1, :, 60] = True
+    order, cnt = _order(per_sample, H, T)
+    assert cnt.tolist() == [2] * T and order[0, :2].tolist() == [3, 60]

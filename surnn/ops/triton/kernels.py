@@ -1,8 +1,12 @@
 """Triton kernels of the selective-update GRU: one launch per step, forward and backward.
 
-Each program owns a tile of BLOCK_B sequences x BLOCK_H neurons. A per-(step, neuron
-block) flag says whether any neuron of the block is active at that step; inactive tiles
-only carry the state over, so closed blocks cost no FLOPs and no weight traffic. State
+Each program owns a tile of BLOCK_B sequences x BLOCK_H neurons. The neurons of a tile
+are not fixed: step t reads them from a per-step order (a permutation of the H neurons
+with that step's active ones first, ``order[t]``; ``count[t]`` active), so the active
+neurons of a step fill the first ceil(count/BLOCK_H) tiles wherever they sit in the layer
+(scattered learned rhythms included), and the other tiles only carry the state over:
+closed neurons cost no FLOPs and no weight traffic. Weight rows are loaded by neuron
+index either way (each row contiguous along K). State
 and accumulators are fp32, storage fp32 or bf16; selects use ``tl.where`` (a NaN in an
 unused lane cannot leak), tanh is ``2*sigmoid(2x)-1``, and the step index and sequence
 length are runtime arguments (never constexprs nor specialised on), so one compiled kernel
@@ -42,9 +46,9 @@ def _tanh(x):
 
 @triton.jit(do_not_specialize=["t", "T"])
 def fwd_step(
-    x_ptr, wx_ptr, wh_ptr, bx_ptr, bh_ptr, g_ptr, a_ptr, len_ptr, flag_ptr,
+    x_ptr, wx_ptr, wh_ptr, bx_ptr, bh_ptr, g_ptr, a_ptr, len_ptr, order_ptr, cnt_ptr,
     hs_ptr, out_ptr, sr_ptr, sz_ptr, sn_ptr, shn_ptr, shp_ptr,
-    t, B, T, D, H, NBH, sgb, sab,
+    t, B, T, D, H, sgb, sab,
     SAVE: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -53,9 +57,10 @@ def fwd_step(
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
     rows = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # 64-bit offsets
-    cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    pos = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)  # places in this step's neuron order
+    cmask = pos < H
+    cols = tl.load(order_ptr + t * H + pos, mask=cmask, other=0)  # the neurons themselves
     rmask = rows < B
-    cmask = cols < H
     m2 = rmask[:, None] & cmask[None, :]
     src = t % 2
     hin = hs_ptr + src * B * H
@@ -65,9 +70,8 @@ def fwd_step(
     seq = rows[:, None] * (T * H) + t * H + cols[None, :]  # [B, T, H] offsets (int64)
     if SAVE:
         tl.store(shp_ptr + seq, hp, mask=m2)
-    flag = tl.load(flag_ptr + t * NBH + pid_h)
     hnew = hp
-    if flag != 0:
+    if pid_h * BLOCK_H < tl.load(cnt_ptr + t):  # the tile holds active neurons
         acc_r = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
         acc_z = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
         acc_xn = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
@@ -124,8 +128,9 @@ def fwd_step(
 
 @triton.jit(do_not_specialize=["t", "T"])
 def bwd_point(
-    dh_ptr, dhn_ptr, sr_ptr, sz_ptr, sn_ptr, shn_ptr, shp_ptr, g_ptr, a_ptr, len_ptr, flag_ptr, dgx_ptr, dgh_ptr, dg_ptr,
-    t, B, T, H, NBH, sgb, sab,
+    dh_ptr, dhn_ptr, sr_ptr, sz_ptr, sn_ptr, shn_ptr, shp_ptr, g_ptr, a_ptr, len_ptr,
+    order_ptr, cnt_ptr, dgx_ptr, dgh_ptr, dg_ptr,
+    t, B, T, H, sgb, sab,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     """Pointwise backward of step t: pre-activation grads (dgx, dgh [B, T, 3H]), gate grad
@@ -133,14 +138,15 @@ def bwd_point(
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
     rows = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # 64-bit offsets
-    cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    pos = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    cmask = pos < H
+    cols = tl.load(order_ptr + t * H + pos, mask=cmask, other=0)
     rmask = rows < B
-    m2 = rmask[:, None] & (cols < H)[None, :]
+    m2 = rmask[:, None] & cmask[None, :]
     tile = rows[:, None] * H + cols[None, :]
     dh = tl.load(dh_ptr + tile, mask=m2, other=0.0)
     dhnew = dh
-    flag = tl.load(flag_ptr + t * NBH + pid_h)
-    if flag != 0:
+    if pid_h * BLOCK_H < tl.load(cnt_ptr + t):
         seq = rows[:, None] * (T * H) + t * H + cols[None, :]
         r = tl.load(sr_ptr + seq, mask=m2, other=0.0)
         z = tl.load(sz_ptr + seq, mask=m2, other=0.0)
@@ -175,12 +181,12 @@ def bwd_point(
 
 @triton.jit(do_not_specialize=["t", "T"])
 def bwd_matmul(
-    dhn_ptr, dgh_ptr, wh_ptr, list_ptr, cnt_ptr, go_ptr,
-    t, B, T, H, NBH,
+    dhn_ptr, dgh_ptr, wh_ptr, order_ptr, cnt_ptr, go_ptr,
+    t, B, T, H,
     IEEE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
-    """dL/dh_{t-1} += dgh_t @ W_hh over the active neuron blocks of step t only, plus the
-    output gradient at t-1."""
+    """dL/dh_{t-1} += dgh_t @ W_hh over the active neurons of step t only (BLOCK_H of
+    them at a time, in the step's order), plus the output gradient at t-1."""
     pid_h = tl.program_id(0)
     pid_b = tl.program_id(1)
     rows = (pid_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)  # 64-bit offsets
@@ -191,10 +197,10 @@ def bwd_matmul(
     tile = rows[:, None] * H + cols[None, :]
     acc = tl.load(dhn_ptr + tile, mask=m2, other=0.0)
     nact = tl.load(cnt_ptr + t)
-    for jj in range(0, nact):
-        j = tl.load(list_ptr + t * NBH + jj)
-        nrow = j * BLOCK_H + tl.arange(0, BLOCK_H)
-        nm = nrow < H
+    for j0 in range(0, nact, BLOCK_H):
+        npos = j0 + tl.arange(0, BLOCK_H)
+        nm = npos < nact
+        nrow = tl.load(order_ptr + t * H + npos, mask=nm, other=0)
         am = rmask[:, None] & nm[None, :]
         wm = nm[:, None] & cmask[None, :]
         base = dgh_ptr + rows[:, None] * (T * 3 * H) + t * 3 * H + nrow[None, :]

@@ -29,21 +29,14 @@ def _cfg(B: int, D: int, H: int) -> tuple[int, int, int]:
     return (16 if B <= 16 else 32), _BLOCK_H, 32
 
 
-def _flags(active: torch.Tensor, H: int, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per (step, neuron block): any active (int32 [T, NB]); active block ids first
-    ([T, NB] int32) and their count per step ([T] int32)."""
+def _order(active: torch.Tensor, H: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per step, the neurons with the active ones first (int32 [T, H], a permutation of
+    0..H-1 per row, stable), and how many are active ([T] int32). Per-sample masks count a
+    neuron active when any sequence needs it."""
     a = active.any(0) if active.dim() == 3 else active
-    nb = triton_cdiv(H, _BLOCK_H)
-    pad = nb * _BLOCK_H - H
-    if pad:
-        a = torch.nn.functional.pad(a, (0, pad))
-    flag = a.reshape(T, nb, _BLOCK_H).any(-1)
-    order = torch.sort(flag.to(torch.int8), dim=1, descending=True, stable=True).indices
-    return (
-        flag.to(torch.int32).contiguous(),
-        order.to(torch.int32).contiguous(),
-        flag.sum(1).to(torch.int32),
-    )
+    a = a.reshape(T, H)
+    order = torch.sort((~a).to(torch.int8), dim=1, stable=True).indices
+    return order.to(torch.int32).contiguous(), a.sum(1).to(torch.int32).contiguous()
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -77,7 +70,7 @@ def su_gru_fwd(
     hs = x.new_empty(2, B, H, dtype=torch.float32)
     hs[0] = h0
     sv = x.new_empty(5, B, T, H, dtype=torch.float32) if save else x.new_empty(0)
-    flag, _, _ = _flags(active, H, T)
+    order, cnt = _order(active, H, T)
     bb, bh, bk = _cfg(B, D, H)
     grid = (triton_cdiv(H, bh), triton_cdiv(B, bb))
     ieee = x.dtype == torch.float32
@@ -86,8 +79,8 @@ def su_gru_fwd(
     planes = sv.unbind(0) if save else (sv,) * 5
     for t in range(T):
         k.fwd_step[grid](
-            x, w_ih, w_hh, b_ih, b_hh, g, act, lens, flag, hs, out, *planes,
-            t, B, T, D, H, flag.shape[1], _bstride(g), _bstride(act),
+            x, w_ih, w_hh, b_ih, b_hh, g, act, lens, order, cnt, hs, out, *planes,
+            t, B, T, D, H, _bstride(g), _bstride(act),
             SAVE=save, IEEE=ieee, BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk,
         )  # fmt: skip
     return out, hs[T % 2].to(x.dtype, copy=True), sv
@@ -130,19 +123,18 @@ def su_gru_bwd(
     if T:
         dh += go[:, T - 1].to(f32)
     dhn = torch.empty_like(dh)
-    flag, order, cnt = _flags(active, H, T)
+    order, cnt = _order(active, H, T)
     bb, bh, _ = _cfg(B, D, H)
     grid = (triton_cdiv(H, bh), triton_cdiv(B, bb))
     ieee = x.dtype == torch.float32
     lens = lengths.to(device=x.device, dtype=torch.int32).contiguous()
-    nb = flag.shape[1]
     for t in range(T - 1, -1, -1):
         k.bwd_point[grid](
-            dh, dhn, *saved.unbind(0), g, act, lens, flag, dgx, dgh, dgs,
-            t, B, T, H, nb, _bstride(g), _bstride(act), BLOCK_B=bb, BLOCK_H=bh,
+            dh, dhn, *saved.unbind(0), g, act, lens, order, cnt, dgx, dgh, dgs,
+            t, B, T, H, _bstride(g), _bstride(act), BLOCK_B=bb, BLOCK_H=bh,
         )  # fmt: skip
         k.bwd_matmul[grid](
-            dhn, dgh, w_hh, order, cnt, go, t, B, T, H, nb, IEEE=ieee, BLOCK_B=bb, BLOCK_H=bh
+            dhn, dgh, w_hh, order, cnt, go, t, B, T, H, IEEE=ieee, BLOCK_B=bb, BLOCK_H=bh
         )
         dh, dhn = dhn, dh
     gx2, gh2 = dgx.view(B * T, 3 * H), dgh.view(B * T, 3 * H)
