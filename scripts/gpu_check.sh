@@ -4,9 +4,9 @@
 #   1. the kernel tests on CUDA: fp32 against the reference, bf16 against the fp32 reference,
 #      FLOP formula, torch.library.opcheck;
 #   2. the benchmark against cuDNN nn.GRU: bf16, B=64, T=1024, D=H=1024, with the staggered
-#      interval schedule, then with the learned rhythm in groups of 64 neurons (16 rhythms;
-#      whole 32-neuron kernel tiles are skipped);
-#   3. short tables (printed last). Budget: under 8 minutes.
+#      interval schedule, then the learned rhythm with free phases (scattered active neurons,
+#      packed into tiles per step) and in groups of 64 neurons (16 rhythms);
+#   3. short tables (printed last). Budget: under 8 minutes (step timeouts sum to 7.5).
 # Python: the project's .venv when its torch sees a GPU; else a python3 whose torch sees one
 # (GPU images without network access: the kernels and the benchmark need only torch, triton,
 # numpy, tqdm and pytest, not Hydra); else `make setup` (needs the package registries).
@@ -58,19 +58,23 @@ else
            --impl triton)
     GROUP=64
 fi
+OUT_FREE=${OUT%.json}_rhythm.json
 OUT_RHYTHM=${OUT%.json}_rhythm-g$GROUP.json
 LOG=$(mktemp)
 echo "== kernel tests (fp32; bf16 on CUDA) =="
-timeout 180 $PY -m pytest tests/test_surnn_triton.py -q -x -p no:cacheprovider
+timeout 150 $PY -m pytest tests/test_surnn_triton.py -q -x -p no:cacheprovider
 echo "== benchmark vs nn.GRU (cuDNN on CUDA): ${BENCH[*]} =="
-timeout 180 $PY scripts/bench_surnn.py "${BENCH[@]}" --out "$OUT" --label "scripts/gpu_check.sh" \
+timeout 150 $PY scripts/bench_surnn.py "${BENCH[@]}" --out "$OUT" --label "scripts/gpu_check.sh" \
     >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }
+echo "== benchmark, learned rhythm with free phases: rates 1 0.17 0.05 =="
+timeout 75 $PY scripts/bench_surnn.py "${BENCH[@]}" --gate rhythm --rates 1 0.17 0.05 \
+    --out "$OUT_FREE" --label "scripts/gpu_check.sh" >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }
 echo "== benchmark, learned rhythm in groups of $GROUP: rates 1 0.17 0.05 =="
-timeout 90 $PY scripts/bench_surnn.py "${BENCH[@]}" --gate rhythm --group-size "$GROUP" \
+timeout 75 $PY scripts/bench_surnn.py "${BENCH[@]}" --gate rhythm --group-size "$GROUP" \
     --rates 1 0.17 0.05 --out "$OUT_RHYTHM" --label "scripts/gpu_check.sh" \
     >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }
-echo "== summary ($OUT, $OUT_RHYTHM) =="
-$PY - "$OUT" "$OUT_RHYTHM" <<'PY'
+echo "== summary ($OUT, $OUT_FREE, $OUT_RHYTHM) =="
+$PY - "$OUT" "$OUT_FREE" "$OUT_RHYTHM" <<'PY'
 import json, sys
 for path in sys.argv[1:]:
     r = json.load(open(path))

@@ -34,3 +34,5 @@ def test_gpu_check_dry_run_runs_every_step_and_prints_the_table(tmp_path):
     assert r["impl"] == "triton" and {row["case"] for row in r["rows"]} >= {"su rate 0.17 train"}
     g = json.loads((tmp_path / "check_rhythm-g8.json").read_text())
     assert g["gate"] == "rhythm-g8" and "gate rhythm-g8" in table
+    assert json.loads((tmp_path / "check_rhythm.json").read_text())["gate"] == "rhythm"
+    assert "gate rhythm  " in table
