@@ -4,8 +4,10 @@ One process, same sizes and dtype, interleaved repetitions, median. For each upd
 the gate is a staggered interval schedule (``--gate interval``: period round(1/rate),
 one contiguous slab of neurons per step) or a rhythm gate initialised at that rate
 (``--gate rhythm``; training then also computes the near-threshold neurons of the bounded
-surrogate; ``--group-size G``: groups of G neurons share one rhythm). Prints a table and
-writes JSON under results/bench/.
+surrogate; ``--group-size G``: groups of G neurons share one rhythm). "su rate 0 fwd" has
+every neuron closed: its time per step is the floor that skipping updates cannot go
+below (printed, and ``empty_step_us`` in the JSON). Prints a table and writes JSON under
+results/bench/.
 
     python scripts/bench_surnn.py                                   # CPU, the sizes
     python scripts/bench_surnn.py --batch 8 --seq 128 --reps 3      # quick
@@ -191,6 +193,17 @@ def main() -> None:
         if not args.no_train:
             add(f"su rate {r:g} train", "train", train, ex_tr, real)
 
+    # The floor: every neuron closed, so each step only carries the state. Sparse updates
+    # save FLOPs and bytes, not this per-step cost: the speedup saturates near it.
+    g0 = torch.zeros(T, H, device=device, dtype=dtype)
+    a0 = torch.zeros(T, H, device=device, dtype=torch.bool)
+
+    def floor(g=g0, a=a0):
+        with torch.no_grad():
+            su_gru(x, h0, *w, g, a, impl=impl)
+
+    add("su rate 0 fwd", "fwd", floor, 0, 0.0)
+
     run = timer(device)
     for c in cases.values():  # warm-up (compiles kernels, allocates)
         run(c["fn"])
@@ -235,6 +248,11 @@ def main() -> None:
             f"{r['case']:<22}{r['update_rate']:>7.3f}{r['median_s'] * 1e3:>11.1f}"
             f"{r['gflop_per_s']:>9.1f}{r['speedup_vs_nn_gru']:>8.2f}{r['speedup_vs_rate1']:>9.2f}"
         )
+    empty = statistics.median(cases["su rate 0 fwd"]["times"])
+    print(
+        f"floor: a step with every neuron closed takes {empty / T * 1e6:.1f} us "
+        f"({empty * 1e3:.1f} ms for T={T}); the sparse forward cannot beat it"
+    )
     meta = {
         "command": "python scripts/bench_surnn.py " + command_args(args),
         "label": args.label,
@@ -248,6 +266,7 @@ def main() -> None:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": commit(),
         "reps": args.reps,
+        "empty_step_us": empty / T * 1e6,
         "rows": rows,
     }
     out = (
