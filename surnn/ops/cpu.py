@@ -226,7 +226,7 @@ def _lanes(p: _Prepared, plan: Plan, pk, out, xp, res, save: bool) -> dict:
             work = dict.fromkeys(
                 steps, _gate_views(out.new_empty(B, 3 * A), out.new_empty(B, A), A)
             )
-        lanes[gid] = (WhT, bh, out[:, :, hsel].unbind(1), dict(zip(steps, gx)), work)
+        lanes[gid] = (WhT, bh, out[:, :, hsel], dict(zip(steps, gx)), work)
     return lanes
 
 
@@ -263,13 +263,14 @@ def _forward(p: _Prepared, plan: Plan, save: bool):
         for wsel, hsel, gid in blocks:
             lane = lanes.get(gid) if nb == B else None
             if lane is not None:  # the fast lane: same math as below, no slicing
-                WhT_A, bh_A, hs, gxs_, work = lane  # hs[t]: the group's columns of state t
+                WhT_A, bh_A, hs, gxs_, work = lane  # hs: the group's columns of out
                 gx_rz, gx_n = gxs_[t]
                 gh, rz, r, z, hn, n = work[t]
                 torch.addmm(bh_A, hprev, WhT_A, out=gh)
                 rz.add_(gx_rz).sigmoid_()
                 torch.addcmul(gx_n, r, hn, out=n).tanh_()
-                torch.lerp(n, hs[t], z, out=hs[t + 1])
+                # select per step: a bulk unbind would make T views for each of the groups
+                torch.lerp(n, hs.select(1, t), z, out=hs.select(1, t + 1))
                 if save:
                     per_step.append((gh, n))
                 continue
