@@ -195,11 +195,30 @@ class Pathfinder(Task):
             f"task.options.generate={g!r}: expected false, true or a dict of {sorted(opts)}"
         )
 
+    def _check_generated(self) -> None:
+        """Generated arrays made with another n or seed than task.options.generate asks
+        for are not silently used in their place (a quick 2,000-image set would otherwise
+        stand in for the 200,000 of the config)."""
+        g, info_path = self.generate, self.root / "generated.json"
+        if g is None or not info_path.is_file():
+            return  # generate: false uses whatever is there
+        info = json.loads(info_path.read_text())
+        if (info.get("n"), info.get("seed")) != (g["n"], g["seed"]):
+            raise DataError(
+                f"task={self.name}: {self.root} holds {info.get('n')} generated images (seed "
+                f"{info.get('seed')}), but task.options.generate asks for n={g['n']} (seed "
+                f"{g['seed']}): set task.options.generate.n={info.get('n')} "
+                f"task.options.generate.seed={info.get('seed')} to use them, "
+                f"task.options.generate=false to use whatever is there, or delete {self.root} "
+                "to generate anew"
+            )
+
     def _ensure_data(self) -> str:
         """'release' or 'generated' (the layout found), generating first when allowed."""
         if (self.root / "metadata").is_dir():
             return "release"
         if (self.root / "images.npy").is_file():
+            self._check_generated()
             return "generated"
         if self.generate is None:
             raise DataError(

@@ -208,6 +208,13 @@ def test_pathfinder_missing_data_prints_command_or_generates(tmp_path):
     assert "generated" in t.describe()["source"]
     with pytest.raises(ConfigError, match="generate"):
         Pathfinder(tmp_path, generate={"count": 3})
+    # generated with another n: an error naming both, not a silent stand-in
+    with pytest.raises(
+        DataError, match=r"holds 20 generated images \(seed 0\).*n=200000.*generate.n=20"
+    ):
+        Pathfinder(tmp_path, generate=True).splits()
+    assert len(Pathfinder(tmp_path, generate=False).splits().train) == 16  # use what is there
+    assert len(Pathfinder(tmp_path, generate={"n": 20}).splits().train) == 16
     with pytest.raises(ConfigError, match="difficulty"):
         Pathfinder(tmp_path, difficulty="extreme")
 
