@@ -198,20 +198,16 @@ def check_pathfinder(d: Path, resolution: int = 32, difficulty: str = "hard"):
 
 
 def check_mnist(d: Path):
-    from tasks.pixel import MNIST_FILES, MNIST_URL, _find, read_idx
+    from tasks.pixel import MNIST_URL, mnist_files, read_idx
 
     hub = d / "hub" / "ylecun" / "mnist"
     how = (
         f'put the four IDX files ({MNIST_URL}) in {d / "mnist"}, or python -c "import '
         f"datasets; datasets.load_dataset('ylecun/mnist').save_to_disk('{hub}')\""
     )
-    for root in (d / "mnist", d / "MNIST" / "raw"):
-        found = {k: _find(root, f) for k, f in MNIST_FILES.items()}
-        if not any(found.values()):
-            continue
-        missing = [f for k, f in MNIST_FILES.items() if found[k] is None]
-        if missing:
-            return "error", du(root), f"{root.name}/ lacks {', '.join(missing)}", how
+    files = mnist_files(d)  # a folder with some files missing raises: an error row
+    if files is not None:
+        root, found = files
         got = {s: len(read_idx(found[f"{s}_y"], 1)) for s in ("train", "test")}
         return "found", du(root), counts_note(got, {"train": 60_000, "test": 10_000}), ""
     if hub.is_dir():

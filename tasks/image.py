@@ -187,12 +187,16 @@ def build_pixel_cache(task: Task, key: dict, load) -> tuple[dict, dict, Path]:
 
 @register_task("image")
 class Image(Task):
-    """Greyscale CIFAR-10 pixels (LRA Image)."""
+    """Greyscale CIFAR-10 pixels (LRA Image). Also the base of the other pixel tasks
+    (tasks/pixel.py): they override ``_read`` (where the pixels come from) and the hooks
+    ``dataset``, ``collate``, ``stats`` and ``encoding``."""
 
     name = "image"
     cache_name = "image"
     n_classes = 10
     max_len = 1024
+    colour = False  # read RGB pixels instead of greyscale
+    extra_options: tuple[str, ...] = ()  # a subclass's options beyond the shared ones
 
     def __init__(
         self,
@@ -203,21 +207,26 @@ class Image(Task):
         hub: bool = True,
         **options: Any,
     ):
+        extra = {k: options.pop(k) for k in self.extra_options if k in options}
         if options:
+            valid = ", ".join(["input", "val_size", "split_seed", "hub", *self.extra_options])
             raise ConfigError(
-                f"task={self.name}: unknown options {sorted(options)}; valid: input, val_size, "
-                f"split_seed, hub (configs/task/{self.name}.yaml)"
+                f"task={self.name}: unknown options {sorted(options)}; valid: {valid} "
+                f"(configs/task/{self.name}.yaml)"
             )
-        super().__init__(data_dir, input=input, val_size=val_size, split_seed=split_seed)
+        super().__init__(data_dir, input=input, val_size=val_size, split_seed=split_seed, **extra)
         set_input(self, input)
-        if not isinstance(val_size, int) or val_size < 1:
-            raise ConfigError(f"task.options.val_size={val_size!r}: expected a positive integer")
+        if not isinstance(val_size, int) or isinstance(val_size, bool) or val_size < 1:
+            raise ConfigError(
+                f"task={self.name}: task.options.val_size={val_size!r}: expected a positive integer"
+            )
         self.val_size, self.split_seed, self.hub = val_size, split_seed, hub
-        self.source = None
+        self.source: str | None = None
         self.info: dict[str, Any] = {}
 
-    def _read(self, colour: bool = False):
+    def _read(self):
         """(source, signature, loader returning (train x, train y, test x, test y))."""
+        colour = self.colour
         root = self.data_dir / "cifar-10-batches-py"
         if root.is_dir():
             names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -264,24 +273,32 @@ class Image(Task):
         mean, std = pixel_stats(images, train_idx)
         return {"mean": mean, "std": std}
 
+    def dataset(self, images, labels) -> Dataset:
+        return PixelDataset(images, labels, self.input)
+
+    def collate(self):
+        return pixel_collate(self.input, self.mean, self.std)
+
+    def encoding(self) -> str:
+        return encoding_info(self.input, self.info.get("mean", 0.0), self.info.get("std", 1.0))
+
     def splits(self) -> Splits:
         src, sig, load = self._read()
         self.source = src
         key = {"format": CACHE_FORMAT, "source": sig, "val_size": self.val_size,
-               "seed": self.split_seed}  # fmt: skip
+               "seed": self.split_seed, **({"colour": True} if self.colour else {})}  # fmt: skip
         a, meta, path = build_pixel_cache(self, key, load)
         self.cache_path = path
         self.mean, self.std = meta["mean"], meta["std"]
         self.info = {"counts": meta["counts"], "mean": self.mean, "std": self.std}
-        base = PixelDataset(a["images"], a["labels"], self.input)
+        base = self.dataset(a["images"], a["labels"])
         return Splits(
             Subset(base, a["train_idx"]),
             Subset(base, a["val_idx"]),
             Subset(base, a["test_idx"]),
-            pixel_collate(self.input, self.mean, self.std),
+            self.collate(),
         )
 
     def describe(self) -> dict[str, Any]:
-        info = dict(self.info)
-        enc = encoding_info(self.input, info.get("mean", 0.0), info.get("std", 1.0))
-        return {**super().describe(), "encoding": enc, "source": self.source, **info}
+        return {**super().describe(), "encoding": self.encoding(), "source": self.source,
+                **self.info}  # fmt: skip

@@ -23,7 +23,6 @@ pixel + 1 with vocab 257.
 from __future__ import annotations
 
 import gzip
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +31,9 @@ import torch
 
 from surnn.errors import ConfigError, DataError
 from surnn.registry import register_task
-from tasks.base import (
-    Splits,
-    Subset,
-    Task,
-    file_signature,
-    make_collate,
-)
+from tasks.base import file_signature, make_collate
 from tasks.hub import hub_disk_dir, load_hub
-from tasks.image import (
-    Image,
-    PixelDataset,
-    build_pixel_cache,
-    encoding_info,
-    pixel_collate,
-    pixel_stats,
-    set_input,
-)
-
-log = logging.getLogger(__name__)
+from tasks.image import Image, PixelDataset
 
 MNIST_HUB = "ylecun/mnist"
 MNIST_FILES = {
@@ -60,7 +43,6 @@ MNIST_FILES = {
     "test_y": "t10k-labels-idx1-ubyte",
 }
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/ (the four *-ubyte.gz files)"
-CACHE_FORMAT = 1
 
 
 # ----------------------------------------------------------------------------- IDX files
@@ -127,83 +109,64 @@ class ColourPixels(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------- tasks
 
 
-def _check_split(task: str, val_size: Any) -> int:
-    if not isinstance(val_size, int) or isinstance(val_size, bool) or val_size < 1:
-        raise ConfigError(
-            f"task={task}: task.options.val_size={val_size!r}: expected a positive integer"
-        )
-    return val_size
+def mnist_files(data_dir: Path) -> tuple[Path, dict[str, Path]] | None:
+    """The first of ``<data_dir>/mnist/`` and ``<data_dir>/MNIST/raw/`` holding any MNIST IDX
+    file, with the four files found there (plain or .gz); None when neither holds one.
+    A folder with only some of them is a DataError naming the missing ones."""
+    for root in (data_dir / "mnist", data_dir / "MNIST" / "raw"):
+        found = {k: _find(root, f) for k, f in MNIST_FILES.items()}
+        if not any(found.values()):
+            continue
+        missing = [f for k, f in MNIST_FILES.items() if found[k] is None]
+        if missing:
+            raise DataError(
+                f"{root} lacks {', '.join(missing)} (plain or .gz); get them from {MNIST_URL}"
+            )
+        return root, found
+    return None
+
+
+def _load_idx(found: dict[str, Path]) -> list[np.ndarray]:
+    """(train x [n, 784], train y, test x, test y) from the four IDX files."""
+    parts = []
+    for split in ("train", "test"):
+        x = read_idx(found[f"{split}_x"], 3)
+        y = read_idx(found[f"{split}_y"], 1)
+        if len(x) != len(y) or x.shape[1:] != (28, 28):
+            raise DataError(
+                f"{found[f'{split}_x']}: {x.shape} images for {len(y)} labels in "
+                f"{found[f'{split}_y']}; expected [n, 28, 28] and n labels"
+            )
+        if (y > 9).any():
+            row = int(np.flatnonzero(y > 9)[0])
+            raise DataError(f"{found[f'{split}_y']}: label {int(y[row])} at item {row} is not 0-9")
+        parts += [x.reshape(len(x), -1), y]
+    return parts
 
 
 @register_task("smnist")
-class SMNIST(Task):
-    """MNIST as a sequence of 784 pixels (raster order), 10 classes."""
+class SMNIST(Image):
+    """MNIST as a sequence of 784 pixels (raster order), 10 classes. Options, cache,
+    splits and encodings as the Image task's (``values`` by default)."""
 
     name = "smnist"
     cache_name = "mnist"  # smnist and psmnist share the cached pixels
     n_classes = 10
     max_len = 784
-    _extra: tuple[str, ...] = ()
 
-    def __init__(
-        self,
-        data_dir,
-        input: str = "values",
-        val_size: int = 5000,
-        split_seed: int = 0,
-        hub: bool = True,
-        **options: Any,
-    ):
-        extra = {k: options.pop(k) for k in self._extra if k in options}
-        if options:
-            valid = ", ".join(["input", "val_size", "split_seed", "hub", *self._extra])
-            raise ConfigError(
-                f"task={self.name}: unknown options {sorted(options)}; valid: {valid} "
-                f"(configs/task/{self.name}.yaml)"
-            )
-        super().__init__(data_dir, input=input, val_size=val_size, split_seed=split_seed, **extra)
-        set_input(self, input)
-        self.val_size = _check_split(self.name, val_size)
-        self.split_seed, self.hub = split_seed, hub
-        self.source: str | None = None
-        self.info: dict[str, Any] = {}
-
-    def stats(self, images: np.ndarray, train_idx: np.ndarray) -> dict[str, Any]:
-        mean, std = pixel_stats(images, train_idx)
-        return {"mean": mean, "std": std}
+    def __init__(self, data_dir, input: str = "values", **options: Any):
+        super().__init__(data_dir, input=input, **options)
 
     def _read(self):
         """(source, signature, loader -> (train x [n, 784], train y, test x, test y))."""
-        for root in (self.data_dir / "mnist", self.data_dir / "MNIST" / "raw"):
-            found = {k: _find(root, f) for k, f in MNIST_FILES.items()}
-            if not any(found.values()):
-                continue
-            missing = [f for k, f in MNIST_FILES.items() if found[k] is None]
-            if missing:
-                raise DataError(
-                    f"task={self.name}: {root} lacks {', '.join(missing)} (plain or .gz); "
-                    f"get them from {MNIST_URL}"
-                )
-
-            def load(found=found):
-                parts = []
-                for split in ("train", "test"):
-                    x = read_idx(found[f"{split}_x"], 3)
-                    y = read_idx(found[f"{split}_y"], 1)
-                    if len(x) != len(y) or x.shape[1:] != (28, 28):
-                        raise DataError(
-                            f"{found[f'{split}_x']}: {x.shape} images for {len(y)} labels in "
-                            f"{found[f'{split}_y']}; expected [n, 28, 28] and n labels"
-                        )
-                    if (y > 9).any():
-                        row = int(np.flatnonzero(y > 9)[0])
-                        raise DataError(
-                            f"{found[f'{split}_y']}: label {int(y[row])} at item {row} is not 0-9"
-                        )
-                    parts += [x.reshape(len(x), -1), y]
-                return parts
-
-            return f"IDX files in {root}", file_signature(sorted(found.values())), load
+        try:
+            files = mnist_files(self.data_dir)
+        except DataError as e:
+            raise DataError(f"task={self.name}: {e}") from None
+        if files is not None:
+            root, found = files
+            sig = file_signature(sorted(found.values()))
+            return f"IDX files in {root}", sig, lambda: _load_idx(found)
         dd, src = load_hub(self.data_dir, MNIST_HUB, self.hub)
         if dd is None:
             raise DataError(
@@ -225,39 +188,13 @@ class SMNIST(Task):
         sig = [[src, dd["train"].num_rows, dd["train"]._fingerprint]]
         return src, sig, lambda: (*split("train"), *split("test"))
 
-    def dataset(self, images, labels):
-        return PixelDataset(images, labels, self.input)
-
-    def splits(self) -> Splits:
-        src, sig, load = self._read()
-        self.source = src
-        key = {"format": CACHE_FORMAT, "source": sig, "val_size": self.val_size,
-               "seed": self.split_seed}  # fmt: skip
-        a, meta, path = build_pixel_cache(self, key, load)
-        self.cache_path, self.mean, self.std = path, meta["mean"], meta["std"]
-        self.info = {"counts": meta["counts"], "mean": self.mean, "std": self.std}
-        base = self.dataset(a["images"], a["labels"])
-        return Splits(
-            Subset(base, a["train_idx"]),
-            Subset(base, a["val_idx"]),
-            Subset(base, a["test_idx"]),
-            self.collate(),
-        )
-
-    def collate(self):
-        return pixel_collate(self.input, self.mean, self.std)
-
-    def describe(self) -> dict[str, Any]:
-        enc = encoding_info(self.input, self.info.get("mean", 0.0), self.info.get("std", 1.0))
-        return {**super().describe(), "encoding": enc, "source": self.source, **self.info}
-
 
 @register_task("psmnist")
 class PSMNIST(SMNIST):
     """MNIST pixels in one fixed random order (``permutation_seed``)."""
 
     name = "psmnist"
-    _extra = ("permutation_seed",)
+    extra_options = ("permutation_seed",)
 
     def __init__(self, data_dir, permutation_seed: int = 0, **options: Any):
         super().__init__(data_dir, permutation_seed=permutation_seed, **options)
@@ -289,6 +226,7 @@ class SCIFAR(Image):
     cache_name = "scifar"
     n_classes = 10
     max_len = 1024
+    colour = True
 
     def __init__(self, data_dir, input: str = "values", **options: Any):
         if input != "values":
@@ -299,28 +237,17 @@ class SCIFAR(Image):
         super().__init__(data_dir, input="values", **options)
         self.input_dim = 3
 
-    def splits(self) -> Splits:
-        src, sig, load = self._read(colour=True)
-        self.source = src
-        key = {"format": CACHE_FORMAT, "source": sig, "val_size": self.val_size,
-               "seed": self.split_seed, "colour": True}  # fmt: skip
-        a, meta, path = build_pixel_cache(self, key, load)
-        self.cache_path = path
-        self.mean, self.std = np.asarray(meta["mean"]), np.asarray(meta["std"])
-        self.info = {"counts": meta["counts"], "mean": meta["mean"], "std": meta["std"]}
-        base = ColourPixels(a["images"], a["labels"], 3)
+    def dataset(self, images, labels):
+        return ColourPixels(images, labels, 3)
+
+    def collate(self):
         mean = torch.tensor(self.mean, dtype=torch.float32)
         std = torch.tensor(self.std, dtype=torch.float32)
 
         def normalise(x: torch.Tensor) -> torch.Tensor:
             return (x / 255.0 - mean) / std
 
-        return Splits(
-            Subset(base, a["train_idx"]),
-            Subset(base, a["val_idx"]),
-            Subset(base, a["test_idx"]),
-            make_collate("values", value_transform=normalise),
-        )
+        return make_collate("values", value_transform=normalise)
 
     def stats(self, images: np.ndarray, train_idx: np.ndarray) -> dict[str, Any]:
         """Per-channel mean and std of the train split (pixels / 255)."""
@@ -334,7 +261,5 @@ class SCIFAR(Image):
         std = np.sqrt(np.maximum(s2 / max(n, 1) - mean * mean, 1e-12))
         return {"mean": mean.tolist(), "std": std.tolist()}
 
-    def describe(self) -> dict[str, Any]:
-        info = dict(self.info)
-        enc = "values: per-channel (pixel/255 - mean) / std of the train split, input_dim 3"
-        return {**Task.describe(self), "encoding": enc, "source": self.source, **info}
+    def encoding(self) -> str:
+        return "values: per-channel (pixel/255 - mean) / std of the train split, input_dim 3"
