@@ -240,13 +240,16 @@ def _forward(p: _Prepared, plan: Plan, save: bool):
     # rates its fixed cost (views, dispatch), not the FLOPs, bounds the speed.
     states = out.unbind(1)
     xs = xp.unbind(1) if xp is not None else None
-    gxs = None
-    if res is not None:
-        gxs = [
-            dict(zip(off, _per_step(r, [p.bs[t] for t in off]))) if r is not None else {}
-            for off, r in zip(pk.off, res)
-        ]
     lanes = _lanes(p, plan, pk, out, xp, res, save) if p.unit and pk is not None else {}
+    gxs = None
+    if res is not None:  # per-step views for the generic step; a lane serves every step of
+        # its group when nothing is padded, so those groups need none
+        gxs = [
+            dict(zip(off, _per_step(r, [p.bs[t] for t in off])))
+            if r is not None and (gid not in lanes or p.lens is not None)
+            else {}
+            for gid, (off, r) in enumerate(zip(pk.off, res))
+        ]
     saved: list = []
     for t in range(T):
         nb = p.bs[t]
