@@ -93,17 +93,18 @@ def test_every_kernel_compiles_for_sm90_and_sm80(tmp_path):
 
 @needs_ptxas
 def test_a_broken_kernel_fails_the_check(tmp_path):
-    """The check can fail: a copy of kernels.py with a type error that only the compiler
-    sees (a float stored through a pointer-typed cast) is reported, not skipped."""
+    """The check can fail: a copy of kernels.py whose bwd_matmul feeds tl.dot an fp32 and a
+    bf16 operand (the interpreter runs fp32 only, so its tests pass) must be reported."""
     src = (ROOT / "surnn" / "ops" / "triton" / "kernels.py").read_text()
-    good = "tl.store(out_ptr + seq, hnew.to(out_ptr.dtype.element_ty), mask=m2)"
+    good = "acc += _dot(a.to(w.dtype), w, IEEE)"
     assert good in src
     broken = tmp_path / "kernels_broken.py"
-    broken.write_text(src.replace(good, "tl.store(out_ptr + seq, hnew.to(out_ptr.dtype), mask=m2)"))
-    job = next(j for j in aot.ci_jobs() if j.kernel == "fwd_step" and j.arch == 90)
+    broken.write_text(src.replace(good, "acc += _dot(a, w, IEEE)"))
+    job = next(j for j in aot.ci_jobs()
+               if j.kernel == "bwd_matmul" and j.arch == 90 and j.dtype == "bf16")  # fmt: skip
     job = aot.Job(**{**job.__dict__, "source": str(broken)})
     (r,) = aot.compile_all([job], workers=1, cache_dir=str(tmp_path / "cache"))
-    assert not r.ok and r.error
+    assert not r.ok and "CompilationError" in r.error, r.error
 
 
 def test_committed_table_lists_the_whole_matrix():

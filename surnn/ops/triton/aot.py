@@ -311,8 +311,12 @@ def compile_job(job: Job) -> Result:
             signature={n: str(v) for n, v in sig.items()},
         )  # fmt: skip
     except Exception as err:
-        msg = f"{type(err).__name__}: {err}"
-        return Result(job, False, error=msg[-4000:], compile_s=time.perf_counter() - t0,
+        msg, seen, e = "", set(), err
+        while e is not None and id(e) not in seen:  # the compiler's reason is often a cause
+            seen.add(id(e))
+            msg += f"{type(e).__name__}: {e}\n"
+            e = e.__cause__ or e.__context__
+        return Result(job, False, error=msg.strip()[-4000:], compile_s=time.perf_counter() - t0,
                       signature={n: str(v) for n, v in sig.items()})  # fmt: skip
 
 
