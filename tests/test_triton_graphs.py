@@ -119,6 +119,21 @@ def test_results_do_not_alias_the_static_buffers(cpu_cache):
 
 
 @needs_cpu
+def test_a_graph_made_under_inference_mode_serves_later_calls(cpu_cache):
+    case = make_case(3, 5, 4, 16)
+    args = (case[0].detach(), case[1].detach(), *[t.detach() for t in case[2]],
+            case[3].detach(), case[4], case[5])  # fmt: skip
+    with torch.inference_mode():
+        a = su_gru_triton(*args, graphs=True)
+    with torch.no_grad():
+        b = su_gru_triton(*args, graphs=True)
+        c = su_gru_triton(*args, graphs=False)
+    assert cpu_cache.stats["captured"] == 1 and cpu_cache.stats["replayed"] == 1
+    assert all(graphs._same_bits(p, q) for p, q in zip(a, c))
+    assert all(graphs._same_bits(p, q) for p, q in zip(b, c))
+
+
+@needs_cpu
 def test_cache_is_bounded_least_recently_used_out(monkeypatch):
     cache = graphs.GraphCache(capture=ReplayBody, devices=("cpu",), max_entries=2)
     monkeypatch.setattr(graphs, "CACHE", cache)

@@ -381,6 +381,8 @@ def markdown(table: list[dict], meta: dict) -> str:
         f"{meta['n_ok']}/{meta['n']} compiled; max registers {meta['max_regs']}, kernels that "
         f"spill: {meta['n_spill']}.",
         "",
+        *_findings(table),
+        "",
         "| kernel | variant | arch | dtype | shape | BLOCK_B x H x K | regs | spills st/ld | stack | smem | ok |",
         "|---|---|---|---|---|---|---:|---:|---:|---:|---|",
     ]
@@ -396,6 +398,27 @@ def markdown(table: list[dict], meta: dict) -> str:
             f"{'yes' if r['ok'] else 'ERROR: ' + r['error'].splitlines()[0][:80]} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _findings(table: list[dict]) -> list[str]:
+    """Bullet lines: what spills or sits at the 255-register cap, and the largest smem."""
+    ok = [r for r in table if r["ok"]]
+    spill = [r for r in ok if r["spill_stores"] or r["spill_loads"]]
+    capped = [r for r in ok if r["regs"] >= 255]
+
+    def name(r):
+        v = f" {r['variant']}" if r["variant"] else ""
+        return f"{r['kernel']}{v} {r['arch']} {r['dtype']} {r['shape']} BLOCK_B={r['block_b']}"
+
+    out = [f"- at the 255-register cap: {len(capped)} of {len(ok)}"
+           + (": " + "; ".join(name(r) for r in capped) if capped else "")]  # fmt: skip
+    out.append(f"- spilling: {len(spill)} of {len(ok)}" + (": " + "; ".join(
+        f"{name(r)} ({r['spill_stores']}/{r['spill_loads']} B)" for r in spill) if spill else ""))
+    if ok:
+        big = max(ok, key=lambda r: r["shared"])
+        out.append(f"- most shared memory: {big['shared']} B ({name(big)}); every kernel runs "
+                   f"4 warps (128 threads) per program")  # fmt: skip
+    return out
 
 
 def summary(table: list[dict]) -> dict:

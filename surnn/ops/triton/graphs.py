@@ -163,7 +163,9 @@ class GraphCache:
     def run(self, kind, inputs, alloc, body, finish):
         """finish(static, True) after replaying the graph of this key (captured on first
         use), or None when this key runs eagerly (the caller then does it)."""
-        with self._lock:
+        # inference_mode(False): static buffers made under inference mode would be inference
+        # tensors, which a later call outside it could not copy into
+        with self._lock, torch.inference_mode(False):
             k = self.key(kind, inputs)
             if k in self._eager:
                 self.stats["eager"] += 1
