@@ -69,7 +69,10 @@ def test_bf16_launch_signature_matches_the_jit():
              "shn_ptr", "shp_ptr", "t", "B", "T", "D", "H", "sgb", "sab"]  # fmt: skip
     vals = dict(zip(names, args))
     assert vals["x_ptr"].dtype.is_floating_point and str(vals["x_ptr"].dtype) == "torch.bfloat16"
-    assert str(vals["hs_ptr"].dtype) == "torch.float32" and str(vals["sr_ptr"].dtype) == "torch.float32"
+    assert (
+        str(vals["hs_ptr"].dtype) == "torch.float32"
+        and str(vals["sr_ptr"].dtype) == "torch.float32"
+    )
     assert kw == dict(SAVE=True, IEEE=False, BLOCK_B=16, BLOCK_H=32, BLOCK_K=32)
     assert len(args) == len(names)
 

@@ -37,7 +37,7 @@ import tempfile
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -155,7 +155,10 @@ def record(body: str, B: int, D: int, H: int, dtype: str, T: int = 1):
     dt, m = _TORCH_DTYPE[dtype], "meta"
     x = torch.empty(B, T, D, device=m, dtype=dt)
     h0 = torch.empty(B, H, device=m, dtype=dt)
-    w_ih, w_hh = torch.empty(3 * H, D, device=m, dtype=dt), torch.empty(3 * H, H, device=m, dtype=dt)
+    w_ih, w_hh = (
+        torch.empty(3 * H, D, device=m, dtype=dt),
+        torch.empty(3 * H, H, device=m, dtype=dt),
+    )
     b = torch.empty(3 * H, device=m, dtype=dt)
     g = torch.empty(T, H, device=m, dtype=dt)
     active = torch.empty(T, H, device=m, dtype=torch.bool)
@@ -412,8 +415,14 @@ def _findings(table: list[dict]) -> list[str]:
 
     out = [f"- at the 255-register cap: {len(capped)} of {len(ok)}"
            + (": " + "; ".join(name(r) for r in capped) if capped else "")]  # fmt: skip
-    out.append(f"- spilling: {len(spill)} of {len(ok)}" + (": " + "; ".join(
-        f"{name(r)} ({r['spill_stores']}/{r['spill_loads']} B)" for r in spill) if spill else ""))
+    out.append(
+        f"- spilling: {len(spill)} of {len(ok)}"
+        + (
+            ": " + "; ".join(f"{name(r)} ({r['spill_stores']}/{r['spill_loads']} B)" for r in spill)
+            if spill
+            else ""
+        )
+    )
     if ok:
         big = max(ok, key=lambda r: r["shared"])
         out.append(f"- most shared memory: {big['shared']} B ({name(big)}); every kernel runs "

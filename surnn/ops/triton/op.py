@@ -3,6 +3,9 @@
 Forward: one kernel launch per step. Backward: per step a pointwise kernel and a kernel
 that propagates dL/dh through the active neuron blocks only; weight and input gradients
 are then a few large dense GEMMs (cuBLAS) over the stored pre-activation gradients.
+On CUDA both step loops are captured once per shape and replayed as CUDA graphs
+(graphs.py; the eager launch loop is the fallback; NOT YET RUN ON A GPU). aot.py compiles
+every kernel for sm_80/sm_90 without a GPU.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def _cfg(B: int, D: int, H: int) -> tuple[int, int, int]:
     programs (parallelism across SMs) matter more than per-program efficiency. Untuned
     (no GPU was available when this was written); scripts/gpu_check.sh measures it."""
     for max_b, cfg in _CFG_TABLE:
-        if max_b is None or B <= max_b:
+        if max_b is None or max_b >= B:
             return cfg
     raise AssertionError("_CFG_TABLE must end with a row for any B")
 
@@ -332,7 +335,5 @@ def su_gru_triton(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, g
         t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh, g)
     )
     graphs = _graphs.wanted(x, graphs) and T > 0
-    out, h, _ = su_gru_fwd(
-        x, h0.to(x.dtype), w_ih, w_hh, b_ih, b_hh, g, act, lengths, save, graphs
-    )
+    out, h, _ = su_gru_fwd(x, h0.to(x.dtype), w_ih, w_hh, b_ih, b_hh, g, act, lengths, save, graphs)
     return out, h
