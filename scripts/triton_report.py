@@ -5,17 +5,14 @@ registers, spills and shared memory: results/bench/triton_kernels.md (+ .json).
     python scripts/triton_report.py [--out results/bench/triton_kernels] [--jobs N] [--fresh-cache]
 
 Exit status 1 when a kernel does not compile (its error is printed). See
-surnn/ops/triton/aot.py for what is compiled and how.
+surnn/ops/triton/aot.py for what is compiled and how (same as python -m surnn.ops.triton.aot).
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from surnn.ops.triton.aot import main  # noqa: E402
+from surnn.ops.triton.aot import main
 
 if __name__ == "__main__":
     sys.exit(main())
