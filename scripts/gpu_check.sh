@@ -62,7 +62,7 @@ OUT_FREE=${OUT%.json}_rhythm.json
 OUT_RHYTHM=${OUT%.json}_rhythm-g$GROUP.json
 LOG=$(mktemp)
 echo "== kernel tests (fp32; bf16 on CUDA) =="
-timeout 150 $PY -m pytest tests/test_surnn_triton.py -q -x -p no:cacheprovider
+timeout 150 $PY -m pytest tests/surnn/test_triton.py -q -x -p no:cacheprovider
 echo "== benchmark vs nn.GRU (cuDNN on CUDA): ${BENCH[*]} =="
 timeout 150 $PY scripts/bench_surnn.py "${BENCH[@]}" --out "$OUT" --label "scripts/gpu_check.sh" \
     >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }

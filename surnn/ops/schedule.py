@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from surnn.utils import valid_mask
+
 MAX_BLOCKS = 4  # more active groups than this in one step -> gather their rows instead
 MAX_GROUPS = 64  # more distinct neuron patterns than this -> gather mode
 
@@ -140,3 +142,16 @@ def _make_plan(m: np.ndarray) -> Plan:
     # A group's packed rows are the steps where it is a block of its own (view steps).
     groups = [(s, e, torch.tensor(v, dtype=torch.long)) for (s, e, _), v in zip(groups, view_steps)]
     return Plan(lay=lay_out, steps=steps, groups=groups, all_active=bool(m.all()))
+
+
+def compute_mask(g: torch.Tensor, active: torch.Tensor | None, lengths: torch.Tensor | None):
+    """Full compute mask (same shape as g: active or open) and its time-only union."""
+    act = g != 0 if active is None else (active | (g != 0))
+    if lengths is None:
+        union = act.any(0) if act.dim() == 3 else act
+        return act, union
+    T = g.shape[-2]
+    valid = valid_mask(lengths.to(g.device), T)
+    full = act if act.dim() == 3 else act[None].expand(valid.shape[0], -1, -1)
+    union = (full & valid[:, :, None]).any(0)
+    return act, union
