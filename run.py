@@ -19,8 +19,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from surnn.cli import check_keys, check_overrides, variant_from_overrides
 from surnn.errors import HarnessError
+from surnn.harness.cli import check_keys, check_overrides, variant_from_overrides
 
 log = logging.getLogger("run")
 
@@ -32,7 +32,7 @@ def _fail(e: HarnessError) -> None:
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from surnn.train.run import train
+    from surnn.harness.run import train
 
     variant = cfg.get("variant")
     if variant is None:  # the model.* overrides name the variant

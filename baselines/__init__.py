@@ -1,4 +1,3 @@
-"""Baseline mixers. Importing this package registers them with ``surnn.registry.MIXERS``
-(and the FLOP formulas of ``baselines.flops``)."""
-
-from baselines import flops, rnn, s4d, transformer  # noqa: F401
+"""The baseline sequence mixers (LSTM, GRU, S4D, Transformer) behind the harness's
+``Mixer`` interface; ``surnn.harness.registry.MIXERS`` names them. ``baselines.flops``
+registers FLOP formulas (FFT, CPU attention) that torch's counter lacks."""

@@ -12,8 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from surnn.mixer import Mixer
-from surnn.registry import register_mixer
+from surnn.harness.mixer import Mixer
 
 
 class _TorchRNNMixer(Mixer):
@@ -27,7 +26,6 @@ class _TorchRNNMixer(Mixer):
         d_model: int,
         hidden_size: int | None = None,
         bidirectional: bool = False,
-        max_len: int | None = None,
     ):
         super().__init__(d_model)
         H = hidden_size or d_model
@@ -52,14 +50,12 @@ class _TorchRNNMixer(Mixer):
         return self.out(y), {}
 
 
-@register_mixer("lstm")
 class LSTMMixer(_TorchRNNMixer):
     """torch.nn.LSTM over the valid positions."""
 
     rnn_cls = nn.LSTM
 
 
-@register_mixer("gru")
 class GRUMixer(_TorchRNNMixer):
     """torch.nn.GRU over the valid positions. Its weights load one to one into the
     ``surnn`` mixer (``surnn.layer.SelectiveUpdateGRU``), which equals it with the gate

@@ -33,8 +33,8 @@ from torch import nn
 
 import baselines.flops  # noqa: F401  (FFT FLOP formulas)
 from surnn.errors import ConfigError
-from surnn.mixer import Mixer, optim_hint, valid_mask
-from surnn.registry import register_mixer
+from surnn.harness.mixer import Mixer
+from surnn.utils import optim_hint, valid_mask
 
 INITS = ("lin", "inv")
 MODES = ("conv", "recurrent")
@@ -143,7 +143,6 @@ class S4DKernel(nn.Module):
         return y
 
 
-@register_mixer("s4d", "s4")
 class S4DMixer(Mixer):
     """S4D layer: SSM (conv or recurrent) + D skip -> GELU -> dropout -> GLU/linear output."""
 
@@ -160,7 +159,6 @@ class S4DMixer(Mixer):
         output: str = "glu",
         dropout: float = 0.0,
         mode: str = "conv",
-        max_len: int | None = None,
     ):
         super().__init__(d_model)
         if mode not in MODES:

@@ -1,7 +1,7 @@
 """Multi-head self-attention as a sequence mixer (the Transformer baseline).
 
 The backbone already wraps every mixer in a pre-norm residual block with a GLU feed-forward
-(``surnn.backbone.Block``), so with this mixer the backbone is a pre-norm Transformer
+(``surnn.harness.backbone.Block``), so with this mixer the backbone is a pre-norm Transformer
 encoder. Attention runs through ``torch.nn.functional.scaled_dot_product_attention``
 (flash / memory-efficient kernels on GPU; a batch without padding and without a causal
 mask passes no mask, so the flash kernel applies).
@@ -26,15 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import baselines.flops  # noqa: F401  (CPU attention FLOP formula)
-from surnn.backbone import sinusoidal_positions
 from surnn.errors import ConfigError
-from surnn.mixer import Mixer, valid_mask
-from surnn.registry import register_mixer
+from surnn.harness.mixer import Mixer
+from surnn.harness.positions import Positions
+from surnn.utils import valid_mask
 
-POSITIONS = ("sinusoidal", "learned", "none")
 
-
-@register_mixer("transformer")
 class AttentionMixer(Mixer):
     """Multi-head self-attention: qkv projection (width ``qkv_dim``, default d_model) ->
     SDPA -> output projection back to d_model."""
@@ -56,40 +53,16 @@ class AttentionMixer(Mixer):
                 f"transformer qkv_dim={dq} (null means d_model) is not divisible by "
                 f"n_heads={n_heads}; choose n_heads that divides it"
             )
-        if positions not in POSITIONS:
-            raise ConfigError(
-                f"transformer positions={positions!r}: expected one of {', '.join(POSITIONS)}"
-            )
         self.causal, self.n_heads, self.qkv_dim = bool(causal), n_heads, dq
-        self.positions, self.attn_dropout, self.max_len = positions, float(attn_dropout), max_len
-        if positions == "learned":
-            if not max_len:
-                raise ConfigError(
-                    "transformer positions=learned needs the task's max_len; use "
-                    "positions=sinusoidal for tasks without one"
-                )
-            self.pos = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
+        self.attn_dropout = float(attn_dropout)
+        self.pos = Positions(positions, d_model, max_len, "transformer positions")
         self.qkv = nn.Linear(d_model, 3 * dq)
         self.proj = nn.Linear(dq, d_model)
-
-    def _add_positions(self, x: torch.Tensor) -> torch.Tensor:
-        L = x.shape[1]
-        if self.positions == "sinusoidal":
-            return x + sinusoidal_positions(L, x.shape[-1], x.device, x.dtype)
-        if self.positions == "learned":
-            if self.pos.shape[0] < L:
-                raise ConfigError(
-                    f"transformer positions=learned: sequence length {L} exceeds the "
-                    f"table size {self.pos.shape[0]} (the task's max_len); raise max_len "
-                    "or use positions=sinusoidal"
-                )
-            return x + self.pos[:L].to(x.dtype)
-        return x
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, dict]:
         B, L, _ = x.shape
         h, dh = self.n_heads, self.qkv_dim // self.n_heads
-        q, k, v = self.qkv(self._add_positions(x)).view(B, L, 3, h, dh).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(self.pos(x)).view(B, L, 3, h, dh).permute(2, 0, 3, 1, 4)
         keep = valid_mask(lengths, L)  # [B, L]
         padded = not bool(keep.all())
         mask = None

@@ -30,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tasks.formats import write_cifar, write_pathfinder_pngs
+from tasks.generators import pathfinder as gen
 
-from tasks.generators import pathfinder as gen  # noqa: E402
-from tests.test_data_fixtures import write_cifar, write_pathfinder_pngs  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_imdb_like(d: Path, n: int, rng) -> None:
@@ -83,7 +82,7 @@ def time_loader(task, batch_size: int = 64, max_examples: int = 4096) -> dict:
 def bench_loaders(d: Path, quick: bool) -> dict:
     import torch
 
-    from surnn.registry import TASKS
+    from surnn.harness.registry import TASKS
 
     torch.set_num_threads(1)  # as in a DataLoader worker; two threads thrash on a busy host
 

@@ -5,7 +5,7 @@
 
 Each model is built from its default config (``configs/model/<name>.yaml``) around a task
 stand-in with the length, vocabulary, classes and dual flag of LRA_DATA.md (no data
-files needed), and counted with ``surnn.train.flops.count_flops`` (FlopCounterMode, eval
+files needed), and counted with ``surnn.harness.flops.count_flops`` (FlopCounterMode, eval
 mode, one sequence). Counting a recurrent model at 16k steps on a CPU takes minutes, so
 each quantity (executed, dense) is obtained in the cheapest sound way and the table says
 which:
@@ -26,7 +26,6 @@ import argparse
 import datetime
 import logging
 import subprocess
-import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -34,12 +33,11 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from surnn.harness.backbone import Model
+from surnn.harness.flops import count_flops
+from surnn.harness.registry import MIXERS
 
-from surnn.backbone import Model  # noqa: E402
-from surnn.registry import MIXERS  # noqa: E402
-from surnn.train.flops import count_flops  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("model_table")
 FIT_LENGTHS = (64, 128, 192, 256)
@@ -247,7 +245,7 @@ def render(rows: dict[str, dict[str, dict[str, Any]]], cfgs: dict[str, dict]) ->
         "never used. `tests/test_baselines_flops.py` checks the fits against full counts at a "
         "longer length.",
         "",
-        "Conventions (`surnn/train/flops.py`, `baselines/flops.py`): FlopCounterMode in eval "
+        "Conventions (`surnn/harness/flops.py`, `baselines/flops.py`): FlopCounterMode in eval "
         "mode on one sequence; a multiply-add is 2 FLOPs; matmuls, attention (both matmuls, "
         "unmasked, as torch counts it) and FFTs (2.5 n log2 n for a real n-point transform) "
         "are counted, pointwise work (gates, softmax, norms, the spectral product) is not. "

@@ -21,11 +21,10 @@ import pickle
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tasks.generators import pathfinder as pfgen
+from tasks.retrieval import EXPECTED_ROWS, tsv_path
 
-from tasks.generators import pathfinder as pfgen  # noqa: E402
-from tasks.retrieval import EXPECTED_ROWS, tsv_path  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TASKS = (
     "listops",
@@ -232,7 +231,7 @@ def build_cache(task: str, d: Path) -> str:
     """Build a task's cache with the options of configs/task/<task>.yaml."""
     from omegaconf import OmegaConf
 
-    from surnn.registry import TASKS
+    from surnn.harness.registry import TASKS
 
     cfg = OmegaConf.load(ROOT / "configs" / "task" / f"{task}.yaml")
     opts = OmegaConf.to_container(cfg.get("options") or {}, resolve=True)

@@ -23,6 +23,7 @@ neuron active): the trainer counts dense-equivalent FLOPs with it.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from surnn.errors import ConfigError
-from surnn.mixer import optim_hint
+from surnn.utils import optim_hint
 
 SURROGATES = ("ste", "triangle", "rect")
 _FORCE_OPEN = [0]
@@ -159,6 +160,8 @@ class RhythmGate(BinaryGate):
             phases scatter the open neurons, and gathering them costs most of the gain.
     """
 
+    excluded = ("frozen",)  # the ``random`` kind sets it
+
     def __init__(
         self,
         hidden_size: int,
@@ -222,8 +225,19 @@ class RhythmGate(BinaryGate):
         return a if dtype is None else a.to(dtype)
 
 
+class RandomGate(RhythmGate):
+    """Ablation: a rhythm drawn at initialisation and never trained (every parameter frozen)."""
+
+    excluded = ("frozen",)  # fixed by the kind, not an option
+
+    def __init__(self, hidden_size: int, **rhythm: Any):
+        super().__init__(hidden_size, frozen=True, **rhythm)
+
+
 class SoftGate(RhythmGate):
     """Ablation: g = sigmoid(a / temperature) of the rhythm, no binarisation (dense)."""
+
+    excluded = ("frozen", "surrogate", "width")  # no Heaviside step, nothing frozen
 
     def __init__(self, hidden_size: int, temperature: float = 1.0, **rhythm: Any):
         super().__init__(hidden_size, **rhythm)
@@ -300,62 +314,56 @@ class ContentGate(BinaryGate):
         return self.proj(x).float()
 
 
-GATES = ("rhythm", "soft", "random", "interval", "open", "content")
+#: Gate kinds: ``build_gate(kind=...)`` and ``model.options.gate.kind`` choose from this table.
+GATES: dict[str, type[Gate]] = {
+    "rhythm": RhythmGate,
+    "soft": SoftGate,
+    "random": RandomGate,
+    "interval": IntervalGate,
+    "open": OpenGate,
+    "content": ContentGate,
+}
+_SIZES = ("self", "hidden_size", "input_size")
 
 
-_RHYTHM = {
-    "n_freqs",
-    "period_min",
-    "period_max",
-    "learn_freqs",
-    "init_rate",
-    "amplitude",
-    "group_size",
-}
-_SURR = {"surrogate", "width", "lr"}
-_OPTIONS = {
-    "rhythm": _RHYTHM | _SURR,
-    "soft": _RHYTHM | {"lr", "temperature"},
-    "random": _RHYTHM | _SURR,
-    "interval": {"period", "stagger"},
-    "open": set(),
-    "content": {"init_rate"} | _SURR,
-}
+def gate_options(kind: str) -> dict[str, Any]:
+    """The options a gate kind takes, with their defaults, read from its constructor (and,
+    through ``**kwargs``, from its base classes'), less what the kind fixes itself."""
+    out: dict[str, Any] = {}
+    fixed = set(getattr(GATES[kind], "excluded", ()))
+    for cls in GATES[kind].__mro__:
+        if not (isinstance(cls, type) and issubclass(cls, Gate)):
+            continue
+        params = inspect.signature(cls.__init__).parameters.values()
+        for p in params:
+            named = p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            if named and p.name not in _SIZES and p.name not in fixed:
+                out.setdefault(p.name, p.default)
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return out
+
+
+def describe(kind: str) -> str:
+    """'n_freqs=4, period_min=2.0, ...' for error messages."""
+    return ", ".join(f"{k}={v}" for k, v in gate_options(kind).items()) or "no options"
 
 
 def build_gate(hidden_size: int, input_size: int, options: dict[str, Any] | None) -> Gate:
-    """A gate from its config dict (``kind`` plus options). Options that belong to another
-    kind are ignored (one config file documents them all); unknown ones are an error."""
-    opts = dict(options or {})
+    """A gate from its config dict: ``kind`` plus options of that kind. An option set to
+    None takes the kind's default; an option the kind does not take is an error."""
+    opts = {k: v for k, v in dict(options or {}).items() if v is not None}
     kind = opts.pop("kind", "rhythm")
-    if kind not in _OPTIONS:
+    if kind not in GATES:
         raise ConfigError(f"gate kind={kind!r}: expected one of {', '.join(GATES)}")
-    known = set().union(*_OPTIONS.values())
-    unknown = sorted(set(opts) - known)
-    if unknown:
+    valid = gate_options(kind)
+    foreign = sorted(set(opts) - set(valid))
+    if foreign:
         raise ConfigError(
-            f"gate options {unknown}: not a gate option; valid ones are {sorted(known)} "
-            "(see configs/model/surnn.yaml)"
+            f"gate kind={kind!r} takes no option {', '.join(foreign)}; its options are "
+            f"{describe(kind)} (unset the others or choose another kind)"
         )
-    opts = {k: v for k, v in opts.items() if k in _OPTIONS[kind]}
-    try:
-        if kind == "rhythm":
-            return RhythmGate(hidden_size, **opts)
-        if kind == "soft":
-            return SoftGate(hidden_size, **opts)
-        if kind == "random":
-            return RhythmGate(hidden_size, frozen=True, **opts)
-        if kind == "interval":
-            return IntervalGate(hidden_size, **opts)
-        if kind == "open":
-            if opts:
-                raise TypeError(f"unexpected options {sorted(opts)}")
-            return OpenGate(hidden_size)
-        if kind == "content":
-            return ContentGate(hidden_size, input_size, **opts)
-    except TypeError as e:
-        raise ConfigError(
-            f"gate kind={kind!r}: bad option ({e}); see configs/model/surnn.yaml for the "
-            "options each gate kind takes"
-        ) from e
-    raise ConfigError(f"gate kind={kind!r}: expected one of {', '.join(GATES)}")
+    cls = GATES[kind]
+    if "input_size" in inspect.signature(cls.__init__).parameters:
+        return cls(hidden_size, input_size, **opts)
+    return cls(hidden_size, **opts)

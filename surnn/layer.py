@@ -1,4 +1,4 @@
-"""SelectiveUpdateGRU (nn.GRU-compatible) and the ``surnn`` mixer."""
+"""SelectiveUpdateGRU: a drop-in for torch.nn.GRU whose neurons update only when their gate is open."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from surnn.errors import ConfigError
 from surnn.gates import build_gate
-from surnn.mixer import Mixer, valid_mask
 from surnn.ops import IMPLS, su_gru
-from surnn.registry import register_mixer
+from surnn.utils import valid_mask
 
 
 class SelectiveUpdateGRU(nn.Module):
@@ -29,7 +28,8 @@ class SelectiveUpdateGRU(nn.Module):
     ``target_rate`` and ``rate_penalty`` (adds ``rate_penalty * (rate - target_rate)^2``
     per layer to ``last_aux_loss``). After a call, ``last_gate`` holds each layer's gate
     (``[T, H]``, or ``[B, T, H]`` for per-sample gates), ``last_update_rate`` the mean over
-    valid positions and ``last_active_rate`` the fraction of updates actually computed.
+    valid positions and ``last_active_rate`` the fraction of updates actually computed, as
+    detached 0-d tensors (no host sync: read them with ``float()`` when logging).
     """
 
     def __init__(
@@ -73,8 +73,8 @@ class SelectiveUpdateGRU(nn.Module):
         )
         self.reset_parameters()
         self.last_gate: list[torch.Tensor] = []
-        self.last_update_rate: list[float] = []
-        self.last_active_rate: list[float] = []
+        self.last_update_rate: list[torch.Tensor] = []
+        self.last_active_rate: list[torch.Tensor] = []
         self.last_aux_loss: torch.Tensor | None = None
 
     def reset_parameters(self) -> None:
@@ -117,7 +117,7 @@ class SelectiveUpdateGRU(nn.Module):
             g, active = self.gates[k](T, x, device=x.device, dtype=x.dtype)
             self.last_gate.append(g.detach())
             rate, act_rate = _rates(g, active, lengths, counts, B)
-            self.last_update_rate.append(float(rate.detach()))
+            self.last_update_rate.append(rate.detach())
             self.last_active_rate.append(act_rate)
             if self.target_rate is not None and self.rate_penalty > 0 and self.training:
                 pen = self.rate_penalty * (rate - float(self.target_rate)) ** 2
@@ -139,46 +139,15 @@ class SelectiveUpdateGRU(nn.Module):
 
 
 def _rates(g, active, lengths, counts, B):
-    """(update rate over valid positions as a tensor, fraction of updates computed)."""
+    """(update rate over valid positions, fraction of updates computed): 0-d tensors, the
+    first with its gradient (for the rate penalty), the second detached."""
     if lengths is None:
-        return g.float().mean() if g.numel() else g.new_zeros(()), float(active.float().mean())
+        rate = g.float().mean() if g.numel() else g.new_zeros((), dtype=torch.float32)
+        return rate, active.float().mean()
     n = (counts.sum() * g.shape[-1]).clamp(min=1)
     if g.dim() == 2:
         w = counts.to(torch.float32)[:, None]
-        return (g.float() * w).sum() / n, float((active.float() * w).sum() / n)
+        return (g.float() * w).sum() / n, (active.float() * w).sum() / n
     T = g.shape[1]
     valid = valid_mask(lengths.to(g.device), T).float()[..., None]
-    return (g.float() * valid).sum() / n, float((active.float() * valid).sum() / n)
-
-
-@register_mixer("surnn", "sugru")
-class SuRNNMixer(Mixer):
-    """The suRNN mixer: one SelectiveUpdateGRU layer (hidden = d_model by default),
-    projected back to d_model when the hidden size differs. aux: ``update_rate`` (mean
-    over valid positions), ``active_rate`` (fraction of updates computed) and, with a
-    rate penalty configured, ``aux_loss``."""
-
-    causal = True
-
-    def __init__(
-        self,
-        d_model: int,
-        hidden_size: int | None = None,
-        gate: dict[str, Any] | None = None,
-        impl: str = "auto",
-        max_len: int | None = None,
-    ):
-        super().__init__(d_model)
-        H = hidden_size or d_model
-        self.rnn = SelectiveUpdateGRU(d_model, H, batch_first=True, gate=gate, impl=impl)
-        self.out = nn.Linear(H, d_model) if d_model != H else nn.Identity()
-
-    def forward(self, x, lengths):
-        y, _ = self.rnn(x, lengths=lengths)
-        aux: dict[str, Any] = {
-            "update_rate": self.rnn.last_update_rate[0],
-            "active_rate": self.rnn.last_active_rate[0],
-        }
-        if self.rnn.last_aux_loss is not None:
-            aux["aux_loss"] = self.rnn.last_aux_loss
-        return self.out(y), aux
+    return (g.float() * valid).sum() / n, (active.float() * valid).sum() / n

@@ -1,2 +1,2 @@
-"""LRA tasks. ``tasks.all`` imports every task module, which registers it with
-``surnn.registry.TASKS``; importing ``tasks.base`` alone stays light."""
+"""The tasks: one module per task, generators/ for the generated ones. Tasks depend only on
+``surnn.errors`` and their data; ``surnn.harness.registry.TASKS`` names them."""

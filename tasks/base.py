@@ -92,19 +92,6 @@ class SequenceDataset(Dataset):
         return self.data[a:b], int(self.labels[i])
 
 
-class FixedDataset(Dataset):
-    """Fixed-length examples ``data[i]`` ([L] tokens or [L, C] values) with labels."""
-
-    def __init__(self, data: np.ndarray, labels: np.ndarray):
-        self.data, self.labels = data, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        return self.data[i], int(self.labels[i])
-
-
 class Subset(Dataset):
     """Index view of a dataset (split indices are stored in the cache)."""
 

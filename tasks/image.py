@@ -28,7 +28,6 @@ import torch
 from torch.utils.data import Dataset
 
 from surnn.errors import ConfigError, DataError
-from surnn.registry import register_task
 from tasks.base import (
     Splits,
     Subset,
@@ -185,7 +184,6 @@ def build_pixel_cache(task: Task, key: dict, load) -> tuple[dict, dict, Path]:
     return a, meta, path
 
 
-@register_task("image")
 class Image(Task):
     """Greyscale CIFAR-10 pixels (LRA Image). Also the base of the other pixel tasks
     (tasks/pixel.py): they override ``_read`` (where the pixels come from) and the hooks

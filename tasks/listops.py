@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from surnn.errors import ConfigError, DataError
-from surnn.registry import register_task
 from tasks.base import (
     SequenceDataset,
     Splits,
@@ -144,7 +143,6 @@ def read_tsv(
     return seqs, np.asarray(labels, np.int8), truncated
 
 
-@register_task("listops")
 class ListOps(Task):
     """LRA ListOps; see the module docstring for the data source, vocabulary and EOS."""
 

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from surnn.errors import ConfigError, DataError
-from surnn.registry import register_task
 from tasks.base import (
     Splits,
     Subset,
@@ -138,7 +137,6 @@ def _decode(args) -> tuple[int, np.ndarray, np.ndarray, list[tuple[int, str]]]:
     return start, imgs, ok, skipped
 
 
-@register_task("pathfinder")
 class Pathfinder(Task):
     """Pathfinder images as pixel sequences (LRA Pathfinder; Path-X at 128 px)."""
 
@@ -389,7 +387,6 @@ class Pathfinder(Task):
         }
 
 
-@register_task("pathx")
 class PathX(Pathfinder):
     """Path-X: Pathfinder at 128 x 128 (16,384 steps), hard contours by default."""
 

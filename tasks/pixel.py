@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from surnn.errors import ConfigError, DataError
-from surnn.registry import register_task
 from tasks.base import file_signature, make_collate
 from tasks.hub import hub_disk_dir, load_hub
 from tasks.image import Image, PixelDataset
@@ -144,7 +143,6 @@ def _load_idx(found: dict[str, Path]) -> list[np.ndarray]:
     return parts
 
 
-@register_task("smnist")
 class SMNIST(Image):
     """MNIST as a sequence of 784 pixels (raster order), 10 classes. Options, cache,
     splits and encodings as the Image task's (``values`` by default)."""
@@ -189,7 +187,6 @@ class SMNIST(Image):
         return src, sig, lambda: (*split("train"), *split("test"))
 
 
-@register_task("psmnist")
 class PSMNIST(SMNIST):
     """MNIST pixels in one fixed random order (``permutation_seed``)."""
 
@@ -218,7 +215,6 @@ def permutation(seed: int, n: int = 784) -> np.ndarray:
     return np.random.Generator(np.random.PCG64(seed)).permutation(n)
 
 
-@register_task("scifar")
 class SCIFAR(Image):
     """CIFAR-10 in colour: 1024 pixels of 3 channels, normalised per channel."""
 

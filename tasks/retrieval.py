@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from surnn.errors import ConfigError, DataError
-from surnn.registry import register_task
 from tasks.base import (
     NpyStream,
     Splits,
@@ -81,7 +80,6 @@ def stream_rows(path: Path, doc_bytes: int) -> Any:
             )
 
 
-@register_task("retrieval")
 class Retrieval(Task):
     """AAN document pairs as byte sequences for the dual encoder (LRA Retrieval)."""
 

@@ -23,7 +23,6 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from surnn.errors import ConfigError, DataError
-from surnn.registry import register_task
 from tasks.base import (
     NpyStream,
     Splits,
@@ -96,7 +95,6 @@ def _acl_files(root: Path, split: str) -> list[tuple[Path, int]]:
     return files
 
 
-@register_task("text")
 class Text(Task):
     """IMDB reviews as byte sequences (LRA Text)."""
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:  # as tests/test_surnn_triton.py: interpret the kernels on the CPU
+if not HAS_CUDA:  # as tests/surnn/test_triton.py: interpret the kernels on the CPU
     os.environ["TRITON_INTERPRET"] = "1"
     pytest.importorskip("triton")
     if "surnn.ops.triton.kernels" in sys.modules:

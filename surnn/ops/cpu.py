@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from surnn.mixer import valid_mask
-from surnn.ops.schedule import Plan, make_plan
+from surnn.ops.schedule import Plan, compute_mask, make_plan
 
 
 def _take(t: torch.Tensor, sel, dim: int) -> torch.Tensor:
@@ -439,19 +438,6 @@ def _original_layout(p, plan, dx, dh, dWx, dWh, dbx, dbh, dg, need):
         if dg is not None and dg.dim() == 3:
             dg = dg[p.inv_order]
     return dx, dh0 if need[1] else None, dwi, dwh, dbi, dbh_, dg
-
-
-def compute_mask(g: torch.Tensor, active: torch.Tensor | None, lengths: torch.Tensor | None):
-    """Full compute mask (same shape as g: active or open) and its time-only union."""
-    act = g != 0 if active is None else (active | (g != 0))
-    if lengths is None:
-        union = act.any(0) if act.dim() == 3 else act
-        return act, union
-    T = g.shape[-2]
-    valid = valid_mask(lengths.to(g.device), T)
-    full = act if act.dim() == 3 else act[None].expand(valid.shape[0], -1, -1)
-    union = (full & valid[:, :, None]).any(0)
-    return act, union
 
 
 def su_gru_cpu(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, plan=None):

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from surnn.mixer import valid_mask
-from surnn.ops.cpu import compute_mask
+from surnn.ops.schedule import compute_mask
 from surnn.ops.triton import graphs as _graphs
+from surnn.utils import valid_mask
 
 _BLOCK_H = 32
 

@@ -1,0 +1,117 @@
+"""Command-line checks done before Hydra composes the config.
+
+Hydra reports an unknown config choice over several lines with a stack-trace hint; a
+user who typed ``model=nope`` deserves one line with the valid choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ValidationError
+
+from surnn.errors import ConfigError
+from surnn.harness import config as _schemas  # noqa: F401  (registers the config schemas)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+GROUPS = ("task", "model", "trainer", "optim", "logger", "experiment")
+
+
+def choices(group: str, config_dir: Path = CONFIG_DIR) -> list[str]:
+    root = config_dir / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
+def check_overrides(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
+    """Raise ConfigError for a config-group choice that has no config file."""
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in GROUPS or value in ("", "null"):
+            continue
+        valid = choices(key, config_dir)
+        for v in value.split(","):
+            v = v.strip()
+            if v.startswith(("choice(", "range(", "glob(")) or v in valid:
+                continue
+            close = difflib.get_close_matches(v, valid, n=1)
+            hint = f" Did you mean {key}={close[0]}?" if close else ""
+            raise ConfigError(f"unknown {key} {v!r}: valid choices are {', '.join(valid)}.{hint}")
+
+
+_SWEEP_FN = ("choice(", "range(", "interval(", "glob(", "shuffle(", "sort(", "tag(")
+
+
+def _first_value(value: str) -> str | None:
+    """The first value of a sweep (``a,b`` -> ``a``); None for sweep functions."""
+    if value.startswith(_SWEEP_FN):
+        return None
+    if "," in value and not value.startswith(("[", "{", "'", '"')):
+        return value.split(",", 1)[0]
+    return value
+
+
+def check_keys(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
+    """Raise ConfigError for a dotted override of a key the composed config lacks
+    (``trainer.max_stepz=5``), naming the closest valid key. Hydra reports it over several
+    lines and suggests appending the misspelt key with ``+``. Sweeps are checked with
+    their first value; ``hydra...`` overrides are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    kept = []
+    for arg in argv:
+        if "=" not in arg or arg.startswith("-"):
+            continue
+        key, value = arg.split("=", 1)
+        first = _first_value(value)
+        if first is None or key.lstrip("+~").startswith("hydra"):
+            continue
+        kept.append(f"{key}={first}")
+    with initialize_config_dir(str(config_dir.resolve()), version_base="1.3"):
+        try:
+            compose("config", overrides=kept)
+            return
+        except ConfigCompositionException as e:
+            cause = e.__cause__
+            if isinstance(cause, ValidationError):  # a value the schema's type rejects
+                key = getattr(cause, "full_key", None) or "?"
+                raise ConfigError(f"{key}: {str(cause).splitlines()[0]}") from None
+            m = re.search(r"Could not override '([^']+)'", str(e))
+            if m is None or not isinstance(cause, ConfigAttributeError):
+                return  # not a missing key: Hydra (or the run) reports it
+            bad = m.group(1)
+            rest = [o for o in kept if o.split("=", 1)[0].lstrip("+~") != bad]
+            try:
+                cfg = compose("config", overrides=rest)
+            except ConfigCompositionException:
+                return
+    parent, _, leaf = bad.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
+    close = difflib.get_close_matches(leaf, valid, n=1)
+    hint = f" Did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
+    where = parent or "the config"
+    raise ConfigError(
+        f"unknown key {bad!r}: {where} has no {leaf!r} (valid: {', '.join(valid)}).{hint} "
+        f"To add a new key on purpose, write +{bad}=..."
+    )
+
+
+def variant_from_overrides(overrides: list[str]) -> str | None:
+    """The label of a run's model variant: its ``model.*`` command-line overrides, without
+    the ``model.`` and ``options.`` prefixes, sorted ("gate.group_size=8,hidden_size=64");
+    None when the model is the config file's."""
+    parts = []
+    for o in overrides:
+        key, eq, value = o.lstrip("+~").partition("=")
+        if not eq or not key.startswith("model."):
+            continue
+        key = key.removeprefix("model.").removeprefix("options.")
+        parts.append(f"{key}={value}")
+    return ",".join(sorted(parts)) or None

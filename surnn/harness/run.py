@@ -1,0 +1,233 @@
+"""From a composed config to a finished run folder.
+
+    config -> task (registry) -> splits -> Model(backbone + mixer) -> Trainer.fit/test
+    -> results.json
+
+Writes ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoints/{last,best}.pt`` and
+``results.json`` into the run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from surnn.errors import ConfigError
+from surnn.harness.backbone import Model
+from surnn.harness.config import BackboneConfig, OptimConfig, TrainerConfig, checked
+from surnn.harness.loggers import JsonlLog, Loggers, WandbLog
+from surnn.harness.metrics import device_name, git_commit, now_iso
+from surnn.harness.registry import TASKS
+from surnn.harness.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+# Trainer keys that do not change the computation: a resumed run may differ in these.
+_RESUME_FREE = ("progress", "num_workers", "eval_batch_size", "log_every", "ckpt_every", "flops")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available here; use device=cpu or auto")
+    return dev
+
+
+def build_task(cfg: DictConfig):
+    name = cfg.task.name
+    cls = TASKS.get(name)
+    options = OmegaConf.to_container(cfg.task.get("options", {}) or {}, resolve=True)
+    try:
+        return cls(data_dir=cfg.data_dir, **options)
+    except TypeError as e:
+        raise ConfigError(
+            f"task={name}: bad task option ({e}); see configs/task/{name}.yaml for its options"
+        ) from None
+
+
+def build_model(task, mcfg: BackboneConfig) -> Model:
+    return Model(
+        task,
+        mixer=mcfg.name,
+        mixer_options=mcfg.options,
+        d_model=mcfg.d_model,
+        n_layers=mcfg.n_layers,
+        ffn_mult=mcfg.ffn_mult,
+        dropout=mcfg.dropout,
+        pool=mcfg.pool,
+        head_hidden=mcfg.head_hidden,
+        pos_emb=mcfg.pos_emb,
+    )
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """Hash of everything that changes the computation (for safe resume)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    trainer = {k: v for k, v in c["trainer"].items() if k not in _RESUME_FREE}
+    keep = {
+        "task": c["task"],
+        "model": c["model"],
+        "optim": c["optim"],
+        "trainer": trainer,
+        "seed": c["seed"],
+    }
+    return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _ddp() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 0, 1
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend)
+    return rank, local, world
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train and test one configuration; returns (and writes) results.json."""
+    tcfg: TrainerConfig = checked(TrainerConfig, cfg.trainer, "trainer")
+    ocfg: OptimConfig = checked(OptimConfig, cfg.optim, "optim")
+    mcfg: BackboneConfig = checked(BackboneConfig, cfg.model, "model")
+    rank, local, world = _ddp()
+    device = resolve_device(str(cfg.device), local)
+    if world > 1:
+        # Ranks may resolve a time-stamped run_id a second apart: rank 0's folder wins.
+        shared = [str(run_dir)]
+        dist.broadcast_object_list(shared, src=0)
+        run_dir = shared[0]
+        if rank != 0:
+            logging.getLogger().setLevel(logging.WARNING)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    commit = git_commit()  # the code that starts the run, not what the tree holds at its end
+    seed = int(cfg.seed)
+
+    task = build_task(cfg)
+    splits = task.splits()
+    seed_everything(seed)
+    model = build_model(task, mcfg)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    resumed = (run_dir / "checkpoints" / "last.pt").exists()
+    sinks: list = []
+    if rank == 0:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        sinks.append(
+            JsonlLog(
+                run_dir / "metrics.jsonl", resume_step=_ckpt_step(run_dir) if resumed else None
+            )
+        )
+        lcfg = (
+            OmegaConf.to_container(cfg.logger, resolve=True)
+            if "logger" in cfg
+            else {"name": "none"}
+        )
+        if lcfg.get("name") == "wandb":
+            sinks.append(
+                WandbLog(lcfg, run_dir, str(cfg.run_id), OmegaConf.to_container(cfg, resolve=True))
+            )
+    loggers = Loggers(sinks)
+    log.info(
+        "task=%s model=%s params=%d device=%s run_dir=%s%s",
+        task.name,
+        mcfg.name,
+        n_params,
+        device,
+        run_dir,
+        " (resuming)" if resumed else "",
+    )
+    trainer = Trainer(
+        model,
+        task,
+        splits,
+        tcfg,
+        ocfg,
+        run_dir,
+        loggers,
+        device,
+        seed,
+        rank,
+        world,
+        fingerprint(cfg),
+    )
+    try:
+        trainer.fit()
+        test = trainer.test()
+        results: dict[str, Any] = {
+            "task": task.name,
+            "model": mcfg.name,
+            "seed": seed,
+            "run_id": str(cfg.run_id),
+            "steps": trainer.step,
+            "best_val_acc": trainer.best["val_acc"],
+            "best_val_loss": trainer.best["val_loss"],
+            "best_step": trainer.best["step"],
+            "test_acc": test["test/acc"],
+            "test_loss": test["test/loss"],
+            "test_examples": test["test/n"],
+            "test_majority_class": test["test/majority"],
+            "update_rate": _layer_rates(test, "update_rate"),
+            "active_rate": _layer_rates(test, "active_rate"),
+            "params": n_params,
+            **trainer.summary(),
+            "device": device_name(device),
+            "world_size": world,
+            "precision": "bf16" if trainer.amp else "fp32",
+            "git_commit": commit,
+            "torch": torch.__version__,
+            "date": now_iso(),
+            "variant": cfg.get("variant"),
+            "command": " ".join(["python", *sys.argv]),
+            "data": task.describe(),
+            "split_sizes": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
+        }
+        if tcfg.flops and rank == 0:
+            results.update(trainer.flops())
+        if rank == 0:
+            (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+            loggers.log({"step": trainer.step, **test})
+            loggers.summary(results)
+        return results
+    finally:
+        loggers.close()
+
+
+def _ckpt_step(run_dir: Path) -> int:
+    from surnn.harness import checkpoint
+
+    return int(checkpoint.load(run_dir / "checkpoints" / "last.pt")["step"])
+
+
+def _layer_rates(res: dict[str, Any], name: str) -> dict[str, float]:
+    """{"layer0": rate, ...} from eval keys like ``test/layer0/update_rate``."""
+    out = {}
+    for k, v in res.items():
+        if k.endswith("/" + name):
+            out[k.split("/", 1)[1].rsplit("/", 1)[0]] = v
+    return out

@@ -1,0 +1,23 @@
+"""Small helpers of the method that the harness and the baselines use too."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def valid_mask(lengths: torch.Tensor, L: int) -> torch.Tensor:
+    """[B, L] bool, True at valid (non-padding) positions of right-padded sequences."""
+    return torch.arange(L, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def optim_hint(param: nn.Parameter, lr: float | None = None, weight_decay: float | None = None):
+    """Attach optimizer hints (own learning rate, weight decay) to a parameter; a trainer
+    that reads ``param._optim`` turns them into parameter groups. Returns the parameter."""
+    hints = dict(getattr(param, "_optim", {}))
+    if lr is not None:
+        hints["lr"] = lr
+    if weight_decay is not None:
+        hints["weight_decay"] = weight_decay
+    param._optim = hints
+    return param

@@ -1,0 +1,104 @@
+"""What the tests share: a tiny in-memory task (no files, no registry) and the loader of
+the scripts under test. Writers of the real data formats live in tasks/formats.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from surnn.ops import su_gru
+from tasks.base import SequenceDataset, Splits, Task, make_collate, pack_sequences
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ToyTask(Task):
+    """Class c draws its tokens from {c+1, c+4, c+7}; lengths 3..L so padding is exercised."""
+
+    name = "toy"
+    n_classes = 3
+    input_kind = "tokens"
+    vocab_size = 10
+    max_len = 12
+    dual = False
+
+    def __init__(self, n_train: int = 96, n_eval: int = 30, seed: int = 0):
+        super().__init__(".")
+        rng = np.random.default_rng(seed)
+
+        def make(n):
+            labels = rng.integers(0, self.n_classes, size=n)
+            seqs = [
+                1 + c + 3 * rng.integers(0, 3, size=rng.integers(3, self.max_len + 1))
+                for c in labels
+            ]
+            data, offsets = pack_sequences(seqs, np.int16)
+            return SequenceDataset(data, offsets, labels)
+
+        self._splits = Splits(make(n_train), make(n_eval), make(n_eval + 1), make_collate("tokens"))
+
+    def splits(self) -> Splits:
+        return self._splits
+
+
+def load_script(name: str):
+    """The module of ``scripts/<name>.py`` (scripts are programs, not a package)."""
+    import importlib.util
+    import sys
+
+    if name not in sys.modules:
+        path = ROOT / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+# ------------------------------------------------------- selective-update GRU op cases
+
+F64 = torch.float64
+
+
+def make_case(B, T, D, H, kind, per_sample=False, lengths=False, dtype=F64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*s, scale=0.4):
+        return (torch.randn(*s, generator=gen, dtype=dtype) * scale).requires_grad_()
+
+    x, h0 = rnd(B, T, D, scale=1.0), rnd(B, H, scale=1.0)
+    w = [rnd(3 * H, D), rnd(3 * H, H), rnd(3 * H), rnd(3 * H)]
+    shape = (B, T, H) if per_sample else (T, H)
+    u = torch.rand(shape, generator=gen, dtype=dtype)
+    if kind == "open":
+        u = torch.zeros(shape, dtype=dtype)
+    elif kind == "closed":
+        u = torch.ones(shape, dtype=dtype)
+    elif kind == "slab":  # neuron i open when (t + i*P//H) % P == 0: one slab per step
+        P = 3
+        off = torch.arange(H) * P // H
+        u = ((torch.arange(T)[:, None] + off[None]) % P != 0).to(dtype).expand(shape)
+    g = (u < 0.35).to(dtype).requires_grad_()
+    active = u < 0.6  # open plus "near threshold" neurons
+    lens = torch.randint(1, T + 1, (B,), generator=gen) if lengths else None
+    return x, h0, w, g, active, lens
+
+
+def run(impl, case, grad_seed=1):
+    x, h0, w, g, active, lens = case
+    out, h = su_gru(x, h0, *w, g, active, lens, impl=impl)
+    gen = torch.Generator().manual_seed(grad_seed)
+    weights = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(out.device, out.dtype)
+    loss = (out * weights).sum() + (h * h).sum()
+    grads = torch.autograd.grad(loss, [x, h0, *w, g])
+    return (out, h, *grads)
+
+
+def assert_close(a_list, b_list, tol):
+    names = ["out", "h", "dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dg"]
+    for name, a, b in zip(names, a_list, b_list):
+        assert a.shape == b.shape, name
+        err = (a - b).abs().max().item() if a.numel() else 0.0
+        assert err < tol, f"{name}: max abs diff {err:.3g}"

@@ -1,0 +1,331 @@
+"""End to end through run.py, as a user runs it: smoke runs, clear errors, kill -9 resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "task.options.generate.n_train=64",
+    "task.options.generate.n_val=20",
+    "task.options.generate.n_test=21",
+    "task.options.generate.min_length=10",
+    "task.options.generate.max_length=60",
+    "task.options.generate.max_depth=3",
+    "task.options.max_len=64",
+    "logger=none",
+]
+RESULT_FIELDS = {
+    "task",
+    "model",
+    "seed",
+    "best_val_acc",
+    "best_step",
+    "test_acc",
+    "test_majority_class",
+    "flops_per_seq",
+    "flops_per_seq_dense",
+    "update_rate",
+    "active_rate",
+    "params",
+    "train_time_s",
+    "eval_time_s",
+    "step_time_s",
+    "tokens_per_s",
+    "peak_memory_bytes",
+    "device",
+    "git_commit",
+    "command",
+    "variant",
+    "date",
+    "data",
+    "split_sizes",
+}
+
+
+def run(args, tmp, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            f"data_dir={tmp / 'data'}",
+            f"output_dir={tmp / 'out'}",
+            *args,
+        ],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=kw.get("timeout", 300),
+    )
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.mark.parametrize("model", ["surnn", "lstm"])
+def test_smoke_run_writes_every_result_field(tmp, model):
+    extra = ["model.options.gate.init_rate=0.5"] if model == "surnn" else []  # a variant
+    p = run(
+        ["task=listops", f"model={model}", "trainer=smoke", f"run_id=smoke-{model}", *TINY, *extra],
+        tmp,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp / "out" / f"smoke-{model}" / "results.json").read_text())
+    assert res.keys() >= RESULT_FIELDS, RESULT_FIELDS - res.keys()
+    assert res["task"] == "listops" and res["model"] == model and res["steps"] == 4
+    assert res["variant"] == ("gate.init_rate=0.5" if model == "surnn" else None)
+    assert res["test_examples"] == 21 and res["split_sizes"] == {"train": 64, "val": 20, "test": 21}
+    assert res["flops_per_seq"] > 0 and res["flops_per_seq_dense"] >= res["flops_per_seq"]
+    if model == "surnn":
+        assert 0.0 < res["update_rate"]["layer0"] < 1.0
+        # computed updates: the open ones plus those near threshold (bounded surrogate)
+        assert res["update_rate"]["layer0"] <= res["active_rate"]["layer0"] <= 1.0
+    lines = [
+        json.loads(l)
+        for l in (tmp / "out" / f"smoke-{model}" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in lines if "val/acc" in r] == [2, 4]
+    assert (tmp / "out" / f"smoke-{model}" / "checkpoints" / "best.pt").exists()
+
+
+def test_unknown_model_is_one_clear_line(tmp):
+    p = run(["model=nope"], tmp, timeout=60)
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1, p.stderr
+    assert "unknown model 'nope'" in err[0] and "lstm" in err[0] and "surnn" in err[0]
+
+
+def test_misspelt_key_is_one_clear_line(tmp):
+    p = run(["trainer.max_stepz=5", "logger=none"], tmp, timeout=60)
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1, p.stderr
+    assert "unknown key 'trainer.max_stepz'" in err[0] and "trainer.max_steps?" in err[0]
+
+
+def test_bad_trainer_value_is_one_clear_line(tmp):
+    p = run(["trainer.max_steps=abc", "task=listops", "trainer=smoke", *TINY], tmp, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1].startswith("error: trainer.max_steps"), p.stderr
+
+
+def test_corrupt_listops_row_is_one_clear_line(tmp):
+    d = tmp / "corrupt" / "listops-1000"
+    d.mkdir(parents=True)
+    good = "( ( [MAX 2 ) 9 ) ]\t9\n"
+    for split in ("train", "val", "test"):
+        body = "Source\tTarget\n" + good * 8
+        if split == "train":
+            body += "( ( [MAX 2 ) 9 ) ]\tnine\n"
+        (d / f"basic_{split}.tsv").write_text(body)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            f"data_dir={tmp / 'corrupt'}",
+            f"output_dir={tmp / 'out'}",
+            "task=listops",
+            "trainer=smoke",
+            "logger=none",
+        ],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "basic_train.tsv" in last and "10" in last, p.stderr
+
+
+COMMON = [
+    "task=listops",
+    "model=surnn",
+    "trainer=smoke",
+    "trainer.max_steps=16",
+    "trainer.ckpt_every=4",
+    "trainer.eval_every=4",
+    "trainer.max_train_examples=null",
+    "model.dropout=0.1",
+    *TINY,
+]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp):
+    ref = run([*COMMON, "run_id=straight"], tmp)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    return json.loads((tmp / "out" / "straight" / "results.json").read_text())
+
+
+def _interrupt(
+    tmp, run_id: str, sig: int, at_step: int, group: bool = False, extra=()
+) -> subprocess.Popen:
+    """Start a run, signal it once it has logged ``at_step`` (the whole process group,
+    loader workers included, when ``group``: what SLURM and ``timeout`` do)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        f"data_dir={tmp / 'data'}",
+        f"output_dir={tmp / 'out'}",
+        *COMMON,
+        *extra,
+        f"run_id={run_id}",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE if group else subprocess.DEVNULL,
+        start_new_session=group,
+    )
+    metrics = tmp / "out" / run_id / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and any(
+            json.loads(l).get("step", 0) >= at_step
+            for l in metrics.read_text().splitlines()
+            if l.endswith("}")
+        ):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be interrupted"
+    if group:
+        os.killpg(proc.pid, sig)
+        proc.stderr_text = proc.communicate(timeout=120)[1].decode(errors="replace")
+    else:
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=120)
+    assert not (tmp / "out" / run_id / "results.json").exists()
+    return proc
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    for k in ("best_val_acc", "best_step", "test_acc", "steps", "update_rate"):
+        assert a[k] == b[k], k
+    assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-6)
+
+
+def test_kill_9_and_resume_matches_uninterrupted_run(tmp, straight):
+    _interrupt(tmp, "killed", signal.SIGKILL, at_step=10)
+    resumed = run([*COMMON, "run_id=killed"], tmp)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same(straight, json.loads((tmp / "out" / "killed" / "results.json").read_text()))
+    steps = [
+        json.loads(l)["step"]
+        for l in (tmp / "out" / "killed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == sorted(steps), (
+        "metrics.jsonl has lines from the killed process past the checkpoint"
+    )
+
+
+def test_sigterm_saves_last_checkpoint_then_resume_matches(tmp, straight):
+    import torch
+
+    proc = _interrupt(tmp, "preempted", signal.SIGTERM, at_step=5)
+    assert proc.returncode == -signal.SIGTERM
+    saved = torch.load(tmp / "out" / "preempted" / "checkpoints" / "last.pt", weights_only=False)
+    assert 5 <= saved["step"] < 16  # written at the signal, not only every ckpt_every steps
+    resumed = run([*COMMON, "run_id=preempted"], tmp)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same(straight, json.loads((tmp / "out" / "preempted" / "results.json").read_text()))
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_still_saves(tmp, straight):
+    """SLURM preemption signals every process of the job, DataLoader workers included.
+    The workers used to die first and the run crashed ("DataLoader worker ... killed by
+    signal: Terminated") without writing last.pt."""
+    import torch
+
+    workers = ["trainer.num_workers=2"]
+    proc = _interrupt(tmp, "group", signal.SIGTERM, at_step=5, group=True, extra=workers)
+    assert "killed by signal" not in proc.stderr_text, proc.stderr_text[-3000:]
+    assert proc.returncode == -signal.SIGTERM, proc.stderr_text[-3000:]
+    saved = torch.load(tmp / "out" / "group" / "checkpoints" / "last.pt", weights_only=False)
+    assert 5 <= saved["step"] < 16
+    resumed = run([*COMMON, *workers, "run_id=group"], tmp)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same(straight, json.loads((tmp / "out" / "group" / "results.json").read_text()))
+
+
+def test_torchrun_ddp_on_cpu_evaluates_every_example_once(tmp):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            str(ROOT / "run.py"),
+            f"data_dir={tmp / 'data'}",
+            f"output_dir={tmp / 'out'}",
+            "task=listops",
+            "model=lstm",
+            "trainer=smoke",
+            *TINY,
+        ],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = [json.loads(r.read_text()) for r in (tmp / "out").glob("listops-lstm-*/results.json")]
+    assert len(runs) == 1, "both ranks must share one run folder"
+    assert runs[0]["world_size"] == 2 and runs[0]["test_examples"] == 21
+
+
+def test_sweep_through_submitit_launcher_then_tables(tmp):
+    """The SLURM path minus SLURM: Hydra multirun through submitit's local executor."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "-m",
+        "hydra/launcher=local",
+        f"data_dir={tmp / 'data'}",
+        f"output_dir={tmp / 'out'}",
+        "task=listops",
+        "model=lstm,gru",
+        "trainer=smoke",
+        *TINY,
+    ]
+    p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    found = sorted((tmp / "out" / "sweeps").glob("*/listops-*-s0-*/results.json"))
+    assert [f.parent.name.split("-")[1] for f in found] == ["gru", "lstm"]
+    out = tmp / "tables"
+    t = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "make_tables.py"),
+            str(found[0].parents[1]),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert t.returncode == 0, t.stderr
+    md = (out / "lra.md").read_text()
+    assert "| gru |" in md and "| lstm |" in md

@@ -1,0 +1,136 @@
+"""Every data task through the registry into the backbone, prepare_data on an empty
+folder, and run.py end to end on generated Pathfinder data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from surnn.harness.backbone import Model
+from surnn.harness.registry import TASKS
+from tasks.formats import (
+    random_images,
+    write_aan,
+    write_aclimdb,
+    write_cifar,
+    write_mnist,
+    write_pathfinder_pngs,
+)
+from tasks.generators import pathfinder as gen
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("lra")
+    write_aclimdb(d, n=3)
+    write_aan(d, {"train": 4, "eval": 2, "test": 2})
+    write_cifar(d, n=4)
+    write_mnist(d / "mnist", n_train=12, n_test=4)
+    gen.generate(d, 32, "hard", n=20, seed=0, workers=1, fmt="release", progress=False)
+    imgs, y = random_images(10, 128)
+    write_pathfinder_pngs(d, "pathfinder128/curv_contour_length_14", imgs, y)
+    return d
+
+
+CASES = [
+    ("text", {"max_len": 256, "hub": False}, "tokens"),
+    ("retrieval", {"max_len": 128}, "tokens"),
+    ("image", {"val_size": 4, "hub": False}, "tokens"),
+    ("image", {"val_size": 4, "hub": False, "input": "values"}, "values"),
+    ("pathfinder", {}, "tokens"),
+    ("pathfinder", {"input": "values"}, "values"),
+    ("pathx", {}, "tokens"),
+    ("smnist", {"val_size": 4, "hub": False}, "values"),
+    ("psmnist", {"val_size": 4, "hub": False, "input": "tokens"}, "tokens"),
+    ("scifar", {"val_size": 4, "hub": False}, "values"),
+]
+
+
+@pytest.mark.parametrize("name, options, kind", CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+def test_lstm_forward_on_each_task(data, name, options, kind):
+    torch.manual_seed(0)
+    task = TASKS.get(name)(data_dir=data, **options)
+    s = task.splits()
+    assert task.input_kind == kind
+    items = [s.train[i] for i in range(1 if name == "pathx" else 3)]  # pathx: 16k LSTM steps
+    batch = s.collate(items)
+    model = Model(task, mixer="lstm", mixer_options={}, d_model=16, n_layers=1).eval()
+    with torch.no_grad():
+        logits, aux = model(batch)
+    assert logits.shape == (len(items), task.n_classes)
+    assert torch.isfinite(logits).all()
+    assert batch["x"].shape[1] <= task.max_len
+    d = task.describe()
+    assert d["encoding"] and d["max_len"] == task.max_len
+
+
+def test_prepare_data_on_empty_folder_prints_instructions(tmp_path):
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "prepare_data.py"), "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    for task in (
+        "listops",
+        "text",
+        "retrieval",
+        "image",
+        "pathfinder",
+        "pathx",
+        "smnist",
+        "scifar",
+    ):
+        row = next(ln for ln in lines if ln.startswith(task + " "))
+        assert " missing " in row
+    assert f"--resolution 128 --difficulty hard --n 200000 --out {tmp_path}" in r.stdout
+    assert "aclImdb_v1.tar.gz" in r.stdout and "cifar-10-python.tar.gz" in r.stdout
+    assert "ossci-datasets" in r.stdout  # where MNIST's IDX files come from
+
+
+def test_prepare_data_counts_and_builds_caches(data):
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "prepare_data.py"), "--data-dir", str(data),
+         "--build-cache", "--tasks", "retrieval", "pathfinder", "pathx"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "train 4 / val 2 / test 2 (release: 147,086 / 18,090 / 17,437)" in out
+    assert "20 metadata lines, 20 PNGs" in out and "cache 16/2/2" in out
+    assert "pathx       found" in out and "cache 8/1/1" in out
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "prepare_data.py"), "--data-dir", str(data),
+         "--tasks", "smnist", "scifar"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "train 12 / test 4 (release: 60,000 / 10,000)" in r.stdout
+
+
+def run_py(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), f"output_dir={tmp / 'out'}", "logger=none", *args],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_run_py_smoke_on_generated_pathfinder(data, tmp_path):
+    args = ["task=pathfinder", "model=lstm", "model.d_model=16", "model.n_layers=1"]
+    r = run_py([*args, "trainer=smoke", f"data_dir={data}"], tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (res_file,) = (tmp_path / "out").rglob("results.json")
+    res = json.loads(res_file.read_text())
+    assert res["task"] == "pathfinder" and 0.0 <= res["test_acc"] <= 1.0

@@ -1,0 +1,163 @@
+"""surnn/gates.py: the gate kinds, their options, surrogate gradients and all_open."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from surnn.errors import ConfigError
+from surnn.gates import all_open, build_gate
+
+
+def test_interval_gate_rate_and_slabs():
+    gate = build_gate(12, 4, {"kind": "interval", "period": 3})
+    g, active = gate(30)
+    assert g.shape == (30, 12) and torch.equal(active, g.bool())
+    assert torch.allclose(g.mean(0), torch.full((12,), 1 / 3))
+    for t in range(30):  # one contiguous slab of 4 neurons per step
+        idx = g[t].nonzero().flatten()
+        assert len(idx) == 4 and int(idx[-1] - idx[0]) == 3
+
+
+def test_rhythm_init_rate_and_bounded_active_set():
+    torch.manual_seed(0)
+    gate = build_gate(256, 4, {"kind": "rhythm", "init_rate": 0.2, "width": 0.5})
+    g, active = gate(2000)
+    assert abs(g.mean().item() - 0.2) < 0.05
+    a = gate.preactivation(2000)
+    assert torch.equal(active, (a > 0) | (a.abs() < 0.5))  # training: open + near threshold
+    with torch.no_grad():
+        _, active_eval = gate(2000)
+    assert torch.equal(active_eval, a > 0)
+    ste = build_gate(8, 4, {"kind": "rhythm", "surrogate": "ste"})
+    assert ste(10)[1].all()
+
+
+@pytest.mark.parametrize("kind", ["rhythm", "random", "soft"])
+def test_grouped_rhythm_shares_one_rhythm_per_group(kind):
+    torch.manual_seed(0)
+    gate = build_gate(12, 4, {"kind": kind, "group_size": 4, "init_rate": 0.3})
+    g, _ = gate(50)
+    assert g.shape == (50, 12)
+    assert torch.equal(g, g[:, ::4].repeat_interleave(4, dim=1))  # 3 rhythms of 4 neurons
+    assert not torch.equal(g[:, 0], g[:, 4])  # the groups differ
+    if kind == "rhythm":
+        assert gate.phi.shape == (3, 4) and gate.bias.shape == (3,)
+    with pytest.raises(ConfigError, match=r"group_size=5.*dividing the hidden size 12"):
+        build_gate(12, 4, {"kind": kind, "group_size": 5})
+
+
+def test_grouped_rhythm_gradient_sums_over_the_group():
+    torch.manual_seed(0)
+    gate = build_gate(8, 4, {"kind": "rhythm", "group_size": 4, "surrogate": "rect"})
+    g, _ = gate(100)
+    g.sum().backward()
+    a = gate.preactivation(100).detach()
+    expected = (a.abs() < gate.width).float().sum(0).view(2, 4).sum(1)
+    assert torch.allclose(gate.bias.grad, expected)
+
+
+def test_grouped_rhythm_runs_on_slabs_and_matches_the_reference():
+    """With shared rhythms the plan has one group per rhythm (row slices, no gather), and
+    the cpu path still equals the reference."""
+    from surnn.ops import su_gru
+    from surnn.ops.schedule import make_plan
+
+    torch.manual_seed(0)
+    H, T = 32, 40
+    gate = build_gate(H, 4, {"kind": "rhythm", "group_size": 8, "init_rate": 0.3})
+    with torch.no_grad():
+        g, active = gate(T)
+    plan = make_plan(active)
+    assert plan.groups is not None and len(plan.groups) <= H // 8
+    assert all(isinstance(w, slice) for step in plan.steps for w, _, _ in step)
+    x, h0 = torch.randn(3, T, 5, dtype=torch.float64), torch.randn(3, H, dtype=torch.float64)
+    w = [
+        torch.randn(s, dtype=torch.float64) * 0.3
+        for s in [(3 * H, 5), (3 * H, H), (3 * H,), (3 * H,)]
+    ]
+    g64 = g.double()
+    with torch.no_grad():
+        a = su_gru(x, h0, *w, g64, active, impl="cpu")
+        b = su_gru(x, h0, *w, g64, active, impl="reference")
+    assert (a[0] - b[0]).abs().max() < 1e-10 and (a[1] - b[1]).abs().max() < 1e-10
+
+
+def test_surrogate_gradient_is_bounded():
+    gate = build_gate(16, 4, {"kind": "rhythm", "surrogate": "rect", "width": 0.3})
+    g, _ = gate(100)
+    g.sum().backward()
+    a = gate.preactivation(100).detach()
+    expected = (a.abs() < 0.3).float().sum(0)
+    assert torch.allclose(gate.bias.grad, expected)
+
+
+def test_random_and_content_gates():
+    rnd = build_gate(8, 4, {"kind": "random"})
+    assert not list(rnd.parameters())
+    content = build_gate(8, 4, {"kind": "content"})
+    g, active = content(5, torch.randn(3, 5, 4))
+    assert g.shape == (3, 5, 8) and active.shape == (3, 5, 8)
+    soft = build_gate(8, 4, {"kind": "soft"})
+    g, active = soft(5)
+    assert ((g > 0) & (g < 1)).all() and active.all()
+
+
+def test_all_open_forces_every_gate():
+    for kind in ["rhythm", "interval", "content"]:
+        gate = build_gate(8, 4, {"kind": kind})
+        with all_open():
+            g, active = gate(6, torch.randn(2, 6, 4))
+        assert g.all() and active.all()
+
+
+def test_bad_gate_config_names_the_option():
+    with pytest.raises(ConfigError, match="kind"):
+        build_gate(8, 4, {"kind": "nope"})
+    with pytest.raises(ConfigError, match="colour"):
+        build_gate(8, 4, {"colour": 1})
+    with pytest.raises(ConfigError, match="init_rate"):
+        build_gate(8, 4, {"init_rate": 2.0})
+
+
+def test_gate_table_options_come_from_the_constructors():
+    import inspect
+
+    from surnn.gates import GATES, IntervalGate, RhythmGate, gate_options
+
+    assert set(GATES) == {"rhythm", "soft", "random", "interval", "open", "content"}
+    rhythm = inspect.signature(RhythmGate.__init__).parameters
+    assert gate_options("rhythm") == {
+        k: p.default for k, p in rhythm.items() if k not in ("self", "hidden_size", "frozen")
+    }
+    assert gate_options("interval") == {"period": 3, "stagger": True}
+    assert gate_options("open") == {}
+    assert "frozen" not in gate_options("random")  # the kind fixes it
+    assert {"surrogate", "width", "frozen"}.isdisjoint(gate_options("soft"))
+    assert "temperature" in gate_options("soft")
+    assert gate_options("content") == {
+        "init_rate": 0.5,
+        "surrogate": "triangle",
+        "width": 1.0,
+        "lr": None,
+    }
+    assert isinstance(build_gate(8, 4, {"kind": "interval", "period": 5}), IntervalGate)
+
+
+@pytest.mark.parametrize(
+    "kind,option",
+    [("rhythm", "period"), ("interval", "n_freqs"), ("open", "init_rate"), ("soft", "width")],
+)
+def test_an_option_of_another_kind_is_an_error_naming_the_kinds_options(kind, option):
+    """It used to be dropped silently (yet gave the run its own table row)."""
+    with pytest.raises(
+        ConfigError, match=rf"kind='{kind}' takes no option {option}; its options are"
+    ):
+        build_gate(8, 4, {"kind": kind, option: 5})
+
+
+def test_unset_options_take_the_kinds_defaults():
+    g = build_gate(8, 4, {"kind": "interval", "period": None, "n_freqs": None, "stagger": None})
+    assert g.period == 3
+    r = build_gate(8, 4, {"kind": "random", "n_freqs": 2})
+    assert r.n_freqs == 2 and not any(p.requires_grad for p in r.parameters())
