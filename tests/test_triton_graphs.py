@@ -158,6 +158,28 @@ def test_over_budget_runs_eager(monkeypatch):
 
 
 @needs_cpu
+def test_out_of_memory_for_the_static_buffers_runs_eager(cpu_cache, monkeypatch):
+    from surnn.ops.triton import op
+
+    real, calls = op._fwd_alloc, []
+
+    def alloc(s, save):  # the graph's buffers (the first real allocation) do not fit
+        calls.append(s["x"].device.type)
+        if calls.count("cpu") == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(s, save)
+
+    monkeypatch.setattr(op, "_fwd_alloc", alloc)
+    case = make_case(3, 5, 4, 16)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="no memory"):
+        a = su_gru_triton(*case[:2], *case[2], *case[3:], graphs=True)
+    with torch.no_grad():
+        b = su_gru_triton(*case[:2], *case[2], *case[3:], graphs=False)
+    assert calls[0] == "meta" and all(graphs._same_bits(p, q) for p, q in zip(a, b))
+    assert len(cpu_cache) == 0
+
+
+@needs_cpu
 def test_failed_capture_falls_back_to_eager_for_good(monkeypatch):
     def broken(fn, device):
         raise RuntimeError("operation not permitted when stream is capturing")

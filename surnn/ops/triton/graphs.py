@@ -190,9 +190,9 @@ class GraphCache:
 
     def _build(self, k, inputs, alloc, body, finish):
         device = next(iter(inputs.values())).device
-        static = {n: torch.empty_like(t) for n, t in inputs.items()}
-        static.update(alloc(static))
-        nbytes = sum(t.numel() * t.element_size() for t in static.values())
+        meta = {n: torch.empty_like(t, device="meta") for n, t in inputs.items()}
+        meta.update(alloc(meta))  # sized on the meta device: nothing allocated yet
+        nbytes = sum(t.numel() * t.element_size() for t in meta.values())
         limit = self.max_bytes(device)
         if nbytes > limit:
             self._mark_eager(k, f"its buffers ({nbytes / 2**20:.0f} MiB) exceed the budget "
@@ -202,6 +202,12 @@ class GraphCache:
             len(self._entries) >= self.max_entries() or self.nbytes() + nbytes > limit
         ):
             self._evict_one()
+        try:
+            static = {n: torch.empty_like(t) for n, t in inputs.items()}
+            static.update(alloc(static))
+        except torch.OutOfMemoryError:
+            self._mark_eager(k, f"no memory for its buffers ({nbytes / 2**20:.0f} MiB)")
+            return None
         for n, t in inputs.items():
             static[n].copy_(t)
         body(static)  # eager warm-up: compiles/loads the kernels (not allowed in capture)
