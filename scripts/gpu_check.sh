@@ -53,7 +53,7 @@ if ((DRY)); then
     OUT=${GPU_CHECK_OUT:-/tmp/surnn_gpu_check_dry.json}
     BENCH=(--device cpu --dtype fp32 --batch 2 --seq 16 --dim 16 --hidden 16 --reps 1 --rates 1 0.17
            --impl triton)
-    GRAPHS=(--device cpu --dtype fp32 --batch 2 --seq 8 --dim 8 --hidden 16 --reps 1)
+    GRAPHS=(--device cpu --dtype fp32 --batch 2 --seq 4 --dim 8 --hidden 16 --reps 1)
     # the graph tests' CPU part runs in the normal suite; here one of them checks the step
     TESTS=(tests/surnn/test_triton.py tests/test_triton_graphs.py::test_option_and_environment)
     GROUP=8
