@@ -9,7 +9,7 @@
 #   3. the step loops launched eagerly vs replayed as CUDA graphs (surnn/ops/triton/graphs.py):
 #      bf16, B=64, T=4096, D=H=256 (launch-bound), forward and a training step;
 #   4. short tables (printed last). Budget: under 8 minutes (step timeouts sum to 7.5).
-# The CUDA-graph path and its tests (tests/test_triton_graphs.py) have not run on a GPU yet.
+# The CUDA-graph path and its tests (tests/surnn/test_triton_graphs.py) have not run on a GPU yet.
 # Python: the project's .venv when its torch sees a GPU; else a python3 whose torch sees one
 # (GPU images without network access: the kernels and the benchmark need only torch, triton,
 # numpy, tqdm and pytest, not Hydra); else `make setup` (needs the package registries).
@@ -55,7 +55,7 @@ if ((DRY)); then
            --impl triton)
     GRAPHS=(--device cpu --dtype fp32 --batch 2 --seq 4 --dim 8 --hidden 16 --reps 1)
     # the graph tests' CPU part runs in the normal suite; here one of them checks the step
-    TESTS=(tests/surnn/test_triton.py tests/test_triton_graphs.py::test_option_and_environment)
+    TESTS=(tests/surnn/test_triton.py tests/surnn/test_triton_graphs.py::test_option_and_environment)
     GROUP=8
     SLOW=4  # the interpreter on a busy CPU: the 8-minute budget is the GPU run's
 else
@@ -64,7 +64,7 @@ else
     BENCH=(--device cuda --dtype bf16 --batch 64 --seq 1024 --dim 1024 --hidden 1024 --reps 5
            --impl triton)
     GRAPHS=(--device cuda --dtype bf16 --batch 64 --seq 4096 --dim 256 --hidden 256 --reps 5)
-    TESTS=(tests/surnn/test_triton.py tests/test_triton_graphs.py)
+    TESTS=(tests/surnn/test_triton.py tests/surnn/test_triton_graphs.py)
     GROUP=64
     SLOW=1
 fi

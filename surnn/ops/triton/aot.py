@@ -16,7 +16,7 @@ ptxas log of that compile, shared memory from Triton's metadata.
 
   python -m surnn.ops.triton.aot [--out results/bench/triton_kernels] [--jobs N]
 writes the table (.md) and the rows (.json); scripts/triton_report.py does the same.
-tests/test_triton_aot.py compiles the whole matrix and fails on any error.
+tests/surnn/test_triton_aot.py compiles the whole matrix and fails on any error.
 
 Compiling for a target proves the kernels build for it and shows their resource use; it
 does not run them (no GPU was used for this: correctness on CUDA is the job of
@@ -116,7 +116,7 @@ def jobs(archs=ARCHS, dtypes=DTYPES, shapes=tuple(SHAPES)) -> list[Job]:
 
 
 def ci_jobs() -> list[Job]:
-    """What tests/test_triton_aot.py compiles on every CI run (a cold build of the whole
+    """What tests/surnn/test_triton_aot.py compiles on every CI run (a cold build of the whole
     matrix, 64 kernels, takes ~3 min on 2 busy cores): sm_90 in full for the aligned
     shapes (every kernel x configuration x dtype: 16), and on sm_80 the two kernels with
     tensor-core dots (fwd_step with SAVE, bwd_matmul) in bf16 at the largest tiles.

@@ -3,7 +3,7 @@
 NOT RUN ON A GPU YET: no GPU was available when this was written. Its plumbing (static
 buffers, copy-in, zeroing, ping-pong, copies out, cache bounds, fallbacks) is tested on
 the CPU with the Triton interpreter and a stand-in graph that replays the captured body
-(tests/test_triton_graphs.py); the real capture and replay are tested by that file's
+(tests/surnn/test_triton_graphs.py); the real capture and replay are tested by that file's
 CUDA-only tests and timed by scripts/gpu_check.sh, neither of which has run yet.
 
 The eager path launches one Triton kernel per step from Python (tens of microseconds

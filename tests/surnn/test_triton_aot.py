@@ -17,7 +17,7 @@ pytest.importorskip("triton")
 from surnn.ops.triton import aot  # noqa: E402
 from surnn.ops.triton.op import _CFG_TABLE, _cfg, cfg_choices  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TABLE = ROOT / "results" / "bench" / "triton_kernels.json"
 
 
