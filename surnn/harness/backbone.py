@@ -12,7 +12,7 @@ task's input description (tokens or values, classes, dual) and its objective
 
 Retrieval (``dual``) encodes both documents with the same backbone and classifies
 ``[a, b, a*b, a-b]`` with a small MLP. ``model=hybrid`` mixes mixer kinds by layer
-(``model.options.layers: [surnn, s4d]``, repeated up to ``n_layers``; each kind's options
+(``model.options.layers: [surnn, s4d]``, repeated to fill ``n_layers``; each kind's options
 under ``model.options.<kind>``). With ``state`` (truncated BPTT over windows of a stream)
 every mixer must carry its recurrent state (``Mixer.stateful``).
 """
@@ -20,6 +20,7 @@ every mixer must carry its recurrent state (``Mixer.stateful``).
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any, Literal
 
 import torch
@@ -31,6 +32,8 @@ from surnn.harness.objectives import build_objective
 from surnn.harness.positions import Positions
 from surnn.harness.registry import MIXERS
 from surnn.utils import valid_mask
+
+log = logging.getLogger(__name__)
 
 HYBRID = "hybrid"
 
@@ -80,7 +83,8 @@ def layer_plan(
     mixer: str, mixer_options: dict[str, Any], n_layers: int
 ) -> list[tuple[str, dict[str, Any]]]:
     """(mixer kind, its options) per layer. One kind: n_layers times the same. ``hybrid``:
-    ``options.layers`` (a list of kinds) repeated up to n_layers, each kind with the
+    ``options.layers`` (a list of kinds) repeated to fill n_layers, rounded up to whole
+    repeats (``trainer=smoke``'s one layer gives one of each kind), each kind with the
     options under ``options.<kind>``."""
     if MIXERS.canonical(mixer) != HYBRID:
         return [(mixer, dict(mixer_options))] * n_layers
@@ -94,11 +98,16 @@ def layer_plan(
     kinds = [MIXERS.canonical(str(k)) for k in kinds]
     if HYBRID in kinds:
         raise ConfigError("model.options.layers: a hybrid cannot contain hybrid; list mixers")
+    repeats = -(-n_layers // len(kinds))
     if n_layers % len(kinds):
-        raise ConfigError(
-            f"model=hybrid: model.n_layers={n_layers} is not a multiple of the "
-            f"{len(kinds)} kinds in model.options.layers ({', '.join(kinds)}); the list is "
-            "repeated to fill the layers"
+        log.warning(
+            "model=hybrid: model.n_layers=%d is not a multiple of the %d kinds in "
+            "model.options.layers (%s): building %d layers (the list %d times)",
+            n_layers,
+            len(kinds),
+            ", ".join(kinds),
+            repeats * len(kinds),
+            repeats,
         )
     alias = {MIXERS.canonical(k): k for k in opts if k in MIXERS.names(aliases=True)}
     foreign = sorted(k for k in opts if k not in MIXERS.names(aliases=True))
@@ -108,7 +117,7 @@ def layer_plan(
             f"and one options block per mixer kind ({', '.join(MIXERS.names())})"
         )
     per_kind = {c: dict(opts[a] or {}) for c, a in alias.items()}
-    return [(k, per_kind.get(k, {})) for k in kinds] * (n_layers // len(kinds))
+    return [(k, per_kind.get(k, {})) for k in kinds] * repeats
 
 
 def _build_mixer(kind: str, options: dict[str, Any], d_model: int, max_len: int, causal):
