@@ -308,3 +308,28 @@ def test_hybrid_mixes_kinds_by_layer_with_per_layer_flops_and_rates(tmp_path):
 def test_hybrid_config_errors(opts, match):
     with pytest.raises(ConfigError, match=match):
         Model(standin("classify"), "hybrid", opts, d_model=8, n_layers=4)
+
+
+@pytest.mark.parametrize("mixer", ["lstm", "surnn"])
+def test_stream_training_resumes_exactly_with_the_carried_state(tmp_path, mixer):
+    """A crash after step 4 and a resume from last.pt (step 3, carried state inside) end
+    where an uninterrupted run does (the state of step 3 is needed for step 4's window)."""
+    a, _, _ = _lm_trainer(tmp_path / "a", mixer, window=8)
+    a.fit()
+    b, _, _ = _lm_trainer(tmp_path / "b", mixer, window=8)
+    calls, orig = {"n": 0}, b._train_step
+
+    def crash_after_four(it):
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        return orig(it)
+
+    b._train_step = crash_after_four
+    with pytest.raises(KeyboardInterrupt):
+        b.fit()
+    c, _, _ = _lm_trainer(tmp_path / "b", mixer, window=8)
+    c.fit()
+    assert c.step == a.step == 6 and c.best == a.best
+    for pa, pc in zip(a.model_raw.parameters(), c.model_raw.parameters()):
+        torch.testing.assert_close(pa, pc, rtol=1e-6, atol=1e-7)
