@@ -49,14 +49,17 @@ def main(cfg: DictConfig) -> float | None:
         _fail(e.cause)
     except HarnessError as e:
         _fail(e)
+    metric = results["metric_name"]
     log.info(
-        "done: best val acc %.4f (step %d), test acc %.4f -> %s/results.json",
-        results["best_val_acc"],
+        "done: best val %s %.4f (step %d), test %s %.4f -> %s/results.json",
+        metric,
+        results["best_val_metric"],
         results["best_step"],
-        results["test_acc"],
+        metric,
+        results[f"test_{metric}"],
         HydraConfig.get().runtime.output_dir,
     )
-    return results["best_val_acc"]
+    return results["best_val_metric"]
 
 
 if __name__ == "__main__":

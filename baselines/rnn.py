@@ -34,20 +34,41 @@ class _TorchRNNMixer(Mixer):
         out = H * (2 if bidirectional else 1)
         self.out = nn.Linear(out, d_model) if out != d_model else nn.Identity()
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+    @property
+    def stateful(self) -> bool:  # one direction only: a reverse pass has no carried state
+        return self.causal
+
+    def _run(self, x: torch.Tensor, lengths: torch.Tensor, hx=None):
         T = x.shape[1]
         lens = lengths.detach().to("cpu", torch.int64)
         if bool((lens == T).all()):
-            y, _ = self.rnn(x)
+            y, h_n = self.rnn(x, hx)
         else:
             packed = pack_padded_sequence(
                 x, lens.clamp(min=1), batch_first=True, enforce_sorted=False
             )
-            y, _ = self.rnn(packed)
+            y, h_n = self.rnn(packed, hx)
             y, _ = pad_packed_sequence(y, batch_first=True, total_length=T)
             if bool((lens == 0).any()):  # an empty sequence read one padding step: drop it
                 y = y.masked_fill((lengths == 0).view(-1, 1, 1).to(y.device), 0.0)
-        return self.out(y), {}
+        return self.out(y), h_n
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor):
+        return self._run(x, lengths)[0], {}
+
+    def forward_state(self, x, lengths, state):
+        """State: ``h`` [B, H] (and ``c`` for the LSTM) at each row's last valid step."""
+        if not self.causal:
+            return super().forward_state(x, lengths, state)
+        hx = None
+        if state is not None:
+            hx = state["h"].unsqueeze(0)
+            if "c" in state:
+                hx = (hx, state["c"].unsqueeze(0))
+        y, h_n = self._run(x, lengths, hx)
+        if isinstance(h_n, tuple):
+            return y, {}, {"h": h_n[0][0], "c": h_n[1][0]}
+        return y, {}, {"h": h_n[0]}
 
 
 class LSTMMixer(_TorchRNNMixer):

@@ -41,7 +41,7 @@ class AttentionMixer(Mixer):
         d_model: int,
         n_heads: int = 4,
         qkv_dim: int | None = None,
-        causal: bool = False,
+        causal: bool | None = False,
         positions: str = "sinusoidal",
         attn_dropout: float = 0.0,
         max_len: int | None = None,
@@ -53,6 +53,7 @@ class AttentionMixer(Mixer):
                 f"transformer qkv_dim={dq} (null means d_model) is not divisible by "
                 f"n_heads={n_heads}; choose n_heads that divides it"
             )
+        # None (the config's null): the backbone passes True for language modelling
         self.causal, self.n_heads, self.qkv_dim = bool(causal), n_heads, dq
         self.attn_dropout = float(attn_dropout)
         self.pos = Positions(positions, d_model, max_len, "transformer positions")

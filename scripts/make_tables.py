@@ -40,6 +40,8 @@ def find_runs(roots: list[Path]) -> list[dict]:
                 raise SystemExit(
                     f"error: {p} is not valid JSON ({e}); rerun that run or delete the file"
                 ) from None
+            if r.get("objective", "classify") != "classify":
+                continue  # memory and language runs: results/memory/ has their own scripts
             missing = [k for k in ("task", "model", "seed", "test_acc") if k not in r]
             if missing:
                 raise SystemExit(

@@ -93,7 +93,11 @@ def heaviside(a: torch.Tensor, surrogate: str = "triangle", width: float = 1.0) 
 
 
 class Gate(nn.Module):
-    """Base class: ``forward(T, x=None) -> (g, active)``; see the module docstring."""
+    """Base class: ``forward(T, x=None, t0=0) -> (g, active)``; see the module docstring.
+
+    ``t0`` is the time of the first step: a layer that reads a long stream in windows
+    (truncated BPTT) passes the steps already read, so a time-driven gate runs on as over
+    one sequence instead of restarting at every window."""
 
     time_only: bool = True
 
@@ -101,17 +105,17 @@ class Gate(nn.Module):
         super().__init__()
         self.hidden_size = hidden_size
 
-    def gate(self, T: int, x: torch.Tensor | None, device, dtype):  # pragma: no cover
+    def gate(self, T: int, x: torch.Tensor | None, device, dtype, t0=0):  # pragma: no cover
         raise NotImplementedError
 
-    def forward(self, T: int, x: torch.Tensor | None = None, device=None, dtype=None):
+    def forward(self, T: int, x: torch.Tensor | None = None, device=None, dtype=None, t0=0):
         if forced_open():
             shape = (T, self.hidden_size)
             if not self.time_only and x is not None:
                 shape = (x.shape[0], T, self.hidden_size)
             g = torch.ones(shape, device=device, dtype=dtype)
             return g, torch.ones(shape, device=device, dtype=torch.bool)
-        return self.gate(T, x, device, dtype)
+        return self.gate(T, x, device, dtype, t0)
 
 
 class BinaryGate(Gate):
@@ -122,11 +126,11 @@ class BinaryGate(Gate):
         _check_surrogate(surrogate, float(width))
         self.surrogate, self.width = surrogate, float(width)
 
-    def preactivation(self, T: int, x, device) -> torch.Tensor:  # pragma: no cover
+    def preactivation(self, T: int, x, device, t0=0) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def gate(self, T, x, device, dtype):
-        a = self.preactivation(T, x, device)
+    def gate(self, T, x, device, dtype, t0=0):
+        a = self.preactivation(T, x, device, t0=t0)
         g = heaviside(a, self.surrogate, self.width)
         open_ = a > 0
         if torch.is_grad_enabled() and a.requires_grad:
@@ -214,11 +218,18 @@ class RhythmGate(BinaryGate):
             else:
                 self.register_buffer(name, value)
 
-    def preactivation(self, T: int, x=None, device=None, dtype=None) -> torch.Tensor:
-        """a: [T, H] (float32)."""
-        t = torch.arange(T, device=device or self.alpha.device, dtype=torch.float32)
-        omega = self.log_omega.float().exp()
-        phase = t[:, None, None] * omega[None, None, :] + self.phi.float()[None]  # [T, H, K]
+    def preactivation(self, T: int, x=None, device=None, dtype=None, t0=0) -> torch.Tensor:
+        """a: [T, H] (float32) at times t0 .. t0 + T - 1."""
+        dev = device or self.alpha.device
+        if t0:  # a late window of a long stream: float64 phases keep omega * t exact
+            t = torch.arange(t0, t0 + T, device=dev, dtype=torch.float64)
+            omega = self.log_omega.double().exp()
+            phase = (t[:, None, None] * omega[None, None, :]).remainder(2 * math.pi).float()
+            phase = phase + self.phi.float()[None]
+        else:
+            t = torch.arange(T, device=dev, dtype=torch.float32)
+            omega = self.log_omega.float().exp()
+            phase = t[:, None, None] * omega[None, None, :] + self.phi.float()[None]  # [T,H,K]
         a = self.bias.float() + (self.alpha.float()[None] * torch.sin(phase)).sum(-1)
         if self.group_size > 1:  # [T, H/G] -> [T, H]; gradients sum over each group
             a = a.repeat_interleave(self.group_size, dim=1)
@@ -245,8 +256,8 @@ class SoftGate(RhythmGate):
             raise ConfigError(f"gate temperature={temperature}: expected a positive value")
         self.temperature = float(temperature)
 
-    def gate(self, T, x, device, dtype):
-        g = torch.sigmoid(self.preactivation(T, None, device) / self.temperature)
+    def gate(self, T, x, device, dtype, t0=0):
+        g = torch.sigmoid(self.preactivation(T, None, device, t0=t0) / self.temperature)
         return (g if dtype is None else g.to(dtype)), torch.ones_like(g, dtype=torch.bool)
 
 
@@ -266,8 +277,8 @@ class IntervalGate(Gate):
         off = torch.arange(hidden_size) * self.period // max(hidden_size, 1) if stagger else None
         self.register_buffer("offset", off if off is not None else torch.zeros(hidden_size).long())
 
-    def gate(self, T, x, device, dtype):
-        t = torch.arange(T, device=device or self.offset.device)
+    def gate(self, T, x, device, dtype, t0=0):
+        t = torch.arange(t0, t0 + T, device=device or self.offset.device)
         g = (t[:, None] + self.offset.to(t.device)[None]) % self.period == 0
         return g.to(dtype or torch.float32), g
 
@@ -275,7 +286,7 @@ class IntervalGate(Gate):
 class OpenGate(Gate):
     """Ablation: always open; the layer equals torch.nn.GRU."""
 
-    def gate(self, T, x, device, dtype):
+    def gate(self, T, x, device, dtype, t0=0):
         g = torch.ones(T, self.hidden_size, device=device, dtype=dtype or torch.float32)
         return g, torch.ones_like(g, dtype=torch.bool)
 
@@ -308,7 +319,7 @@ class ContentGate(BinaryGate):
         for p in self.proj.parameters():
             optim_hint(p, lr=lr, weight_decay=0.0)
 
-    def preactivation(self, T, x, device):
+    def preactivation(self, T, x, device, t0=0):
         if x is None:
             raise ConfigError("gate kind=content needs the layer input x")
         return self.proj(x).float()

@@ -93,7 +93,10 @@ class SelectiveUpdateGRU(nn.Module):
         input: torch.Tensor | PackedSequence,
         hx: torch.Tensor | None = None,
         lengths: torch.Tensor | None = None,
+        t0: int = 0,
     ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor]:
+        """``t0``: the time of the first step for the gates (the steps already read when a
+        long stream is fed in windows with the state carried over; 0 otherwise)."""
         packed = isinstance(input, PackedSequence)
         if packed:
             x, lengths = pad_packed_sequence(input, batch_first=True)
@@ -114,7 +117,7 @@ class SelectiveUpdateGRU(nn.Module):
         h_n, aux_loss = [], None
         self.last_gate, self.last_update_rate, self.last_active_rate = [], [], []
         for k in range(self.num_layers):
-            g, active = self.gates[k](T, x, device=x.device, dtype=x.dtype)
+            g, active = self.gates[k](T, x, device=x.device, dtype=x.dtype, t0=int(t0))
             self.last_gate.append(g.detach())
             rate, act_rate = _rates(g, active, lengths, counts, B)
             self.last_update_rate.append(rate.detach())

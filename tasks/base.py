@@ -37,11 +37,23 @@ class Splits:
     collate: Callable[[list], dict[str, torch.Tensor]]
 
 
+#: "no target here" in per-position targets (torch's cross-entropy default; the harness's
+#: surnn.harness.objectives.IGNORE_INDEX is the same value, a test checks it)
+IGNORE_INDEX = -100
+
+
 class Task:
-    """A classification task over sequences. Subclasses set the attributes below
-    (in ``__init__`` when they depend on options) and implement ``splits``."""
+    """A task over sequences. Subclasses set the attributes below (in ``__init__`` when
+    they depend on options) and implement ``splits``.
+
+    ``objective`` (surnn/harness/objectives.py): ``classify`` (``y [B]`` classes, the
+    default), ``tokens`` (``y [B, L]`` classes, ``IGNORE_INDEX`` where nothing is scored),
+    ``lm`` (splits are token streams: ``tokens`` 1-D ids and ``stream = True``; targets are
+    the next ids minus 1; ``n_classes`` the vocabulary, ids sorted by frequency for an
+    adaptive softmax with ``adaptive_cutoffs``), ``regress`` (``y [B]`` floats)."""
 
     name: str = "task"
+    objective: str = "classify"
     n_classes: int = 2
     input_kind: Literal["tokens", "values"] = "tokens"
     vocab_size: int | None = None  # tokens: ids in [0, vocab_size), 0 = padding
@@ -60,6 +72,7 @@ class Task:
         """What a run records about its data (lengths, vocabulary, sizes)."""
         return {
             "name": self.name,
+            "objective": self.objective,
             "n_classes": self.n_classes,
             "input_kind": self.input_kind,
             "vocab_size": self.vocab_size,

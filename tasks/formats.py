@@ -1,6 +1,7 @@
 """Writers of small data sets in the exact release formats (aclImdb, the AAN pair TSVs,
-CIFAR-10 pickles, MNIST IDX files, Pathfinder PNGs with metadata): the loaders are tested
-on them, and scripts/bench_data.py times the loaders on them. No real data is needed."""
+CIFAR-10 pickles, MNIST IDX files, Pathfinder PNGs with metadata, WikiText token files):
+the loaders are tested on them, and scripts/bench_data.py times the loaders on them. No
+real data is needed."""
 
 from __future__ import annotations
 
@@ -135,3 +136,64 @@ def write_pathfinder_pngs(
 def random_images(n: int, res: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (n, res, res), dtype=np.uint8), rng.integers(0, 2, n)
+
+
+WIKI_WORDS = [
+    "the",
+    "of",
+    "and",
+    "in",
+    "to",
+    "a",
+    "was",
+    "@-@",
+    ",",
+    ".",
+    "is",
+    "for",
+    "as",
+    "on",
+    "with",
+    "by",
+    "he",
+    "<unk>",
+    "at",
+    "from",
+]
+
+
+def write_wikitext(
+    data_dir: Path,
+    release: str = "wikitext-2",
+    raw: bool = False,
+    articles: dict[str, int] | None = None,
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """The WikiText release layout: ``<release>/wiki.{train,valid,test}.tokens`` (or
+    ``<release>-raw/wiki.*.raw``): articles headed `` = Title = ``, `` = = Section = = ``
+    subheadings, blank `` `` lines between, paragraphs of space-separated words with
+    `` @-@ `` and ``<unk>`` (not in the raw files), every line ending in `` \\n``. Returns
+    split name (train/valid/test) -> the file's lines."""
+    rng = np.random.default_rng(seed)
+    articles = articles or {"train": 3, "valid": 1, "test": 1}
+    folder = Path(data_dir) / (release + ("-raw" if raw else ""))
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = [w for w in WIKI_WORDS if not (raw and w == "<unk>")]
+    out = {}
+    for split, n in articles.items():
+        lines = [" \n"]
+        if split == "train":  # every word once, so valid/test hold no word train lacks
+            lines += [" = " + " ".join(vocab) + " = \n", " \n"]
+        for _ in range(n):
+            title = " ".join(rng.choice(vocab, 2))
+            lines += [f" = {title} = \n", " \n"]
+            for sec in range(2):
+                if sec:
+                    lines += [f" = = Section {sec} = = \n", " \n"]
+                words = rng.choice(vocab, int(rng.integers(8, 30)))
+                lines += [" " + " ".join(words) + " \n", " \n"]
+        (folder / f"wiki.{split}.{'raw' if raw else 'tokens'}").write_text(
+            "".join(lines), encoding="utf-8"
+        )
+        out[split] = lines
+    return out

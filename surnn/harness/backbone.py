@@ -1,14 +1,26 @@
-"""Encoder -> N pre-norm residual blocks (mixer, GLU feed-forward) -> pooling -> head.
+"""Encoder -> N pre-norm residual blocks (mixer, GLU feed-forward) -> head.
 
 Tasks know nothing of models and mixers know nothing of tasks: the backbone reads the
-task's input description (tokens or values, classes, dual) and builds any registered
-mixer by name. Retrieval (``dual``) encodes both documents with the same backbone and
-classifies ``[a, b, a*b, a-b]`` with a small MLP.
+task's input description (tokens or values, classes, dual) and its objective
+(``surnn.harness.objectives``) and builds any registered mixer by name:
+
+- ``classify``: pooling over valid positions (``model.pool``) -> linear head;
+- ``tokens``, ``lm``: the head at every position (no pooling); ``lm`` needs causal layers
+  (a non-causal mixer is a ConfigError; the transformer's ``causal: null`` means causal
+  exactly for language modelling);
+- ``regress``: the head on the last valid position.
+
+Retrieval (``dual``) encodes both documents with the same backbone and classifies
+``[a, b, a*b, a-b]`` with a small MLP. ``model=hybrid`` mixes mixer kinds by layer
+(``model.options.layers: [surnn, s4d]``, repeated to fill ``n_layers``; each kind's options
+under ``model.options.<kind>``). With ``state`` (truncated BPTT over windows of a stream)
+every mixer must carry its recurrent state (``Mixer.stateful``).
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any, Literal
 
 import torch
@@ -16,9 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from surnn.errors import ConfigError
+from surnn.harness.objectives import build_objective
 from surnn.harness.positions import Positions
 from surnn.harness.registry import MIXERS
 from surnn.utils import valid_mask
+
+log = logging.getLogger(__name__)
+
+HYBRID = "hybrid"
 
 
 class GLUFeedForward(nn.Module):
@@ -43,16 +60,98 @@ class Block(nn.Module):
         self.ffn = GLUFeedForward(d_model, ffn_mult, dropout) if ffn_mult > 0 else None
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, lengths):
-        y, aux = self.mixer(self.norm1(x), lengths)
+    def forward(self, x, lengths, state=None, carry: bool = False):
+        if carry:
+            y, aux, state = self.mixer.forward_state(self.norm1(x), lengths, state)
+        else:
+            y, aux = self.mixer(self.norm1(x), lengths)
         x = x + self.drop(y)
         if self.ffn is not None:
             x = x + self.drop(self.ffn(self.norm2(x)))
-        return x, aux
+        return x, aux, state
+
+
+class Hybrid:
+    """``model=hybrid``: not one mixer but a plan of mixers by layer, which the backbone
+    builds (``layer_plan``); its registry entry makes ``model=hybrid`` a valid choice."""
+
+    def __init__(self, *args, **kwargs):
+        raise ConfigError("model=hybrid is a stack of mixers built by the backbone, not a mixer")
+
+
+def layer_plan(
+    mixer: str, mixer_options: dict[str, Any], n_layers: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """(mixer kind, its options) per layer. One kind: n_layers times the same. ``hybrid``:
+    ``options.layers`` (a list of kinds) repeated to fill n_layers, rounded up to whole
+    repeats (``trainer=smoke``'s one layer gives one of each kind), each kind with the
+    options under ``options.<kind>``."""
+    if MIXERS.canonical(mixer) != HYBRID:
+        return [(mixer, dict(mixer_options))] * n_layers
+    opts = dict(mixer_options)
+    kinds = opts.pop("layers", None)
+    if not kinds or isinstance(kinds, str):
+        raise ConfigError(
+            "model=hybrid needs model.options.layers, a list of mixer kinds by layer, e.g. "
+            "[surnn, s4d]"
+        )
+    kinds = [MIXERS.canonical(str(k)) for k in kinds]
+    if HYBRID in kinds:
+        raise ConfigError("model.options.layers: a hybrid cannot contain hybrid; list mixers")
+    repeats = -(-n_layers // len(kinds))
+    if n_layers % len(kinds):
+        log.warning(
+            "model=hybrid: model.n_layers=%d is not a multiple of the %d kinds in "
+            "model.options.layers (%s): building %d layers (the list %d times)",
+            n_layers,
+            len(kinds),
+            ", ".join(kinds),
+            repeats * len(kinds),
+            repeats,
+        )
+    alias = {MIXERS.canonical(k): k for k in opts if k in MIXERS.names(aliases=True)}
+    foreign = sorted(k for k in opts if k not in MIXERS.names(aliases=True))
+    if foreign:
+        raise ConfigError(
+            f"model=hybrid: unknown option {', '.join(foreign)}; model.options takes `layers` "
+            f"and one options block per mixer kind ({', '.join(MIXERS.names())})"
+        )
+    per_kind = {c: dict(opts[a] or {}) for c, a in alias.items()}
+    return [(k, per_kind.get(k, {})) for k in kinds] * repeats
+
+
+def _build_mixer(kind: str, options: dict[str, Any], d_model: int, max_len: int, causal):
+    cls = MIXERS.get(kind)
+    params = inspect.signature(cls).parameters
+    if "max_len" in params:
+        options = {"max_len": max_len, **options}
+    if causal and "causal" in params and options.get("causal") in (None, "auto"):
+        options = {**options, "causal": True}
+    elif "causal" in params and options.get("causal") == "auto":
+        options = {**options, "causal": False}
+    try:
+        return cls(d_model, **options)
+    except TypeError as e:
+        raise ConfigError(
+            f"model={kind}: bad mixer option ({e}); see configs/model/{kind}.yaml "
+            "for the options it takes"
+        ) from e
+
+
+def pool(h: torch.Tensor, lengths: torch.Tensor, kind: str) -> torch.Tensor:
+    """[B, L, D] -> [B, D] over the valid positions: mean, max or last."""
+    mask = valid_mask(lengths, h.shape[1])
+    if kind == "mean":
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(h.dtype)
+    if kind == "max":
+        return h.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+    idx = (lengths - 1).clamp(min=0)
+    return h[torch.arange(h.shape[0], device=h.device), idx]
 
 
 class Encoder(nn.Module):
-    """Shared sequence encoder: embedding/linear input -> blocks -> norm -> pooling."""
+    """Shared sequence encoder: embedding/linear input -> blocks -> norm (per position)."""
 
     def __init__(
         self,
@@ -68,25 +167,26 @@ class Encoder(nn.Module):
         pool: Literal["mean", "last", "max"],
         max_len: int,
         pos_emb: str = "none",
+        causal: bool = False,
     ):
         super().__init__()
         if input_kind == "tokens":
             self.embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
         else:
             self.embed = nn.Linear(input_dim, d_model)
-        mixer_cls = MIXERS.get(mixer)
-        if "max_len" in inspect.signature(mixer_cls).parameters:
-            mixer_options = {"max_len": max_len, **mixer_options}
-        try:
-            blocks = [
-                Block(mixer_cls(d_model, **mixer_options), d_model, ffn_mult, dropout)
-                for _ in range(n_layers)
-            ]
-        except TypeError as e:
-            raise ConfigError(
-                f"model={mixer}: bad mixer option ({e}); see configs/model/{mixer}.yaml "
-                "for the options it takes"
-            ) from e
+        plan = layer_plan(mixer, mixer_options, n_layers)
+        self.kinds = [MIXERS.canonical(k) for k, _ in plan]
+        blocks = [
+            Block(_build_mixer(k, o, d_model, max_len, causal), d_model, ffn_mult, dropout)
+            for k, o in plan
+        ]
+        if causal:
+            for i, (blk, kind) in enumerate(zip(blocks, self.kinds)):
+                if not getattr(blk.mixer, "causal", False):
+                    raise ConfigError(
+                        f"language modelling needs causal layers, but layer {i} (model={kind}) "
+                        f"is not causal: {_causal_fix(kind)}"
+                    )
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(d_model)
         self.pos = Positions(pos_emb, d_model, max_len, "model.pos_emb")
@@ -95,12 +195,24 @@ class Encoder(nn.Module):
         self.pool = pool
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    @property
+    def stateful(self) -> bool:
+        """Every mixer can carry its state across windows of a stream."""
+        return all(getattr(b.mixer, "stateful", False) for b in self.blocks)
+
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor, states: list | None = None, carry=False
+    ) -> tuple[torch.Tensor, dict, list | None]:
+        """(h [B, L, D] after the final norm, aux, new states when ``carry``)."""
         h = self.drop(self.pos(self.embed(x)))
         aux: dict[str, Any] = {}
         aux_loss = None
+        new_states = [] if carry else None
         for i, blk in enumerate(self.blocks):
-            h, a = blk(h, lengths)
+            s = states[i] if (carry and states is not None) else None
+            h, a, s = blk(h, lengths, s, carry)
+            if carry:
+                new_states.append(s)
             for k, v in a.items():
                 if k == "aux_loss":
                     aux_loss = v if aux_loss is None else aux_loss + v
@@ -108,21 +220,20 @@ class Encoder(nn.Module):
                     aux[f"layer{i}/{k}"] = v
         if aux_loss is not None:
             aux["aux_loss"] = aux_loss
-        h = self.norm(h)
-        mask = valid_mask(lengths, h.shape[1])
-        if self.pool == "mean":
-            m = mask.unsqueeze(-1).to(h.dtype)
-            pooled = (h * m).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(h.dtype)
-        elif self.pool == "max":
-            pooled = h.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
-        else:
-            idx = (lengths - 1).clamp(min=0)
-            pooled = h[torch.arange(h.shape[0], device=h.device), idx]
-        return pooled, aux
+        return self.norm(h), aux, new_states
+
+
+def _causal_fix(kind: str) -> str:
+    return {
+        "transformer": "set model.options.causal=true (or null)",
+        "gru": "set model.options.bidirectional=false",
+        "lstm": "set model.options.bidirectional=false",
+        "s4d": "set model.options.bidirectional=false",
+    }.get(kind, "choose a causal mixer")
 
 
 class Model(nn.Module):
-    """Classifier over a task's sequences built around one registered mixer."""
+    """A task's model around registered mixers: encoder + the head of the task's objective."""
 
     def __init__(
         self,
@@ -140,6 +251,11 @@ class Model(nn.Module):
         super().__init__()
         self.mixer_name = mixer
         self.dual = bool(task.dual)
+        self.objective = build_objective(task)
+        if self.dual and self.objective.name != "classify":
+            raise ConfigError(
+                f"task={task.name}: a dual task must classify (objective={self.objective.name})"
+            )
         self.encoder = Encoder(
             task.input_kind,
             task.vocab_size,
@@ -153,6 +269,7 @@ class Model(nn.Module):
             pool,
             task.max_len,
             pos_emb,
+            causal=self.objective.name == "lm",
         )
         if self.dual:
             hidden = head_hidden or d_model
@@ -160,21 +277,49 @@ class Model(nn.Module):
                 nn.Linear(4 * d_model, hidden), nn.GELU(), nn.Linear(hidden, task.n_classes)
             )
         else:
-            self.head = nn.Linear(d_model, task.n_classes)
+            self.head = self.objective.head(d_model)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """(logits, aux): aux holds 0-d tensors, ``aux_loss`` (the sum of the mixers'
-        auxiliary losses, to add to the task loss; absent when there is none) and per-layer
-        metrics ``layer{i}/update_rate`` etc. (a dual task averages its two encodings)."""
-        a, aux = self.encoder(batch["x"], batch["lengths"])
-        if not self.dual:
-            return self.head(a), aux
-        b, aux2 = self.encoder(batch["x2"], batch["lengths2"])
-        for k, v in aux2.items():
-            if k not in aux:
-                aux[k] = v
-            elif k == "aux_loss":
-                aux[k] = aux[k] + v
-            else:
-                aux[k] = (aux[k] + v) / 2
-        return self.head(torch.cat([a, b, a * b, a - b], dim=-1)), aux
+    @property
+    def layer_kinds(self) -> list[str]:
+        return list(self.encoder.kinds)
+
+    def forward(
+        self, batch: dict[str, torch.Tensor], state: list | None = None, carry: bool = False
+    ):
+        """(out, aux), or (out, aux, new state) with ``carry`` (truncated BPTT: ``state``
+        from the previous window of the same rows, None for a stream's first window).
+
+        ``out`` is what the objective scores: logits ``[B, C]`` (classify), ``[B, L, C]``
+        (tokens), predictions ``[B]`` (regress), or the LM's per-target ``nll``/``pred``.
+        aux holds 0-d tensors, ``aux_loss`` (the sum of the mixers' auxiliary losses, to
+        add to the task loss; absent when there is none) and per-layer metrics
+        ``layer{i}/update_rate`` etc. (a dual task averages its two encodings)."""
+        if carry and not self.encoder.stateful:
+            kinds = sorted({k for k, b in zip(self.layer_kinds, self.encoder.blocks)
+                            if not getattr(b.mixer, "stateful", False)})  # fmt: skip
+            raise ConfigError(
+                f"model={self.mixer_name}: layer kind(s) {', '.join(kinds)} cannot carry a "
+                "state across windows; set task.options.carry_state=false"
+            )
+        lengths = batch["lengths"]
+        h, aux, new_state = self.encoder(batch["x"], lengths, state, carry)
+        obj = self.objective
+        if obj.per_position:
+            out = obj.outputs(self.head, h, batch.get("y"))
+        elif obj.name == "regress":
+            out = obj.outputs(self.head, pool(h, lengths, "last"), None)
+        elif not self.dual:
+            out = self.head(pool(h, lengths, self.encoder.pool))
+        else:
+            a = pool(h, lengths, self.encoder.pool)
+            h2, aux2, _ = self.encoder(batch["x2"], batch["lengths2"])
+            b = pool(h2, batch["lengths2"], self.encoder.pool)
+            for k, v in aux2.items():
+                if k not in aux:
+                    aux[k] = v
+                elif k == "aux_loss":
+                    aux[k] = aux[k] + v
+                else:
+                    aux[k] = (aux[k] + v) / 2
+            out = self.head(torch.cat([a, b, a * b, a - b], dim=-1))
+        return (out, aux, new_state) if carry else (out, aux)

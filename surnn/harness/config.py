@@ -36,9 +36,11 @@ class TrainerConfig:
     num_workers: int = 2
     progress: bool = True
     flops: bool = True  # count FLOPs per sequence once per run
-    max_train_examples: int | None = None  # use a prefix of the train split (debugging)
+    # Use a prefix of the train split (debugging); a language-modelling stream: that many
+    # windows of tokens.
+    max_train_examples: int | None = None
     # Evaluate on a prefix of val/test (smoke runs only: published numbers need every
-    # example; results.json records the count).
+    # example; results.json records the count); streams: that many windows of tokens.
     max_eval_examples: int | None = None
     compile: bool = False  # torch.compile the model
 

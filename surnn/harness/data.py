@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from surnn.harness.objectives import IGNORE_INDEX
+
 
 def _own_generator() -> torch.Generator:
     """Each loader iterator draws a worker base seed; from its own generator, so that
@@ -114,3 +116,82 @@ def eval_loader(
         generator=_own_generator(),
         worker_init_fn=_worker_init,
     )
+
+
+class SequentialBatchSampler(Sampler[list[int]]):
+    """Batches of consecutive indices from ``start``: batch ``k`` is examples
+    ``[k B, (k+1) B)`` (this rank's interleaved share). For data sets that draw example
+    ``i`` from ``(seed, i)`` (``endless``): every step sees fresh examples, and the step
+    alone fixes them, so a resumed run reads the same ones."""
+
+    def __init__(self, n: int, batch_size: int, start: int = 0, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.start = n, batch_size, start
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        k = self.start
+        while True:
+            lo = (k * self.batch_size) % max(self.n - self.batch_size + 1, 1)
+            yield list(range(lo + self.rank, lo + self.batch_size, self.world))
+            k += 1
+
+
+class StreamWindows:
+    """A token stream cut into ``rows`` parallel rows, read in windows of ``window`` steps
+    (truncated BPTT: row r of window j continues row r of window j - 1).
+
+    ``tokens``: 1-D ids (0 = padding, never inside a stream); the target of a position is
+    the next token's id minus ``target_offset``. ``full_only`` (training): equal rows and
+    full windows only (at most rows x window trailing tokens unread per epoch); otherwise
+    (evaluation) every token but the first is predicted exactly once: rows differ by at
+    most one token and the last window may be ragged (its empty rows, a suffix, dropped).
+    """
+
+    def __init__(
+        self, tokens, rows: int, window: int, full_only: bool, target_offset: int = 1
+    ) -> None:
+        import numpy as np
+
+        n_pred = len(tokens) - 1
+        if n_pred < rows or window < 1:
+            raise ValueError(f"a stream of {len(tokens)} tokens cannot fill {rows} rows")
+        base, rem = divmod(n_pred, rows)
+        if full_only:
+            rem = 0
+        self.tokens, self.rows, self.window, self.offset = tokens, rows, window, target_offset
+        self.row_len = np.array([base + (b < rem) for b in range(rows)], dtype=np.int64)
+        self.row_start = np.concatenate([[0], np.cumsum(self.row_len)[:-1]]).astype(np.int64)
+        self.n_windows = base // window if full_only else -(-int(self.row_len[0]) // window)
+        if self.n_windows < 1:
+            raise ValueError(
+                f"a stream of {len(tokens)} tokens in {rows} rows is shorter than one "
+                f"window of {window}"
+            )
+
+    def batch(self, j: int, rows: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Window ``j`` of the given rows (default all) with rows that hold nothing left out:
+        ``x``, ``y`` [b, L], ``lengths`` [b], ``rows`` [b] (their indices)."""
+        import numpy as np
+
+        rows = list(range(self.rows)) if rows is None else rows
+        lo = j * self.window
+        lens = np.clip(self.row_len[rows] - lo, 0, self.window)
+        keep = [r for r, n in zip(rows, lens) if n > 0]
+        lens = lens[lens > 0]
+        L = int(lens.max()) if len(lens) else 0
+        x = np.zeros((len(keep), L), dtype=np.int64)
+        y = np.full((len(keep), L), IGNORE_INDEX, dtype=np.int64)
+        for i, (r, n) in enumerate(zip(keep, lens)):
+            s = int(self.row_start[r]) + lo
+            seg = np.asarray(self.tokens[s : s + int(n) + 1], dtype=np.int64)
+            x[i, :n] = seg[:-1]
+            y[i, :n] = seg[1:] - self.offset
+        return {
+            "x": torch.from_numpy(x),
+            "y": torch.from_numpy(y),
+            "lengths": torch.from_numpy(lens.astype(np.int64)),
+            "rows": torch.tensor(keep, dtype=torch.long),
+        }

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from surnn.errors import ConfigError
 from surnn.layer import SelectiveUpdateGRU
 
 
@@ -25,6 +26,9 @@ class Mixer(nn.Module):
 
     #: True when position t depends only on positions <= t.
     causal: bool = True
+    #: True when ``forward_state`` carries the recurrent state across calls (truncated
+    #: BPTT over consecutive windows of a stream, as language models are trained).
+    stateful: bool = False
 
     def __init__(self, d_model: int, **kwargs: Any):
         super().__init__()
@@ -35,6 +39,16 @@ class Mixer(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, Any]]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def forward_state(
+        self, x: torch.Tensor, lengths: torch.Tensor, state: dict[str, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, dict[str, Any], dict[str, torch.Tensor]]:
+        """``forward`` starting from ``state`` (None: the zero state) and returning the
+        state after each row's last valid position: a dict of tensors whose first dim is
+        the batch (so the caller can select rows and detach)."""
+        raise ConfigError(
+            f"{type(self).__name__} cannot carry a state across windows (stateful=False)"
+        )
+
 
 class SuRNNMixer(Mixer):
     """The suRNN mixer: one SelectiveUpdateGRU layer (hidden = d_model by default),
@@ -43,6 +57,7 @@ class SuRNNMixer(Mixer):
     rate penalty configured, ``aux_loss``."""
 
     causal = True
+    stateful = True
 
     def __init__(
         self,
@@ -58,10 +73,23 @@ class SuRNNMixer(Mixer):
 
     def forward(self, x, lengths):
         y, _ = self.rnn(x, lengths=lengths)
+        return self.out(y), self._aux()
+
+    def forward_state(self, x, lengths, state):
+        """State: ``h`` [B, H] and ``t`` [B], the steps read so far: the rhythm gate's clock
+        runs on across windows (``t0``), as over one long sequence."""
+        h0 = t0 = None
+        if state is not None:
+            h0, t0 = state["h"].unsqueeze(0), int(state["t"][0])
+        y, h_n = self.rnn(x, h0, lengths=lengths, t0=t0 or 0)
+        t = (t0 or 0) + lengths.to(torch.long)
+        return self.out(y), self._aux(), {"h": h_n[0], "t": t}
+
+    def _aux(self) -> dict[str, Any]:
         aux: dict[str, Any] = {
             "update_rate": self.rnn.last_update_rate[0],
             "active_rate": self.rnn.last_active_rate[0],
         }
         if self.rnn.last_aux_loss is not None:
             aux["aux_loss"] = self.rnn.last_aux_loss
-        return self.out(y), aux
+        return aux

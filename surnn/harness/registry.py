@@ -55,6 +55,7 @@ MIXERS = Registry(
         "lstm": "baselines.rnn:LSTMMixer",
         "s4d": "baselines.s4d:S4DMixer",
         "transformer": "baselines.transformer:AttentionMixer",
+        "hybrid": "surnn.harness.backbone:Hybrid",  # mixer kinds by layer (layer_plan)
     },
     aliases={"sugru": "surnn", "s4": "s4d"},
 )
@@ -70,5 +71,10 @@ TASKS = Registry(
         "smnist": "tasks.pixel:SMNIST",
         "psmnist": "tasks.pixel:PSMNIST",
         "scifar": "tasks.pixel:SCIFAR",
+        "selective_copy": "tasks.memory:SelectiveCopy",
+        "copy_memory": "tasks.memory:CopyMemory",
+        "adding": "tasks.memory:Adding",
+        "wikitext103": "tasks.wikitext:WikiText103",
+        "wikitext2": "tasks.wikitext:WikiText2",
     },
 )

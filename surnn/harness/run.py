@@ -223,19 +223,30 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         trainer.fit()
         test = trainer.test()
+        obj = trainer.objective
+        metric = obj.metric
+        test_metrics = {
+            k.split("/", 1)[1]: v
+            for k, v in test.items()
+            if "/" in k and not k.split("/", 1)[1].startswith("layer")
+        }
         results: dict[str, Any] = {
             "task": task.name,
             "model": mcfg.name,
             "seed": seed,
             "run_id": str(cfg.run_id),
             "steps": trainer.step,
-            "best_val_acc": trainer.best["val_acc"],
+            "objective": obj.name,
+            "metric_name": metric,
+            "metric_higher_is_better": obj.higher_is_better,
+            "best_val_metric": trainer.best["value"],
             "best_val_loss": trainer.best["val_loss"],
             "best_step": trainer.best["step"],
-            "test_acc": test["test/acc"],
+            f"test_{metric}": test[f"test/{metric}"],
+            "test_metrics": test_metrics,
             "test_loss": test["test/loss"],
             "test_examples": test["test/n"],
-            "test_majority_class": test["test/majority"],
+            "carry_state": trainer.carry if trainer.stream else None,
             "update_rate": _layer_rates(test, "update_rate"),
             "active_rate": _layer_rates(test, "active_rate"),
             "params": n_params,
@@ -252,6 +263,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "data": task.describe(),
             "split_sizes": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
         }
+        if obj.name == "classify":  # the fields the LRA tables read
+            results["best_val_acc"] = trainer.best["val_acc"]
+            results["test_acc"] = test["test/acc"]
+            results["test_majority_class"] = test["test/majority"]
         if tcfg.flops and rank == 0:
             results.update(trainer.flops())
         if rank == 0:

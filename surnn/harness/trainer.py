@@ -21,15 +21,19 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.utils.data import Subset
-from torchmetrics.classification import MulticlassAccuracy
 from tqdm.auto import tqdm
 
 from surnn.errors import ConfigError, TrainingError
 from surnn.harness import checkpoint as ckpt
 from surnn.harness.config import OptimConfig, TrainerConfig
-from surnn.harness.data import ResumableBatchSampler, eval_loader, train_loader
+from surnn.harness.data import (
+    ResumableBatchSampler,
+    SequentialBatchSampler,
+    StreamWindows,
+    eval_loader,
+    train_loader,
+)
 from surnn.harness.flops import count_flops
 from surnn.harness.loggers import Loggers
 from surnn.harness.metrics import peak_memory_bytes
@@ -91,6 +95,22 @@ def _tokens(batch: dict[str, torch.Tensor]) -> int:
     return n
 
 
+def is_stream(split) -> bool:
+    """A language-modelling split: one token stream (``tokens``), read in windows."""
+    return getattr(split, "tokens", None) is not None and getattr(split, "stream", False)
+
+
+def _rows(state, idx: torch.Tensor | None):
+    """The carried state (per layer: a dict of [B, ...] tensors) of the rows ``idx``,
+    detached (truncated BPTT); None stays None."""
+    if state is None:
+        return None
+    return [
+        {k: (v if idx is None else v[idx.to(v.device)]).detach() for k, v in s.items()}
+        for s in state
+    ]
+
+
 class Trainer:
     def __init__(
         self,
@@ -108,6 +128,11 @@ class Trainer:
         fingerprint: str = "",
     ):
         self.task, self.splits, self.tcfg, self.ocfg = task, splits, tcfg, ocfg
+        self.objective = getattr(model, "objective", None)
+        if self.objective is None:
+            from surnn.harness.objectives import Classify
+
+            self.objective = Classify(task.n_classes)
         self.run_dir, self.ckpt_dir = Path(run_dir), Path(run_dir) / "checkpoints"
         self.loggers, self.device, self.seed = loggers, device, seed
         self.rank, self.world, self.fingerprint = rank, world, fingerprint
@@ -139,14 +164,27 @@ class Trainer:
             lambda s: warmup_cosine(s, tcfg.warmup_steps, tcfg.max_steps, tcfg.min_lr_ratio),
         )
         train = splits.train
-        if tcfg.max_train_examples:
+        self.stream = is_stream(train)
+        self.carry = False
+        if self.stream:
+            self.carry = _carry(task, model)
+            if tcfg.max_train_examples:  # a prefix of max_train_examples windows
+                train = _Prefix(train, tcfg.max_train_examples * task.max_len + 1)
+        elif tcfg.max_train_examples:
             train = Subset(train, list(range(min(len(train), tcfg.max_train_examples))))
         self.train_set = train
+        self.carried: dict[int, Any] = {}  # micro-batch index -> state of its rows
 
         # Bookkeeping saved in last.pt.
         self.step = 0
         self.batches_done = 0
-        self.best = {"val_acc": -1.0, "step": -1, "val_loss": float("nan")}
+        self.best = {
+            "metric": self.objective.metric,
+            "value": None,
+            "val_acc": -1.0,
+            "step": -1,
+            "val_loss": float("nan"),
+        }
         self.last_eval_step = -1
         self.timers = {"train_s": 0.0, "eval_s": 0.0, "tokens": 0}
         self.step_times: list[float] = []
@@ -174,6 +212,7 @@ class Trainer:
             "step_times": self.step_times[-2000:],
             "running": self.running,
             "fingerprint": self.fingerprint,
+            "carried": self.carried,
         }
 
     def save_last(self) -> None:
@@ -196,6 +235,11 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         self.step, self.batches_done = state["step"], state["batches_done"]
         self.best, self.last_eval_step = state["best"], state["last_eval_step"]
+        if "value" not in self.best:  # a checkpoint from before objectives: classification
+            self.best = {**self.best, "metric": "acc", "value": self.best["val_acc"]}
+            if self.best["step"] < 0:
+                self.best["value"] = None
+        self.carried = state.get("carried", {})
         self.timers, self.step_times = state["timers"], list(state["step_times"])
         self.running = dict(state.get("running", {}))
         log.info("resumed from %s at step %d", path, self.step)
@@ -282,13 +326,18 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _forward(self, batch):
+    def _forward(self, batch, micro: int = 0, reset: bool = False):
         with self._autocast():
-            logits, aux = self.model(batch)
-            loss = F.cross_entropy(logits.float(), batch["y"])
+            if self.carry:
+                state = None if reset else self.carried.get(micro)
+                out, aux, new = self.model(batch, state, carry=True)
+                self.carried[micro] = _rows(new, None)
+            else:
+                out, aux = self.model(batch)
+            loss = self.objective.loss(out, batch["y"])
             aux_loss = aux.pop("aux_loss", None)
             total = loss if aux_loss is None else loss + aux_loss
-        return logits, loss, total, aux
+        return out, loss, total, aux
 
     def _train_step(self, it) -> dict[str, float]:
         self.model.train()
@@ -299,16 +348,22 @@ class Trainer:
             self._interruptible = False
             raise _Preempted
         for micro in range(self.tcfg.grad_accum):
-            batch = _to(next(it), self.device)
+            batch = next(it)
+            reset = bool(batch.pop("reset", False))
+            batch = _to(batch, self.device)
             self.batches_done += 1
             sync = micro == self.tcfg.grad_accum - 1 or self.world == 1
             ctx = contextlib.nullcontext() if sync else self.model.no_sync()
             with ctx:
-                logits, loss, total, aux = self._forward(batch)
+                if self.carry:
+                    out, loss, total, aux = self._forward(batch, micro, reset)
+                else:
+                    out, loss, total, aux = self._forward(batch)
                 (total / self.tcfg.grad_accum).backward()
             losses += float(loss.detach())
-            correct += int((logits.argmax(-1) == batch["y"]).sum())
-            count += len(batch["y"])
+            c, k = self.objective.train_stats(out, batch["y"])
+            correct += int(c)
+            count += k
             self.timers["tokens"] += _tokens(batch)
             for k, v in aux.items():  # tensors: read once per step, below
                 if k.endswith(RATE_KEYS):
@@ -340,15 +395,94 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self._step_start = None
-        return {"loss": loss, "acc": correct / max(count, 1), **_floats(rates)}
+        m = {"loss": loss, **_floats(rates)}
+        if count:
+            m["acc"] = correct / count
+        return m
+
+    def _train_batches(self):
+        """Endless training batches from ``batches_done`` on (this rank's share).
+
+        Streams: rows ``rows = batch_size`` of the train stream, window after window; the
+        micro-batch ``m`` of a step reads its own rows and carries its own state; the state
+        resets at each pass over the stream. Data sets drawing fresh examples per index
+        (``endless``): consecutive indices. Others: a seeded permutation per epoch."""
+        tc = self.tcfg
+        if self.stream:
+            rows = self.micro_bs * tc.grad_accum * self.world
+            try:
+                win = StreamWindows(self.train_set.tokens, rows, self.task.max_len, True)
+            except ValueError as e:
+                raise ConfigError(
+                    f"task={self.task.name}: {e}; lower trainer.batch_size or the window "
+                    "(task.options.max_len)"
+                ) from None
+            k = self.batches_done
+            while True:
+                w, micro = divmod(k, tc.grad_accum)
+                j = w % win.n_windows
+                first = (micro * self.world + self.rank) * self.micro_bs
+                b = win.batch(j, list(range(first, first + self.micro_bs)))
+                b.pop("rows")
+                b["reset"] = j == 0
+                yield b
+                k += 1
+        n_train = len(self.train_set)
+        if getattr(self.train_set, "endless", False):
+            sampler = SequentialBatchSampler(
+                n_train, self.micro_bs * self.world, self.batches_done, self.rank, self.world
+            )
+        else:
+            sampler = ResumableBatchSampler(
+                n_train,
+                self.micro_bs * self.world,
+                self.seed,
+                self.batches_done,
+                self.rank,
+                self.world,
+            )
+        yield from train_loader(self.train_set, sampler, self.splits.collate, tc.num_workers)
+
+    def _eval_batches(self, split: str, ds):
+        """(batch, state key) over every example of ``ds`` on this rank; streams: windows
+        in order, state key = the rows of the batch (carried from the previous window)."""
+        bs = self.tcfg.eval_batch_size or self.micro_bs
+        if not is_stream(ds):
+            loader = eval_loader(
+                ds, bs, self.splits.collate, self.tcfg.num_workers, self.rank, self.world
+            )
+            yield from loader
+            return
+        if self.tcfg.max_eval_examples:
+            n = self.tcfg.max_eval_examples * self.task.max_len + 1
+            if len(ds.tokens) > n:
+                log.warning(
+                    "%s: evaluating the first %d of %d tokens (trainer.max_eval_examples windows)",
+                    split,
+                    n,
+                    len(ds.tokens),
+                )
+                ds = _Prefix(ds, n)
+        rows_total = max(1, min(bs * self.world, len(ds.tokens) - 1))
+        win = StreamWindows(ds.tokens, rows_total, self.task.max_len, full_only=False)
+        mine = list(range(self.rank, rows_total, self.world))
+        for j in range(win.n_windows):
+            b = win.batch(j, mine)
+            if len(b["rows"]):
+                yield b
 
     @torch.no_grad()
     def evaluate(self, split: str, model: torch.nn.Module | None = None) -> dict[str, Any]:
-        """Accuracy and loss over every example of a split (no dropped partial batch)."""
+        """The objective's metrics over every example of a split (no dropped partial
+        batch; a stream: every token, with the state carried across its windows)."""
         model = model or self.model_raw
         model.eval()
         ds = getattr(self.splits, split)
-        if self.tcfg.max_eval_examples and len(ds) > self.tcfg.max_eval_examples:
+        if (
+            not is_stream(ds)
+            and self.tcfg.max_eval_examples
+            and len(ds) > self.tcfg.max_eval_examples
+        ):
             log.warning(
                 "%s: evaluating the first %d of %d examples (trainer.max_eval_examples)",
                 split,
@@ -356,34 +490,33 @@ class Trainer:
                 len(ds),
             )
             ds = Subset(ds, list(range(self.tcfg.max_eval_examples)))
-        bs = self.tcfg.eval_batch_size or self.micro_bs
-        loader = eval_loader(
-            ds, bs, self.splits.collate, self.tcfg.num_workers, self.rank, self.world
-        )
         if self._stop_signal is not None:
             raise _Preempted
         self._interruptible = True  # evaluation changes no state: a signal may cut it
         try:
-            return self._evaluate(split, loader, model)
+            return self._evaluate(split, ds, model)
         finally:
             self._interruptible = False
 
-    def _evaluate(self, split: str, loader, model: torch.nn.Module) -> dict[str, Any]:
-        acc = MulticlassAccuracy(num_classes=self.task.n_classes, average="micro").to(self.device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        n = torch.zeros((), dtype=torch.float64, device=self.device)
-        hist = torch.zeros(self.task.n_classes, dtype=torch.float64, device=self.device)
+    def _evaluate(self, split: str, ds, model: torch.nn.Module) -> dict[str, Any]:
+        obj = self.objective
+        sums = obj.init(self.device)
         aux_sum: dict[str, torch.Tensor] = {}  # rates weighted by valid tokens
         tokens = torch.zeros((), dtype=torch.float64, device=self.device)
-        for batch in loader:
+        state = None
+        for batch in self._eval_batches(split, ds):
+            if self._stop_signal is not None:
+                raise _Preempted
+            rows = batch.pop("rows", None)
             batch = _to(batch, self.device)
             with self._autocast():
-                logits, aux = model(batch)
-            logits = logits.float()
-            loss_sum += F.cross_entropy(logits, batch["y"], reduction="sum").double()
-            n += len(batch["y"])
-            hist += torch.bincount(batch["y"], minlength=self.task.n_classes).double()
-            acc.update(logits, batch["y"])
+                if self.carry:
+                    if state is not None and len(rows) < len(state[0]["h"]):
+                        state = _rows(state, torch.arange(len(rows)))  # a ragged last window
+                    out, aux, state = model(batch, state, carry=True)
+                else:
+                    out, aux = model(batch)
+            obj.update(sums, out, batch["y"])
             n_tok = batch["lengths"].sum().double()
             if "lengths2" in batch:
                 n_tok = n_tok + batch["lengths2"].sum().double()
@@ -394,15 +527,9 @@ class Trainer:
                     aux_sum[k] += v.detach().double() * n_tok  # a mean over this batch's tokens
         self._interruptible = False
         if self.world > 1:  # every rank sums its share; the totals are global
-            for t in (loss_sum, n, hist, tokens, *aux_sum.values()):
+            for t in (*sums.values(), tokens, *aux_sum.values()):
                 dist.all_reduce(t)
-        total = max(float(n), 1.0)
-        out = {
-            f"{split}/acc": float(acc.compute()),
-            f"{split}/loss": float(loss_sum) / total,
-            f"{split}/n": int(n),
-            f"{split}/majority": float(hist.max()) / total,
-        }
+        out = {f"{split}/{k}": v for k, v in obj.compute(sums).items()}
         n_tokens = max(float(tokens), 1.0)
         out.update({f"{split}/{k}": v / n_tokens for k, v in _floats(aux_sum).items()})
         return out
@@ -417,8 +544,15 @@ class Trainer:
         res = self.evaluate("val")
         self.timers["eval_s"] += time.perf_counter() - t0
         self.last_eval_step = self.step
-        if res["val/acc"] > self.best["val_acc"]:
-            self.best = {"val_acc": res["val/acc"], "step": self.step, "val_loss": res["val/loss"]}
+        metric = self.objective.metric
+        if self.objective.better(res[f"val/{metric}"], self.best["value"]):
+            self.best = {
+                "metric": metric,
+                "value": res[f"val/{metric}"],
+                "val_acc": res.get("val/acc", float("nan")),
+                "step": self.step,
+                "val_loss": res["val/loss"],
+            }
             if self.is_main:
                 ckpt.save(
                     self.ckpt_dir / "best.pt",
@@ -427,7 +561,7 @@ class Trainer:
         res.update(
             {
                 "step": self.step,
-                "best/val_acc": self.best["val_acc"],
+                f"best/val_{metric}": self.best["value"],
                 "best/step": self.best["step"],
             }
         )
@@ -435,8 +569,8 @@ class Trainer:
         self.loggers.log(res)
         if pbar is not None:
             pbar.write(
-                f"step {self.step}: val acc {res['val/acc']:.4f} loss {res['val/loss']:.4f} "
-                f"(best {self.best['val_acc']:.4f} @ {self.best['step']})"
+                f"step {self.step}: val {metric} {res[f'val/{metric}']:.4f} loss "
+                f"{res['val/loss']:.4f} (best {self.best['value']:.4f} @ {self.best['step']})"
             )
         log.info(
             "step %d val %s",
@@ -451,12 +585,7 @@ class Trainer:
                 self._prev_handlers[s] = signal.signal(s, self._on_signal)
         self.try_resume()
         self._last_saved_step = self.step
-        n_train = len(self.train_set)
-        sampler = ResumableBatchSampler(
-            n_train, self.micro_bs * self.world, self.seed, self.batches_done, self.rank, self.world
-        )
-        loader = train_loader(self.train_set, sampler, self.splits.collate, self.tcfg.num_workers)
-        it = iter(loader)
+        it = self._train_batches()
         pbar = None
         if self.is_main and self.tcfg.progress:
             pbar = tqdm(
@@ -486,11 +615,10 @@ class Trainer:
                 }
                 if pbar is not None:
                     pbar.update(1)
-                    pbar.set_postfix(
-                        loss=f"{self.running['loss']:.3f}",
-                        acc=f"{self.running['acc']:.3f}",
-                        lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
-                    )
+                    shown = {
+                        k: f"{self.running[k]:.3f}" for k in ("loss", "acc") if k in self.running
+                    }
+                    pbar.set_postfix(**shown, lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 if self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.max_steps:
                     self.loggers.log(
                         {
@@ -544,16 +672,66 @@ class Trainer:
 
         Called after ``test`` so the model holds the best-validation weights: a learned
         gate's update rate, and so the executed FLOPs, change during training."""
-        loader = eval_loader(
-            self.splits.val, self.tcfg.eval_batch_size or self.micro_bs, self.splits.collate, 0
-        )
-        batch = _to(next(iter(loader)), self.device)
+        if is_stream(self.splits.val):
+            batch = next(iter(self._eval_batches("val", self.splits.val)))
+            batch.pop("rows")
+        else:
+            loader = eval_loader(
+                self.splits.val, self.tcfg.eval_batch_size or self.micro_bs, self.splits.collate, 0
+            )
+            batch = next(iter(loader))
+        batch = _to(batch, self.device)
         with self._autocast():
             c = count_flops(self.model_raw, batch)
-        B = len(batch["y"])
+        B = len(batch["x"])
+        kinds = getattr(self.model_raw, "layer_kinds", None) or []
         return {
             "flops_per_seq": c["executed"] / B,
             "flops_per_seq_dense": c["dense"] / B,
+            "flops_per_layer": {k: v / B for k, v in c["layers"].items()},
+            "flops_per_layer_dense": {k: v / B for k, v in c["layers_dense"].items()},
+            "layer_kinds": {f"layer{i}": k for i, k in enumerate(kinds)},
             "flops_batch_padded_len": int(batch["x"].shape[1]),
             "flops_batch_mean_len": float(batch["lengths"].float().mean()),
         }
+
+
+class _Prefix:
+    """The first ``n`` tokens of a stream split (smoke runs: max_*_examples windows)."""
+
+    stream = True
+
+    def __init__(self, base, n: int):
+        self.tokens = base.tokens[: max(2, n)]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def _carry(task, model) -> bool:
+    """Carry the state across windows? ``task.carry_state``: true (every mixer must be
+    stateful), false, or auto (when every mixer is; else independent windows, warned)."""
+    want = getattr(task, "carry_state", "auto")
+    enc = getattr(model, "encoder", None)
+    stateful = bool(enc is not None and enc.stateful)
+    if want in (True, "true"):
+        if not stateful:
+            kinds = sorted(set(getattr(model, "layer_kinds", []) or ["?"]))
+            raise ConfigError(
+                f"task.options.carry_state=true but model layer kind(s) {', '.join(kinds)} "
+                "cannot carry a state across windows (stateful mixers: surnn, gru, lstm); "
+                "use carry_state=auto or false"
+            )
+        return True
+    if want in (False, "false"):
+        return False
+    if want != "auto":
+        raise ConfigError(f"task.options.carry_state={want!r}: expected true, false or auto")
+    if not stateful:
+        log.warning(
+            "task=%s: this model cannot carry its state across windows; every window of "
+            "%d tokens is read from a zero state (results.json records carry_state=false)",
+            task.name,
+            task.max_len,
+        )
+    return stateful

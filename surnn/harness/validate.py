@@ -11,6 +11,7 @@ run.py calls it before Hydra makes the run folder, so nothing is left behind.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Callable
@@ -178,6 +179,18 @@ def build_task(cfg: DictConfig):
         ) from None
 
 
+def _sized(task):
+    """The task as the model sees it. A vocabulary read from the data (WikiText) is unknown
+    before the data are read: a small stand-in vocabulary checks every other option."""
+    if getattr(task, "input_kind", None) != "tokens" or task.vocab_size:
+        return task
+    probe = copy.copy(task)
+    probe.vocab_size, probe.n_classes = 8, 7
+    if hasattr(probe, "adaptive_cutoffs"):
+        probe.adaptive_cutoffs = []
+    return probe
+
+
 def build_model(task, mcfg: BackboneConfig) -> Model:
     """The model (backbone + mixer); a mixer option the layer rejects is a ConfigError."""
     try:
@@ -240,7 +253,7 @@ _OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "target_rate": (lambda v: v is None or (_num(v) and 0 <= v <= 1), "a number in [0, 1] or null"),
     "rate_penalty": (lambda v: v is None or (_num(v) and v >= 0), "a number >= 0 or null"),
     "bidirectional": boolean(),
-    "causal": boolean(),
+    "causal": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
     "learn_freqs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
 }
 
@@ -256,7 +269,7 @@ _TASK_OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "permutation_seed": int_at_least(0),
     "seed": int_at_least(0),
     "n": int_at_least(1),
-    "n_train": int_at_least(1),
+    "n_train": int_at_least(1, optional=True),  # memory tasks: null = fresh examples per step
     "n_val": int_at_least(1),
     "n_test": int_at_least(1),
     "min_length": int_at_least(0),
@@ -360,5 +373,5 @@ def check_config(cfg: DictConfig, world: int = 1, model: bool = True) -> Checked
         import torch
 
         with torch.random.fork_rng(devices=[]):
-            build_model(task, mcfg)
+            build_model(_sized(task), mcfg)
     return Checked(tcfg, ocfg, mcfg, task, run_dir)

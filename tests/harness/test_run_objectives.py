@@ -1,0 +1,136 @@
+"""run.py end to end on the new tasks: trainer=smoke writes results.json with the
+objective's metrics (every model on copy_memory through one Hydra multirun; one model on
+each other task), the memory presets compose, and the evidence scripts parse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from surnn.harness.cli import CONFIG_DIR, choices
+from surnn.harness.config import BackboneConfig, TrainerConfig, checked
+from surnn.harness.registry import MIXERS
+from tasks.formats import write_wikitext
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["task.options.n_val=6", "task.options.n_test=5", "logger=none", "trainer=smoke",
+         "trainer.max_steps=2"]  # fmt: skip
+
+
+def run(args, tmp):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    flags = [a for a in args if a.startswith("-")]  # -m before the overrides
+    rest = [a for a in args if not a.startswith("-")]
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *flags, f"data_dir={tmp / 'data'}",
+         f"output_dir={tmp / 'out'}", *rest],
+        cwd=tmp, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def results(tmp) -> dict[str, dict]:
+    out = {}
+    for p in (tmp / "out").rglob("results.json"):
+        r = json.loads(p.read_text())
+        out[f"{r['task']}/{r['model']}"] = r
+    return out
+
+
+@pytest.mark.slow
+def test_every_model_on_copy_memory_in_one_multirun(tmp_path):
+    models = ",".join(MIXERS.names())
+    p = run(["-m", "task=copy_memory", f"model={models}", "task.options.delay=12", *SMALL],
+            tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = results(tmp_path)
+    assert set(res) == {f"copy_memory/{m}" for m in MIXERS.names()}
+    for name, r in res.items():
+        assert r["objective"] == "tokens" and r["metric_name"] == "acc", name
+        assert r["best_val_metric"] == pytest.approx(r["best_val_metric"])  # not NaN
+        assert {"acc", "seq_acc", "loss"} <= set(r["test_metrics"]), name
+        assert r["test_acc"] == r["test_metrics"]["acc"] and r["test_examples"] == 5
+        assert r["test_metrics"]["targets"] == 50  # 5 sequences x 10 recalled symbols
+        assert "best_val_acc" not in r  # classification's field only
+        assert r["flops_per_seq"] > 0 and r["flops_per_layer"]
+    hyb = res["copy_memory/hybrid"]
+    assert hyb["layer_kinds"] == {"layer0": "surnn", "layer1": "s4d"}
+    assert set(hyb["update_rate"]) == {"layer0"}
+    assert 0 < res["copy_memory/surnn"]["update_rate"]["layer0"] < 1
+
+
+@pytest.mark.slow
+def test_adding_and_selective_copy_smoke(tmp_path):
+    # (one process per task: Hydra composes a task sweep's base config with the default
+    # task, which has none of these task.options)
+    p = run(["task=adding", "model=surnn", "task.options.length=30", "run_id=add", *SMALL],
+            tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = run(["task=selective_copy", "model=hybrid", "task.options.length=40", "run_id=sc",
+             *SMALL], tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = results(tmp_path)
+    add = res["adding/surnn"]
+    assert add["objective"] == "regress" and add["metric_name"] == "mse"
+    assert add["test_mse"] == add["test_metrics"]["mse"] >= 0
+    assert "baseline_mse" in add["test_metrics"] and "test_acc" not in add
+    sc = res["selective_copy/hybrid"]
+    assert sc["test_metrics"]["targets"] == 5 * 16 and "seq_acc" in sc["test_metrics"]
+
+
+@pytest.mark.slow
+def test_wikitext2_smoke_with_and_without_carried_state(tmp_path):
+    write_wikitext(tmp_path / "data", "wikitext-2", articles={"train": 30, "valid": 3, "test": 3})
+    lm = ["task=wikitext2", "task.options.max_len=16", "task.options.hub=false",
+          "logger=none", "trainer=smoke", "trainer.max_steps=2"]  # fmt: skip
+    p = run(["-m", "model=lstm,transformer", *lm], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = results(tmp_path)
+    for model, carried in (("lstm", True), ("transformer", False)):
+        r = res[f"wikitext2/{model}"]
+        assert r["objective"] == "lm" and r["metric_name"] == "loss"
+        assert not r["metric_higher_is_better"]
+        assert r["carry_state"] is carried
+        m = r["test_metrics"]
+        assert {"loss", "ppl", "bpt"} <= set(m) and m["ppl"] > 1
+        assert r["split_sizes"]["test"] == m["targets"] + 1  # every test token predicted
+    p = run([*lm, "model=transformer", "model.options.causal=false", "run_id=bad"], tmp_path)
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "causal" in err[0], p.stderr
+
+
+MEMORY_PRESETS = sorted(c for c in choices("experiment") if c.startswith("memory/"))
+
+
+def test_every_new_task_and_model_has_a_preset():
+    tasks = {"selective_copy", "copy_memory", "adding", "wikitext103"}
+    have = {(c.split("/")[1].rsplit("_", 1)[0]) for c in MEMORY_PRESETS}
+    assert tasks <= have, tasks - have
+
+
+@pytest.mark.parametrize("exp", MEMORY_PRESETS)
+def test_memory_presets_compose_and_say_where_they_come_from(exp):
+    text = (CONFIG_DIR / "experiment" / f"{exp}.yaml").read_text()
+    assert text.startswith("# @package _global_")
+    assert "Source:" in text and "HARNESS CHOICE" in text
+    with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+        cfg = compose("config", overrides=[f"experiment={exp}", "logger=none"])
+    checked(BackboneConfig, cfg.model, "model")
+    tcfg = checked(TrainerConfig, cfg.trainer, "trainer")
+    assert tcfg.max_steps > tcfg.eval_every > 0
+
+
+def test_evidence_scripts_parse():
+    for script in ("scripts/memory_evidence.sh",):
+        p = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_memory.py"), "--help"],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert p.returncode == 0 and "raster" in p.stdout, p.stderr
