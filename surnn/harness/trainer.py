@@ -465,20 +465,33 @@ class Trainer:
         return out
 
     def flops(self) -> dict[str, Any]:
-        """FLOPs per sequence on the first validation batch (forward, executed and dense).
+        """Forward FLOPs per sequence over the whole validation set (the examples
+        ``trainer.max_eval_examples`` keeps, if set), executed and dense, for the whole
+        model and for its sequence mixers alone; the rest always runs dense.
 
         Called after ``test`` so the model holds the best-validation weights: a learned
         gate's update rate, and so the executed FLOPs, change during training."""
-        loader = eval_loader(
-            self.splits.val, self.tcfg.eval_batch_size or self.micro_bs, self.splits.collate, 0
-        )
-        batch = _to(next(iter(loader)), self.device)
-        with self._autocast():
-            c = count_flops(self.model_raw, batch)
-        B = len(batch["y"])
+        ds = self.splits.val
+        if self.tcfg.max_eval_examples and len(ds) > self.tcfg.max_eval_examples:
+            ds = Subset(ds, list(range(self.tcfg.max_eval_examples)))
+        loader = eval_loader(ds, self.tcfg.eval_batch_size or self.micro_bs, self.splits.collate, 0)
+        tot: dict[str, float] = defaultdict(float)
+        n, tokens = 0, 0
+        for batch in loader:
+            batch = _to(batch, self.device)
+            with self._autocast():
+                for k, v in count_flops(self.model_raw, batch).items():
+                    tot[k] += v
+            n += len(batch["y"])
+            tokens += int(batch["lengths"].sum())
+        n = max(n, 1)
         return {
-            "flops_per_seq": c["executed"] / B,
-            "flops_per_seq_dense": c["dense"] / B,
-            "flops_batch_padded_len": int(batch["x"].shape[1]),
-            "flops_batch_mean_len": float(batch["lengths"].float().mean()),
+            "flops_per_seq": tot["executed"] / n,
+            "flops_per_seq_dense": tot["dense"] / n,
+            "mixer_flops_per_seq": tot["mixer_executed"] / n,
+            "mixer_flops_per_seq_dense": tot["mixer_dense"] / n,
+            "flops_examples": n,
+            "flops_split": "val",
+            "flops_mean_len": tokens / n,
+            "flops_always_dense": "embedding, feed-forward, norms, pooling, head",
         }

@@ -266,8 +266,14 @@ def test_sigterm_to_the_process_group_with_loader_workers_still_saves(tmp, strai
     _assert_same(straight, json.loads((tmp / "out" / "group" / "results.json").read_text()))
 
 
-def test_torchrun_ddp_on_cpu_evaluates_every_example_once(tmp):
+def test_torchrun_ddp_on_cpu_evaluates_every_example_once_with_the_single_process_rates(tmp):
+    """DDP (2 ranks on CPU) against one process on the same data and global batch: one run
+    folder, every test example once, and the same per-layer update/active rates (each rank
+    sums its share weighted by its tokens; the sums are reduced before dividing)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    same = ["task=listops", "model=surnn", "trainer=smoke", "model.dropout=0.0", *TINY]
+    single = run([*same, "run_id=ddp-ref"], tmp)
+    assert single.returncode == 0, single.stderr[-3000:]
     p = subprocess.run(
         [
             sys.executable,
@@ -277,10 +283,8 @@ def test_torchrun_ddp_on_cpu_evaluates_every_example_once(tmp):
             str(ROOT / "run.py"),
             f"data_dir={tmp / 'data'}",
             f"output_dir={tmp / 'out'}",
-            "task=listops",
-            "model=lstm",
-            "trainer=smoke",
-            *TINY,
+            *same,
+            "run_id=ddp-2",
         ],
         cwd=tmp,
         env=env,
@@ -289,9 +293,14 @@ def test_torchrun_ddp_on_cpu_evaluates_every_example_once(tmp):
         timeout=300,
     )
     assert p.returncode == 0, p.stderr[-3000:]
-    runs = [json.loads(r.read_text()) for r in (tmp / "out").glob("listops-lstm-*/results.json")]
-    assert len(runs) == 1, "both ranks must share one run folder"
-    assert runs[0]["world_size"] == 2 and runs[0]["test_examples"] == 21
+    ddp = json.loads((tmp / "out" / "ddp-2" / "results.json").read_text())
+    ref = json.loads((tmp / "out" / "ddp-ref" / "results.json").read_text())
+    assert ddp["world_size"] == 2 and ddp["test_examples"] == 21
+    for key in ("update_rate", "active_rate"):
+        assert ddp[key].keys() == ref[key].keys() == {"layer0"}
+        for layer, v in ref[key].items():
+            assert ddp[key][layer] == pytest.approx(v, abs=1e-4), (key, ddp[key], ref[key])
+    assert 0.0 < ddp["update_rate"]["layer0"] < 1.0
 
 
 def test_sweep_through_submitit_launcher_then_tables(tmp):
