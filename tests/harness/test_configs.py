@@ -102,3 +102,34 @@ def test_lra_experiment_composes_and_builds(exp):
         batch |= {"x2": x.flip(1), "lengths2": torch.tensor([5, L])}
     logits, _ = net(batch)
     assert logits.shape == (2, 2) and torch.isfinite(logits).all()
+
+
+def test_transformer_presets_follow_the_lra_repositorys_current_configs():
+    """google-research/long-range-arena at cd31e5c: cifar10/transformer_base.py (emb 128,
+    8 heads, qkv 64, mlp 128), pathfinder32/transformer_base.py (4 layers, emb 32, 4 heads,
+    qkv 16, mlp 32), base_listops_config.py (4 layers, emb 512, 8 heads, qkv 512, mlp 1024)."""
+    want = {
+        "image": (1, 128, 8, 64, 128),
+        "pathfinder": (4, 32, 4, 16, 32),
+        "listops": (4, 512, 8, 512, 1024),
+    }
+    for task, (layers, emb, heads, qkv, mlp) in want.items():
+        cfg = _compose(f"lra/{task}_transformer")
+        m = cfg.model
+        assert (m.n_layers, m.d_model, m.options.n_heads, m.options.qkv_dim) == (
+            layers,
+            emb,
+            heads,
+            qkv,
+        ), task
+        assert m.ffn_mult * m.d_model == mlp, task
+        assert (
+            "cd31e5c"
+            in (CONFIG_DIR / "experiment" / "lra" / f"{task}_transformer.yaml").read_text()
+        )
+
+
+@pytest.mark.parametrize("task", LRA_TASKS)
+def test_s4d_presets_match_the_s4_repositorys_optimizer_and_clipping(task):
+    cfg = _compose(f"lra/{task}_s4d")
+    assert list(cfg.optim.betas) == [0.9, 0.999] and cfg.trainer.clip_grad is None
