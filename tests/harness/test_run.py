@@ -338,3 +338,17 @@ def test_sweep_through_submitit_launcher_then_tables(tmp):
     assert t.returncode == 0, t.stderr
     md = (out / "lra.md").read_text()
     assert "| gru |" in md and "| lstm |" in md
+
+
+def test_the_surnn_lra_preset_runs_a_smoke_step_and_holds_its_target_rate(tmp):
+    """experiment=lra/listops_surnn (the paper's gate regime) through run.py, shrunk: the
+    experiment's trainer keys win over trainer=smoke, so the step count is set here."""
+    shrink = ["trainer.max_steps=3", "trainer.eval_every=3", "trainer.ckpt_every=3"]
+    shrink += ["trainer.batch_size=4", "model.d_model=16", "model.n_layers=2"]
+    p = run(["experiment=lra/listops_surnn", "trainer=smoke", "run_id=preset", *shrink, *TINY], tmp)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp / "out" / "preset" / "results.json").read_text())
+    assert res["steps"] == 3 and set(res["update_rate"]) == {"layer0", "layer1"}
+    assert all(abs(r - 0.17) < 0.03 for r in res["update_rate"].values()), res["update_rate"]
+    assert res["mixer_flops_per_seq"] < 0.5 * res["mixer_flops_per_seq_dense"]
+    assert res["flops_examples"] == 20  # the whole validation set
