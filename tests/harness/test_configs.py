@@ -20,6 +20,7 @@ BASELINES = ("s4d", "transformer", "gru", "lstm")
 MODELS = (*BASELINES, "surnn")
 EXPERIMENTS = [f"lra/{t}_{m}" for t in LRA_TASKS for m in MODELS]
 PIXEL = [f"pixel/{t}_{m}" for t in ("smnist", "psmnist", "scifar") for m in MODELS]
+MINI = [f"mini/{t}_{m}" for t in ("listops", "pathfinder") for m in MODELS]
 LENGTH = {"listops": 2000, "text": 4096, "retrieval": 4000, "image": 1024, "pathfinder": 1024}
 LENGTH |= {"pathx": 16384, "smnist": 784, "psmnist": 784, "scifar": 1024}
 
@@ -64,11 +65,12 @@ def test_pixel_presets_share_one_budget_per_task(task):
     assert cfgs[-1].model.options.gate.period_max == LENGTH[task]
 
 
-@pytest.mark.parametrize("exp", EXPERIMENTS + PIXEL)
+@pytest.mark.parametrize("exp", EXPERIMENTS + PIXEL + MINI)
 def test_lra_experiment_composes_and_builds(exp):
     text = (CONFIG_DIR / "experiment" / f"{exp}.yaml").read_text()
     assert text.startswith("# @package _global_")
     assert "Source:" in text or "HARNESS CHOICE" in text  # every setting says where it is from
+    assert not exp.startswith("mini/") or "MINI SCALE" in text
     task, model = exp.split("/")[1].split("_")
     cfg = _compose(exp)
     assert cfg.task.name == task and cfg.model.name == model

@@ -98,3 +98,26 @@ def test_a_tiny_table_through_the_whole_path(tmp_path):
     assert "44.93" not in md  # no published numbers beside a mini table
     assert "## How this table was made" in md and "## Skipped tasks" in md
     assert (tmp_path / "tables" / "lra-mini.tex").exists()
+
+
+@pytest.mark.parametrize("scale", ["full", "mini"])
+def test_every_gate_of_the_ablation_builds_and_trains_a_step(scale):
+    from types import SimpleNamespace
+
+    import torch
+
+    from surnn.harness.backbone import Model
+
+    torch.manual_seed(0)
+    standin = SimpleNamespace(
+        n_classes=10, input_kind="tokens", vocab_size=20, input_dim=None, max_len=64, dual=False
+    )
+    for e in reproduce.plan("ablation", scale)[0]:
+        with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+            m = compose("config", overrides=[f"experiment={e}"]).model
+        opts = {**m.options, "impl": "reference"}
+        net = Model(standin, m.name, opts, d_model=16, n_layers=1, ffn_mult=m.ffn_mult)
+        batch = {"x": torch.randint(1, 20, (2, 24)), "lengths": torch.tensor([24, 9])}
+        logits, aux = net(batch)
+        logits.sum().backward()
+        assert 0.0 < float(aux["layer0/update_rate"]) <= 1.0, e
