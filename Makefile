@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test test-all lint format demo bench gpu-check tables clean
+.PHONY: setup test test-all lint format demo check-results bench gpu-check tables clean
 
 setup: $(VENV)/.installed  ## create .venv with the right torch and the package (editable, dev + cluster extras)
 
@@ -29,6 +29,9 @@ format: setup
 
 demo: setup  ## ListOps run sized for a 2-core CPU (< 15 min); summary in results/demo/
 	$(PY) run.py experiment=demo_listops
+
+check-results: setup  ## rerun the committed results/demo runs and compare every outcome (~40 min on 2 cores; not in CI)
+	$(PY) scripts/check_results.py $(RESULTS)
 
 bench: setup
 	$(PY) scripts/bench_surnn.py

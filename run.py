@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from surnn.errors import HarnessError
-from surnn.harness.cli import check_keys, check_overrides, variant_from_overrides
+from surnn.harness.cli import precheck, variant_from_overrides
 
 log = logging.getLogger("run")
 
@@ -32,7 +33,7 @@ def _fail(e: HarnessError) -> None:
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from surnn.harness.run import train
+    from surnn.harness.run import RunNotStarted, remove_if_only_hydra, train
 
     variant = cfg.get("variant")
     if variant is None:  # the model.* overrides name the variant
@@ -40,8 +41,12 @@ def main(cfg: DictConfig) -> float | None:
     elif str(variant).strip().lower() in ("", "none"):
         variant = None
     cfg.variant = variant
+    run_dir = HydraConfig.get().runtime.output_dir
     try:
-        results = train(cfg, HydraConfig.get().runtime.output_dir)
+        results = train(cfg, run_dir)
+    except RunNotStarted as e:  # nothing of the run was written: leave no folder behind
+        remove_if_only_hydra(Path(run_dir))
+        _fail(e.cause)
     except HarnessError as e:
         _fail(e)
     log.info(
@@ -56,8 +61,11 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     try:
-        check_overrides(sys.argv[1:])
-        check_keys(sys.argv[1:])
+        precheck(sys.argv[1:])
     except HarnessError as e:
         _fail(e)
+    if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+        from surnn.harness.sweep import report_sweep_progress
+
+        report_sweep_progress()
     main()

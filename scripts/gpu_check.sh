@@ -6,7 +6,10 @@
 #   2. the benchmark against cuDNN nn.GRU: bf16, B=64, T=1024, D=H=1024, with the staggered
 #      interval schedule, then the learned rhythm with free phases (scattered active neurons,
 #      packed into tiles per step) and in groups of 64 neurons (16 rhythms);
-#   3. short tables (printed last). Budget: under 8 minutes (step timeouts sum to 7.5).
+#   3. the step loops launched eagerly vs replayed as CUDA graphs (surnn/ops/triton/graphs.py):
+#      bf16, B=64, T=4096, D=H=256 (launch-bound), forward and a training step;
+#   4. short tables (printed last). Budget: under 8 minutes (step timeouts sum to 7.5).
+# The CUDA-graph path and its tests (tests/surnn/test_triton_graphs.py) have not run on a GPU yet.
 # Python: the project's .venv when its torch sees a GPU; else a python3 whose torch sees one
 # (GPU images without network access: the kernels and the benchmark need only torch, triton,
 # numpy, tqdm and pytest, not Hydra); else `make setup` (needs the package registries).
@@ -50,30 +53,41 @@ if ((DRY)); then
     OUT=${GPU_CHECK_OUT:-/tmp/surnn_gpu_check_dry.json}
     BENCH=(--device cpu --dtype fp32 --batch 2 --seq 16 --dim 16 --hidden 16 --reps 1 --rates 1 0.17
            --impl triton)
+    GRAPHS=(--device cpu --dtype fp32 --batch 2 --seq 4 --dim 8 --hidden 16 --reps 1)
+    # the graph tests' CPU part runs in the normal suite; here one of them checks the step
+    TESTS=(tests/surnn/test_triton.py tests/surnn/test_triton_graphs.py::test_option_and_environment)
     GROUP=8
+    SLOW=4  # the interpreter on a busy CPU: the 8-minute budget is the GPU run's
 else
     unset TRITON_INTERPRET
     OUT=${GPU_CHECK_OUT:-results/bench/surnn_gpu_check.json}
     BENCH=(--device cuda --dtype bf16 --batch 64 --seq 1024 --dim 1024 --hidden 1024 --reps 5
            --impl triton)
+    GRAPHS=(--device cuda --dtype bf16 --batch 64 --seq 4096 --dim 256 --hidden 256 --reps 5)
+    TESTS=(tests/surnn/test_triton.py tests/surnn/test_triton_graphs.py)
     GROUP=64
+    SLOW=1
 fi
 OUT_FREE=${OUT%.json}_rhythm.json
 OUT_RHYTHM=${OUT%.json}_rhythm-g$GROUP.json
+OUT_GRAPHS=${OUT%.json}_graphs.json
 LOG=$(mktemp)
-echo "== kernel tests (fp32; bf16 on CUDA) =="
-timeout 150 $PY -m pytest tests/surnn/test_triton.py -q -x -p no:cacheprovider
+echo "== kernel tests (fp32; bf16 on CUDA); CUDA graphs vs eager, bit for bit =="
+timeout $((165 * SLOW)) $PY -m pytest "${TESTS[@]}" -q -x -p no:cacheprovider
 echo "== benchmark vs nn.GRU (cuDNN on CUDA): ${BENCH[*]} =="
-timeout 150 $PY scripts/bench_surnn.py "${BENCH[@]}" --out "$OUT" --label "scripts/gpu_check.sh" \
+timeout $((120 * SLOW)) $PY scripts/bench_surnn.py "${BENCH[@]}" --out "$OUT" --label "scripts/gpu_check.sh" \
     >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }
 echo "== benchmark, learned rhythm with free phases: rates 1 0.17 0.05 =="
-timeout 75 $PY scripts/bench_surnn.py "${BENCH[@]}" --gate rhythm --rates 1 0.17 0.05 \
+timeout $((60 * SLOW)) $PY scripts/bench_surnn.py "${BENCH[@]}" --gate rhythm --rates 1 0.17 0.05 \
     --out "$OUT_FREE" --label "scripts/gpu_check.sh" >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }
 echo "== benchmark, learned rhythm in groups of $GROUP: rates 1 0.17 0.05 =="
-timeout 75 $PY scripts/bench_surnn.py "${BENCH[@]}" --gate rhythm --group-size "$GROUP" \
+timeout $((60 * SLOW)) $PY scripts/bench_surnn.py "${BENCH[@]}" --gate rhythm --group-size "$GROUP" \
     --rates 1 0.17 0.05 --out "$OUT_RHYTHM" --label "scripts/gpu_check.sh" \
     >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }
-echo "== summary ($OUT, $OUT_FREE, $OUT_RHYTHM) =="
+echo "== step loops: eager launches vs CUDA graphs: ${GRAPHS[*]} =="
+timeout $((45 * SLOW)) $PY scripts/bench_graphs.py "${GRAPHS[@]}" --out "$OUT_GRAPHS" \
+    --label "scripts/gpu_check.sh" >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }
+echo "== summary ($OUT, $OUT_FREE, $OUT_RHYTHM, $OUT_GRAPHS) =="
 $PY - "$OUT" "$OUT_FREE" "$OUT_RHYTHM" <<'PY'
 import json, sys
 for path in sys.argv[1:]:
@@ -84,4 +98,17 @@ for path in sys.argv[1:]:
     for row in r["rows"]:
         print(f"{row['case']:<22}{row['update_rate']:>7.3f}{row['median_s'] * 1e3:>11.2f}"
               f"{row['speedup_vs_nn_gru']:>10.2f}{row['speedup_vs_rate1']:>9.2f}")
+PY
+$PY - "$OUT_GRAPHS" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+s = r["sizes"]
+print(f"{r['device']}  {r['dtype']}  B={s['B']} T={s['T']} D={s['D']} H={s['H']}  rate {r['rate']}"
+      f"  CUDA graphs used: {r['graphs_used']}")
+print(f"{'loop':<22}{'launches':>9}{'eager ms':>10}{'graph ms':>10}{'speedup':>9}{'eager us/launch':>17}")
+for row in r["rows"]:
+    print(f"{'graphs ' + row['case']:<22}{row['launches']:>9}{row['eager_ms']:>10.2f}"
+          f"{row['graph_ms']:>10.2f}{row['speedup']:>9.2f}{row['eager_us_per_launch']:>17.2f}")
+for k in r["eager_keys"]:
+    print("  ran eagerly:", k)
 PY

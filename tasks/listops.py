@@ -108,9 +108,9 @@ def read_tsv(
     keep = max_len - 1 if append_eos else max_len
     eos = np.array([EOS_ID], np.int8)
     fix = "fix or delete that row, or restore the file from lra_release.gz / regenerate it"
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = _decode(raw, path, lineno)
             if lineno == 1:
                 if line.strip() != gen.HEADER:
                     raise DataError(
@@ -140,7 +140,41 @@ def read_tsv(
                 ids, truncated = ids[:keep], truncated + 1
             seqs.append(np.concatenate([ids, eos]) if append_eos else ids)
             labels.append(y)
+    if not labels:
+        raise DataError(
+            f"{path}: no rows after the header; restore the file from lra_release.gz or "
+            "delete the folder to regenerate it"
+        )
     return seqs, np.asarray(labels, np.int8), truncated
+
+
+_BOMS = {b"\xff\xfe": "UTF-16 (little-endian)", b"\xfe\xff": "UTF-16 (big-endian)"}
+
+
+def _decode(raw: bytes, path: Path, lineno: int) -> str:
+    """One line of a TSV as text; a file in another encoding than UTF-8 (the LRA files
+    are ASCII) is a DataError that says so, naming the file and line."""
+    if lineno == 1:
+        for bom, name in _BOMS.items():
+            if raw.startswith(bom):
+                raise DataError(
+                    f"{path}: the file is {name} text; the LRA files are UTF-8 (ASCII): "
+                    "re-save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8"
+                )
+        raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+    if b"\x00" in raw:
+        raise DataError(
+            f"{path}:{lineno}: NUL bytes: the file looks like UTF-16 text; the LRA files are "
+            "UTF-8 (ASCII): re-save it as UTF-8, e.g. iconv -f UTF-16 -t UTF-8"
+        )
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+            f"{e.start + 1}); the LRA files are UTF-8 (ASCII): re-save the file as UTF-8 "
+            "(e.g. iconv -f LATIN1 -t UTF-8) or restore it from lra_release.gz"
+        ) from None
 
 
 class ListOps(Task):
@@ -182,6 +216,12 @@ class ListOps(Task):
                 )
             self.spec = gen.ListOpsSpec(**{k: v for k, v in g.items() if v is not None})
             self.spec.validate()
+            for split, n in self.spec.sizes.items():
+                if n < 1:
+                    raise ConfigError(
+                        f"task.options.generate.n_{split}={n}: expected an integer >= 1 (an "
+                        f"empty {split} split cannot train or evaluate)"
+                    )
         self._info: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ data source

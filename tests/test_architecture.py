@@ -129,9 +129,10 @@ def test_scripts_and_tests_reach_code_through_the_packages():
 
 
 def test_import_surnn_with_the_harness_and_its_packages_blocked():
-    """`import surnn` gives the layer, gates and op with only torch: run with every
-    harness module and harness dependency made unimportable."""
-    blocked = ("surnn.harness", "tasks", "baselines") + HARNESS_ONLY
+    """`import surnn` gives the layer, gates and op with torch alone: the layer runs
+    (forward, backward, cpu == reference) with every harness module, every harness
+    dependency and numpy made unimportable."""
+    blocked = ("surnn.harness", "tasks", "baselines", "numpy") + HARNESS_ONLY
     code = textwrap.dedent(
         f"""
         import importlib.abc, sys
@@ -140,7 +141,7 @@ def test_import_surnn_with_the_harness_and_its_packages_blocked():
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
                 if name.split(".")[0] in BLOCKED or name.startswith(BLOCKED):
-                    raise ImportError(f"blocked: {{name}}")
+                    raise ModuleNotFoundError(f"blocked: {{name}}")
                 return None
 
         sys.meta_path.insert(0, Block())

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ValidationError
+from omegaconf.errors import ConfigAttributeError, InterpolationResolutionError, ValidationError
 
 from surnn.errors import ConfigError
 from surnn.harness import config as _schemas  # noqa: F401  (registers the config schemas)
@@ -56,11 +56,12 @@ def _first_value(value: str) -> str | None:
     return value
 
 
-def check_keys(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
+def check_keys(argv: list[str], config_dir: Path = CONFIG_DIR) -> DictConfig | None:
     """Raise ConfigError for a dotted override of a key the composed config lacks
     (``trainer.max_stepz=5``), naming the closest valid key. Hydra reports it over several
     lines and suggests appending the misspelt key with ``+``. Sweeps are checked with
-    their first value; ``hydra...`` overrides are left to Hydra."""
+    their first value; ``hydra...`` overrides are left to Hydra. Returns the composed
+    config (None when Hydra itself will report the problem)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException
 
@@ -75,8 +76,7 @@ def check_keys(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
         kept.append(f"{key}={first}")
     with initialize_config_dir(str(config_dir.resolve()), version_base="1.3"):
         try:
-            compose("config", overrides=kept)
-            return
+            return compose("config", overrides=kept)
         except ConfigCompositionException as e:
             cause = e.__cause__
             if isinstance(cause, ValidationError):  # a value the schema's type rejects
@@ -84,13 +84,13 @@ def check_keys(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
                 raise ConfigError(f"{key}: {str(cause).splitlines()[0]}") from None
             m = re.search(r"Could not override '([^']+)'", str(e))
             if m is None or not isinstance(cause, ConfigAttributeError):
-                return  # not a missing key: Hydra (or the run) reports it
+                return None  # not a missing key: Hydra (or the run) reports it
             bad = m.group(1)
             rest = [o for o in kept if o.split("=", 1)[0].lstrip("+~") != bad]
             try:
                 cfg = compose("config", overrides=rest)
             except ConfigCompositionException:
-                return
+                return None
     parent, _, leaf = bad.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
     valid = sorted(node.keys()) if isinstance(node, DictConfig) else []
@@ -101,6 +101,21 @@ def check_keys(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
         f"unknown key {bad!r}: {where} has no {leaf!r} (valid: {', '.join(valid)}).{hint} "
         f"To add a new key on purpose, write +{bad}=..."
     )
+
+
+def precheck(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
+    """Everything checked before Hydra starts (and makes a run folder): config-group
+    choices, key names, and every value of the composed config (a sweep with its first
+    values; each job checks its own again). Raises ConfigError."""
+    from surnn.harness.validate import check_config
+
+    check_overrides(argv, config_dir)
+    cfg = check_keys(argv, config_dir)
+    if cfg is not None:
+        try:
+            check_config(cfg)
+        except InterpolationResolutionError as e:
+            raise ConfigError(f"the config cannot be resolved: {str(e).splitlines()[0]}") from None
 
 
 def variant_from_overrides(overrides: list[str]) -> str | None:

@@ -55,6 +55,7 @@ class WandbLog:
         import wandb
 
         mode = cfg.get("mode", "offline")
+        self.mode, self.run_dir = mode, Path(run_dir)
         self.run = wandb.init(
             project=cfg.get("project", "surnn-lra"),
             entity=cfg.get("entity"),
@@ -77,8 +78,23 @@ class WandbLog:
             if isinstance(v, int | float | str):
                 self.run.summary[k] = v
 
+    def sync_dir(self) -> Path:
+        """The folder ``wandb sync`` uploads (``<run_dir>/wandb/offline-run-...``)."""
+        try:
+            return Path(self.run.settings.sync_dir)
+        except (AttributeError, TypeError):
+            found = sorted((self.run_dir / "wandb").glob("offline-run-*"))
+            return found[-1] if found else self.run_dir / "wandb"
+
     def close(self) -> None:
+        where = self.sync_dir() if self.mode == "offline" else None
         self.run.finish()
+        if where is not None:
+            log.info(
+                "wandb ran offline: nothing was uploaded. To upload this run: wandb sync %s "
+                "(logger.mode=online syncs live; logger=none turns wandb off)",
+                where,
+            )
 
 
 class Loggers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import resource
 import subprocess
@@ -47,3 +48,24 @@ def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def command_line() -> str:
+    """The command that started the run. Under torchrun the workers see only
+    ``run.py ...``: the launcher's own command line (the workers' parent) is recorded, so
+    the run can be repeated as it was started."""
+    own = " ".join(["python", *sys.argv])
+    if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_WORLD_SIZE" not in os.environ:
+        return own
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+        parent = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    except OSError:
+        parent = []
+    if any("torchrun" in a or "torch.distributed.run" in a for a in parent[:3]):
+        exe = Path(parent[0]).name
+        if exe.startswith("python"):
+            parent[0] = "python"
+        return " ".join(parent)
+    nproc = os.environ.get("LOCAL_WORLD_SIZE", "?")
+    return f"torchrun --nproc_per_node={nproc} " + " ".join(sys.argv)

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import random
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,12 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from surnn.errors import ConfigError
-from surnn.harness.backbone import Model
-from surnn.harness.config import BackboneConfig, OptimConfig, TrainerConfig, checked
+from surnn.errors import ConfigError, DataError
+from surnn.harness.lock import RunLock
 from surnn.harness.loggers import JsonlLog, Loggers, WandbLog
-from surnn.harness.metrics import device_name, git_commit, now_iso
-from surnn.harness.registry import TASKS
+from surnn.harness.metrics import command_line, device_name, git_commit, now_iso
 from surnn.harness.trainer import Trainer
+from surnn.harness.validate import build_model, build_task, check_config  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -53,33 +51,6 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} but CUDA is not available here; use device=cpu or auto")
     return dev
-
-
-def build_task(cfg: DictConfig):
-    name = cfg.task.name
-    cls = TASKS.get(name)
-    options = OmegaConf.to_container(cfg.task.get("options", {}) or {}, resolve=True)
-    try:
-        return cls(data_dir=cfg.data_dir, **options)
-    except TypeError as e:
-        raise ConfigError(
-            f"task={name}: bad task option ({e}); see configs/task/{name}.yaml for its options"
-        ) from None
-
-
-def build_model(task, mcfg: BackboneConfig) -> Model:
-    return Model(
-        task,
-        mixer=mcfg.name,
-        mixer_options=mcfg.options,
-        d_model=mcfg.d_model,
-        n_layers=mcfg.n_layers,
-        ffn_mult=mcfg.ffn_mult,
-        dropout=mcfg.dropout,
-        pool=mcfg.pool,
-        head_hidden=mcfg.head_hidden,
-        pos_emb=mcfg.pos_emb,
-    )
 
 
 def fingerprint(cfg: DictConfig) -> str:
@@ -109,74 +80,147 @@ def _ddp() -> tuple[int, int, int]:
     return rank, local, world
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train and test one configuration; returns (and writes) results.json."""
-    tcfg: TrainerConfig = checked(TrainerConfig, cfg.trainer, "trainer")
-    ocfg: OptimConfig = checked(OptimConfig, cfg.optim, "optim")
-    mcfg: BackboneConfig = checked(BackboneConfig, cfg.model, "model")
-    rank, local, world = _ddp()
-    device = resolve_device(str(cfg.device), local)
+class RunNotStarted(Exception):
+    """Wraps a HarnessError raised before the run wrote anything into its folder: the
+    caller may remove the folder Hydra made for it (``.cause`` is the error)."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def check_splits(splits, task, tcfg, micro_bs: int, world: int) -> None:
+    """Each split holds examples, and training at least one batch (else the loader loops
+    or evaluation divides by zero long after the start)."""
+    sizes = {s: len(getattr(splits, s)) for s in ("train", "val", "test")}
+    n_train = sizes["train"]
+    if tcfg.max_train_examples:
+        n_train = min(n_train, tcfg.max_train_examples)
+    source = task.describe().get("source") or f"data_dir={task.data_dir}"
+    for split, n in sizes.items():
+        if n == 0:
+            raise DataError(
+                f"task={task.name}: the {split} split is empty (source: {source}); restore or "
+                "regenerate that data"
+            )
+    if n_train < micro_bs * world:
+        raise DataError(
+            f"task={task.name}: the train split has {n_train} examples, fewer than one batch "
+            f"({micro_bs * world}); lower trainer.batch_size (source: {source})"
+        )
+
+
+def _take_lock(run_dir: Path, rank: int, world: int) -> RunLock | None:
+    """Rank 0 locks the run folder; every rank learns whether it could."""
+    lock, err = None, None
+    if rank == 0:
+        try:
+            lock = RunLock(run_dir).acquire()
+        except ConfigError as e:
+            err = str(e)
     if world > 1:
-        # Ranks may resolve a time-stamped run_id a second apart: rank 0's folder wins.
+        box = [err]
+        dist.broadcast_object_list(box, src=0)
+        err = box[0]
+    if err is not None:
+        raise ConfigError(err)
+    return lock
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Train and test one configuration; returns (and writes) results.json.
+
+    Every value is checked, the run folder is locked (one process per folder), the data
+    are loaded and checked, and only then is anything written into the folder. An error
+    before that point is raised as RunNotStarted."""
+    rank, local, world = _ddp()
+    if world > 1 and rank != 0:
+        # Ranks may resolve a time-stamped run_id a second apart: rank 0's folder wins,
+        # and this rank's own (empty) Hydra folder is removed below.
+        logging.getLogger().setLevel(logging.ERROR)  # warnings print once, from rank 0
+        import warnings
+
+        warnings.simplefilter("ignore")
+    try:
+        checked_cfg = check_config(cfg, world=world, model=False)
+    except ConfigError as e:
+        raise RunNotStarted(e) from None
+    tcfg, ocfg, mcfg = checked_cfg.trainer, checked_cfg.optim, checked_cfg.model
+    try:
+        device = resolve_device(str(cfg.device), local)
+    except ConfigError as e:
+        raise RunNotStarted(e) from None
+    if world > 1:
         shared = [str(run_dir)]
         dist.broadcast_object_list(shared, src=0)
+        if rank != 0 and Path(shared[0]) != Path(run_dir):
+            remove_if_only_hydra(Path(run_dir))
         run_dir = shared[0]
-        if rank != 0:
-            logging.getLogger().setLevel(logging.WARNING)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    commit = git_commit()  # the code that starts the run, not what the tree holds at its end
-    seed = int(cfg.seed)
-
-    task = build_task(cfg)
-    splits = task.splits()
-    seed_everything(seed)
-    model = build_model(task, mcfg)
-    n_params = sum(p.numel() for p in model.parameters())
-
-    resumed = (run_dir / "checkpoints" / "last.pt").exists()
-    sinks: list = []
-    if rank == 0:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        sinks.append(
-            JsonlLog(
-                run_dir / "metrics.jsonl", resume_step=_ckpt_step(run_dir) if resumed else None
-            )
-        )
-        lcfg = (
-            OmegaConf.to_container(cfg.logger, resolve=True)
-            if "logger" in cfg
-            else {"name": "none"}
-        )
-        if lcfg.get("name") == "wandb":
-            sinks.append(
-                WandbLog(lcfg, run_dir, str(cfg.run_id), OmegaConf.to_container(cfg, resolve=True))
-            )
-    loggers = Loggers(sinks)
-    log.info(
-        "task=%s model=%s params=%d device=%s run_dir=%s%s",
-        task.name,
-        mcfg.name,
-        n_params,
-        device,
-        run_dir,
-        " (resuming)" if resumed else "",
-    )
-    trainer = Trainer(
-        model,
-        task,
-        splits,
-        tcfg,
-        ocfg,
-        run_dir,
-        loggers,
-        device,
-        seed,
-        rank,
-        world,
-        fingerprint(cfg),
-    )
     try:
+        lock = _take_lock(run_dir, rank, world)
+    except ConfigError as e:
+        raise RunNotStarted(e) from None
+    loggers = Loggers([])
+    started = False
+    try:
+        commit = git_commit()  # the code that starts the run, not what the tree holds at its end
+        seed = int(cfg.seed)
+        task = checked_cfg.task
+        try:
+            splits = task.splits()
+            check_splits(splits, task, tcfg, tcfg.batch_size // (tcfg.grad_accum * world), world)
+            seed_everything(seed)
+            model = build_model(task, mcfg)
+        except (ConfigError, DataError) as e:
+            raise RunNotStarted(e) from None
+        n_params = sum(p.numel() for p in model.parameters())
+
+        started = True
+        resumed = (run_dir / "checkpoints" / "last.pt").exists()
+        sinks: list = []
+        if rank == 0:
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            sinks.append(
+                JsonlLog(
+                    run_dir / "metrics.jsonl", resume_step=_ckpt_step(run_dir) if resumed else None
+                )
+            )
+            lcfg = (
+                OmegaConf.to_container(cfg.logger, resolve=True)
+                if "logger" in cfg
+                else {"name": "none"}
+            )
+            if lcfg.get("name") == "wandb":
+                sinks.append(
+                    WandbLog(
+                        lcfg, run_dir, str(cfg.run_id), OmegaConf.to_container(cfg, resolve=True)
+                    )
+                )
+        loggers = Loggers(sinks)
+        log.info(
+            "task=%s model=%s params=%d device=%s run_dir=%s%s",
+            task.name,
+            mcfg.name,
+            n_params,
+            device,
+            run_dir,
+            " (resuming)" if resumed else "",
+        )
+        trainer = Trainer(
+            model,
+            task,
+            splits,
+            tcfg,
+            ocfg,
+            run_dir,
+            loggers,
+            device,
+            seed,
+            rank,
+            world,
+            fingerprint(cfg),
+        )
         trainer.fit()
         test = trainer.test()
         results: dict[str, Any] = {
@@ -197,13 +241,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "params": n_params,
             **trainer.summary(),
             "device": device_name(device),
+            "threads": torch.get_num_threads(),
             "world_size": world,
             "precision": "bf16" if trainer.amp else "fp32",
             "git_commit": commit,
             "torch": torch.__version__,
             "date": now_iso(),
             "variant": cfg.get("variant"),
-            "command": " ".join(["python", *sys.argv]),
+            "command": command_line(),
             "data": task.describe(),
             "split_sizes": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
         }
@@ -216,6 +261,26 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return results
     finally:
         loggers.close()
+        if lock is not None:
+            lock.release(remove=not started)
+
+
+HYDRA_FILES = {".hydra", "run.log"}
+
+
+def remove_if_only_hydra(run_dir: Path) -> bool:
+    """Remove a run folder that holds nothing but what Hydra wrote at job start (a run
+    that never started must leave nothing behind); returns whether it did."""
+    import shutil
+
+    try:
+        names = {p.name for p in run_dir.iterdir()}
+    except OSError:
+        return False
+    if names <= HYDRA_FILES:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return True
+    return False
 
 
 def _ckpt_step(run_dir: Path) -> int:

@@ -150,7 +150,13 @@ class Trainer:
         self.last_eval_step = -1
         self.timers = {"train_s": 0.0, "eval_s": 0.0, "tokens": 0}
         self.step_times: list[float] = []
+        self.running: dict[str, float] = {}  # the progress bar's moving averages
         self._stop_signal: int | None = None
+        self._warned_long = False
+        # Where the step in progress started (RNG, batch count, tokens): a stop signal in
+        # the middle of a long step abandons it and saves the state as of its start.
+        self._interruptible = False
+        self._step_start: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -166,6 +172,7 @@ class Trainer:
             "last_eval_step": self.last_eval_step,
             "timers": self.timers,
             "step_times": self.step_times[-2000:],
+            "running": self.running,
             "fingerprint": self.fingerprint,
         }
 
@@ -190,20 +197,60 @@ class Trainer:
         self.step, self.batches_done = state["step"], state["batches_done"]
         self.best, self.last_eval_step = state["best"], state["last_eval_step"]
         self.timers, self.step_times = state["timers"], list(state["step_times"])
+        self.running = dict(state.get("running", {}))
         log.info("resumed from %s at step %d", path, self.step)
         return True
 
     # ------------------------------------------------------------------ signals
 
     def _on_signal(self, signum, frame) -> None:
+        """Note the signal; inside a training step (one process) or an evaluation, stop
+        at once: the step is abandoned before the optimizer touches the weights, and
+        last.pt holds the state as of its start (a step of the main job on CPU takes
+        ~16 s, so waiting for its end let SLURM's grace period run out)."""
+        first = self._stop_signal is None
         self._stop_signal = signum
+        if first and self.is_main:
+            log.warning(
+                "received %s at step %d: saving last.pt and stopping",
+                signal.Signals(signum).name,
+                self.step,
+            )
+        if self._interruptible and self.world == 1:
+            self._interruptible = False
+            raise _Preempted
+
+    def _begin_step(self) -> None:
+        self._step_start = {
+            "rng": ckpt.rng_state(),
+            "batches_done": self.batches_done,
+            "tokens": self.timers["tokens"],
+        }
+        self._interruptible = True
+
+    def _abandon_step(self) -> None:
+        """Back to the start of the interrupted step (weights and optimizer are untouched
+        until optimizer.step, which runs outside the interruptible part)."""
+        self._interruptible = False
+        snap = self._step_start
+        if snap is None:
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        ckpt.set_rng_state(snap["rng"])
+        self.batches_done = snap["batches_done"]
+        self.timers["tokens"] = snap["tokens"]
+        self._step_start = None
 
     def _warn_if_long(self) -> None:
         """One warning when a CPU run is on course to take hours (the full LRA settings on
-        a laptop): the estimate, and what to run instead."""
+        a laptop): the estimate, and what to run instead. Checked after the first step
+        (minus start-up, so at most a step's time into the run) and again after ten."""
+        if self._warned_long or not self.step_times:
+            return
         per_step = statistics.median(self.step_times[-5:])
         left_h = per_step * (self.tcfg.max_steps - self.step) / 3600
         if self.device.type == "cpu" and left_h > 2:
+            self._warned_long = True
             log.warning(
                 "this run needs about %.0f more hours on CPU (%.2f s/step x %d steps). The "
                 "LRA settings are sized for a GPU; on CPU try `make demo` "
@@ -217,8 +264,12 @@ class Trainer:
         """Save last.pt, then hand the signal on (default action or, e.g., submitit's
         requeue handler)."""
         signum = self._stop_signal
+        self._interruptible = False
+        if self._step_start is not None:  # a step was cut short: save as of its start
+            self._abandon_step()
         self.save_last()
-        log.warning("received %s at step %d: saved last.pt", signal.Signals(signum).name, self.step)
+        if self.is_main:
+            log.warning("saved last.pt at step %d; exiting", self.step)
         self.loggers.close()
         signal.signal(signum, self._prev_handlers.get(signum, signal.SIG_DFL))
         signal.raise_signal(signum)
@@ -243,6 +294,10 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         losses, correct, count, rates = 0.0, 0, 0, {}
+        self._begin_step()
+        if self._stop_signal is not None:
+            self._interruptible = False
+            raise _Preempted
         for micro in range(self.tcfg.grad_accum):
             batch = _to(next(it), self.device)
             self.batches_done += 1
@@ -258,6 +313,7 @@ class Trainer:
             for k, v in aux.items():  # tensors: read once per step, below
                 if k.endswith(RATE_KEYS):
                     rates[k] = rates.get(k, 0.0) + v.detach() / self.tcfg.grad_accum
+        self._interruptible = False  # from here on the step completes: signals wait for its end
         loss = losses / self.tcfg.grad_accum
         bad = torch.tensor([0.0 if math.isfinite(loss) else 1.0], device=self.device)
         if self.world > 1:
@@ -269,15 +325,21 @@ class Trainer:
                 if last.exists()
                 else "no checkpoint had been saved yet"
             )
+            fix = (
+                f"Lower optim.lr or trainer.clip_grad (now {self.tcfg.clip_grad})"
+                if self.tcfg.clip_grad
+                else "Lower optim.lr or set trainer.clip_grad (e.g. 1.0)"
+            )
             raise TrainingError(
                 f"non-finite training loss ({loss}) at step {self.step + 1}; stopped before "
-                f"updating the weights, {kept}. Lower optim.lr or set trainer.clip_grad."
+                f"updating the weights, {kept}. {fix}, or check the data."
             )
         if self.tcfg.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.model_raw.parameters(), self.tcfg.clip_grad)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
+        self._step_start = None
         return {"loss": loss, "acc": correct / max(count, 1), **_floats(rates)}
 
     @torch.no_grad()
@@ -298,6 +360,15 @@ class Trainer:
         loader = eval_loader(
             ds, bs, self.splits.collate, self.tcfg.num_workers, self.rank, self.world
         )
+        if self._stop_signal is not None:
+            raise _Preempted
+        self._interruptible = True  # evaluation changes no state: a signal may cut it
+        try:
+            return self._evaluate(split, loader, model)
+        finally:
+            self._interruptible = False
+
+    def _evaluate(self, split: str, loader, model: torch.nn.Module) -> dict[str, Any]:
         acc = MulticlassAccuracy(num_classes=self.task.n_classes, average="micro").to(self.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         n = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -305,8 +376,6 @@ class Trainer:
         aux_sum: dict[str, torch.Tensor] = {}  # rates weighted by valid tokens
         tokens = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch in loader:
-            if self._stop_signal is not None:
-                raise _Preempted
             batch = _to(batch, self.device)
             with self._autocast():
                 logits, aux = model(batch)
@@ -323,6 +392,7 @@ class Trainer:
                 if k.endswith(RATE_KEYS):
                     aux_sum.setdefault(k, torch.zeros((), dtype=torch.float64, device=self.device))
                     aux_sum[k] += v.detach().double() * n_tok  # a mean over this batch's tokens
+        self._interruptible = False
         if self.world > 1:  # every rank sums its share; the totals are global
             for t in (loss_sum, n, hist, tokens, *aux_sum.values()):
                 dist.all_reduce(t)
@@ -396,7 +466,7 @@ class Trainer:
                 dynamic_ncols=True,
                 mininterval=1.0,
             )
-        run = {"loss": 0.0, "acc": 0.0}
+        steps_here = 0
         try:
             self._maybe_eval(pbar)
             while self.step < self.tcfg.max_steps:
@@ -405,18 +475,20 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 self.timers["train_s"] += dt
                 self.step_times.append(dt)
-                if len(self.step_times) == 10 and self.is_main:
+                steps_here += 1
+                if steps_here in (1, 10) and self.is_main:
                     self._warn_if_long()
-                run = (
-                    {k: 0.9 * run.get(k, m[k]) + 0.1 * m[k] for k in m}
-                    if self.step > 1
-                    else dict(m)
-                )
+                # moving averages for the bar, kept in last.pt so a resumed run shows the
+                # same numbers as an uninterrupted one
+                self.running = {
+                    k: 0.9 * self.running[k] + 0.1 * v if k in self.running else v
+                    for k, v in m.items()
+                }
                 if pbar is not None:
                     pbar.update(1)
                     pbar.set_postfix(
-                        loss=f"{run['loss']:.3f}",
-                        acc=f"{run['acc']:.3f}",
+                        loss=f"{self.running['loss']:.3f}",
+                        acc=f"{self.running['acc']:.3f}",
                         lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                     )
                 if self.step % self.tcfg.log_every == 0 or self.step == self.tcfg.max_steps:
@@ -447,7 +519,10 @@ class Trainer:
         if best_path.exists():
             self.model_raw.load_state_dict(ckpt.load(best_path)["model"])
         t0 = time.perf_counter()
-        res = self.evaluate("test")
+        try:
+            res = self.evaluate("test")
+        except _Preempted:
+            self._exit_for_signal()
         self.timers["eval_s"] += time.perf_counter() - t0
         return res
 

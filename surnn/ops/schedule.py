@@ -14,11 +14,11 @@ active rows instead.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from surnn.utils import valid_mask
@@ -42,31 +42,29 @@ class Plan:
     all_active: bool
 
 
-def _groups(cols: np.ndarray) -> np.ndarray:
-    """Boundaries of runs of identical adjacent rows of cols [H, T]."""
+def _groups(cols: torch.Tensor) -> torch.Tensor:
+    """Boundaries of runs of identical adjacent rows of cols [H, T] (bool)."""
     H = cols.shape[0]
-    change = np.flatnonzero((cols[1:] != cols[:-1]).any(1)) + 1 if H > 1 else np.array([], int)
-    return np.concatenate(([0], change, [H])).astype(np.int64)
+    change = torch.nonzero((cols[1:] != cols[:-1]).any(1)).flatten() + 1
+    return torch.cat([torch.zeros(1, dtype=torch.long), change, torch.tensor([H])])
 
 
-def _gather_plan(m: np.ndarray) -> Plan:
+def _gather_plan(m: torch.Tensor) -> Plan:
     T, H = m.shape
-    counts = m.sum(1).astype(np.int64)
-    starts = np.cumsum(counts) - counts
-    t_of, cols = np.nonzero(m)
-    cols = cols.astype(np.int64)
+    counts = m.sum(1)
+    starts = torch.cumsum(counts, 0) - counts
+    t_of, cols = torch.nonzero(m, as_tuple=True)  # row-major: step by step, neurons in order
     # Step t's weight rows [cols_t, cols_t + H, cols_t + 2H] at [3*start_t, 3*end_t).
-    local = np.arange(len(cols)) - starts[t_of]
-    wall = np.empty(3 * len(cols), dtype=np.int64)
+    local = torch.arange(len(cols)) - starts[t_of]
+    wall = torch.empty(3 * len(cols), dtype=torch.long)
     for k in range(3):
         wall[3 * starts[t_of] + k * counts[t_of] + local] = cols + k * H
-    wall_t, cols_t = torch.from_numpy(wall), torch.from_numpy(cols)
     steps = []
     for c, s in zip(counts.tolist(), starts.tolist()):
         if c == H:
             steps.append([(slice(0, 3 * H), slice(0, H), None)])
         elif c:
-            steps.append([(wall_t[3 * s : 3 * (s + c)], cols_t[s : s + c], None)])
+            steps.append([(wall[3 * s : 3 * (s + c)], cols[s : s + c], None)])
         else:
             steps.append([])
     return Plan(lay=None, steps=steps, groups=None, all_active=bool(m.all()))
@@ -76,10 +74,16 @@ _CACHE: OrderedDict[tuple, Plan] = OrderedDict()
 _CACHE_SIZE = 16  # plans of recent masks (evaluation reuses each layer's fixed schedule)
 
 
+def _digest(m: torch.Tensor) -> bytes:
+    """A hash of a contiguous CPU bool tensor's bytes (read in place, no copy)."""
+    buf = (ctypes.c_char * m.numel()).from_address(m.data_ptr())
+    return hashlib.blake2b(buf, digest_size=16).digest()
+
+
 def make_plan(mask: torch.Tensor) -> Plan:
     """mask: [T, H] bool (time-only compute mask) -> Plan (cached by the mask's content)."""
-    m = mask.detach().to("cpu", torch.bool).numpy()
-    key = (m.shape, MAX_BLOCKS, MAX_GROUPS, hashlib.blake2b(np.packbits(m).tobytes()).digest())
+    m = mask.detach().to("cpu", torch.bool).contiguous()
+    key = (tuple(m.shape), MAX_BLOCKS, MAX_GROUPS, _digest(m))
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -90,32 +94,34 @@ def make_plan(mask: torch.Tensor) -> Plan:
     return plan
 
 
-def _make_plan(m: np.ndarray) -> Plan:
+def _make_plan(m: torch.Tensor) -> Plan:
     T, H = m.shape
     if T == 0 or H == 0:
         return _gather_plan(m)
-    perm = np.arange(H)
-    bounds = _groups(m.T)
+    perm = torch.arange(H)
+    cols = m.T.contiguous()  # [H, T]: each neuron's pattern over time
+    bounds = _groups(cols)
     if len(bounds) - 1 > MAX_GROUPS:
-        packed = np.packbits(m.T, axis=1)  # [H, ceil(T/8)]: each neuron's pattern
-        perm = np.lexsort(packed.T[::-1])
-        bounds = _groups(m.T[perm])
+        # Sort the neurons by pattern (lexicographic, stable): equal patterns become
+        # adjacent, so each distinct pattern is one contiguous group.
+        _, inverse = torch.unique(cols, dim=0, sorted=True, return_inverse=True)
+        perm = torch.sort(inverse, stable=True).indices
+        bounds = _groups(cols[perm])
         if len(bounds) - 1 > MAX_GROUPS:
             return _gather_plan(m)
-    identity = bool((perm == np.arange(H)).all())
-    perm_t = torch.from_numpy(np.ascontiguousarray(perm)).long()
+    identity = bool((perm == torch.arange(H)).all())
     groups, lay = [], []
     for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        neurons = perm_t[s:e]
+        neurons = perm[s:e]
         lay += [neurons + k * H for k in range(3)]
-        st = np.flatnonzero(m[:, perm[s]])
-        groups.append((s, e, torch.from_numpy(st).long()))
+        st = torch.nonzero(cols[perm[s]]).flatten()
+        groups.append((s, e, st))
     lay_t = torch.cat(lay)
     lay_out = None if bool((lay_t == torch.arange(3 * H)).all()) else lay_t
 
     def hsel_of(i: int):
         s, e = groups[i][:2]
-        return slice(s, e) if identity else perm_t[s:e]
+        return slice(s, e) if identity else perm[s:e]
 
     active_groups: list[list[int]] = [[] for _ in range(T)]
     for gi, (_, _, st) in enumerate(groups):
@@ -137,7 +143,7 @@ def _make_plan(m: np.ndarray) -> Plan:
                 for k in range(3)
                 for s, e, _ in ags
             ]
-            hsel = [perm_t[s:e] for s, e, _ in ags]
+            hsel = [perm[s:e] for s, e, _ in ags]
             steps.append([(torch.cat(wsel), torch.cat(hsel), None)])
     # A group's packed rows are the steps where it is a block of its own (view steps).
     groups = [(s, e, torch.tensor(v, dtype=torch.long)) for (s, e, _), v in zip(groups, view_steps)]

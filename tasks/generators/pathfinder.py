@@ -1,5 +1,6 @@
-"""Seeded Pathfinder generator (LRA settings, ../shared/LRA_DATA.md): the command line,
-parallel generation and the output layouts. The drawing is in pathfinder_draw.py.
+"""Seeded Pathfinder generator (the settings of the LRA release: Linsley et al. 2018, as
+used by Tay et al. 2021): the command line, parallel generation and the output layouts.
+The drawing is in pathfinder_draw.py.
 
 Each image is made from its own RNG seeded by (seed, resolution, contour length, index),
 so the output is identical for any number of worker processes.

@@ -1,4 +1,5 @@
-"""Pathfinder drawing (LRA settings, ../shared/LRA_DATA.md): one image from one seed.
+"""Pathfinder drawing (the settings of the LRA release: Linsley et al. 2018, as used by
+Tay et al. 2021): one image from one seed.
 
 Two target contours of ``contour_length`` dashes ("paddles") grow together from seeds
 ``seed_distance`` apart; short distractor contours and two circular markers are added.

@@ -301,6 +301,7 @@ def test_torchrun_ddp_on_cpu_evaluates_every_example_once_with_the_single_proces
         for layer, v in ref[key].items():
             assert ddp[key][layer] == pytest.approx(v, abs=1e-4), (key, ddp[key], ref[key])
     assert 0.0 < ddp["update_rate"]["layer0"] < 1.0
+    assert "torch.distributed.run --nproc_per_node=2" in ddp["command"], ddp["command"]
 
 
 def test_sweep_through_submitit_launcher_then_tables(tmp):
@@ -320,6 +321,8 @@ def test_sweep_through_submitit_launcher_then_tables(tmp):
     ]
     p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
+    said = p.stdout + p.stderr
+    assert "sweep job 1/2" in said and "sweep job 2/2" in said, said[-3000:]
     found = sorted((tmp / "out" / "sweeps").glob("*/listops-*-s0-*/results.json"))
     assert [f.parent.name.split("-")[1] for f in found] == ["gru", "lstm"]
     out = tmp / "tables"
@@ -352,3 +355,116 @@ def test_the_surnn_lra_preset_runs_a_smoke_step_and_holds_its_target_rate(tmp):
     assert all(abs(r - 0.17) < 0.03 for r in res["update_rate"].values()), res["update_rate"]
     assert res["mixer_flops_per_seq"] < 0.5 * res["mixer_flops_per_seq_dense"]
     assert res["flops_examples"] == 20  # the whole validation set
+
+
+# ------------------------------------------------------------- checked before anything runs
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["trainer.batch_size=-4"],  # used to hang at 100% CPU, deaf to SIGTERM
+        ["trainer.eval_every=0"],  # ZeroDivisionError
+        ["optim.lr=-1"],  # a torch traceback
+        ["trainer.max_steps=0"],  # a results.json with best_val_acc=-1
+        ["data_dir=/etc/hostname"],  # FileExistsError
+    ],
+)
+def test_bad_value_is_one_line_exit_2_and_no_run_folder(tmp_path, bad):
+    p = run(
+        ["task=listops", "model=lstm", "trainer=smoke", "run_id=bad", *TINY, *bad],
+        tmp_path,
+        timeout=120,
+    )
+    assert p.returncode == 2, p.stderr[-2000:]
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), p.stderr
+    key = bad[0].split("=")[0]
+    assert key in err[0] and "expected" in err[0] or "not a folder" in err[0], err[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_empty_split_file_is_one_line_and_no_run_folder(tmp_path):
+    d = tmp_path / "data" / "listops-1000"
+    d.mkdir(parents=True)
+    good = "Source\tTarget\n" + "( ( [MAX 2 ) 9 ) ]\t9\n" * 8
+    for split in ("train", "val", "test"):
+        (d / f"basic_{split}.tsv").write_text("Source\tTarget\n" if split == "val" else good)
+    p = run(
+        ["task=listops", "trainer=smoke", "model=lstm", "logger=none", "run_id=empty"], tmp_path
+    )
+    assert p.returncode == 2, p.stderr[-2000:]
+    err = p.stderr.strip().splitlines()
+    assert err[-1].startswith("error:") and "basic_val.tsv" in err[-1] and "no rows" in err[-1]
+    assert not (tmp_path / "out" / "empty").exists()
+
+
+def test_two_runs_with_one_run_id_one_refuses_and_the_folder_stays_intact(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [*COMMON, "trainer.max_steps=40", "run_id=shared"]
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            f"data_dir={tmp_path / 'data'}",
+            f"output_dir={tmp_path / 'out'}",
+            *args,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lock = tmp_path / "out" / "shared" / ".lock"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
+        time.sleep(0.1)
+    assert first.poll() is None, first.stderr.read()[-2000:]
+    second = run(args, tmp_path, timeout=120)
+    assert second.returncode == 2, second.stderr[-2000:]
+    err = second.stderr.strip().splitlines()
+    assert len(err) == 1 and f"pid {first.pid}" in err[0] and "in use" in err[0], err
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    folder = tmp_path / "out" / "shared"
+    res = json.loads((folder / "results.json").read_text())
+    assert res["steps"] == 40
+    steps = [json.loads(l)["step"] for l in (folder / "metrics.jsonl").read_text().splitlines()]
+    train = [
+        json.loads(l)["step"]
+        for l in (folder / "metrics.jsonl").read_text().splitlines()
+        if "train/loss" in l
+    ]
+    assert train == list(range(1, 41)) and steps == sorted(steps)
+    assert not list((folder / "checkpoints").glob("*.tmp"))
+
+
+def test_check_results_reruns_a_committed_result_and_compares(tmp, straight):
+    """scripts/check_results.py: the same command, commit and threads give the same numbers;
+    a changed number is reported and fails."""
+    committed = tmp / "committed"
+    committed.mkdir(exist_ok=True)
+    res = json.loads((tmp / "out" / "straight" / "results.json").read_text())
+    (committed / "straight.json").write_text(json.dumps(res))
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "check_results.py"),
+        str(committed),
+        "--runs-dir",
+        str(tmp / "rerun"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+    assert "1 of 1 result(s) reproduced" in p.stdout
+    res["test_acc"] += 0.01
+    (committed / "straight.json").write_text(json.dumps(res))
+    p = subprocess.run(
+        cmd + ["--runs-dir", str(tmp / "rerun2")],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 1 and "test_acc: committed" in p.stdout, p.stdout[-3000:]

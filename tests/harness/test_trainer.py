@@ -177,3 +177,104 @@ def test_long_cpu_run_warns_once_with_estimate_and_alternatives(tmp_path, caplog
     with caplog.at_level("WARNING", logger="surnn.harness.trainer"):
         tr._warn_if_long()
     assert not caplog.records
+
+
+def test_non_finite_hint_does_not_suggest_clip_grad_when_set(tmp_path):
+    for clip, want in ((1.0, "trainer.clip_grad (now 1.0)"), (None, "set trainer.clip_grad")):
+        tr = make_trainer(tmp_path / str(clip), max_steps=3, clip_grad=clip)
+        orig = tr._forward
+
+        def poisoned(batch, orig=orig):
+            logits, loss, total, aux = orig(batch)
+            return logits, loss * float("nan"), total * float("nan"), aux
+
+        tr._forward = poisoned
+        with pytest.raises(TrainingError) as e:
+            tr.fit()
+        assert want in str(e.value), str(e.value)
+
+
+def test_sigterm_inside_a_long_step_stops_at_once_and_resumes_exactly(tmp_path):
+    """A stop signal in the middle of a step abandons it (the optimizer has not touched
+    the weights) and saves last.pt as of its start, instead of waiting for the step to
+    end (16 s on the main CPU job); the resumed run equals an uninterrupted one."""
+    import os
+    import signal
+    import time
+
+    a = make_trainer(tmp_path / "a")
+    a.fit()
+    ref = a.test()
+
+    b = make_trainer(tmp_path / "b")
+    orig = b._forward
+    seen = {}
+
+    def slow_forward(batch):
+        out = orig(batch)
+        if b.step == 4 and "t" not in seen:  # inside step 5, after its forward pass
+            seen["t"] = time.perf_counter()
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # a long step: the handler must not wait for its end
+            seen["slept"] = True
+        return out
+
+    b._forward = slow_forward
+    handled = []
+    prev = signal.signal(signal.SIGTERM, lambda s, f: handled.append(s))
+    try:
+        with pytest.raises(SystemExit):
+            b.fit()
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+    assert time.perf_counter() - seen["t"] < 2.0 and "slept" not in seen
+    assert handled == [signal.SIGTERM]  # handed on to the previous handler (submitit's)
+    saved = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=False)
+    assert saved["step"] == 4 and saved["batches_done"] == 4
+
+    c = make_trainer(tmp_path / "b", init_seed=99)
+    c.fit()
+    assert c.step == a.step == 8 and c.best == a.best
+    assert c.test()["test/loss"] == pytest.approx(ref["test/loss"], rel=1e-6, abs=1e-9)
+    for pa, pc in zip(a.model_raw.parameters(), c.model_raw.parameters()):
+        torch.testing.assert_close(pa, pc, rtol=1e-6, atol=1e-7)
+    assert c.running == pytest.approx(a.running)  # the progress bar's averages resume too
+
+
+def test_training_is_deterministic_on_cpu(tmp_path):
+    """Same commit, seed and thread count: bit-identical weights and metrics."""
+    runs = []
+    for name in ("a", "b"):
+        tr = make_trainer(tmp_path / name)
+        tr.fit()
+        lines = [
+            json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        ]
+        for rec in lines:
+            for k in [k for k in rec if k.startswith("sys/") or k == "step_time_s"]:
+                del rec[k]
+        runs.append((tr, lines))
+    (a, la), (b, lb) = runs
+    assert la == lb
+    for pa, pb in zip(a.model_raw.parameters(), b.model_raw.parameters()):
+        assert torch.equal(pa, pb)
+
+
+def test_long_cpu_run_warns_after_the_first_step(tmp_path, caplog):
+    tr = make_trainer(tmp_path, max_steps=10**8)
+    orig = tr._train_step
+    calls = {"n": 0}
+
+    def two_steps(it):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return orig(it)
+
+    tr._train_step = two_steps
+    with (
+        caplog.at_level("WARNING", logger="surnn.harness.trainer"),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        tr.fit()
+    assert any("more hours on CPU" in r.getMessage() for r in caplog.records)

@@ -186,3 +186,32 @@ def test_default_settings_generate_into_release_folder(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("listops-gen-*"))
     x, y = sp.train[0]
     assert 501 <= len(x) - 1 <= 1999
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [
+        ("Source\tTarget\n( [MAX 2 ] )\t2\n".encode("utf-16"), "UTF-16"),
+        ("Source\tTarget\n( [MAX 2 ] )\t2\n".encode("utf-16-le"), "UTF-16"),
+        (b"Source\tTarget\n( [MAX 2 \xe9 ] )\t2\n", "not UTF-8 text"),
+        (b"Source\tTarget\n", "no rows"),
+    ],
+)
+def test_tsv_in_another_encoding_says_so(tmp_path, raw, want):
+    from surnn.errors import DataError
+    from tasks.listops import read_tsv
+
+    f = tmp_path / "basic_train.tsv"
+    f.write_bytes(raw)
+    with pytest.raises(DataError) as e:
+        read_tsv(f, 100, True)
+    assert want in str(e.value) and "add that header" not in str(e.value), str(e.value)
+
+
+def test_tsv_with_a_utf8_byte_order_mark_reads(tmp_path):
+    from tasks.listops import read_tsv
+
+    f = tmp_path / "basic_train.tsv"
+    f.write_bytes(b"\xef\xbb\xbfSource\tTarget\n[MAX 2 9 ]\t9\n")
+    seqs, labels, _ = read_tsv(f, 100, True)
+    assert labels.tolist() == [9]

@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""Rerun committed results and compare: do the numbers in results/ still come out of
+today's code?
+
+    python scripts/check_results.py                      # every run in results/demo/
+    python scripts/check_results.py results/demo/surnn.json results/ablations/rhythm_groups
+    python scripts/check_results.py --update             # rerun and rewrite the committed files
+    make check-results                                   # the same (not part of the CI suite)
+
+Each committed ``<name>.json`` is a run's results.json: it names the command that made it
+(``command``), the commit (``git_commit``) and the CPU threads it ran with (``threads``,
+or the count in ``device``). The command is rerun here with the same thread count
+(OMP_NUM_THREADS / MKL_NUM_THREADS, PYTHONHASHSEED=0) into a fresh output folder, and
+every outcome field (accuracies, losses, best step, update rates, FLOPs, sizes) must be
+equal: training on CPU is deterministic for a given commit, seed and thread count.
+Timings and dates are reported, never compared. Exit status 0 when all match, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPARED = (
+    "steps",
+    "best_val_acc",
+    "best_val_loss",
+    "best_step",
+    "test_acc",
+    "test_loss",
+    "test_examples",
+    "test_majority_class",
+    "update_rate",
+    "active_rate",
+    "params",
+    "split_sizes",
+    "flops_per_seq",
+    "flops_per_seq_dense",
+    "precision",
+)
+LOCAL = ("data",)  # machine-local paths, left out of committed files
+
+
+def threads_of(res: dict) -> int | None:
+    if isinstance(res.get("threads"), int):
+        return res["threads"]
+    m = re.search(r"(\d+) threads", str(res.get("device", "")))
+    return int(m.group(1)) if m else None
+
+
+def run_args(res: dict) -> list[str]:
+    """The run.py overrides of the command that made a result."""
+    words = shlex.split(str(res.get("command", "")))
+    for i, w in enumerate(words):
+        if w.endswith("run.py"):
+            return words[i + 1 :]
+    raise ValueError(f"command {res.get('command')!r} does not run run.py")
+
+
+def find(paths: list[Path]) -> list[Path]:
+    out = []
+    for p in paths:
+        files = sorted(p.rglob("*.json")) if p.is_dir() else [p]
+        for f in files:
+            try:
+                res = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(res, dict) and "command" in res and "test_acc" in res:
+                out.append(f)
+    return out
+
+
+def compare(old: dict, new: dict) -> list[tuple[str, object, object]]:
+    """The compared fields that differ: (field, committed, rerun)."""
+    return [(k, old.get(k), new.get(k)) for k in COMPARED if k in old and old.get(k) != new.get(k)]
+
+
+def rerun(res: dict, out_dir: Path, data_dir: str | None) -> dict:
+    drop = ("output_dir=", "data_dir=") if data_dir else ("output_dir=",)
+    args = [a for a in run_args(res) if not a.startswith(drop)]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    threads = threads_of(res)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    extra = [f"output_dir={out_dir}"]
+    if data_dir:
+        extra.append(f"data_dir={data_dir}")
+    cmd = [sys.executable, str(ROOT / "run.py"), *args, *extra, "trainer.progress=false"]
+    print(f"  rerun: {' '.join(cmd[1:])}  (threads={threads or 'default'})", flush=True)
+    p = subprocess.run(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        tail = "\n".join(p.stderr.strip().splitlines()[-5:])
+        raise RuntimeError(f"the rerun failed (exit {p.returncode}):\n{tail}")
+    found = sorted(out_dir.rglob("results.json"), key=lambda f: f.stat().st_mtime)
+    if not found:
+        raise RuntimeError(f"the rerun wrote no results.json under {out_dir}")
+    return json.loads(found[-1].read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("paths", nargs="*", type=Path, default=[ROOT / "results" / "demo"])
+    ap.add_argument("--runs-dir", type=Path, help="where the reruns go (default: a temp folder)")
+    ap.add_argument("--data-dir", help="data_dir for the reruns (default: the config's)")
+    ap.add_argument("--update", action="store_true", help="write the reruns over the files")
+    args = ap.parse_args(argv)
+
+    files = find(args.paths)
+    if not files:
+        print(
+            f"error: no committed results under {', '.join(map(str, args.paths))}", file=sys.stderr
+        )
+        return 2
+    from surnn.harness.metrics import git_commit
+
+    head = git_commit()
+    runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="check_results-"))
+    bad = 0
+    for i, f in enumerate(files):
+        old = json.loads(f.read_text())
+        print(
+            f"[{i + 1}/{len(files)}] {f} (made at {str(old.get('git_commit'))[:12]}, now {head[:12]})"
+        )
+        try:
+            new = rerun(old, runs_dir / f"{i}-{f.stem}", args.data_dir)
+        except (RuntimeError, ValueError) as e:
+            print(f"  FAILED: {e}")
+            bad += 1
+            continue
+        diff = compare(old, new)
+        if args.update:
+            keep = {k: v for k, v in new.items() if k not in LOCAL}
+            keep["command"] = old["command"]  # the reruns' output_dir/data_dir change nothing
+            f.write_text(json.dumps(keep, indent=2, default=str) + "\n")
+            print(f"  updated {f} ({len(diff)} field(s) changed)")
+            continue
+        if diff:
+            bad += 1
+            print("  DIFFERENT:")
+            for k, a, b in diff:
+                print(f"    {k}: committed {a} / rerun {b}")
+        else:
+            print(f"  same: test_acc {new['test_acc']:.4f}, best_val_acc {new['best_val_acc']:.4f}")
+    if args.update:
+        return 0
+    print(f"{len(files) - bad} of {len(files)} result(s) reproduced")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""Every config value checked before anything runs, key by key: a bad value is one
+ConfigError line naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from surnn.errors import ConfigError
+from surnn.harness.cli import CONFIG_DIR, choices, precheck
+from surnn.harness.config import BackboneConfig, OptimConfig, TrainerConfig
+from surnn.harness.validate import (
+    MODEL_RULES,
+    OPTIM_RULES,
+    TRAINER_RULES,
+    check_config,
+)
+
+
+def cfg_of(*overrides: str, tmp_path=None):
+    base = ["logger=none"]
+    if tmp_path is not None:
+        base += [f"data_dir={tmp_path / 'data'}", f"output_dir={tmp_path / 'out'}"]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=[*base, *overrides])
+
+
+def rejects(*overrides: str, match: str, tmp_path=None, model=True) -> str:
+    cfg = cfg_of(*overrides, tmp_path=tmp_path)
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg, model=model)
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    assert match in msg, msg
+    return msg
+
+
+def test_every_schema_key_has_a_rule():
+    """A new trainer/optim/backbone key must say what values it takes."""
+    assert {f.name for f in dataclasses.fields(TrainerConfig)} - {"name"} == set(TRAINER_RULES)
+    assert {f.name for f in dataclasses.fields(OptimConfig)} == set(OPTIM_RULES)
+    assert {f.name for f in dataclasses.fields(BackboneConfig)} - {"name", "options"} == set(
+        MODEL_RULES
+    )
+
+
+BAD_TRAINER = [
+    ("max_steps", "0"),
+    ("max_steps", "-3"),
+    ("batch_size", "0"),
+    ("batch_size", "-4"),
+    ("eval_batch_size", "0"),
+    ("grad_accum", "0"),
+    ("warmup_steps", "-1"),
+    ("min_lr_ratio", "1.5"),
+    ("min_lr_ratio", "-0.1"),
+    ("clip_grad", "-1"),
+    ("eval_every", "0"),
+    ("ckpt_every", "0"),
+    ("log_every", "0"),
+    ("precision", "fp16"),
+    ("num_workers", "-1"),
+    ("max_train_examples", "0"),
+    ("max_eval_examples", "0"),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), BAD_TRAINER)
+def test_bad_trainer_value(key, value):
+    msg = rejects(f"trainer.{key}={value}", match=f"trainer.{key}=", model=False)
+    assert "expected" in msg
+
+
+def test_every_trainer_key_is_covered_by_a_bad_value():
+    covered = {k for k, _ in BAD_TRAINER} | {"progress", "flops", "compile"}  # bools: typed
+    assert covered == set(TRAINER_RULES)
+
+
+@pytest.mark.parametrize("key", ["progress", "flops", "compile"])
+def test_trainer_flags_take_booleans_only(key):
+    with pytest.raises(ConfigError, match=f"trainer.{key}"):
+        precheck([f"trainer.{key}=maybe", "logger=none"])
+
+
+def test_grad_accum_must_divide_the_batch():
+    msg = rejects("trainer.batch_size=10", "trainer.grad_accum=3", match="trainer.batch_size=10")
+    assert "grad_accum (3)" in msg
+
+
+def test_train_prefix_must_hold_a_batch():
+    rejects("trainer.max_train_examples=8", "trainer.batch_size=32", match="max_train_examples=8")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("lr", "-1"),
+        ("lr", "0"),
+        ("weight_decay", "-0.1"),
+        ("betas", "[0.9]"),
+        ("betas", "[0.9,1.5]"),
+        ("eps", "0"),
+        ("name", "sgd"),
+    ],
+)
+def test_bad_optim_value(key, value):
+    rejects(f"optim.{key}={value}", match=f"optim.{key}=", model=False)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("d_model", "0"),
+        ("n_layers", "0"),
+        ("ffn_mult", "-1"),
+        ("dropout", "1.0"),
+        ("dropout", "-0.2"),
+        ("pool", "sum"),
+        ("head_hidden", "0"),
+        ("pos_emb", "rotary"),
+    ],
+)
+def test_bad_backbone_value(key, value):
+    rejects(f"model.{key}={value}", match=f"model.{key}=", model=False)
+
+
+@pytest.mark.parametrize(
+    ("model", "override", "match"),
+    [
+        ("surnn", "model.options.hidden_size=-3", "model.options.hidden_size=-3"),
+        ("surnn", "model.options.gate.init_rate=0", "gate.init_rate=0"),
+        ("surnn", "model.options.gate.n_freqs=0", "gate.n_freqs=0"),
+        ("surnn", "model.options.gate.group_size=0", "gate.group_size=0"),
+        ("surnn", "model.options.gate.kind=interval", None),  # valid: builds
+        ("surnn", "model.options.gate.target_rate=2", "gate.target_rate=2"),
+        ("surnn", "model.options.gate.kind=sometimes", "kind='sometimes'"),
+        ("surnn", "model.options.impl=fast", "impl='fast'"),
+        ("gru", "model.options.hidden_size=0", "model.options.hidden_size=0"),
+        ("lstm", "model.options.bidirectional=2", "model.options.bidirectional=2"),
+        ("s4d", "model.options.d_state=0", "model.options.d_state=0"),
+        ("s4d", "model.options.d_state=7", "d_state=7"),
+        ("s4d", "model.options.dt_min=0", "model.options.dt_min=0"),
+        ("s4d", "model.options.lr_A=-1", "model.options.lr_A=-1"),
+        ("s4d", "model.options.mode=fft", "mode='fft'"),
+        ("transformer", "model.options.n_heads=0", "model.options.n_heads=0"),
+        ("transformer", "model.options.n_heads=5", "n_heads"),  # does not divide d_model
+        ("transformer", "model.options.attn_dropout=1", "model.options.attn_dropout=1"),
+    ],
+)
+def test_bad_model_option(model, override, match):
+    cfg = cfg_of("task=listops", f"model={model}", "model.d_model=16", "model.n_layers=1", override)
+    if match is None:
+        check_config(cfg)
+        return
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg)
+    assert match in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("task", "override", "match"),
+    [
+        ("listops", "task.options.max_len=0", "max_len=0"),
+        ("listops", "task.options.append_eos=3", "append_eos=3"),
+        ("listops", "task.options.generate.n_train=0", "generate.n_train=0"),
+        ("listops", "task.options.generate.n_val=0", "generate.n_val=0"),
+        ("listops", "task.options.generate.max_depth=0", "generate.max_depth=0"),
+        ("listops", "task.options.generate.workers=-2", "generate.workers=-2"),
+        ("listops", "task.options.generate.seed=-1", "generate.seed=-1"),
+        ("text", "task.options.max_len=-5", "max_len=-5"),
+        ("text", "task.options.val_fraction=1.0", "val_fraction=1.0"),
+        ("text", "task.options.split_seed=-1", "split_seed=-1"),
+        ("text", "task.options.hub=yes_please", "hub="),
+        ("retrieval", "task.options.doc_bytes=0", "doc_bytes=0"),
+        ("image", "task.options.val_size=0", "val_size=0"),
+        ("image", "task.options.input=rgb", "input='rgb'"),
+        ("psmnist", "task.options.permutation_seed=-1", "permutation_seed=-1"),
+        ("smnist", "task.options.split_seed=1.5", "split_seed=1.5"),
+        ("scifar", "task.options.val_size=-1", "val_size=-1"),
+        ("pathfinder", "task.options.resolution=48", "resolution=48"),
+        ("pathfinder", "task.options.difficulty=extreme", "difficulty='extreme'"),
+        ("pathfinder", "task.options.generate.n=0", "generate.n=0"),
+        ("pathfinder", "task.options.workers=0", "workers=0"),
+        ("pathx", "task.options.skip_unreadable=3", "skip_unreadable=3"),
+    ],
+)
+def test_bad_task_option(task, override, match):
+    cfg = cfg_of(f"task={task}", "model=lstm", override)
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg, model=False)
+    assert match in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_top_level_values(tmp_path):
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    rejects(f"data_dir={afile}", match="data_dir=", model=False)
+    rejects(f"output_dir={afile}", match="output_dir=", model=False)
+    rejects(f"data_dir={afile}/below", match="cannot be made", model=False)
+    rejects("seed=-1", match="seed=-1", model=False)
+    rejects("run_id=''", match="run_id=", model=False)
+    rejects("run_id=../elsewhere", match="run_id=", model=False)
+    rejects("device=tpu", match="device='tpu'", model=False)
+    rejects("logger=wandb", "logger.mode=sometimes", match="logger.mode='sometimes'", model=False)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "taken").write_text("x")
+    rejects(f"output_dir={tmp_path / 'out'}", "run_id=taken", match="is a file", model=False)
+
+
+@pytest.mark.parametrize("exp", choices("experiment"))
+def test_every_shipped_experiment_passes(exp):
+    check_config(cfg_of(f"experiment={exp}"), model=False)
+
+
+@pytest.mark.parametrize("task", choices("task"))
+@pytest.mark.parametrize("model", [m for m in choices("model") if m != "_schema"])
+def test_every_task_and_model_default_passes(task, model):
+    check_config(cfg_of(f"task={task}", f"model={model}", "model.n_layers=1"), model=True)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "trainer.clip_grad=0.5",
+        "trainer.clip_grad=null",
+        "trainer.clip_grad=0",
+        "trainer.grad_accum=2",
+        "trainer.precision=bf16",
+        "trainer.compile=true",
+        "trainer.eval_batch_size=7",
+    ],
+)
+def test_every_trainer_key_is_valid_under_every_preset(override):
+    """The key list is the schema's, not the chosen YAML file's."""
+    for preset in choices("trainer"):
+        if preset == "_schema":
+            continue
+        check_config(cfg_of(f"trainer={preset}", override), model=False)
