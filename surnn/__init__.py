@@ -9,7 +9,7 @@ The method stands alone and needs only torch::
 
 - ``surnn.layer``: ``SelectiveUpdateGRU`` (``nn.GRU`` constructor, weights and outputs).
 - ``surnn.gates``: the gate kinds (``GATES``: rhythm, soft, random, interval, open,
-  content) and ``build_gate``.
+  content, input) and ``build_gate``.
 - ``surnn.ops``: ``su_gru`` with its implementations (reference, cpu, triton).
 
 ``surnn.harness`` (the training harness: backbone, registries, trainer, Hydra entry) is

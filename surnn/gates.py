@@ -14,7 +14,13 @@ a gradient). With ``ste`` every neuron is active while the gate is trained.
 Kinds (``build_gate(kind=...)``): ``rhythm`` (the paper's), ``soft`` (sigmoid of the
 rhythm, no binarisation), ``random`` (a frozen random rhythm), ``interval`` (open every
 ``period`` steps), ``open`` (always open: equals nn.GRU), ``content`` (threshold of a
-linear function of the input, per sample).
+learned linear function of the input, per sample), ``input`` (the paper's input-threshold
+ablation: neuron i open when its input x[b, t, i] > 0, nothing learned).
+
+Rate control: ``Gate.enable_rate_control()`` gives a gate with a pre-activation (rhythm,
+soft, random, content) a scalar buffer ``rate_offset`` added to every neuron's
+pre-activation; ``SelectiveUpdateGRU`` solves for it in each training forward so that the
+layer's update rate equals its ``target_rate`` (see there).
 
 ``all_open()`` is a context manager under which every gate returns all ones (and every
 neuron active): the trainer counts dense-equivalent FLOPs with it.
@@ -100,10 +106,36 @@ class Gate(nn.Module):
     one sequence instead of restarting at every window."""
 
     time_only: bool = True
+    #: True when the gate has a pre-activation that a shared offset can shift (rate control).
+    controllable: bool = False
 
     def __init__(self, hidden_size: int):
         super().__init__()
         self.hidden_size = hidden_size
+
+    def enable_rate_control(self) -> None:
+        """Add the ``rate_offset`` buffer (0 at first; saved in the state dict)."""
+        if not self.controllable:
+            raise ConfigError(
+                f"gate kind {type(self).__name__} has no pre-activation to shift, so "
+                "target_rate cannot steer it; use rhythm, soft, random or content, or unset "
+                "target_rate"
+            )
+        if not hasattr(self, "rate_offset"):
+            self.register_buffer("rate_offset", torch.zeros(()))
+
+    def open_fraction(self, a: torch.Tensor) -> torch.Tensor:
+        """The gate value for pre-activation ``a`` (forward only): what rate control
+        averages."""
+        return (a > 0).to(a.dtype)
+
+    def open_margin(self) -> float:
+        """How far beyond the pre-activation's range the gate is fully open or closed."""
+        return 1e-3
+
+    def _offset(self, a: torch.Tensor) -> torch.Tensor:
+        off = getattr(self, "rate_offset", None)
+        return a if off is None else a + off.to(a.dtype)
 
     def gate(self, T: int, x: torch.Tensor | None, device, dtype, t0=0):  # pragma: no cover
         raise NotImplementedError
@@ -120,6 +152,8 @@ class Gate(nn.Module):
 
 class BinaryGate(Gate):
     """A hard gate on a pre-activation ``a`` with a surrogate gradient."""
+
+    controllable = True
 
     def __init__(self, hidden_size: int, surrogate: str = "triangle", width: float = 1.0):
         super().__init__(hidden_size)
@@ -233,6 +267,7 @@ class RhythmGate(BinaryGate):
         a = self.bias.float() + (self.alpha.float()[None] * torch.sin(phase)).sum(-1)
         if self.group_size > 1:  # [T, H/G] -> [T, H]; gradients sum over each group
             a = a.repeat_interleave(self.group_size, dim=1)
+        a = self._offset(a)
         return a if dtype is None else a.to(dtype)
 
 
@@ -255,6 +290,12 @@ class SoftGate(RhythmGate):
         if not temperature > 0:
             raise ConfigError(f"gate temperature={temperature}: expected a positive value")
         self.temperature = float(temperature)
+
+    def open_fraction(self, a):
+        return torch.sigmoid(a / self.temperature)
+
+    def open_margin(self):
+        return 30.0 * self.temperature  # sigmoid(30) = 1 - 1e-13
 
     def gate(self, T, x, device, dtype, t0=0):
         g = torch.sigmoid(self.preactivation(T, None, device, t0=t0) / self.temperature)
@@ -322,7 +363,33 @@ class ContentGate(BinaryGate):
     def preactivation(self, T, x, device, t0=0):
         if x is None:
             raise ConfigError("gate kind=content needs the layer input x")
-        return self.proj(x).float()
+        return self._offset(self.proj(x).float())
+
+
+class InputThresholdGate(Gate):
+    """Ablation (the paper's input-threshold gate): neuron i is open at (b, t) when its
+    input x[b, t, i] > 0. Nothing is learned and no gradient flows through the gate; per
+    sample, like ``content``. The layer input must have the hidden size (in the harness
+    the mixer's input is d_model: set hidden_size null or equal to d_model), as the paper
+    thresholds the input of the neuron itself. ``threshold`` moves the cut (default 0)."""
+
+    time_only = False
+
+    def __init__(self, hidden_size: int, input_size: int, threshold: float = 0.0):
+        super().__init__(hidden_size)
+        if input_size != hidden_size:
+            raise ConfigError(
+                f"gate kind=input thresholds each neuron's own input, so it needs input size "
+                f"= hidden size (got {input_size} and {hidden_size}); set the hidden size to "
+                "the input size (in the harness: model.options.hidden_size=null)"
+            )
+        self.threshold = float(threshold)
+
+    def gate(self, T, x, device, dtype, t0=0):
+        if x is None:
+            raise ConfigError("gate kind=input needs the layer input x")
+        open_ = x.detach() > self.threshold
+        return open_.to(dtype or torch.float32), open_
 
 
 #: Gate kinds: ``build_gate(kind=...)`` and ``model.options.gate.kind`` choose from this table.
@@ -333,6 +400,7 @@ GATES: dict[str, type[Gate]] = {
     "interval": IntervalGate,
     "open": OpenGate,
     "content": ContentGate,
+    "input": InputThresholdGate,
 }
 _SIZES = ("self", "hidden_size", "input_size")
 

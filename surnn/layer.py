@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from surnn.errors import ConfigError
-from surnn.gates import build_gate
+from surnn.gates import build_gate, forced_open
 from surnn.ops import IMPLS, su_gru
 from surnn.utils import valid_mask
 
@@ -18,18 +18,31 @@ from surnn.utils import valid_mask
 class SelectiveUpdateGRU(nn.Module):
     """A GRU whose neurons update only when their gate is open.
 
-    Constructor, weight names and layout follow ``torch.nn.GRU`` (unidirectional), so
-    ``load_state_dict`` from an ``nn.GRU`` works (``strict=False``: the gates add their
-    own parameters). Input ``[B, T, D]`` with ``batch_first=True`` else ``[T, B, D]``, or
-    a ``PackedSequence``; returns ``(output, h_n)`` with ``h_n: [num_layers, B, H]`` taken
-    at each sequence's last valid step when ``lengths`` is given (padding steps are closed).
+       Constructor, weight names and layout follow ``torch.nn.GRU`` (unidirectional), so
+       ``load_state_dict`` from an ``nn.GRU`` works (``strict=False``: the gates add their
+       own parameters). Input ``[B, T, D]`` with ``batch_first=True`` else ``[T, B, D]``, or
+       a ``PackedSequence``; returns ``(output, h_n)`` with ``h_n: [num_layers, B, H]`` taken
+       at each sequence's last valid step when ``lengths`` is given (padding steps are closed).
 
-    ``gate`` is a gate config (``surnn.gates.build_gate``) plus two layer options:
-    ``target_rate`` and ``rate_penalty`` (adds ``rate_penalty * (rate - target_rate)^2``
-    per layer to ``last_aux_loss``). After a call, ``last_gate`` holds each layer's gate
-    (``[T, H]``, or ``[B, T, H]`` for per-sample gates), ``last_update_rate`` the mean over
-    valid positions and ``last_active_rate`` the fraction of updates actually computed, as
-    detached 0-d tensors (no host sync: read them with ``float()`` when logging).
+       ``gate`` is a gate config (``surnn.gates.build_gate``) plus the layer's rate options:
+
+       - ``target_rate``: the update rate each layer should reach (e.g. 0.17, the paper's 83%
+         skipped); None: whatever the gate learns.
+       - ``rate_control`` (with a target): ``bias`` (default) shifts each layer's gate by one
+         shared offset (the gate's ``rate_offset`` buffer, added to every neuron's
+         pre-activation) so that the layer's rate over the valid positions of the batch equals
+         the target: in every training forward (``self.training`` and autograd on) the offset
+         is solved for by bisection on the batch before the gate is applied, so the task's
+         gradient shapes the rhythms (which neurons open when) while the layer's rate stays
+         at the target whatever it does to the gate's biases. The offset of the last training
+         batch is kept (saved with the weights) and used in eval. ``none``: no control.
+       - ``rate_penalty``: adds ``rate_penalty * (rate - target_rate)^2`` per layer to
+         ``last_aux_loss`` (a loss on the gate parameters; alone it trades the rate against
+         the task loss and does not land on the target, see tests/surnn/test_layer.py).
+    After a call, ``last_gate`` holds each layer's gate
+       (``[T, H]``, or ``[B, T, H]`` for per-sample gates), ``last_update_rate`` the mean over
+       valid positions and ``last_active_rate`` the fraction of updates actually computed, as
+       detached 0-d tensors (no host sync: read them with ``float()`` when logging).
     """
 
     def __init__(
@@ -58,8 +71,14 @@ class SelectiveUpdateGRU(nn.Module):
         gate = dict(gate or {})
         self.target_rate = gate.pop("target_rate", None)
         self.rate_penalty = float(gate.pop("rate_penalty", 0.0) or 0.0)
+        self.rate_control = gate.pop("rate_control", None) or "bias"
         if self.target_rate is not None and not 0.0 <= float(self.target_rate) <= 1.0:
             raise ConfigError(f"gate target_rate={self.target_rate}: expected a value in [0, 1]")
+        if self.rate_control not in ("bias", "none"):
+            raise ConfigError(
+                f"gate rate_control={self.rate_control!r}: expected bias (steer each layer's "
+                "rate to target_rate) or none"
+            )
         H = hidden_size
         for k in range(num_layers):
             d = input_size if k == 0 else H
@@ -71,6 +90,10 @@ class SelectiveUpdateGRU(nn.Module):
         self.gates = nn.ModuleList(
             build_gate(H, input_size if k == 0 else H, gate) for k in range(num_layers)
         )
+        self.controlled = self.target_rate is not None and self.rate_control == "bias"
+        if self.controlled:
+            for g in self.gates:
+                g.enable_rate_control()
         self.reset_parameters()
         self.last_gate: list[torch.Tensor] = []
         self.last_update_rate: list[torch.Tensor] = []
@@ -116,7 +139,12 @@ class SelectiveUpdateGRU(nn.Module):
             counts = (torch.arange(T, device=x.device)[:, None] < lengths[None, :]).sum(1)
         h_n, aux_loss = [], None
         self.last_gate, self.last_update_rate, self.last_active_rate = [], [], []
+        control = (
+            self.controlled and self.training and torch.is_grad_enabled() and not forced_open()
+        )
         for k in range(self.num_layers):
+            if control:
+                _steer(self.gates[k], T, x, lengths, counts, float(self.target_rate), t0=int(t0))
             g, active = self.gates[k](T, x, device=x.device, dtype=x.dtype, t0=int(t0))
             self.last_gate.append(g.detach())
             rate, act_rate = _rates(g, active, lengths, counts, B)
@@ -154,3 +182,30 @@ def _rates(g, active, lengths, counts, B):
     T = g.shape[1]
     valid = valid_mask(lengths.to(g.device), T).float()[..., None]
     return (g.float() * valid).sum() / n, (active.float() * valid).sum() / n
+
+
+@torch.no_grad()
+def _steer(gate, T, x, lengths, counts, target: float, iters: int = 40, t0: int = 0) -> None:
+    """Move ``gate.rate_offset`` so that the gate's rate over this batch's valid positions
+    is ``target``: bisection on one offset shared by every neuron (the rate is monotone in
+    it), on the device (no host sync). Ends on the side at or above the target; precision:
+    the pre-activation's range / 2^iters, so the rate is off by at most the ties at the
+    threshold (one (position, neuron) for a rhythm gate)."""
+    a = gate.preactivation(T, x, x.device, t0=t0).float()  # includes the current offset
+    if lengths is None:
+        w = a.new_ones((1,) * a.dim())
+        n = a.new_tensor(float(a.numel()))
+    elif a.dim() == 2:  # time-only gate: step t counts for the sequences still running
+        w = counts.to(a.dtype)[:, None]
+        n = counts.sum().to(a.dtype) * a.shape[-1]
+    else:  # per-sample gate [B, T, H]
+        w = valid_mask(lengths, T).to(a.dtype)[..., None]
+        n = w.sum() * a.shape[-1]
+    n = n.clamp(min=1.0)
+    pad = gate.open_margin()
+    lo, hi = -a.max() - pad, -a.min() + pad  # rate 0 at lo, 1 at hi
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        below = (gate.open_fraction(a + mid) * w).sum() / n < target
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    gate.rate_offset.add_(hi)

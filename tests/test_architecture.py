@@ -157,7 +157,8 @@ def test_import_surnn_with_the_harness_and_its_packages_blocked():
         ref.load_state_dict(rnn.state_dict())
         out2, _ = ref(x, lengths=torch.tensor([17, 5, 11]))
         assert torch.allclose(out, out2, atol=1e-5)
-        assert sorted(surnn.GATES) == sorted(["rhythm", "soft", "random", "interval", "open", "content"])
+        kinds = ["rhythm", "soft", "random", "interval", "open", "content", "input"]
+        assert sorted(surnn.GATES) == sorted(kinds)
         leaked = sorted(m for m in sys.modules if m.startswith(BLOCKED))
         assert not leaked, leaked
         print("ok", tuple(out.shape), float(rnn.last_update_rate[0]))

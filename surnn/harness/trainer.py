@@ -668,31 +668,50 @@ class Trainer:
         return out
 
     def flops(self) -> dict[str, Any]:
-        """FLOPs per sequence on the first validation batch (forward, executed and dense).
+        """Forward FLOPs per sequence over the whole validation set (the examples
+        ``trainer.max_eval_examples`` keeps, if set), executed and dense, for the whole
+        model and for its sequence mixers alone; the rest always runs dense.
 
         Called after ``test`` so the model holds the best-validation weights: a learned
         gate's update rate, and so the executed FLOPs, change during training."""
-        if is_stream(self.splits.val):
-            batch = next(iter(self._eval_batches("val", self.splits.val)))
-            batch.pop("rows")
+        ds = self.splits.val
+        if is_stream(ds):  # windows in order (max_eval_examples windows in smoke runs)
+            batches = self._eval_batches("val", ds)
         else:
-            loader = eval_loader(
-                self.splits.val, self.tcfg.eval_batch_size or self.micro_bs, self.splits.collate, 0
-            )
-            batch = next(iter(loader))
-        batch = _to(batch, self.device)
-        with self._autocast():
-            c = count_flops(self.model_raw, batch)
-        B = len(batch["x"])
+            if self.tcfg.max_eval_examples and len(ds) > self.tcfg.max_eval_examples:
+                ds = Subset(ds, list(range(self.tcfg.max_eval_examples)))
+            bs = self.tcfg.eval_batch_size or self.micro_bs
+            batches = eval_loader(ds, bs, self.splits.collate, 0)
+        tot: dict[str, float] = defaultdict(float)
+        layers: dict[str, dict[str, float]] = {"layers": {}, "layers_dense": {}}
+        n, tokens = 0, 0
+        for batch in batches:
+            batch.pop("rows", None)
+            batch = _to(batch, self.device)
+            with self._autocast():
+                c = count_flops(self.model_raw, batch)
+            for k, v in c.items():
+                if isinstance(v, dict):
+                    for name, f in v.items():
+                        layers[k][name] = layers[k].get(name, 0.0) + f
+                else:
+                    tot[k] += v
+            n += len(batch["x"])
+            tokens += int(batch["lengths"].sum())
+        n = max(n, 1)
         kinds = getattr(self.model_raw, "layer_kinds", None) or []
         return {
-            "flops_per_seq": c["executed"] / B,
-            "flops_per_seq_dense": c["dense"] / B,
-            "flops_per_layer": {k: v / B for k, v in c["layers"].items()},
-            "flops_per_layer_dense": {k: v / B for k, v in c["layers_dense"].items()},
+            "flops_per_seq": tot["executed"] / n,
+            "flops_per_seq_dense": tot["dense"] / n,
+            "mixer_flops_per_seq": tot["mixer_executed"] / n,
+            "mixer_flops_per_seq_dense": tot["mixer_dense"] / n,
+            "flops_per_layer": {k: v / n for k, v in layers["layers"].items()},
+            "flops_per_layer_dense": {k: v / n for k, v in layers["layers_dense"].items()},
             "layer_kinds": {f"layer{i}": k for i, k in enumerate(kinds)},
-            "flops_batch_padded_len": int(batch["x"].shape[1]),
-            "flops_batch_mean_len": float(batch["lengths"].float().mean()),
+            "flops_examples": n,
+            "flops_split": "val",
+            "flops_mean_len": tokens / n,
+            "flops_always_dense": "embedding, feed-forward, norms, pooling, head",
         }
 
 

@@ -266,8 +266,14 @@ def test_sigterm_to_the_process_group_with_loader_workers_still_saves(tmp, strai
     _assert_same(straight, json.loads((tmp / "out" / "group" / "results.json").read_text()))
 
 
-def test_torchrun_ddp_on_cpu_evaluates_every_example_once(tmp):
+def test_torchrun_ddp_on_cpu_evaluates_every_example_once_with_the_single_process_rates(tmp):
+    """DDP (2 ranks on CPU) against one process on the same data and global batch: one run
+    folder, every test example once, and the same per-layer update/active rates (each rank
+    sums its share weighted by its tokens; the sums are reduced before dividing)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    same = ["task=listops", "model=surnn", "trainer=smoke", "model.dropout=0.0", *TINY]
+    single = run([*same, "run_id=ddp-ref"], tmp)
+    assert single.returncode == 0, single.stderr[-3000:]
     p = subprocess.run(
         [
             sys.executable,
@@ -277,10 +283,8 @@ def test_torchrun_ddp_on_cpu_evaluates_every_example_once(tmp):
             str(ROOT / "run.py"),
             f"data_dir={tmp / 'data'}",
             f"output_dir={tmp / 'out'}",
-            "task=listops",
-            "model=lstm",
-            "trainer=smoke",
-            *TINY,
+            *same,
+            "run_id=ddp-2",
         ],
         cwd=tmp,
         env=env,
@@ -289,10 +293,15 @@ def test_torchrun_ddp_on_cpu_evaluates_every_example_once(tmp):
         timeout=300,
     )
     assert p.returncode == 0, p.stderr[-3000:]
-    runs = [json.loads(r.read_text()) for r in (tmp / "out").glob("listops-lstm-*/results.json")]
-    assert len(runs) == 1, "both ranks must share one run folder"
-    assert runs[0]["world_size"] == 2 and runs[0]["test_examples"] == 21
-    assert "torch.distributed.run --nproc_per_node=2" in runs[0]["command"], runs[0]["command"]
+    ddp = json.loads((tmp / "out" / "ddp-2" / "results.json").read_text())
+    ref = json.loads((tmp / "out" / "ddp-ref" / "results.json").read_text())
+    assert ddp["world_size"] == 2 and ddp["test_examples"] == 21
+    for key in ("update_rate", "active_rate"):
+        assert ddp[key].keys() == ref[key].keys() == {"layer0"}
+        for layer, v in ref[key].items():
+            assert ddp[key][layer] == pytest.approx(v, abs=1e-4), (key, ddp[key], ref[key])
+    assert 0.0 < ddp["update_rate"]["layer0"] < 1.0
+    assert "torch.distributed.run --nproc_per_node=2" in ddp["command"], ddp["command"]
 
 
 def test_sweep_through_submitit_launcher_then_tables(tmp):
@@ -332,6 +341,20 @@ def test_sweep_through_submitit_launcher_then_tables(tmp):
     assert t.returncode == 0, t.stderr
     md = (out / "lra.md").read_text()
     assert "| gru |" in md and "| lstm |" in md
+
+
+def test_the_surnn_lra_preset_runs_a_smoke_step_and_holds_its_target_rate(tmp):
+    """experiment=lra/listops_surnn (the paper's gate regime) through run.py, shrunk: the
+    experiment's trainer keys win over trainer=smoke, so the step count is set here."""
+    shrink = ["trainer.max_steps=3", "trainer.eval_every=3", "trainer.ckpt_every=3"]
+    shrink += ["trainer.batch_size=4", "model.d_model=16", "model.n_layers=2"]
+    p = run(["experiment=lra/listops_surnn", "trainer=smoke", "run_id=preset", *shrink, *TINY], tmp)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp / "out" / "preset" / "results.json").read_text())
+    assert res["steps"] == 3 and set(res["update_rate"]) == {"layer0", "layer1"}
+    assert all(abs(r - 0.17) < 0.03 for r in res["update_rate"].values()), res["update_rate"]
+    assert res["mixer_flops_per_seq"] < 0.5 * res["mixer_flops_per_seq_dense"]
+    assert res["flops_examples"] == 20  # the whole validation set
 
 
 # ------------------------------------------------------------- checked before anything runs

@@ -125,7 +125,8 @@ def test_gate_table_options_come_from_the_constructors():
 
     from surnn.gates import GATES, IntervalGate, RhythmGate, gate_options
 
-    assert set(GATES) == {"rhythm", "soft", "random", "interval", "open", "content"}
+    assert set(GATES) == {"rhythm", "soft", "random", "interval", "open", "content", "input"}
+    assert gate_options("input") == {"threshold": 0.0}
     rhythm = inspect.signature(RhythmGate.__init__).parameters
     assert gate_options("rhythm") == {
         k: p.default for k, p in rhythm.items() if k not in ("self", "hidden_size", "frozen")
@@ -161,3 +162,28 @@ def test_unset_options_take_the_kinds_defaults():
     assert g.period == 3
     r = build_gate(8, 4, {"kind": "random", "n_freqs": 2})
     assert r.n_freqs == 2 and not any(p.requires_grad for p in r.parameters())
+
+
+def test_input_threshold_gate_is_the_papers_x_gt_0():
+    """The paper's input-threshold ablation: neuron i open at (b, t) iff x[b, t, i] > 0;
+    nothing learned, no gradient through the gate; the learned ``content`` gate stays."""
+    x = torch.randn(3, 7, 5, requires_grad=True)
+    gate = build_gate(5, 5, {"kind": "input"})
+    g, active = gate(7, x)
+    assert g.shape == (3, 7, 5) and torch.equal(g.bool(), x > 0) and torch.equal(active, x > 0)
+    assert not g.requires_grad and not list(gate.parameters())
+    with pytest.raises(ConfigError, match="input size = hidden size"):
+        build_gate(6, 5, {"kind": "input"})
+    assert "content" in __import__("surnn.gates").gates.GATES
+
+
+def test_the_input_gate_runs_in_the_layer_and_skips_where_x_le_0():
+    from surnn.layer import SelectiveUpdateGRU
+
+    torch.manual_seed(0)
+    rnn = SelectiveUpdateGRU(4, 4, batch_first=True, gate={"kind": "input"}, impl="reference")
+    x = torch.randn(2, 6, 4)
+    y, _ = rnn(x)
+    assert abs(float(rnn.last_update_rate[0]) - float((x > 0).float().mean())) < 1e-6
+    closed = ~(x[:, 1:] > 0)  # a closed neuron keeps its state exactly
+    assert torch.equal(y[:, 1:][closed], y[:, :-1][closed])

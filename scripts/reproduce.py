@@ -1,0 +1,218 @@
+#!/usr/bin/env python
+"""One command per table: launch the runs a table needs as ONE Hydra multirun, then build it.
+
+    python scripts/reproduce.py lra                      # full scale, 3 seeds (a GPU cluster)
+    python scripts/reproduce.py lra --launcher slurm hydra.launcher.partition=gpu
+    python scripts/reproduce.py lra --scale mini         # sized for a 2-core CPU
+    python scripts/reproduce.py ablation --scale mini --dry-run   # print the commands only
+
+Tables: ``lra`` (the six LRA tasks x suRNN, GRU, LSTM, S4D, Transformer), ``pixel``
+(sMNIST, psMNIST, sCIFAR x the same models), ``ablation`` (the gate on ListOps: binary
+with straight-through or triangle surrogate, soft, random, interval, open, input
+threshold), ``efficiency`` (suRNN against GRU: update rate, executed and dense FLOPs of
+the model and of the mixers, step time). Each run is a preset of configs/experiment/
+(``lra/``, ``pixel/``, ``ablation/``; ``mini/`` for ``--scale mini``).
+
+``--scale mini`` runs only the tasks whose data this machine can make (ListOps and
+Pathfinder, generated small into ``data/mini``) at a size a 2-core CPU finishes; the
+tables it builds are named "mini scale" and carry no published numbers beside them. The
+tasks it leaves out are listed, with why, in the output and in the table.
+
+Launchers: ``local`` (Hydra's basic launcher: one run after another in this process, the
+right thing on a small machine), ``submitit-local`` (parallel local subprocesses through
+submitit, the SLURM code path), ``slurm``. Extra arguments are Hydra overrides passed to
+every run (e.g. ``hydra.launcher.partition=gpu``, ``trainer.max_steps=10``).
+
+Runs go to ``outputs/reproduce/<table>-<scale>/`` (rerunning resumes finished runs'
+folders only if you pass the same folder); the table to ``results/tables/<table>-<scale>.
+{md,tex,json}`` through scripts/make_tables.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ["surnn", "gru", "lstm", "s4d", "transformer"]
+LRA = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
+PIXEL = ["smnist", "psmnist", "scifar"]
+GATES = ["binary", "triangle", "soft", "random", "interval", "open", "input"]
+MINI_TASKS = ["listops", "pathfinder"]
+
+#: Why a task has no mini-scale run on a machine without the data.
+NOT_MADE_HERE = {
+    "text": "IMDB must be downloaded (aclImdb or the Hugging Face hub); nothing generates it",
+    "retrieval": "needs the LRA release's AAN pairs (tsv_data/); nothing generates them",
+    "image": "CIFAR-10 must be downloaded; nothing generates it",
+    "pathx": "the generator makes it, but 200,000 images at 128x128 take about 30 min on "
+    "16 cores and each 16,384-step sequence is far beyond a 2-core CPU's budget",
+    "smnist": "MNIST must be downloaded; nothing generates it",
+    "psmnist": "MNIST must be downloaded; nothing generates it",
+    "scifar": "CIFAR-10 must be downloaded; nothing generates it",
+}
+
+TITLES = {
+    "lra": "Long Range Arena: test accuracy (%) at the best validation step",
+    "pixel": "Pixel-level benchmarks: test accuracy (%) at the best validation step",
+    "ablation": "Gate ablation on ListOps: test accuracy (%) and update rate",
+    "efficiency": "Efficiency: update rate, FLOPs (model and mixer, executed and dense), speed",
+}
+
+
+def plan(table: str, scale: str) -> tuple[list[str], list[int], dict[str, str]]:
+    """(experiments, seeds, skipped task -> why) of a table at a scale."""
+    if scale == "full":
+        seeds = [0, 1, 2]
+        exps = {
+            "lra": [f"lra/{t}_{m}" for t in LRA for m in MODELS],
+            "pixel": [f"pixel/{t}_{m}" for t in PIXEL for m in MODELS],
+            "ablation": [f"ablation/{g}" for g in GATES],
+            "efficiency": [f"lra/{t}_{m}" for t in LRA[:5] for m in ("surnn", "gru")]
+            + [f"pixel/smnist_{m}" for m in ("surnn", "gru")],
+        }[table]
+        return exps, seeds, {}
+    seeds = [0]
+    if table == "lra":
+        return (
+            [f"mini/{t}_{m}" for t in MINI_TASKS for m in MODELS],
+            seeds,
+            {t: NOT_MADE_HERE[t] for t in LRA if t not in MINI_TASKS},
+        )
+    if table == "pixel":
+        return [], seeds, {t: NOT_MADE_HERE[t] for t in PIXEL}
+    if table == "ablation":
+        return [f"mini/ablation_{g}" for g in GATES], seeds, {}
+    return (
+        [f"mini/{t}_{m}" for t in MINI_TASKS for m in ("surnn", "gru")],
+        seeds,
+        {t: NOT_MADE_HERE[t] for t in [*LRA, "smnist"] if t not in MINI_TASKS},
+    )
+
+
+def launcher_args(name: str) -> list[str]:
+    return {
+        "local": ["hydra/launcher=basic"],
+        "submitit-local": ["hydra/launcher=local"],
+        "slurm": ["hydra/launcher=slurm"],
+    }[name]
+
+
+def commands(args, exps: list[str], seeds: list[int], runs: Path, out: Path) -> list[list[str]]:
+    py = sys.executable
+    sweep = [
+        py,
+        str(ROOT / "run.py"),
+        "-m",
+        "experiment=" + ",".join(exps),
+        "seed=" + ",".join(map(str, seeds)),
+        *launcher_args(args.launcher),
+        f"hydra.sweep.dir={runs}",
+        "hydra.sweep.subdir=${task.name}-${model.name}-${variant}-s${seed}",
+        "logger=none",
+        *([f"data_dir={args.data_dir}"] if args.data_dir else []),
+        *args.overrides,
+    ]
+    tables = [
+        py,
+        str(ROOT / "scripts" / "make_tables.py"),
+        str(runs),
+        "--out",
+        str(out),
+        "--name",
+        f"{args.table}-{args.scale}",
+        "--title",
+        TITLES[args.table] + (" (MINI SCALE)" if args.scale == "mini" else ""),
+    ]
+    if args.scale == "mini":
+        tables += [
+            "--setting",
+            "mini scale (scripts/reproduce.py --scale mini: 2-core CPU, configs/experiment/mini/)",
+        ]
+    return [sweep, tables]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("table", choices=list(TITLES))
+    ap.add_argument("--scale", choices=["full", "mini"], default="full")
+    ap.add_argument("--launcher", choices=["local", "submitit-local", "slurm"], default="local")
+    ap.add_argument(
+        "--seeds", default=None, help="comma-separated seeds (default: full 0,1,2; mini 0)"
+    )
+    ap.add_argument(
+        "--only", default=None, help="comma-separated experiments of the table to run (a subset)"
+    )
+    ap.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        help="run folders (default outputs/reproduce/<table>-<scale>)",
+    )
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "tables")
+    ap.add_argument(
+        "--data-dir", default=None, help="data_dir (default: mini data/mini, full the config's)"
+    )
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides passed to every run")
+    args = ap.parse_intermixed_args(argv)
+    exps, seeds, skipped = plan(args.table, args.scale)
+    if args.data_dir is None and args.scale == "mini":
+        args.data_dir = str(Path("data") / "mini")
+    if args.seeds:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    if args.only:
+        want = args.only.split(",")
+        unknown = sorted(set(want) - set(exps))
+        if unknown:
+            print(
+                f"error: --only {','.join(unknown)}: not an experiment of the {args.table} "
+                f"table at scale {args.scale}; its experiments are {', '.join(exps)}",
+                file=sys.stderr,
+            )
+            return 2
+        exps = [e for e in exps if e in want]
+    for task, why in skipped.items():
+        print(f"skipped: {task}: {why}")
+    if not exps:
+        print(
+            f"error: the {args.table} table has no task whose data this machine can make at "
+            f"scale {args.scale} (see 'skipped' above); run it at full scale where the data are",
+            file=sys.stderr,
+        )
+        return 2
+    runs = args.runs or ROOT / "outputs" / "reproduce" / f"{args.table}-{args.scale}"
+    cmds = commands(args, exps, seeds, runs, args.out)
+    for c in cmds:
+        print(shlex.join(c), flush=True)
+    if args.dry_run:
+        return 0
+    for c in cmds:
+        p = subprocess.run(c, cwd=ROOT)
+        if p.returncode:
+            print(f"error: exit status {p.returncode} from: {shlex.join(c)}", file=sys.stderr)
+            return p.returncode
+    md = args.out / f"{args.table}-{args.scale}.md"
+    lines = [
+        "",
+        "## How this table was made",
+        "",
+        "```",
+        "python scripts/reproduce.py " + " ".join(argv or sys.argv[1:]),
+        *(shlex.join(c) for c in cmds),
+        "```",
+    ]
+    if skipped:
+        lines += ["", "## Skipped tasks", ""] + [f"- {t}: {why}" for t, why in skipped.items()]
+    md.write_text(md.read_text() + "\n".join(lines) + "\n")
+    print(f"wrote {md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

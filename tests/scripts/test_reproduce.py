@@ -1,0 +1,123 @@
+"""scripts/reproduce.py: one command per table (the multirun it launches, then the table)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from surnn.harness.cli import CONFIG_DIR, choices
+from tests.fixtures import ROOT, load_script
+
+reproduce = load_script("reproduce")
+
+
+@pytest.mark.parametrize("table", ["lra", "pixel", "ablation", "efficiency"])
+@pytest.mark.parametrize("scale", ["full", "mini"])
+def test_every_table_plans_presets_that_exist_and_compose(table, scale):
+    exps, seeds, skipped = reproduce.plan(table, scale)
+    assert set(exps) <= set(choices("experiment")), set(exps) - set(choices("experiment"))
+    assert seeds == ([0, 1, 2] if scale == "full" else [0])
+    if scale == "mini":  # only tasks whose data this machine generates; the rest say why
+        for e in exps:
+            with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+                cfg = compose("config", overrides=[f"experiment={e}"])
+            assert cfg.task.name in ("listops", "pathfinder"), e
+            assert cfg.trainer.max_steps <= 400
+        assert all(len(why) > 20 for why in skipped.values())
+    if table == "ablation":
+        variants = set()
+        for e in exps:
+            with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+                variants.add(compose("config", overrides=[f"experiment={e}"]).variant)
+        assert len(variants) == 7  # each gate its own row
+        assert {"gate=binary", "gate=triangle", "gate=input", "gate=soft"} <= variants
+
+
+def test_dry_run_prints_one_multirun_and_the_table_command(capsys):
+    assert reproduce.main(["lra", "--scale", "mini", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    sweeps = [line for line in out if "run.py -m " in line]
+    assert len(sweeps) == 1  # the whole table is one Hydra multirun
+    assert "experiment=mini/listops_surnn,mini/listops_gru," in sweeps[0]
+    assert "mini/pathfinder_transformer" in sweeps[0] and "hydra/launcher=basic" in sweeps[0]
+    assert any("make_tables.py" in line and "--setting" in line for line in out)
+    assert any(line.startswith("skipped: text:") for line in out)
+    assert reproduce.main(["lra", "--launcher", "slurm", "--dry-run", "x.y=1"]) == 0
+    full = capsys.readouterr().out
+    assert "hydra/launcher=slurm" in full and "seed=0,1,2" in full and "lra/pathx_surnn" in full
+    assert full.split("run.py -m ")[1].split("\n")[0].endswith("x.y=1")
+
+
+def test_a_table_without_data_here_and_a_bad_subset_fail_clearly(capsys):
+    assert reproduce.main(["pixel", "--scale", "mini", "--dry-run"]) == 2
+    assert "MNIST must be downloaded" in capsys.readouterr().out
+    assert reproduce.main(["lra", "--scale", "mini", "--only", "lra/text_gru", "--dry-run"]) == 2
+
+
+@pytest.mark.slow
+def test_a_tiny_table_through_the_whole_path(tmp_path):
+    """reproduce.py -> one multirun of run.py -> make_tables -> the table with its commands."""
+    tiny = [
+        "trainer.max_steps=1",
+        "trainer.eval_every=1",
+        "trainer.ckpt_every=1",
+        "trainer.flops=false",
+        "task.options.generate.n_train=32",
+        "task.options.generate.n_val=10",
+        "task.options.generate.n_test=11",
+    ]
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "reproduce.py"),
+            "lra",
+            "--scale",
+            "mini",
+            "--only",
+            "mini/listops_gru",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--out",
+            str(tmp_path / "tables"),
+            "--data-dir",
+            str(tmp_path / "data"),
+            *tiny,
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    md = (tmp_path / "tables" / "lra-mini.md").read_text()
+    assert "non-standard setting: mini scale" in md and "| gru |" in md
+    assert "44.93" not in md  # no published numbers beside a mini table
+    assert "## How this table was made" in md and "## Skipped tasks" in md
+    assert (tmp_path / "tables" / "lra-mini.tex").exists()
+
+
+@pytest.mark.parametrize("scale", ["full", "mini"])
+def test_every_gate_of_the_ablation_builds_and_trains_a_step(scale):
+    from types import SimpleNamespace
+
+    import torch
+
+    from surnn.harness.backbone import Model
+
+    torch.manual_seed(0)
+    standin = SimpleNamespace(
+        n_classes=10, input_kind="tokens", vocab_size=20, input_dim=None, max_len=64, dual=False
+    )
+    for e in reproduce.plan("ablation", scale)[0]:
+        with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+            m = compose("config", overrides=[f"experiment={e}"]).model
+        opts = {**m.options, "impl": "reference"}
+        net = Model(standin, m.name, opts, d_model=16, n_layers=1, ffn_mult=m.ffn_mult)
+        batch = {"x": torch.randint(1, 20, (2, 24)), "lengths": torch.tensor([24, 9])}
+        logits, aux = net(batch)
+        logits.sum().backward()
+        assert 0.0 < float(aux["layer0/update_rate"]) <= 1.0, e
