@@ -1,0 +1,547 @@
+// Compiled CPU kernel of the selective-update GRU (surnn/ops/compiled.py loads it).
+//
+// One call runs the whole sequence (forward) or the whole reverse sweep (backward): no
+// Python and no ATen dispatch per step. At step t only the active neurons listed in
+// idx[off[t] : off[t+1]] are computed, wherever they sit in the layer: for neuron i the
+// three weight rows (r, z, n) of W_ih and of W_hh are read in place (no gather copy) and
+// dotted against x[b, t] and h[b, t-1] for every running sample b, then the GRU pointwise
+// math and the state carry h_t = h_{t-1} + g * (f - h_{t-1}) are applied. Closed neurons
+// copy their state.
+//
+// Parallelism: threads split the batch (blocks of 4 samples, dealt round-robin so that
+// the length-sorted batch stays balanced). A sample's recurrence only reads its own
+// state, so the threads never wait for each other inside the time loop: no barrier per
+// step. Weight gradients are accumulated per thread and summed by the caller.
+//
+// SIMD: GCC vector extensions (8 floats / 4 doubles per 256-bit vector, AVX2+FMA when
+// the build enables them). The forward dot kernel keeps a 3-row x 4-sample tile of
+// accumulators in registers (12 FMAs per 3 weight + 4 input loads). float uses a
+// vectorised exp (Cephes polynomial, ~1 ulp); double (used by the tests) uses std::exp.
+//
+// Layouts (all contiguous, batch sorted by length, descending):
+//   x [B,T,D], h0 [B,H], w_ih [3H,D], w_hh [3H,H], b_ih/b_hh [3H] (zeros if absent),
+//   g [T,H] (time-only) or [B,T,H] (per sample), idx int32 [nnz], off int64 [T+1],
+//   bs int32 [T] (samples still running at step t: samples 0..bs[t]-1),
+//   out [B,T,H], saved [nnz, 4, B] = (r, z, n, hn) per executed (step, neuron, sample).
+#include <torch/extension.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+template <typename T> struct V;
+template <> struct V<float> {
+  typedef float type __attribute__((vector_size(32)));
+  static constexpr int N = 8;
+};
+template <> struct V<double> {
+  typedef double type __attribute__((vector_size(32)));
+  static constexpr int N = 4;
+};
+
+template <typename T>
+inline typename V<T>::type vload(const T* p) {
+  typename V<T>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void vstore(T* p, typename V<T>::type v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <typename T>
+inline typename V<T>::type vset(T s) {
+  typename V<T>::type v;
+  for (int i = 0; i < V<T>::N; ++i) v[i] = s;
+  return v;
+}
+template <typename T>
+inline T hsum(typename V<T>::type v) {
+  T s = 0;
+  for (int i = 0; i < V<T>::N; ++i) s += v[i];
+  return s;
+}
+
+// ---------------------------------------------------------------- exp, sigmoid, tanh
+// y[i] = exp(x[i]) for n values, in place.
+inline void exp_inplace(double* x, int n) {
+  for (int i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+}
+inline void exp_inplace(float* x, int n) {
+  typedef float vf __attribute__((vector_size(32)));
+  typedef int vi __attribute__((vector_size(32)));
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    vf v = vload<float>(x + i);
+    v = v < 88.3762626647949f ? v : 88.3762626647949f;
+    v = v > -87.3365478515625f ? v : -87.3365478515625f;
+    // n = round(v / ln2) by the 1.5 * 2^23 trick; r = v - n ln2 (ln2 split in two).
+    vf t = v * 1.44269504088896341f + 12582912.0f;
+    vf fn = t - 12582912.0f;
+    vf r = v - fn * 0.693359375f + fn * 2.12194440e-4f;
+    vf p = vset<float>(1.9875691500E-4f);
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * r * r + r + 1.0f;
+    vi e = (__builtin_convertvector(fn, vi) + 127) << 23;  // 2^n as float bits
+    vf s;
+    std::memcpy(&s, &e, sizeof(s));
+    vstore<float>(x + i, p * s);
+  }
+  for (; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+// ---------------------------------------------------------------- forward dot tile
+// acc[q][s] = <w_q, v_s> for the three rows w_0..2 (length K) and M <= 4 samples.
+template <typename T, int M>
+inline void dot3(const T* w0, const T* w1, const T* w2, const T* const* v, int K,
+                 T out[3][4]) {
+  using Vt = typename V<T>::type;
+  constexpr int N = V<T>::N;
+  Vt a[3][M];
+#pragma GCC unroll 4
+  for (int s = 0; s < M; ++s) a[0][s] = a[1][s] = a[2][s] = Vt{};
+  int k = 0;
+  if (M <= 2) {  // few samples: a second accumulator set hides the FMA latency
+    Vt c[3][M];
+#pragma GCC unroll 4
+    for (int s = 0; s < M; ++s) c[0][s] = c[1][s] = c[2][s] = Vt{};
+    for (; k + 2 * N <= K; k += 2 * N) {
+      Vt x0 = vload(w0 + k), x1 = vload(w1 + k), x2 = vload(w2 + k);
+      Vt y0 = vload(w0 + k + N), y1 = vload(w1 + k + N), y2 = vload(w2 + k + N);
+#pragma GCC unroll 4
+      for (int s = 0; s < M; ++s) {
+        Vt u = vload(v[s] + k), u2 = vload(v[s] + k + N);
+        a[0][s] += x0 * u;
+        a[1][s] += x1 * u;
+        a[2][s] += x2 * u;
+        c[0][s] += y0 * u2;
+        c[1][s] += y1 * u2;
+        c[2][s] += y2 * u2;
+      }
+    }
+#pragma GCC unroll 4
+    for (int s = 0; s < M; ++s) {
+      a[0][s] += c[0][s];
+      a[1][s] += c[1][s];
+      a[2][s] += c[2][s];
+    }
+  }
+  for (; k + N <= K; k += N) {
+    Vt x0 = vload(w0 + k), x1 = vload(w1 + k), x2 = vload(w2 + k);
+#pragma GCC unroll 4
+    for (int s = 0; s < M; ++s) {
+      Vt u = vload(v[s] + k);
+      a[0][s] += x0 * u;
+      a[1][s] += x1 * u;
+      a[2][s] += x2 * u;
+    }
+  }
+#pragma GCC unroll 4
+  for (int s = 0; s < M; ++s) {
+    T s0 = hsum<T>(a[0][s]), s1 = hsum<T>(a[1][s]), s2 = hsum<T>(a[2][s]);
+    for (int kk = k; kk < K; ++kk) {
+      T u = v[s][kk];
+      s0 += w0[kk] * u;
+      s1 += w1[kk] * u;
+      s2 += w2[kk] * u;
+    }
+    out[0][s] = s0;
+    out[1][s] = s1;
+    out[2][s] = s2;
+  }
+}
+
+template <typename T>
+inline void dot3_any(const T* w0, const T* w1, const T* w2, const T* const* v, int m, int K,
+                     T out[3][4]) {
+  switch (m) {
+    case 1: dot3<T, 1>(w0, w1, w2, v, K, out); break;
+    case 2: dot3<T, 2>(w0, w1, w2, v, K, out); break;
+    case 3: dot3<T, 3>(w0, w1, w2, v, K, out); break;
+    default: dot3<T, 4>(w0, w1, w2, v, K, out); break;
+  }
+}
+
+// The samples a thread owns: blocks of 4 dealt round-robin (ascending sample order, so
+// the samples running at step t, 0..bs[t]-1, are a prefix of the list).
+std::vector<int> my_samples(int B, int tid, int nt) {
+  std::vector<int> s;
+  for (int blk = tid; blk * 4 < B; blk += nt)
+    for (int b = blk * 4; b < std::min(B, blk * 4 + 4); ++b) s.push_back(b);
+  return s;
+}
+
+int n_threads(int B, int want) { return std::max(1, std::min(want, (B + 3) / 4)); }
+
+// ---------------------------------------------------------------- forward
+template <typename T>
+void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* bih,
+                  const T* bhh, const T* g, int64_t g_bstride, const int* idx,
+                  const int64_t* off, const int* bs, T* out, T* saved, int B, int Tn, int D,
+                  int H, int nthreads) {
+  const int nt = n_threads(B, nthreads);
+#pragma omp parallel num_threads(nt)
+  {
+    const int tid = omp_get_thread_num();
+    const std::vector<int> mine = my_samples(B, tid, nt);
+    const int nm = static_cast<int>(mine.size());
+    // Pre-activations of one neuron for my samples: xr, xz, xn, hr, hz, hn.
+    std::vector<T> pre(6 * nm + 8), tmp(2 * nm + 8);
+    T *xr = pre.data(), *xz = xr + nm, *xn = xz + nm, *hr = xn + nm, *hz = hr + nm,
+      *hn = hz + nm;
+    T *e1 = tmp.data(), *e2 = e1 + nm;
+    std::vector<const T*> xv(nm), hv(nm);
+    std::vector<T*> ov(nm);
+    for (int t = 0; t < Tn; ++t) {
+      // Carry every state of my samples (closed neurons and finished sequences keep it).
+      for (int s = 0; s < nm; ++s) {
+        const int b = mine[s];
+        const T* hp = t ? out + ((int64_t)b * Tn + t - 1) * H : h0 + (int64_t)b * H;
+        T* hc = out + ((int64_t)b * Tn + t) * H;
+        std::memcpy(hc, hp, sizeof(T) * H);
+        xv[s] = x + ((int64_t)b * Tn + t) * D;
+        hv[s] = hp;
+        ov[s] = hc;
+      }
+      int nv = 0;  // my samples still running at step t (a prefix)
+      while (nv < nm && mine[nv] < bs[t]) ++nv;
+      if (nv == 0) continue;
+      for (int64_t j = off[t]; j < off[t + 1]; ++j) {
+        const int i = idx[j];
+        const T *wr = wih + (int64_t)i * D, *wz = wr + (int64_t)H * D, *wn = wz + (int64_t)H * D;
+        const T *ur = whh + (int64_t)i * H, *uz = ur + (int64_t)H * H, *un = uz + (int64_t)H * H;
+        T o[3][4];
+        for (int s0 = 0; s0 < nv; s0 += 4) {
+          const int m = std::min(4, nv - s0);
+          dot3_any<T>(wr, wz, wn, xv.data() + s0, m, D, o);
+          for (int s = 0; s < m; ++s) {
+            xr[s0 + s] = o[0][s];
+            xz[s0 + s] = o[1][s];
+            xn[s0 + s] = o[2][s];
+          }
+          dot3_any<T>(ur, uz, un, hv.data() + s0, m, H, o);
+          for (int s = 0; s < m; ++s) {
+            hr[s0 + s] = o[0][s];
+            hz[s0 + s] = o[1][s];
+            hn[s0 + s] = o[2][s];
+          }
+        }
+        // Pointwise over my running samples (vectorised across samples).
+        const T bxr = bih[i], bxz = bih[H + i], bxn = bih[2 * H + i];
+        const T bhr = bhh[i], bhz = bhh[H + i], bhn = bhh[2 * H + i];
+        for (int s = 0; s < nv; ++s) {
+          hn[s] += bhn;
+          e1[s] = -(xr[s] + bxr + hr[s] + bhr);
+          e2[s] = -(xz[s] + bxz + hz[s] + bhz);
+        }
+        exp_inplace(e1, nv);
+        exp_inplace(e2, nv);
+        for (int s = 0; s < nv; ++s) {
+          const T r = T(1) / (T(1) + e1[s]);
+          hr[s] = r;  // hr now holds r, hz holds z
+          hz[s] = T(1) / (T(1) + e2[s]);
+          e1[s] = T(-2) * (xn[s] + bxn + r * hn[s]);
+        }
+        exp_inplace(e1, nv);
+        T* sv = saved ? saved + j * 4 * B : nullptr;
+        for (int s = 0; s < nv; ++s) {
+          const int b = mine[s];
+          const T n = T(2) / (T(1) + e1[s]) - T(1);  // tanh
+          const T z = hz[s], hp = hv[s][i];
+          const T f = n + z * (hp - n);
+          const T gv = g[b * g_bstride + (int64_t)t * H + i];
+          ov[s][i] = hp + gv * (f - hp);
+          if (sv) {
+            sv[b] = hr[s];
+            sv[B + b] = z;
+            sv[2 * B + b] = n;
+            sv[3 * B + b] = hn[s];
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- backward tiles
+// acc[s][k] += sum_q G[q][s] * W[q][k] over rows q (the transposed product dh += G W):
+// a tile of MS samples x 4 vectors of k in registers, rows streamed.
+template <typename T, int MS>
+inline void gemm_tn_tile(const T* const* wrows, int nrows, const T* G, int gstride, int s0,
+                         T* const* dst, int k0) {
+  using Vt = typename V<T>::type;
+  constexpr int N = V<T>::N;
+  Vt a[MS][4];
+#pragma GCC unroll 4
+  for (int s = 0; s < MS; ++s)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) a[s][v] = vload(dst[s] + k0 + v * N);
+  for (int q = 0; q < nrows; ++q) {
+    const T* w = wrows[q] + k0;
+    Vt w0 = vload(w), w1 = vload(w + N), w2 = vload(w + 2 * N), w3 = vload(w + 3 * N);
+#pragma GCC unroll 4
+    for (int s = 0; s < MS; ++s) {
+      Vt gq = vset<T>(G[q * gstride + s0 + s]);
+      a[s][0] += gq * w0;
+      a[s][1] += gq * w1;
+      a[s][2] += gq * w2;
+      a[s][3] += gq * w3;
+    }
+  }
+#pragma GCC unroll 4
+  for (int s = 0; s < MS; ++s)
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) vstore(dst[s] + k0 + v * N, a[s][v]);
+}
+
+// dst[s][k] += sum_q G[q][s] * W[q][k] for s < nv, k < K.
+template <typename T>
+void gemm_tn(const T* const* wrows, int nrows, const T* G, int gstride, int nv,
+             T* const* dst, int K) {
+  constexpr int C = 4 * V<T>::N;
+  const int kv = K - K % C;
+  for (int k0 = 0; k0 < kv; k0 += C) {
+    int s0 = 0;
+    for (; s0 + 3 <= nv; s0 += 3) gemm_tn_tile<T, 3>(wrows, nrows, G, gstride, s0, dst + s0, k0);
+    for (; s0 < nv; ++s0) gemm_tn_tile<T, 1>(wrows, nrows, G, gstride, s0, dst + s0, k0);
+  }
+  if (kv < K) {
+    for (int s = 0; s < nv; ++s)
+      for (int q = 0; q < nrows; ++q) {
+        const T gq = G[q * gstride + s];
+        const T* w = wrows[q];
+        for (int k = kv; k < K; ++k) dst[s][k] += gq * w[k];
+      }
+  }
+}
+
+// dW[q][k] += sum_s G[q][s] * v[s][k] for the three rows of one neuron (dW_q strided).
+template <typename T>
+void outer3(T* d0, T* d1, T* d2, const T* g0, const T* g1, const T* g2,
+            const T* const* v, int nv, int K) {
+  using Vt = typename V<T>::type;
+  constexpr int N = V<T>::N, C = 4 * N;
+  const int kv = K - K % C;
+  for (int k0 = 0; k0 < kv; k0 += C) {
+    Vt a[3][4];
+    T* d[3] = {d0, d1, d2};
+#pragma GCC unroll 3
+    for (int q = 0; q < 3; ++q)
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) a[q][u] = vload(d[q] + k0 + u * N);
+    for (int s = 0; s < nv; ++s) {
+      const T* p = v[s] + k0;
+      Vt u0 = vload(p), u1 = vload(p + N), u2 = vload(p + 2 * N), u3 = vload(p + 3 * N);
+      Vt c0 = vset<T>(g0[s]), c1 = vset<T>(g1[s]), c2 = vset<T>(g2[s]);
+      a[0][0] += c0 * u0; a[0][1] += c0 * u1; a[0][2] += c0 * u2; a[0][3] += c0 * u3;
+      a[1][0] += c1 * u0; a[1][1] += c1 * u1; a[1][2] += c1 * u2; a[1][3] += c1 * u3;
+      a[2][0] += c2 * u0; a[2][1] += c2 * u1; a[2][2] += c2 * u2; a[2][3] += c2 * u3;
+    }
+#pragma GCC unroll 3
+    for (int q = 0; q < 3; ++q)
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) vstore(d[q] + k0 + u * N, a[q][u]);
+  }
+  for (int k = kv; k < K; ++k) {
+    T a0 = d0[k], a1 = d1[k], a2 = d2[k];
+    for (int s = 0; s < nv; ++s) {
+      const T u = v[s][k];
+      a0 += g0[s] * u;
+      a1 += g1[s] * u;
+      a2 += g2[s] * u;
+    }
+    d0[k] = a0;
+    d1[k] = a1;
+    d2[k] = a2;
+  }
+}
+
+// ---------------------------------------------------------------- backward
+// Reverse sweep. dh [B,H] enters as dL/dh_T and leaves as dL/dh0. Per thread (slice tid
+// of the [nt, ...] buffers): dwih, dwhh, dbih, dbhh accumulate; dgp [nt, nnz] (time-only
+// gate: summed over my samples) or dgs [nnz, B] (per-sample gate). dx [B,T,D] written.
+template <typename T>
+void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* g,
+                   int64_t g_bstride, const int* idx, const int64_t* off, const int* bs,
+                   const T* out, const T* saved, const T* gout, T* dh, T* dx, T* dwih,
+                   T* dwhh, T* dbih, T* dbhh, T* dgp, T* dgs, int B, int Tn, int D, int H,
+                   int nthreads, bool need_w) {
+  const int nt = n_threads(B, nthreads);
+  int64_t amax = 0;
+  for (int t = 0; t < Tn; ++t) amax = std::max(amax, off[t + 1] - off[t]);
+#pragma omp parallel num_threads(nt)
+  {
+    const int tid = omp_get_thread_num();
+    const std::vector<int> mine = my_samples(B, tid, nt);
+    const int nm = static_cast<int>(mine.size());
+    T* my_dwih = dwih + (int64_t)tid * 3 * H * D;
+    T* my_dwhh = dwhh + (int64_t)tid * 3 * H * H;
+    T* my_dbih = dbih + (int64_t)tid * 3 * H;
+    T* my_dbhh = dbhh + (int64_t)tid * 3 * H;
+    T* my_dgp = dgp ? dgp + (int64_t)tid * off[Tn] : nullptr;
+    // Pre-activation gradients of the step's active rows, [3A][nm]: input side (Gx) and
+    // recurrent side (Gh, the n row scaled by r).
+    std::vector<T> Gx(3 * amax * nm + 1), Gh(3 * amax * nm + 1);
+    std::vector<const T*> wxr(3 * amax + 1), whr(3 * amax + 1), xv(nm), hv(nm);
+    std::vector<T*> dhv(nm), dxv(nm);
+    for (int s = 0; s < nm; ++s) dhv[s] = dh + (int64_t)mine[s] * H;
+    for (int t = Tn - 1; t >= 0; --t) {
+      for (int s = 0; s < nm; ++s) {  // dL/dh_t += dL/dout_t
+        const T* go = gout + ((int64_t)mine[s] * Tn + t) * H;
+        T* d = dhv[s];
+        for (int k = 0; k < H; ++k) d[k] += go[k];
+      }
+      int nv = 0;
+      while (nv < nm && mine[nv] < bs[t]) ++nv;
+      const int A = static_cast<int>(off[t + 1] - off[t]);
+      if (nv == 0 || A == 0) continue;
+      for (int s = 0; s < nv; ++s) {
+        const int b = mine[s];
+        xv[s] = x + ((int64_t)b * Tn + t) * D;
+        hv[s] = t ? out + ((int64_t)b * Tn + t - 1) * H : h0 + (int64_t)b * H;
+        dxv[s] = dx ? dx + ((int64_t)b * Tn + t) * D : nullptr;
+      }
+      // Pointwise: pre-activation gradients and the direct part of dL/dh_{t-1}.
+      for (int a = 0; a < A; ++a) {
+        const int64_t j = off[t] + a;
+        const int i = idx[j];
+        const T* sv = saved + j * 4 * B;
+        T *gxr = Gx.data() + (3 * a) * nm, *gxz = gxr + nm, *gxn = gxz + nm;
+        T *ghr = Gh.data() + (3 * a) * nm, *ghz = ghr + nm, *ghn = ghz + nm;
+        T dgsum = 0;
+        for (int s = 0; s < nv; ++s) {
+          const int b = mine[s];
+          const T r = sv[b], z = sv[B + b], n = sv[2 * B + b], hn = sv[3 * B + b];
+          const T hp = hv[s][i], d = dhv[s][i];
+          const T gv = g[b * g_bstride + (int64_t)t * H + i];
+          const T f = n + z * (hp - n);
+          const T dgv = d * (f - hp);
+          if (dgs) dgs[j * B + b] = dgv;
+          dgsum += dgv;
+          const T df = d * gv;
+          dhv[s][i] = d - df + df * z;
+          const T dz = df * (hp - n);
+          const T dan = df * (T(1) - z) * (T(1) - n * n);
+          const T dar = dan * hn * r * (T(1) - r);
+          const T daz = dz * z * (T(1) - z);
+          gxr[s] = dar;
+          gxz[s] = daz;
+          gxn[s] = dan;
+          ghr[s] = dar;
+          ghz[s] = daz;
+          ghn[s] = dan * r;
+        }
+        if (my_dgp) my_dgp[j] += dgsum;
+        for (int q = 0; q < 3; ++q) {
+          wxr[3 * a + q] = wih + ((int64_t)q * H + i) * D;
+          whr[3 * a + q] = whh + ((int64_t)q * H + i) * H;
+        }
+      }
+      // dL/dh_{t-1} += Gh W_hh[rows];  dL/dx_t = Gx W_ih[rows].
+      gemm_tn<T>(whr.data(), 3 * A, Gh.data(), nm, nv, dhv.data(), H);
+      if (dx) gemm_tn<T>(wxr.data(), 3 * A, Gx.data(), nm, nv, dxv.data(), D);
+      if (!need_w) continue;
+      // Weight and bias gradients of the active rows (my samples' share).
+      for (int a = 0; a < A; ++a) {
+        const int i = idx[off[t] + a];
+        const T *gxr = Gx.data() + (3 * a) * nm, *ghr = Gh.data() + (3 * a) * nm;
+        outer3<T>(my_dwih + (int64_t)i * D, my_dwih + ((int64_t)H + i) * D,
+                  my_dwih + ((int64_t)2 * H + i) * D, gxr, gxr + nm, gxr + 2 * nm, xv.data(),
+                  nv, D);
+        outer3<T>(my_dwhh + (int64_t)i * H, my_dwhh + ((int64_t)H + i) * H,
+                  my_dwhh + ((int64_t)2 * H + i) * H, ghr, ghr + nm, ghr + 2 * nm, hv.data(),
+                  nv, H);
+        for (int q = 0; q < 3; ++q) {
+          T sx = 0, sh = 0;
+          for (int s = 0; s < nv; ++s) {
+            sx += gxr[q * nm + s];
+            sh += ghr[q * nm + s];
+          }
+          my_dbih[q * H + i] += sx;
+          my_dbhh[q * H + i] += sh;
+        }
+      }
+    }
+  }
+}
+
+void check(const torch::Tensor& t, const char* name, c10::ScalarType dt) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == dt, name,
+              ": expected a contiguous CPU tensor of the input's dtype");
+}
+
+std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor h0, torch::Tensor wih,
+                                   torch::Tensor whh, torch::Tensor bih, torch::Tensor bhh,
+                                   torch::Tensor g, torch::Tensor idx, torch::Tensor off,
+                                   torch::Tensor bs, bool save, int64_t nthreads) {
+  const auto dt = x.scalar_type();
+  for (auto* p : {&x, &h0, &wih, &whh, &bih, &bhh, &g}) check(*p, "su_gru_compiled", dt);
+  TORCH_CHECK(idx.scalar_type() == torch::kInt32 && off.scalar_type() == torch::kInt64 &&
+              bs.scalar_type() == torch::kInt32, "su_gru_compiled: index dtypes");
+  const int B = x.size(0), Tn = x.size(1), D = x.size(2), H = h0.size(1);
+  auto out = torch::empty({B, Tn, H}, x.options());
+  const int64_t nnz = idx.numel();
+  auto saved = save ? torch::empty({nnz, 4, B}, x.options()) : torch::empty({0}, x.options());
+  const int64_t gb = g.dim() == 3 ? (int64_t)Tn * H : 0;
+  AT_DISPATCH_FLOATING_TYPES(dt, "su_gru_compiled_forward", [&] {
+    forward_impl<scalar_t>(x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
+                           wih.data_ptr<scalar_t>(), whh.data_ptr<scalar_t>(),
+                           bih.data_ptr<scalar_t>(), bhh.data_ptr<scalar_t>(),
+                           g.data_ptr<scalar_t>(), gb, idx.data_ptr<int>(),
+                           off.data_ptr<int64_t>(), bs.data_ptr<int>(),
+                           out.data_ptr<scalar_t>(),
+                           save ? saved.data_ptr<scalar_t>() : nullptr, B, Tn, D, H,
+                           static_cast<int>(nthreads));
+  });
+  return {out, saved};
+}
+
+std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor h0, torch::Tensor wih,
+                                    torch::Tensor whh, torch::Tensor g, torch::Tensor idx,
+                                    torch::Tensor off, torch::Tensor bs, torch::Tensor out,
+                                    torch::Tensor saved, torch::Tensor gout,
+                                    torch::Tensor dh, bool need_dx, bool need_w,
+                                    bool need_dg, int64_t nthreads) {
+  const auto dt = x.scalar_type();
+  for (auto* p : {&x, &h0, &wih, &whh, &g, &out, &saved, &gout, &dh})
+    check(*p, "su_gru_compiled backward", dt);
+  const int B = x.size(0), Tn = x.size(1), D = x.size(2), H = h0.size(1);
+  const int nt = n_threads(B, static_cast<int>(nthreads));
+  const int64_t nnz = idx.numel();
+  auto o = x.options();
+  auto dx = need_dx ? torch::zeros({B, Tn, D}, o) : torch::empty({0}, o);
+  auto dwih = need_w ? torch::zeros({nt, 3 * H, D}, o) : torch::empty({0}, o);
+  auto dwhh = need_w ? torch::zeros({nt, 3 * H, H}, o) : torch::empty({0}, o);
+  auto dbih = torch::zeros({nt, 3 * H}, o), dbhh = torch::zeros({nt, 3 * H}, o);
+  const bool per_sample = g.dim() == 3;
+  auto dgp = need_dg && !per_sample ? torch::zeros({nt, nnz}, o) : torch::empty({0}, o);
+  auto dgs = need_dg && per_sample ? torch::zeros({nnz, B}, o) : torch::empty({0}, o);
+  const int64_t gb = per_sample ? (int64_t)Tn * H : 0;
+  AT_DISPATCH_FLOATING_TYPES(dt, "su_gru_compiled_backward", [&] {
+    auto ptr = [](torch::Tensor& t) { return t.numel() ? t.data_ptr<scalar_t>() : nullptr; };
+    backward_impl<scalar_t>(x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
+                            wih.data_ptr<scalar_t>(), whh.data_ptr<scalar_t>(),
+                            g.data_ptr<scalar_t>(), gb, idx.data_ptr<int>(),
+                            off.data_ptr<int64_t>(), bs.data_ptr<int>(),
+                            out.data_ptr<scalar_t>(), ptr(saved), gout.data_ptr<scalar_t>(),
+                            dh.data_ptr<scalar_t>(), need_dx ? ptr(dx) : nullptr,
+                            need_w ? ptr(dwih) : nullptr, need_w ? ptr(dwhh) : nullptr,
+                            ptr(dbih), ptr(dbhh), ptr(dgp), ptr(dgs), B, Tn, D, H, nt, need_w);
+  });
+  return {dx, dwih, dwhh, dbih, dbhh, dgp, dgs};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "selective-update GRU forward (whole sequence)");
+  m.def("backward", &backward, "selective-update GRU backward (whole reverse sweep)");
+}
