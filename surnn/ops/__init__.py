@@ -1,28 +1,45 @@
 """Selective-update GRU kernels behind one entry point.
 
 Implementations share one semantics (see ``reference.py``): ``reference`` (autograd
-loop, the oracle), ``cpu`` (hand-written backward, only active rows computed) and
-``triton`` (GPU kernels registered with torch.library). ``auto`` picks ``triton`` for
-CUDA tensors and ``cpu`` otherwise.
+loop, the oracle), ``cpu`` (eager PyTorch with a hand-written backward, only active rows
+computed), ``compiled`` (a C++ extension running the whole time loop, only active
+neurons computed, built on first use; ``compiled.py``) and ``triton`` (GPU kernels
+registered with torch.library). ``auto`` picks ``triton`` for CUDA tensors, else
+``compiled`` when it builds/loads (fp32/fp64), else ``cpu``. Where the compiled kernel
+cannot be built (no compiler, no ninja) ``compiled`` and ``auto`` run ``cpu`` after one
+warning.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from surnn.errors import ConfigError
+from surnn.ops import compiled
 from surnn.ops.cpu import su_gru_cpu
 from surnn.ops.reference import su_gru_reference
 
-IMPLS = ("auto", "reference", "cpu", "triton")
+IMPLS = ("auto", "reference", "cpu", "compiled", "triton")
+_WARNED: set = set()
 
 
-def resolve_impl(impl: str, device: torch.device) -> str:
-    """The implementation ``impl`` names on ``device`` (``auto`` -> by device)."""
+def resolve_impl(impl: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The implementation ``impl`` runs on ``device`` (``auto`` -> by device). ``compiled``
+    (and ``auto`` on CPU) becomes ``cpu`` where the extension is unavailable (one warning,
+    from ``compiled.load``) or the dtype is not fp32/fp64."""
     if impl not in IMPLS:
         raise ConfigError(f"surnn impl={impl!r}: expected one of {', '.join(IMPLS)}")
     if impl == "auto":
-        return "triton" if device.type == "cuda" else "cpu"
+        if device.type == "cuda":
+            return "triton"
+        impl = "compiled"
+    if impl == "compiled":
+        ok_dtype = dtype is None or dtype in (torch.float32, torch.float64)
+        if device.type != "cpu" or not ok_dtype:
+            return "cpu"
+        return "compiled" if compiled.available() else "cpu"
     return impl
 
 
@@ -42,11 +59,24 @@ def su_gru(
     ``g: [T, H]`` (time-only) or ``[B, T, H]`` (per sample). ``active`` (bool, like g)
     marks where f is computed (default: where g != 0); ``lengths`` [B] closes padding
     steps. Returns ``(out [B, T, H], h_T [B, H])``."""
-    which = resolve_impl(impl, x.device)
+    which = resolve_impl(impl, x.device, x.dtype)
+    if which == "compiled" and (x.shape[0] == 0 or x.shape[1] == 0):
+        which = "reference"  # nothing to run: the oracle handles empty shapes
     if which == "reference":
         return su_gru_reference(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths)
     if which == "triton":
         from surnn.ops.triton import su_gru_triton
 
         return su_gru_triton(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths)
+    if which == "compiled":
+        return compiled.su_gru_compiled(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths)
+    # Explicit 'compiled' with a dtype it does not run (it loads: no build warning came).
+    cpu = x.device.type == "cpu"
+    if impl == "compiled" and cpu and "dtype" not in _WARNED and compiled.available():
+        _WARNED.add("dtype")
+        warnings.warn(
+            f"surnn impl='compiled' runs fp32/fp64; {x.dtype} runs on the eager 'cpu' path",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return su_gru_cpu(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths)

@@ -9,7 +9,10 @@ CPU builds its own). Later processes only load the cached library. Without a com
 ninja), or if the build fails, ``load()`` returns None after one warning and the
 dispatcher runs the eager ``cpu`` path. ``SURNN_NO_COMPILED=1`` disables the kernel.
 
-Same semantics as ``reference.py``. Imports nothing beyond torch and the stdlib.
+Same semantics as ``reference.py``. The two kernel calls are torch.library custom ops
+(``surnn::su_gru_compiled_fwd/bwd``) with FLOP formulas, so FlopCounterMode (the
+trainer's executed/dense FLOPs) counts the updates the kernel executes. Imports nothing
+beyond torch and the stdlib.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
-_SRC = Path(__file__).resolve().parent / "csrc" / "su_gru.cpp"
+_SRC = Path(__file__).resolve().parent / "csrc"
 _STATE: dict = {"tried": False, "ext": None, "error": None, "build_s": None}
 
 
@@ -98,7 +102,7 @@ def load(verbose: bool = False):
 
             ext = cpp_extension.load(
                 name=name,
-                sources=[str(_SRC)],
+                sources=[str(_SRC / "su_gru_bind.cpp"), str(_SRC / "su_gru_kernels.cpp")],
                 extra_cflags=["-O3", "-fopenmp", *simd],
                 extra_ldflags=["-fopenmp"],
                 build_directory=str(where),
@@ -125,6 +129,75 @@ def available() -> bool:
 def supports(x: torch.Tensor) -> bool:
     """Tensors the kernel runs: CPU, float32 or float64."""
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
+@torch.library.custom_op("surnn::su_gru_compiled_fwd", mutates_args=())
+def _fwd_op(
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    w_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    b_ih: torch.Tensor,
+    b_hh: torch.Tensor,
+    g: torch.Tensor,
+    idx: torch.Tensor,
+    off: torch.Tensor,
+    bs: torch.Tensor,
+    save: bool,
+    nthreads: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B,T,H], saved [nnz,4,B] or empty): the whole forward sweep in C++."""
+    out, saved = _STATE["ext"].forward(
+        x, h0, w_ih, w_hh, b_ih, b_hh, g, idx, off, bs, save, nthreads
+    )
+    return out, saved
+
+
+@torch.library.custom_op("surnn::su_gru_compiled_bwd", mutates_args=())
+def _bwd_op(
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    w_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    g: torch.Tensor,
+    idx: torch.Tensor,
+    off: torch.Tensor,
+    bs: torch.Tensor,
+    out: torch.Tensor,
+    saved: torch.Tensor,
+    gout: torch.Tensor,
+    grad_h: torch.Tensor,
+    need_dx: bool,
+    need_w: bool,
+    need_dg: bool,
+    nthreads: int,
+) -> list[torch.Tensor]:
+    """(dx, dW_ih, dW_hh, db_ih, db_hh per thread, dg per thread or per sample, dh0): the
+    whole reverse sweep in C++ (the weight gradients are summed over threads here)."""
+    dh = grad_h.clone()  # the kernel turns dL/dh_T into dL/dh0 in place
+    res = _STATE["ext"].backward(
+        x, h0, w_ih, w_hh, g, idx, off, bs, out, saved, gout, dh, need_dx, need_w, need_dg,
+        nthreads,
+    )  # fmt: skip
+    dx, dwi, dwh, dbi, dbh, dgp, dgs = res
+    return [dx, dwi.sum(0), dwh.sum(0), dbi.sum(0), dbh.sum(0), dgp.sum(0), dgs, dh]
+
+
+def _executed(off: torch.Tensor, bs: torch.Tensor) -> int:
+    """Executed (sequence, step, neuron) updates: active neurons x running samples."""
+    return int(((off[1:] - off[:-1]) * bs.to(off.dtype)).sum())
+
+
+@register_flop_formula(torch.ops.surnn.su_gru_compiled_fwd, get_raw=True)
+def _fwd_flops(x, h0, w_ih, w_hh, b_ih, b_hh, g, idx, off, bs, *a, **kw) -> int:
+    """2 * 3 * (D + H) FLOPs per executed update (pointwise work not counted)."""
+    return 6 * (x.shape[-1] + h0.shape[-1]) * _executed(off, bs)
+
+
+@register_flop_formula(torch.ops.surnn.su_gru_compiled_bwd, get_raw=True)
+def _bwd_flops(x, h0, w_ih, w_hh, g, idx, off, bs, *a, **kw) -> int:
+    """Twice the forward: input and weight gradients of each executed update."""
+    return 12 * (x.shape[-1] + h0.shape[-1]) * _executed(off, bs)
 
 
 def _valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
@@ -194,32 +267,31 @@ def _finish(out: torch.Tensor, m):
 class _SuGRUCompiled(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g, m):
-        ext = _STATE["ext"]
         xs, h0s, wi, wh, bi, bh, gs = _prepare(x, h0, w_ih, w_hh, b_ih, b_hh, g, m)
-        out, saved = ext.forward(xs, h0s, wi, wh, bi, bh, gs, m.idx, m.off, m.bs, True, m.nthreads)
+        out, saved = _fwd_op(xs, h0s, wi, wh, bi, bh, gs, m.idx, m.off, m.bs, True, m.nthreads)
         ctx.m, ctx.has_b = m, (b_ih is not None, b_hh is not None)
         ctx.tensors = (xs, h0s, wi, wh, gs, out, saved)
         return _finish(out, m)
 
     @staticmethod
     def backward(ctx, grad_out, grad_h):
-        m, ext = ctx.m, _STATE["ext"]
+        m = ctx.m
         xs, h0s, wi, wh, gs, out, saved = ctx.tensors
         B, T, _ = xs.shape
         H = wh.shape[1]
         need = ctx.needs_input_grad
         gout = out.new_zeros(B, T, H) if grad_out is None else _sorted(grad_out, m.order)
-        dh = out.new_zeros(B, H) if grad_h is None else _sorted(grad_h, m.order).clone()
+        gh = out.new_zeros(B, H) if grad_h is None else _sorted(grad_h, m.order)
         need_w = any(need[2:6])
-        dx, dwi, dwh, dbi, dbh, dgp, dgs = ext.backward(
-            xs, h0s, wi, wh, gs, m.idx, m.off, m.bs, out, saved, gout.contiguous(), dh,
+        dx, dwi, dwh, dbi, dbh, dgp, dgs, dh = _bwd_op(
+            xs, h0s, wi, wh, gs, m.idx, m.off, m.bs, out, saved, gout, gh,
             need[0], need_w, need[6], m.nthreads,
         )  # fmt: skip
         dg = None
         if need[6]:
             if gs.dim() == 2:
                 dg = torch.zeros_like(gs)
-                dg[m.t_of, m.idx.long()] = dgp.sum(0)
+                dg[m.t_of, m.idx.long()] = dgp
             else:
                 dg = torch.zeros_like(gs)
                 dg[:, m.t_of, m.idx.long()] = dgs.T
@@ -234,10 +306,10 @@ class _SuGRUCompiled(torch.autograd.Function):
         return (
             dx if need[0] else None,
             dh if need[1] else None,
-            dwi.sum(0) if need[2] else None,
-            dwh.sum(0) if need[3] else None,
-            dbi.sum(0) if need[4] and has_bi else None,
-            dbh.sum(0) if need[5] and has_bh else None,
+            dwi if need[2] else None,
+            dwh if need[3] else None,
+            dbi if need[4] and has_bi else None,
+            dbh if need[5] and has_bh else None,
             dg,
             None,
         )
@@ -253,5 +325,5 @@ def su_gru_compiled(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None)
         return _SuGRUCompiled.apply(x, h0, w_ih, w_hh, b_ih, b_hh, g, m)
     with torch.no_grad():
         xs, h0s, wi, wh, bi, bh, gs = _prepare(x, h0, w_ih, w_hh, b_ih, b_hh, g, m)
-        out, _ = load().forward(xs, h0s, wi, wh, bi, bh, gs, m.idx, m.off, m.bs, False, m.nthreads)
+        out, _ = _fwd_op(xs, h0s, wi, wh, bi, bh, gs, m.idx, m.off, m.bs, False, m.nthreads)
         return _finish(out, m)

@@ -1,4 +1,5 @@
-// Compiled CPU kernel of the selective-update GRU (surnn/ops/compiled.py loads it).
+// Compiled CPU kernel of the selective-update GRU (su_gru_bind.cpp binds it; surnn/ops/
+// compiled.py builds and loads the extension).
 //
 // One call runs the whole sequence (forward) or the whole reverse sweep (backward): no
 // Python and no ATen dispatch per step. At step t only the active neurons listed in
@@ -23,8 +24,11 @@
 //   g [T,H] (time-only) or [B,T,H] (per sample), idx int32 [nnz], off int64 [T+1],
 //   bs int32 [T] (samples still running at step t: samples 0..bs[t]-1),
 //   out [B,T,H], saved [nnz, 4, B] = (r, z, n, hn) per executed (step, neuron, sample).
-#include <torch/extension.h>
+#include "su_gru_kernels.h"
 #include <omp.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -53,11 +57,16 @@ template <typename T>
 inline void vstore(T* p, typename V<T>::type v) {
   std::memcpy(p, &v, sizeof(v));
 }
+// Scalar broadcast (one vbroadcastss/sd).
 template <typename T>
-inline typename V<T>::type vset(T s) {
-  typename V<T>::type v;
-  for (int i = 0; i < V<T>::N; ++i) v[i] = s;
-  return v;
+inline typename V<T>::type vset(T s);
+template <>
+inline V<float>::type vset<float>(float s) {
+  return V<float>::type{s, s, s, s, s, s, s, s};
+}
+template <>
+inline V<double>::type vset<double>(double s) {
+  return V<double>::type{s, s, s, s};
 }
 template <typename T>
 inline T hsum(typename V<T>::type v) {
@@ -65,6 +74,17 @@ inline T hsum(typename V<T>::type v) {
   for (int i = 0; i < V<T>::N; ++i) s += v[i];
   return s;
 }
+#ifdef __AVX__
+// Horizontal sum in 5 instructions (the generic loop extracts lane by lane).
+template <>
+inline float hsum<float>(V<float>::type v) {
+  __m256 a = (__m256)v;
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
 
 // ---------------------------------------------------------------- exp, sigmoid, tanh
 // y[i] = exp(x[i]) for n values, in place.
@@ -179,6 +199,11 @@ std::vector<int> my_samples(int B, int tid, int nt) {
   return s;
 }
 
+
+}  // namespace
+
+namespace surnn {
+
 int n_threads(int B, int want) { return std::max(1, std::min(want, (B + 3) / 4)); }
 
 // ---------------------------------------------------------------- forward
@@ -272,85 +297,103 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
 }
 
 // ---------------------------------------------------------------- backward tiles
-// acc[s][k] += sum_q G[q][s] * W[q][k] over rows q (the transposed product dh += G W):
-// a tile of MS samples x 4 vectors of k in registers, rows streamed.
-template <typename T, int MS>
+// dst[s][k] += sum_q G[q][s0 + s] * W_q[k] (the transposed product dh += G W) for a tile
+// of MS samples x NV vectors of k held in registers while the rows q stream by.
+// 3 x 3 tiles fit AVX2's 16 registers without spills (9 accumulators, 3 W, 1 broadcast).
+template <typename T, int MS, int NV>
 inline void gemm_tn_tile(const T* const* wrows, int nrows, const T* G, int gstride, int s0,
                          T* const* dst, int k0) {
   using Vt = typename V<T>::type;
   constexpr int N = V<T>::N;
-  Vt a[MS][4];
+  Vt a[MS][NV];
 #pragma GCC unroll 4
   for (int s = 0; s < MS; ++s)
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) a[s][v] = vload(dst[s] + k0 + v * N);
+    for (int v = 0; v < NV; ++v) a[s][v] = vload(dst[s] + k0 + v * N);
   for (int q = 0; q < nrows; ++q) {
     const T* w = wrows[q] + k0;
-    Vt w0 = vload(w), w1 = vload(w + N), w2 = vload(w + 2 * N), w3 = vload(w + 3 * N);
+    Vt wv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) wv[v] = vload(w + v * N);
 #pragma GCC unroll 4
     for (int s = 0; s < MS; ++s) {
-      Vt gq = vset<T>(G[q * gstride + s0 + s]);
-      a[s][0] += gq * w0;
-      a[s][1] += gq * w1;
-      a[s][2] += gq * w2;
-      a[s][3] += gq * w3;
+      const Vt gq = vset<T>(G[q * gstride + s0 + s]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) a[s][v] += gq * wv[v];
     }
   }
 #pragma GCC unroll 4
   for (int s = 0; s < MS; ++s)
 #pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) vstore(dst[s] + k0 + v * N, a[s][v]);
+    for (int v = 0; v < NV; ++v) vstore(dst[s] + k0 + v * N, a[s][v]);
+}
+
+template <typename T, int NV>
+inline void gemm_tn_cols(const T* const* wrows, int nrows, const T* G, int gstride, int nv,
+                         T* const* dst, int k0) {
+  int s0 = 0;
+  for (; s0 + 3 <= nv; s0 += 3)
+    gemm_tn_tile<T, 3, NV>(wrows, nrows, G, gstride, s0, dst + s0, k0);
+  for (; s0 < nv; ++s0) gemm_tn_tile<T, 1, NV>(wrows, nrows, G, gstride, s0, dst + s0, k0);
 }
 
 // dst[s][k] += sum_q G[q][s] * W[q][k] for s < nv, k < K.
 template <typename T>
 void gemm_tn(const T* const* wrows, int nrows, const T* G, int gstride, int nv,
              T* const* dst, int K) {
-  constexpr int C = 4 * V<T>::N;
-  const int kv = K - K % C;
-  for (int k0 = 0; k0 < kv; k0 += C) {
-    int s0 = 0;
-    for (; s0 + 3 <= nv; s0 += 3) gemm_tn_tile<T, 3>(wrows, nrows, G, gstride, s0, dst + s0, k0);
-    for (; s0 < nv; ++s0) gemm_tn_tile<T, 1>(wrows, nrows, G, gstride, s0, dst + s0, k0);
-  }
-  if (kv < K) {
+  constexpr int N = V<T>::N;
+  int k0 = 0;
+  for (; k0 + 3 * N <= K; k0 += 3 * N) gemm_tn_cols<T, 3>(wrows, nrows, G, gstride, nv, dst, k0);
+  for (; k0 + N <= K; k0 += N) gemm_tn_cols<T, 1>(wrows, nrows, G, gstride, nv, dst, k0);
+  if (k0 < K) {
     for (int s = 0; s < nv; ++s)
       for (int q = 0; q < nrows; ++q) {
         const T gq = G[q * gstride + s];
         const T* w = wrows[q];
-        for (int k = kv; k < K; ++k) dst[s][k] += gq * w[k];
+        for (int k = k0; k < K; ++k) dst[s][k] += gq * w[k];
       }
   }
 }
 
-// dW[q][k] += sum_s G[q][s] * v[s][k] for the three rows of one neuron (dW_q strided).
+// dW_q[k] += sum_s G_q[s] * v_s[k] for the three rows q of one neuron: NV vectors of k per
+// row in registers (3 x 3 = 9 accumulators, 3 inputs, 3 broadcasts: no spills).
+template <typename T, int NV>
+inline void outer3_tile(T* const* d, const T* const* gq, const T* const* v, int nv, int k0) {
+  using Vt = typename V<T>::type;
+  constexpr int N = V<T>::N;
+  Vt a[3][NV];
+#pragma GCC unroll 3
+  for (int q = 0; q < 3; ++q)
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) a[q][u] = vload(d[q] + k0 + u * N);
+  for (int s = 0; s < nv; ++s) {
+    const T* p = v[s] + k0;
+    Vt x[NV];
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) x[u] = vload(p + u * N);
+#pragma GCC unroll 3
+    for (int q = 0; q < 3; ++q) {
+      const Vt c = vset<T>(gq[q][s]);
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) a[q][u] += c * x[u];
+    }
+  }
+#pragma GCC unroll 3
+  for (int q = 0; q < 3; ++q)
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) vstore(d[q] + k0 + u * N, a[q][u]);
+}
+
 template <typename T>
 void outer3(T* d0, T* d1, T* d2, const T* g0, const T* g1, const T* g2,
             const T* const* v, int nv, int K) {
-  using Vt = typename V<T>::type;
-  constexpr int N = V<T>::N, C = 4 * N;
-  const int kv = K - K % C;
-  for (int k0 = 0; k0 < kv; k0 += C) {
-    Vt a[3][4];
-    T* d[3] = {d0, d1, d2};
-#pragma GCC unroll 3
-    for (int q = 0; q < 3; ++q)
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u) a[q][u] = vload(d[q] + k0 + u * N);
-    for (int s = 0; s < nv; ++s) {
-      const T* p = v[s] + k0;
-      Vt u0 = vload(p), u1 = vload(p + N), u2 = vload(p + 2 * N), u3 = vload(p + 3 * N);
-      Vt c0 = vset<T>(g0[s]), c1 = vset<T>(g1[s]), c2 = vset<T>(g2[s]);
-      a[0][0] += c0 * u0; a[0][1] += c0 * u1; a[0][2] += c0 * u2; a[0][3] += c0 * u3;
-      a[1][0] += c1 * u0; a[1][1] += c1 * u1; a[1][2] += c1 * u2; a[1][3] += c1 * u3;
-      a[2][0] += c2 * u0; a[2][1] += c2 * u1; a[2][2] += c2 * u2; a[2][3] += c2 * u3;
-    }
-#pragma GCC unroll 3
-    for (int q = 0; q < 3; ++q)
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u) vstore(d[q] + k0 + u * N, a[q][u]);
-  }
-  for (int k = kv; k < K; ++k) {
+  constexpr int N = V<T>::N;
+  T* d[3] = {d0, d1, d2};
+  const T* gq[3] = {g0, g1, g2};
+  int k0 = 0;
+  for (; k0 + 3 * N <= K; k0 += 3 * N) outer3_tile<T, 3>(d, gq, v, nv, k0);
+  for (; k0 + N <= K; k0 += N) outer3_tile<T, 1>(d, gq, v, nv, k0);
+  for (int k = k0; k < K; ++k) {
     T a0 = d0[k], a1 = d1[k], a2 = d2[k];
     for (int s = 0; s < nv; ++s) {
       const T u = v[s][k];
@@ -473,75 +516,16 @@ void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T*
   }
 }
 
-void check(const torch::Tensor& t, const char* name, c10::ScalarType dt) {
-  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == dt, name,
-              ": expected a contiguous CPU tensor of the input's dtype");
-}
+// The two dtypes the binding dispatches to.
+#define SURNN_INSTANTIATE(T)                                                                \
+  template void forward_impl<T>(const T*, const T*, const T*, const T*, const T*, const T*,  \
+                                const T*, int64_t, const int*, const int64_t*, const int*,   \
+                                T*, T*, int, int, int, int, int);                            \
+  template void backward_impl<T>(const T*, const T*, const T*, const T*, const T*, int64_t,  \
+                                 const int*, const int64_t*, const int*, const T*, const T*, \
+                                 const T*, T*, T*, T*, T*, T*, T*, T*, T*, int, int, int, int, \
+                                 int, bool);
+SURNN_INSTANTIATE(float)
+SURNN_INSTANTIATE(double)
 
-std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor h0, torch::Tensor wih,
-                                   torch::Tensor whh, torch::Tensor bih, torch::Tensor bhh,
-                                   torch::Tensor g, torch::Tensor idx, torch::Tensor off,
-                                   torch::Tensor bs, bool save, int64_t nthreads) {
-  const auto dt = x.scalar_type();
-  for (auto* p : {&x, &h0, &wih, &whh, &bih, &bhh, &g}) check(*p, "su_gru_compiled", dt);
-  TORCH_CHECK(idx.scalar_type() == torch::kInt32 && off.scalar_type() == torch::kInt64 &&
-              bs.scalar_type() == torch::kInt32, "su_gru_compiled: index dtypes");
-  const int B = x.size(0), Tn = x.size(1), D = x.size(2), H = h0.size(1);
-  auto out = torch::empty({B, Tn, H}, x.options());
-  const int64_t nnz = idx.numel();
-  auto saved = save ? torch::empty({nnz, 4, B}, x.options()) : torch::empty({0}, x.options());
-  const int64_t gb = g.dim() == 3 ? (int64_t)Tn * H : 0;
-  AT_DISPATCH_FLOATING_TYPES(dt, "su_gru_compiled_forward", [&] {
-    forward_impl<scalar_t>(x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
-                           wih.data_ptr<scalar_t>(), whh.data_ptr<scalar_t>(),
-                           bih.data_ptr<scalar_t>(), bhh.data_ptr<scalar_t>(),
-                           g.data_ptr<scalar_t>(), gb, idx.data_ptr<int>(),
-                           off.data_ptr<int64_t>(), bs.data_ptr<int>(),
-                           out.data_ptr<scalar_t>(),
-                           save ? saved.data_ptr<scalar_t>() : nullptr, B, Tn, D, H,
-                           static_cast<int>(nthreads));
-  });
-  return {out, saved};
-}
-
-std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor h0, torch::Tensor wih,
-                                    torch::Tensor whh, torch::Tensor g, torch::Tensor idx,
-                                    torch::Tensor off, torch::Tensor bs, torch::Tensor out,
-                                    torch::Tensor saved, torch::Tensor gout,
-                                    torch::Tensor dh, bool need_dx, bool need_w,
-                                    bool need_dg, int64_t nthreads) {
-  const auto dt = x.scalar_type();
-  for (auto* p : {&x, &h0, &wih, &whh, &g, &out, &saved, &gout, &dh})
-    check(*p, "su_gru_compiled backward", dt);
-  const int B = x.size(0), Tn = x.size(1), D = x.size(2), H = h0.size(1);
-  const int nt = n_threads(B, static_cast<int>(nthreads));
-  const int64_t nnz = idx.numel();
-  auto o = x.options();
-  auto dx = need_dx ? torch::zeros({B, Tn, D}, o) : torch::empty({0}, o);
-  auto dwih = need_w ? torch::zeros({nt, 3 * H, D}, o) : torch::empty({0}, o);
-  auto dwhh = need_w ? torch::zeros({nt, 3 * H, H}, o) : torch::empty({0}, o);
-  auto dbih = torch::zeros({nt, 3 * H}, o), dbhh = torch::zeros({nt, 3 * H}, o);
-  const bool per_sample = g.dim() == 3;
-  auto dgp = need_dg && !per_sample ? torch::zeros({nt, nnz}, o) : torch::empty({0}, o);
-  auto dgs = need_dg && per_sample ? torch::zeros({nnz, B}, o) : torch::empty({0}, o);
-  const int64_t gb = per_sample ? (int64_t)Tn * H : 0;
-  AT_DISPATCH_FLOATING_TYPES(dt, "su_gru_compiled_backward", [&] {
-    auto ptr = [](torch::Tensor& t) { return t.numel() ? t.data_ptr<scalar_t>() : nullptr; };
-    backward_impl<scalar_t>(x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
-                            wih.data_ptr<scalar_t>(), whh.data_ptr<scalar_t>(),
-                            g.data_ptr<scalar_t>(), gb, idx.data_ptr<int>(),
-                            off.data_ptr<int64_t>(), bs.data_ptr<int>(),
-                            out.data_ptr<scalar_t>(), ptr(saved), gout.data_ptr<scalar_t>(),
-                            dh.data_ptr<scalar_t>(), need_dx ? ptr(dx) : nullptr,
-                            need_w ? ptr(dwih) : nullptr, need_w ? ptr(dwhh) : nullptr,
-                            ptr(dbih), ptr(dbhh), ptr(dgp), ptr(dgs), B, Tn, D, H, nt, need_w);
-  });
-  return {dx, dwih, dwhh, dbih, dbhh, dgp, dgs};
-}
-
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "selective-update GRU forward (whole sequence)");
-  m.def("backward", &backward, "selective-update GRU backward (whole reverse sweep)");
-}
+}  // namespace surnn
