@@ -200,42 +200,31 @@ def _bwd_flops(x, h0, w_ih, w_hh, g, idx, off, bs, *a, **kw) -> int:
     return 12 * (x.shape[-1] + h0.shape[-1]) * _executed(off, bs)
 
 
-def _valid_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
-    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
-
-
 def _meta(g, active, lengths, B, T):
-    """Step plan: the active neurons of each step (union over the batch, running samples
-    only) as a flat index list with offsets, the batch order (sorted by length) and the
-    number of running samples per step."""
-    act = (g != 0) if active is None else (active | (g != 0))
-    lens = None
+    """Step plan: the neurons to compute at each step (active or open; for per-sample
+    gates the union over the running samples) as a flat index list with offsets, the
+    number of running samples per step, and the batch order (sorted by length). Built by
+    the extension in one pass over the mask (the equivalent ATen ops cost ~0.6 ms at
+    T=784, H=256, which is a tenth of a sparse B=1 sequence)."""
+    gd = g.detach()
+    gd = (gd if gd.is_floating_point() else gd.float()).contiguous()
+    empty = torch.empty(0)
+    act = empty if active is None else active.detach().to(torch.bool).contiguous()
+    lens = order = inv = None
     if lengths is not None:
-        lens = lengths.detach().to("cpu", torch.long)
-        full = act if act.dim() == 3 else act[None].expand(B, -1, -1)
-        union = (full & _valid_mask(lens, T)[:, :, None]).any(0)
-    else:
-        union = act.any(0) if act.dim() == 3 else act
-    nz = union.nonzero()  # row-major: grouped by step, neurons ascending
-    off = torch.zeros(T + 1, dtype=torch.long)
-    off[1:] = union.sum(1).cumsum(0)
-    order = inv = None
-    if lens is not None:
+        lens = lengths.detach().to("cpu", torch.long).contiguous()
         order = torch.argsort(lens, descending=True, stable=True)
         inv = torch.argsort(order)
-        bs = (torch.arange(T)[:, None] < lens[order][None, :]).sum(1).to(torch.int32)
-    else:
-        bs = torch.full((T,), B, dtype=torch.int32)
+    idx, off, bs = _STATE["ext"].plan(gd, act, empty.long() if lens is None else lens, B)
     return SimpleNamespace(
-        idx=nz[:, 1].to(torch.int32).contiguous(),
-        t_of=nz[:, 0],
-        off=off,
-        bs=bs.contiguous(),
-        order=order,
-        inv=inv,
-        active=active,
+        idx=idx, off=off, bs=bs, order=order, inv=inv, active=active,
         nthreads=torch.get_num_threads(),
-    )
+    )  # fmt: skip
+
+
+def _steps_of(m) -> torch.Tensor:
+    """The step of each entry of m.idx."""
+    return torch.repeat_interleave(torch.arange(len(m.off) - 1), m.off.diff())
 
 
 def _sorted(t: torch.Tensor, order) -> torch.Tensor:
@@ -291,10 +280,10 @@ class _SuGRUCompiled(torch.autograd.Function):
         if need[6]:
             if gs.dim() == 2:
                 dg = torch.zeros_like(gs)
-                dg[m.t_of, m.idx.long()] = dgp
+                dg[_steps_of(m), m.idx.long()] = dgp
             else:
                 dg = torch.zeros_like(gs)
-                dg[:, m.t_of, m.idx.long()] = dgs.T
+                dg[:, _steps_of(m), m.idx.long()] = dgs.T
                 if m.inv is not None:
                     dg = dg.index_select(0, m.inv)
             if m.active is not None:  # the gate's gradient exists only where active

@@ -18,6 +18,10 @@ void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T*
                    T* dwhh, T* dbih, T* dbhh, T* dgp, T* dgs, int B, int Tn, int D, int H,
                    int nthreads, bool need_w);
 
+template <typename T>
+void plan_impl(const T* g, const bool* active, const int64_t* lens, int B, int Tn, int H,
+               bool per_sample, int* idx, int64_t* off, int* bs);
+
 // Threads the kernels use for a batch of B (blocks of 4 samples per thread).
 int n_threads(int B, int want);
 
