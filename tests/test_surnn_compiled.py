@@ -182,3 +182,16 @@ def test_without_a_compiler_the_eager_path_runs_with_one_warning(monkeypatch):
     want = run("cpu", case)
     assert_close(got, want, 1e-12)
     assert_close(got_auto, want, 1e-12)
+
+
+@needs_kernel
+def test_auto_leaves_dense_work_to_the_eager_path(monkeypatch):
+    """auto runs the compiled kernel up to AUTO_MAX_ACTIVE of the updates, else cpu."""
+    x, h0, w, g, active, _ = make_case(2, 5, 4, 8, "open")
+    assert compiled.su_gru_compiled(x, h0, *w, g, active, None, max_active=0.5) is None
+    calls = []
+    monkeypatch.setattr(ops, "su_gru_cpu", lambda *a: calls.append(1) or ("cpu",))
+    assert su_gru(x, h0, *w, g, active, impl="auto") == ("cpu",) and calls
+    sparse = make_case(2, 5, 4, 8, "sparse")
+    assert_close(run("auto", sparse), run("reference", sparse), 1e-10)
+    assert len(calls) == 1  # the sparse case ran compiled

@@ -22,6 +22,10 @@ from surnn.ops.cpu import su_gru_cpu
 from surnn.ops.reference import su_gru_reference
 
 IMPLS = ("auto", "reference", "cpu", "compiled", "triton")
+# ``auto`` on CPU runs the compiled kernel while at most this fraction of the [T, H]
+# updates is computed, and the eager cpu path (MKL GEMMs over contiguous rows) above it:
+# measured crossover, scripts/bench_surnn.py --suite targets (setting "crossover").
+AUTO_MAX_ACTIVE = 0.5
 _WARNED: set = set()
 
 
@@ -69,7 +73,11 @@ def su_gru(
 
         return su_gru_triton(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths)
     if which == "compiled":
-        return compiled.su_gru_compiled(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths)
+        limit = AUTO_MAX_ACTIVE if impl == "auto" else None
+        res = compiled.su_gru_compiled(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths, limit)
+        if res is not None:
+            return res
+        return su_gru_cpu(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths)  # dense: MKL
     # Explicit 'compiled' with a dtype it does not run (it loads: no build warning came).
     cpu = x.device.type == "cpu"
     if impl == "compiled" and cpu and "dtype" not in _WARNED and compiled.available():

@@ -304,11 +304,15 @@ class _SuGRUCompiled(torch.autograd.Function):
         )
 
 
-def su_gru_compiled(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None):
+def su_gru_compiled(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, max_active=None):
     """The compiled kernel; same arguments and semantics as ``su_gru_reference``. The
-    caller (``surnn.ops.su_gru``) checks ``available()`` and ``supports(x)`` first."""
+    caller (``surnn.ops.su_gru``) checks ``available()`` and ``supports(x)`` first.
+    Returns None (nothing run) when more than ``max_active`` of the [T, H] updates would
+    be computed (``auto`` then runs the eager path, faster on dense work)."""
     B, T, _ = x.shape
     m = _meta(g, active, lengths, B, T)
+    if max_active is not None and int(m.off[-1]) > max_active * T * h0.shape[-1]:
+        return None
     tensors = (x, h0, w_ih, w_hh, b_ih, b_hh, g)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return _SuGRUCompiled.apply(x, h0, w_ih, w_hh, b_ih, b_hh, g, m)

@@ -216,19 +216,33 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
   const int nt = n_threads(B, nthreads);
   int64_t amax = 0;
   for (int t = 0; t < Tn; ++t) amax = std::max(amax, off[t + 1] - off[t]);
+  // Workspaces are allocated here, outside the parallel region (an exception cannot
+  // leave an OpenMP region: it would abort the process instead of raising in Python).
+  std::vector<std::vector<int>> samples(nt);
+  std::vector<std::vector<T>> bufs(nt);
+  std::vector<std::vector<const T*>> xvs(nt), hvs(nt);
+  std::vector<std::vector<T*>> ovs(nt);
+  for (int tid = 0; tid < nt; ++tid) {
+    samples[tid] = my_samples(B, tid, nt);
+    const size_t nm = samples[tid].size();
+    bufs[tid].resize(8 * (amax * nm + 8));
+    xvs[tid].resize(nm);
+    hvs[tid].resize(nm);
+    ovs[tid].resize(nm);
+  }
 #pragma omp parallel num_threads(nt)
   {
     const int tid = omp_get_thread_num();
-    const std::vector<int> mine = my_samples(B, tid, nt);
+    const std::vector<int>& mine = samples[tid];
     const int nm = static_cast<int>(mine.size());
     // Pre-activations of all the step's active neurons for my samples, [A][nm] each:
     // xr, xz, xn (input side), hr, hz, hn (recurrent side); then pointwise in one pass.
     const int64_t cap = amax * nm + 8;
-    std::vector<T> buf(8 * cap);
+    std::vector<T>& buf = bufs[tid];
     T *xr = buf.data(), *xz = xr + cap, *xn = xz + cap, *hr = xn + cap, *hz = hr + cap,
       *hn = hz + cap, *e1 = hn + cap, *e2 = e1 + cap;
-    std::vector<const T*> xv(nm), hv(nm);
-    std::vector<T*> ov(nm);
+    std::vector<const T*>&xv = xvs[tid], &hv = hvs[tid];
+    std::vector<T*>& ov = ovs[tid];
     for (int t = 0; t < Tn; ++t) {
       // Carry every state of my samples (closed neurons and finished sequences keep it).
       for (int s = 0; s < nm; ++s) {
@@ -440,10 +454,26 @@ void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T*
   const int nt = n_threads(B, nthreads);
   int64_t amax = 0;
   for (int t = 0; t < Tn; ++t) amax = std::max(amax, off[t + 1] - off[t]);
+  std::vector<std::vector<int>> samples(nt);  // allocated outside the parallel region
+  std::vector<std::vector<T>> gxs(nt), ghs(nt);
+  std::vector<std::vector<const T*>> wxrs(nt), whrs(nt), xvs(nt), hvs(nt);
+  std::vector<std::vector<T*>> dhvs(nt), dxvs(nt);
+  for (int tid = 0; tid < nt; ++tid) {
+    samples[tid] = my_samples(B, tid, nt);
+    const size_t nm = samples[tid].size();
+    gxs[tid].resize(3 * amax * nm + 1);
+    ghs[tid].resize(3 * amax * nm + 1);
+    wxrs[tid].resize(3 * amax + 1);
+    whrs[tid].resize(3 * amax + 1);
+    xvs[tid].resize(nm);
+    hvs[tid].resize(nm);
+    dhvs[tid].resize(nm);
+    dxvs[tid].resize(nm);
+  }
 #pragma omp parallel num_threads(nt)
   {
     const int tid = omp_get_thread_num();
-    const std::vector<int> mine = my_samples(B, tid, nt);
+    const std::vector<int>& mine = samples[tid];
     const int nm = static_cast<int>(mine.size());
     T* my_dwih = dwih + (int64_t)tid * 3 * H * D;
     T* my_dwhh = dwhh + (int64_t)tid * 3 * H * H;
@@ -452,9 +482,9 @@ void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T*
     T* my_dgp = dgp ? dgp + (int64_t)tid * off[Tn] : nullptr;
     // Pre-activation gradients of the step's active rows, [3A][nm]: input side (Gx) and
     // recurrent side (Gh, the n row scaled by r).
-    std::vector<T> Gx(3 * amax * nm + 1), Gh(3 * amax * nm + 1);
-    std::vector<const T*> wxr(3 * amax + 1), whr(3 * amax + 1), xv(nm), hv(nm);
-    std::vector<T*> dhv(nm), dxv(nm);
+    std::vector<T>&Gx = gxs[tid], &Gh = ghs[tid];
+    std::vector<const T*>&wxr = wxrs[tid], &whr = whrs[tid], &xv = xvs[tid], &hv = hvs[tid];
+    std::vector<T*>&dhv = dhvs[tid], &dxv = dxvs[tid];
     for (int s = 0; s < nm; ++s) dhv[s] = dh + (int64_t)mine[s] * H;
     for (int t = Tn - 1; t >= 0; --t) {
       for (int s = 0; s < nm; ++s) {  // dL/dh_t += dL/dout_t
