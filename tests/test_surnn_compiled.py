@@ -168,6 +168,7 @@ def test_auto_picks_compiled_on_cpu_for_fp32_fp64():
 def test_without_a_compiler_the_eager_path_runs_with_one_warning(monkeypatch):
     """No compiler on PATH: one RuntimeWarning naming the reason, then impl='compiled'
     and 'auto' run the eager cpu path (same values)."""
+    monkeypatch.delenv("SURNN_NO_COMPILED", raising=False)
     for key, value in {"tried": False, "ext": None, "error": None}.items():
         monkeypatch.setitem(compiled._STATE, key, value)
     monkeypatch.setattr(compiled.shutil, "which", lambda name: None)
