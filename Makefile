@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup test test-all lint format demo check-results bench gpu-check tables clean
+.PHONY: setup kernel test test-all lint format demo check-results bench gpu-check tables clean
 
 setup: $(VENV)/.installed  ## create .venv with the right torch and the package (editable, dev + cluster extras)
 
@@ -14,7 +14,11 @@ $(VENV)/.installed: pyproject.toml scripts/install_torch.sh
 	PYTHON=$(PY) bash scripts/install_torch.sh
 	$(PY) -m pip install --quiet -e ".[dev,cluster]"
 	$(PY) -c "import torch, triton, hydra, wandb, datasets, torchmetrics; print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.cuda.is_available())"
+	$(MAKE) --no-print-directory kernel
 	touch $@
+
+kernel:  ## build the compiled suRNN CPU kernel once (build/torch_extensions/; ~80 s on 2 cores); without a compiler: a warning, the eager path runs
+	$(PY) -c "from surnn.ops import compiled; print('compiled CPU kernel:', 'ready' if compiled.available() else 'unavailable (' + str(compiled._STATE['error']) + '): the eager cpu path runs')"
 
 test: setup  ## the whole CPU test suite (Triton kernels under TRITON_INTERPRET=1)
 	$(PY) -m pytest tests

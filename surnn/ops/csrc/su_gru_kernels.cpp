@@ -1,0 +1,655 @@
+// Compiled CPU kernel of the selective-update GRU (su_gru_bind.cpp binds it; surnn/ops/
+// compiled.py builds and loads the extension).
+//
+// One call runs the whole sequence (forward) or the whole reverse sweep (backward): no
+// Python and no ATen dispatch per step. At step t only the active neurons listed in
+// idx[off[t] : off[t+1]] are computed, wherever they sit in the layer: for neuron i the
+// three weight rows (r, z, n) of W_ih and of W_hh are read in place (no gather copy) and
+// dotted against x[b, t] and h[b, t-1] for every running sample b, then the GRU pointwise
+// math and the state carry h_t = h_{t-1} + g * (f - h_{t-1}) are applied. Closed neurons
+// copy their state.
+//
+// Parallelism: threads split the batch (blocks of 4 samples, dealt round-robin so that
+// the length-sorted batch stays balanced). A sample's recurrence only reads its own
+// state, so the threads never wait for each other inside the time loop: no barrier per
+// step. Weight gradients are accumulated per thread and summed by the caller.
+//
+// SIMD: GCC vector extensions (8 floats / 4 doubles per 256-bit vector, AVX2+FMA when
+// the build enables them). The forward dot kernel keeps a 3-row x 4-sample tile of
+// accumulators in registers (12 FMAs per 3 weight + 4 input loads). float uses a
+// vectorised exp (Cephes polynomial, ~1 ulp); double (used by the tests) uses std::exp.
+//
+// Layouts (all contiguous, batch sorted by length, descending):
+//   x [B,T,D], h0 [B,H], w_ih [3H,D], w_hh [3H,H], b_ih/b_hh [3H] (zeros if absent),
+//   g [T,H] (time-only) or [B,T,H] (per sample), idx int32 [nnz], off int64 [T+1],
+//   bs int32 [T] (samples still running at step t: samples 0..bs[t]-1),
+//   out [B,T,H], saved [nnz, 4, B] = (r, z, n, hn) per executed (step, neuron, sample).
+#include "su_gru_kernels.h"
+#include <omp.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+template <typename T> struct V;
+template <> struct V<float> {
+  typedef float type __attribute__((vector_size(32)));
+  static constexpr int N = 8;
+};
+template <> struct V<double> {
+  typedef double type __attribute__((vector_size(32)));
+  static constexpr int N = 4;
+};
+
+template <typename T>
+inline typename V<T>::type vload(const T* p) {
+  typename V<T>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T>
+inline void vstore(T* p, typename V<T>::type v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+// Scalar broadcast (one vbroadcastss/sd).
+template <typename T>
+inline typename V<T>::type vset(T s);
+template <>
+inline V<float>::type vset<float>(float s) {
+  return V<float>::type{s, s, s, s, s, s, s, s};
+}
+template <>
+inline V<double>::type vset<double>(double s) {
+  return V<double>::type{s, s, s, s};
+}
+template <typename T>
+inline T hsum(typename V<T>::type v) {
+  T s = 0;
+  for (int i = 0; i < V<T>::N; ++i) s += v[i];
+  return s;
+}
+#ifdef __AVX__
+// Horizontal sum in 5 instructions (the generic loop extracts lane by lane).
+template <>
+inline float hsum<float>(V<float>::type v) {
+  __m256 a = (__m256)v;
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+// ---------------------------------------------------------------- exp, sigmoid, tanh
+// y[i] = exp(x[i]) for n values, in place.
+inline void exp_inplace(double* x, int n) {
+  for (int i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+}
+inline void exp_inplace(float* x, int n) {
+  typedef float vf __attribute__((vector_size(32)));
+  typedef int vi __attribute__((vector_size(32)));
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    vf v = vload<float>(x + i);
+    v = v < 88.3762626647949f ? v : 88.3762626647949f;
+    v = v > -87.3365478515625f ? v : -87.3365478515625f;
+    // n = round(v / ln2) by the 1.5 * 2^23 trick; r = v - n ln2 (ln2 split in two).
+    vf t = v * 1.44269504088896341f + 12582912.0f;
+    vf fn = t - 12582912.0f;
+    vf r = v - fn * 0.693359375f + fn * 2.12194440e-4f;
+    vf p = vset<float>(1.9875691500E-4f);
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * r * r + r + 1.0f;
+    vi e = (__builtin_convertvector(fn, vi) + 127) << 23;  // 2^n as float bits
+    vf s;
+    std::memcpy(&s, &e, sizeof(s));
+    vstore<float>(x + i, p * s);
+  }
+  for (; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+// ---------------------------------------------------------------- forward dot tile
+// acc[q][s] = <w_q, v_s> for the three rows w_0..2 (length K) and M <= 4 samples.
+template <typename T, int M>
+inline void dot3(const T* w0, const T* w1, const T* w2, const T* const* v, int K,
+                 T out[3][4]) {
+  using Vt = typename V<T>::type;
+  constexpr int N = V<T>::N;
+  Vt a[3][M];
+#pragma GCC unroll 4
+  for (int s = 0; s < M; ++s) a[0][s] = a[1][s] = a[2][s] = Vt{};
+  int k = 0;
+  if (M <= 2) {  // few samples: a second accumulator set hides the FMA latency
+    Vt c[3][M];
+#pragma GCC unroll 4
+    for (int s = 0; s < M; ++s) c[0][s] = c[1][s] = c[2][s] = Vt{};
+    for (; k + 2 * N <= K; k += 2 * N) {
+      Vt x0 = vload(w0 + k), x1 = vload(w1 + k), x2 = vload(w2 + k);
+      Vt y0 = vload(w0 + k + N), y1 = vload(w1 + k + N), y2 = vload(w2 + k + N);
+#pragma GCC unroll 4
+      for (int s = 0; s < M; ++s) {
+        Vt u = vload(v[s] + k), u2 = vload(v[s] + k + N);
+        a[0][s] += x0 * u;
+        a[1][s] += x1 * u;
+        a[2][s] += x2 * u;
+        c[0][s] += y0 * u2;
+        c[1][s] += y1 * u2;
+        c[2][s] += y2 * u2;
+      }
+    }
+#pragma GCC unroll 4
+    for (int s = 0; s < M; ++s) {
+      a[0][s] += c[0][s];
+      a[1][s] += c[1][s];
+      a[2][s] += c[2][s];
+    }
+  }
+  for (; k + N <= K; k += N) {
+    Vt x0 = vload(w0 + k), x1 = vload(w1 + k), x2 = vload(w2 + k);
+#pragma GCC unroll 4
+    for (int s = 0; s < M; ++s) {
+      Vt u = vload(v[s] + k);
+      a[0][s] += x0 * u;
+      a[1][s] += x1 * u;
+      a[2][s] += x2 * u;
+    }
+  }
+#pragma GCC unroll 4
+  for (int s = 0; s < M; ++s) {
+    T s0 = hsum<T>(a[0][s]), s1 = hsum<T>(a[1][s]), s2 = hsum<T>(a[2][s]);
+    for (int kk = k; kk < K; ++kk) {
+      T u = v[s][kk];
+      s0 += w0[kk] * u;
+      s1 += w1[kk] * u;
+      s2 += w2[kk] * u;
+    }
+    out[0][s] = s0;
+    out[1][s] = s1;
+    out[2][s] = s2;
+  }
+}
+
+template <typename T>
+inline void dot3_any(const T* w0, const T* w1, const T* w2, const T* const* v, int m, int K,
+                     T out[3][4]) {
+  switch (m) {
+    case 1: dot3<T, 1>(w0, w1, w2, v, K, out); break;
+    case 2: dot3<T, 2>(w0, w1, w2, v, K, out); break;
+    case 3: dot3<T, 3>(w0, w1, w2, v, K, out); break;
+    default: dot3<T, 4>(w0, w1, w2, v, K, out); break;
+  }
+}
+
+// The samples a thread owns: blocks of 4 dealt round-robin (ascending sample order, so
+// the samples running at step t, 0..bs[t]-1, are a prefix of the list).
+std::vector<int> my_samples(int B, int tid, int nt) {
+  std::vector<int> s;
+  for (int blk = tid; blk * 4 < B; blk += nt)
+    for (int b = blk * 4; b < std::min(B, blk * 4 + 4); ++b) s.push_back(b);
+  return s;
+}
+
+
+}  // namespace
+
+namespace surnn {
+
+int n_threads(int B, int want) { return std::max(1, std::min(want, (B + 3) / 4)); }
+
+// ---------------------------------------------------------------- forward
+template <typename T>
+void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* bih,
+                  const T* bhh, const T* g, int64_t g_bstride, const int* idx,
+                  const int64_t* off, const int* bs, T* out, T* saved, int B, int Tn, int D,
+                  int H, int nthreads) {
+  // Weights in nn.GRU's layout: rows r, z, n of neuron i at i, H + i, 2H + i.
+  const int nt = n_threads(B, nthreads);
+  int64_t amax = 0;
+  for (int t = 0; t < Tn; ++t) amax = std::max(amax, off[t + 1] - off[t]);
+  // Workspaces are allocated here, outside the parallel region (an exception cannot
+  // leave an OpenMP region: it would abort the process instead of raising in Python).
+  std::vector<std::vector<int>> samples(nt);
+  std::vector<std::vector<T>> bufs(nt);
+  std::vector<std::vector<const T*>> xvs(nt), hvs(nt);
+  std::vector<std::vector<T*>> ovs(nt);
+  for (int tid = 0; tid < nt; ++tid) {
+    samples[tid] = my_samples(B, tid, nt);
+    const size_t nm = samples[tid].size();
+    bufs[tid].resize(8 * (amax * nm + 8));
+    xvs[tid].resize(nm);
+    hvs[tid].resize(nm);
+    ovs[tid].resize(nm);
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    const int tid = omp_get_thread_num();
+    const std::vector<int>& mine = samples[tid];
+    const int nm = static_cast<int>(mine.size());
+    // Pre-activations of all the step's active neurons for my samples, [A][nm] each:
+    // xr, xz, xn (input side), hr, hz, hn (recurrent side); then pointwise in one pass.
+    const int64_t cap = amax * nm + 8;
+    std::vector<T>& buf = bufs[tid];
+    T *xr = buf.data(), *xz = xr + cap, *xn = xz + cap, *hr = xn + cap, *hz = hr + cap,
+      *hn = hz + cap, *e1 = hn + cap, *e2 = e1 + cap;
+    std::vector<const T*>&xv = xvs[tid], &hv = hvs[tid];
+    std::vector<T*>& ov = ovs[tid];
+    for (int t = 0; t < Tn; ++t) {
+      // Carry every state of my samples (closed neurons and finished sequences keep it).
+      for (int s = 0; s < nm; ++s) {
+        const int b = mine[s];
+        const T* hp = t ? out + ((int64_t)b * Tn + t - 1) * H : h0 + (int64_t)b * H;
+        T* hc = out + ((int64_t)b * Tn + t) * H;
+        std::memcpy(hc, hp, sizeof(T) * H);
+        xv[s] = x + ((int64_t)b * Tn + t) * D;
+        hv[s] = hp;
+        ov[s] = hc;
+      }
+      int nv = 0;  // my samples still running at step t (a prefix)
+      while (nv < nm && mine[nv] < bs[t]) ++nv;
+      const int A = static_cast<int>(off[t + 1] - off[t]);
+      if (nv == 0 || A == 0) continue;
+      const int* ids = idx + off[t];
+      // 1. Dots: 3 rows x up to 4 samples per tile, both sides of each active neuron.
+      for (int a = 0; a < A; ++a) {
+        const int i = ids[a];
+        const T* wx = wih + (int64_t)i * D;
+        const T* wh = whh + (int64_t)i * H;
+        const int64_t sx = (int64_t)H * D, sh = (int64_t)H * H;  // gate-to-gate row stride
+        T o[3][4];
+        const int64_t base = (int64_t)a * nv;
+        for (int s0 = 0; s0 < nv; s0 += 4) {
+          const int m = std::min(4, nv - s0);
+          dot3_any<T>(wx, wx + sx, wx + 2 * sx, xv.data() + s0, m, D, o);
+          for (int s = 0; s < m; ++s) {
+            xr[base + s0 + s] = o[0][s];
+            xz[base + s0 + s] = o[1][s];
+            xn[base + s0 + s] = o[2][s];
+          }
+          dot3_any<T>(wh, wh + sh, wh + 2 * sh, hv.data() + s0, m, H, o);
+          for (int s = 0; s < m; ++s) {
+            hr[base + s0 + s] = o[0][s];
+            hz[base + s0 + s] = o[1][s];
+            hn[base + s0 + s] = o[2][s];
+          }
+        }
+      }
+      // 2. Pointwise over all (neuron, sample) pairs of the step: vectorised exps.
+      const int n = A * nv;
+      for (int a = 0; a < A; ++a) {
+        const int i = ids[a];
+        const T bxr = bih[i] + bhh[i], bxz = bih[H + i] + bhh[H + i];
+        const T bxn = bih[2 * H + i], bhn = bhh[2 * H + i];
+        for (int s = a * nv; s < (a + 1) * nv; ++s) {
+          hn[s] += bhn;
+          xn[s] += bxn;
+          e1[s] = -(xr[s] + hr[s] + bxr);
+          e2[s] = -(xz[s] + hz[s] + bxz);
+        }
+      }
+      exp_inplace(e1, n);
+      exp_inplace(e2, n);
+      for (int s = 0; s < n; ++s) {
+        const T r = T(1) / (T(1) + e1[s]);
+        hr[s] = r;  // hr now holds r, hz holds z
+        hz[s] = T(1) / (T(1) + e2[s]);
+        e1[s] = T(-2) * (xn[s] + r * hn[s]);
+      }
+      exp_inplace(e1, n);
+      // 3. State update h = h_prev + g (f - h_prev), f = n + z (h_prev - n); save.
+      for (int a = 0; a < A; ++a) {
+        const int i = ids[a];
+        const int64_t j = off[t] + a;
+        T* sv = saved ? saved + j * 4 * B : nullptr;
+        for (int s = 0; s < nv; ++s) {
+          const int64_t q = (int64_t)a * nv + s;
+          const int b = mine[s];
+          const T nn = T(2) / (T(1) + e1[q]) - T(1);  // tanh
+          const T z = hz[q], hp = hv[s][i];
+          const T f = nn + z * (hp - nn);
+          const T gv = g[b * g_bstride + (int64_t)t * H + i];
+          ov[s][i] = hp + gv * (f - hp);
+          if (sv) {
+            sv[b] = hr[q];
+            sv[B + b] = z;
+            sv[2 * B + b] = nn;
+            sv[3 * B + b] = hn[q];
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- backward tiles
+// dst[s][k] += sum_q G[q][s0 + s] * W_q[k] (the transposed product dh += G W) for a tile
+// of MS samples x NV vectors of k held in registers while the rows q stream by.
+// 3 x 3 tiles fit AVX2's 16 registers without spills (9 accumulators, 3 W, 1 broadcast).
+template <typename T, int MS, int NV>
+inline void gemm_tn_tile(const T* const* wrows, int nrows, const T* G, int gstride, int s0,
+                         T* const* dst, int k0) {
+  using Vt = typename V<T>::type;
+  constexpr int N = V<T>::N;
+  Vt a[MS][NV];
+#pragma GCC unroll 4
+  for (int s = 0; s < MS; ++s)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) a[s][v] = vload(dst[s] + k0 + v * N);
+  for (int q = 0; q < nrows; ++q) {
+    const T* w = wrows[q] + k0;
+    Vt wv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) wv[v] = vload(w + v * N);
+#pragma GCC unroll 4
+    for (int s = 0; s < MS; ++s) {
+      const Vt gq = vset<T>(G[q * gstride + s0 + s]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) a[s][v] += gq * wv[v];
+    }
+  }
+#pragma GCC unroll 4
+  for (int s = 0; s < MS; ++s)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) vstore(dst[s] + k0 + v * N, a[s][v]);
+}
+
+template <typename T, int NV>
+inline void gemm_tn_cols(const T* const* wrows, int nrows, const T* G, int gstride, int nv,
+                         T* const* dst, int k0) {
+  int s0 = 0;
+  for (; s0 + 3 <= nv; s0 += 3)
+    gemm_tn_tile<T, 3, NV>(wrows, nrows, G, gstride, s0, dst + s0, k0);
+  for (; s0 < nv; ++s0) gemm_tn_tile<T, 1, NV>(wrows, nrows, G, gstride, s0, dst + s0, k0);
+}
+
+// dst[s][k] += sum_q G[q][s] * W[q][k] for s < nv, k < K.
+template <typename T>
+void gemm_tn(const T* const* wrows, int nrows, const T* G, int gstride, int nv,
+             T* const* dst, int K) {
+  constexpr int N = V<T>::N;
+  int k0 = 0;
+  for (; k0 + 3 * N <= K; k0 += 3 * N) gemm_tn_cols<T, 3>(wrows, nrows, G, gstride, nv, dst, k0);
+  for (; k0 + N <= K; k0 += N) gemm_tn_cols<T, 1>(wrows, nrows, G, gstride, nv, dst, k0);
+  if (k0 < K) {
+    for (int s = 0; s < nv; ++s)
+      for (int q = 0; q < nrows; ++q) {
+        const T gq = G[q * gstride + s];
+        const T* w = wrows[q];
+        for (int k = k0; k < K; ++k) dst[s][k] += gq * w[k];
+      }
+  }
+}
+
+// dW_q[k] += sum_s G_q[s] * v_s[k] for the three rows q of one neuron: NV vectors of k per
+// row in registers (3 x 3 = 9 accumulators, 3 inputs, 3 broadcasts: no spills).
+template <typename T, int NV>
+inline void outer3_tile(T* const* d, const T* const* gq, const T* const* v, int nv, int k0) {
+  using Vt = typename V<T>::type;
+  constexpr int N = V<T>::N;
+  Vt a[3][NV];
+#pragma GCC unroll 3
+  for (int q = 0; q < 3; ++q)
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) a[q][u] = vload(d[q] + k0 + u * N);
+  for (int s = 0; s < nv; ++s) {
+    const T* p = v[s] + k0;
+    Vt x[NV];
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) x[u] = vload(p + u * N);
+#pragma GCC unroll 3
+    for (int q = 0; q < 3; ++q) {
+      const Vt c = vset<T>(gq[q][s]);
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; ++u) a[q][u] += c * x[u];
+    }
+  }
+#pragma GCC unroll 3
+  for (int q = 0; q < 3; ++q)
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; ++u) vstore(d[q] + k0 + u * N, a[q][u]);
+}
+
+template <typename T>
+void outer3(T* d0, T* d1, T* d2, const T* g0, const T* g1, const T* g2,
+            const T* const* v, int nv, int K) {
+  constexpr int N = V<T>::N;
+  T* d[3] = {d0, d1, d2};
+  const T* gq[3] = {g0, g1, g2};
+  int k0 = 0;
+  for (; k0 + 3 * N <= K; k0 += 3 * N) outer3_tile<T, 3>(d, gq, v, nv, k0);
+  for (; k0 + N <= K; k0 += N) outer3_tile<T, 1>(d, gq, v, nv, k0);
+  for (int k = k0; k < K; ++k) {
+    T a0 = d0[k], a1 = d1[k], a2 = d2[k];
+    for (int s = 0; s < nv; ++s) {
+      const T u = v[s][k];
+      a0 += g0[s] * u;
+      a1 += g1[s] * u;
+      a2 += g2[s] * u;
+    }
+    d0[k] = a0;
+    d1[k] = a1;
+    d2[k] = a2;
+  }
+}
+
+// ---------------------------------------------------------------- backward
+// Reverse sweep. dh [B,H] enters as dL/dh_T and leaves as dL/dh0. Per thread (slice tid
+// of the [nt, ...] buffers): dwih, dwhh, dbih, dbhh accumulate; dgp [nt, nnz] (time-only
+// gate: summed over my samples) or dgs [nnz, B] (per-sample gate). dx [B,T,D] written.
+template <typename T>
+void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* g,
+                   int64_t g_bstride, const int* idx, const int64_t* off, const int* bs,
+                   const T* out, const T* saved, const T* gout, T* dh, T* dx, T* dwih,
+                   T* dwhh, T* dbih, T* dbhh, T* dgp, T* dgs, int B, int Tn, int D, int H,
+                   int nthreads, bool need_w) {
+  const int nt = n_threads(B, nthreads);
+  int64_t amax = 0;
+  for (int t = 0; t < Tn; ++t) amax = std::max(amax, off[t + 1] - off[t]);
+  std::vector<std::vector<int>> samples(nt);  // allocated outside the parallel region
+  std::vector<std::vector<T>> gxs(nt), ghs(nt);
+  std::vector<std::vector<const T*>> wxrs(nt), whrs(nt), xvs(nt), hvs(nt);
+  std::vector<std::vector<T*>> dhvs(nt), dxvs(nt);
+  for (int tid = 0; tid < nt; ++tid) {
+    samples[tid] = my_samples(B, tid, nt);
+    const size_t nm = samples[tid].size();
+    gxs[tid].resize(3 * amax * nm + 1);
+    ghs[tid].resize(3 * amax * nm + 1);
+    wxrs[tid].resize(3 * amax + 1);
+    whrs[tid].resize(3 * amax + 1);
+    xvs[tid].resize(nm);
+    hvs[tid].resize(nm);
+    dhvs[tid].resize(nm);
+    dxvs[tid].resize(nm);
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    const int tid = omp_get_thread_num();
+    const std::vector<int>& mine = samples[tid];
+    const int nm = static_cast<int>(mine.size());
+    T* my_dwih = dwih + (int64_t)tid * 3 * H * D;
+    T* my_dwhh = dwhh + (int64_t)tid * 3 * H * H;
+    T* my_dbih = dbih + (int64_t)tid * 3 * H;
+    T* my_dbhh = dbhh + (int64_t)tid * 3 * H;
+    T* my_dgp = dgp ? dgp + (int64_t)tid * off[Tn] : nullptr;
+    // Pre-activation gradients of the step's active rows, [3A][nm]: input side (Gx) and
+    // recurrent side (Gh, the n row scaled by r).
+    std::vector<T>&Gx = gxs[tid], &Gh = ghs[tid];
+    std::vector<const T*>&wxr = wxrs[tid], &whr = whrs[tid], &xv = xvs[tid], &hv = hvs[tid];
+    std::vector<T*>&dhv = dhvs[tid], &dxv = dxvs[tid];
+    for (int s = 0; s < nm; ++s) dhv[s] = dh + (int64_t)mine[s] * H;
+    for (int t = Tn - 1; t >= 0; --t) {
+      for (int s = 0; s < nm; ++s) {  // dL/dh_t += dL/dout_t
+        const T* go = gout + ((int64_t)mine[s] * Tn + t) * H;
+        T* d = dhv[s];
+        for (int k = 0; k < H; ++k) d[k] += go[k];
+      }
+      int nv = 0;
+      while (nv < nm && mine[nv] < bs[t]) ++nv;
+      const int A = static_cast<int>(off[t + 1] - off[t]);
+      if (nv == 0 || A == 0) continue;
+      for (int s = 0; s < nv; ++s) {
+        const int b = mine[s];
+        xv[s] = x + ((int64_t)b * Tn + t) * D;
+        hv[s] = t ? out + ((int64_t)b * Tn + t - 1) * H : h0 + (int64_t)b * H;
+        dxv[s] = dx ? dx + ((int64_t)b * Tn + t) * D : nullptr;
+      }
+      // Pointwise: pre-activation gradients and the direct part of dL/dh_{t-1}.
+      for (int a = 0; a < A; ++a) {
+        const int64_t j = off[t] + a;
+        const int i = idx[j];
+        const T* sv = saved + j * 4 * B;
+        T *gxr = Gx.data() + (3 * a) * nm, *gxz = gxr + nm, *gxn = gxz + nm;
+        T *ghr = Gh.data() + (3 * a) * nm, *ghz = ghr + nm, *ghn = ghz + nm;
+        T dgsum = 0;
+        for (int s = 0; s < nv; ++s) {
+          const int b = mine[s];
+          const T r = sv[b], z = sv[B + b], n = sv[2 * B + b], hn = sv[3 * B + b];
+          const T hp = hv[s][i], d = dhv[s][i];
+          const T gv = g[b * g_bstride + (int64_t)t * H + i];
+          const T f = n + z * (hp - n);
+          const T dgv = d * (f - hp);
+          if (dgs) dgs[j * B + b] = dgv;
+          dgsum += dgv;
+          const T df = d * gv;
+          dhv[s][i] = d - df + df * z;
+          const T dz = df * (hp - n);
+          const T dan = df * (T(1) - z) * (T(1) - n * n);
+          const T dar = dan * hn * r * (T(1) - r);
+          const T daz = dz * z * (T(1) - z);
+          gxr[s] = dar;
+          gxz[s] = daz;
+          gxn[s] = dan;
+          ghr[s] = dar;
+          ghz[s] = daz;
+          ghn[s] = dan * r;
+        }
+        if (my_dgp) my_dgp[j] += dgsum;
+        for (int q = 0; q < 3; ++q) {  // nn.GRU layout: row q * H + i
+          wxr[3 * a + q] = wih + ((int64_t)q * H + i) * D;
+          whr[3 * a + q] = whh + ((int64_t)q * H + i) * H;
+        }
+      }
+      // dL/dh_{t-1} += Gh W_hh[rows];  dL/dx_t = Gx W_ih[rows].
+      gemm_tn<T>(whr.data(), 3 * A, Gh.data(), nm, nv, dhv.data(), H);
+      if (dx) gemm_tn<T>(wxr.data(), 3 * A, Gx.data(), nm, nv, dxv.data(), D);
+      if (!need_w) continue;
+      // Weight and bias gradients of the active rows (my samples' share).
+      for (int a = 0; a < A; ++a) {
+        const int i = idx[off[t] + a];
+        const T *gxr = Gx.data() + (3 * a) * nm, *ghr = Gh.data() + (3 * a) * nm;
+        T* dxi = my_dwih + (int64_t)i * D;  // rows i, H + i, 2H + i as in the weights
+        T* dhi = my_dwhh + (int64_t)i * H;
+        const int64_t sx = (int64_t)H * D, sh = (int64_t)H * H;
+        outer3<T>(dxi, dxi + sx, dxi + 2 * sx, gxr, gxr + nm, gxr + 2 * nm, xv.data(), nv, D);
+        outer3<T>(dhi, dhi + sh, dhi + 2 * sh, ghr, ghr + nm, ghr + 2 * nm, hv.data(), nv, H);
+        for (int q = 0; q < 3; ++q) {
+          T sx = 0, sh = 0;
+          for (int s = 0; s < nv; ++s) {
+            sx += gxr[q * nm + s];
+            sh += ghr[q * nm + s];
+          }
+          my_dbih[q * H + i] += sx;
+          my_dbhh[q * H + i] += sh;
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- step plan
+// The neurons to compute at each step: active or open (g != 0), for a time-only gate
+// [T,H] or the union over the running samples of a per-sample gate [B,T,H] (lens: each
+// sample's length, or null). idx gets the neuron ids step by step (capacity T*H), off
+// the offsets [T+1], bs the running samples per step [T] (lens sorted descending).
+// One pass over the mask, replacing ~6 ATen ops (each ~100 us on [784, 256]).
+// Ids of the flagged neurons of one step row: flag = g != 0 or active (the compiler's
+// generic loop; the float version below tests 8 neurons per instruction).
+template <typename T>
+inline int64_t scan_row(const T* gt, const bool* at, int H, int* idx, int64_t n) {
+  for (int i = 0; i < H; ++i) {
+    idx[n] = i;  // branchless compaction: write every id, advance on the flagged
+    n += (gt[i] != T(0)) | (at != nullptr && at[i]);
+  }
+  return n;
+}
+#ifdef __AVX__
+template <>
+inline int64_t scan_row<float>(const float* gt, const bool* at, int H, int* idx, int64_t n) {
+  int i = 0;
+  const __m256 zero = _mm256_setzero_ps();
+  for (; i + 8 <= H; i += 8) {
+    unsigned m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(gt + i), zero, _CMP_NEQ_UQ));
+    if (at) {
+      uint64_t bytes;
+      std::memcpy(&bytes, at + i, 8);
+      const __m128i v = _mm_cvtsi64_si128((long long)bytes);
+      m |= ~_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128())) & 0xFFu;
+    }
+    while (m) {
+      idx[n++] = i + __builtin_ctz(m);
+      m &= m - 1;
+    }
+  }
+  for (; i < H; ++i) {
+    idx[n] = i;
+    n += (gt[i] != 0.0f) | (at != nullptr && at[i]);
+  }
+  return n;
+}
+#endif
+
+template <typename T>
+void plan_impl(const T* g, const bool* active, const int64_t* lens, int B, int Tn, int H,
+               bool per_sample, int* idx, int64_t* off, int* bs) {
+  std::vector<char> any(H);
+  int64_t n = 0;
+  off[0] = 0;
+  for (int t = 0; t < Tn; ++t) {
+    int running = 0;
+    for (int b = 0; b < B; ++b) running += (lens == nullptr || lens[b] > t);
+    bs[t] = running;
+    if (running > 0) {
+      if (!per_sample) {
+        n = scan_row<T>(g + (int64_t)t * H, active ? active + (int64_t)t * H : nullptr, H,
+                        idx, n);
+      } else {
+        std::fill(any.begin(), any.end(), 0);
+        for (int b = 0; b < B; ++b) {
+          if (lens && lens[b] <= t) continue;
+          const int64_t o = ((int64_t)b * Tn + t) * H;
+          for (int i = 0; i < H; ++i) any[i] |= (g[o + i] != T(0)) | (active && active[o + i]);
+        }
+        for (int i = 0; i < H; ++i) {
+          idx[n] = i;
+          n += any[i] != 0;
+        }
+      }
+    }
+    off[t + 1] = n;
+  }
+}
+
+// The two dtypes the binding dispatches to.
+#define SURNN_INSTANTIATE(T)                                                                \
+  template void forward_impl<T>(const T*, const T*, const T*, const T*, const T*, const T*,  \
+                                const T*, int64_t, const int*, const int64_t*, const int*,   \
+                                T*, T*, int, int, int, int, int);                            \
+  template void backward_impl<T>(const T*, const T*, const T*, const T*, const T*, int64_t,  \
+                                 const int*, const int64_t*, const int*, const T*, const T*, \
+                                 const T*, T*, T*, T*, T*, T*, T*, T*, T*, int, int, int, int, \
+                                 int, bool);                                                  \
+  template void plan_impl<T>(const T*, const bool*, const int64_t*, int, int, int, bool, int*, \
+                             int64_t*, int*);
+SURNN_INSTANTIATE(float)
+SURNN_INSTANTIATE(double)
+
+}  // namespace surnn

@@ -1,0 +1,205 @@
+"""The compiled CPU kernel (impl="compiled") against the reference oracle: values and
+every gradient (x, h0, weights, biases, gate), on random scattered masks, sizes that are
+no multiple of any vector or tile width, T=1, B=1, padded batches, per-sample and soft
+gates; its FLOP count; its fallback to the eager path (one warning) without a compiler.
+
+Imports only torch and surnn.ops (the package layout around it is moving)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import surnn.ops as ops
+from surnn.ops import compiled, su_gru
+
+F64 = torch.float64
+needs_kernel = pytest.mark.skipif(
+    not compiled.available(), reason=f"compiled kernel unavailable: {compiled._STATE['error']}"
+)
+NAMES = ["out", "h", "dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dg"]
+
+
+def make_case(B, T, D, H, kind, per_sample=False, lengths=False, dtype=F64, seed=0):
+    """Inputs, weights, a gate g (binary, or soft values for kind="soft") and an active
+    set that is a superset of the open neurons (bounded-surrogate training)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*s, scale=0.4):
+        return (torch.randn(*s, generator=gen, dtype=dtype) * scale).requires_grad_()
+
+    x, h0 = rnd(B, T, D, scale=1.0), rnd(B, H, scale=1.0)
+    w = [rnd(3 * H, D), rnd(3 * H, H), rnd(3 * H), rnd(3 * H)]
+    shape = (B, T, H) if per_sample else (T, H)
+    u = torch.rand(shape, generator=gen, dtype=dtype)
+    if kind == "open":
+        u = torch.zeros(shape, dtype=dtype)
+    elif kind == "closed":
+        u = torch.ones(shape, dtype=dtype)
+    elif kind == "sparse":  # about 17% open, scattered
+        u = u * (0.35 / 0.17)
+    if kind == "soft":  # non-binary gate values: every neuron active
+        g = torch.rand(shape, generator=gen, dtype=dtype).requires_grad_()
+        active = torch.ones(shape, dtype=torch.bool)
+    else:
+        g = (u < 0.35).to(dtype).requires_grad_()
+        active = u < 0.6  # open plus "near threshold" neurons
+    lens = torch.randint(1, T + 1, (B,), generator=gen) if lengths else None
+    return x, h0, w, g, active, lens
+
+
+def run(impl, case, grad_seed=1):
+    x, h0, w, g, active, lens = case
+    out, h = su_gru(x, h0, *w, g, active, lens, impl=impl)
+    gen = torch.Generator().manual_seed(grad_seed)
+    weights = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(out.dtype)
+    loss = (out * weights).sum() + (h * h).sum()
+    grads = torch.autograd.grad(loss, [x, h0, *w, g])
+    return [t.detach() for t in (out, h, *grads)]
+
+
+def assert_close(a_list, b_list, tol):
+    for name, a, b in zip(NAMES, a_list, b_list):
+        assert a.shape == b.shape, name
+        err = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+        assert err < tol, f"{name}: max abs diff {err:.3g}"
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["random", "sparse", "open", "closed", "soft"])
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("lengths", [False, True])
+def test_compiled_matches_reference(kind, per_sample, lengths):
+    # B=5, D=37, H=41: no multiple of the 4-sample tiles nor of the 4/8-wide vectors.
+    case = make_case(5, 9, 37, 41, kind, per_sample, lengths)
+    assert_close(run("compiled", case), run("reference", case), 1e-10)
+
+
+@needs_kernel
+@pytest.mark.parametrize("B,T,D,H", [(1, 6, 3, 29), (3, 1, 4, 6), (7, 5, 1, 50), (2, 4, 70, 9)])
+def test_compiled_edge_sizes(B, T, D, H):
+    """B=1 (one sample: its own tile path), T=1, D=1 (sMNIST pixels), tiny H."""
+    case = make_case(B, T, D, H, "random", lengths=True, seed=B + T)
+    assert_close(run("compiled", case), run("reference", case), 1e-10)
+
+
+@needs_kernel
+def test_compiled_float32_vector_paths():
+    """fp32 (8-wide vectors, the fast exp) at sizes that run the full tiles and tails."""
+    ref = make_case(9, 12, 77, 100, "sparse", lengths=True, dtype=F64, seed=3)
+    x, h0, w, g, active, lens = ref
+
+    def f32(t):
+        return t.detach().float().requires_grad_()
+
+    case = (f32(x), f32(h0), [f32(t) for t in w], f32(g), active, lens)
+    assert_close(run("compiled", case), run("reference", ref), 2e-4)
+
+
+@needs_kernel
+def test_compiled_thread_count_does_not_change_results():
+    case = make_case(13, 8, 20, 33, "sparse", per_sample=True, lengths=True)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run("compiled", case)
+        torch.set_num_threads(max(2, n))
+        many = run("compiled", case)
+    finally:
+        torch.set_num_threads(n)
+    assert_close(one, many, 1e-12)
+
+
+@needs_kernel
+def test_compiled_gradcheck():
+    gen = torch.Generator().manual_seed(3)
+    B, T, D, H = 2, 4, 3, 5
+    args = [torch.randn(s, generator=gen, dtype=F64) for s in [(B, T, D), (B, H)]]
+    args += [torch.randn(s, generator=gen, dtype=F64) * 0.5 for s in [(3 * H, D), (3 * H, H)]]
+    args += [torch.randn(3 * H, generator=gen, dtype=F64) * 0.5 for _ in range(2)]
+    args.append(torch.rand(T, H, generator=gen, dtype=F64))  # soft gate values
+    args = [a.requires_grad_() for a in args]
+    active = torch.ones(T, H, dtype=torch.bool)
+    lens = torch.tensor([4, 2])
+
+    def fn(*a):
+        return su_gru(*a, active=active, lengths=lens, impl="compiled")
+
+    assert torch.autograd.gradcheck(fn, args, atol=1e-7)
+
+
+@needs_kernel
+def test_compiled_no_bias_and_frozen_inputs():
+    """Absent biases; only some inputs needing gradients (no dx, no dW paths)."""
+    x, h0, w, g, active, lens = make_case(4, 6, 8, 10, "random", lengths=True)
+    outs = {}
+    for impl in ("compiled", "reference"):
+        wi = w[0].detach().requires_grad_()
+        out, h = su_gru(x.detach(), h0, wi, w[1].detach(), None, None, g, active, lens, impl=impl)
+        gw, gh0 = torch.autograd.grad(out.sum() + h.sum(), [wi, h0])
+        outs[impl] = (out, h, gw, gh0)
+    for a, b in zip(outs["compiled"], outs["reference"]):
+        assert (a - b).abs().max() < 1e-10
+
+
+@needs_kernel
+def test_compiled_flops_count_only_executed_updates():
+    B, T, D, H = 3, 8, 5, 70
+    x, h0, w, g, _, lens = make_case(B, T, D, H, "random", lengths=True, dtype=torch.float32)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        su_gru(x, h0, *w, g, None, lens, impl="compiled")
+    valid = torch.arange(T)[None, :] < lens[:, None]
+    executed = int(((g != 0)[None] & valid[:, :, None]).sum())
+    assert fc.get_total_flops() == 2 * 3 * (D + H) * executed
+
+
+@needs_kernel
+def test_auto_is_the_eager_path_unless_opted_in(monkeypatch):
+    monkeypatch.setattr(ops, "AUTO_COMPILED", False)
+    assert ops.resolve_impl("auto", torch.device("cpu")) == "cpu"
+
+
+def test_auto_picks_compiled_on_cpu_for_fp32_fp64(monkeypatch):
+    monkeypatch.setattr(ops, "AUTO_COMPILED", True)
+    cpu = torch.device("cpu")
+    assert ops.resolve_impl("auto", cpu) == "compiled"
+    assert ops.resolve_impl("auto", cpu, torch.float32) == "compiled"
+    assert ops.resolve_impl("auto", cpu, torch.bfloat16) == "cpu"
+    assert ops.resolve_impl("cpu", cpu) == "cpu"
+
+
+def test_without_a_compiler_the_eager_path_runs_with_one_warning(monkeypatch):
+    """No compiler on PATH: one RuntimeWarning naming the reason, then impl='compiled'
+    and 'auto' run the eager cpu path (same values)."""
+    monkeypatch.delenv("SURNN_NO_COMPILED", raising=False)
+    for key, value in {"tried": False, "ext": None, "error": None}.items():
+        monkeypatch.setitem(compiled._STATE, key, value)
+    monkeypatch.setattr(compiled.shutil, "which", lambda name: None)
+    case = make_case(3, 5, 4, 7, "random", lengths=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = run("compiled", case)
+        got_auto = run("auto", case)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(msgs) == 1 and "no C++ compiler" in msgs[0] and "'cpu' path" in msgs[0]
+    assert ops.resolve_impl("auto", torch.device("cpu")) == "cpu"
+    want = run("cpu", case)
+    assert_close(got, want, 1e-12)
+    assert_close(got_auto, want, 1e-12)
+
+
+@needs_kernel
+def test_auto_leaves_dense_work_to_the_eager_path(monkeypatch):
+    """auto runs the compiled kernel up to AUTO_MAX_ACTIVE of the updates, else cpu."""
+    monkeypatch.setattr(ops, "AUTO_COMPILED", True)
+    x, h0, w, g, active, _ = make_case(2, 5, 4, 8, "open")
+    assert compiled.su_gru_compiled(x, h0, *w, g, active, None, max_active=0.5) is None
+    calls = []
+    monkeypatch.setattr(ops, "su_gru_cpu", lambda *a: calls.append(1) or ("cpu",))
+    assert su_gru(x, h0, *w, g, active, impl="auto") == ("cpu",) and calls
+    sparse = make_case(2, 5, 4, 8, "sparse")
+    assert_close(run("auto", sparse), run("reference", sparse), 1e-10)
+    assert len(calls) == 1  # the sparse case ran compiled
