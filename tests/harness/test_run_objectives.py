@@ -62,6 +62,19 @@ def test_every_model_on_copy_memory_in_one_multirun(tmp_path):
     assert hyb["layer_kinds"] == {"layer0": "surnn", "layer1": "s4d"}
     assert set(hyb["update_rate"]) == {"layer0"}
     assert 0 < res["copy_memory/surnn"]["update_rate"]["layer0"] < 1
+    # the evidence plots read these run folders: curves, table, gate raster
+    out = tmp_path / "plots"
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_memory.py"),
+                        str(tmp_path / "out"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    md = (out / "memory.md").read_text()
+    assert md.count("| copy_memory |") == len(MIXERS.names())
+    assert (out / "curves.png").stat().st_size > 0 and (out / "gate_raster.png").exists()
+    raster = json.loads((out / "gate_raster.json").read_text())
+    assert "copy_memory-surnn-s0" in raster["run"]  # the sweep's suRNN run of seed 0
+    assert 0 < raster["layer0"]["update_rate"] < 1
 
 
 @pytest.mark.slow
