@@ -63,6 +63,9 @@ F64 = torch.float64
 
 
 def make_case(B, T, D, H, kind, per_sample=False, lengths=False, dtype=F64, seed=0):
+    """Inputs, weights, a gate g and an active set that is a superset of the open neurons
+    (bounded-surrogate training). kind: random, open, closed, slab (one slab of neurons per
+    step), sparse (about 17% open, scattered) or soft (non-binary g, every neuron active)."""
     gen = torch.Generator().manual_seed(seed)
 
     def rnd(*s, scale=0.4):
@@ -76,12 +79,18 @@ def make_case(B, T, D, H, kind, per_sample=False, lengths=False, dtype=F64, seed
         u = torch.zeros(shape, dtype=dtype)
     elif kind == "closed":
         u = torch.ones(shape, dtype=dtype)
+    elif kind == "sparse":
+        u = u * (0.35 / 0.17)
     elif kind == "slab":  # neuron i open when (t + i*P//H) % P == 0: one slab per step
         P = 3
         off = torch.arange(H) * P // H
         u = ((torch.arange(T)[:, None] + off[None]) % P != 0).to(dtype).expand(shape)
-    g = (u < 0.35).to(dtype).requires_grad_()
-    active = u < 0.6  # open plus "near threshold" neurons
+    if kind == "soft":
+        g = torch.rand(shape, generator=gen, dtype=dtype).requires_grad_()
+        active = torch.ones(shape, dtype=torch.bool)
+    else:
+        g = (u < 0.35).to(dtype).requires_grad_()
+        active = u < 0.6  # open plus "near threshold" neurons
     lens = torch.randint(1, T + 1, (B,), generator=gen) if lengths else None
     return x, h0, w, g, active, lens
 
@@ -100,5 +109,5 @@ def assert_close(a_list, b_list, tol):
     names = ["out", "h", "dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dg"]
     for name, a, b in zip(names, a_list, b_list):
         assert a.shape == b.shape, name
-        err = (a - b).abs().max().item() if a.numel() else 0.0
+        err = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
         assert err < tol, f"{name}: max abs diff {err:.3g}"

@@ -15,57 +15,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import surnn.ops as ops
 from surnn.ops import compiled, su_gru
+from tests.fixtures import F64, assert_close, make_case, run
 
-F64 = torch.float64
 needs_kernel = pytest.mark.skipif(
     not compiled.available(), reason=f"compiled kernel unavailable: {compiled._STATE['error']}"
 )
-NAMES = ["out", "h", "dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dg"]
-
-
-def make_case(B, T, D, H, kind, per_sample=False, lengths=False, dtype=F64, seed=0):
-    """Inputs, weights, a gate g (binary, or soft values for kind="soft") and an active
-    set that is a superset of the open neurons (bounded-surrogate training)."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rnd(*s, scale=0.4):
-        return (torch.randn(*s, generator=gen, dtype=dtype) * scale).requires_grad_()
-
-    x, h0 = rnd(B, T, D, scale=1.0), rnd(B, H, scale=1.0)
-    w = [rnd(3 * H, D), rnd(3 * H, H), rnd(3 * H), rnd(3 * H)]
-    shape = (B, T, H) if per_sample else (T, H)
-    u = torch.rand(shape, generator=gen, dtype=dtype)
-    if kind == "open":
-        u = torch.zeros(shape, dtype=dtype)
-    elif kind == "closed":
-        u = torch.ones(shape, dtype=dtype)
-    elif kind == "sparse":  # about 17% open, scattered
-        u = u * (0.35 / 0.17)
-    if kind == "soft":  # non-binary gate values: every neuron active
-        g = torch.rand(shape, generator=gen, dtype=dtype).requires_grad_()
-        active = torch.ones(shape, dtype=torch.bool)
-    else:
-        g = (u < 0.35).to(dtype).requires_grad_()
-        active = u < 0.6  # open plus "near threshold" neurons
-    lens = torch.randint(1, T + 1, (B,), generator=gen) if lengths else None
-    return x, h0, w, g, active, lens
-
-
-def run(impl, case, grad_seed=1):
-    x, h0, w, g, active, lens = case
-    out, h = su_gru(x, h0, *w, g, active, lens, impl=impl)
-    gen = torch.Generator().manual_seed(grad_seed)
-    weights = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(out.dtype)
-    loss = (out * weights).sum() + (h * h).sum()
-    grads = torch.autograd.grad(loss, [x, h0, *w, g])
-    return [t.detach() for t in (out, h, *grads)]
-
-
-def assert_close(a_list, b_list, tol):
-    for name, a, b in zip(NAMES, a_list, b_list):
-        assert a.shape == b.shape, name
-        err = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
-        assert err < tol, f"{name}: max abs diff {err:.3g}"
 
 
 @needs_kernel
