@@ -340,9 +340,16 @@ def compile_all(job_list: list[Job] | None = None, workers: int | None = None,
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # fresh interpreters: no TRITON_INTERPRET-decorated kernels
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(cache_dir,)) as ex:  # fmt: skip
-        return list(ex.map(compile_job, job_list, chunksize=1))
+    # The workers inherit the environment when they start: without TRITON_INTERPRET, even
+    # where the caller (e.g. the interpreter tests in the same pytest run) has set it.
+    interpret = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(cache_dir,)) as ex:  # fmt: skip
+            return list(ex.map(compile_job, job_list, chunksize=1))
+    finally:
+        if interpret is not None:
+            os.environ["TRITON_INTERPRET"] = interpret
 
 
 # -- the table ---------------------------------------------------------------------------
