@@ -121,12 +121,15 @@ def precheck(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
 def variant_from_overrides(overrides: list[str]) -> str | None:
     """The label of a run's model variant: its ``model.*`` command-line overrides, without
     the ``model.`` and ``options.`` prefixes, sorted ("gate.group_size=8,hidden_size=64");
-    None when the model is the config file's."""
+    None when the model is the config file's. ``impl`` (which kernel runs the layer) is left
+    out: every implementation computes the same model."""
     parts = []
     for o in overrides:
         key, eq, value = o.lstrip("+~").partition("=")
         if not eq or not key.startswith("model."):
             continue
         key = key.removeprefix("model.").removeprefix("options.")
+        if key == "impl":
+            continue
         parts.append(f"{key}={value}")
     return ",".join(sorted(parts)) or None

@@ -106,6 +106,7 @@ def test_variant_from_overrides():
         )
         == "d_model=32,gate.kind=soft"
     )
+    assert variant_from_overrides(["model=surnn", "model.options.impl=compiled"]) is None
 
 
 def test_pixel_level_runs_get_their_own_table_with_published_numbers(tmp_path):
