@@ -170,12 +170,17 @@ def fig_acc_rate(roots: list[Path], out: Path, name: str | None = None) -> Path:
         pts[_label(r)].append((rate, 100 * r["test_acc"]))
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, (lab, xy) in enumerate(sorted(pts.items())):
-        ax.scatter(*zip(*xy), label=lab, color=f"C{i % 10}")
+        xs, ys = zip(*xy)
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        sd = (sum((y - my) ** 2 for y in ys) / (len(ys) - 1)) ** 0.5 if len(ys) > 1 else 0.0
+        c = f"C{i % 10}"
+        ax.scatter(xs, ys, color=c, alpha=0.35, s=14)  # each seed
+        ax.errorbar(mx, my, yerr=sd, fmt="o", color=c, capsize=3, label=f"{lab} (n={len(ys)})")
     ax.set_xlabel("update rate (test set, mean over layers; 1 = dense)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xlim(0, 1.05)
     ax.legend(fontsize=7)
-    ax.set_title("Accuracy against update rate")
+    ax.set_title("Accuracy against update rate (mean ± std over seeds; faint: each seed)")
     fig.tight_layout()
     return _save(fig, out, name or "accuracy_vs_update_rate")
 
