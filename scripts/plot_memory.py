@@ -13,7 +13,10 @@ into ``--out``:
   seeds, seed count), whole-sequence accuracy, mean update rate, steps and train time;
 - ``gate_raster.png`` (with ``--raster RUN``, default: the first suRNN run of seed 0): the
   trained gate of each suRNN layer at the best checkpoint, neurons x time over one
-  sequence of the task (white = open), with the task's cue positions marked.
+  sequence of the task (white = open), with the task's cue positions marked;
+- ``gate_stats.json`` and a section of ``memory.md``: for every trained suRNN, each layer's
+  longest closed stretch per neuron and, for copy memory, how many neurons are open at the
+  input and then closed through the whole delay (what holds a symbol exactly).
 A run is labelled with its model and variant (the command line's model.* overrides).
 """
 
@@ -130,12 +133,9 @@ def plot_curves(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def gate_raster(run_dir: Path, path: Path) -> dict:
-    """The trained gates of a suRNN run (best checkpoint) over one sequence of its task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def trained_gates(run_dir: Path):
+    """(task, checkpoint path, [(layer, gate [T, H] as numpy)]) of a suRNN run's best
+    checkpoint (else its last) over one sequence of its task."""
     import torch
     from omegaconf import OmegaConf
 
@@ -161,6 +161,49 @@ def gate_raster(run_dir: Path, path: Path) -> dict:
             gates.append((i, g.float().numpy()))
     if not gates:
         raise SystemExit(f"error: {run_dir} has no suRNN layer to draw")
+    return task, ckpt, gates
+
+
+def _longest_closed(col) -> int:
+    """The longest run of consecutive closed steps (g == 0) of one neuron."""
+    best = cur = 0
+    for v in col:
+        cur = cur + 1 if v == 0 else 0
+        best = max(best, cur)
+    return best
+
+
+def gate_stats(run_dir: Path) -> dict:
+    """What the trained gate can hold: per layer, each neuron's longest closed stretch
+    (a closed neuron keeps its state exactly), and for copy memory the neurons that are
+    open while the symbols arrive and then closed through the whole delay: the only ones
+    that carry what they read across the delay untouched (the readout sees the state of
+    every neuron at the recall, open or closed)."""
+    task, ckpt, gates = trained_gates(run_dir)
+    out = {"run": str(run_dir), "checkpoint": ckpt.name, "task": task.name}
+    for i, g in gates:
+        spans = sorted(_longest_closed(g[:, h]) for h in range(g.shape[1]))
+        st = {"update_rate": float(g.mean()), "longest_closed_max": int(spans[-1]),
+              "longest_closed_median": int(spans[len(spans) // 2])}  # fmt: skip
+        if task.name == "copy_memory":
+            a, b = task.n_copy, task.n_copy + task.delay
+            seen = g[:a].any(0)
+            held = ~g[a:b].any(0)
+            st["closed_through_delay"] = int(held.sum())
+            st["open_at_input_then_closed_through_delay"] = int((seen & held).sum())
+            st["delay"] = int(task.delay)
+        out[f"layer{i}"] = st
+    return out
+
+
+def gate_raster(run_dir: Path, path: Path) -> dict:
+    """The trained gates of a suRNN run (best checkpoint) over one sequence of its task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task, ckpt, gates = trained_gates(run_dir)
     fig, axes = plt.subplots(len(gates), 1, figsize=(12, 3 * len(gates)), squeeze=False)
     marks = []
     if task.name == "copy_memory":
@@ -185,6 +228,24 @@ def gate_raster(run_dir: Path, path: Path) -> dict:
     return {"run": str(run_dir), "checkpoint": ckpt.name, **info}
 
 
+def stats_table(stats: list[dict]) -> str:
+    """Markdown: what each trained suRNN gate can hold (see gate_stats)."""
+    lines = ["## What the trained gates can hold (per suRNN run and layer)", "",
+             "| run | layer | update rate | longest closed stretch: max / median (steps) "
+             "| closed through the whole delay | open at the input, then closed through the "
+             "delay |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for st in stats:
+        for key, v in st.items():
+            if not key.startswith("layer"):
+                continue
+            held = v.get("closed_through_delay", "–")
+            both = v.get("open_at_input_then_closed_through_delay", "–")
+            lines.append(f"| {Path(st['run']).name} | {key[5:]} | {v['update_rate']:.3f} | "
+                         f"{v['longest_closed_max']} / {v['longest_closed_median']} | "
+                         f"{held} | {both} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("roots", nargs="+", type=Path, help="run folders (searched recursively)")
@@ -205,6 +266,11 @@ def main(argv: list[str] | None = None) -> None:
     if raster is not None:
         info = gate_raster(Path(raster), args.out / "gate_raster.png")
         (args.out / "gate_raster.json").write_text(json.dumps(info, indent=2) + "\n")
+    stats = [gate_stats(Path(r["_dir"])) for r in runs if r["model"] == "surnn"]
+    if stats:
+        (args.out / "gate_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        md += "\n" + stats_table(stats)
+        (args.out / "memory.md").write_text(md)
     sys.stdout.write(md)
 
 

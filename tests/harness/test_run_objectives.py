@@ -75,6 +75,20 @@ def test_every_model_on_copy_memory_in_one_multirun(tmp_path):
     raster = json.loads((out / "gate_raster.json").read_text())
     assert "copy_memory-surnn-s0" in raster["run"]  # the sweep's suRNN run of seed 0
     assert 0 < raster["layer0"]["update_rate"] < 1
+    (st,) = json.loads((out / "gate_stats.json").read_text())  # the one suRNN run
+    lay = st["layer0"]
+    assert st["task"] == "copy_memory" and lay["delay"] == 12
+    assert 0 <= lay["open_at_input_then_closed_through_delay"] <= lay["closed_through_delay"]
+    assert lay["longest_closed_median"] <= lay["longest_closed_max"] <= 12 + 20  # T = 32
+    assert "What the trained gates can hold" in md
+
+
+def test_longest_closed_stretch():
+    from tests.fixtures import load_script
+
+    pm = load_script("plot_memory")
+    assert pm._longest_closed([1, 0, 0, 1, 0, 0, 0, 1]) == 3
+    assert pm._longest_closed([1, 1]) == 0 and pm._longest_closed([0, 0]) == 2
 
 
 @pytest.mark.slow
