@@ -8,6 +8,8 @@ model, variant): an ablation run (``variant``, by default its model.* overrides,
 ``surnn [gate.kind=soft]``) gets its own row; each cell is the mean test accuracy (at the best validation step) with its
 standard deviation and the number of seeds. Published numbers are shown beside, labelled
 as the papers'. Writes ``lra.md`` and ``lra.json`` (and prints the Markdown).
+``--efficiency PATH...``: an efficiency table from scripts/bench_checkpoint.py JSONs (files or
+folders), beside the paper's published 83% skipped / 5.3x (results/paper_reference.json).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from surnn.harness.run_setting import generated_data, setting_of
+from surnn.harness.tables import GEN_MARK, Table
 
 ROOT = Path(__file__).resolve().parents[1]
 LRA_TASKS = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
@@ -55,7 +58,6 @@ def find_runs(roots: list[Path]) -> list[dict]:
 
 
 FAIL_AS = 50.0  # Path-X FAIL counts as chance (50%) in the 6-task average, as S4 does
-GEN_MARK = "†"
 CONVENTION = (
     "Averages are computed by this script from the cells shown, never copied: Avg-5 = mean "
     "over ListOps, Text, Retrieval, Image, Pathfinder; Avg-6 = mean over the six tasks with "
@@ -172,44 +174,6 @@ def _f(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
-class Table:
-    """One table: a caption, a header, rows of strings and notes; rendered to Markdown
-    and to LaTeX (booktabs)."""
-
-    def __init__(self, caption: str, header: list[str], rows: list[list[str]], notes=()):
-        self.caption, self.header, self.rows, self.notes = caption, header, rows, list(notes)
-
-    def markdown(self) -> list[str]:
-        out = [f"**{self.caption}**", "", "| " + " | ".join(self.header) + " |"]
-        out.append("|---" * len(self.header) + "|")
-        out += ["| " + " | ".join(r) + " |" for r in self.rows]
-        return out + ([""] + [f"{n}" for n in self.notes] if self.notes else [])
-
-    def latex(self) -> str:
-        def esc(x: str) -> str:
-            x = x.replace("\\", "\\textbackslash{}")
-            for a, b in (("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#")):
-                x = x.replace(a, b)
-            return x.replace("±", "$\\pm$").replace(GEN_MARK, "$^\\dagger$").replace("–", "--")
-
-        cols = "l" + "r" * (len(self.header) - 1)
-        lines = [
-            "\\begin{table}[t]",
-            "\\centering",
-            f"\\caption{{{esc(self.caption)}}}",
-            f"\\begin{{tabular}}{{{cols}}}",
-            "\\toprule",
-            " & ".join(esc(h) for h in self.header) + " \\\\",
-            "\\midrule",
-            *[" & ".join(esc(c) for c in r) + " \\\\" for r in self.rows],
-            "\\bottomrule",
-            "\\end{tabular}",
-        ]
-        if self.notes:
-            lines.append("\\par\\footnotesize " + " ".join(esc(n) for n in self.notes))
-        return "\n".join(lines + ["\\end{table}", ""])
-
-
 def _acc_table(cells: dict, sett, tasks: list[str], with_avg: bool, caption: str) -> Table:
     mine = {(t, m): c for (s, t, m), c in cells.items() if s == sett and t in tasks}
     models = sorted({m for _, m in mine})
@@ -291,7 +255,72 @@ def _cost_table(cells: dict) -> Table:
     return Table("Cost and sparsity", header, rows, notes)
 
 
-def build(cells: dict, paper: dict, title: str = TITLE) -> list[tuple[str, Table | str]]:
+def find_benches(paths: list[Path]) -> list[dict]:
+    """scripts/bench_checkpoint.py JSONs: the files given, and those below given folders."""
+    files = [f for p in paths for f in (sorted(p.rglob("*.json")) if p.is_dir() else [p])]
+    try:
+        out = [json.loads(f.read_text()) for f in files if f.exists()]
+    except json.JSONDecodeError as e:
+        raise SystemExit(
+            f"error: a file in {', '.join(map(str, paths))} is not JSON ({e})"
+        ) from None
+    out = [b for b in out if isinstance(b, dict) and b.get("kind") == "checkpoint_efficiency"]
+    if not out:
+        raise SystemExit(
+            f"error: no scripts/bench_checkpoint.py JSON in {', '.join(map(str, paths))}; "
+            "run python scripts/bench_checkpoint.py RUN_DIR first"
+        )
+    return out
+
+
+EFF_HEADER = ["Source", "Task", "Setting", "Updates skipped", "Rate per layer", "Batch"]
+EFF_HEADER += ["Threads", "Speedup vs every gate open (model / recurrent layers)"]
+EFF_HEADER += ["Speedup vs nn.GRU (model / recurrent layers)", "ms/seq learned / open", "Device"]
+EFF_NOTE = (
+    "Measured rows: scripts/bench_checkpoint.py on a trained checkpoint (update rate per valid "
+    "token over the timed test sequences; speedup = min time of the baseline / min time of "
+    "the learned gate on the same kernel; embedding, feed-forward, norms, pooling and head "
+    "always run dense, so the recurrent layers are timed alone too). The published row is "
+    "the paper's sMNIST suGRU (its C kernel), not a run of this harness."
+)
+
+
+def _eff_row(b: dict) -> list[str]:
+    sp = {
+        p["baseline"]: f"{p['speedup_model']:.2f}x / {p['speedup_mixer']:.2f}x" for p in b["pairs"]
+    }
+    c = b["cases"]
+    sett = b["setting"] or "standard"
+    sett = sett if sett.startswith(b["scale"]) else f"{b['scale']}: {sett}"
+    mark = "" if b.get("paper_setting") else " (not the paper's sMNIST setting)"
+    return [
+        f"measured: {Path(b['run_dir']).name}",
+        b["task"],
+        sett + mark,
+        f"{100 * b['skipped']:.1f}%",
+        " / ".join(f"{v:.3f}" for v in b["update_rate"].values()),
+        str(b["batch"]),
+        str(b["threads"]),
+        sp.get("open", "–"),
+        sp.get("nn_gru", "–"),
+        f"{c['learned']['ms_per_seq']:.3g} / {c['open']['ms_per_seq']:.3g}",
+        f"{b['device']}, {b['impl']}, load {b['loadavg_before'][0]:.1f}",
+    ]
+
+
+def _eff_table(benches: list[dict], pub: dict) -> Table:
+    rows = [_eff_row(b) for b in benches]
+    if pub:
+        speed = f"{pub['c_inference_speedup']}x"
+        if "dense_ms" in pub:
+            speed += f" ({pub['dense_ms']} -> {pub['mask_aware_ms']} ms)"
+        skipped = f"{100 * pub['smnist_skipped_updates']:.0f}%"
+        paper = ["suGRU (paper): published", pub.get("task", "smnist"), "the paper's", skipped]
+        rows.insert(0, [*paper, "–", "–", "–", speed, "–", "–", "C kernel"])
+    return Table("Efficiency: updates skipped and inference speed", EFF_HEADER, rows, [EFF_NOTE])
+
+
+def build(cells: dict, paper: dict, title: str = TITLE, eff=()) -> list[tuple[str, Table | str]]:
     """The document as (kind, item) pairs: ("h", heading), ("p", paragraph), ("t", Table)."""
     doc: list[tuple[str, Table | str]] = [("h1", title)]
     doc.append(
@@ -371,6 +400,8 @@ def build(cells: dict, paper: dict, title: str = TITLE) -> list[tuple[str, Table
             )
     doc.append(("h2", "Cost and sparsity"))
     doc.append(("t", _cost_table(cells)))
+    if eff:
+        doc += [("h2", "Efficiency"), ("t", _eff_table(eff, paper.get("efficiency") or {}))]
     doc.append(("h2", "Provenance"))
     for (sett, t, m), c in cells.items():
         doc.append(
@@ -382,9 +413,9 @@ def build(cells: dict, paper: dict, title: str = TITLE) -> list[tuple[str, Table
     return doc
 
 
-def render(cells: dict, paper: dict, title: str = TITLE) -> str:
+def render(cells: dict, paper: dict, title: str = TITLE, eff=()) -> str:
     lines: list[str] = []
-    for kind, item in build(cells, paper, title):
+    for kind, item in build(cells, paper, title, eff):
         if kind == "h1":
             lines += [f"# {item}", ""]
         elif kind == "h2":
@@ -398,10 +429,10 @@ def render(cells: dict, paper: dict, title: str = TITLE) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_latex(cells: dict, paper: dict, title: str = TITLE) -> str:
+def render_latex(cells: dict, paper: dict, title: str = TITLE, eff=()) -> str:
     """Every table of the document in LaTeX (booktabs: \\usepackage{booktabs})."""
     head = f"% {title}\n% Generated by scripts/make_tables.py; needs \\usepackage{{booktabs}}.\n"
-    return head + "\n".join(t.latex() for k, t in build(cells, paper, title) if k == "t")
+    return head + "\n".join(t.latex() for k, t in build(cells, paper, title, eff) if k == "t")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -424,6 +455,14 @@ def main(argv: list[str] | None = None) -> int:
         "published numbers; default: detected per run (standard, demo, smoke, ...)",
     )
     ap.add_argument("--name", default="lra", help="file stem of the outputs (lra -> lra.md)")
+    ap.add_argument(
+        "--efficiency",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="scripts/bench_checkpoint.py JSONs (files or folders): an efficiency table "
+        "beside the paper's published 83%% skipped / 5.3x",
+    )
     args = ap.parse_args(argv)
     runs = find_runs(args.roots)
     if not runs:
@@ -434,10 +473,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cells = aggregate(runs, args.setting)
     paper = {} if args.no_paper or not args.paper.exists() else json.loads(args.paper.read_text())
-    md = render(cells, paper, args.title)
+    eff = find_benches(args.efficiency) if args.efficiency else []
+    md = render(cells, paper, args.title, eff)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.md").write_text(md)
-    (args.out / f"{args.name}.tex").write_text(render_latex(cells, paper, args.title))
+    (args.out / f"{args.name}.tex").write_text(render_latex(cells, paper, args.title, eff))
     key = {k: "/".join(p for p in k[1:]) if k[0] is None else "/".join(k) for k in cells}
     (args.out / f"{args.name}.json").write_text(
         json.dumps({key[k]: c for k, c in cells.items()}, indent=2) + "\n"
