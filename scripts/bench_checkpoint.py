@@ -174,7 +174,7 @@ class Clock:
     """Times a model's passes over batches, and its recurrent layers within them."""
 
     def __init__(self, device: torch.device):
-        self.device, self.mixer, self._t0 = device, 0.0, 0.0
+        self.device, self.mixer, self.cpu, self._t0 = device, 0.0, 0.0, 0.0
 
     def sync(self):
         if self.device.type == "cuda":
@@ -198,7 +198,7 @@ class Clock:
         """(whole-model seconds, recurrent-layer seconds, update rate per layer weighted
         per valid token as Trainer.evaluate weights it) of one pass over ``batches``."""
         auxes = []
-        self.mixer = 0.0
+        self.mixer, self.cpu = 0.0, time.process_time()
         ctx = all_open() if open_gates else contextlib.nullcontext()
         with torch.no_grad(), ctx:
             self.sync()
@@ -207,6 +207,7 @@ class Clock:
                 auxes.append(model(b)[1])
             self.sync()
             total = time.perf_counter() - t0
+        self.cpu = time.process_time() - self.cpu  # all threads: > total unless preempted
         rates: dict[str, float] = {}
         for aux, n in zip(auxes, tokens):
             for k, v in aux.items():
@@ -273,19 +274,20 @@ def bench_run(run: Path, args) -> dict:
                 m, op, _ = cases[name]
                 total, mix, case_rates[name] = clock.run(m, batches, tokens, op)
                 timed[p][role].append((total, mix))
-                raw[name].append((total, mix))
+                raw[name].append((total, mix, clock.cpu))
         print(f"{run.name}: rep {rep + 1}/{args.reps} done", flush=True)
     load_after = os.getloadavg()
 
     out_cases = {}
     for name, (_, _, label) in cases.items():
-        ts, ms = [t for t, _ in raw[name]], [m for _, m in raw[name]]
+        ts, ms, cpu = zip(*raw[name])
         out_cases[name] = {
             "label": label,
             "impl": "torch.nn.GRU" if name == "nn_gru" else ran,
             "update_rate": None if name == "nn_gru" else case_rates[name],
             "times_s": ts,
             "mixer_times_s": ms,
+            "cpu_times_s": cpu,  # process CPU time of each pass: far below times_s = preempted
             "min_s": min(ts),
             "mixer_min_s": min(ms),
             "ms_per_seq": 1e3 * min(ts) / n,

@@ -81,6 +81,9 @@ def test_rates_are_the_trainers_and_every_open_gate_has_rate_1(tiny_run, measure
         assert p["speedup_model"] > 0 and p["speedup_mixer"] > 0
     for v in c.values():
         assert 0 < v["mixer_min_s"] < v["min_s"]  # recurrent layers: part of the model
+    # every raw time kept: the learned gate runs once after each of its two baselines
+    assert len(c["learned"]["times_s"]) == len(c["learned"]["cpu_times_s"]) == 2
+    assert len(c["open"]["mixer_times_s"]) == len(c["nn_gru"]["times_s"]) == 1
     # the run's setting, read from the run: a smoke run, not the paper's sMNIST setting
     assert b["scale"] == "smoke" and "smoke" in b["setting"] and not b["paper_setting"]
     md = (out / "checkpoint_tiny_B256.md").read_text()
