@@ -349,6 +349,10 @@ def bench_run(run: Path, args) -> dict:
         "date": now_iso(),
         "loadavg_before": list(load_before),
         "loadavg_after": list(load_after),
+        # CPU seconds / wall seconds over every timed pass: the main thread computes all the
+        # time, so below ~1 the process was preempted (a busy machine) and times are inflated
+        "cpu_per_wall": sum(sum(v[2] for v in raw[k]) for k in raw)
+        / sum(sum(v[0] for v in raw[k]) for k in raw),
         "update_rate": rates,
         "active_rate": active,
         "update_rate_mean": mean_rate,
@@ -390,6 +394,15 @@ def markdown(b: dict) -> str:
         f"skipped {100 * b['skipped']:.1f}%",
         f"- the run's results.json: {_recorded(b)}",
         "",
+    ]
+    if b["cpu_per_wall"] < 0.8:
+        lines += [
+            f"**Warning: the timed passes got {b['cpu_per_wall']:.0%} of a CPU over their wall "
+            "time: the process was preempted (a busy machine), every time is inflated; rerun "
+            "on a quiet machine.**",
+            "",
+        ]
+    lines += [
         "| case | update rate | whole model ms/seq | recurrent layers ms/seq "
         "| speedup of the learned gate (model) | (recurrent layers) |",
         "|---|---|---|---|---|---|",

@@ -304,7 +304,8 @@ def _eff_row(b: dict) -> list[str]:
         sp.get("open", "–"),
         sp.get("nn_gru", "–"),
         f"{c['learned']['ms_per_seq']:.3g} / {c['open']['ms_per_seq']:.3g}",
-        f"{b['device']}, {b['impl']}, load {b['loadavg_before'][0]:.1f}",
+        f"{b['device']}, {b['impl']}, load {b['loadavg_before'][0]:.1f}"
+        + (", PREEMPTED: times inflated" if b.get("cpu_per_wall", 1) < 0.8 else ""),
     ]
 
 

@@ -60,7 +60,8 @@ def test_rates_are_the_trainers_and_every_open_gate_has_rate_1(tiny_run, measure
     assert b["kind"] == "checkpoint_efficiency" and b["task"] == "listops"
     assert b["examples"] == b["test_examples_total"] == res["test_examples"] == 21
     assert b["batch"] == 256 and b["reps"] == 1  # the smoke trainer's eval batch
-    for key in ("commit", "threads", "device", "impl", "loadavg_before", "loadavg_after"):
+    keys = ("commit", "threads", "device", "impl", "loadavg_before", "loadavg_after")
+    for key in (*keys, "cpu_per_wall"):
         assert b[key] not in (None, ""), key
     assert b["checkpoint"] == "best.pt" and b["run_dir"] == str(tiny_run.resolve())
     # (a) per layer per valid token, as the trainer reports it: the same examples, the same
