@@ -1,0 +1,482 @@
+#!/usr/bin/env python
+"""The paper's efficiency numbers from a trained run: update rate and inference speed.
+
+    python scripts/bench_checkpoint.py outputs/<run_id> [more run folders] [--batch 1]
+
+Loads a run folder as run.py wrote it (config.yaml, checkpoints/best.pt, else last.pt)
+with the harness's own code (the task and model from the config, the weights from the
+checkpoint), reads the task's test split as the run did (its data_dir and options;
+``--data-dir`` overrides) and measures, on the first ``--examples`` test sequences
+(default 256; 0 = all):
+
+(a) the update rate of each suRNN layer per valid token, as the trainer reports it
+    (Trainer.evaluate over those examples; also its test metric, beside results.json's);
+(b) inference time of the whole model with its learned gate, mask-aware kernel
+    (``--impl``, default ``compiled``: the C++ kernel computing only the open neurons);
+(c) the same model with every gate open on the same kernel (the paper's "dense": same
+    weights, rate 1);
+(d) the same weights in torch.nn.GRU (cuDNN/MKL dense path; ``--no-gru`` skips it).
+
+Each case's whole model and its recurrent layers alone (the suRNN layers' forward: gate
+and recurrence, summed over layers) are timed in the same pass: embedding, feed-forward,
+norms, pooling and head run dense in every case, so the whole model gains less than its
+recurrent layers. In every repetition each case runs right after its baseline; a speedup
+is min(baseline) / min(case) over the repetitions (noise only adds time); the JSON keeps
+every raw time, the threads, the device and the load average before and after. Writes
+``<out>/checkpoint_<run>_B<batch>.json`` and ``.md`` (default results/bench/) and says
+whether the run is in the paper's sMNIST setting (a smoke, demo or mini run is not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Subset
+
+from surnn.errors import HarnessError
+from surnn.gates import all_open
+from surnn.harness import checkpoint
+from surnn.harness.config import BackboneConfig, OptimConfig, TrainerConfig, checked
+from surnn.harness.data import eval_loader
+from surnn.harness.loggers import Loggers
+from surnn.harness.metrics import device_name, git_commit, now_iso
+from surnn.harness.run_setting import experiment_of, scale_of, setting_of
+from surnn.harness.trainer import Trainer, is_stream
+from surnn.harness.validate import build_model, build_task
+from surnn.layer import SelectiveUpdateGRU
+from surnn.ops import IMPLS, resolve_impl
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_TASK = "smnist"
+DENSE_PARTS = "embedding, feed-forward, norms, pooling and head"
+
+
+class Fail(Exception):
+    """A user-fixable problem with one run folder: one line, exit status 2."""
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="run folders written by run.py")
+    p.add_argument("--examples", type=int, default=256, help="first N test sequences (0: all)")
+    p.add_argument(
+        "--batch", type=int, default=None, help="default: the run's eval batch; 1: streaming"
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions of every case")
+    p.add_argument("--impl", choices=IMPLS, default=None, help="default: compiled (cuda: auto)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-gru", action="store_true", help="skip the torch.nn.GRU case")
+    p.add_argument("--data-dir", default=None, help="where the run's data are (default: its own)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default=None)
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    p.add_argument("--label", default="", help="free text stored in the JSON (e.g. 'quiet')")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------ loading
+
+
+def load_run(run: Path, args) -> dict:
+    """Config, results, task, test examples and the model with the checkpoint's weights."""
+    if not run.is_dir():
+        raise Fail(
+            f"run folder {run} does not exist; pass a folder written by run.py (outputs/<run_id>)"
+        )
+    if not (run / "config.yaml").exists():
+        raise Fail(f"{run} has no config.yaml: not a run folder written by run.py")
+    names = [f"{args.checkpoint}.pt"] if args.checkpoint else ["best.pt", "last.pt"]
+    ck = next((run / "checkpoints" / n for n in names if (run / "checkpoints" / n).exists()), None)
+    if ck is None:
+        raise Fail(
+            f"{run} has no checkpoints/{' or '.join(names)}: train the run until its first "
+            "checkpoint (trainer.ckpt_every steps) or pass another run folder"
+        )
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(run / "config.yaml")
+    if args.data_dir:
+        cfg.data_dir = args.data_dir
+    res_path = run / "results.json"
+    results = json.loads(res_path.read_text()) if res_path.exists() else {}
+    try:
+        task = build_task(cfg)
+        splits = task.splits()
+    except HarnessError as e:
+        msg = str(e).replace("\n", " ")
+        raise Fail(
+            f"{run}: the test data cannot be read ({msg}); the run read data_dir="
+            f"{cfg.data_dir}: pass --data-dir DIR where its data are"
+        ) from None
+    if is_stream(splits.test):
+        raise Fail(f"{run}: task={task.name} is a token stream (language model): not supported")
+    try:
+        model = build_model(task, checked(BackboneConfig, cfg.model, "model"))
+        payload = checkpoint.load(ck)
+        model.load_state_dict(payload["model"])
+    except HarnessError as e:
+        raise Fail(str(e)) from None
+    except (RuntimeError, KeyError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise Fail(f"{ck} does not fit the model {run}/config.yaml builds ({first})") from None
+    if not any(isinstance(m, SelectiveUpdateGRU) for m in model.modules()):
+        raise Fail(f"{run} (model={cfg.model.name}) has no suRNN layer to benchmark")
+    sizes = {s: len(getattr(splits, s)) for s in ("train", "val", "test")}
+    step = payload.get("step")
+    return dict(cfg=cfg, results=results, task=task, splits=splits, model=model, checkpoint=ck,
+                checkpoint_step=step, split_sizes=sizes)  # fmt: skip
+
+
+# ------------------------------------------------------------------------ cases
+
+
+class DenseGRU(nn.Module):
+    """A suRNN layer's weights in torch.nn.GRU (every step of every neuron computed, the
+    padding steps too; outputs at valid positions equal the all-open suRNN's)."""
+
+    def __init__(self, su: SelectiveUpdateGRU):
+        super().__init__()
+        self.gru = nn.GRU(su.input_size, su.hidden_size, su.num_layers, su.bias, batch_first=True)
+        self.gru.load_state_dict(
+            {k: v for k, v in su.state_dict().items() if not k.startswith("gates.")}
+        )
+        self.batch_first, self.num_layers = su.batch_first, su.num_layers
+        one = torch.ones(())
+        self.last_update_rate = self.last_active_rate = [one] * su.num_layers
+        self.last_aux_loss, self.last_gate = None, []
+
+    def forward(self, input, hx=None, lengths=None, t0=0):
+        x = input if self.batch_first else input.transpose(0, 1)
+        out, h = self.gru(x, hx)
+        return (out if self.batch_first else out.transpose(0, 1)), h
+
+
+def with_nn_gru(model: nn.Module) -> nn.Module:
+    dense = copy.deepcopy(model)
+    for m in list(dense.modules()):
+        if isinstance(getattr(m, "rnn", None), SelectiveUpdateGRU):
+            m.rnn = DenseGRU(m.rnn)
+    return dense
+
+
+class Clock:
+    """Times a model's passes over batches, and its recurrent layers within them."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.mixer, self.cpu, self._t0 = device, 0.0, 0.0, 0.0
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def attach(self, model: nn.Module) -> None:
+        for m in model.modules():
+            if isinstance(m, (SelectiveUpdateGRU, DenseGRU)):
+                m.register_forward_pre_hook(self._start)
+                m.register_forward_hook(self._stop)
+
+    def _start(self, *_):
+        self.sync()
+        self._t0 = time.perf_counter()
+
+    def _stop(self, *_):
+        self.sync()
+        self.mixer += time.perf_counter() - self._t0
+
+    def run(self, model, batches, tokens, open_gates: bool) -> tuple[float, float, dict]:
+        """(whole-model seconds, recurrent-layer seconds, update rate per layer weighted
+        per valid token as Trainer.evaluate weights it) of one pass over ``batches``."""
+        auxes = []
+        self.mixer, self.cpu = 0.0, time.process_time()
+        ctx = all_open() if open_gates else contextlib.nullcontext()
+        with torch.no_grad(), ctx:
+            self.sync()
+            t0 = time.perf_counter()
+            for b in batches:
+                auxes.append(model(b)[1])
+            self.sync()
+            total = time.perf_counter() - t0
+        self.cpu = time.process_time() - self.cpu  # all threads: > total unless preempted
+        rates: dict[str, float] = {}
+        for aux, n in zip(auxes, tokens):
+            for k, v in aux.items():
+                if k.endswith("/update_rate"):
+                    rates[k.split("/")[0]] = rates.get(k.split("/")[0], 0.0) + float(v) * n
+        return total, self.mixer, {k: v / max(sum(tokens), 1) for k, v in rates.items()}
+
+
+# ------------------------------------------------------------------------ one run
+
+
+def bench_run(run: Path, args) -> dict:
+    r = load_run(run, args)
+    cfg, res, task, splits, model = r["cfg"], r["results"], r["task"], r["splits"], r["model"]
+    device = torch.device(args.device)
+    impl = args.impl or ("compiled" if device.type == "cpu" else "auto")
+    tcfg = checked(TrainerConfig, cfg.trainer, "trainer")
+    n_all = len(splits.test)
+    n = n_all if args.examples <= 0 else min(args.examples, n_all)
+    bs = args.batch or tcfg.eval_batch_size or tcfg.batch_size // tcfg.grad_accum
+    for m in model.modules():
+        if isinstance(m, SelectiveUpdateGRU):
+            m.impl = impl
+    ran = resolve_impl(impl, device, torch.float32)
+
+    # (a) as the trainer reports it: Trainer.evaluate over the same n examples
+    tc = dataclasses.replace(tcfg, max_eval_examples=n, eval_batch_size=bs, num_workers=0)
+    ocfg = checked(OptimConfig, cfg.optim, "optim")
+    trainer = Trainer(model, task, splits, tc, ocfg, run, Loggers([]), device)
+    ev = trainer.evaluate("test")
+    model = trainer.model_raw.eval()
+    rates = {k.split("/")[1]: v for k, v in ev.items() if k.endswith("/update_rate")}
+    active = {k.split("/")[1]: v for k, v in ev.items() if k.endswith("/active_rate")}
+    metric = {k.split("/", 1)[1]: v for k, v in ev.items() if k.count("/") == 1}
+
+    batches = [
+        {k: v.to(device) for k, v in b.items() if torch.is_tensor(v)}
+        for b in eval_loader(Subset(splits.test, range(n)), bs, splits.collate, 0)
+    ]
+    tokens = [float(b["lengths"].sum() + b.get("lengths2", torch.zeros(())).sum()) for b in batches]
+    clock = Clock(device)
+    clock.attach(model)
+    cases = {
+        "learned": (model, False, f"learned gate, mask-aware ({ran})"),
+        "open": (model, True, f"every gate open, same kernel ({ran})"),
+    }
+    gru_diff = None
+    if not args.no_gru:
+        dense = with_nn_gru(model).eval()
+        clock.attach(dense)
+        cases["nn_gru"] = (dense, False, "torch.nn.GRU, same weights (dense)")
+        with torch.no_grad(), all_open():
+            gru_diff = float((dense(batches[0])[0] - model(batches[0])[0]).abs().max())
+    pairs = [("open", "learned")] + ([] if args.no_gru else [("nn_gru", "learned")])
+    for m, op, _ in cases.values():  # warm-up: loads the kernel, allocates
+        clock.run(m, batches[:1], tokens[:1], op)
+    timed = {p: {"base": [], "case": []} for p in pairs}  # (model s, recurrent layers s)
+    raw = {name: [] for name in cases}
+    case_rates: dict[str, dict] = {}
+    load_before = os.getloadavg()
+    for rep in range(args.reps):
+        for p in pairs:
+            for role, name in zip(("base", "case"), p):
+                m, op, _ = cases[name]
+                total, mix, case_rates[name] = clock.run(m, batches, tokens, op)
+                timed[p][role].append((total, mix))
+                raw[name].append((total, mix, clock.cpu))
+        print(f"{run.name}: rep {rep + 1}/{args.reps} done", flush=True)
+    load_after = os.getloadavg()
+
+    out_cases = {}
+    for name, (_, _, label) in cases.items():
+        ts, ms, cpu = zip(*raw[name])
+        out_cases[name] = {
+            "label": label,
+            "impl": "torch.nn.GRU" if name == "nn_gru" else ran,
+            "update_rate": None if name == "nn_gru" else case_rates[name],
+            "times_s": ts,
+            "mixer_times_s": ms,
+            "cpu_times_s": cpu,  # process CPU time of each pass: far below times_s = preempted
+            "min_s": min(ts),
+            "mixer_min_s": min(ms),
+            "ms_per_seq": 1e3 * min(ts) / n,
+            "mixer_ms_per_seq": 1e3 * min(ms) / n,
+        }
+    out_pairs = []
+    for (base, case), t in timed.items():
+        bt, bm = zip(*t["base"])
+        ct, cm = zip(*t["case"])
+        out_pairs.append(
+            {
+                "baseline": base,
+                "case": case,
+                "speedup_model": min(bt) / min(ct),
+                "speedup_mixer": min(bm) / min(cm),
+                "base_times_s": bt,
+                "case_times_s": ct,
+                "base_mixer_times_s": bm,
+                "case_mixer_times_s": cm,
+            }
+        )
+
+    sett = setting_of(res, run) if res else "unfinished run (no results.json)"
+    paper = task.name == PAPER_TASK and res and sett is None
+    mean_rate = statistics.fmean(rates.values()) if rates else None
+    mname = res.get("metric_name", "acc")
+    return {
+        "kind": "checkpoint_efficiency",
+        "command": "python scripts/bench_checkpoint.py " + " ".join(sys.argv[1:]),
+        "label": args.label,
+        "run_dir": str(run.resolve()),
+        "checkpoint": r["checkpoint"].name,
+        "checkpoint_step": r["checkpoint_step"],
+        "task": task.name,
+        "model": cfg.model.name,
+        "variant": res.get("variant"),
+        "seed": cfg.get("seed"),
+        "setting": sett,
+        "scale": scale_of(res, run) if res else "unfinished",
+        "experiment": experiment_of(res) if res else None,
+        "paper_setting": bool(paper),
+        "setting_note": (
+            "the paper's sMNIST setting (task smnist, standard data, every test example)"
+            if paper
+            else f"NOT the paper's sMNIST setting (task {task.name}, setting: {sett or 'standard'})"
+        ),
+        "data_dir": str(cfg.data_dir),
+        "split_sizes": r["split_sizes"],
+        "data_matches_run": not res.get("split_sizes") or res["split_sizes"] == r["split_sizes"],
+        "examples": n,
+        "test_examples_total": n_all,
+        "batch": bs,
+        "reps": args.reps,
+        "threads": torch.get_num_threads(),
+        "device": device_name(device),
+        "impl": ran,
+        "torch": torch.__version__,
+        "commit": git_commit(),
+        "date": now_iso(),
+        "loadavg_before": list(load_before),
+        "loadavg_after": list(load_after),
+        # CPU s / wall s of a pass: the main thread computes all the time, so below ~1 the
+        # process was preempted (a busy machine). Of each case's fastest pass (the minimum the
+        # speedups use; the lowest over the cases), and how many passes were preempted.
+        "cpu_per_wall": min(c / t for t, _, c in (min(v) for v in raw.values())),
+        "preempted_passes": sum(c / t < 0.8 for v in raw.values() for t, _, c in v),
+        "passes": sum(len(v) for v in raw.values()),
+        "update_rate": rates,
+        "active_rate": active,
+        "update_rate_mean": mean_rate,
+        "skipped": None if mean_rate is None else 1 - mean_rate,
+        "test_metrics": metric,
+        "results_json": {  # what the run recorded (its whole test set, or max_eval_examples)
+            "update_rate": res.get("update_rate"),
+            "test_examples": res.get("test_examples"),
+            "metric": mname,
+            "test_metric": res.get(f"test_{mname}"),
+        },
+        "cases": out_cases,
+        "pairs": out_pairs,
+        "nn_gru_max_abs_diff_vs_open": gru_diff,
+        "method": "per repetition each case runs right after its baseline over the same "
+        "pre-collated batches (no data loading timed); speedup = min(baseline) / min(case)",
+        "always_dense": DENSE_PARTS,
+        "mixer_timing": "the suRNN layers' forward (gate + recurrence) summed over layers; "
+        "nn_gru: the torch.nn.GRU layers in their place",
+    }
+
+
+# ------------------------------------------------------------------------ output
+
+
+def markdown(b: dict) -> str:
+    c, pairs = b["cases"], {p["baseline"]: p for p in b["pairs"]}
+    rate = " / ".join(f"{v:.3f}" for v in b["update_rate"].values())
+    lines = [
+        f"# Efficiency of a trained checkpoint: {b['task']} {b['model']}",
+        "",
+        f"- run: `{b['run_dir']}` ({b['checkpoint']}, step {b['checkpoint_step']})",
+        f"- setting: {b['setting'] or 'standard'} (scale {b['scale']}); **{b['setting_note']}**",
+        f"- measured on the first {b['examples']} of {b['test_examples_total']} test sequences, "
+        f"batch {b['batch']}, {b['reps']} repetitions, {b['threads']} threads, {b['device']}, "
+        f"commit {b['commit'][:12]}; load average {b['loadavg_before'][0]:.2f} before, "
+        f"{b['loadavg_after'][0]:.2f} after",
+        f"- update rate per layer (per valid token, as the trainer reports it): {rate}; "
+        f"skipped {100 * b['skipped']:.1f}%",
+        f"- the run's results.json: {_recorded(b)}",
+        "",
+    ]
+    if b["cpu_per_wall"] < 0.8:
+        lines += [
+            f"**Warning: a fastest pass got {b['cpu_per_wall']:.0%} of a CPU over its wall "
+            "time: the process was preempted (a busy machine), the minimum times are inflated; "
+            "rerun on a quiet machine or with more --reps.**",
+            "",
+        ]
+    elif b["preempted_passes"]:
+        lines += [
+            f"{b['preempted_passes']} of {b['passes']} timed passes were preempted (CPU time "
+            "under 80% of wall time); each case's fastest pass was not.",
+            "",
+        ]
+    lines += [
+        "| case | update rate | whole model ms/seq | recurrent layers ms/seq "
+        "| speedup of the learned gate (model) | (recurrent layers) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in c.items():
+        ur = v["update_rate"]
+        ur = "1 (dense)" if ur is None else " / ".join(f"{x:.3f}" for x in ur.values())
+        p = pairs.get(name)
+        sp = (f"{p['speedup_model']:.2f}x", f"{p['speedup_mixer']:.2f}x") if p else ("–", "–")
+        lines.append(
+            f"| {v['label']} | {ur} | {v['ms_per_seq']:.3f} | {v['mixer_ms_per_seq']:.3f} "
+            f"| {sp[0]} | {sp[1]} |"
+        )
+    lines += [
+        "",
+        f"Speedup = min time of the baseline row / min time of the learned gate, each timed "
+        f"right after its baseline in every repetition. The {DENSE_PARTS} run dense in every "
+        "case: the recurrent-layer columns time the suRNN layers alone.",
+    ]
+    pub = published()
+    if pub:
+        lines[-1] += (
+            f" Published (the paper's sMNIST suGRU, its C kernel; not a run of this harness): "
+            f"{100 * pub['smnist_skipped_updates']:.0f}% of updates skipped, "
+            f"{pub['c_inference_speedup']}x faster inference than dense "
+            f"({pub.get('dense_ms', '?')} ms -> {pub.get('mask_aware_ms', '?')} ms)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _recorded(b: dict) -> str:
+    rec, g = b["results_json"], lambda v: "–" if v is None else f"{v:.4g}"
+    if not rec.get("update_rate"):
+        return "no update rate recorded (an unfinished run?)"
+    rate = " / ".join(f"{v:.3f}" for v in rec["update_rate"].values())
+    here = g(b["test_metrics"].get(rec["metric"]))
+    return (
+        f"update rate {rate} over its {rec['test_examples']} test examples, test "
+        f"{rec['metric']} {g(rec['test_metric'])} (here {here} over {b['examples']})"
+    )
+
+
+def published() -> dict:
+    """The paper's efficiency numbers (results/paper_reference.json), {} without them."""
+    p = ROOT / "results" / "paper_reference.json"
+    return json.loads(p.read_text()).get("efficiency", {}) if p.exists() else {}
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for run in args.runs:
+        try:
+            b = bench_run(run, args)
+        except Fail as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = f"{args.out}/checkpoint_{run.resolve().name}_B{b['batch']}"
+        Path(stem + ".json").write_text(json.dumps(b, indent=1) + "\n")
+        md = markdown(b)
+        Path(stem + ".md").write_text(md)
+        print(md + f"wrote {stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
