@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from surnn.errors import HarnessError
+from surnn.errors import ConfigError, HarnessError
 
 
 def rng_state() -> dict[str, Any]:
@@ -54,3 +54,22 @@ def load(path: Path) -> dict[str, Any]:
             f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to start "
             "this run afresh, or use another run_id"
         ) from None
+
+
+def load_last(path: Path, fingerprint: str, run_dir: Path) -> dict[str, Any]:
+    """The ``last.pt`` of a run to resume. A run made with another configuration
+    (``fingerprint``, when given) is an error; a checkpoint from before objectives gets
+    the classification ``best`` (metric ``acc``)."""
+    state = load(path)
+    if fingerprint and state.get("fingerprint") not in ("", fingerprint):
+        raise ConfigError(
+            f"{run_dir} holds a run with a different configuration; rerun with the same "
+            "overrides to resume it, or choose a new run_id"
+        )
+    best = state["best"]
+    if "value" not in best:  # a checkpoint from before objectives: classification
+        best = {**best, "metric": "acc", "value": best["val_acc"]}
+        if best["step"] < 0:
+            best["value"] = None
+        state["best"] = best
+    return state

@@ -118,6 +118,10 @@ def eval_loader(
     )
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 class SequentialBatchSampler(Sampler[list[int]]):
     """Batches of consecutive indices from ``start``: batch ``k`` is examples
     ``[k B, (k+1) B)`` (this rank's interleaved share). For data sets that draw example
@@ -137,6 +141,26 @@ class SequentialBatchSampler(Sampler[list[int]]):
             lo = (k * self.batch_size) % max(self.n - self.batch_size + 1, 1)
             yield list(range(lo + self.rank, lo + self.batch_size, self.world))
             k += 1
+
+
+def train_batches(
+    ds: Dataset,
+    collate,
+    batch_size: int,
+    seed: int,
+    start: int,
+    rank: int = 0,
+    world: int = 1,
+    num_workers: int = 0,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless training batches of ``ds`` from global batch ``start`` on (this rank's
+    share of each ``batch_size``): consecutive indices for data sets drawing fresh examples
+    per index (``endless``), else a seeded permutation per epoch."""
+    if getattr(ds, "endless", False):
+        sampler = SequentialBatchSampler(len(ds), batch_size, start, rank, world)
+    else:
+        sampler = ResumableBatchSampler(len(ds), batch_size, seed, start, rank, world)
+    yield from train_loader(ds, sampler, collate, num_workers)
 
 
 class StreamWindows:

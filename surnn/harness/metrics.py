@@ -6,9 +6,11 @@ import datetime as _dt
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,6 +46,20 @@ def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_allocated"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss * (1 if sys.platform == "darwin" else 1024)), "process_max_rss"
+
+
+def run_summary(timers: dict[str, float], step_times: list[float], device) -> dict[str, Any]:
+    """Timings, throughput and peak memory of a run, for results.json: ``timers`` holds
+    the seconds of training (``train_s``) and evaluation (``eval_s``) and the tokens
+    trained on; ``step_times`` the seconds of each step."""
+    out: dict[str, Any] = {
+        "train_time_s": timers["train_s"],
+        "eval_time_s": timers["eval_s"],
+        "step_time_s": statistics.median(step_times) if step_times else None,
+        "tokens_per_s": timers["tokens"] / timers["train_s"] if timers["train_s"] else None,
+    }
+    out["peak_memory_bytes"], out["peak_memory_kind"] = peak_memory_bytes(device)
+    return out
 
 
 def now_iso() -> str:

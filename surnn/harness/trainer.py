@@ -5,6 +5,10 @@ clipping and accumulation, bf16 autocast on GPU, DDP under torchrun, periodic va
 test at the best-validation checkpoint over every example, exact resume from
 ``checkpoints/last.pt`` (also written on SIGTERM/SIGUSR1/SIGUSR2, for SLURM preemption;
 the signal is then handed on, e.g. to submitit, which requeues the job).
+
+Its parts: optim.py (parameter groups, schedule), data.py (batching), streams.py
+(language-model streams in windows, state carried), evaluation.py (metrics over a split,
+FLOPs), preemption.py (stop signals), checkpoint.py (last.pt, best.pt), metrics.py.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import math
 import signal
 import statistics
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -27,65 +30,15 @@ from tqdm.auto import tqdm
 from surnn.errors import ConfigError, TrainingError
 from surnn.harness import checkpoint as ckpt
 from surnn.harness.config import OptimConfig, TrainerConfig
-from surnn.harness.data import (
-    ResumableBatchSampler,
-    SequentialBatchSampler,
-    StreamWindows,
-    eval_loader,
-    train_loader,
-)
-from surnn.harness.flops import count_flops
+from surnn.harness.data import to_device, train_batches
+from surnn.harness.evaluation import RATE_KEYS, Evaluator, floats
 from surnn.harness.loggers import Loggers
-from surnn.harness.metrics import peak_memory_bytes
+from surnn.harness.metrics import run_summary
+from surnn.harness.optim import param_groups, warmup_cosine
+from surnn.harness.preemption import Preempted, StopSignals
+from surnn.harness.streams import Prefix, carry_state, detached_rows, is_stream, train_windows
 
 log = logging.getLogger(__name__)
-
-# Per-layer rates mixers report in aux and the trainer averages: the fraction of
-# (position, neuron) updates applied, and the fraction computed (open + near threshold).
-RATE_KEYS = ("update_rate", "active_rate")
-
-
-class _Preempted(Exception):
-    """Raised inside evaluation when a stop signal arrives, to save and exit quickly."""
-
-
-def param_groups(model: torch.nn.Module, ocfg: OptimConfig) -> list[dict[str, Any]]:
-    """Group parameters by (lr, weight decay): optimizer hints on a parameter
-    (``param._optim``) win; 1-D parameters (biases, norms) get no decay by default."""
-    groups: dict[tuple[float, float], list] = defaultdict(list)
-    seen = set()
-    for _, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        hints = getattr(p, "_optim", {})
-        wd = ocfg.weight_decay
-        if ocfg.no_decay_1d and p.ndim < 2:
-            wd = 0.0
-        wd = hints.get("weight_decay", wd)
-        lr = hints.get("lr") or ocfg.lr
-        groups[(float(lr), float(wd))].append(p)
-    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
-
-
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def _floats(d: dict[str, Any]) -> dict[str, float]:
-    """Tensors to Python floats (one host sync for the whole dict)."""
-    if not d:
-        return {}
-    keys = list(d)
-    vals = torch.stack([torch.as_tensor(d[k], dtype=torch.float64) for k in keys]).tolist()
-    return dict(zip(keys, vals))
 
 
 def _tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -93,22 +46,6 @@ def _tokens(batch: dict[str, torch.Tensor]) -> int:
     if "lengths2" in batch:
         n += int(batch["lengths2"].sum())
     return n
-
-
-def is_stream(split) -> bool:
-    """A language-modelling split: one token stream (``tokens``), read in windows."""
-    return getattr(split, "tokens", None) is not None and getattr(split, "stream", False)
-
-
-def _rows(state, idx: torch.Tensor | None):
-    """The carried state (per layer: a dict of [B, ...] tensors) of the rows ``idx``,
-    detached (truncated BPTT); None stays None."""
-    if state is None:
-        return None
-    return [
-        {k: (v if idx is None else v[idx.to(v.device)]).detach() for k, v in s.items()}
-        for s in state
-    ]
 
 
 class Trainer:
@@ -167,9 +104,9 @@ class Trainer:
         self.stream = is_stream(train)
         self.carry = False
         if self.stream:
-            self.carry = _carry(task, model)
+            self.carry = carry_state(task, model)
             if tcfg.max_train_examples:  # a prefix of max_train_examples windows
-                train = _Prefix(train, tcfg.max_train_examples * task.max_len + 1)
+                train = Prefix(train, tcfg.max_train_examples * task.max_len + 1)
         elif tcfg.max_train_examples:
             train = Subset(train, list(range(min(len(train), tcfg.max_train_examples))))
         self.train_set = train
@@ -189,12 +126,16 @@ class Trainer:
         self.timers = {"train_s": 0.0, "eval_s": 0.0, "tokens": 0}
         self.step_times: list[float] = []
         self.running: dict[str, float] = {}  # the progress bar's moving averages
-        self._stop_signal: int | None = None
         self._warned_long = False
+        # A stop signal inside a step (one process) or an evaluation stops it at once.
+        self.signals = StopSignals(interrupts=world == 1, on_first=self._on_signal)
         # Where the step in progress started (RNG, batch count, tokens): a stop signal in
         # the middle of a long step abandons it and saves the state as of its start.
-        self._interruptible = False
         self._step_start: dict[str, Any] | None = None
+        self.evaluator = Evaluator(
+            task, splits, tcfg, self.objective, device, self.micro_bs, self.signals,
+            self._autocast, rank, world,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -223,22 +164,13 @@ class Trainer:
         path = self.ckpt_dir / "last.pt"
         if not path.exists():
             return False
-        state = ckpt.load(path)
-        if self.fingerprint and state.get("fingerprint") not in ("", self.fingerprint):
-            raise ConfigError(
-                f"{self.run_dir} holds a run with a different configuration; rerun with the same "
-                "overrides to resume it, or choose a new run_id"
-            )
+        state = ckpt.load_last(path, self.fingerprint, self.run_dir)
         self.model_raw.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.step, self.batches_done = state["step"], state["batches_done"]
         self.best, self.last_eval_step = state["best"], state["last_eval_step"]
-        if "value" not in self.best:  # a checkpoint from before objectives: classification
-            self.best = {**self.best, "metric": "acc", "value": self.best["val_acc"]}
-            if self.best["step"] < 0:
-                self.best["value"] = None
         self.carried = state.get("carried", {})
         self.timers, self.step_times = state["timers"], list(state["step_times"])
         self.running = dict(state.get("running", {}))
@@ -247,22 +179,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ signals
 
-    def _on_signal(self, signum, frame) -> None:
-        """Note the signal; inside a training step (one process) or an evaluation, stop
-        at once: the step is abandoned before the optimizer touches the weights, and
-        last.pt holds the state as of its start (a step of the main job on CPU takes
-        ~16 s, so waiting for its end let SLURM's grace period run out)."""
-        first = self._stop_signal is None
-        self._stop_signal = signum
-        if first and self.is_main:
+    def _on_signal(self, signum: int) -> None:
+        """The first stop signal: say so. Inside a training step (one process) or an
+        evaluation ``self.signals`` stops at once: the step is abandoned before the
+        optimizer touches the weights, and last.pt holds the state as of its start."""
+        if self.is_main:
             log.warning(
                 "received %s at step %d: saving last.pt and stopping",
                 signal.Signals(signum).name,
                 self.step,
             )
-        if self._interruptible and self.world == 1:
-            self._interruptible = False
-            raise _Preempted
 
     def _begin_step(self) -> None:
         self._step_start = {
@@ -270,12 +196,12 @@ class Trainer:
             "batches_done": self.batches_done,
             "tokens": self.timers["tokens"],
         }
-        self._interruptible = True
+        self.signals.interruptible = True
 
     def _abandon_step(self) -> None:
         """Back to the start of the interrupted step (weights and optimizer are untouched
         until optimizer.step, which runs outside the interruptible part)."""
-        self._interruptible = False
+        self.signals.interruptible = False
         snap = self._step_start
         if snap is None:
             return
@@ -307,17 +233,14 @@ class Trainer:
     def _exit_for_signal(self) -> None:
         """Save last.pt, then hand the signal on (default action or, e.g., submitit's
         requeue handler)."""
-        signum = self._stop_signal
-        self._interruptible = False
+        self.signals.interruptible = False
         if self._step_start is not None:  # a step was cut short: save as of its start
             self._abandon_step()
         self.save_last()
         if self.is_main:
             log.warning("saved last.pt at step %d; exiting", self.step)
         self.loggers.close()
-        signal.signal(signum, self._prev_handlers.get(signum, signal.SIG_DFL))
-        signal.raise_signal(signum)
-        raise SystemExit(128 + signum)
+        self.signals.hand_on()
 
     # ------------------------------------------------------------------ loops
 
@@ -331,7 +254,7 @@ class Trainer:
             if self.carry:
                 state = None if reset else self.carried.get(micro)
                 out, aux, new = self.model(batch, state, carry=True)
-                self.carried[micro] = _rows(new, None)
+                self.carried[micro] = detached_rows(new, None)
             else:
                 out, aux = self.model(batch)
             loss = self.objective.loss(out, batch["y"])
@@ -344,13 +267,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses, correct, count, rates = 0.0, 0, 0, {}
         self._begin_step()
-        if self._stop_signal is not None:
-            self._interruptible = False
-            raise _Preempted
+        if self.signals.signum is not None:
+            self.signals.interruptible = False
+            raise Preempted
         for micro in range(self.tcfg.grad_accum):
             batch = next(it)
             reset = bool(batch.pop("reset", False))
-            batch = _to(batch, self.device)
+            batch = to_device(batch, self.device)
             self.batches_done += 1
             sync = micro == self.tcfg.grad_accum - 1 or self.world == 1
             ctx = contextlib.nullcontext() if sync else self.model.no_sync()
@@ -368,7 +291,9 @@ class Trainer:
             for k, v in aux.items():  # tensors: read once per step, below
                 if k.endswith(RATE_KEYS):
                     rates[k] = rates.get(k, 0.0) + v.detach() / self.tcfg.grad_accum
-        self._interruptible = False  # from here on the step completes: signals wait for its end
+        self.signals.interruptible = (
+            False  # from here on the step completes: signals wait for its end
+        )
         loss = losses / self.tcfg.grad_accum
         bad = torch.tensor([0.0 if math.isfinite(loss) else 1.0], device=self.device)
         if self.world > 1:
@@ -395,7 +320,7 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self._step_start = None
-        m = {"loss": loss, **_floats(rates)}
+        m = {"loss": loss, **floats(rates)}
         if count:
             m["acc"] = correct / count
         return m
@@ -409,130 +334,31 @@ class Trainer:
         (``endless``): consecutive indices. Others: a seeded permutation per epoch."""
         tc = self.tcfg
         if self.stream:
-            rows = self.micro_bs * tc.grad_accum * self.world
-            try:
-                win = StreamWindows(self.train_set.tokens, rows, self.task.max_len, True)
-            except ValueError as e:
-                raise ConfigError(
-                    f"task={self.task.name}: {e}; lower trainer.batch_size or the window "
-                    "(task.options.max_len)"
-                ) from None
-            k = self.batches_done
-            while True:
-                w, micro = divmod(k, tc.grad_accum)
-                j = w % win.n_windows
-                first = (micro * self.world + self.rank) * self.micro_bs
-                b = win.batch(j, list(range(first, first + self.micro_bs)))
-                b.pop("rows")
-                b["reset"] = j == 0
-                yield b
-                k += 1
-        n_train = len(self.train_set)
-        if getattr(self.train_set, "endless", False):
-            sampler = SequentialBatchSampler(
-                n_train, self.micro_bs * self.world, self.batches_done, self.rank, self.world
-            )
-        else:
-            sampler = ResumableBatchSampler(
-                n_train,
-                self.micro_bs * self.world,
-                self.seed,
+            yield from train_windows(
+                self.train_set.tokens,
+                self.task,
+                self.micro_bs,
+                tc.grad_accum,
                 self.batches_done,
                 self.rank,
                 self.world,
             )
-        yield from train_loader(self.train_set, sampler, self.splits.collate, tc.num_workers)
-
-    def _eval_batches(self, split: str, ds):
-        """(batch, state key) over every example of ``ds`` on this rank; streams: windows
-        in order, state key = the rows of the batch (carried from the previous window)."""
-        bs = self.tcfg.eval_batch_size or self.micro_bs
-        if not is_stream(ds):
-            loader = eval_loader(
-                ds, bs, self.splits.collate, self.tcfg.num_workers, self.rank, self.world
-            )
-            yield from loader
             return
-        if self.tcfg.max_eval_examples:
-            n = self.tcfg.max_eval_examples * self.task.max_len + 1
-            if len(ds.tokens) > n:
-                log.warning(
-                    "%s: evaluating the first %d of %d tokens (trainer.max_eval_examples windows)",
-                    split,
-                    n,
-                    len(ds.tokens),
-                )
-                ds = _Prefix(ds, n)
-        rows_total = max(1, min(bs * self.world, len(ds.tokens) - 1))
-        win = StreamWindows(ds.tokens, rows_total, self.task.max_len, full_only=False)
-        mine = list(range(self.rank, rows_total, self.world))
-        for j in range(win.n_windows):
-            b = win.batch(j, mine)
-            if len(b["rows"]):
-                yield b
+        yield from train_batches(
+            self.train_set,
+            self.splits.collate,
+            self.micro_bs * self.world,
+            self.seed,
+            self.batches_done,
+            self.rank,
+            self.world,
+            tc.num_workers,
+        )
 
-    @torch.no_grad()
     def evaluate(self, split: str, model: torch.nn.Module | None = None) -> dict[str, Any]:
         """The objective's metrics over every example of a split (no dropped partial
         batch; a stream: every token, with the state carried across its windows)."""
-        model = model or self.model_raw
-        model.eval()
-        ds = getattr(self.splits, split)
-        if (
-            not is_stream(ds)
-            and self.tcfg.max_eval_examples
-            and len(ds) > self.tcfg.max_eval_examples
-        ):
-            log.warning(
-                "%s: evaluating the first %d of %d examples (trainer.max_eval_examples)",
-                split,
-                self.tcfg.max_eval_examples,
-                len(ds),
-            )
-            ds = Subset(ds, list(range(self.tcfg.max_eval_examples)))
-        if self._stop_signal is not None:
-            raise _Preempted
-        self._interruptible = True  # evaluation changes no state: a signal may cut it
-        try:
-            return self._evaluate(split, ds, model)
-        finally:
-            self._interruptible = False
-
-    def _evaluate(self, split: str, ds, model: torch.nn.Module) -> dict[str, Any]:
-        obj = self.objective
-        sums = obj.init(self.device)
-        aux_sum: dict[str, torch.Tensor] = {}  # rates weighted by valid tokens
-        tokens = torch.zeros((), dtype=torch.float64, device=self.device)
-        state = None
-        for batch in self._eval_batches(split, ds):
-            if self._stop_signal is not None:
-                raise _Preempted
-            rows = batch.pop("rows", None)
-            batch = _to(batch, self.device)
-            with self._autocast():
-                if self.carry:
-                    if state is not None and len(rows) < len(state[0]["h"]):
-                        state = _rows(state, torch.arange(len(rows)))  # a ragged last window
-                    out, aux, state = model(batch, state, carry=True)
-                else:
-                    out, aux = model(batch)
-            obj.update(sums, out, batch["y"])
-            n_tok = batch["lengths"].sum().double()
-            if "lengths2" in batch:
-                n_tok = n_tok + batch["lengths2"].sum().double()
-            tokens += n_tok
-            for k, v in aux.items():
-                if k.endswith(RATE_KEYS):
-                    aux_sum.setdefault(k, torch.zeros((), dtype=torch.float64, device=self.device))
-                    aux_sum[k] += v.detach().double() * n_tok  # a mean over this batch's tokens
-        self._interruptible = False
-        if self.world > 1:  # every rank sums its share; the totals are global
-            for t in (*sums.values(), tokens, *aux_sum.values()):
-                dist.all_reduce(t)
-        out = {f"{split}/{k}": v for k, v in obj.compute(sums).items()}
-        n_tokens = max(float(tokens), 1.0)
-        out.update({f"{split}/{k}": v / n_tokens for k, v in _floats(aux_sum).items()})
-        return out
+        return self.evaluator.evaluate(split, model or self.model_raw, self.carry)
 
     def _maybe_eval(self, pbar) -> None:
         due = self.step > 0 and (
@@ -579,10 +405,7 @@ class Trainer:
         )
 
     def fit(self) -> None:
-        self._prev_handlers = {}
-        for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-            with contextlib.suppress(ValueError):  # not the main thread
-                self._prev_handlers[s] = signal.signal(s, self._on_signal)
+        self.signals.install()
         self.try_resume()
         self._last_saved_step = self.step
         it = self._train_batches()
@@ -632,9 +455,9 @@ class Trainer:
                 if self.step % self.tcfg.ckpt_every == 0 or self.step == self.tcfg.max_steps:
                     self.save_last()
                     self._last_saved_step = self.step
-                if self._stop_signal is not None:
+                if self.signals.signum is not None:
                     self._exit_for_signal()
-        except _Preempted:
+        except Preempted:
             self._exit_for_signal()
         finally:
             if pbar is not None:
@@ -649,23 +472,14 @@ class Trainer:
         t0 = time.perf_counter()
         try:
             res = self.evaluate("test")
-        except _Preempted:
+        except Preempted:
             self._exit_for_signal()
         self.timers["eval_s"] += time.perf_counter() - t0
         return res
 
     def summary(self) -> dict[str, Any]:
-        """Timings, throughput, memory and FLOPs for results.json."""
-        out: dict[str, Any] = {
-            "train_time_s": self.timers["train_s"],
-            "eval_time_s": self.timers["eval_s"],
-            "step_time_s": statistics.median(self.step_times) if self.step_times else None,
-            "tokens_per_s": self.timers["tokens"] / self.timers["train_s"]
-            if self.timers["train_s"]
-            else None,
-        }
-        out["peak_memory_bytes"], out["peak_memory_kind"] = peak_memory_bytes(self.device)
-        return out
+        """Timings, throughput and memory for results.json."""
+        return run_summary(self.timers, self.step_times, self.device)
 
     def flops(self) -> dict[str, Any]:
         """Forward FLOPs per sequence over the whole validation set (the examples
@@ -674,83 +488,4 @@ class Trainer:
 
         Called after ``test`` so the model holds the best-validation weights: a learned
         gate's update rate, and so the executed FLOPs, change during training."""
-        ds = self.splits.val
-        if is_stream(ds):  # windows in order (max_eval_examples windows in smoke runs)
-            batches = self._eval_batches("val", ds)
-        else:
-            if self.tcfg.max_eval_examples and len(ds) > self.tcfg.max_eval_examples:
-                ds = Subset(ds, list(range(self.tcfg.max_eval_examples)))
-            bs = self.tcfg.eval_batch_size or self.micro_bs
-            batches = eval_loader(ds, bs, self.splits.collate, 0)
-        tot: dict[str, float] = defaultdict(float)
-        layers: dict[str, dict[str, float]] = {"layers": {}, "layers_dense": {}}
-        n, tokens = 0, 0
-        for batch in batches:
-            batch.pop("rows", None)
-            batch = _to(batch, self.device)
-            with self._autocast():
-                c = count_flops(self.model_raw, batch)
-            for k, v in c.items():
-                if isinstance(v, dict):
-                    for name, f in v.items():
-                        layers[k][name] = layers[k].get(name, 0.0) + f
-                else:
-                    tot[k] += v
-            n += len(batch["x"])
-            tokens += int(batch["lengths"].sum())
-        n = max(n, 1)
-        kinds = getattr(self.model_raw, "layer_kinds", None) or []
-        return {
-            "flops_per_seq": tot["executed"] / n,
-            "flops_per_seq_dense": tot["dense"] / n,
-            "mixer_flops_per_seq": tot["mixer_executed"] / n,
-            "mixer_flops_per_seq_dense": tot["mixer_dense"] / n,
-            "flops_per_layer": {k: v / n for k, v in layers["layers"].items()},
-            "flops_per_layer_dense": {k: v / n for k, v in layers["layers_dense"].items()},
-            "layer_kinds": {f"layer{i}": k for i, k in enumerate(kinds)},
-            "flops_examples": n,
-            "flops_split": "val",
-            "flops_mean_len": tokens / n,
-            "flops_always_dense": "embedding, feed-forward, norms, pooling, head",
-        }
-
-
-class _Prefix:
-    """The first ``n`` tokens of a stream split (smoke runs: max_*_examples windows)."""
-
-    stream = True
-
-    def __init__(self, base, n: int):
-        self.tokens = base.tokens[: max(2, n)]
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-
-def _carry(task, model) -> bool:
-    """Carry the state across windows? ``task.carry_state``: true (every mixer must be
-    stateful), false, or auto (when every mixer is; else independent windows, warned)."""
-    want = getattr(task, "carry_state", "auto")
-    enc = getattr(model, "encoder", None)
-    stateful = bool(enc is not None and enc.stateful)
-    if want in (True, "true"):
-        if not stateful:
-            kinds = sorted(set(getattr(model, "layer_kinds", []) or ["?"]))
-            raise ConfigError(
-                f"task.options.carry_state=true but model layer kind(s) {', '.join(kinds)} "
-                "cannot carry a state across windows (stateful mixers: surnn, gru, lstm); "
-                "use carry_state=auto or false"
-            )
-        return True
-    if want in (False, "false"):
-        return False
-    if want != "auto":
-        raise ConfigError(f"task.options.carry_state={want!r}: expected true, false or auto")
-    if not stateful:
-        log.warning(
-            "task=%s: this model cannot carry its state across windows; every window of "
-            "%d tokens is read from a zero state (results.json records carry_state=false)",
-            task.name,
-            task.max_len,
-        )
-    return stateful
+        return self.evaluator.flops(self.model_raw)

@@ -1,0 +1,63 @@
+"""Stop signals (SIGTERM, SIGUSR1, SIGUSR2: SLURM preemption, scancel, timeout).
+
+A signal is noted at once; inside an interruptible section (a training step's forward and
+backward on one process, an evaluation) it also cuts the section short by raising
+``Preempted``, since a step of the main job on CPU takes ~16 s and waiting for its end let
+SLURM's grace period run out. The trainer then saves ``last.pt`` and ``hand_on`` gives the
+signal to the handler installed before (the default action, or e.g. submitit's requeue
+handler).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from surnn.harness.data import PREEMPTION_SIGNALS
+
+
+class Preempted(Exception):
+    """Raised inside a step or an evaluation when a stop signal arrives, to save and exit
+    quickly."""
+
+
+class StopSignals:
+    """The stop signals of one trainer. ``interrupts``: whether a signal may cut an
+    interruptible section short (one process only: under DDP every rank must finish the
+    step's collectives); ``on_first(signum)`` is called at the first signal."""
+
+    def __init__(self, interrupts: bool, on_first: Callable[[int], None]):
+        self.interrupts, self.on_first = interrupts, on_first
+        self.signum: int | None = None
+        self.interruptible = False
+        self._prev: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Handle the stop signals from now on (remembering the handlers they had)."""
+        self._prev = {}
+        for s in PREEMPTION_SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._prev[s] = signal.signal(s, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        first = self.signum is None
+        self.signum = signum
+        if first:
+            self.on_first(signum)
+        if self.interruptible and self.interrupts:
+            self.interruptible = False
+            raise Preempted
+
+    def check(self) -> None:
+        """Raise ``Preempted`` if a stop signal has arrived."""
+        if self.signum is not None:
+            raise Preempted
+
+    def hand_on(self) -> NoReturn:
+        """Give the signal to the handler installed before, then exit."""
+        signum = self.signum
+        signal.signal(signum, self._prev.get(signum, signal.SIG_DFL))
+        signal.raise_signal(signum)
+        raise SystemExit(128 + signum)

@@ -1,0 +1,256 @@
+"""Timing for scripts/bench_surnn.py: the facts its JSON files record (commit, processor,
+the command) and its ``--suite targets``, issue 12's targets for the compiled CPU kernel.
+
+Each target is a pair: a case and its baseline, run back to back in every repetition
+after one warm-up; a ratio is min(baseline) / min(case) over the repetitions (noise only
+ever adds time) and the JSON keeps every raw time and the load average. Like
+``surnn.ops.triton.aot`` for scripts/triton_report.py, it needs nothing but torch and the
+op; ``import surnn`` does not load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from surnn.gates import build_gate
+from surnn.ops import resolve_impl, su_gru
+
+
+def commit(root: Path) -> str:
+    """The short commit of the checkout at ``root``."""
+    try:
+        return subprocess.check_output(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True
+        ).strip()
+    except Exception:  # noqa: BLE001 - not a git checkout
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def command_args(args: argparse.Namespace) -> str:
+    parts = []
+    for k, v in vars(args).items():
+        if v in (None, False, ""):
+            continue
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            parts.append(flag)
+        elif isinstance(v, list):
+            parts.append(
+                flag + " " + " ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+            )
+        else:
+            parts.append(f"{flag} {v!r}" if isinstance(v, str) and " " in v else f"{flag} {v}")
+    return " ".join(parts)
+
+
+# ------------------------------------------------------------------ issue 12's targets
+TARGET_RATE = 0.17
+
+
+def rhythm_at(rate: float, T: int, H: int, width: float, seed: int = 0):
+    """The paper's gate (learned rhythm, free per-neuron phases, 4 frequencies) with its
+    bias shifted by one constant so that exactly ``rate`` of the [T, H] updates are open
+    (the init's rate is only approximate). Returns (g, active_eval, active_train) where
+    training adds the near-threshold neurons of the bounded surrogate (|a| < width)."""
+    torch.manual_seed(seed)
+    gate = build_gate(H, H, {"kind": "rhythm", "init_rate": rate, "width": width, "n_freqs": 4})
+    with torch.no_grad():
+        a = gate.preactivation(T)
+        shift = torch.quantile(a.flatten().double(), 1 - rate).float()
+        a = a - shift
+    return (a > 0).float(), a > 0, (a > 0) | (a.abs() < width)
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run_pairs(pairs: list[dict], reps: int) -> None:
+    """Each pair: baseline then case, back to back, every repetition (after one warm-up)."""
+    for p in pairs:
+        _time(p["base_fn"]), _time(p["case_fn"])
+        p["base_times"], p["case_times"] = [], []
+    for rep in range(reps):
+        for p in pairs:
+            p["base_times"].append(_time(p["base_fn"]))
+            p["case_times"].append(_time(p["case_fn"]))
+        print(f"rep {rep + 1}/{reps} done", flush=True)
+
+
+def targets(args: argparse.Namespace, root: Path) -> None:
+    """Time the ``--suite targets`` cases of scripts/bench_surnn.py (``args``: its
+    options), print the table and write the JSON (default under ``root``/results/bench)."""
+    impl = resolve_impl(args.impl, torch.device("cpu"), torch.float32)
+    width = args.width
+    pairs: list[dict] = []
+
+    def pair(setting, name, base, base_fn, case, case_fn, target, extra=None):
+        pairs.append(
+            {"setting": setting, "name": name, "baseline": base, "case": case,
+             "base_fn": base_fn, "case_fn": case_fn, "target": target, **(extra or {})}
+        )  # fmt: skip
+
+    def layer(B, T, D, H, seed=0):
+        torch.manual_seed(seed)
+        gru = torch.nn.GRU(D, H, batch_first=True)
+        w = [gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0]
+        x = torch.randn(B, T, D)
+        return gru, w, x, x.clone().requires_grad_(), torch.zeros(B, H)
+
+    def infer(fn):
+        def run():
+            with torch.no_grad():
+                fn()
+
+        return run
+
+    def train_step(w, xg, fn):
+        def run():
+            for p in [*w, xg]:
+                p.grad = None
+            out = fn()
+            out = out[0] if isinstance(out, tuple) else out
+            out.sum().backward()
+
+        return run
+
+    info = {}
+    if "big" in args.settings:
+        B, T, D, H = 32, 1024, 512, 512
+        gru, w, x, xg, h0 = layer(B, T, D, H)
+        g, a_ev, a_tr = rhythm_at(TARGET_RATE, T, H, width)
+        ones, all_on = torch.ones(T, H), torch.ones(T, H, dtype=torch.bool)
+        info["big"] = {"B": B, "T": T, "D": D, "H": H, "rate": float(g.mean()),
+                       "train_active_rate": float(a_tr.float().mean())}  # fmt: skip
+        su = infer(lambda: su_gru(x, h0, *w, g, a_ev, impl=impl))
+        pair("big", "inference vs nn.GRU", "nn.GRU fwd", infer(lambda: gru(x)),
+             f"su {impl} fwd", su, 4.0)  # fmt: skip
+        pair("big", "inference vs rate 1 (same kernel)", f"su {impl} rate 1 fwd",
+             infer(lambda: su_gru(x, h0, *w, ones, all_on, impl=impl)),
+             f"su {impl} fwd", su, 4.0)  # fmt: skip
+        pair("big", "inference vs rate 1 (eager cpu path)", "su cpu rate 1 fwd",
+             infer(lambda: su_gru(x, h0, *w, ones, all_on, impl="cpu")),
+             f"su {impl} fwd", su, 4.0)  # fmt: skip
+        pair("big", "training step vs nn.GRU", "nn.GRU train", train_step(w, xg, lambda: gru(xg)),
+             f"su {impl} train", train_step(w, xg, lambda: su_gru(xg, h0, *w, g, a_tr, impl=impl)),
+             2.0)  # fmt: skip
+    if "small" in args.settings:
+        for H, T in [(64, 221), (64, 1000), (128, 221), (128, 1000)]:
+            B, D = 32, H
+            gru, w, x, xg, h0 = layer(B, T, D, H)
+            g, a_ev, a_tr = rhythm_at(TARGET_RATE, T, H, width)
+            tag = f"small H={H} T={T}"
+            info[tag] = {"B": B, "T": T, "D": D, "H": H, "rate": float(g.mean()),
+                         "train_active_rate": float(a_tr.float().mean())}  # fmt: skip
+            base = train_step(w, xg, lambda gru=gru, xg=xg: gru(xg))
+            # the eager path only at the issue's reference point (H=64, T=221): time
+            for which in (impl, "cpu") if (H, T) == (64, 221) else (impl,):
+                pair(tag, f"training step vs nn.GRU ({which})", "nn.GRU train", base,
+                     f"su {which} train",
+                     train_step(w, xg, lambda xg=xg, h0=h0, w=w, g=g, a=a_tr, which=which:
+                                su_gru(xg, h0, *w, g, a, impl=which)),
+                     1.0)  # fmt: skip
+    if "stream" in args.settings:
+        B, T, D, H = 1, 784, 1, 256
+        gru, w, x, xg, h0 = layer(B, T, D, H)
+        g, a_ev, a_tr = rhythm_at(TARGET_RATE, T, H, width)
+        ones, all_on = torch.ones(T, H), torch.ones(T, H, dtype=torch.bool)
+        info["stream"] = {"B": B, "T": T, "D": D, "H": H, "rate": float(g.mean())}
+        su = infer(lambda: su_gru(x, h0, *w, g, a_ev, impl=impl))
+        pair("stream", "inference vs every gate open (same kernel)", f"su {impl} rate 1 fwd",
+             infer(lambda: su_gru(x, h0, *w, ones, all_on, impl=impl)),
+             f"su {impl} fwd", su, 5.3, {"per_step": True})  # fmt: skip
+        pair("stream", "inference vs nn.GRU (B=1)", "nn.GRU fwd", infer(lambda: gru(x)),
+             f"su {impl} fwd", su, 1.0, {"per_step": True})  # fmt: skip
+
+    if "crossover" in args.settings:  # where auto should stop picking the compiled kernel
+        B, T, D, H = 32, 1024, 512, 512
+        gru, w, x, xg, h0 = layer(B, T, D, H)
+        for rate in (0.3, 0.5, 0.75):
+            g, a_ev, a_tr = rhythm_at(rate, T, H, width)
+            tag = f"crossover rate {rate:g}"
+            info[tag] = {"B": B, "T": T, "D": D, "H": H, "rate": float(g.mean()),
+                         "train_active_rate": float(a_tr.float().mean())}  # fmt: skip
+            pair(tag, "inference: compiled vs eager cpu", "su cpu fwd",
+                 infer(lambda g=g, a=a_ev: su_gru(x, h0, *w, g, a, impl="cpu")),
+                 "su compiled fwd",
+                 infer(lambda g=g, a=a_ev: su_gru(x, h0, *w, g, a, impl="compiled")),
+                 1.0)  # fmt: skip
+            pair(tag, "training: compiled vs eager cpu", "su cpu train",
+                 train_step(w, xg, lambda g=g, a=a_tr: su_gru(xg, h0, *w, g, a, impl="cpu")),
+                 "su compiled train",
+                 train_step(w, xg, lambda g=g, a=a_tr: su_gru(xg, h0, *w, g, a, impl="compiled")),
+                 1.0)  # fmt: skip
+
+    load_before = os.getloadavg()
+    if set(args.settings) == {"stream"}:  # a B=1 sequence takes ~20 ms: more repetitions
+        args.reps = max(args.reps, 30)  # so that some run without a preemption
+    run_pairs(pairs, args.reps)
+    load_after = os.getloadavg()
+    rows = []
+    print(f"\nthreads={args.threads} impl={impl} rhythm (free phases) at {TARGET_RATE:.0%}")
+    print(
+        f"{'setting':<20}{'case':<42}{'base min s':>11}{'case min s':>11}{'ratio':>7}{'target':>7}  met"
+    )
+    for p in pairs:
+        bmin, cmin = min(p["base_times"]), min(p["case_times"])
+        ratio = bmin / cmin
+        T = info[p["setting"]]["T"]
+        row = {k: p[k] for k in ("setting", "name", "baseline", "case", "target")}
+        row.update(
+            base_min_s=bmin, case_min_s=cmin, ratio_of_min=ratio, met=ratio >= p["target"],
+            base_times_s=p["base_times"], case_times_s=p["case_times"],
+            sizes=info[p["setting"]],
+        )  # fmt: skip
+        if p.get("per_step"):
+            row["case_us_per_step"] = cmin / T * 1e6
+            row["base_us_per_step"] = bmin / T * 1e6
+        rows.append(row)
+        print(f"{p['setting']:<20}{p['name']:<42}{bmin:>11.4f}{cmin:>11.4f}{ratio:>7.2f}"
+              f"{p['target']:>7.1f}  {'yes' if row['met'] else 'NO'}")  # fmt: skip
+        if p.get("per_step"):
+            print(f"{'':<20}  per step: {row['case_us_per_step']:.1f} us (case), "
+                  f"{row['base_us_per_step']:.1f} us (baseline)")  # fmt: skip
+    meta = {
+        "command": "python scripts/bench_surnn.py " + command_args(args),
+        "label": args.label,
+        "method": "per repetition each case runs right after its baseline; ratio = min(baseline) / min(case)",
+        "gate": f"rhythm, free per-neuron phases, 4 frequencies, bias shifted to {TARGET_RATE} open; training active = open or |a| < {width}",
+        "device": device_name(torch.device("cpu")),
+        "threads": args.threads,
+        "impl": impl,
+        "torch": torch.__version__,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "commit": commit(root),
+        "reps": args.reps,
+        "loadavg_before_after": [load_before, load_after],
+        "settings": info,
+        "rows": rows,
+    }
+    out = Path(args.out) if args.out else root / "results" / "bench" / "surnn_cpu_targets.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(meta, indent=1))
+    print(f"wrote {out}")
