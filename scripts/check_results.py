@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             for k, a, b in diff:
                 print(f"    {k}: committed {a} / rerun {b}")
         else:
-            print(f"  same: test_acc {new['test_acc']:.4f}, best_val_acc {new['best_val_acc']:.4f}")
+            best = new.get("best_val_acc", new.get("best_val_metric"))  # per-position runs
+            print(f"  same: test_acc {new['test_acc']:.4f}, best validation {best:.4f}")
     if args.update:
         return 0
     print(f"{len(files) - bad} of {len(files)} result(s) reproduced")
