@@ -12,6 +12,17 @@ from surnn.ops import su_gru
 from tasks.base import SequenceDataset, Splits, Task, make_collate, pack_sequences
 
 ROOT = Path(__file__).resolve().parents[1]
+#: run.py overrides of a tiny generated ListOps (64 / 20 / 21 sequences of 10-60 tokens,
+#: depth <= 3): a run in seconds.
+TINY_LISTOPS = [
+    "task.options.generate.n_train=64",
+    "task.options.generate.n_val=20",
+    "task.options.generate.n_test=21",
+    "task.options.generate.min_length=10",
+    "task.options.generate.max_length=60",
+    "task.options.generate.max_depth=3",
+    "task.options.max_len=64",
+]
 
 
 class ToyTask(Task):

@@ -12,17 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures import TINY_LISTOPS
+
 ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "task.options.generate.n_train=64",
-    "task.options.generate.n_val=20",
-    "task.options.generate.n_test=21",
-    "task.options.generate.min_length=10",
-    "task.options.generate.max_length=60",
-    "task.options.generate.max_depth=3",
-    "task.options.max_len=64",
-    "logger=none",
-]
+TINY = [*TINY_LISTOPS, "logger=none"]
 RESULT_FIELDS = {
     "task",
     "model",

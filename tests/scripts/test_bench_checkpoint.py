@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from surnn.harness.cli import CONFIG_DIR
 from surnn.harness.run import train
-from tests.fixtures import load_script
+from tests.fixtures import TINY_LISTOPS, load_script
 
 bench = load_script("bench_checkpoint")
 make_tables = load_script("make_tables")
@@ -22,13 +22,7 @@ TINY = [
     "trainer=smoke",
     "logger=none",
     "run_id=tiny",
-    "task.options.generate.n_train=64",
-    "task.options.generate.n_val=20",
-    "task.options.generate.n_test=21",
-    "task.options.generate.min_length=10",
-    "task.options.generate.max_length=60",
-    "task.options.generate.max_depth=3",
-    "task.options.max_len=64",
+    *TINY_LISTOPS,
 ]
 
 
