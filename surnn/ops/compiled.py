@@ -8,6 +8,12 @@ the repository (``$SURNN_EXT_DIR`` overrides; the name carries the SIMD flags, s
 CPU builds its own). Later processes only load the cached library. Without a compiler (or
 ninja), or if the build fails, ``load()`` returns None after one warning and the
 dispatcher runs the eager ``cpu`` path. ``SURNN_NO_COMPILED=1`` disables the kernel.
+``SURNN_COMPILED_SANITIZE=1`` builds and loads a debug variant instead, instrumented with
+AddressSanitizer and UndefinedBehaviorSanitizer (its own module name and folder, ``_san``),
+for Python run with ``ASAN_OPTIONS=detect_leaks=0`` and
+``LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"``
+(libstdc++ too, else ASan cannot intercept C++ throws: a TORCH_CHECK would crash);
+``UBSAN_OPTIONS=halt_on_error=1`` makes UB fatal.
 
 Same semantics as ``reference.py``. The two kernel calls are torch.library custom ops
 (``surnn::su_gru_compiled_fwd/bwd``) with FLOP formulas, so FlopCounterMode (the
@@ -46,6 +52,11 @@ def _simd_flags() -> list[str]:
     return ["-mavx2", "-mfma"] if {"avx2", "fma"} <= flags else []
 
 
+def _sanitize() -> bool:
+    """SURNN_COMPILED_SANITIZE=1: the ASan+UBSan debug build (see the module docstring)."""
+    return os.environ.get("SURNN_COMPILED_SANITIZE", "") not in ("", "0")
+
+
 def build_dir() -> Path:
     """Where the extension is built and cached."""
     env = os.environ.get("SURNN_EXT_DIR")
@@ -78,6 +89,9 @@ def load(verbose: bool = False):
     error = None
     if shutil.which(cxx) is None:
         error = f"no C++ compiler: {cxx!r} not found on PATH"
+    elif _sanitize() and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        # An ASan library loaded into an uninstrumented python aborts the process.
+        error = "SURNN_COMPILED_SANITIZE=1 needs LD_PRELOAD=$(gcc -print-file-name=libasan.so)"
     else:
         from torch.utils import cpp_extension
 
@@ -86,6 +100,11 @@ def load(verbose: bool = False):
     if error is None:
         simd = _simd_flags()
         name = "surnn_su_gru" + ("_avx2" if simd else "")
+        cflags, ldflags = ["-O3", "-fopenmp", *simd], ["-fopenmp"]
+        if _sanitize():
+            name += "_san"
+            san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+            cflags, ldflags = ["-O1", "-fopenmp", *simd, *san], ["-fopenmp", san[0]]
         where = build_dir() / name
         try:
             where.mkdir(parents=True, exist_ok=True)
@@ -103,8 +122,8 @@ def load(verbose: bool = False):
             ext = cpp_extension.load(
                 name=name,
                 sources=[str(_SRC / "su_gru_bind.cpp"), str(_SRC / "su_gru_kernels.cpp")],
-                extra_cflags=["-O3", "-fopenmp", *simd],
-                extra_ldflags=["-fopenmp"],
+                extra_cflags=cflags,
+                extra_ldflags=ldflags,
                 build_directory=str(where),
                 verbose=verbose,
             )

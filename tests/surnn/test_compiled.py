@@ -7,6 +7,9 @@ Imports only torch and surnn.ops (the package layout around it is moving)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -15,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import surnn.ops as ops
 from surnn.ops import compiled, su_gru
-from tests.fixtures import F64, assert_close, make_case, run
+from tests.fixtures import F64, ROOT, assert_close, make_case, run
 
 needs_kernel = pytest.mark.skipif(
     not compiled.available(), reason=f"compiled kernel unavailable: {compiled._STATE['error']}"
@@ -65,6 +68,43 @@ def test_compiled_thread_count_does_not_change_results():
     finally:
         torch.set_num_threads(n)
     assert_close(one, many, 1e-12)
+
+
+@needs_kernel
+def test_compiled_every_sample_runs_when_openmp_gives_fewer_threads():
+    """OMP_THREAD_LIMIT=1 (like OMP_DYNAMIC under load, or a nested region) gives the
+    kernel's parallel region fewer threads than it asks for: every sample must still be
+    computed (the samples of the missing threads used to keep uninitialised memory)."""
+    code = (
+        "import torch\n"
+        "from tests.fixtures import assert_close, make_case, run\n"
+        "torch.set_num_threads(4)\n"
+        "assert torch.get_num_threads() == 4\n"
+        "case = make_case(13, 6, 9, 11, 'sparse', per_sample=True, lengths=True)\n"
+        "assert_close(run('compiled', case), run('reference', case), 1e-10)\n"
+    )
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1", "PYTHONPATH": path}
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+@needs_kernel
+@pytest.mark.parametrize("bad", ["active [T,H], g [B,T,H]", "g [1,T,H]", "lengths [1]"])
+def test_compiled_rejects_broadcast_shapes(bad):
+    """The kernel indexes by (B, T, H) without bounds checks: shapes the reference accepts
+    by broadcasting are refused (they used to be read out of bounds, seen with ASan)."""
+    x, h0, w, g, active, lens = make_case(3, 5, 4, 6, "random", per_sample=True, lengths=True)
+    if bad == "active [T,H], g [B,T,H]":
+        active = active[0]
+    elif bad == "g [1,T,H]":
+        g, active = g[:1].detach().requires_grad_(), active[:1]
+    else:
+        lens = lens[:1]
+    with pytest.raises(RuntimeError, match="no broadcasting|expected lengths"):
+        su_gru(x, h0, *w, g, active, lens, impl="compiled")
 
 
 @needs_kernel

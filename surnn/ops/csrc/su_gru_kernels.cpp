@@ -25,7 +25,6 @@
 //   bs int32 [T] (samples still running at step t: samples 0..bs[t]-1),
 //   out [B,T,H], saved [nnz, 4, B] = (r, z, n, hn) per executed (step, neuron, sample).
 #include "su_gru_kernels.h"
-#include <omp.h>
 #ifdef __AVX__
 #include <immintrin.h>
 #endif
@@ -230,9 +229,12 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
     hvs[tid].resize(nm);
     ovs[tid].resize(nm);
   }
-#pragma omp parallel num_threads(nt)
-  {
-    const int tid = omp_get_thread_num();
+  // One iteration per slot tid (static, 1: with the full team, thread tid runs slot tid).
+  // The runtime may give fewer threads than nt (OMP_THREAD_LIMIT, OMP_DYNAMIC under load,
+  // a nested region): the team still runs every slot, where a plain parallel region left
+  // the missing threads' samples uncomputed (out kept uninitialised memory).
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+  for (int tid = 0; tid < nt; ++tid) {
     const std::vector<int>& mine = samples[tid];
     const int nm = static_cast<int>(mine.size());
     // Pre-activations of all the step's active neurons for my samples, [A][nm] each:
@@ -470,13 +472,12 @@ void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T*
     dhvs[tid].resize(nm);
     dxvs[tid].resize(nm);
   }
-#pragma omp parallel num_threads(nt)
-  {
-    const int tid = omp_get_thread_num();
+#pragma omp parallel for num_threads(nt) schedule(static, 1)  // every slot runs (forward)
+  for (int tid = 0; tid < nt; ++tid) {
     const std::vector<int>& mine = samples[tid];
     const int nm = static_cast<int>(mine.size());
-    T* my_dwih = dwih + (int64_t)tid * 3 * H * D;
-    T* my_dwhh = dwhh + (int64_t)tid * 3 * H * H;
+    T* my_dwih = need_w ? dwih + (int64_t)tid * 3 * H * D : nullptr;  // no arithmetic on null
+    T* my_dwhh = need_w ? dwhh + (int64_t)tid * 3 * H * H : nullptr;
     T* my_dbih = dbih + (int64_t)tid * 3 * H;
     T* my_dbhh = dbhh + (int64_t)tid * 3 * H;
     T* my_dgp = dgp ? dgp + (int64_t)tid * off[Tn] : nullptr;
