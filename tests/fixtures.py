@@ -118,6 +118,25 @@ def assert_close(a_list, b_list, tol):
         assert err < tol, f"{name}: max abs diff {err:.3g}"
 
 
+def op_gradcheck(op, **kwargs) -> bool:
+    """torch.autograd.gradcheck of ``op(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=...,
+    lengths=..., **kwargs)`` in float64: a soft gate (every neuron active), ragged lengths."""
+    gen = torch.Generator().manual_seed(3)
+    B, T, D, H = 2, 4, 3, 5
+    args = [torch.randn(s, generator=gen, dtype=F64) for s in [(B, T, D), (B, H)]]
+    args += [torch.randn(s, generator=gen, dtype=F64) * 0.5 for s in [(3 * H, D), (3 * H, H)]]
+    args += [torch.randn(3 * H, generator=gen, dtype=F64) * 0.5 for _ in range(2)]
+    args.append(torch.rand(T, H, generator=gen, dtype=F64))  # soft gate values
+    args = [a.requires_grad_() for a in args]
+    active = torch.ones(T, H, dtype=torch.bool)
+    lens = torch.tensor([4, 2])
+
+    def fn(*a):
+        return op(*a, active=active, lengths=lens, **kwargs)
+
+    return torch.autograd.gradcheck(fn, args, atol=1e-7)
+
+
 # ------------------------------------------------------------------ Triton on the CPU
 
 
