@@ -21,22 +21,12 @@ import pickle
 import sys
 from pathlib import Path
 
+from surnn.harness import registry
 from tasks.generators import pathfinder as pfgen
 from tasks.retrieval import EXPECTED_ROWS, tsv_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TASKS = (
-    "listops",
-    "text",
-    "retrieval",
-    "image",
-    "pathfinder",
-    "pathx",
-    "smnist",
-    "psmnist",
-    "scifar",
-)
 RELEASE_IMAGES = 200_000  # per Pathfinder difficulty
 LRA_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
 
@@ -225,19 +215,19 @@ CHECKS = {
     "psmnist": check_mnist,
     "scifar": check_image,
 }
+# The tasks with data to check: the registry's (task=), in its order, that have a check.
+TASKS = tuple(t for t in registry.TASKS if t in CHECKS)
 
 
 def build_cache(task: str, d: Path) -> str:
     """Build a task's cache with the options of configs/task/<task>.yaml."""
     from omegaconf import OmegaConf
 
-    from surnn.harness.registry import TASKS
-
     cfg = OmegaConf.load(ROOT / "configs" / "task" / f"{task}.yaml")
     opts = OmegaConf.to_container(cfg.get("options") or {}, resolve=True)
     if task in ("pathfinder", "pathx"):
         opts["generate"] = False  # only cache what is there
-    t = TASKS.get(task)(data_dir=d, **opts)
+    t = registry.TASKS.get(task)(data_dir=d, **opts)
     s = t.splits()
     path = getattr(t, "cache_path", None)
     return f"cache {len(s.train):,}/{len(s.val):,}/{len(s.test):,}" + (

@@ -1,11 +1,16 @@
-"""What the tests share: a tiny in-memory task (no files, no registry) and the loader of
-the scripts under test. Writers of the real data formats live in tasks/formats.py."""
+"""What the tests share: a tiny in-memory task (no files, no registry), the loader of
+the scripts under test, the selective-update GRU op cases and the Triton set-up. Writers
+of the real data formats live in tasks/formats.py."""
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from surnn.ops import su_gru
@@ -122,3 +127,40 @@ def assert_close(a_list, b_list, tol):
         assert a.shape == b.shape, name
         err = (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
         assert err < tol, f"{name}: max abs diff {err:.3g}"
+
+
+def op_gradcheck(op, **kwargs) -> bool:
+    """torch.autograd.gradcheck of ``op(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=...,
+    lengths=..., **kwargs)`` in float64: a soft gate (every neuron active), ragged lengths."""
+    gen = torch.Generator().manual_seed(3)
+    B, T, D, H = 2, 4, 3, 5
+    args = [torch.randn(s, generator=gen, dtype=F64) for s in [(B, T, D), (B, H)]]
+    args += [torch.randn(s, generator=gen, dtype=F64) * 0.5 for s in [(3 * H, D), (3 * H, H)]]
+    args += [torch.randn(3 * H, generator=gen, dtype=F64) * 0.5 for _ in range(2)]
+    args.append(torch.rand(T, H, generator=gen, dtype=F64))  # soft gate values
+    args = [a.requires_grad_() for a in args]
+    active = torch.ones(T, H, dtype=torch.bool)
+    lens = torch.tensor([4, 2])
+
+    def fn(*a):
+        return op(*a, active=active, lengths=lens, **kwargs)
+
+    return torch.autograd.gradcheck(fn, args, atol=1e-7)
+
+
+# ------------------------------------------------------------------ Triton on the CPU
+
+
+def triton_interpreter_unless_cuda() -> None:
+    """Call at the top of a Triton test module, before it imports the kernels: without
+    CUDA the kernels run under the Triton interpreter on the CPU. The interpreter flag is
+    read when the kernels are decorated, so it is set before they are imported, and they
+    are re-decorated if another module imported them earlier without it. Without triton
+    the calling module is skipped."""
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+        pytest.importorskip("triton")
+        if "surnn.ops.triton.kernels" in sys.modules:
+            importlib.reload(sys.modules["surnn.ops.triton.kernels"])
+    else:
+        pytest.importorskip("triton")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Iterator
 from typing import Any
 
 from surnn.errors import ConfigError
@@ -21,6 +22,10 @@ class Registry:
         self._entries = dict(entries)
         self._aliases = dict(aliases or {})
         self._loaded: dict[str, Any] = {}
+
+    def __iter__(self) -> Iterator[str]:
+        """The names in the table's order (no aliases)."""
+        return iter(self._entries)
 
     def names(self, aliases: bool = False) -> list[str]:
         out = list(self._entries)

@@ -23,6 +23,7 @@ from tasks.formats import (
     write_pathfinder_pngs,
 )
 from tasks.generators import pathfinder as gen
+from tests.fixtures import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,21 +82,17 @@ def test_prepare_data_on_empty_folder_prints_instructions(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    for task in (
-        "listops",
-        "text",
-        "retrieval",
-        "image",
-        "pathfinder",
-        "pathx",
-        "smnist",
-        "scifar",
-    ):
+    for task in load_script("prepare_data").TASKS:
         row = next(ln for ln in lines if ln.startswith(task + " "))
         assert " missing " in row
     assert f"--resolution 128 --difficulty hard --n 200000 --out {tmp_path}" in r.stdout
     assert "aclImdb_v1.tar.gz" in r.stdout and "cifar-10-python.tar.gz" in r.stdout
     assert "ossci-datasets" in r.stdout  # where MNIST's IDX files come from
+
+
+def test_prepare_data_checks_only_registry_tasks():
+    checks = load_script("prepare_data").CHECKS
+    assert set(checks) <= set(TASKS), f"checks of unknown tasks: {set(checks) - set(TASKS)}"
 
 
 def test_prepare_data_counts_and_builds_caches(data):

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import surnn.ops as ops
 from surnn.ops import compiled, su_gru
-from tests.fixtures import F64, ROOT, assert_close, make_case, run
+from tests.fixtures import F64, ROOT, assert_close, make_case, op_gradcheck, run
 
 needs_kernel = pytest.mark.skipif(
     not compiled.available(), reason=f"compiled kernel unavailable: {compiled._STATE['error']}"
@@ -109,20 +109,7 @@ def test_compiled_rejects_broadcast_shapes(bad):
 
 @needs_kernel
 def test_compiled_gradcheck():
-    gen = torch.Generator().manual_seed(3)
-    B, T, D, H = 2, 4, 3, 5
-    args = [torch.randn(s, generator=gen, dtype=F64) for s in [(B, T, D), (B, H)]]
-    args += [torch.randn(s, generator=gen, dtype=F64) * 0.5 for s in [(3 * H, D), (3 * H, H)]]
-    args += [torch.randn(3 * H, generator=gen, dtype=F64) * 0.5 for _ in range(2)]
-    args.append(torch.rand(T, H, generator=gen, dtype=F64))  # soft gate values
-    args = [a.requires_grad_() for a in args]
-    active = torch.ones(T, H, dtype=torch.bool)
-    lens = torch.tensor([4, 2])
-
-    def fn(*a):
-        return su_gru(*a, active=active, lengths=lens, impl="compiled")
-
-    assert torch.autograd.gradcheck(fn, args, atol=1e-7)
+    assert op_gradcheck(su_gru, impl="compiled")
 
 
 @needs_kernel

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import surnn.ops.schedule as schedule
 from surnn.ops import su_gru
 from surnn.ops.cpu import su_gru_cpu
-from tests.fixtures import F64, assert_close, make_case, run
+from tests.fixtures import F64, assert_close, make_case, op_gradcheck, run
 
 
 @pytest.mark.parametrize("kind", ["random", "open", "closed", "slab"])
@@ -38,20 +38,7 @@ def test_cpu_t1_and_empty_batch_rows():
 
 
 def test_cpu_gradcheck():
-    gen = torch.Generator().manual_seed(3)
-    B, T, D, H = 2, 4, 3, 5
-    args = [torch.randn(s, generator=gen, dtype=F64) for s in [(B, T, D), (B, H)]]
-    args += [torch.randn(s, generator=gen, dtype=F64) * 0.5 for s in [(3 * H, D), (3 * H, H)]]
-    args += [torch.randn(3 * H, generator=gen, dtype=F64) * 0.5 for _ in range(2)]
-    args.append(torch.rand(T, H, generator=gen, dtype=F64))  # soft gate values
-    args = [a.requires_grad_() for a in args]
-    active = torch.ones(T, H, dtype=torch.bool)
-    lens = torch.tensor([4, 2])
-
-    def fn(*a):
-        return su_gru_cpu(*a, active=active, lengths=lens)
-
-    assert torch.autograd.gradcheck(fn, args, atol=1e-7)
+    assert op_gradcheck(su_gru_cpu)
 
 
 @pytest.mark.parametrize("impl", ["reference", "cpu"])

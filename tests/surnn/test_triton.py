@@ -3,28 +3,17 @@ on CUDA (fp32 and bf16) when a GPU is present. Also torch.library.opcheck and FL
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-
 import pytest
 import torch
 
+from tests.fixtures import assert_close, make_case, run, triton_interpreter_unless_cuda
+
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    # The interpreter flag is read when the kernels are decorated: set it before importing
-    # them, and re-decorate them if another module imported them earlier without it.
-    os.environ["TRITON_INTERPRET"] = "1"
-    pytest.importorskip("triton")
-    if "surnn.ops.triton.kernels" in sys.modules:
-        importlib.reload(sys.modules["surnn.ops.triton.kernels"])
-else:
-    pytest.importorskip("triton")
+triton_interpreter_unless_cuda()  # before the kernels are imported
 
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from surnn.ops import su_gru  # noqa: E402
-from tests.fixtures import assert_close, make_case, run  # noqa: E402
 
 DEV = "cuda" if HAS_CUDA else "cpu"
 

@@ -11,21 +11,13 @@ torch.cuda.CUDAGraph capture and replay against the eager loop, bit for bit.
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-
 import pytest
 import torch
 
+from tests.fixtures import triton_interpreter_unless_cuda
+
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:  # as tests/surnn/test_triton.py: interpret the kernels on the CPU
-    os.environ["TRITON_INTERPRET"] = "1"
-    pytest.importorskip("triton")
-    if "surnn.ops.triton.kernels" in sys.modules:
-        importlib.reload(sys.modules["surnn.ops.triton.kernels"])
-else:
-    pytest.importorskip("triton")
+triton_interpreter_unless_cuda()  # before the kernels are imported
 
 from surnn.ops.triton import graphs  # noqa: E402
 from surnn.ops.triton.op import su_gru_triton  # noqa: E402
