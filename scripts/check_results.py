@@ -13,7 +13,10 @@ or the count in ``device``). The command is rerun here with the same thread coun
 (OMP_NUM_THREADS / MKL_NUM_THREADS, PYTHONHASHSEED=0) into a fresh output folder, and
 every outcome field (accuracies, losses, best step, update rates, FLOPs, sizes) must be
 equal: training on CPU is deterministic for a given commit, seed and thread count.
-Timings and dates are reported, never compared. Exit status 0 when all match, 1 otherwise.
+Timings and dates are reported, never compared. The rerun uses the CPU kernel the result
+records (``kernel``; none recorded: the eager ``cpu`` path, which ``impl=auto`` ran before the
+compiled kernel became its CPU choice); ``--update`` reruns with today's defaults.
+Exit status 0 when all match, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -84,13 +87,25 @@ def compare(old: dict, new: dict) -> list[tuple[str, object, object]]:
     return [(k, old.get(k), new.get(k)) for k in COMPARED if k in old and old.get(k) != new.get(k)]
 
 
-def rerun(res: dict, out_dir: Path, data_dir: str | None) -> dict:
-    drop = ("output_dir=", "data_dir=") if data_dir else ("output_dir=",)
-    args = [a for a in run_args(res) if not a.startswith(drop)]
+def rerun_env(res: dict, pin_kernel: bool = True) -> dict[str, str]:
+    """The environment a result is rerun in: its thread count, a fixed hash seed and, with
+    ``pin_kernel``, the CPU kernel ``impl=auto`` ran for it (``kernel``; a result without
+    one was made when auto ran the eager path on CPU). Without it: today's auto."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env.pop("SURNN_AUTO_COMPILED", None)
+    if pin_kernel and res.get("kernel", "cpu") in ("cpu", "compiled"):
+        env["SURNN_AUTO_COMPILED"] = "0" if res.get("kernel", "cpu") == "cpu" else "1"
     threads = threads_of(res)
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def rerun(res: dict, out_dir: Path, data_dir: str | None, pin_kernel: bool = True) -> dict:
+    drop = ("output_dir=", "data_dir=") if data_dir else ("output_dir=",)
+    args = [a for a in run_args(res) if not a.startswith(drop)]
+    env = rerun_env(res, pin_kernel)
+    threads = threads_of(res)
     extra = [f"output_dir={out_dir}"]
     if data_dir:
         extra.append(f"data_dir={data_dir}")
@@ -133,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             f"[{i + 1}/{len(files)}] {f} (made at {str(old.get('git_commit'))[:12]}, now {head[:12]})"
         )
         try:
-            new = rerun(old, runs_dir / f"{i}-{f.stem}", args.data_dir)
+            new = rerun(old, runs_dir / f"{i}-{f.stem}", args.data_dir, not args.update)
         except (RuntimeError, ValueError) as e:
             print(f"  FAILED: {e}")
             bad += 1

@@ -255,6 +255,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "threads": torch.get_num_threads(),
             "world_size": world,
             "precision": "bf16" if trainer.amp else "fp32",
+            "kernel": _kernel(model, device),
             "git_commit": commit,
             "torch": torch.__version__,
             "date": now_iso(),
@@ -278,6 +279,21 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         loggers.close()
         if lock is not None:
             lock.release(remove=not started)
+
+
+def _kernel(model: torch.nn.Module, device: torch.device) -> str | None:
+    """The implementation the model's suRNN layers ran (None: the model has none)."""
+    from surnn.layer import SelectiveUpdateGRU
+    from surnn.ops import resolve_impl
+
+    found = sorted(
+        {
+            resolve_impl(m.impl, device, next(m.parameters()).dtype)
+            for m in model.modules()
+            if isinstance(m, SelectiveUpdateGRU)
+        }
+    )
+    return ", ".join(found) or None
 
 
 HYDRA_FILES = {".hydra", "run.log"}

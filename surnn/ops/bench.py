@@ -15,7 +15,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,13 +25,12 @@ from surnn.ops import resolve_impl, su_gru
 
 
 def commit(root: Path) -> str:
-    """The short commit of the checkout at ``root``."""
-    try:
-        return subprocess.check_output(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True
-        ).strip()
-    except Exception:  # noqa: BLE001 - not a git checkout
-        return "unknown"
+    """The short commit of the checkout at ``root``, with ``-dirty`` for uncommitted changes."""
+    from surnn.harness.metrics import git_commit
+
+    full = git_commit(root)
+    sha, _, dirty = full.partition("-")
+    return sha[:7] + (f"-{dirty}" if dirty else "") if sha != "unknown" else full
 
 
 def device_name(device: torch.device) -> str:
@@ -186,12 +184,11 @@ def targets(args: argparse.Namespace, root: Path) -> None:
         pair("stream", "inference vs nn.GRU (B=1)", "nn.GRU fwd", infer(lambda: gru(x)),
              f"su {impl} fwd", su, 1.0, {"per_step": True})  # fmt: skip
 
-    if "crossover" in args.settings:  # where auto should stop picking the compiled kernel
-        B, T, D, H = 32, 1024, 512, 512
+    def crossover(B, T, D, H, rates):
         gru, w, x, xg, h0 = layer(B, T, D, H)
-        for rate in (0.3, 0.5, 0.75):
+        for rate in rates:
             g, a_ev, a_tr = rhythm_at(rate, T, H, width)
-            tag = f"crossover rate {rate:g}"
+            tag = f"crossover H={H} T={T} rate {rate:g}"
             info[tag] = {"B": B, "T": T, "D": D, "H": H, "rate": float(g.mean()),
                          "train_active_rate": float(a_tr.float().mean())}  # fmt: skip
             pair(tag, "inference: compiled vs eager cpu", "su cpu fwd",
@@ -204,6 +201,15 @@ def targets(args: argparse.Namespace, root: Path) -> None:
                  "su compiled train",
                  train_step(w, xg, lambda g=g, a=a_tr: su_gru(xg, h0, *w, g, a, impl="compiled")),
                  1.0)  # fmt: skip
+
+    if "crossover" in args.settings:  # where auto should stop picking the compiled kernel
+        for (B, T, D, H), rates in [
+            ((32, 1024, 512, 512), (0.3, 0.5, 0.75, 1.0)),
+            ((32, 512, 256, 256), (1.0,)),
+            ((32, 221, 64, 64), (0.5, 0.75, 1.0)),
+            ((32, 221, 128, 128), (0.5, 0.75, 1.0)),
+        ]:
+            crossover(B, T, D, H, rates)
 
     load_before = os.getloadavg()
     if set(args.settings) == {"stream"}:  # a B=1 sequence takes ~20 ms: more repetitions

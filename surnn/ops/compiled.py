@@ -323,17 +323,23 @@ class _SuGRUCompiled(torch.autograd.Function):
         )
 
 
-def su_gru_compiled(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, max_active=None):
+def su_gru_compiled(
+    x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, dense_grad_max_h=None
+):
     """The compiled kernel; same arguments and semantics as ``su_gru_reference``. The
     caller (``surnn.ops.su_gru``) checks ``available()`` and ``supports(x)`` first.
-    Returns None (nothing run) when more than ``max_active`` of the [T, H] updates would
-    be computed (``auto`` then runs the eager path, faster on dense work)."""
+    Returns None (nothing run) for a call that needs gradients, computes every update and
+    has more than ``dense_grad_max_h`` neurons: ``auto`` then runs the eager path, whose
+    dense GEMMs are faster there."""
     B, T, _ = x.shape
+    H = h0.shape[-1]
     m = _meta(g, active, lengths, B, T)
-    if max_active is not None and int(m.off[-1]) > max_active * T * h0.shape[-1]:
-        return None
     tensors = (x, h0, w_ih, w_hh, b_ih, b_hh, g)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    wide = dense_grad_max_h is not None and dense_grad_max_h < H
+    if grad and wide and int(m.off[-1]) == T * H:
+        return None
+    if grad:
         return _SuGRUCompiled.apply(x, h0, w_ih, w_hh, b_ih, b_hh, g, m)
     with torch.no_grad():
         xs, h0s, wi, wh, bi, bh, gs = _prepare(x, h0, w_ih, w_hh, b_ih, b_hh, g, m)

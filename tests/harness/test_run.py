@@ -81,6 +81,11 @@ def test_smoke_run_writes_every_result_field(tmp, model):
     assert res["variant"] == ("gate.init_rate=0.5" if model == "surnn" else None)
     assert res["test_examples"] == 21 and res["split_sizes"] == {"train": 64, "val": 20, "test": 21}
     assert res["flops_per_seq"] > 0 and res["flops_per_seq_dense"] >= res["flops_per_seq"]
+    from surnn.ops import compiled
+
+    # which implementation ran the suRNN layers (none for a baseline)
+    want = "compiled" if compiled.available() else "cpu"
+    assert res["kernel"] == (want if model == "surnn" else None)
     if model == "surnn":
         assert 0.0 < res["update_rate"]["layer0"] < 1.0
         # computed updates: the open ones plus those near threshold (bounded surrogate)
@@ -394,7 +399,9 @@ def test_empty_split_file_is_one_line_and_no_run_folder(tmp_path):
 
 def test_two_runs_with_one_run_id_one_refuses_and_the_folder_stays_intact(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [*COMMON, "trainer.max_steps=40", "run_id=shared"]
+    # the autograd oracle: slow enough that the first run still holds the lock when the
+    # second starts, whatever the speed of the default kernel
+    args = [*COMMON, "trainer.max_steps=40", "model.options.impl=reference", "run_id=shared"]
     first = subprocess.Popen(
         [
             sys.executable,
@@ -461,3 +468,21 @@ def test_check_results_reruns_a_committed_result_and_compares(tmp, straight):
         timeout=300,
     )
     assert p.returncode == 1 and "test_acc: committed" in p.stdout, p.stdout[-3000:]
+
+
+def test_check_results_reruns_with_the_kernel_a_result_records(monkeypatch):
+    """The rerun pins impl=auto's CPU choice to the recorded ``kernel``; a result without
+    one was made when auto ran the eager path; ``--update`` takes today's default."""
+    import importlib.util
+
+    path = ROOT / "scripts" / "check_results.py"
+    spec = importlib.util.spec_from_file_location("check_results", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setenv("SURNN_AUTO_COMPILED", "0")
+    old = mod.rerun_env({"threads": 2})
+    assert old["SURNN_AUTO_COMPILED"] == "0" and old["OMP_NUM_THREADS"] == "2"
+    assert mod.rerun_env({"kernel": "compiled"})["SURNN_AUTO_COMPILED"] == "1"
+    assert mod.rerun_env({"kernel": "cpu"})["SURNN_AUTO_COMPILED"] == "0"
+    assert "SURNN_AUTO_COMPILED" not in mod.rerun_env({"kernel": None})  # a baseline
+    assert "SURNN_AUTO_COMPILED" not in mod.rerun_env({}, pin_kernel=False)

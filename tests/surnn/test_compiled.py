@@ -44,9 +44,11 @@ def test_compiled_edge_sizes(B, T, D, H):
 
 
 @needs_kernel
-def test_compiled_float32_vector_paths():
-    """fp32 (8-wide vectors, the fast exp) at sizes that run the full tiles and tails."""
-    ref = make_case(9, 12, 77, 100, "sparse", lengths=True, dtype=F64, seed=3)
+@pytest.mark.parametrize("B", [9, 1])
+def test_compiled_float32_vector_paths(B):
+    """fp32 (8-wide vectors, the fast exp) at sizes that run the full tiles and tails; B=1
+    runs the two-neurons-at-a-time dots of a single sequence."""
+    ref = make_case(B, 12, 77, 100, "sparse", lengths=True, dtype=F64, seed=3)
     x, h0, w, g, active, lens = ref
 
     def f32(t):
@@ -138,7 +140,24 @@ def test_compiled_flops_count_only_executed_updates():
 
 
 @needs_kernel
-def test_auto_is_the_eager_path_unless_opted_in(monkeypatch):
+def test_auto_runs_the_compiled_kernel_on_cpu_unless_opted_out(monkeypatch):
+    """auto on CPU: the compiled kernel by default; SURNN_AUTO_COMPILED=0 (what
+    check_results sets to rerun results made before) gives the eager path."""
+    code = (
+        "import torch, surnn.ops as o\n"
+        "print(o.AUTO_COMPILED, o.resolve_impl('auto', torch.device('cpu')))\n"
+    )
+    got = {}
+    for value in (None, "0", "1"):
+        env = {k: v for k, v in os.environ.items() if k != "SURNN_AUTO_COMPILED"}
+        if value is not None:
+            env["SURNN_AUTO_COMPILED"] = value
+        res = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert res.returncode == 0, res.stderr[-2000:]
+        got[value] = res.stdout.split()
+    assert got == {None: ["True", "compiled"], "0": ["False", "cpu"], "1": ["True", "compiled"]}
     monkeypatch.setattr(ops, "AUTO_COMPILED", False)
     assert ops.resolve_impl("auto", torch.device("cpu")) == "cpu"
 
@@ -173,14 +192,24 @@ def test_without_a_compiler_the_eager_path_runs_with_one_warning(monkeypatch):
 
 
 @needs_kernel
-def test_auto_leaves_dense_work_to_the_eager_path(monkeypatch):
-    """auto runs the compiled kernel up to AUTO_MAX_ACTIVE of the updates, else cpu."""
+def test_auto_leaves_only_wide_dense_training_to_the_eager_path(monkeypatch):
+    """auto on CPU runs the compiled kernel at every rate, every neuron open included,
+    except a call with gradients computing every update of a layer wider than
+    AUTO_DENSE_GRAD_MAX_H (measured crossover); values equal the reference either way."""
     monkeypatch.setattr(ops, "AUTO_COMPILED", True)
-    x, h0, w, g, active, _ = make_case(2, 5, 4, 8, "open")
-    assert compiled.su_gru_compiled(x, h0, *w, g, active, None, max_active=0.5) is None
+    monkeypatch.setattr(ops, "AUTO_DENSE_GRAD_MAX_H", 6)
     calls = []
-    monkeypatch.setattr(ops, "su_gru_cpu", lambda *a: calls.append(1) or ("cpu",))
-    assert su_gru(x, h0, *w, g, active, impl="auto") == ("cpu",) and calls
-    sparse = make_case(2, 5, 4, 8, "sparse")
-    assert_close(run("auto", sparse), run("reference", sparse), 1e-10)
-    assert len(calls) == 1  # the sparse case ran compiled
+    eager = ops.su_gru_cpu
+    monkeypatch.setattr(ops, "su_gru_cpu", lambda *a: calls.append(1) or eager(*a))
+    for kind, H, want in [("sparse", 8, 0), ("open", 6, 0), ("open", 8, 1)]:
+        calls.clear()
+        case = make_case(2, 5, 4, H, kind)
+        assert_close(run("auto", case), run("reference", case), 1e-10)
+        assert len(calls) == want, (kind, H)
+        with torch.no_grad():  # inference: always the compiled kernel
+            x, h0, w, g, active, _ = case
+            su_gru(x, h0, *w, g, active, impl="auto")
+        assert len(calls) == want
+    x, h0, w, g, active, _ = make_case(2, 5, 4, 8, "open")
+    assert compiled.su_gru_compiled(x, h0, *w, g, active, None, 8) is not None
+    assert compiled.su_gru_compiled(x, h0, *w, g, active, None, 7) is None

@@ -178,6 +178,41 @@ inline void dot3(const T* w0, const T* w1, const T* w2, const T* const* v, int K
   }
 }
 
+// One sample, R rows: out[r] = <w_r, v>, with per row exactly the arithmetic of
+// dot3<T, 1> (so the results do not depend on which of the two computed them). R = 6
+// takes two neurons at once: twice the independent loads in flight, which is what a
+// single sequence (B = 1) waits on when the active rows are scattered.
+template <typename T, int R>
+inline void dot_rows(const T* const* w, const T* v, int K, T* out) {
+  using Vt = typename V<T>::type;
+  constexpr int N = V<T>::N;
+  Vt a[R], c[R];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) a[r] = c[r] = Vt{};
+  int k = 0;
+  for (; k + 2 * N <= K; k += 2 * N) {
+    const Vt u = vload(v + k), u2 = vload(v + k + N);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      a[r] += vload(w[r] + k) * u;
+      c[r] += vload(w[r] + k + N) * u2;
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) a[r] += c[r];
+  for (; k + N <= K; k += N) {
+    const Vt u = vload(v + k);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) a[r] += vload(w[r] + k) * u;
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    T sum = hsum<T>(a[r]);
+    for (int kk = k; kk < K; ++kk) sum += w[r][kk] * v[kk];
+    out[r] = sum;
+  }
+}
+
 template <typename T>
 inline void dot3_any(const T* w0, const T* w1, const T* w2, const T* const* v, int m, int K,
                      T out[3][4]) {
@@ -262,7 +297,27 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
       if (nv == 0 || A == 0) continue;
       const int* ids = idx + off[t];
       // 1. Dots: 3 rows x up to 4 samples per tile, both sides of each active neuron.
-      for (int a = 0; a < A; ++a) {
+      int a0 = 0;
+      if (nv == 1) {  // one sample: two neurons at a time
+        const int64_t sx = (int64_t)H * D, sh = (int64_t)H * H;
+        for (; a0 + 2 <= A; a0 += 2) {
+          const int i = ids[a0], j = ids[a0 + 1];
+          const T* wx[6] = {wih + (int64_t)i * D, wih + (int64_t)i * D + sx,
+                            wih + (int64_t)i * D + 2 * sx, wih + (int64_t)j * D,
+                            wih + (int64_t)j * D + sx, wih + (int64_t)j * D + 2 * sx};
+          const T* wh[6] = {whh + (int64_t)i * H, whh + (int64_t)i * H + sh,
+                            whh + (int64_t)i * H + 2 * sh, whh + (int64_t)j * H,
+                            whh + (int64_t)j * H + sh, whh + (int64_t)j * H + 2 * sh};
+          T o[6];
+          dot_rows<T, 6>(wx, xv[0], D, o);
+          xr[a0] = o[0], xz[a0] = o[1], xn[a0] = o[2];
+          xr[a0 + 1] = o[3], xz[a0 + 1] = o[4], xn[a0 + 1] = o[5];
+          dot_rows<T, 6>(wh, hv[0], H, o);
+          hr[a0] = o[0], hz[a0] = o[1], hn[a0] = o[2];
+          hr[a0 + 1] = o[3], hz[a0 + 1] = o[4], hn[a0 + 1] = o[5];
+        }
+      }
+      for (int a = a0; a < A; ++a) {
         const int i = ids[a];
         const T* wx = wih + (int64_t)i * D;
         const T* wh = whh + (int64_t)i * H;
