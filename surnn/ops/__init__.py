@@ -27,8 +27,9 @@ IMPLS = ("auto", "reference", "cpu", "compiled", "triton")
 # warning): it beats the eager path at every update rate, every neuron open included,
 # except a training call computing every update of a layer wider than AUTO_DENSE_GRAD_MAX_H
 # (the straight-through surrogate's dense training), where the eager path's GEMMs win
-# (results/bench/surnn_cpu_targets_crossover.json: H=512 0.68x, H=256 1.03x, H=128 2.3x).
-AUTO_DENSE_GRAD_MAX_H = 256
+# (results/bench/surnn_cpu_targets_crossover.json, training with every update computed:
+# H=512 0.52x, H=256 0.81x, H=128 2.33x, H=64 3.24x).
+AUTO_DENSE_GRAD_MAX_H = 128
 # SURNN_AUTO_COMPILED=0 makes auto run
 # the eager path on CPU, as it did before the kernel was timed on a quiet machine (results
 # made then record no ``kernel``: scripts/check_results.py reruns them that way).

@@ -259,4 +259,39 @@ def targets(args: argparse.Namespace, root: Path) -> None:
     out = Path(args.out) if args.out else root / "results" / "bench" / "surnn_cpu_targets.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(meta, indent=1))
-    print(f"wrote {out}")
+    out.with_suffix(".md").write_text(targets_md(meta))
+    print(f"wrote {out} and {out.with_suffix('.md').name}")
+
+
+def targets_md(meta: dict) -> str:
+    """A ``--suite targets`` JSON as a Markdown table (written beside it)."""
+    lines = [
+        f"# CPU targets: {', '.join(sorted(meta['settings']))}",
+        "",
+        f"`{meta['command']}`",
+        "",
+        f"{meta['device']}, {meta['threads']} threads, impl={meta['impl']}, torch "
+        f"{meta['torch']}, commit {meta['commit']}, {meta['date']}, {meta['reps']} repetitions; "
+        f"1-minute load average {meta['loadavg_before_after'][0][0]:.2f} before, "
+        f"{meta['loadavg_before_after'][1][0]:.2f} after. {meta['label']}".rstrip(),
+        "",
+        f"Gate: {meta['gate']}. {meta['method']}.",
+        "",
+        "| setting | B | T | D | H | rate | target | baseline | case | baseline min (s) "
+        "| case min (s) | ratio | wanted | met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in meta["rows"]:
+        z = r["sizes"]
+        lines.append(
+            f"| {r['setting']} | {z['B']} | {z['T']} | {z['D']} | {z['H']} | {z['rate']:.3f} "
+            f"| {r['name']} | {r['baseline']} | {r['case']} | {r['base_min_s']:.4f} "
+            f"| {r['case_min_s']:.4f} | {r['ratio_of_min']:.2f}x | >= {r['target']:g}x "
+            f"| {'yes' if r['met'] else 'no'} |"
+        )
+    per_step = [r for r in meta["rows"] if "case_us_per_step" in r]
+    if per_step:
+        lines += ["", "Per step (B=1): " + "; ".join(
+            f"{r['case']} {r['case_us_per_step']:.1f} us vs {r['baseline']} "
+            f"{r['base_us_per_step']:.1f} us" for r in per_step)]  # fmt: skip
+    return "\n".join(lines) + "\n"
