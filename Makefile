@@ -31,7 +31,7 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-demo: setup  ## ListOps run sized for a 2-core CPU (< 15 min); summary in results/demo/
+demo: setup  ## ListOps run sized for a 2-core CPU (about 4 min); summary in results/demo/
 	$(PY) run.py experiment=demo_listops
 
 check-results: setup  ## rerun the committed results/demo runs and compare every outcome (~40 min on 2 cores; not in CI)

@@ -147,7 +147,26 @@ class Gate(nn.Module):
                 shape = (x.shape[0], T, self.hidden_size)
             g = torch.ones(shape, device=device, dtype=dtype)
             return g, torch.ones(shape, device=device, dtype=torch.bool)
+        if self.time_only and not t0 and not torch.is_grad_enabled():
+            return self._from_table(T, device, dtype)
         return self.gate(T, x, device, dtype, t0)
+
+    def _from_table(self, T: int, device, dtype):
+        """Inference (no gradients) of a time-only gate: its values at steps 0..T-1 depend
+        on its parameters and buffers only, and are the same whatever T is (each step is
+        computed on its own). So they are computed once, for the longest T asked so far
+        (rounded up to a power of two), and every call takes the first T rows: at batch 1 a
+        rhythm's [T, H, K] sinusoids cost more than the recurrence they gate. The table is
+        recomputed when a parameter or buffer changes (an optimizer step, a checkpoint
+        load, rate control; their version counters) or moves."""
+        state = [*self.parameters(), *self.buffers()]
+        key = (str(device), dtype, tuple((t.data_ptr(), t._version) for t in state))
+        table = self.__dict__.get("_table")
+        if table is None or table[0] != key or table[1] < T:
+            n = 1 << max(T - 1, 0).bit_length()
+            g, active = self.gate(n, None, device, dtype, 0)
+            table = self.__dict__["_table"] = (key, n, g, active)
+        return table[2][:T], table[3][:T]
 
 
 class BinaryGate(Gate):

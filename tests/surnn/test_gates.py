@@ -187,3 +187,50 @@ def test_the_input_gate_runs_in_the_layer_and_skips_where_x_le_0():
     assert abs(float(rnn.last_update_rate[0]) - float((x > 0).float().mean())) < 1e-6
     closed = ~(x[:, 1:] > 0)  # a closed neuron keeps its state exactly
     assert torch.equal(y[:, 1:][closed], y[:, :-1][closed])
+
+
+@pytest.mark.parametrize(
+    "kind,opts",
+    [("rhythm", {}), ("rhythm", {"group_size": 4}), ("soft", {}), ("random", {}),
+     ("interval", {"period": 3}), ("open", {})],
+)  # fmt: skip
+def test_inference_takes_the_gate_from_a_table_equal_to_computing_it(kind, opts):
+    """Without gradients a time-only gate is served from a table of its first steps: bit
+    for bit what computing it gives, at every T, and recomputed when a parameter or buffer
+    changes (optimizer step, checkpoint load, rate control)."""
+    torch.manual_seed(0)
+    gate = build_gate(16, 16, {"kind": kind, **opts})
+
+    def same(T):
+        with torch.no_grad():
+            g, a = gate(T, None, dtype=torch.float32)
+            want_g, want_a = gate.gate(T, None, None, torch.float32, 0)
+        return g.shape[0] == T and torch.equal(g, want_g) and torch.equal(a, want_a)
+
+    assert all(same(T) for T in (50, 80, 30, 1, 200, 129))
+    table = gate.__dict__["_table"]
+    assert table[1] == 256  # the longest T asked, rounded up to a power of two
+    assert same(17) and gate.__dict__["_table"] is table  # served, not recomputed
+    if list(gate.parameters()):
+        with torch.no_grad():
+            next(gate.parameters()).add_(0.25)  # what an optimizer step does
+        assert same(40) and gate.__dict__["_table"] is not table
+        state = {k: v + 0.5 for k, v in gate.state_dict().items()}
+        gate.load_state_dict(state)
+        assert same(40)
+    if kind == "rhythm":
+        gate.enable_rate_control()
+        with torch.no_grad():
+            gate.rate_offset.add_(0.7)
+        assert same(40)
+
+
+def test_the_gate_table_is_not_used_with_gradients_or_a_later_window():
+    torch.manual_seed(0)
+    gate = build_gate(8, 8, {"kind": "rhythm"})
+    g, _ = gate(20, None, dtype=torch.float32)
+    assert g.requires_grad and "_table" not in gate.__dict__
+    with torch.no_grad():
+        late, _ = gate(20, None, dtype=torch.float32, t0=1000)
+        want, _ = gate.gate(20, None, None, torch.float32, 1000)
+    assert torch.equal(late, want) and "_table" not in gate.__dict__
