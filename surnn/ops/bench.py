@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -25,12 +26,18 @@ from surnn.ops import resolve_impl, su_gru
 
 
 def commit(root: Path) -> str:
-    """The short commit of the checkout at ``root``, with ``-dirty`` for uncommitted changes."""
-    from surnn.harness.metrics import git_commit
-
-    full = git_commit(root)
-    sha, _, dirty = full.partition("-")
-    return sha[:7] + (f"-{dirty}" if dirty else "") if sha != "unknown" else full
+    """The short commit of the checkout at ``root``, with ``-dirty`` for uncommitted changes
+    to tracked files (the method layer does not import the harness's ``git_commit``)."""
+    try:
+        sha = subprocess.check_output(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True
+        ).strip()
+        dirty = subprocess.check_output(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, text=True
+        ).strip()
+    except Exception:  # noqa: BLE001 - not a git checkout
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
 
 
 def device_name(device: torch.device) -> str:
