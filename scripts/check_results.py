@@ -93,8 +93,9 @@ def rerun_env(res: dict, pin_kernel: bool = True) -> dict[str, str]:
     one was made when auto ran the eager path on CPU). Without it: today's auto."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     env.pop("SURNN_AUTO_COMPILED", None)
-    if pin_kernel and res.get("kernel", "cpu") in ("cpu", "compiled"):
-        env["SURNN_AUTO_COMPILED"] = "0" if res.get("kernel", "cpu") == "cpu" else "1"
+    kernel = res.get("kernel", "cpu")
+    if pin_kernel and kernel in ("cpu", "compiled"):
+        env["SURNN_AUTO_COMPILED"] = "0" if kernel == "cpu" else "1"
     threads = threads_of(res)
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)

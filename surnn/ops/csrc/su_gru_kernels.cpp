@@ -178,10 +178,10 @@ inline void dot3(const T* w0, const T* w1, const T* w2, const T* const* v, int K
   }
 }
 
-// One sample, R rows: out[r] = <w_r, v>, with per row exactly the arithmetic of
-// dot3<T, 1> (so the results do not depend on which of the two computed them). R = 6
-// takes two neurons at once: twice the independent loads in flight, which is what a
-// single sequence (B = 1) waits on when the active rows are scattered.
+// One sample, R rows: out[r] = <w_r, v>, the same arithmetic per row whatever R (so a
+// neuron's result does not depend on how many are computed together). R = 3 is one
+// neuron; R = 6 takes two at once: twice the independent loads in flight, which is what
+// a single sequence (B = 1) waits on when the active rows are scattered.
 template <typename T, int R>
 inline void dot_rows(const T* const* w, const T* v, int K, T* out) {
   using Vt = typename V<T>::type;
@@ -217,7 +217,13 @@ template <typename T>
 inline void dot3_any(const T* w0, const T* w1, const T* w2, const T* const* v, int m, int K,
                      T out[3][4]) {
   switch (m) {
-    case 1: dot3<T, 1>(w0, w1, w2, v, K, out); break;
+    case 1: {  // the single-sample arithmetic lives in dot_rows (the B = 1 pairs use it too)
+      const T* w[3] = {w0, w1, w2};
+      T o[3];
+      dot_rows<T, 3>(w, v[0], K, o);
+      out[0][0] = o[0], out[1][0] = o[1], out[2][0] = o[2];
+      break;
+    }
     case 2: dot3<T, 2>(w0, w1, w2, v, K, out); break;
     case 3: dot3<T, 3>(w0, w1, w2, v, K, out); break;
     default: dot3<T, 4>(w0, w1, w2, v, K, out); break;
@@ -301,13 +307,12 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
       if (nv == 1) {  // one sample: two neurons at a time
         const int64_t sx = (int64_t)H * D, sh = (int64_t)H * H;
         for (; a0 + 2 <= A; a0 += 2) {
-          const int i = ids[a0], j = ids[a0 + 1];
-          const T* wx[6] = {wih + (int64_t)i * D, wih + (int64_t)i * D + sx,
-                            wih + (int64_t)i * D + 2 * sx, wih + (int64_t)j * D,
-                            wih + (int64_t)j * D + sx, wih + (int64_t)j * D + 2 * sx};
-          const T* wh[6] = {whh + (int64_t)i * H, whh + (int64_t)i * H + sh,
-                            whh + (int64_t)i * H + 2 * sh, whh + (int64_t)j * H,
-                            whh + (int64_t)j * H + sh, whh + (int64_t)j * H + 2 * sh};
+          const T *wx[6], *wh[6];  // rows r, z, n of neurons ids[a0] and ids[a0 + 1]
+          for (int p = 0; p < 2; ++p)
+            for (int q = 0; q < 3; ++q) {
+              wx[3 * p + q] = wih + (int64_t)ids[a0 + p] * D + q * sx;
+              wh[3 * p + q] = whh + (int64_t)ids[a0 + p] * H + q * sh;
+            }
           T o[6];
           dot_rows<T, 6>(wx, xv[0], D, o);
           xr[a0] = o[0], xz[a0] = o[1], xn[a0] = o[2];
