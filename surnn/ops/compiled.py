@@ -1,6 +1,6 @@
 """The compiled CPU kernel (``impl="compiled"``): a C++ extension running the whole time
 loop of the selective-update GRU, forward and backward, computing only the active neurons
-of each step wherever they sit (``csrc/su_gru.cpp`` explains the kernel).
+of each step wherever they sit (``csrc/su_gru_kernels.cpp`` explains the kernel).
 
 Built with ``torch.utils.cpp_extension.load`` (g++, OpenMP, AVX2+FMA where the CPU has
 them) on first use or by ``make setup``, and cached under ``build/torch_extensions/`` of
@@ -15,10 +15,11 @@ for Python run with ``ASAN_OPTIONS=detect_leaks=0`` and
 (libstdc++ too, else ASan cannot intercept C++ throws: a TORCH_CHECK would crash);
 ``UBSAN_OPTIONS=halt_on_error=1`` makes UB fatal.
 
-Same semantics as ``reference.py``. The two kernel calls are torch.library custom ops
-(``surnn::su_gru_compiled_fwd/bwd``) with FLOP formulas, so FlopCounterMode (the
-trainer's executed/dense FLOPs) counts the updates the kernel executes. Imports nothing
-beyond torch and the stdlib.
+Same semantics as ``reference.py``. The kernel calls are torch.library custom ops
+(``surnn::su_gru_compiled_fwd/bwd`` for training, ``surnn::su_gru_compiled_infer`` for
+inference of full-length sequences: the step plan and the sweep in one C++ call) with
+FLOP formulas, so FlopCounterMode (the trainer's executed/dense FLOPs) counts the updates
+the kernel executes. Imports nothing beyond torch and the stdlib.
 """
 
 from __future__ import annotations
@@ -202,6 +203,41 @@ def _bwd_op(
     return [dx, dwi.sum(0), dwh.sum(0), dbi.sum(0), dbh.sum(0), dgp.sum(0), dgs, dh]
 
 
+@torch.library.custom_op("surnn::su_gru_compiled_infer", mutates_args=())
+def _infer_op(
+    x: torch.Tensor,
+    h0: torch.Tensor,
+    w_ih: torch.Tensor,
+    w_hh: torch.Tensor,
+    b_ih: torch.Tensor | None,
+    b_hh: torch.Tensor | None,
+    g: torch.Tensor,
+    active: torch.Tensor | None,
+    nthreads: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out [B,T,H], h_T [B,H]) without gradients for full-length sequences: layouts,
+    absent biases, the step plan and the forward sweep all in one C++ call (at batch 1
+    the general path's ~15 Python and ATen steps cost as much as a sparse sweep)."""
+    out, h_t = _STATE["ext"].infer(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, nthreads)
+    return out, h_t
+
+
+def _plain_call(tensors) -> bool:
+    """True when nothing has to see the inference call as an operator: no dispatch mode
+    (FlopCounterMode, fake tensors), no torch.compile trace, plain tensors or parameters.
+    Then ``_infer_op``'s extension function is called directly: the custom op's dispatch
+    costs ~80 us per call, ~200 us when the caches are cold (a B=1 sMNIST sequence at 17%
+    updates takes ~3 ms). Uses torch's dispatch-mode stack depth where it exists; without
+    it every call goes through the op."""
+    depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
+    return (
+        depth is not None
+        and depth() == 0
+        and not torch.compiler.is_compiling()
+        and all(t is None or type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+    )
+
+
 def _executed(off: torch.Tensor, bs: torch.Tensor) -> int:
     """Executed (sequence, step, neuron) updates: active neurons x running samples."""
     return int(((off[1:] - off[:-1]) * bs.to(off.dtype)).sum())
@@ -217,6 +253,15 @@ def _fwd_flops(x, h0, w_ih, w_hh, b_ih, b_hh, g, idx, off, bs, *a, **kw) -> int:
 def _bwd_flops(x, h0, w_ih, w_hh, g, idx, off, bs, *a, **kw) -> int:
     """Twice the forward: input and weight gradients of each executed update."""
     return 12 * (x.shape[-1] + h0.shape[-1]) * _executed(off, bs)
+
+
+@register_flop_formula(torch.ops.surnn.su_gru_compiled_infer, get_raw=True)
+def _infer_flops(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, *a, **kw) -> int:
+    """As the forward's: the plan counts the executed updates (every sample runs every
+    step here)."""
+    B, T, D = x.shape
+    m = _meta(g, active, None, B, T)
+    return 6 * (D + h0.shape[-1]) * _executed(m.off, m.bs)
 
 
 def _meta(g, active, lengths, B, T):
@@ -333,15 +378,20 @@ def su_gru_compiled(
     dense GEMMs are faster there."""
     B, T, _ = x.shape
     H = h0.shape[-1]
-    m = _meta(g, active, lengths, B, T)
     tensors = (x, h0, w_ih, w_hh, b_ih, b_hh, g)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if not grad and lengths is None:
+        args = (*tensors, active)
+        infer = _STATE["ext"].infer if _plain_call(args) else _infer_op
+        out, h_t = infer(*args, torch.get_num_threads())
+        return out, h_t
+    m = _meta(g, active, lengths, B, T)
     wide = dense_grad_max_h is not None and dense_grad_max_h < H
     if grad and wide and int(m.off[-1]) == T * H:
         return None
     if grad:
         return _SuGRUCompiled.apply(x, h0, w_ih, w_hh, b_ih, b_hh, g, m)
-    with torch.no_grad():
+    with torch.no_grad():  # padded batches: sorted by length, the plan closes the padding
         xs, h0s, wi, wh, bi, bh, gs = _prepare(x, h0, w_ih, w_hh, b_ih, b_hh, g, m)
         out, _ = _fwd_op(xs, h0s, wi, wh, bi, bh, gs, m.idx, m.off, m.bs, False, m.nthreads)
         return _finish(out, m)

@@ -7,6 +7,7 @@ Imports only torch and surnn.ops (the package layout around it is moving)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -56,6 +57,64 @@ def test_compiled_float32_vector_paths(B):
 
     case = (f32(x), f32(h0), [f32(t) for t in w], f32(g), active, lens)
     assert_close(run("compiled", case), run("reference", ref), 2e-4)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["random", "sparse", "open", "closed", "soft"])
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("mode", [False, True])
+def test_compiled_inference_matches_reference(kind, per_sample, mode, monkeypatch):
+    """Inference of full-length sequences (no gradient) is one C++ call: the step plan and
+    the sweep. Called directly, or through the custom op when a dispatch mode (here
+    FlopCounterMode) must see it."""
+    calls = []
+    real = compiled._infer_op
+    monkeypatch.setattr(compiled, "_infer_op", lambda *a: calls.append(1) or real(*a))
+    x, h0, w, g, active, _ = make_case(5, 9, 37, 41, kind, per_sample)
+    with torch.no_grad(), FlopCounterMode(display=False) if mode else contextlib.nullcontext():
+        got = su_gru(x, h0, *w, g, active, impl="compiled")
+    with torch.no_grad():
+        ref = su_gru(x, h0, *w, g, active, impl="reference")
+    assert calls == ([1] if mode else [])
+    assert_close(got, ref, 1e-10)
+
+
+@needs_kernel
+@pytest.mark.parametrize("B", [1, 6])
+def test_compiled_inference_op_layouts_and_fp32(B):
+    """Non-contiguous input, absent biases, no active mask (g != 0 decides), fp32 with the
+    vector paths (B=1: two neurons at a time); then a second, smaller call (the plan's
+    scratch is kept between calls)."""
+    x, h0, w, g, _, _ = make_case(B, 12, 77, 100, "sparse", dtype=torch.float32, seed=4)
+    x_t = torch.cat([x, x], -1).detach()[..., : x.shape[-1]]  # [B,T,D], strided
+    assert not x_t.is_contiguous()
+    with torch.no_grad():
+        got = su_gru(x_t, h0, w[0], w[1], None, None, g, impl="compiled")
+        ref = su_gru(x.double(), h0.double(), w[0].double(), w[1].double(), None, None,
+                     g.double(), impl="reference")  # fmt: skip
+        assert_close(got, ref, 2e-4)
+        small = make_case(B, 3, 5, 7, "random", dtype=torch.float32, seed=5)
+        xs, hs, ws, gs, acts, _ = small
+        assert_close(su_gru(xs, hs, *ws, gs, acts, impl="compiled"),
+                     su_gru(xs, hs, *ws, gs, acts, impl="reference"), 1e-5)  # fmt: skip
+
+
+@needs_kernel
+@pytest.mark.parametrize("T,H,p", [(40, 256, 0.17), (30, 13, 0.5), (9, 67, 0.05), (5, 8, 1.0)])
+def test_compiled_plan_lists_the_flagged_neurons(T, H, p):
+    """The step plan (AVX2 packs 8 neurons per group, the rest one by one): every neuron
+    with g != 0 or active, in order, per step; scattered masks, H no multiple of 8."""
+    gen = torch.Generator().manual_seed(T + H)
+    g = (torch.rand(T, H, generator=gen) < p).float() * torch.rand(T, H, generator=gen)
+    act = torch.rand(T, H, generator=gen) < p / 2
+    for a in (act, torch.empty(0)):
+        idx, off, bs = compiled._STATE["ext"].plan(g, a, torch.empty(0, dtype=torch.long), 1)
+        flag = (g != 0) | (a if a.numel() else False)
+        assert torch.equal(idx, flag.nonzero()[:, 1].int())
+        assert torch.equal(
+            off, torch.cat([torch.zeros(1, dtype=torch.long), flag.sum(1).cumsum(0)])
+        )
+        assert torch.equal(bs, torch.ones(T, dtype=torch.int32))
 
 
 @needs_kernel

@@ -20,9 +20,8 @@ void check(const torch::Tensor& t, const char* name, c10::ScalarType dt) {
 // so shapes are checked here, once per call: a broadcastable tensor (which the reference
 // accepts: active [T,H] with a per-sample g, g [1,T,H], lengths [1]) or a plan that is not
 // plan()'s would otherwise be read or written out of bounds.
-void check_shapes(const torch::Tensor& x, const torch::Tensor& h0, const torch::Tensor& wih,
-                  const torch::Tensor& whh, const torch::Tensor& g, const torch::Tensor& idx,
-                  const torch::Tensor& off, const torch::Tensor& bs) {
+void check_dims(const torch::Tensor& x, const torch::Tensor& h0, const torch::Tensor& wih,
+                const torch::Tensor& whh, const torch::Tensor& g) {
   TORCH_CHECK(x.dim() == 3 && h0.dim() == 2 && h0.size(0) == x.size(0),
               "su_gru_compiled: expected x [B,T,D] and h0 [B,H], got ", x.sizes(), " and ",
               h0.sizes());
@@ -34,6 +33,13 @@ void check_shapes(const torch::Tensor& x, const torch::Tensor& h0, const torch::
   TORCH_CHECK(g.sizes() == torch::IntArrayRef({Tn, H}) ||
                   g.sizes() == torch::IntArrayRef({B, Tn, H}),
               "su_gru_compiled: expected g [T,H] or [B,T,H] (no broadcasting), got ", g.sizes());
+}
+
+void check_shapes(const torch::Tensor& x, const torch::Tensor& h0, const torch::Tensor& wih,
+                  const torch::Tensor& whh, const torch::Tensor& g, const torch::Tensor& idx,
+                  const torch::Tensor& off, const torch::Tensor& bs) {
+  check_dims(x, h0, wih, whh, g);
+  const int64_t B = x.size(0), Tn = x.size(1), H = h0.size(1);
   TORCH_CHECK(idx.scalar_type() == torch::kInt32 && off.scalar_type() == torch::kInt64 &&
                   bs.scalar_type() == torch::kInt32 && idx.is_contiguous() &&
                   off.is_contiguous() && bs.is_contiguous() && off.numel() == Tn + 1 &&
@@ -67,7 +73,7 @@ std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor h0, torch::Ten
                            wih.data_ptr<scalar_t>(), whh.data_ptr<scalar_t>(),
                            bih.data_ptr<scalar_t>(), bhh.data_ptr<scalar_t>(),
                            g.data_ptr<scalar_t>(), gb, idx.data_ptr<int>(),
-                           off.data_ptr<int64_t>(), bs.data_ptr<int>(),
+                           off.data_ptr<int64_t>(), bs.data_ptr<int>(), nullptr,
                            out.data_ptr<scalar_t>(),
                            save ? saved.data_ptr<scalar_t>() : nullptr, B, Tn, D, H,
                            static_cast<int>(nthreads));
@@ -117,42 +123,111 @@ std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor h0, torch::Te
   return {dx, dwih, dwhh, dbih, dbhh, dgp, dgs};
 }
 
-// (idx int32 [nnz], off int64 [T+1], bs int32 [T]) for gate g ([T,H] or [B,T,H]), the
-// optional active mask (bool, like g; empty: none) and lengths (int64 [B]; empty: none).
-std::vector<torch::Tensor> plan(torch::Tensor g, torch::Tensor active, torch::Tensor lens,
-                                int64_t B) {
+void check_plan_inputs(const torch::Tensor& g, const torch::Tensor& active,
+                       const torch::Tensor& lens, int64_t B) {
   TORCH_CHECK(g.device().is_cpu() && g.is_contiguous(), "plan: contiguous CPU gate");
   TORCH_CHECK(g.dim() == 2 || (g.dim() == 3 && g.size(0) == B),
               "su_gru_compiled: expected g [T,H] or [B,T,H] (no broadcasting), got ", g.sizes(),
               " for B=", B);
-  const bool per_sample = g.dim() == 3;
-  const int Tn = g.size(-2), H = g.size(-1);
-  const bool has_a = active.numel() > 0, has_l = lens.numel() > 0;
-  if (has_a)
+  if (active.numel() > 0)
     TORCH_CHECK(active.scalar_type() == torch::kBool && active.is_contiguous() &&
                     active.sizes() == g.sizes(),
                 "su_gru_compiled: expected active of g's shape ", g.sizes(), " (no "
                 "broadcasting), got ", active.sizes());
-  if (has_l)
+  if (lens.numel() > 0)
     TORCH_CHECK(lens.scalar_type() == torch::kInt64 && lens.is_contiguous() &&
                     lens.numel() == B,
                 "su_gru_compiled: expected lengths [B] with B=", B, ", got ", lens.sizes());
-  // Scratch of capacity T*H kept between calls (a fresh 0.8 MB buffer costs ~100 us of
-  // page faults per call); the result is copied out at its exact size.
+}
+
+// The step plan into scratch kept between calls (capacity T*H: a fresh 0.8 MB buffer
+// costs ~100 us of page faults per call): ids in the thread's scratch, off [T+1] and
+// bs [T] in the given buffers. Returns the scratch (valid until the next call).
+const int* run_plan(const torch::Tensor& g, const torch::Tensor& active,
+                    const torch::Tensor& lens, int64_t B, int64_t* off, int* bs) {
+  const int Tn = g.size(-2), H = g.size(-1);
+  const bool has_a = active.numel() > 0, has_l = lens.numel() > 0;
   thread_local std::vector<int> scratch;
   if (scratch.size() < (size_t)Tn * H) scratch.resize((size_t)Tn * H);
-  auto off = torch::empty({Tn + 1}, torch::kInt64);
-  auto bs = torch::empty({Tn}, torch::kInt32);
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "su_gru_plan", [&] {
     plan_impl<scalar_t>(g.data_ptr<scalar_t>(), has_a ? active.data_ptr<bool>() : nullptr,
                         has_l ? lens.data_ptr<int64_t>() : nullptr, static_cast<int>(B), Tn,
-                        H, per_sample, scratch.data(), off.data_ptr<int64_t>(),
-                        bs.data_ptr<int>());
+                        H, g.dim() == 3, scratch.data(), off, bs);
   });
+  return scratch.data();
+}
+
+// (idx int32 [nnz], off int64 [T+1], bs int32 [T]) for gate g ([T,H] or [B,T,H]), the
+// optional active mask (bool, like g; empty: none) and lengths (int64 [B]; empty: none).
+std::vector<torch::Tensor> plan(torch::Tensor g, torch::Tensor active, torch::Tensor lens,
+                                int64_t B) {
+  check_plan_inputs(g, active, lens, B);
+  const int Tn = g.size(-2);
+  auto off = torch::empty({Tn + 1}, torch::kInt64);
+  auto bs = torch::empty({Tn}, torch::kInt32);
+  const int* ids = run_plan(g, active, lens, B, off.data_ptr<int64_t>(), bs.data_ptr<int>());
   const int64_t nnz = off.data_ptr<int64_t>()[Tn];
   auto idx = torch::empty({nnz}, torch::kInt32);
-  if (nnz > 0) std::memcpy(idx.data_ptr<int>(), scratch.data(), sizeof(int) * nnz);
+  if (nnz > 0) std::memcpy(idx.data_ptr<int>(), ids, sizeof(int) * nnz);
   return {idx, off, bs};
+}
+
+// Inference in one call (no gradient, full-length sequences): the forward sweep without
+// the plan's tensors, the saved activations or any Python in between; a time-only gate
+// is not planned at all (each step lists its neurons from its row of g as it starts).
+// Takes the layer's arguments as given (any layout, absent biases, a bool or float gate,
+// a float mask) and returns (out [B,T,H], h_T [B,H]). At batch 1 the ATen and Python
+// steps of the general path cost about as much as the kernel's sparse sweep.
+std::vector<torch::Tensor> infer(torch::Tensor x, torch::Tensor h0, torch::Tensor wih,
+                                 torch::Tensor whh, c10::optional<torch::Tensor> bih,
+                                 c10::optional<torch::Tensor> bhh, torch::Tensor g,
+                                 c10::optional<torch::Tensor> active, int64_t nthreads) {
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == torch::kFloat32 || dt == torch::kFloat64,
+              "su_gru_compiled: float32 or float64 input expected, got ", dt);
+  x = x.contiguous();
+  h0 = h0.contiguous();
+  wih = wih.contiguous();
+  whh = whh.contiguous();
+  g = g.to(dt).contiguous();
+  check_dims(x, h0, wih, whh, g);
+  const int B = x.size(0), Tn = x.size(1), D = x.size(2), H = h0.size(1);
+  auto bias = [&](const c10::optional<torch::Tensor>& b) {
+    if (!b.has_value()) return torch::zeros({3 * H}, x.options());
+    TORCH_CHECK(b->numel() == 3 * H, "su_gru_compiled: biases [3H]");
+    return b->contiguous();
+  };
+  torch::Tensor bi = bias(bih), bh = bias(bhh);
+  torch::Tensor act =
+      active.has_value() ? active->to(torch::kBool).contiguous() : torch::Tensor();
+  for (auto* p : {&x, &h0, &wih, &whh, &bi, &bh, &g}) check(*p, "su_gru_compiled", dt);
+  const torch::Tensor none = torch::empty({0}, torch::kInt64);
+  check_plan_inputs(g, act.defined() ? act : none, none, B);
+  auto out = torch::empty({B, Tn, H}, x.options());
+  auto hT = torch::empty({B, H}, x.options());
+  if (out.numel() == 0) return {out, hT};
+  // A time-only gate: each step lists its own neurons inside the sweep (no plan pass).
+  // A per-sample gate: the plan's union over the samples first.
+  const bool per_sample = g.dim() == 3;
+  std::vector<int64_t> off(per_sample ? Tn + 1 : 0);
+  std::vector<int> bs(per_sample ? Tn : 0);
+  const int* ids =
+      per_sample ? run_plan(g, act.defined() ? act : none, none, B, off.data(), bs.data())
+                 : nullptr;
+  const bool* mask = !per_sample && act.defined() ? act.data_ptr<bool>() : nullptr;
+  const int64_t gb = per_sample ? (int64_t)Tn * H : 0;
+  AT_DISPATCH_FLOATING_TYPES(dt, "su_gru_compiled_infer", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    forward_impl<scalar_t>(x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
+                           wih.data_ptr<scalar_t>(), whh.data_ptr<scalar_t>(),
+                           bi.data_ptr<scalar_t>(), bh.data_ptr<scalar_t>(),
+                           g.data_ptr<scalar_t>(), gb, ids, off.data(), bs.data(), mask, o,
+                           nullptr, B, Tn, D, H, static_cast<int>(nthreads));
+    scalar_t* h = hT.data_ptr<scalar_t>();
+    for (int b = 0; b < B; ++b)
+      std::memcpy(h + (int64_t)b * H, o + ((int64_t)b * Tn + Tn - 1) * H, sizeof(scalar_t) * H);
+  });
+  return {out, hT};
 }
 
 }  // namespace
@@ -161,4 +236,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "selective-update GRU forward (whole sequence)");
   m.def("plan", &plan, "active neurons per step (union over running samples)");
   m.def("backward", &backward, "selective-update GRU backward (whole reverse sweep)");
+  m.def("infer", &infer, "selective-update GRU inference: plan and forward in one call");
 }
