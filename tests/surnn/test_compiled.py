@@ -80,6 +80,29 @@ def test_compiled_inference_matches_reference(kind, per_sample, mode, monkeypatc
 
 
 @needs_kernel
+@pytest.mark.parametrize("H", [41, 64])
+@pytest.mark.parametrize("lengths", [False, True])
+def test_compiled_inference_streams_states_out(H, lengths):
+    """Inference keeps the states in its own buffer and streams each step out (fp32 rows
+    of a multiple of 8 go out with non-temporal stores, others with a copy): every row of
+    out, padded samples included, per-sample gates, 2 threads."""
+    x, h0, w, g, active, lens = make_case(
+        11, 7, 9, H, "sparse", per_sample=True, lengths=lengths, dtype=torch.float32, seed=H
+    )
+    lens = lens if lengths else None
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            got = su_gru(x, h0, *w, g, active, lens, impl="compiled")
+    finally:
+        torch.set_num_threads(n)
+    with torch.no_grad():
+        ref = su_gru(*(t.double() for t in (x, h0, *w, g)), active, lens, impl="reference")
+    assert_close(got, ref, 1e-5)
+
+
+@needs_kernel
 @pytest.mark.parametrize("B", [1, 6])
 def test_compiled_inference_op_layouts_and_fp32(B):
     """Non-contiguous input, absent biases, no active mask (g != 0 decides), fp32 with the
