@@ -93,31 +93,38 @@ inline float hsum<float>(V<float>::type v) {
 inline void exp_inplace(double* x, int n) {
   for (int i = 0; i < n; ++i) x[i] = std::exp(x[i]);
 }
-inline void exp_inplace(float* x, int n) {
-  typedef float vf __attribute__((vector_size(32)));
+typedef float vf8 __attribute__((vector_size(32)));
+inline vf8 exp8(vf8 v) {
   typedef int vi __attribute__((vector_size(32)));
+  v = v < 88.3762626647949f ? v : 88.3762626647949f;
+  v = v > -87.3365478515625f ? v : -87.3365478515625f;
+  // n = round(v / ln2) by the 1.5 * 2^23 trick; r = v - n ln2 (ln2 split in two).
+  vf8 t = v * 1.44269504088896341f + 12582912.0f;
+  vf8 fn = t - 12582912.0f;
+  vf8 r = v - fn * 0.693359375f + fn * 2.12194440e-4f;
+  vf8 p = vset<float>(1.9875691500E-4f);
+  p = p * r + 1.3981999507E-3f;
+  p = p * r + 8.3334519073E-3f;
+  p = p * r + 4.1665795894E-2f;
+  p = p * r + 1.6666665459E-1f;
+  p = p * r + 5.0000001201E-1f;
+  p = p * r * r + r + 1.0f;
+  vi e = (__builtin_convertvector(fn, vi) + 127) << 23;  // 2^n as float bits
+  vf8 s;
+  std::memcpy(&s, &e, sizeof(s));
+  return p * s;
+}
+// The tail (n % 8 values) goes through the same vector code, so a value's exp does not
+// depend on where it sits in the array (and no scalar libm call per step).
+inline void exp_inplace(float* x, int n) {
   int i = 0;
-  for (; i + 8 <= n; i += 8) {
-    vf v = vload<float>(x + i);
-    v = v < 88.3762626647949f ? v : 88.3762626647949f;
-    v = v > -87.3365478515625f ? v : -87.3365478515625f;
-    // n = round(v / ln2) by the 1.5 * 2^23 trick; r = v - n ln2 (ln2 split in two).
-    vf t = v * 1.44269504088896341f + 12582912.0f;
-    vf fn = t - 12582912.0f;
-    vf r = v - fn * 0.693359375f + fn * 2.12194440e-4f;
-    vf p = vset<float>(1.9875691500E-4f);
-    p = p * r + 1.3981999507E-3f;
-    p = p * r + 8.3334519073E-3f;
-    p = p * r + 4.1665795894E-2f;
-    p = p * r + 1.6666665459E-1f;
-    p = p * r + 5.0000001201E-1f;
-    p = p * r * r + r + 1.0f;
-    vi e = (__builtin_convertvector(fn, vi) + 127) << 23;  // 2^n as float bits
-    vf s;
-    std::memcpy(&s, &e, sizeof(s));
-    vstore<float>(x + i, p * s);
+  for (; i + 8 <= n; i += 8) vstore<float>(x + i, exp8(vload<float>(x + i)));
+  if (i < n) {
+    float tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    std::memcpy(tail, x + i, sizeof(float) * (n - i));
+    const vf8 e = exp8(vload<float>(tail));
+    std::memcpy(x + i, &e, sizeof(float) * (n - i));
   }
-  for (; i < n; ++i) x[i] = std::exp(x[i]);
 }
 
 // ---------------------------------------------------------------- forward dot tile
