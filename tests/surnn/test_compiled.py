@@ -103,6 +103,26 @@ def test_compiled_inference_streams_states_out(H, lengths):
 
 
 @needs_kernel
+def test_compiled_full_lengths_run_as_unpadded(monkeypatch):
+    """Lengths that close nothing (every sequence as long as x: a batch of one, no
+    padding) run the unpadded inference call, with no plan or batch sorting, and the same
+    results; a padded batch still plans."""
+    real = compiled._meta
+    calls = []
+    monkeypatch.setattr(compiled, "_meta", lambda *a: calls.append(a[2]) or real(*a))
+    x, h0, w, g, active, _ = make_case(3, 6, 5, 9, "sparse", dtype=torch.float32, seed=2)
+    with torch.no_grad():
+        full = su_gru(x, h0, *w, g, active, torch.tensor([6, 6, 7]), impl="compiled")
+        ref = su_gru(x, h0, *w, g, active, impl="reference")
+        assert calls == []
+        assert_close(full, ref, 1e-5)
+        padded = torch.tensor([6, 2, 6])
+        got = su_gru(x, h0, *w, g, active, padded, impl="compiled")
+        assert len(calls) == 1 and torch.equal(calls[0], padded)
+        assert_close(got, su_gru(x, h0, *w, g, active, padded, impl="reference"), 1e-5)
+
+
+@needs_kernel
 @pytest.mark.parametrize("B", [1, 6])
 def test_compiled_inference_op_layouts_and_fp32(B):
     """Non-contiguous input, absent biases, no active mask (g != 0 decides), fp32 with the
