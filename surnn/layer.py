@@ -134,9 +134,12 @@ class SelectiveUpdateGRU(nn.Module):
         if hx is None:
             hx = x.new_zeros(self.num_layers, B, H)
         counts = None  # sequences still running at each step
-        if lengths is not None:
-            lengths = lengths.to(x.device)
-            counts = (torch.arange(T, device=x.device)[:, None] < lengths[None, :]).sum(1)
+        run_lengths = lengths  # None when they close nothing (a batch of one, no padding):
+        if lengths is not None and bool((lengths >= T).all()):  # the cheaper paths below
+            run_lengths = None
+        if run_lengths is not None:
+            run_lengths = run_lengths.to(x.device)
+            counts = (torch.arange(T, device=x.device)[:, None] < run_lengths[None, :]).sum(1)
         h_n, aux_loss = [], None
         self.last_gate, self.last_update_rate, self.last_active_rate = [], [], []
         control = (
@@ -144,16 +147,19 @@ class SelectiveUpdateGRU(nn.Module):
         )
         for k in range(self.num_layers):
             if control:
-                _steer(self.gates[k], T, x, lengths, counts, float(self.target_rate), t0=int(t0))
+                _steer(
+                    self.gates[k], T, x, run_lengths, counts, float(self.target_rate), t0=int(t0)
+                )
             g, active = self.gates[k](T, x, device=x.device, dtype=x.dtype, t0=int(t0))
             self.last_gate.append(g.detach())
-            rate, act_rate = _rates(g, active, lengths, counts, B)
+            rate, act_rate = _rates(g, active, run_lengths, counts, B)
             self.last_update_rate.append(rate.detach())
             self.last_active_rate.append(act_rate)
             if self.target_rate is not None and self.rate_penalty > 0 and self.training:
                 pen = self.rate_penalty * (rate - float(self.target_rate)) ** 2
                 aux_loss = pen if aux_loss is None else aux_loss + pen
-            out, h = su_gru(x, hx[k], *self.layer_weights(k), g, active, lengths, impl=self.impl)
+            weights = self.layer_weights(k)
+            out, h = su_gru(x, hx[k], *weights, g, active, run_lengths, impl=self.impl)
             h_n.append(h)
             x = out
             if self.dropout and self.training and k < self.num_layers - 1:

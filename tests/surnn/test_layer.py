@@ -109,3 +109,26 @@ def test_rate_control_options_are_checked():
         SelectiveUpdateGRU(4, 4, gate={"kind": "interval", "target_rate": 0.2})
     free = SelectiveUpdateGRU(4, 4, gate={"target_rate": 0.2, "rate_control": "none"})
     assert not any(k.endswith("rate_offset") for k in free.state_dict())
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_lengths_that_close_nothing_match_no_lengths(packed):
+    """Lengths all reaching T (a batch of one, no padding) are dropped for the computation
+    (the unpadded paths are cheaper): same outputs, state and rates as without lengths; a
+    packed input still comes back packed."""
+    torch.manual_seed(1)
+    gate = {"kind": "rhythm", "init_rate": 0.3}
+    rnn = SelectiveUpdateGRU(4, 8, num_layers=2, batch_first=True, gate=gate).eval()
+    x, lens = torch.randn(3, 20, 4), torch.tensor([20, 20, 20])
+    with torch.no_grad():
+        ref, h_ref = rnn(x)
+        rates = [r.clone() for r in rnn.last_update_rate]
+        if packed:
+            inp = torch.nn.utils.rnn.pack_padded_sequence(x, lens, batch_first=True)
+            out, h = rnn(inp)
+            assert isinstance(out, torch.nn.utils.rnn.PackedSequence)
+            out = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True)[0]
+        else:
+            out, h = rnn(x, lengths=lens)
+    assert torch.equal(out, ref) and torch.equal(h, h_ref)
+    assert all(torch.equal(a, b) for a, b in zip(rnn.last_update_rate, rates))
