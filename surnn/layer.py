@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from surnn.errors import ConfigError
 from surnn.gates import build_gate, forced_open
 from surnn.ops import IMPLS, su_gru
-from surnn.utils import valid_mask
+from surnn.utils import closes_nothing, valid_mask
 
 
 class SelectiveUpdateGRU(nn.Module):
@@ -134,9 +134,7 @@ class SelectiveUpdateGRU(nn.Module):
         if hx is None:
             hx = x.new_zeros(self.num_layers, B, H)
         counts = None  # sequences still running at each step
-        run_lengths = lengths  # None when they close nothing (a batch of one, no padding):
-        if lengths is not None and bool((lengths >= T).all()):  # the cheaper paths below
-            run_lengths = None
+        run_lengths = None if closes_nothing(lengths, T) else lengths  # cheaper paths below
         if run_lengths is not None:
             run_lengths = run_lengths.to(x.device)
             counts = (torch.arange(T, device=x.device)[:, None] < run_lengths[None, :]).sum(1)

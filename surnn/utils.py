@@ -11,6 +11,13 @@ def valid_mask(lengths: torch.Tensor, L: int) -> torch.Tensor:
     return torch.arange(L, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def closes_nothing(lengths: torch.Tensor | None, T: int) -> bool:
+    """True when ``lengths`` (CPU) close no step of a length-T batch (a batch of one, no
+    padding): callers then run the cheaper unpadded paths. Lengths on another device count
+    as closing something, so that this check never waits on the device."""
+    return lengths is not None and lengths.device.type == "cpu" and bool((lengths >= T).all())
+
+
 def optim_hint(param: nn.Parameter, lr: float | None = None, weight_decay: float | None = None):
     """Attach optimizer hints (own learning rate, weight decay) to a parameter; a trainer
     that reads ``param._optim`` turns them into parameter groups. Returns the parameter."""

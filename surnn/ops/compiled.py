@@ -19,7 +19,7 @@ Same semantics as ``reference.py``. The kernel calls are torch.library custom op
 (``surnn::su_gru_compiled_fwd/bwd`` for training, ``surnn::su_gru_compiled_infer`` for
 inference of full-length sequences: the step plan and the sweep in one C++ call) with
 FLOP formulas, so FlopCounterMode (the trainer's executed/dense FLOPs) counts the updates
-the kernel executes. Imports nothing beyond torch and the stdlib.
+the kernel executes. Imports nothing beyond torch, the stdlib and ``surnn.utils``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from types import SimpleNamespace
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
+
+from surnn.utils import closes_nothing
 
 _SRC = Path(__file__).resolve().parent / "csrc"
 _STATE: dict = {"tried": False, "ext": None, "error": None, "build_s": None}
@@ -378,8 +380,8 @@ def su_gru_compiled(
     dense GEMMs are faster there."""
     B, T, _ = x.shape
     H = h0.shape[-1]
-    if lengths is not None and bool((lengths >= T).all()):
-        lengths = None  # nothing to close (a batch of one, or no padding): the fast paths
+    if closes_nothing(lengths, T):
+        lengths = None  # a batch of one, or no padding: the unpadded paths
     tensors = (x, h0, w_ih, w_hh, b_ih, b_hh, g)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if not grad and lengths is None:

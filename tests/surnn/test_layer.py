@@ -132,3 +132,14 @@ def test_lengths_that_close_nothing_match_no_lengths(packed):
             out, h = rnn(x, lengths=lens)
     assert torch.equal(out, ref) and torch.equal(h, h_ref)
     assert all(torch.equal(a, b) for a, b in zip(rnn.last_update_rate, rates))
+
+
+def test_closes_nothing_reads_only_cpu_lengths():
+    """The unpadded shortcut's check: lengths all reaching T; never read off the CPU (a
+    device tensor would cost a host sync per layer call; a meta tensor cannot be read)."""
+    from surnn.utils import closes_nothing
+
+    assert closes_nothing(torch.tensor([5, 6]), 5)
+    assert not closes_nothing(torch.tensor([5, 4]), 5)
+    assert not closes_nothing(None, 5)
+    assert not closes_nothing(torch.tensor([5, 6], device="meta"), 5)
