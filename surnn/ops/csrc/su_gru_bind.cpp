@@ -198,11 +198,10 @@ std::vector<torch::Tensor> infer(torch::Tensor x, torch::Tensor h0, torch::Tenso
     return b->contiguous();
   };
   torch::Tensor bi = bias(bih), bh = bias(bhh);
-  torch::Tensor act =
-      active.has_value() ? active->to(torch::kBool).contiguous() : torch::Tensor();
+  const torch::Tensor none = torch::empty({0}, torch::kInt64);  // plan(): empty = absent
+  const torch::Tensor act = active.has_value() ? active->to(torch::kBool).contiguous() : none;
   for (auto* p : {&x, &h0, &wih, &whh, &bi, &bh, &g}) check(*p, "su_gru_compiled", dt);
-  const torch::Tensor none = torch::empty({0}, torch::kInt64);
-  check_plan_inputs(g, act.defined() ? act : none, none, B);
+  check_plan_inputs(g, act, none, B);
   auto out = torch::empty({B, Tn, H}, x.options());
   auto hT = torch::empty({B, H}, x.options());
   if (out.numel() == 0) return {out, hT};
@@ -211,10 +210,8 @@ std::vector<torch::Tensor> infer(torch::Tensor x, torch::Tensor h0, torch::Tenso
   const bool per_sample = g.dim() == 3;
   std::vector<int64_t> off(per_sample ? Tn + 1 : 0);
   std::vector<int> bs(per_sample ? Tn : 0);
-  const int* ids =
-      per_sample ? run_plan(g, act.defined() ? act : none, none, B, off.data(), bs.data())
-                 : nullptr;
-  const bool* mask = !per_sample && act.defined() ? act.data_ptr<bool>() : nullptr;
+  const int* ids = per_sample ? run_plan(g, act, none, B, off.data(), bs.data()) : nullptr;
+  const bool* mask = !per_sample && act.numel() ? act.data_ptr<bool>() : nullptr;
   const int64_t gb = per_sample ? (int64_t)Tn * H : 0;
   AT_DISPATCH_FLOATING_TYPES(dt, "su_gru_compiled_infer", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();

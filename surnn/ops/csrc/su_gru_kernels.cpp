@@ -267,9 +267,18 @@ struct PackLut {
     }
   }
 };
+// Appends the ids base + b for the set bits b of m (8 bits) at idx[n], returns the new n.
+// Writes 8 ids at idx[n..n+7] whatever m: n <= the neurons scanned so far (t*H + base),
+// so they stay inside this step's row of the T*H capacity.
+inline int64_t pack8(unsigned m, int base, int* idx, int64_t n) {
+  static const PackLut lut;
+  const __m128i pos = _mm_cvtsi64_si128((long long)lut.e[m]);
+  const __m256i ids = _mm256_add_epi32(_mm256_cvtepu8_epi32(pos), _mm256_set1_epi32(base));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + n), ids);
+  return n + __builtin_popcount(m);
+}
 template <>
 inline int64_t scan_row<float>(const float* gt, const bool* at, int H, int* idx, int64_t n) {
-  static const PackLut lut;
   int i = 0;
   const __m256 zero = _mm256_setzero_ps();
   // 32 neurons per block: one load of the mask's bytes, four of g, then four packs.
@@ -281,15 +290,10 @@ inline int64_t scan_row<float>(const float* gt, const bool* at, int H, int* idx,
            << (8 * j);
     if (at) {
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + i));
-      m |= ~static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_setzero_si256())));
+      const __m256i zeros = _mm256_cmpeq_epi8(v, _mm256_setzero_si256());
+      m |= ~static_cast<uint32_t>(_mm256_movemask_epi8(zeros));
     }
-    for (int j = 0; j < 4; ++j) {
-      const unsigned b = (m >> (8 * j)) & 0xFFu;
-      const __m128i pos = _mm_cvtsi64_si128((long long)lut.e[b]);
-      const __m256i ids = _mm256_add_epi32(_mm256_cvtepu8_epi32(pos), _mm256_set1_epi32(i + 8 * j));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + n), ids);
-      n += __builtin_popcount(b);
-    }
+    for (int j = 0; j < 4; ++j) n = pack8((m >> (8 * j)) & 0xFFu, i + 8 * j, idx, n);
   }
   for (; i + 8 <= H; i += 8) {
     unsigned m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(gt + i), zero, _CMP_NEQ_UQ));
@@ -299,12 +303,7 @@ inline int64_t scan_row<float>(const float* gt, const bool* at, int H, int* idx,
       const __m128i v = _mm_cvtsi64_si128((long long)bytes);
       m |= ~_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128())) & 0xFFu;
     }
-    // Writes 8 ids at idx[n..n+7]; n <= the neurons scanned so far (t*H + i), so they
-    // stay inside this step's row of the T*H capacity.
-    const __m128i pos = _mm_cvtsi64_si128((long long)lut.e[m]);
-    const __m256i ids = _mm256_add_epi32(_mm256_cvtepu8_epi32(pos), _mm256_set1_epi32(i));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx + n), ids);
-    n += __builtin_popcount(m);
+    n = pack8(m, i, idx, n);
   }
   for (; i < H; ++i) {
     idx[n] = i;
@@ -425,7 +424,6 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
         hv[s] = hp;
         ov[s] = hc;
       }
-      int nv = 0;  // my samples still running at step t (a prefix)
       if (fused && t + 1 < Tn) {
         // Request the next step's rows of g and of the mask now: the scan that starts
         // each step waits on them otherwise (the weight rows in between keep the
@@ -436,6 +434,7 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
           for (int o = 0; o < H; o += 64) __builtin_prefetch(mask + (int64_t)(t + 1) * H + o);
       }
       const int running = fused ? B : bs[t];
+      int nv = 0;  // my samples still running at step t (a prefix)
       while (nv < nm && mine[nv] < running) ++nv;
       const int* ids = fused ? step_ids[tid].data() : idx + off[t];
       const int A = static_cast<int>(
@@ -444,9 +443,9 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
                 : off[t + 1] - off[t]);
       if (nv == 0 || A == 0) continue;
       // 1. Dots: 3 rows x up to 4 samples per tile, both sides of each active neuron.
+      const int64_t sx = (int64_t)H * D, sh = (int64_t)H * H;  // gate-to-gate row stride
       int a0 = 0;
       if (nv == 1) {  // one sample: two neurons at a time
-        const int64_t sx = (int64_t)H * D, sh = (int64_t)H * H;
         for (; a0 + 2 <= A; a0 += 2) {
           const T *wx[6], *wh[6];  // rows r, z, n of neurons ids[a0] and ids[a0 + 1]
           for (int p = 0; p < 2; ++p)
@@ -467,7 +466,6 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
         const int i = ids[a];
         const T* wx = wih + (int64_t)i * D;
         const T* wh = whh + (int64_t)i * H;
-        const int64_t sx = (int64_t)H * D, sh = (int64_t)H * H;  // gate-to-gate row stride
         T o[3][4];
         const int64_t base = (int64_t)a * nv;
         for (int s0 = 0; s0 < nv; s0 += 4) {
