@@ -155,18 +155,41 @@ class Gate(nn.Module):
         """Inference (no gradients) of a time-only gate: its values at steps 0..T-1 depend
         on its parameters and buffers only, and are the same whatever T is (each step is
         computed on its own). So they are computed once, for the longest T asked so far
-        (rounded up to a power of two), and every call takes the first T rows: at batch 1 a
-        rhythm's [T, H, K] sinusoids cost more than the recurrence they gate. The table is
-        recomputed when a parameter or buffer changes (an optimizer step, a checkpoint
-        load, rate control; their version counters) or moves."""
-        state = [*self.parameters(), *self.buffers()]
-        key = (str(device), dtype, tuple((t.data_ptr(), t._version) for t in state))
+        (rounded up to a power of two), and every call takes the first T rows (the same two
+        views for every call with that T): at batch 1 a rhythm's [T, H, K] sinusoids cost
+        more than the recurrence they gate. The table is recomputed when a parameter or
+        buffer changes (an optimizer step, a checkpoint load, rate control; their version
+        counters) or moves."""
+        if self._modules:
+            state = [*self.parameters(), *self.buffers()]
+        else:  # the module's own dicts: parameters() walks the module tree (~10 us a call)
+            state = [t for d in (self._parameters, self._buffers) for t in d.values()]
+        key = (
+            str(device),
+            dtype,
+            tuple((t.data_ptr(), t._version) for t in state if t is not None),
+        )
         table = self.__dict__.get("_table")
         if table is None or table[0] != key or table[1] < T:
             n = 1 << max(T - 1, 0).bit_length()
             g, active = self.gate(n, None, device, dtype, 0)
-            table = self.__dict__["_table"] = (key, n, g, active)
-        return table[2][:T], table[3][:T]
+            table = self.__dict__["_table"] = (key, n, g, active, {})
+        views = table[4].get(T)
+        if views is None:
+            views = table[4][T] = [table[2][:T], table[3][:T], None]
+        return views[0], views[1]
+
+    def table_rates(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(g.float().mean(), active.float().mean())`` when ``g`` is what ``forward``
+        served from the table (computed once per T: two means cost ~30 us, a sparse
+        recurrence step at batch 1 ~1 us); None for any other ``g``."""
+        table = self.__dict__.get("_table")
+        views = table[4].get(g.shape[0]) if table is not None and g.dim() == 2 else None
+        if views is None or views[0] is not g or not g.numel():
+            return None
+        if views[2] is None:
+            views[2] = (views[0].float().mean(), views[1].float().mean())
+        return views[2]
 
 
 class BinaryGate(Gate):

@@ -107,9 +107,10 @@ class SelectiveUpdateGRU(nn.Module):
                 nn.init.uniform_(p, -std, std)
 
     def layer_weights(self, k: int):
-        b_ih = getattr(self, f"bias_ih_l{k}") if self.bias else None
-        b_hh = getattr(self, f"bias_hh_l{k}") if self.bias else None
-        return getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}"), b_ih, b_hh
+        p = self._parameters  # direct: nn.Module.__getattr__ costs ~1 us a name
+        b_ih = p[f"bias_ih_l{k}"] if self.bias else None
+        b_hh = p[f"bias_hh_l{k}"] if self.bias else None
+        return p[f"weight_ih_l{k}"], p[f"weight_hh_l{k}"], b_ih, b_hh
 
     def forward(
         self,
@@ -139,7 +140,7 @@ class SelectiveUpdateGRU(nn.Module):
             run_lengths = run_lengths.to(x.device)
             counts = (torch.arange(T, device=x.device)[:, None] < run_lengths[None, :]).sum(1)
         h_n, aux_loss = [], None
-        self.last_gate, self.last_update_rate, self.last_active_rate = [], [], []
+        gates, rates, active_rates = [], [], []
         control = (
             self.controlled and self.training and torch.is_grad_enabled() and not forced_open()
         )
@@ -148,11 +149,13 @@ class SelectiveUpdateGRU(nn.Module):
                 _steer(
                     self.gates[k], T, x, run_lengths, counts, float(self.target_rate), t0=int(t0)
                 )
-            g, active = self.gates[k](T, x, device=x.device, dtype=x.dtype, t0=int(t0))
-            self.last_gate.append(g.detach())
-            rate, act_rate = _rates(g, active, run_lengths, counts, B)
-            self.last_update_rate.append(rate.detach())
-            self.last_active_rate.append(act_rate)
+            gate = self.gates[k]
+            g, active = gate(T, x, device=x.device, dtype=x.dtype, t0=int(t0))
+            gates.append(g.detach())
+            cached = None if run_lengths is not None else gate.table_rates(g)
+            rate, act_rate = cached or _rates(g, active, run_lengths, counts, B)
+            rates.append(rate.detach())
+            active_rates.append(act_rate)
             if self.target_rate is not None and self.rate_penalty > 0 and self.training:
                 pen = self.rate_penalty * (rate - float(self.target_rate)) ** 2
                 aux_loss = pen if aux_loss is None else aux_loss + pen
@@ -162,7 +165,12 @@ class SelectiveUpdateGRU(nn.Module):
             x = out
             if self.dropout and self.training and k < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout, True)
-        self.last_aux_loss = aux_loss
+        # Plain attributes (never parameters, buffers or modules): set without
+        # nn.Module.__setattr__'s checks, ~3 us each at every call.
+        self.__dict__.update(
+            last_gate=gates, last_update_rate=rates, last_active_rate=active_rates,
+            last_aux_loss=aux_loss,
+        )  # fmt: skip
         h_n = torch.stack(h_n, 0)
         if packed:
             out = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)

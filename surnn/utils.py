@@ -15,7 +15,9 @@ def closes_nothing(lengths: torch.Tensor | None, T: int) -> bool:
     """True when ``lengths`` (CPU) close no step of a length-T batch (a batch of one, no
     padding): callers then run the cheaper unpadded paths. Lengths on another device count
     as closing something, so that this check never waits on the device."""
-    return lengths is not None and lengths.device.type == "cpu" and bool((lengths >= T).all())
+    if lengths is None or lengths.device.type != "cpu":
+        return False
+    return lengths.numel() == 0 or int(lengths.min()) >= T  # min: 2 us; (>= T).all(): 4
 
 
 def optim_hint(param: nn.Parameter, lr: float | None = None, weight_decay: float | None = None):

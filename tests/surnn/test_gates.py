@@ -225,6 +225,20 @@ def test_inference_takes_the_gate_from_a_table_equal_to_computing_it(kind, opts)
         assert same(40)
 
 
+def test_table_rates_only_for_what_the_table_served():
+    torch.manual_seed(0)
+    gate = build_gate(16, 16, {"kind": "rhythm"})
+    with torch.no_grad():
+        g, a = gate(40, None, dtype=torch.float32)
+        again, _ = gate(40, None, dtype=torch.float32)
+        assert again is g  # the same view for the same T
+        rate, act = gate.table_rates(g)
+        assert torch.equal(rate, g.float().mean()) and torch.equal(act, a.float().mean())
+        assert gate.table_rates(g.clone()) is None  # not a table view
+        assert gate.table_rates(gate(0, None, dtype=torch.float32)[0]) is None  # empty
+    assert gate.table_rates(gate(40, None, dtype=torch.float32)[0]) is None  # with gradients
+
+
 def test_the_gate_table_is_not_used_with_gradients_or_a_later_window():
     torch.manual_seed(0)
     gate = build_gate(8, 8, {"kind": "rhythm"})

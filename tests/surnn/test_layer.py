@@ -143,3 +143,31 @@ def test_closes_nothing_reads_only_cpu_lengths():
     assert not closes_nothing(torch.tensor([5, 4]), 5)
     assert not closes_nothing(None, 5)
     assert not closes_nothing(torch.tensor([5, 6], device="meta"), 5)
+    assert closes_nothing(torch.tensor([], dtype=torch.long), 5)  # an empty batch
+
+
+def test_eval_rates_from_the_gate_table_follow_the_weights():
+    """In eval the layer takes a time-only gate's rates from the gate's table (computed
+    once per T): equal to the means it would compute, and fresh after a weight change."""
+    torch.manual_seed(0)
+    layer = SelectiveUpdateGRU(6, 16, 2, batch_first=True, gate={"kind": "rhythm"}).eval()
+    x = torch.randn(1, 30, 6)
+
+    def check():
+        with torch.no_grad():
+            layer(x)
+            for k, gate in enumerate(layer.gates):
+                g, a = gate.gate(30, None, None, torch.float32, 0)
+                assert torch.equal(layer.last_update_rate[k], g.float().mean())
+                assert torch.equal(layer.last_active_rate[k], a.float().mean())
+        return [float(r) for r in layer.last_update_rate]
+
+    first = check()
+    assert check() == first  # served from the table
+    with torch.no_grad():
+        layer.gates[1].bias.add_(2.0)  # an optimizer step: more neurons open
+    second = check()
+    assert second[0] == first[0] and second[1] > first[1]
+    with torch.no_grad():
+        layer(x, lengths=torch.tensor([30]))  # full lengths: the same path
+    assert [float(r) for r in layer.last_update_rate] == second
