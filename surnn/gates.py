@@ -141,15 +141,27 @@ class Gate(nn.Module):
         raise NotImplementedError
 
     def forward(self, T: int, x: torch.Tensor | None = None, device=None, dtype=None, t0=0):
+        grad = torch.is_grad_enabled()
         if forced_open():
             shape = (T, self.hidden_size)
             if not self.time_only and x is not None:
                 shape = (x.shape[0], T, self.hidden_size)
+            elif not grad:  # inference: served like the gate's own table (same cost)
+                return self._serve(
+                    "_open_table", (str(device), dtype), T, self._ones(device, dtype)
+                )
             g = torch.ones(shape, device=device, dtype=dtype)
             return g, torch.ones(shape, device=device, dtype=torch.bool)
-        if self.time_only and not t0 and not torch.is_grad_enabled():
+        if self.time_only and not t0 and not grad:
             return self._from_table(T, device, dtype)
         return self.gate(T, x, device, dtype, t0)
+
+    def _ones(self, device, dtype):
+        def build(n):
+            g = torch.ones(n, self.hidden_size, device=device, dtype=dtype)
+            return g, torch.ones(n, self.hidden_size, device=device, dtype=torch.bool)
+
+        return build
 
     def _from_table(self, T: int, device, dtype):
         """Inference (no gradients) of a time-only gate: its values at steps 0..T-1 depend
@@ -164,16 +176,21 @@ class Gate(nn.Module):
             state = [*self.parameters(), *self.buffers()]
         else:  # the module's own dicts: parameters() walks the module tree (~10 us a call)
             state = [t for d in (self._parameters, self._buffers) for t in d.values()]
-        key = (
-            str(device),
-            dtype,
-            tuple((t.data_ptr(), t._version) for t in state if t is not None),
-        )
-        table = self.__dict__.get("_table")
+        versions = tuple((t.data_ptr(), t._version) for t in state if t is not None)
+        return self._serve(
+            "_table", (str(device), dtype, versions), T,
+            lambda n: self.gate(n, None, device, dtype, 0),
+        )  # fmt: skip
+
+    def _serve(self, name: str, key, T: int, build):
+        """The first T rows of the table ``name`` (built by ``build(n)`` for n >= T, a
+        power of two, when missing, too short or made for another ``key``): the same two
+        views for every call with that T."""
+        table = self.__dict__.get(name)
         if table is None or table[0] != key or table[1] < T:
             n = 1 << max(T - 1, 0).bit_length()
-            g, active = self.gate(n, None, device, dtype, 0)
-            table = self.__dict__["_table"] = (key, n, g, active, {})
+            g, active = build(n)
+            table = self.__dict__[name] = (key, n, g, active, {})
         views = table[4].get(T)
         if views is None:
             views = table[4][T] = [table[2][:T], table[3][:T], None]
@@ -181,15 +198,19 @@ class Gate(nn.Module):
 
     def table_rates(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(g.float().mean(), active.float().mean())`` when ``g`` is what ``forward``
-        served from the table (computed once per T: two means cost ~30 us, a sparse
-        recurrence step at batch 1 ~1 us); None for any other ``g``."""
-        table = self.__dict__.get("_table")
-        views = table[4].get(g.shape[0]) if table is not None and g.dim() == 2 else None
-        if views is None or views[0] is not g or not g.numel():
+        served from a table (the gate's, or the all-open one under ``all_open()``),
+        computed once per T: two means cost ~30 us, a sparse recurrence step at batch 1
+        ~1 us. None for any other ``g``."""
+        if g.dim() != 2 or not g.numel():
             return None
-        if views[2] is None:
-            views[2] = (views[0].float().mean(), views[1].float().mean())
-        return views[2]
+        for name in ("_table", "_open_table"):
+            table = self.__dict__.get(name)
+            views = table[4].get(g.shape[0]) if table is not None else None
+            if views is not None and views[0] is g:
+                if views[2] is None:
+                    views[2] = (views[0].float().mean(), views[1].float().mean())
+                return views[2]
+        return None
 
 
 class BinaryGate(Gate):

@@ -237,6 +237,13 @@ def test_table_rates_only_for_what_the_table_served():
         assert gate.table_rates(g.clone()) is None  # not a table view
         assert gate.table_rates(gate(0, None, dtype=torch.float32)[0]) is None  # empty
     assert gate.table_rates(gate(40, None, dtype=torch.float32)[0]) is None  # with gradients
+    with torch.no_grad(), all_open():  # the dense baseline: an all-open table, same cost
+        g1, a1 = gate(40, None, dtype=torch.float32)
+        assert gate(40, None, dtype=torch.float32)[0] is g1
+        assert torch.equal(g1, torch.ones(40, 16)) and bool(a1.all()) and a1.dtype == torch.bool
+        assert [float(r) for r in gate.table_rates(g1)] == [1.0, 1.0]
+    with torch.no_grad():
+        assert gate(40, None, dtype=torch.float32)[0] is g  # the learned table again
 
 
 def test_the_gate_table_is_not_used_with_gradients_or_a_later_window():
