@@ -17,7 +17,7 @@ for Python run with ``ASAN_OPTIONS=detect_leaks=0`` and
 
 Same semantics as ``reference.py``. The kernel calls are torch.library custom ops
 (``surnn::su_gru_compiled_fwd/bwd`` for training, ``surnn::su_gru_compiled_infer`` for
-inference of full-length sequences: the step plan and the sweep in one C++ call) with
+inference, padded batches included: the step plan and the sweep in one C++ call) with
 FLOP formulas, so FlopCounterMode (the trainer's executed/dense FLOPs) counts the updates
 the kernel executes. Imports nothing beyond torch, the stdlib and ``surnn.utils``.
 """
@@ -215,12 +215,14 @@ def _infer_op(
     b_hh: torch.Tensor | None,
     g: torch.Tensor,
     active: torch.Tensor | None,
+    lengths: torch.Tensor | None,
     nthreads: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out [B,T,H], h_T [B,H]) without gradients for full-length sequences: layouts,
-    absent biases, the step plan and the forward sweep all in one C++ call (at batch 1
-    the general path's ~15 Python and ATen steps cost as much as a sparse sweep)."""
-    out, h_t = _STATE["ext"].infer(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, nthreads)
+    """(out [B,T,H], h_T [B,H]) without gradients: layouts, absent biases, lengths in
+    any order, the step plan and the forward sweep all in one C++ call (at batch 1 the
+    general path's ~15 Python and ATen steps cost as much as a sparse sweep; at B=250 its
+    length-sorted copies of x and out cost a fifth of the sweep)."""
+    out, h_t = _STATE["ext"].infer(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths, nthreads)
     return out, h_t
 
 
@@ -258,11 +260,10 @@ def _bwd_flops(x, h0, w_ih, w_hh, g, idx, off, bs, *a, **kw) -> int:
 
 
 @register_flop_formula(torch.ops.surnn.su_gru_compiled_infer, get_raw=True)
-def _infer_flops(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, *a, **kw) -> int:
-    """As the forward's: the plan counts the executed updates (every sample runs every
-    step here)."""
+def _infer_flops(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths, *a, **kw) -> int:
+    """As the forward's: the plan counts the executed updates."""
     B, T, D = x.shape
-    m = _meta(g, active, None, B, T)
+    m = _meta(g, active, lengths, B, T)
     return 6 * (D + h0.shape[-1]) * _executed(m.off, m.bs)
 
 
@@ -384,18 +385,13 @@ def su_gru_compiled(
         lengths = None  # a batch of one, or no padding: the unpadded paths
     tensors = (x, h0, w_ih, w_hh, b_ih, b_hh, g)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    if not grad and lengths is None:
-        args = (*tensors, active)
+    if not grad:  # one C++ call, padded batches included
+        args = (*tensors, active, lengths)
         infer = _STATE["ext"].infer if _plain_call(args) else _infer_op
         out, h_t = infer(*args, torch.get_num_threads())
         return out, h_t
     m = _meta(g, active, lengths, B, T)
     wide = dense_grad_max_h is not None and dense_grad_max_h < H
-    if grad and wide and int(m.off[-1]) == T * H:
+    if wide and int(m.off[-1]) == T * H:
         return None
-    if grad:
-        return _SuGRUCompiled.apply(x, h0, w_ih, w_hh, b_ih, b_hh, g, m)
-    with torch.no_grad():  # padded batches: sorted by length, the plan closes the padding
-        xs, h0s, wi, wh, bi, bh, gs = _prepare(x, h0, w_ih, w_hh, b_ih, b_hh, g, m)
-        out, _ = _fwd_op(xs, h0s, wi, wh, bi, bh, gs, m.idx, m.off, m.bs, False, m.nthreads)
-        return _finish(out, m)
+    return _SuGRUCompiled.apply(x, h0, w_ih, w_hh, b_ih, b_hh, g, m)

@@ -63,20 +63,44 @@ def test_compiled_float32_vector_paths(B):
 @pytest.mark.parametrize("kind", ["random", "sparse", "open", "closed", "soft"])
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("mode", [False, True])
-def test_compiled_inference_matches_reference(kind, per_sample, mode, monkeypatch):
-    """Inference of full-length sequences (no gradient) is one C++ call: the step plan and
-    the sweep. Called directly, or through the custom op when a dispatch mode (here
-    FlopCounterMode) must see it."""
+@pytest.mark.parametrize("lengths", [False, True])
+def test_compiled_inference_matches_reference(kind, per_sample, mode, lengths, monkeypatch):
+    """Inference (no gradient) is one C++ call: the step plan and the sweep, padded
+    batches in the caller's order included. Called directly, or through the custom op when
+    a dispatch mode (here FlopCounterMode) must see it."""
     calls = []
     real = compiled._infer_op
     monkeypatch.setattr(compiled, "_infer_op", lambda *a: calls.append(1) or real(*a))
-    x, h0, w, g, active, _ = make_case(5, 9, 37, 41, kind, per_sample)
+    x, h0, w, g, active, lens = make_case(5, 9, 37, 41, kind, per_sample, lengths)
+    assert lens is None or not torch.equal(lens, lens.sort(descending=True).values)
     with torch.no_grad(), FlopCounterMode(display=False) if mode else contextlib.nullcontext():
-        got = su_gru(x, h0, *w, g, active, impl="compiled")
+        got = su_gru(x, h0, *w, g, active, lens, impl="compiled")
     with torch.no_grad():
-        ref = su_gru(x, h0, *w, g, active, impl="reference")
+        ref = su_gru(x, h0, *w, g, active, lens, impl="reference")
     assert calls == ([1] if mode else [])
     assert_close(got, ref, 1e-10)
+
+
+@needs_kernel
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_compiled_padded_inference_edge_lengths(per_sample):
+    """Lengths 0 (the state stays h0), longer than T, ties, and the longest last; fp32
+    with 2 threads (the samples dealt to the threads in length order)."""
+    x, h0, w, g, active, _ = make_case(
+        9, 7, 5, 24, "sparse", per_sample, dtype=torch.float32, seed=4
+    )
+    lens = torch.tensor([0, 3, 9, 3, 1, 0, 6, 2, 7])
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            got = su_gru(x, h0, *w, g, active, lens, impl="compiled")
+    finally:
+        torch.set_num_threads(n)
+    with torch.no_grad():
+        ref = su_gru(*(t.double() for t in (x, h0, *w, g)), active, lens, impl="reference")
+    assert_close(got, ref, 1e-5)
+    assert torch.equal(got[1][0], h0[0].detach()) and torch.equal(got[0][5, -1], h0[5].detach())
 
 
 @needs_kernel
@@ -105,8 +129,8 @@ def test_compiled_inference_streams_states_out(H, lengths):
 @needs_kernel
 def test_compiled_full_lengths_run_as_unpadded(monkeypatch):
     """Lengths that close nothing (every sequence as long as x: a batch of one, no
-    padding) run the unpadded inference call, with no plan or batch sorting, and the same
-    results; a padded batch still plans."""
+    padding) run the unpadded inference call, with the same results. Inference never
+    plans in Python, a padded batch included; training does."""
     real = compiled._meta
     calls = []
     monkeypatch.setattr(compiled, "_meta", lambda *a: calls.append(a[2]) or real(*a))
@@ -118,8 +142,10 @@ def test_compiled_full_lengths_run_as_unpadded(monkeypatch):
         assert_close(full, ref, 1e-5)
         padded = torch.tensor([6, 2, 6])
         got = su_gru(x, h0, *w, g, active, padded, impl="compiled")
-        assert len(calls) == 1 and torch.equal(calls[0], padded)
+        assert calls == []
         assert_close(got, su_gru(x, h0, *w, g, active, padded, impl="reference"), 1e-5)
+    su_gru(x, h0, *w, g, active, padded, impl="compiled")  # training: the plan
+    assert len(calls) == 1 and torch.equal(calls[0], padded)
 
 
 @needs_kernel

@@ -350,12 +350,15 @@ int n_threads(int B, int want) { return std::max(1, std::min(want, (B + 3) / 4))
 template <typename T>
 void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* bih,
                   const T* bhh, const T* g, int64_t g_bstride, const int* idx,
-                  const int64_t* off, const int* bs, const bool* mask, T* out, T* saved,
-                  int B, int Tn, int D, int H, int nthreads) {
+                  const int64_t* off, const int* bs, const bool* mask, const int* perm,
+                  T* out, T* saved, int B, int Tn, int D, int H, int nthreads) {
   // Weights in nn.GRU's layout: rows r, z, n of neuron i at i, H + i, 2H + i.
-  // Without a plan (idx null: inference of full-length sequences with a time-only gate g,
-  // mask the optional active set [T,H]) each step lists its neurons from its own row of g
-  // and mask as it starts: one read of the gate, no separate pass over [T,H].
+  // Without a plan (idx null: inference with a time-only gate g, mask the optional active
+  // set [T,H]) each step lists its neurons from its own row of g and mask as it starts:
+  // one read of the gate, no separate pass over [T,H]. bs may then be null (every sample
+  // runs every step). perm (inference only; null: the identity) maps a sample's place in
+  // the length-sorted order to its row of x, h0, out and a per-sample g, so that a padded
+  // batch runs in the caller's order without sorted copies.
   const bool fused = idx == nullptr;
   const int nt = n_threads(B, nthreads);
   int64_t amax = fused ? H : 0;
@@ -375,9 +378,13 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
   const bool own_state = saved == nullptr;
   const int Hp = (H + 7) / 8 * 8;  // row pitch: every row 32-byte aligned
   std::vector<std::vector<T>> states(nt);
+  std::vector<std::vector<int>> rows(nt);  // the row of each of my samples (perm)
   for (int tid = 0; tid < nt; ++tid) {
     if (fused) step_ids[tid].resize(H + 8);
     samples[tid] = my_samples(B, tid, nt);
+    rows[tid] = samples[tid];
+    if (perm)
+      for (int& r : rows[tid]) r = perm[r];
     const size_t nm = samples[tid].size();
     bufs[tid].resize(8 * (amax * nm + 8));
     xvs[tid].resize(nm);
@@ -391,7 +398,8 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
   // the missing threads' samples uncomputed (out kept uninitialised memory).
 #pragma omp parallel for num_threads(nt) schedule(static, 1)
   for (int tid = 0; tid < nt; ++tid) {
-    const std::vector<int>& mine = samples[tid];
+    const std::vector<int>& mine = samples[tid];  // places in the length-sorted order
+    const std::vector<int>& row = rows[tid];      // rows of x, h0, out, g
     const int nm = static_cast<int>(mine.size());
     // Pre-activations of all the step's active neurons for my samples, [A][nm] each:
     // xr, xz, xn (input side), hr, hz, hn (recurrent side); then pointwise in one pass.
@@ -406,12 +414,12 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
       const uintptr_t a = reinterpret_cast<uintptr_t>(states[tid].data());
       st = states[tid].data() + ((32 - a % 32) % 32) / sizeof(T);
       for (int s = 0; s < nm; ++s)
-        std::memcpy(st + (int64_t)s * Hp, h0 + (int64_t)mine[s] * H, sizeof(T) * H);
+        std::memcpy(st + (int64_t)s * Hp, h0 + (int64_t)row[s] * H, sizeof(T) * H);
     }
     for (int t = 0; t < Tn; ++t) {
       // Carry every state of my samples (closed neurons and finished sequences keep it).
       for (int s = 0; s < nm; ++s) {
-        const int b = mine[s];
+        const int b = row[s];
         xv[s] = x + ((int64_t)b * Tn + t) * D;
         if (own_state) {  // step t - 1's states go out now that they are complete
           if (t) emit_row<T>(out + ((int64_t)b * Tn + t - 1) * H, st + (int64_t)s * Hp, H);
@@ -433,15 +441,16 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
         if (mask)
           for (int o = 0; o < H; o += 64) __builtin_prefetch(mask + (int64_t)(t + 1) * H + o);
       }
-      const int running = fused ? B : bs[t];
+      const int running = bs ? bs[t] : B;
       int nv = 0;  // my samples still running at step t (a prefix)
       while (nv < nm && mine[nv] < running) ++nv;
+      if (nv == 0) continue;
       const int* ids = fused ? step_ids[tid].data() : idx + off[t];
       const int A = static_cast<int>(
           fused ? scan_row<T>(g + (int64_t)t * H, mask ? mask + (int64_t)t * H : nullptr, H,
                               step_ids[tid].data(), 0)
                 : off[t + 1] - off[t]);
-      if (nv == 0 || A == 0) continue;
+      if (A == 0) continue;
       // 1. Dots: 3 rows x up to 4 samples per tile, both sides of each active neuron.
       const int64_t sx = (int64_t)H * D, sh = (int64_t)H * H;  // gate-to-gate row stride
       int a0 = 0;
@@ -516,7 +525,7 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
           const T nn = T(2) / (T(1) + e1[q]) - T(1);  // tanh
           const T z = hz[q], hp = hv[s][i];
           const T f = nn + z * (hp - nn);
-          const T gv = g[b * g_bstride + (int64_t)t * H + i];
+          const T gv = g[row[s] * g_bstride + (int64_t)t * H + i];
           ov[s][i] = hp + gv * (f - hp);
           if (sv) {
             sv[b] = hr[q];
@@ -529,7 +538,7 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
     }
     if (own_state) {
       for (int s = 0; s < nm; ++s)
-        emit_row<T>(out + ((int64_t)mine[s] * Tn + Tn - 1) * H, st + (int64_t)s * Hp, H);
+        emit_row<T>(out + ((int64_t)row[s] * Tn + Tn - 1) * H, st + (int64_t)s * Hp, H);
 #ifdef __AVX__
       _mm_sfence();  // the streamed rows are visible before the region ends
 #endif
@@ -812,7 +821,7 @@ void plan_impl(const T* g, const bool* active, const int64_t* lens, int B, int T
 #define SURNN_INSTANTIATE(T)                                                                \
   template void forward_impl<T>(const T*, const T*, const T*, const T*, const T*, const T*,  \
                                 const T*, int64_t, const int*, const int64_t*, const int*,   \
-                                const bool*, T*, T*, int, int, int, int, int);               \
+                                const bool*, const int*, T*, T*, int, int, int, int, int);   \
   template void backward_impl<T>(const T*, const T*, const T*, const T*, const T*, int64_t,  \
                                  const int*, const int64_t*, const int*, const T*, const T*, \
                                  const T*, T*, T*, T*, T*, T*, T*, T*, T*, int, int, int, int, \

@@ -8,8 +8,8 @@ namespace surnn {
 template <typename T>
 void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* bih,
                   const T* bhh, const T* g, int64_t g_bstride, const int* idx,
-                  const int64_t* off, const int* bs, const bool* mask, T* out, T* saved,
-                  int B, int Tn, int D, int H, int nthreads);
+                  const int64_t* off, const int* bs, const bool* mask, const int* perm,
+                  T* out, T* saved, int B, int Tn, int D, int H, int nthreads);
 
 template <typename T>
 void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* g,
