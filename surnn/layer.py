@@ -144,12 +144,9 @@ class SelectiveUpdateGRU(nn.Module):
         control = (
             self.controlled and self.training and torch.is_grad_enabled() and not forced_open()
         )
-        for k in range(self.num_layers):
+        for k, gate in enumerate(self.gates):  # iterating: indexing a ModuleList costs ~4 us
             if control:
-                _steer(
-                    self.gates[k], T, x, run_lengths, counts, float(self.target_rate), t0=int(t0)
-                )
-            gate = self.gates[k]
+                _steer(gate, T, x, run_lengths, counts, float(self.target_rate), t0=int(t0))
             g, active = gate(T, x, device=x.device, dtype=x.dtype, t0=int(t0))
             gates.append(g.detach())
             cached = None if run_lengths is not None else gate.table_rates(g)
