@@ -20,10 +20,11 @@
 // accumulators in registers (12 FMAs per 3 weight + 4 input loads). float uses a
 // vectorised exp (Cephes polynomial, ~1 ulp); double (used by the tests) uses std::exp.
 //
-// Layouts (all contiguous, batch sorted by length, descending):
+// Layouts (all contiguous, batch sorted by length, descending; inference may instead
+// pass perm, the rows in length order, and keep the caller's batch order):
 //   x [B,T,D], h0 [B,H], w_ih [3H,D], w_hh [3H,H], b_ih/b_hh [3H] (zeros if absent),
 //   g [T,H] (time-only) or [B,T,H] (per sample), idx int32 [nnz], off int64 [T+1],
-//   bs int32 [T] (samples still running at step t: samples 0..bs[t]-1),
+//   bs int32 [T] (samples still running at step t: the first bs[t] in length order),
 //   out [B,T,H], saved [nnz, 4, B] = (r, z, n, hn) per executed (step, neuron, sample).
 #include "su_gru_kernels.h"
 #ifdef __AVX__
