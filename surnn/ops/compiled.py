@@ -165,12 +165,14 @@ def _fwd_op(
     idx: torch.Tensor,
     off: torch.Tensor,
     bs: torch.Tensor,
+    perm: torch.Tensor,
     save: bool,
     nthreads: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out [B,T,H], saved [nnz,4,B] or empty): the whole forward sweep in C++."""
+    """(out [B,T,H], saved [nnz,4,B] or empty): the whole forward sweep in C++, the batch
+    in the caller's order (perm: its rows in length order, or empty)."""
     out, saved = _STATE["ext"].forward(
-        x, h0, w_ih, w_hh, b_ih, b_hh, g, idx, off, bs, save, nthreads
+        x, h0, w_ih, w_hh, b_ih, b_hh, g, idx, off, bs, perm, save, nthreads
     )
     return out, saved
 
@@ -185,6 +187,7 @@ def _bwd_op(
     idx: torch.Tensor,
     off: torch.Tensor,
     bs: torch.Tensor,
+    perm: torch.Tensor,
     out: torch.Tensor,
     saved: torch.Tensor,
     gout: torch.Tensor,
@@ -198,8 +201,8 @@ def _bwd_op(
     whole reverse sweep in C++ (the weight gradients are summed over threads here)."""
     dh = grad_h.clone()  # the kernel turns dL/dh_T into dL/dh0 in place
     res = _STATE["ext"].backward(
-        x, h0, w_ih, w_hh, g, idx, off, bs, out, saved, gout, dh, need_dx, need_w, need_dg,
-        nthreads,
+        x, h0, w_ih, w_hh, g, idx, off, bs, perm, out, saved, gout, dh, need_dx, need_w,
+        need_dg, nthreads,
     )  # fmt: skip
     dx, dwi, dwh, dbi, dbh, dgp, dgs = res
     return [dx, dwi.sum(0), dwh.sum(0), dbi.sum(0), dbh.sum(0), dgp.sum(0), dgs, dh]
@@ -270,23 +273,24 @@ def _infer_flops(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths, *a, **kw) ->
 def _meta(g, active, lengths, B, T):
     """Step plan: the neurons to compute at each step (active or open; for per-sample
     gates the union over the running samples) as a flat index list with offsets, the
-    number of running samples per step, and the batch order (sorted by length). Built by
-    the extension in one pass over the mask (the equivalent ATen ops cost ~0.6 ms at
-    T=784, H=256, which is a tenth of a sparse B=1 sequence)."""
+    number of running samples per step, and the rows of the batch in length order
+    (``perm``, longest first; empty without lengths): the kernels deal the samples to the
+    threads in that order and read and write the batch in the caller's order (sorted
+    copies of x, out and their gradients cost ~20% of a padded training step at B=64,
+    T=150, H=64). Built by the extension in one pass over the mask (the equivalent ATen ops
+    cost ~0.6 ms at T=784, H=256, which is a tenth of a sparse B=1 sequence)."""
     gd = g.detach()
     gd = (gd if gd.is_floating_point() else gd.float()).contiguous()
     empty = torch.empty(0)
     act = empty if active is None else active.detach().to(torch.bool).contiguous()
-    lens = order = inv = None
+    lens, perm = empty.long(), torch.empty(0, dtype=torch.int32)
     if lengths is not None:
         lens = lengths.detach().to("cpu", torch.long).contiguous()
-        order = torch.argsort(lens, descending=True, stable=True)
-        inv = torch.argsort(order)
-    idx, off, bs = _STATE["ext"].plan(gd, act, empty.long() if lens is None else lens, B)
+        perm = torch.argsort(lens, descending=True, stable=True).to(torch.int32)
+    idx, off, bs = _STATE["ext"].plan(gd, act, lens, B)
     return SimpleNamespace(
-        idx=idx, off=off, bs=bs, order=order, inv=inv, active=active,
-        nthreads=torch.get_num_threads(),
-    )  # fmt: skip
+        idx=idx, off=off, bs=bs, perm=perm, active=active, nthreads=torch.get_num_threads()
+    )
 
 
 def _steps_of(m) -> torch.Tensor:
@@ -294,40 +298,30 @@ def _steps_of(m) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(len(m.off) - 1), m.off.diff())
 
 
-def _sorted(t: torch.Tensor, order) -> torch.Tensor:
-    return (t if order is None else t.index_select(0, order)).contiguous()
-
-
-def _prepare(x, h0, w_ih, w_hh, b_ih, b_hh, g, m):
+def _prepare(x, h0, w_ih, w_hh, b_ih, b_hh, g):
     H = w_hh.shape[1]
     zeros = x.new_zeros(3 * H)
-    gs = g.detach().to(x.dtype)
-    gs = _sorted(gs, m.order) if gs.dim() == 3 else gs.contiguous()
     return (
-        _sorted(x.detach(), m.order),
-        _sorted(h0.detach(), m.order),
+        x.detach().contiguous(),
+        h0.detach().contiguous(),
         w_ih.detach().contiguous(),
         w_hh.detach().contiguous(),
         (b_ih.detach() if b_ih is not None else zeros).contiguous(),
         (b_hh.detach() if b_hh is not None else zeros).contiguous(),
-        gs,
+        g.detach().to(x.dtype).contiguous(),
     )
-
-
-def _finish(out: torch.Tensor, m):
-    if m.inv is not None:
-        out = out.index_select(0, m.inv)
-    return out, out[:, -1].clone()
 
 
 class _SuGRUCompiled(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g, m):
-        xs, h0s, wi, wh, bi, bh, gs = _prepare(x, h0, w_ih, w_hh, b_ih, b_hh, g, m)
-        out, saved = _fwd_op(xs, h0s, wi, wh, bi, bh, gs, m.idx, m.off, m.bs, True, m.nthreads)
+        xs, h0s, wi, wh, bi, bh, gs = _prepare(x, h0, w_ih, w_hh, b_ih, b_hh, g)
+        out, saved = _fwd_op(
+            xs, h0s, wi, wh, bi, bh, gs, m.idx, m.off, m.bs, m.perm, True, m.nthreads
+        )
         ctx.m, ctx.has_b = m, (b_ih is not None, b_hh is not None)
         ctx.tensors = (xs, h0s, wi, wh, gs, out, saved)
-        return _finish(out, m)
+        return out, out[:, -1].clone()
 
     @staticmethod
     def backward(ctx, grad_out, grad_h):
@@ -336,28 +330,22 @@ class _SuGRUCompiled(torch.autograd.Function):
         B, T, _ = xs.shape
         H = wh.shape[1]
         need = ctx.needs_input_grad
-        gout = out.new_zeros(B, T, H) if grad_out is None else _sorted(grad_out, m.order)
-        gh = out.new_zeros(B, H) if grad_h is None else _sorted(grad_h, m.order)
+        gout = out.new_zeros(B, T, H) if grad_out is None else grad_out.contiguous()
+        gh = out.new_zeros(B, H) if grad_h is None else grad_h.contiguous()
         need_w = any(need[2:6])
         dx, dwi, dwh, dbi, dbh, dgp, dgs, dh = _bwd_op(
-            xs, h0s, wi, wh, gs, m.idx, m.off, m.bs, out, saved, gout, gh,
+            xs, h0s, wi, wh, gs, m.idx, m.off, m.bs, m.perm, out, saved, gout, gh,
             need[0], need_w, need[6], m.nthreads,
         )  # fmt: skip
         dg = None
         if need[6]:
+            dg = torch.zeros_like(gs)
             if gs.dim() == 2:
-                dg = torch.zeros_like(gs)
                 dg[_steps_of(m), m.idx.long()] = dgp
             else:
-                dg = torch.zeros_like(gs)
                 dg[:, _steps_of(m), m.idx.long()] = dgs.T
-                if m.inv is not None:
-                    dg = dg.index_select(0, m.inv)
             if m.active is not None:  # the gate's gradient exists only where active
                 dg = dg * m.active
-        if m.inv is not None:
-            dx = dx.index_select(0, m.inv) if need[0] else dx
-            dh = dh.index_select(0, m.inv)
         has_bi, has_bh = ctx.has_b
         return (
             dx if need[0] else None,

@@ -238,6 +238,23 @@ def test_compiled_rejects_broadcast_shapes(bad):
 
 
 @needs_kernel
+@pytest.mark.parametrize("perm", [[0, 0, 2], [0, 1, 3], [1, 0], [2, 1, 0]])
+def test_compiled_checks_the_batch_permutation(perm):
+    """The kernels read and write the batch through perm (its rows in length order)
+    without bounds checks: anything but a permutation of the batch is refused."""
+    x, h0, w, g, _, lens = make_case(3, 5, 4, 6, "random", lengths=True, dtype=torch.float32)
+    m = compiled._meta(g, None, lens, 3, 5)
+    args = [t.detach().contiguous() for t in (x, h0, *w, g)]
+    p = torch.tensor(perm, dtype=torch.int32)
+    call = compiled._STATE["ext"].forward
+    if perm == [2, 1, 0]:  # a permutation: runs
+        assert call(*args, m.idx, m.off, m.bs, p, False, 1)[0].shape == (3, 5, 6)
+        return
+    with pytest.raises(RuntimeError, match="perm"):
+        call(*args, m.idx, m.off, m.bs, p, False, 1)
+
+
+@needs_kernel
 def test_compiled_gradcheck():
     assert op_gradcheck(su_gru, impl="compiled")
 

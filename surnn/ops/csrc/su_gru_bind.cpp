@@ -56,13 +56,33 @@ void check_shapes(const torch::Tensor& x, const torch::Tensor& h0, const torch::
   TORCH_CHECK(ok, "su_gru_compiled: step plan out of range (expected the plan of plan())");
 }
 
+// The rows of the batch in length order (int32 [B], a permutation; empty: the batch is
+// already in that order), or null. The kernels index with it unchecked: checked here.
+const int* perm_of(const torch::Tensor& perm, int64_t B) {
+  if (perm.numel() == 0) return nullptr;
+  TORCH_CHECK(perm.scalar_type() == torch::kInt32 && perm.is_contiguous() &&
+                  perm.device().is_cpu() && perm.numel() == B,
+              "su_gru_compiled: expected perm int32 [B] with B=", B, ", got ", perm.sizes());
+  const int* p = perm.data_ptr<int>();
+  std::vector<char> seen(B, 0);
+  bool ok = true;
+  for (int64_t b = 0; b < B && ok; ++b) {
+    ok = p[b] >= 0 && p[b] < B && !seen[p[b]];
+    if (ok) seen[p[b]] = 1;
+  }
+  TORCH_CHECK(ok, "su_gru_compiled: perm is not a permutation of the batch");
+  return p;
+}
+
 std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor h0, torch::Tensor wih,
                                    torch::Tensor whh, torch::Tensor bih, torch::Tensor bhh,
                                    torch::Tensor g, torch::Tensor idx, torch::Tensor off,
-                                   torch::Tensor bs, bool save, int64_t nthreads) {
+                                   torch::Tensor bs, torch::Tensor perm, bool save,
+                                   int64_t nthreads) {
   const auto dt = x.scalar_type();
   for (auto* p : {&x, &h0, &wih, &whh, &bih, &bhh, &g}) check(*p, "su_gru_compiled", dt);
   check_shapes(x, h0, wih, whh, g, idx, off, bs);
+  const int* pm = perm_of(perm, x.size(0));
   const int B = x.size(0), Tn = x.size(1), D = x.size(2), H = h0.size(1);
   TORCH_CHECK(bih.numel() == 3 * H && bhh.numel() == 3 * H, "su_gru_compiled: biases [3H]");
   auto out = torch::empty({B, Tn, H}, x.options());
@@ -75,7 +95,7 @@ std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor h0, torch::Ten
                            wih.data_ptr<scalar_t>(), whh.data_ptr<scalar_t>(),
                            bih.data_ptr<scalar_t>(), bhh.data_ptr<scalar_t>(),
                            g.data_ptr<scalar_t>(), gb, idx.data_ptr<int>(),
-                           off.data_ptr<int64_t>(), bs.data_ptr<int>(), nullptr, nullptr,
+                           off.data_ptr<int64_t>(), bs.data_ptr<int>(), nullptr, pm,
                            out.data_ptr<scalar_t>(),
                            save ? saved.data_ptr<scalar_t>() : nullptr, B, Tn, D, H,
                            static_cast<int>(nthreads));
@@ -85,14 +105,15 @@ std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor h0, torch::Ten
 
 std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor h0, torch::Tensor wih,
                                     torch::Tensor whh, torch::Tensor g, torch::Tensor idx,
-                                    torch::Tensor off, torch::Tensor bs, torch::Tensor out,
-                                    torch::Tensor saved, torch::Tensor gout,
-                                    torch::Tensor dh, bool need_dx, bool need_w,
-                                    bool need_dg, int64_t nthreads) {
+                                    torch::Tensor off, torch::Tensor bs, torch::Tensor perm,
+                                    torch::Tensor out, torch::Tensor saved,
+                                    torch::Tensor gout, torch::Tensor dh, bool need_dx,
+                                    bool need_w, bool need_dg, int64_t nthreads) {
   const auto dt = x.scalar_type();
   for (auto* p : {&x, &h0, &wih, &whh, &g, &out, &saved, &gout, &dh})
     check(*p, "su_gru_compiled backward", dt);
   check_shapes(x, h0, wih, whh, g, idx, off, bs);
+  const int* pm = perm_of(perm, x.size(0));
   const int B = x.size(0), Tn = x.size(1), D = x.size(2), H = h0.size(1);
   const int nt = n_threads(B, static_cast<int>(nthreads));
   const int64_t nnz = idx.numel();
@@ -116,7 +137,7 @@ std::vector<torch::Tensor> backward(torch::Tensor x, torch::Tensor h0, torch::Te
     backward_impl<scalar_t>(x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
                             wih.data_ptr<scalar_t>(), whh.data_ptr<scalar_t>(),
                             g.data_ptr<scalar_t>(), gb, idx.data_ptr<int>(),
-                            off.data_ptr<int64_t>(), bs.data_ptr<int>(),
+                            off.data_ptr<int64_t>(), bs.data_ptr<int>(), pm,
                             out.data_ptr<scalar_t>(), ptr(saved), gout.data_ptr<scalar_t>(),
                             dh.data_ptr<scalar_t>(), need_dx ? ptr(dx) : nullptr,
                             need_w ? ptr(dwih) : nullptr, need_w ? ptr(dwhh) : nullptr,

@@ -662,21 +662,26 @@ void outer3(T* d0, T* d1, T* d2, const T* g0, const T* g1, const T* g2,
 // Reverse sweep. dh [B,H] enters as dL/dh_T and leaves as dL/dh0. Per thread (slice tid
 // of the [nt, ...] buffers): dwih, dwhh, dbih, dbhh accumulate; dgp [nt, nnz] (time-only
 // gate: summed over my samples) or dgs [nnz, B] (per-sample gate). dx [B,T,D] written.
+// perm: as the forward's (the rows of x, h0, g, out, gout, dh, dx and dgs's columns in
+// length order; null: the identity); saved stays in length order, as the forward wrote it.
 template <typename T>
 void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* g,
                    int64_t g_bstride, const int* idx, const int64_t* off, const int* bs,
-                   const T* out, const T* saved, const T* gout, T* dh, T* dx, T* dwih,
-                   T* dwhh, T* dbih, T* dbhh, T* dgp, T* dgs, int B, int Tn, int D, int H,
-                   int nthreads, bool need_w) {
+                   const int* perm, const T* out, const T* saved, const T* gout, T* dh,
+                   T* dx, T* dwih, T* dwhh, T* dbih, T* dbhh, T* dgp, T* dgs, int B, int Tn,
+                   int D, int H, int nthreads, bool need_w) {
   const int nt = n_threads(B, nthreads);
   int64_t amax = 0;
   for (int t = 0; t < Tn; ++t) amax = std::max(amax, off[t + 1] - off[t]);
-  std::vector<std::vector<int>> samples(nt);  // allocated outside the parallel region
+  std::vector<std::vector<int>> samples(nt), rows(nt);  // outside the parallel region
   std::vector<std::vector<T>> gxs(nt), ghs(nt);
   std::vector<std::vector<const T*>> wxrs(nt), whrs(nt), xvs(nt), hvs(nt);
   std::vector<std::vector<T*>> dhvs(nt), dxvs(nt);
   for (int tid = 0; tid < nt; ++tid) {
     samples[tid] = my_samples(B, tid, nt);
+    rows[tid] = samples[tid];
+    if (perm)
+      for (int& r : rows[tid]) r = perm[r];
     const size_t nm = samples[tid].size();
     gxs[tid].resize(3 * amax * nm + 1);
     ghs[tid].resize(3 * amax * nm + 1);
@@ -689,7 +694,8 @@ void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T*
   }
 #pragma omp parallel for num_threads(nt) schedule(static, 1)  // every slot runs (forward)
   for (int tid = 0; tid < nt; ++tid) {
-    const std::vector<int>& mine = samples[tid];
+    const std::vector<int>& mine = samples[tid];  // places in the length-sorted order
+    const std::vector<int>& row = rows[tid];      // rows of the batch tensors
     const int nm = static_cast<int>(mine.size());
     T* my_dwih = need_w ? dwih + (int64_t)tid * 3 * H * D : nullptr;  // no arithmetic on null
     T* my_dwhh = need_w ? dwhh + (int64_t)tid * 3 * H * H : nullptr;
@@ -701,10 +707,10 @@ void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T*
     std::vector<T>&Gx = gxs[tid], &Gh = ghs[tid];
     std::vector<const T*>&wxr = wxrs[tid], &whr = whrs[tid], &xv = xvs[tid], &hv = hvs[tid];
     std::vector<T*>&dhv = dhvs[tid], &dxv = dxvs[tid];
-    for (int s = 0; s < nm; ++s) dhv[s] = dh + (int64_t)mine[s] * H;
+    for (int s = 0; s < nm; ++s) dhv[s] = dh + (int64_t)row[s] * H;
     for (int t = Tn - 1; t >= 0; --t) {
       for (int s = 0; s < nm; ++s) {  // dL/dh_t += dL/dout_t
-        const T* go = gout + ((int64_t)mine[s] * Tn + t) * H;
+        const T* go = gout + ((int64_t)row[s] * Tn + t) * H;
         T* d = dhv[s];
         for (int k = 0; k < H; ++k) d[k] += go[k];
       }
@@ -713,7 +719,7 @@ void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T*
       const int A = static_cast<int>(off[t + 1] - off[t]);
       if (nv == 0 || A == 0) continue;
       for (int s = 0; s < nv; ++s) {
-        const int b = mine[s];
+        const int b = row[s];
         xv[s] = x + ((int64_t)b * Tn + t) * D;
         hv[s] = t ? out + ((int64_t)b * Tn + t - 1) * H : h0 + (int64_t)b * H;
         dxv[s] = dx ? dx + ((int64_t)b * Tn + t) * D : nullptr;
@@ -730,10 +736,10 @@ void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T*
           const int b = mine[s];
           const T r = sv[b], z = sv[B + b], n = sv[2 * B + b], hn = sv[3 * B + b];
           const T hp = hv[s][i], d = dhv[s][i];
-          const T gv = g[b * g_bstride + (int64_t)t * H + i];
+          const T gv = g[row[s] * g_bstride + (int64_t)t * H + i];
           const T f = n + z * (hp - n);
           const T dgv = d * (f - hp);
-          if (dgs) dgs[j * B + b] = dgv;
+          if (dgs) dgs[j * B + row[s]] = dgv;
           dgsum += dgv;
           const T df = d * gv;
           dhv[s][i] = d - df + df * z;
@@ -824,7 +830,8 @@ void plan_impl(const T* g, const bool* active, const int64_t* lens, int B, int T
                                 const T*, int64_t, const int*, const int64_t*, const int*,   \
                                 const bool*, const int*, T*, T*, int, int, int, int, int);   \
   template void backward_impl<T>(const T*, const T*, const T*, const T*, const T*, int64_t,  \
-                                 const int*, const int64_t*, const int*, const T*, const T*, \
+                                 const int*, const int64_t*, const int*, const int*,          \
+                                 const T*, const T*,                                          \
                                  const T*, T*, T*, T*, T*, T*, T*, T*, T*, int, int, int, int, \
                                  int, bool);                                                  \
   template void plan_impl<T>(const T*, const bool*, const int64_t*, int, int, int, bool, int*, \

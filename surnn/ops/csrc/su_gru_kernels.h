@@ -14,9 +14,9 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
 template <typename T>
 void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* g,
                    int64_t g_bstride, const int* idx, const int64_t* off, const int* bs,
-                   const T* out, const T* saved, const T* gout, T* dh, T* dx, T* dwih,
-                   T* dwhh, T* dbih, T* dbhh, T* dgp, T* dgs, int B, int Tn, int D, int H,
-                   int nthreads, bool need_w);
+                   const int* perm, const T* out, const T* saved, const T* gout, T* dh,
+                   T* dx, T* dwih, T* dwhh, T* dbih, T* dbhh, T* dgp, T* dgs, int B, int Tn,
+                   int D, int H, int nthreads, bool need_w);
 
 template <typename T>
 void plan_impl(const T* g, const bool* active, const int64_t* lens, int B, int Tn, int H,
