@@ -178,6 +178,34 @@ def targets(args: argparse.Namespace, root: Path) -> None:
                      train_step(w, xg, lambda xg=xg, h0=h0, w=w, g=g, a=a_tr, which=which:
                                 su_gru(xg, h0, *w, g, a, impl=which)),
                      1.0)  # fmt: skip
+    if "padded" in args.settings:  # LRA batches: lengths T/8..T; nn.GRU packed (skips padding too)
+        from torch.nn.utils.rnn import pack_padded_sequence
+
+        for H, T in [(64, 221), (128, 1000)]:
+            B, D = 32, H
+            gru, w, x, xg, h0 = layer(B, T, D, H)
+            g, a_ev, a_tr = rhythm_at(TARGET_RATE, T, H, width)
+            lens = torch.randint(T // 8, T + 1, (B,), generator=torch.Generator().manual_seed(T))
+            lens[0] = T
+            tag = f"padded H={H} T={T}"
+            info[tag] = {"B": B, "T": T, "D": D, "H": H, "rate": float(g.mean()),
+                         "train_active_rate": float(a_tr.float().mean()),
+                         "valid_fraction": float(lens.sum()) / (B * T)}  # fmt: skip
+
+            def packed(x, gru=gru, lens=lens):
+                return gru(pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False))
+
+            pair(tag, "inference vs nn.GRU (packed)", "nn.GRU packed fwd",
+                 infer(lambda x=x, packed=packed: packed(x)), f"su {impl} fwd",
+                 infer(lambda x=x, h0=h0, w=w, g=g, a=a_ev, lens=lens:
+                       su_gru(x, h0, *w, g, a, lens, impl=impl)),
+                 1.0)  # fmt: skip
+            pair(tag, "training step vs nn.GRU (packed)", "nn.GRU packed train",
+                 train_step(w, xg, lambda xg=xg, packed=packed: packed(xg)[0].data),
+                 f"su {impl} train",
+                 train_step(w, xg, lambda xg=xg, h0=h0, w=w, g=g, a=a_tr, lens=lens:
+                            su_gru(xg, h0, *w, g, a, lens, impl=impl)),
+                 1.0)  # fmt: skip
     if "stream" in args.settings:
         B, T, D, H = 1, 784, 1, 256
         gru, w, x, xg, h0 = layer(B, T, D, H)
