@@ -178,7 +178,10 @@ def targets(args: argparse.Namespace, root: Path) -> None:
                      train_step(w, xg, lambda xg=xg, h0=h0, w=w, g=g, a=a_tr, which=which:
                                 su_gru(xg, h0, *w, g, a, impl=which)),
                      1.0)  # fmt: skip
-    if "padded" in args.settings:  # LRA batches: lengths T/8..T; nn.GRU packed (skips padding too)
+    if "padded" in args.settings:
+        # LRA-like batches (lengths T/8..T) against nn.GRU both ways: over the padded batch
+        # (every step computed; what a padded harness runs) and packed (skips the padding,
+        # but its CPU backward runs step by step).
         from torch.nn.utils.rnn import pack_padded_sequence
 
         for H, T in [(64, 221), (128, 1000)]:
@@ -195,6 +198,16 @@ def targets(args: argparse.Namespace, root: Path) -> None:
             def packed(x, gru=gru, lens=lens):
                 return gru(pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False))
 
+            pair(tag, "inference vs nn.GRU (padded, dense)", "nn.GRU fwd",
+                 infer(lambda gru=gru, x=x: gru(x)), f"su {impl} fwd",
+                 infer(lambda x=x, h0=h0, w=w, g=g, a=a_ev, lens=lens:
+                       su_gru(x, h0, *w, g, a, lens, impl=impl)),
+                 1.0)  # fmt: skip
+            pair(tag, "training step vs nn.GRU (padded, dense)", "nn.GRU train",
+                 train_step(w, xg, lambda gru=gru, xg=xg: gru(xg)), f"su {impl} train",
+                 train_step(w, xg, lambda xg=xg, h0=h0, w=w, g=g, a=a_tr, lens=lens:
+                            su_gru(xg, h0, *w, g, a, lens, impl=impl)),
+                 1.0)  # fmt: skip
             pair(tag, "inference vs nn.GRU (packed)", "nn.GRU packed fwd",
                  infer(lambda x=x, packed=packed: packed(x)), f"su {impl} fwd",
                  infer(lambda x=x, h0=h0, w=w, g=g, a=a_ev, lens=lens:
