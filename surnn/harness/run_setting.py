@@ -1,8 +1,9 @@
 """The setting a finished run was in, read from its run folder (results.json, config.yaml).
 
 A run in its task's standard setting (full data, every test example) may sit beside
-published numbers; any other run (the demo's short ListOps, a smoke run, a test scored on
-part of the test set, data of another size) carries a label saying what differs. Used by
+published numbers; any other run (the demo's short ListOps, a smoke run, a CPU-sized preset
+such as ``memory/copy_memory_cpu``, a test scored on part of the test set, data of another
+size) carries a label saying what differs. Used by
 ``scripts/make_tables.py`` (tables by setting) and ``scripts/bench_checkpoint.py`` (the
 setting of a benchmarked checkpoint).
 """
@@ -51,6 +52,9 @@ def setting_of(r: dict, run_dir: str | Path | None = None) -> str | None:
         marks.append("smoke")
     if "experiment=demo_" in cmd:
         marks.append("demo (" + cmd.split("experiment=")[1].split()[0] + ")")
+    exp = experiment_of(r) or ""
+    if exp.endswith("_cpu"):  # e.g. memory/copy_memory_cpu: a model and budget sized for CPU
+        marks.append(f"CPU-sized preset ({exp})")
     sizes = r.get("split_sizes") or {}
     n_test, full = r.get("test_examples"), sizes.get("test")
     if n_test is not None and full and n_test < full:
