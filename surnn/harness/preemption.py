@@ -11,6 +11,7 @@ handler).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -33,15 +34,23 @@ class StopSignals:
         self.signum: int | None = None
         self.interruptible = False
         self._prev: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def install(self) -> None:
         """Handle the stop signals from now on (remembering the handlers they had)."""
-        self._prev = {}
+        self._prev, self._pid = {}, os.getpid()
         for s in PREEMPTION_SIGNALS:
             with contextlib.suppress(ValueError):  # not the main thread
                 self._prev[s] = signal.signal(s, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:
+            # A forked child (a loader worker between its fork and its worker_init, which
+            # then ignores these signals) inherits this handler: it must not act on it.
+            # Raising Preempted there killed the worker with a traceback and, now and
+            # then, hung the main process in the loader's shutdown (seen under
+            # `kill -- -PGID` while an evaluation's workers were starting).
+            return
         first = self.signum is None
         self.signum = signum
         if first:
