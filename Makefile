@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONHASHSEED := 0
 
-.PHONY: setup kernel test test-all lint format demo check-results bench gpu-check tables clean
+.PHONY: setup kernel test test-all lint format demo check-results bench bench-targets gpu-check tables clean
 
 setup: $(VENV)/.installed  ## create .venv with the right torch and the package (editable, dev + cluster extras)
 
@@ -39,6 +39,16 @@ check-results: setup  ## rerun the committed results/demo runs and compare every
 
 bench: setup
 	$(PY) scripts/bench_surnn.py
+
+# The compiled kernel's CPU targets as committed (setting:repetitions), one setting per file.
+TARGETS ?= big:15 small:30 padded:15 stream:30 crossover:3
+BENCH_OUT ?= results/bench
+bench-targets: setup  ## rerun the committed CPU targets into $(BENCH_OUT)/surnn_cpu_targets_<setting>.* (~20 min on 2 cores; run nothing else meanwhile)
+	for t in $(TARGETS); do \
+	  $(PY) scripts/bench_surnn.py --suite targets --impl compiled --threads 2 \
+	    --settings $${t%%:*} --reps $${t##*:} --out $(BENCH_OUT)/surnn_cpu_targets_$${t%%:*}.json \
+	    --label 'quiet 2-core VM (nothing else running; load average recorded)' || exit 1; \
+	done
 
 gpu-check:  ## Triton kernels on CUDA + timings vs cuDNN (no setup needed where python3 has CUDA torch)
 	bash scripts/gpu_check.sh
