@@ -283,11 +283,10 @@ def _meta(g, active, lengths, B, T):
     gd = (gd if gd.is_floating_point() else gd.float()).contiguous()
     empty = torch.empty(0)
     act = empty if active is None else active.detach().to(torch.bool).contiguous()
-    lens, perm = empty.long(), torch.empty(0, dtype=torch.int32)
+    lens = empty.long()
     if lengths is not None:
         lens = lengths.detach().to("cpu", torch.long).contiguous()
-        perm = torch.argsort(lens, descending=True, stable=True).to(torch.int32)
-    idx, off, bs = _STATE["ext"].plan(gd, act, lens, B)
+    idx, off, bs, perm = _STATE["ext"].plan(gd, act, lens, B)
     return SimpleNamespace(
         idx=idx, off=off, bs=bs, perm=perm, active=active, nthreads=torch.get_num_threads()
     )

@@ -177,13 +177,17 @@ def test_compiled_plan_lists_the_flagged_neurons(T, H, p):
     g = (torch.rand(T, H, generator=gen) < p).float() * torch.rand(T, H, generator=gen)
     act = torch.rand(T, H, generator=gen) < p / 2
     for a in (act, torch.empty(0)):
-        idx, off, bs = compiled._STATE["ext"].plan(g, a, torch.empty(0, dtype=torch.long), 1)
+        idx, off, bs, perm = compiled._STATE["ext"].plan(g, a, torch.empty(0, dtype=torch.long), 1)
         flag = (g != 0) | (a if a.numel() else False)
         assert torch.equal(idx, flag.nonzero()[:, 1].int())
         assert torch.equal(
             off, torch.cat([torch.zeros(1, dtype=torch.long), flag.sum(1).cumsum(0)])
         )
-        assert torch.equal(bs, torch.ones(T, dtype=torch.int32))
+        assert torch.equal(bs, torch.ones(T, dtype=torch.int32)) and perm.numel() == 0
+    lens = torch.tensor([3, T + 2, 0, 3, 1, T])  # the rows in length order, ties in order
+    idx, off, bs, perm = compiled._STATE["ext"].plan(g, act, lens, 6)
+    assert torch.equal(perm.long(), torch.argsort(lens, descending=True, stable=True))
+    assert torch.equal(bs.long(), (lens[None, :] > torch.arange(T)[:, None]).sum(1))
 
 
 @needs_kernel

@@ -182,6 +182,23 @@ const int* run_plan(const torch::Tensor& g, const torch::Tensor& active,
 
 // (idx int32 [nnz], off int64 [T+1], bs int32 [T]) for gate g ([T,H] or [B,T,H]), the
 // optional active mask (bool, like g; empty: none) and lengths (int64 [B]; empty: none).
+// The rows of a padded batch in length order (longest first, ties in batch order) into
+// perm [B], and the samples still running at each step into bs [Tn] if not null (the first
+// bs[t] in that order; a length of 0 or less never runs, one of Tn or more runs every
+// step). The
+// kernels deal the samples to the threads in this order and read and write the batch
+// through perm, in the caller's order.
+void length_order(const int64_t* l, int B, int Tn, int* perm, int* bs) {
+  for (int b = 0; b < B; ++b) perm[b] = b;
+  std::stable_sort(perm, perm + B, [l](int a, int b) { return l[a] > l[b]; });
+  if (!bs) return;
+  std::vector<int> ends(Tn + 1, 0);  // samples whose (clamped) length is exactly t
+  for (int b = 0; b < B; ++b) ++ends[std::max<int64_t>(0, std::min<int64_t>(l[b], Tn))];
+  int running = B;
+  for (int t = 0; t < Tn; ++t) bs[t] = (running -= ends[t]);
+}
+
+// (idx int32 [nnz], off int64 [T+1], bs int32 [T], perm int32 [B] or empty without lengths).
 std::vector<torch::Tensor> plan(torch::Tensor g, torch::Tensor active, torch::Tensor lens,
                                 int64_t B) {
   check_plan_inputs(g, active, lens, B);
@@ -192,7 +209,10 @@ std::vector<torch::Tensor> plan(torch::Tensor g, torch::Tensor active, torch::Te
   const int64_t nnz = off.data_ptr<int64_t>()[Tn];
   auto idx = torch::empty({nnz}, torch::kInt32);
   if (nnz > 0) std::memcpy(idx.data_ptr<int>(), ids, sizeof(int) * nnz);
-  return {idx, off, bs};
+  auto perm = torch::empty({lens.numel() > 0 ? B : 0}, torch::kInt32);
+  if (lens.numel() > 0)
+    length_order(lens.data_ptr<int64_t>(), B, Tn, perm.data_ptr<int>(), nullptr);
+  return {idx, off, bs, perm};
 }
 
 // Inference in one call (no gradient): the forward sweep without the plan's tensors, the
@@ -235,27 +255,18 @@ std::vector<torch::Tensor> infer(torch::Tensor x, torch::Tensor h0, torch::Tenso
   auto out = torch::empty({B, Tn, H}, x.options());
   auto hT = torch::empty({B, H}, x.options());
   if (out.numel() == 0) return {out, hT};
-  // Lengths: the samples in length order (longest first, ties in batch order) and the
-  // running count per step (the samples running at step t are the first bs[t]).
   const bool padded = lens.numel() > 0;
   std::vector<int> perm(padded ? B : 0), bs(padded ? Tn : 0);
-  if (padded) {
-    const int64_t* l = lens.data_ptr<int64_t>();
-    for (int b = 0; b < B; ++b) perm[b] = b;
-    std::stable_sort(perm.begin(), perm.end(), [l](int a, int b) { return l[a] > l[b]; });
-    std::vector<int> ends(Tn + 1, 0);  // samples whose length is exactly t (clamped)
-    for (int b = 0; b < B; ++b) ++ends[std::max<int64_t>(0, std::min<int64_t>(l[b], Tn))];
-    int running = B;
-    for (int t = 0; t < Tn; ++t) bs[t] = (running -= ends[t]);
-  }
+  if (padded) length_order(lens.data_ptr<int64_t>(), B, Tn, perm.data(), bs.data());
   // A time-only gate: each step lists its own neurons inside the sweep (no plan pass).
-  // A per-sample gate: the plan's union over the running samples first.
+  // A per-sample gate: the plan's union over the running samples first (its running
+  // counts are bs again).
   const bool per_sample = g.dim() == 3;
   std::vector<int64_t> off(per_sample ? Tn + 1 : 0);
-  std::vector<int> pbs(per_sample ? Tn : 0);
-  const int* ids = per_sample ? run_plan(g, act, lens, B, off.data(), pbs.data()) : nullptr;
+  std::vector<int> plan_bs(per_sample ? Tn : 0);
+  const int* ids = per_sample ? run_plan(g, act, lens, B, off.data(), plan_bs.data()) : nullptr;
   const bool* mask = !per_sample && act.numel() ? act.data_ptr<bool>() : nullptr;
-  const int* running = per_sample ? pbs.data() : padded ? bs.data() : nullptr;
+  const int* running = padded ? bs.data() : nullptr;  // null: every sample every step
   const int64_t gb = per_sample ? (int64_t)Tn * H : 0;
   AT_DISPATCH_FLOATING_TYPES(dt, "su_gru_compiled_infer", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();

@@ -340,6 +340,14 @@ std::vector<int> my_samples(int B, int tid, int nt) {
   return s;
 }
 
+// The batch rows of those samples: perm[s] (the rows in length order), or s without perm.
+std::vector<int> rows_of(const std::vector<int>& samples, const int* perm) {
+  std::vector<int> r(samples);
+  if (perm)
+    for (int& b : r) b = perm[b];
+  return r;
+}
+
 
 }  // namespace
 
@@ -383,9 +391,7 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
   for (int tid = 0; tid < nt; ++tid) {
     if (fused) step_ids[tid].resize(H + 8);
     samples[tid] = my_samples(B, tid, nt);
-    rows[tid] = samples[tid];
-    if (perm)
-      for (int& r : rows[tid]) r = perm[r];
+    rows[tid] = rows_of(samples[tid], perm);
     const size_t nm = samples[tid].size();
     bufs[tid].resize(8 * (amax * nm + 8));
     xvs[tid].resize(nm);
@@ -679,9 +685,7 @@ void backward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T*
   std::vector<std::vector<T*>> dhvs(nt), dxvs(nt);
   for (int tid = 0; tid < nt; ++tid) {
     samples[tid] = my_samples(B, tid, nt);
-    rows[tid] = samples[tid];
-    if (perm)
-      for (int& r : rows[tid]) r = perm[r];
+    rows[tid] = rows_of(samples[tid], perm);
     const size_t nm = samples[tid].size();
     gxs[tid].resize(3 * amax * nm + 1);
     ghs[tid].resize(3 * amax * nm + 1);
