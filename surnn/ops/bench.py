@@ -198,27 +198,26 @@ def targets(args: argparse.Namespace, root: Path) -> None:
             def packed(x, gru=gru, lens=lens):
                 return gru(pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False))
 
-            pair(tag, "inference vs nn.GRU (padded, dense)", "nn.GRU fwd",
-                 infer(lambda gru=gru, x=x: gru(x)), f"su {impl} fwd",
-                 infer(lambda x=x, h0=h0, w=w, g=g, a=a_ev, lens=lens:
-                       su_gru(x, h0, *w, g, a, lens, impl=impl)),
-                 1.0)  # fmt: skip
-            pair(tag, "training step vs nn.GRU (padded, dense)", "nn.GRU train",
-                 train_step(w, xg, lambda gru=gru, xg=xg: gru(xg)), f"su {impl} train",
-                 train_step(w, xg, lambda xg=xg, h0=h0, w=w, g=g, a=a_tr, lens=lens:
-                            su_gru(xg, h0, *w, g, a, lens, impl=impl)),
-                 1.0)  # fmt: skip
-            pair(tag, "inference vs nn.GRU (packed)", "nn.GRU packed fwd",
-                 infer(lambda x=x, packed=packed: packed(x)), f"su {impl} fwd",
-                 infer(lambda x=x, h0=h0, w=w, g=g, a=a_ev, lens=lens:
-                       su_gru(x, h0, *w, g, a, lens, impl=impl)),
-                 1.0)  # fmt: skip
-            pair(tag, "training step vs nn.GRU (packed)", "nn.GRU packed train",
-                 train_step(w, xg, lambda xg=xg, packed=packed: packed(xg)[0].data),
-                 f"su {impl} train",
-                 train_step(w, xg, lambda xg=xg, h0=h0, w=w, g=g, a=a_tr, lens=lens:
-                            su_gru(xg, h0, *w, g, a, lens, impl=impl)),
-                 1.0)  # fmt: skip
+            su_fwd = infer(lambda x=x, h0=h0, w=w, g=g, a=a_ev, lens=lens:
+                           su_gru(x, h0, *w, g, a, lens, impl=impl))  # fmt: skip
+            su_train = train_step(w, xg, lambda xg=xg, h0=h0, w=w, g=g, a=a_tr, lens=lens:
+                                  su_gru(xg, h0, *w, g, a, lens, impl=impl))  # fmt: skip
+            for how, name, fwd, train in [
+                ("padded, dense", "nn.GRU", gru, gru),
+                ("packed", "nn.GRU packed", packed, lambda x, packed=packed: packed(x)[0].data),
+            ]:
+                pair(
+                    tag,
+                    f"inference vs nn.GRU ({how})",
+                    f"{name} fwd",
+                    infer(lambda x=x, fwd=fwd: fwd(x)),
+                    f"su {impl} fwd",
+                    su_fwd,
+                    1.0,
+                )
+                pair(tag, f"training step vs nn.GRU ({how})", f"{name} train",
+                     train_step(w, xg, lambda xg=xg, train=train: train(xg)),
+                     f"su {impl} train", su_train, 1.0)  # fmt: skip
     if "stream" in args.settings:
         B, T, D, H = 1, 784, 1, 256
         gru, w, x, xg, h0 = layer(B, T, D, H)

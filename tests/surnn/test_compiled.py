@@ -81,15 +81,9 @@ def test_compiled_inference_matches_reference(kind, per_sample, mode, lengths, m
     assert_close(got, ref, 1e-10)
 
 
-@needs_kernel
-@pytest.mark.parametrize("per_sample", [False, True])
-def test_compiled_padded_inference_edge_lengths(per_sample):
-    """Lengths 0 (the state stays h0), longer than T, ties, and the longest last; fp32
-    with 2 threads (the samples dealt to the threads in length order)."""
-    x, h0, w, g, active, _ = make_case(
-        9, 7, 5, 24, "sparse", per_sample, dtype=torch.float32, seed=4
-    )
-    lens = torch.tensor([0, 3, 9, 3, 1, 0, 6, 2, 7])
+def _fp32_inference_on_2_threads_matches_reference(x, h0, w, g, active, lens):
+    """The compiled inference of fp32 inputs on 2 threads, checked against the reference
+    in float64; returns (out, h_T)."""
     n = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -100,6 +94,19 @@ def test_compiled_padded_inference_edge_lengths(per_sample):
     with torch.no_grad():
         ref = su_gru(*(t.double() for t in (x, h0, *w, g)), active, lens, impl="reference")
     assert_close(got, ref, 1e-5)
+    return got
+
+
+@needs_kernel
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_compiled_padded_inference_edge_lengths(per_sample):
+    """Lengths 0 (the state stays h0), longer than T, ties, and the longest last; fp32
+    with 2 threads (the samples dealt to the threads in length order)."""
+    x, h0, w, g, active, _ = make_case(
+        9, 7, 5, 24, "sparse", per_sample, dtype=torch.float32, seed=4
+    )
+    lens = torch.tensor([0, 3, 9, 3, 1, 0, 6, 2, 7])
+    got = _fp32_inference_on_2_threads_matches_reference(x, h0, w, g, active, lens)
     assert torch.equal(got[1][0], h0[0].detach()) and torch.equal(got[0][5, -1], h0[5].detach())
 
 
@@ -114,16 +121,7 @@ def test_compiled_inference_streams_states_out(H, lengths):
         11, 7, 9, H, "sparse", per_sample=True, lengths=lengths, dtype=torch.float32, seed=H
     )
     lens = lens if lengths else None
-    n = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        with torch.no_grad():
-            got = su_gru(x, h0, *w, g, active, lens, impl="compiled")
-    finally:
-        torch.set_num_threads(n)
-    with torch.no_grad():
-        ref = su_gru(*(t.double() for t in (x, h0, *w, g)), active, lens, impl="reference")
-    assert_close(got, ref, 1e-5)
+    _fp32_inference_on_2_threads_matches_reference(x, h0, w, g, active, lens)
 
 
 @needs_kernel
