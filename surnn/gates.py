@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from surnn import step_tables
 from surnn.errors import ConfigError
 from surnn.utils import optim_hint
 
@@ -147,70 +148,31 @@ class Gate(nn.Module):
             if not self.time_only and x is not None:
                 shape = (x.shape[0], T, self.hidden_size)
             elif not grad:  # inference: served like the gate's own table (same cost)
-                return self._serve(
-                    "_open_table", (str(device), dtype), T, self._ones(device, dtype)
-                )
+                return step_tables.serve(
+                    self, "_open_table", (str(device), dtype), T,
+                    lambda n: (torch.ones(n, self.hidden_size, device=device, dtype=dtype),
+                               torch.ones(n, self.hidden_size, device=device, dtype=torch.bool)),
+                )  # fmt: skip
             g = torch.ones(shape, device=device, dtype=dtype)
             return g, torch.ones(shape, device=device, dtype=torch.bool)
         if self.time_only and not t0 and not grad:
             return self._from_table(T, device, dtype)
         return self.gate(T, x, device, dtype, t0)
 
-    def _ones(self, device, dtype):
-        def build(n):
-            g = torch.ones(n, self.hidden_size, device=device, dtype=dtype)
-            return g, torch.ones(n, self.hidden_size, device=device, dtype=torch.bool)
-
-        return build
-
     def _from_table(self, T: int, device, dtype):
-        """Inference (no gradients) of a time-only gate: its values at steps 0..T-1 depend
-        on its parameters and buffers only, and are the same whatever T is (each step is
-        computed on its own). So they are computed once, for the longest T asked so far
-        (rounded up to a power of two), and every call takes the first T rows (the same two
-        views for every call with that T): at batch 1 a rhythm's [T, H, K] sinusoids cost
-        more than the recurrence they gate. The table is recomputed when a parameter or
-        buffer changes (an optimizer step, a checkpoint load, rate control; their version
-        counters) or moves."""
-        if self._modules:
-            state = [*self.parameters(), *self.buffers()]
-        else:  # the module's own dicts: parameters() walks the module tree (~10 us a call)
-            state = [t for d in (self._parameters, self._buffers) for t in d.values()]
-        versions = tuple((t.data_ptr(), t._version) for t in state if t is not None)
-        return self._serve(
-            "_table", (str(device), dtype, versions), T,
-            lambda n: self.gate(n, None, device, dtype, 0),
-        )  # fmt: skip
-
-    def _serve(self, name: str, key, T: int, build):
-        """The first T rows of the table ``name`` (built by ``build(n)`` for n >= T, a
-        power of two, when missing, too short or made for another ``key``): the same two
-        views for every call with that T."""
-        table = self.__dict__.get(name)
-        if table is None or table[0] != key or table[1] < T:
-            n = 1 << max(T - 1, 0).bit_length()
-            g, active = build(n)
-            table = self.__dict__[name] = (key, n, g, active, {})
-        views = table[4].get(T)
-        if views is None:
-            views = table[4][T] = [table[2][:T], table[3][:T], None]
-        return views[0], views[1]
+        """Inference (no gradients) of a time-only gate, from a table of its first steps
+        (``surnn.step_tables``): at batch 1 a rhythm's [T, H, K] sinusoids cost more than
+        the recurrence they gate. Recomputed when a parameter or buffer changes or moves."""
+        key = step_tables.state_key(self, device, dtype)
+        return step_tables.serve(
+            self, "_table", key, T, lambda n: self.gate(n, None, device, dtype, 0)
+        )
 
     def table_rates(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(g.float().mean(), active.float().mean())`` when ``g`` is what ``forward``
         served from a table (the gate's, or the all-open one under ``all_open()``),
-        computed once per T: two means cost ~30 us, a sparse recurrence step at batch 1
-        ~1 us. None for any other ``g``."""
-        if g.dim() != 2 or not g.numel():
-            return None
-        for name in ("_table", "_open_table"):
-            table = self.__dict__.get(name)
-            views = table[4].get(g.shape[0]) if table is not None else None
-            if views is not None and views[0] is g:
-                if views[2] is None:
-                    views[2] = (views[0].float().mean(), views[1].float().mean())
-                return views[2]
-        return None
+        computed once per T; None for any other ``g``."""
+        return step_tables.served_rates(self, g, ("_table", "_open_table"))
 
 
 class BinaryGate(Gate):
