@@ -22,11 +22,10 @@ per-neuron phases at 17% updates): B=32 T=1024 D=H=512 inference and training ag
 nn.GRU and against the same layer at rate 1; small layers (H=64/128, B=32, T=221/1000)
 training against nn.GRU; padded batches as LRA's (B=32, lengths T/8..T, H=64 T=221 and
 H=128 T=1000) inference and training against nn.GRU over the padded batch and on the
-packed batch; streaming B=1
-T=784 D=1 H=256 inference against the same kernel with every gate open and against nn.GRU
-at B=1. Timing for a noisy VM: in every
-repetition each case runs right after its own baseline, and a ratio is baseline min /
-case min over the repetitions (noise only ever adds time); the JSON keeps every raw time.
+packed batch; streaming B=1 T=784 D=1 H=256 inference against the same kernel with every
+gate open and against nn.GRU at B=1. Timing for a noisy VM: in every repetition each case
+runs right after its own baseline, and a ratio is baseline min / case min over the
+repetitions (noise only ever adds time); the JSON keeps every raw time.
 """
 
 from __future__ import annotations
