@@ -82,9 +82,26 @@ def _mkldnn_rnn_layer_flop(x, w_ih, w_hh, *args, out_shape=None, **kw) -> int:
     return 2 * tokens * (_prod(w_ih) + _prod(w_hh))
 
 
-def _cudnn_rnn_flop(x, weights, weight_stride0, weight_buf, hx, cx, mode, hidden_size,
-                    proj_size, num_layers, batch_first, dropout, train, bidirectional,
-                    batch_sizes, *args, out_shape=None, **kw) -> int:  # fmt: skip
+def _cudnn_rnn_flop(
+    x,
+    weights,
+    weight_stride0,
+    weight_buf,
+    hx,
+    cx,
+    mode,
+    hidden_size,
+    proj_size,
+    num_layers,
+    batch_first,
+    dropout,
+    train,
+    bidirectional,
+    batch_sizes,
+    *args,
+    out_shape=None,
+    **kw,
+) -> int:
     """Every layer and direction reads every token: 2 * tokens * (sum of weight matrices).
 
     Packed input is ``[sum(batch_sizes), D]`` (tokens = rows); padded input ``[B, T, D]``.

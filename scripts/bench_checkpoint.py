@@ -134,8 +134,16 @@ def load_run(run: Path, args) -> dict:
         raise Fail(f"{run} (model={cfg.model.name}) has no suRNN layer to benchmark")
     sizes = {s: len(getattr(splits, s)) for s in ("train", "val", "test")}
     step = payload.get("step")
-    return dict(cfg=cfg, results=results, task=task, splits=splits, model=model, checkpoint=ck,
-                checkpoint_step=step, split_sizes=sizes)  # fmt: skip
+    return dict(
+        cfg=cfg,
+        results=results,
+        task=task,
+        splits=splits,
+        model=model,
+        checkpoint=ck,
+        checkpoint_step=step,
+        split_sizes=sizes,
+    )
 
 
 # ------------------------------------------------------------------------ cases

@@ -108,15 +108,21 @@ def bench_loaders(d: Path, quick: bool) -> dict:
     out = {}
     for key, (name, opts) in cases.items():
         out[key] = time_loader(TASKS.get(name)(data_dir=d, **opts))
-        print(f"loader {key:22s} {out[key]['examples_per_s']:>10,.0f} examples/s  "
-              f"{out[key]['tokens_per_s']:>12,} tokens/s")  # fmt: skip
+        print(
+            f"loader {key:22s} {out[key]['examples_per_s']:>10,.0f} examples/s  "
+            f"{out[key]['tokens_per_s']:>12,} tokens/s"
+        )
     return out
 
 
 def bench_generators(d: Path, quick: bool) -> dict:
     out = {}
-    runs = [(32, "hard", 1, "cache"), (32, "hard", 2, "cache"), (32, "hard", 2, "release"),
-            (128, "hard", 2, "cache")]  # fmt: skip
+    runs = [
+        (32, "hard", 1, "cache"),
+        (32, "hard", 2, "cache"),
+        (32, "hard", 2, "release"),
+        (128, "hard", 2, "cache"),
+    ]
     for res, diff, workers, fmt in runs:
         n = (200 if quick else 2000) // (8 if res == 128 else 1)
         load0 = os.getloadavg()[0]
@@ -143,8 +149,10 @@ def bench_generators(d: Path, quick: bool) -> dict:
             "images_per_s_if_cores_were_free": round(min(workers, os.cpu_count()) * n / cpu, 1),
             "load_avg_1min_before": load0,
         }
-        print(f"generator {key:34s} {n / dt:8.1f} images/s wall, {1000 * cpu / n:5.2f} CPU ms/image "
-              f"(load {load0:.1f})")  # fmt: skip
+        print(
+            f"generator {key:34s} {n / dt:8.1f} images/s wall, {1000 * cpu / n:5.2f} CPU ms/image "
+            f"(load {load0:.1f})"
+        )
     return out
 
 
@@ -191,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.figure:
         figure(ROOT / "results" / "figures" / "pathfinder_samples.png")
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True).stdout.strip()  # fmt: skip
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         commit = None
     res = {
@@ -205,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "processor": platform.processor(),
-        },  # fmt: skip
+        },
         "load_avg_start": os.getloadavg(),
     }
     with tempfile.TemporaryDirectory() as tmp:

@@ -86,29 +86,46 @@ def main(argv=None) -> dict:
             eager.append(timed(fn, False))
             graph.append(timed(fn, True))
         launches = T if name == "fwd" else 3 * T
-        rows.append(dict(
-            case=name, launches=launches,
-            eager_ms=statistics.median(eager) * 1e3, graph_ms=statistics.median(graph) * 1e3,
-            speedup=statistics.median(e / g_ for e, g_ in zip(eager, graph)),
-            eager_us_per_launch=statistics.median(eager) / launches * 1e6,
-            graph_us_per_launch=statistics.median(graph) / launches * 1e6,
-            eager_times=eager, graph_times=graph,
-        ))  # fmt: skip
+        rows.append(
+            dict(
+                case=name,
+                launches=launches,
+                eager_ms=statistics.median(eager) * 1e3,
+                graph_ms=statistics.median(graph) * 1e3,
+                speedup=statistics.median(e / g_ for e, g_ in zip(eager, graph)),
+                eager_us_per_launch=statistics.median(eager) / launches * 1e6,
+                graph_us_per_launch=statistics.median(graph) / launches * 1e6,
+                eager_times=eager,
+                graph_times=graph,
+            )
+        )
     st = dict(graphs.CACHE.stats)
     res = dict(
         device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        dtype=a.dtype, sizes=dict(B=B, T=T, D=D, H=H), rate=a.rate, reps=a.reps,
+        dtype=a.dtype,
+        sizes=dict(B=B, T=T, D=D, H=H),
+        rate=a.rate,
+        reps=a.reps,
         graphs_used=st.get("captured", 0) > 0 and not graphs.CACHE.eager_keys(),
-        graph_stats=st, eager_keys=[str(k[:2]) + ": " + v for k, v in graphs.CACHE.eager_keys().items()],
-        rows=rows, label=a.label, torch=torch.__version__,
-    )  # fmt: skip
-    print(f"{res['device']} {a.dtype} B={B} T={T} D={D} H={H} rate {a.rate}: "
-          f"graphs used: {res['graphs_used']} {st}")  # fmt: skip
-    print(f"{'case':<7}{'launches':>9}{'eager ms':>10}{'graph ms':>10}{'speedup':>9}"
-          f"{'eager us/launch':>17}{'graph us/launch':>17}")  # fmt: skip
+        graph_stats=st,
+        eager_keys=[str(k[:2]) + ": " + v for k, v in graphs.CACHE.eager_keys().items()],
+        rows=rows,
+        label=a.label,
+        torch=torch.__version__,
+    )
+    print(
+        f"{res['device']} {a.dtype} B={B} T={T} D={D} H={H} rate {a.rate}: "
+        f"graphs used: {res['graphs_used']} {st}"
+    )
+    print(
+        f"{'case':<7}{'launches':>9}{'eager ms':>10}{'graph ms':>10}{'speedup':>9}"
+        f"{'eager us/launch':>17}{'graph us/launch':>17}"
+    )
     for r in rows:
-        print(f"{r['case']:<7}{r['launches']:>9}{r['eager_ms']:>10.2f}{r['graph_ms']:>10.2f}"
-              f"{r['speedup']:>9.2f}{r['eager_us_per_launch']:>17.2f}{r['graph_us_per_launch']:>17.2f}")  # fmt: skip
+        print(
+            f"{r['case']:<7}{r['launches']:>9}{r['eager_ms']:>10.2f}{r['graph_ms']:>10.2f}"
+            f"{r['speedup']:>9.2f}{r['eager_us_per_launch']:>17.2f}{r['graph_us_per_launch']:>17.2f}"
+        )
     for k in res["eager_keys"]:
         print("eager:", k)
     if a.out:

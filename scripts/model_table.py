@@ -276,9 +276,14 @@ def main(argv: list[str] | None = None) -> None:
             rows[name][task.name] = r = flops_at(name, task, cfg)
             log.info(
                 "%s %s: params %d, executed %s (%s), dense %s (%s)",
-                name, task.name, r["params"], fmt_g(r["executed"][0]), r["executed"][1],
-                fmt_g(r["dense"][0]), r["dense"][1],
-            )  # fmt: skip
+                name,
+                task.name,
+                r["params"],
+                fmt_g(r["executed"][0]),
+                r["executed"][1],
+                fmt_g(r["dense"][0]),
+                r["dense"][1],
+            )
     text = render(rows, cfgs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -76,14 +76,22 @@ def table(runs: list[dict]) -> tuple[str, list[dict]]:
         m, s = _ms([r["test_metrics"].get(metric) for r in rs])
         sm, ss = _ms([r["test_metrics"].get("seq_acc") for r in rs])
         rates = [statistics.fmean(r["update_rate"].values()) for r in rs if r.get("update_rate")]
-        rows.append({
-            "task": task, "model": model, "seeds": sorted(r["seed"] for r in rs),
-            "metric": metric, "test_mean": m, "test_std": s, "seq_acc_mean": sm,
-            "seq_acc_std": ss, "update_rate": statistics.fmean(rates) if rates else None,
-            "steps": sorted({r["steps"] for r in rs}),
-            "train_h": statistics.fmean(r["train_time_s"] for r in rs) / 3600,
-            "data": rs[0]["data"].get("options"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "task": task,
+                "model": model,
+                "seeds": sorted(r["seed"] for r in rs),
+                "metric": metric,
+                "test_mean": m,
+                "test_std": s,
+                "seq_acc_mean": sm,
+                "seq_acc_std": ss,
+                "update_rate": statistics.fmean(rates) if rates else None,
+                "steps": sorted({r["steps"] for r in rs}),
+                "train_h": statistics.fmean(r["train_time_s"] for r in rs) / 3600,
+                "data": rs[0]["data"].get("options"),
+            }
+        )
     lines = [
         "| task | model | seeds | test metric | whole-sequence acc | update rate | steps | "
         "train h/run |",
@@ -183,8 +191,11 @@ def gate_stats(run_dir: Path) -> dict:
     out = {"run": str(run_dir), "checkpoint": ckpt.name, "task": task.name}
     for i, g in gates:
         spans = sorted(_longest_closed(g[:, h]) for h in range(g.shape[1]))
-        st = {"update_rate": float(g.mean()), "longest_closed_max": int(spans[-1]),
-              "longest_closed_median": int(spans[len(spans) // 2])}  # fmt: skip
+        st = {
+            "update_rate": float(g.mean()),
+            "longest_closed_max": int(spans[-1]),
+            "longest_closed_median": int(spans[len(spans) // 2]),
+        }
         if task.name == "copy_memory":
             a, b = task.n_copy, task.n_copy + task.delay
             seen = g[:a].any(0)
@@ -216,10 +227,16 @@ def gate_raster(run_dir: Path, path: Path) -> dict:
         for m in marks:
             ax.axvline(m - 0.5, color="red", lw=0.8)
         rate = float(g.mean())
-        info[f"layer{i}"] = {"update_rate": rate, "never_open": int((g.sum(0) == 0).sum()),
-                             "always_open": int((g.sum(0) == g.shape[0]).sum())}  # fmt: skip
-        ax.set_title(f"{run_dir.name}: layer {i} gate (white = update), rate {rate:.3f}; "
-                     "red: recall cue" if marks else "")  # fmt: skip
+        info[f"layer{i}"] = {
+            "update_rate": rate,
+            "never_open": int((g.sum(0) == 0).sum()),
+            "always_open": int((g.sum(0) == g.shape[0]).sum()),
+        }
+        ax.set_title(
+            f"{run_dir.name}: layer {i} gate (white = update), rate {rate:.3f}; red: recall cue"
+            if marks
+            else ""
+        )
         ax.set_xlabel("step")
         ax.set_ylabel("neuron")
     fig.tight_layout()
@@ -230,19 +247,25 @@ def gate_raster(run_dir: Path, path: Path) -> dict:
 
 def stats_table(stats: list[dict]) -> str:
     """Markdown: what each trained suRNN gate can hold (see gate_stats)."""
-    lines = ["## What the trained gates can hold (per suRNN run and layer)", "",
-             "| run | layer | update rate | longest closed stretch: max / median (steps) "
-             "| closed through the whole delay | open at the input, then closed through the "
-             "delay |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "## What the trained gates can hold (per suRNN run and layer)",
+        "",
+        "| run | layer | update rate | longest closed stretch: max / median (steps) "
+        "| closed through the whole delay | open at the input, then closed through the "
+        "delay |",
+        "|---|---|---|---|---|---|",
+    ]
     for st in stats:
         for key, v in st.items():
             if not key.startswith("layer"):
                 continue
             held = v.get("closed_through_delay", "–")
             both = v.get("open_at_input_then_closed_through_delay", "–")
-            lines.append(f"| {Path(st['run']).name} | {key[5:]} | {v['update_rate']:.3f} | "
-                         f"{v['longest_closed_max']} / {v['longest_closed_median']} | "
-                         f"{held} | {both} |")  # fmt: skip
+            lines.append(
+                f"| {Path(st['run']).name} | {key[5:]} | {v['update_rate']:.3f} | "
+                f"{v['longest_closed_max']} / {v['longest_closed_median']} | "
+                f"{held} | {both} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -250,8 +273,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("roots", nargs="+", type=Path, help="run folders (searched recursively)")
     ap.add_argument("--out", type=Path, default=Path("results/memory"))
-    ap.add_argument("--raster", type=Path, default=None,
-                    help="suRNN run folder for the gate raster (default: first surnn, seed 0)")  # fmt: skip
+    ap.add_argument(
+        "--raster",
+        type=Path,
+        default=None,
+        help="suRNN run folder for the gate raster (default: first surnn, seed 0)",
+    )
     args = ap.parse_args(argv)
     runs = find_runs(args.roots)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -163,11 +163,15 @@ def check_pathfinder(d: Path, resolution: int = 32, difficulty: str = "hard"):
     status = "generated" if generated else "found"
     if (root / "metadata").is_dir():
         lines = sum(count_lines(f) for f in (root / "metadata").glob("*.npy"))
-        pngs = sum(
-            sum(1 for e in os.scandir(sub) if e.name.endswith(".png"))
-            for sub in (root / "imgs").iterdir()
-            if sub.is_dir()
-        ) if (root / "imgs").is_dir() else 0  # fmt: skip
+        pngs = (
+            sum(
+                sum(1 for e in os.scandir(sub) if e.name.endswith(".png"))
+                for sub in (root / "imgs").iterdir()
+                if sub.is_dir()
+            )
+            if (root / "imgs").is_dir()
+            else 0
+        )
         detail = f"{lines:,} metadata lines, {pngs:,} PNGs"
         if lines != pngs:
             detail += " (counts differ)"

@@ -149,10 +149,15 @@ class Gate(nn.Module):
                 shape = (x.shape[0], T, self.hidden_size)
             elif not grad:  # inference: served like the gate's own table (same cost)
                 return step_tables.serve(
-                    self, "_open_table", (str(device), dtype), T,
-                    lambda n: (torch.ones(n, self.hidden_size, device=device, dtype=dtype),
-                               torch.ones(n, self.hidden_size, device=device, dtype=torch.bool)),
-                )  # fmt: skip
+                    self,
+                    "_open_table",
+                    (str(device), dtype),
+                    T,
+                    lambda n: (
+                        torch.ones(n, self.hidden_size, device=device, dtype=dtype),
+                        torch.ones(n, self.hidden_size, device=device, dtype=torch.bool),
+                    ),
+                )
             g = torch.ones(shape, device=device, dtype=dtype)
             return g, torch.ones(shape, device=device, dtype=torch.bool)
         if self.time_only and not t0 and not grad:

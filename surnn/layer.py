@@ -165,9 +165,11 @@ class SelectiveUpdateGRU(nn.Module):
         # Plain attributes (never parameters, buffers or modules): set without
         # nn.Module.__setattr__'s checks, ~3 us each at every call.
         self.__dict__.update(
-            last_gate=gates, last_update_rate=rates, last_active_rate=active_rates,
+            last_gate=gates,
+            last_update_rate=rates,
+            last_active_rate=active_rates,
             last_aux_loss=aux_loss,
-        )  # fmt: skip
+        )
         h_n = torch.stack(h_n, 0)
         if packed:
             out = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)

@@ -64,8 +64,12 @@ def write_cifar(data_dir: Path, n: int = 20, seed: int = 0) -> tuple[np.ndarray,
         rgb = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
         y = rng.integers(0, 10, n)
         flat = rgb.transpose(0, 3, 1, 2).reshape(n, 3072)  # R plane, G plane, B plane
-        batch = {b"batch_label": name.encode(), b"labels": y.tolist(), b"data": flat,
-                 b"filenames": [f"{k}.png".encode() for k in range(n)]}  # fmt: skip
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": y.tolist(),
+            b"data": flat,
+            b"filenames": [f"{k}.png".encode() for k in range(n)],
+        }
         with open(d / name, "wb") as f:
             pickle.dump(batch, f)
         imgs.append(rgb)

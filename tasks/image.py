@@ -176,8 +176,11 @@ def build_pixel_cache(task: Task, key: dict, load) -> tuple[dict, dict, Path]:
                 "val_idx": va,
                 "test_idx": np.arange(n, n + len(yte)),
             }
-            meta = {"source": task.source, "counts": {
-                "train": len(tr), "val": len(va), "test": len(yte)}, **task.stats(images, tr)}  # fmt: skip
+            meta = {
+                "source": task.source,
+                "counts": {"train": len(tr), "val": len(va), "test": len(yte)},
+                **task.stats(images, tr),
+            }
             commit_cache(begin_cache(path), path, arrays, meta)
             got = read_cache(path, names)
     a, meta = got
@@ -283,8 +286,13 @@ class Image(Task):
     def splits(self) -> Splits:
         src, sig, load = self._read()
         self.source = src
-        key = {"format": CACHE_FORMAT, "source": sig, "val_size": self.val_size,
-               "seed": self.split_seed, **({"colour": True} if self.colour else {})}  # fmt: skip
+        key = {
+            "format": CACHE_FORMAT,
+            "source": sig,
+            "val_size": self.val_size,
+            "seed": self.split_seed,
+            **({"colour": True} if self.colour else {}),
+        }
         a, meta, path = build_pixel_cache(self, key, load)
         self.cache_path = path
         self.mean, self.std = meta["mean"], meta["std"]
@@ -298,5 +306,9 @@ class Image(Task):
         )
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "encoding": self.encoding(), "source": self.source,
-                **self.info}  # fmt: skip
+        return {
+            **super().describe(),
+            "encoding": self.encoding(),
+            "source": self.source,
+            **self.info,
+        }

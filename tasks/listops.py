@@ -294,8 +294,11 @@ class ListOps(Task):
                     if cut:
                         log.warning(
                             "listops %s: %d of %d sequences longer than max_len=%d were truncated",
-                            split, cut, len(seqs), self.max_len,
-                        )  # fmt: skip
+                            split,
+                            cut,
+                            len(seqs),
+                            self.max_len,
+                        )
                     data, offsets = pack_sequences(seqs, dtype=np.int8)
                     arrays.update(
                         {

@@ -193,8 +193,12 @@ class CopyMemory(_Generated):
         return x, y
 
     def options_used(self):
-        return {"delay": self.delay, "n_copy": self.n_copy, "vocab": self.vocab,
-                "score": self.score}  # fmt: skip
+        return {
+            "delay": self.delay,
+            "n_copy": self.n_copy,
+            "vocab": self.vocab,
+            "score": self.score,
+        }
 
 
 class Adding(_Generated):

@@ -228,9 +228,12 @@ class Pathfinder(Task):
         g = self.generate
         log.warning(
             "%s: %s is absent; generating %d images (seed %d) = %s",
-            self.name, self.root, g["n"], g["seed"],
+            self.name,
+            self.root,
+            g["n"],
+            g["seed"],
             generate_command(self.data_dir, self.resolution, self.difficulty, g["n"]),
-        )  # fmt: skip
+        )
         gen.generate(
             self.data_dir,
             self.resolution,
@@ -250,8 +253,10 @@ class Pathfinder(Task):
         skipped: list[tuple[int, str]] = []
         chunk = 1000
         rel_root = gen.folder_name(self.resolution, self.difficulty)
-        jobs = [(i, entries[i : i + chunk], self.root, rel_root, res, self.skip_unreadable)
-                for i in range(0, n, chunk)]  # fmt: skip
+        jobs = [
+            (i, entries[i : i + chunk], self.root, rel_root, res, self.skip_unreadable)
+            for i in range(0, n, chunk)
+        ]
         workers = self.workers or min(os.cpu_count() or 1, 8)
         it = ordered_map(_decode, jobs, workers if n > 4 * chunk else 1)
         try:
@@ -343,8 +348,11 @@ class Pathfinder(Task):
             images = np.load(self.root / "images.npy", mmap_mode="r")
             labels = np.load(self.root / "labels.npy")
             skipped = []
-            info = json.loads((self.root / "generated.json").read_text()) if (
-                self.root / "generated.json").is_file() else {}  # fmt: skip
+            info = (
+                json.loads((self.root / "generated.json").read_text())
+                if (self.root / "generated.json").is_file()
+                else {}
+            )
             source = f"generated {self.root} (seed {info.get('seed')}, n {info.get('n')})"
             if labels.ndim != 1 or len(labels) != len(images) or not np.isin(labels, (0, 1)).all():
                 raise DataError(

@@ -295,8 +295,13 @@ class Model(nn.Module):
         add to the task loss; absent when there is none) and per-layer metrics
         ``layer{i}/update_rate`` etc. (a dual task averages its two encodings)."""
         if carry and not self.encoder.stateful:
-            kinds = sorted({k for k, b in zip(self.layer_kinds, self.encoder.blocks)
-                            if not getattr(b.mixer, "stateful", False)})  # fmt: skip
+            kinds = sorted(
+                {
+                    k
+                    for k, b in zip(self.layer_kinds, self.encoder.blocks)
+                    if not getattr(b.mixer, "stateful", False)
+                }
+            )
             raise ConfigError(
                 f"model={self.mixer_name}: layer kind(s) {', '.join(kinds)} cannot carry a "
                 "state across windows; set task.options.carry_state=false"

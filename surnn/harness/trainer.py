@@ -133,9 +133,17 @@ class Trainer:
         # the middle of a long step abandons it and saves the state as of its start.
         self._step_start: dict[str, Any] | None = None
         self.evaluator = Evaluator(
-            task, splits, tcfg, self.objective, device, self.micro_bs, self.signals,
-            self._autocast, rank, world,
-        )  # fmt: skip
+            task,
+            splits,
+            tcfg,
+            self.objective,
+            device,
+            self.micro_bs,
+            self.signals,
+            self._autocast,
+            rank,
+            world,
+        )
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -114,9 +114,17 @@ def targets(args: argparse.Namespace, root: Path) -> None:
 
     def pair(setting, name, base, base_fn, case, case_fn, target, extra=None):
         pairs.append(
-            {"setting": setting, "name": name, "baseline": base, "case": case,
-             "base_fn": base_fn, "case_fn": case_fn, "target": target, **(extra or {})}
-        )  # fmt: skip
+            {
+                "setting": setting,
+                "name": name,
+                "baseline": base,
+                "case": case,
+                "base_fn": base_fn,
+                "case_fn": case_fn,
+                "target": target,
+                **(extra or {}),
+            }
+        )
 
     def layer(B, T, D, H, seed=0):
         torch.manual_seed(seed)
@@ -148,36 +156,83 @@ def targets(args: argparse.Namespace, root: Path) -> None:
         gru, w, x, xg, h0 = layer(B, T, D, H)
         g, a_ev, a_tr = rhythm_at(TARGET_RATE, T, H, width)
         ones, all_on = torch.ones(T, H), torch.ones(T, H, dtype=torch.bool)
-        info["big"] = {"B": B, "T": T, "D": D, "H": H, "rate": float(g.mean()),
-                       "train_active_rate": float(a_tr.float().mean())}  # fmt: skip
+        info["big"] = {
+            "B": B,
+            "T": T,
+            "D": D,
+            "H": H,
+            "rate": float(g.mean()),
+            "train_active_rate": float(a_tr.float().mean()),
+        }
         su = infer(lambda: su_gru(x, h0, *w, g, a_ev, impl=impl))
-        pair("big", "inference vs nn.GRU", "nn.GRU fwd", infer(lambda: gru(x)),
-             f"su {impl} fwd", su, 4.0)  # fmt: skip
-        pair("big", "inference vs rate 1 (same kernel)", f"su {impl} rate 1 fwd",
-             infer(lambda: su_gru(x, h0, *w, ones, all_on, impl=impl)),
-             f"su {impl} fwd", su, 4.0)  # fmt: skip
-        pair("big", "inference vs rate 1 (eager cpu path)", "su cpu rate 1 fwd",
-             infer(lambda: su_gru(x, h0, *w, ones, all_on, impl="cpu")),
-             f"su {impl} fwd", su, 4.0)  # fmt: skip
-        pair("big", "training step vs nn.GRU", "nn.GRU train", train_step(w, xg, lambda: gru(xg)),
-             f"su {impl} train", train_step(w, xg, lambda: su_gru(xg, h0, *w, g, a_tr, impl=impl)),
-             2.0)  # fmt: skip
+        pair(
+            "big",
+            "inference vs nn.GRU",
+            "nn.GRU fwd",
+            infer(lambda: gru(x)),
+            f"su {impl} fwd",
+            su,
+            4.0,
+        )
+        pair(
+            "big",
+            "inference vs rate 1 (same kernel)",
+            f"su {impl} rate 1 fwd",
+            infer(lambda: su_gru(x, h0, *w, ones, all_on, impl=impl)),
+            f"su {impl} fwd",
+            su,
+            4.0,
+        )
+        pair(
+            "big",
+            "inference vs rate 1 (eager cpu path)",
+            "su cpu rate 1 fwd",
+            infer(lambda: su_gru(x, h0, *w, ones, all_on, impl="cpu")),
+            f"su {impl} fwd",
+            su,
+            4.0,
+        )
+        pair(
+            "big",
+            "training step vs nn.GRU",
+            "nn.GRU train",
+            train_step(w, xg, lambda: gru(xg)),
+            f"su {impl} train",
+            train_step(w, xg, lambda: su_gru(xg, h0, *w, g, a_tr, impl=impl)),
+            2.0,
+        )
     if "small" in args.settings:
         for H, T in [(64, 221), (64, 1000), (128, 221), (128, 1000)]:
             B, D = 32, H
             gru, w, x, xg, h0 = layer(B, T, D, H)
             g, a_ev, a_tr = rhythm_at(TARGET_RATE, T, H, width)
             tag = f"small H={H} T={T}"
-            info[tag] = {"B": B, "T": T, "D": D, "H": H, "rate": float(g.mean()),
-                         "train_active_rate": float(a_tr.float().mean())}  # fmt: skip
+            info[tag] = {
+                "B": B,
+                "T": T,
+                "D": D,
+                "H": H,
+                "rate": float(g.mean()),
+                "train_active_rate": float(a_tr.float().mean()),
+            }
             base = train_step(w, xg, lambda gru=gru, xg=xg: gru(xg))
             # the eager path only at the reference point (H=64, T=221): time
             for which in (impl, "cpu") if (H, T) == (64, 221) else (impl,):
-                pair(tag, f"training step vs nn.GRU ({which})", "nn.GRU train", base,
-                     f"su {which} train",
-                     train_step(w, xg, lambda xg=xg, h0=h0, w=w, g=g, a=a_tr, which=which:
-                                su_gru(xg, h0, *w, g, a, impl=which)),
-                     1.0)  # fmt: skip
+                pair(
+                    tag,
+                    f"training step vs nn.GRU ({which})",
+                    "nn.GRU train",
+                    base,
+                    f"su {which} train",
+                    train_step(
+                        w,
+                        xg,
+                        lambda xg=xg, h0=h0, w=w, g=g, a=a_tr, which=which: su_gru(
+                            xg, h0, *w, g, a, impl=which
+                        ),
+                    ),
+                    1.0,
+                )
     if "padded" in args.settings:
         # LRA-like batches (lengths T/8..T) against nn.GRU both ways: over the padded batch
         # (every step computed; what a padded harness runs) and packed (skips the padding,
@@ -191,17 +246,31 @@ def targets(args: argparse.Namespace, root: Path) -> None:
             lens = torch.randint(T // 8, T + 1, (B,), generator=torch.Generator().manual_seed(T))
             lens[0] = T
             tag = f"padded H={H} T={T}"
-            info[tag] = {"B": B, "T": T, "D": D, "H": H, "rate": float(g.mean()),
-                         "train_active_rate": float(a_tr.float().mean()),
-                         "valid_fraction": float(lens.sum()) / (B * T)}  # fmt: skip
+            info[tag] = {
+                "B": B,
+                "T": T,
+                "D": D,
+                "H": H,
+                "rate": float(g.mean()),
+                "train_active_rate": float(a_tr.float().mean()),
+                "valid_fraction": float(lens.sum()) / (B * T),
+            }
 
             def packed(x, gru=gru, lens=lens):
                 return gru(pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False))
 
-            su_fwd = infer(lambda x=x, h0=h0, w=w, g=g, a=a_ev, lens=lens:
-                           su_gru(x, h0, *w, g, a, lens, impl=impl))  # fmt: skip
-            su_train = train_step(w, xg, lambda xg=xg, h0=h0, w=w, g=g, a=a_tr, lens=lens:
-                                  su_gru(xg, h0, *w, g, a, lens, impl=impl))  # fmt: skip
+            su_fwd = infer(
+                lambda x=x, h0=h0, w=w, g=g, a=a_ev, lens=lens: su_gru(
+                    x, h0, *w, g, a, lens, impl=impl
+                )
+            )
+            su_train = train_step(
+                w,
+                xg,
+                lambda xg=xg, h0=h0, w=w, g=g, a=a_tr, lens=lens: su_gru(
+                    xg, h0, *w, g, a, lens, impl=impl
+                ),
+            )
             for how, name, fwd, train in [
                 ("padded, dense", "nn.GRU", gru, gru),
                 ("packed", "nn.GRU packed", packed, lambda x, packed=packed: packed(x)[0].data),
@@ -215,9 +284,15 @@ def targets(args: argparse.Namespace, root: Path) -> None:
                     su_fwd,
                     1.0,
                 )
-                pair(tag, f"training step vs nn.GRU ({how})", f"{name} train",
-                     train_step(w, xg, lambda xg=xg, train=train: train(xg)),
-                     f"su {impl} train", su_train, 1.0)  # fmt: skip
+                pair(
+                    tag,
+                    f"training step vs nn.GRU ({how})",
+                    f"{name} train",
+                    train_step(w, xg, lambda xg=xg, train=train: train(xg)),
+                    f"su {impl} train",
+                    su_train,
+                    1.0,
+                )
     if "stream" in args.settings:
         B, T, D, H = 1, 784, 1, 256
         gru, w, x, xg, h0 = layer(B, T, D, H)
@@ -225,29 +300,58 @@ def targets(args: argparse.Namespace, root: Path) -> None:
         ones, all_on = torch.ones(T, H), torch.ones(T, H, dtype=torch.bool)
         info["stream"] = {"B": B, "T": T, "D": D, "H": H, "rate": float(g.mean())}
         su = infer(lambda: su_gru(x, h0, *w, g, a_ev, impl=impl))
-        pair("stream", "inference vs every gate open (same kernel)", f"su {impl} rate 1 fwd",
-             infer(lambda: su_gru(x, h0, *w, ones, all_on, impl=impl)),
-             f"su {impl} fwd", su, 5.3, {"per_step": True})  # fmt: skip
-        pair("stream", "inference vs nn.GRU (B=1)", "nn.GRU fwd", infer(lambda: gru(x)),
-             f"su {impl} fwd", su, 1.0, {"per_step": True})  # fmt: skip
+        pair(
+            "stream",
+            "inference vs every gate open (same kernel)",
+            f"su {impl} rate 1 fwd",
+            infer(lambda: su_gru(x, h0, *w, ones, all_on, impl=impl)),
+            f"su {impl} fwd",
+            su,
+            5.3,
+            {"per_step": True},
+        )
+        pair(
+            "stream",
+            "inference vs nn.GRU (B=1)",
+            "nn.GRU fwd",
+            infer(lambda: gru(x)),
+            f"su {impl} fwd",
+            su,
+            1.0,
+            {"per_step": True},
+        )
 
     def crossover(B, T, D, H, rates):
         gru, w, x, xg, h0 = layer(B, T, D, H)
         for rate in rates:
             g, a_ev, a_tr = rhythm_at(rate, T, H, width)
             tag = f"crossover H={H} T={T} rate {rate:g}"
-            info[tag] = {"B": B, "T": T, "D": D, "H": H, "rate": float(g.mean()),
-                         "train_active_rate": float(a_tr.float().mean())}  # fmt: skip
-            pair(tag, "inference: compiled vs eager cpu", "su cpu fwd",
-                 infer(lambda g=g, a=a_ev: su_gru(x, h0, *w, g, a, impl="cpu")),
-                 "su compiled fwd",
-                 infer(lambda g=g, a=a_ev: su_gru(x, h0, *w, g, a, impl="compiled")),
-                 1.0)  # fmt: skip
-            pair(tag, "training: compiled vs eager cpu", "su cpu train",
-                 train_step(w, xg, lambda g=g, a=a_tr: su_gru(xg, h0, *w, g, a, impl="cpu")),
-                 "su compiled train",
-                 train_step(w, xg, lambda g=g, a=a_tr: su_gru(xg, h0, *w, g, a, impl="compiled")),
-                 1.0)  # fmt: skip
+            info[tag] = {
+                "B": B,
+                "T": T,
+                "D": D,
+                "H": H,
+                "rate": float(g.mean()),
+                "train_active_rate": float(a_tr.float().mean()),
+            }
+            pair(
+                tag,
+                "inference: compiled vs eager cpu",
+                "su cpu fwd",
+                infer(lambda g=g, a=a_ev: su_gru(x, h0, *w, g, a, impl="cpu")),
+                "su compiled fwd",
+                infer(lambda g=g, a=a_ev: su_gru(x, h0, *w, g, a, impl="compiled")),
+                1.0,
+            )
+            pair(
+                tag,
+                "training: compiled vs eager cpu",
+                "su cpu train",
+                train_step(w, xg, lambda g=g, a=a_tr: su_gru(xg, h0, *w, g, a, impl="cpu")),
+                "su compiled train",
+                train_step(w, xg, lambda g=g, a=a_tr: su_gru(xg, h0, *w, g, a, impl="compiled")),
+                1.0,
+            )
 
     if "crossover" in args.settings:  # where auto should stop picking the compiled kernel
         for (B, T, D, H), rates in [
@@ -274,19 +378,27 @@ def targets(args: argparse.Namespace, root: Path) -> None:
         T = info[p["setting"]]["T"]
         row = {k: p[k] for k in ("setting", "name", "baseline", "case", "target")}
         row.update(
-            base_min_s=bmin, case_min_s=cmin, ratio_of_min=ratio, met=ratio >= p["target"],
-            base_times_s=p["base_times"], case_times_s=p["case_times"],
+            base_min_s=bmin,
+            case_min_s=cmin,
+            ratio_of_min=ratio,
+            met=ratio >= p["target"],
+            base_times_s=p["base_times"],
+            case_times_s=p["case_times"],
             sizes=info[p["setting"]],
-        )  # fmt: skip
+        )
         if p.get("per_step"):
             row["case_us_per_step"] = cmin / T * 1e6
             row["base_us_per_step"] = bmin / T * 1e6
         rows.append(row)
-        print(f"{p['setting']:<20}{p['name']:<42}{bmin:>11.4f}{cmin:>11.4f}{ratio:>7.2f}"
-              f"{p['target']:>7.1f}  {'yes' if row['met'] else 'NO'}")  # fmt: skip
+        print(
+            f"{p['setting']:<20}{p['name']:<42}{bmin:>11.4f}{cmin:>11.4f}{ratio:>7.2f}"
+            f"{p['target']:>7.1f}  {'yes' if row['met'] else 'NO'}"
+        )
         if p.get("per_step"):
-            print(f"{'':<20}  per step: {row['case_us_per_step']:.1f} us (case), "
-                  f"{row['base_us_per_step']:.1f} us (baseline)")  # fmt: skip
+            print(
+                f"{'':<20}  per step: {row['case_us_per_step']:.1f} us (case), "
+                f"{row['base_us_per_step']:.1f} us (baseline)"
+            )
     meta = {
         "command": "python scripts/bench_surnn.py " + command_args(args),
         "label": args.label,
@@ -338,7 +450,13 @@ def targets_md(meta: dict) -> str:
         )
     per_step = [r for r in meta["rows"] if "case_us_per_step" in r]
     if per_step:
-        lines += ["", "Per step (B=1): " + "; ".join(
-            f"{r['case']} {r['case_us_per_step']:.1f} us vs {r['baseline']} "
-            f"{r['base_us_per_step']:.1f} us" for r in per_step)]  # fmt: skip
+        lines += [
+            "",
+            "Per step (B=1): "
+            + "; ".join(
+                f"{r['case']} {r['case_us_per_step']:.1f} us vs {r['baseline']} "
+                f"{r['base_us_per_step']:.1f} us"
+                for r in per_step
+            ),
+        ]
     return "\n".join(lines) + "\n"

@@ -201,9 +201,24 @@ def _bwd_op(
     whole reverse sweep in C++ (the weight gradients are summed over threads here)."""
     dh = grad_h.clone()  # the kernel turns dL/dh_T into dL/dh0 in place
     res = _STATE["ext"].backward(
-        x, h0, w_ih, w_hh, g, idx, off, bs, perm, out, saved, gout, dh, need_dx, need_w,
-        need_dg, nthreads,
-    )  # fmt: skip
+        x,
+        h0,
+        w_ih,
+        w_hh,
+        g,
+        idx,
+        off,
+        bs,
+        perm,
+        out,
+        saved,
+        gout,
+        dh,
+        need_dx,
+        need_w,
+        need_dg,
+        nthreads,
+    )
     dx, dwi, dwh, dbi, dbh, dgp, dgs = res
     return [dx, dwi.sum(0), dwh.sum(0), dbi.sum(0), dbh.sum(0), dgp.sum(0), dgs, dh]
 
@@ -333,9 +348,24 @@ class _SuGRUCompiled(torch.autograd.Function):
         gh = out.new_zeros(B, H) if grad_h is None else grad_h.contiguous()
         need_w = any(need[2:6])
         dx, dwi, dwh, dbi, dbh, dgp, dgs, dh = _bwd_op(
-            xs, h0s, wi, wh, gs, m.idx, m.off, m.bs, m.perm, out, saved, gout, gh,
-            need[0], need_w, need[6], m.nthreads,
-        )  # fmt: skip
+            xs,
+            h0s,
+            wi,
+            wh,
+            gs,
+            m.idx,
+            m.off,
+            m.bs,
+            m.perm,
+            out,
+            saved,
+            gout,
+            gh,
+            need[0],
+            need_w,
+            need[6],
+            m.nthreads,
+        )
         dg = None
         if need[6]:
             dg = torch.zeros_like(gs)

@@ -363,10 +363,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     spec = ListOpsSpec(
-        seed=a.seed, n_train=a.n_train, n_val=a.n_val, n_test=a.n_test,
-        min_length=a.min_length, max_length=a.max_length, max_depth=a.max_depth,
+        seed=a.seed,
+        n_train=a.n_train,
+        n_val=a.n_val,
+        n_test=a.n_test,
+        min_length=a.min_length,
+        max_length=a.max_length,
+        max_depth=a.max_depth,
         max_args=a.max_args,
-    )  # fmt: skip
+    )
     try:
         data = generate(spec, workers=a.workers, progress=not a.quiet)
         folder = write_release(data, a.out, spec)

@@ -116,8 +116,10 @@ def generate(
     tmp.mkdir(parents=True)
     workers = workers or os.cpu_count() or 1
     chunk = max(1, min(PER_FOLDER, -(-n // (workers * 8)), 2_000_000 // (resolution * resolution)))
-    jobs = [(p, seed, i, min(i + chunk, n), tmp if fmt == "release" else None)
-            for i in range(0, n, chunk)]  # fmt: skip
+    jobs = [
+        (p, seed, i, min(i + chunk, n), tmp if fmt == "release" else None)
+        for i in range(0, n, chunk)
+    ]
     labels = np.empty(n, np.uint8)
     margins = np.empty(n, np.uint8)
     images = None
@@ -176,8 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="data root (the LRA release folder)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    ap.add_argument("--format", dest="fmt", default="release", choices=["release", "cache"],
-                    help="release: PNG + metadata; cache: images.npy/labels.npy")  # fmt: skip
+    ap.add_argument(
+        "--format",
+        dest="fmt",
+        default="release",
+        choices=["release", "cache"],
+        help="release: PNG + metadata; cache: images.npy/labels.npy",
+    )
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

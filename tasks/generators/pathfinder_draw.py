@@ -53,15 +53,55 @@ class Params:
 
 
 _TABLE = {
-    32: dict(padding=1, dash_length=2, thickness=0.5, margins=(1,), marker_radius=1.5,
-             seed_distance=7, continuity=1.0, contrast=0.75, gain=2.0, distractor_budget=20),
-    64: dict(padding=1, dash_length=5, thickness=1.0, margins=(1,), marker_radius=2.5,
-             seed_distance=12, continuity=1.8, contrast=1.0, gain=1.0, distractor_budget=22),
-    128: dict(padding=1, dash_length=5, thickness=1.5, margins=(2, 3), marker_radius=3,
-              seed_distance=20, continuity=1.8, contrast=1.0, gain=1.0, distractor_budget=35),
-    256: dict(padding=22, dash_length=5, thickness=2.0, margins=(3,), marker_radius=5,
-              seed_distance=27, continuity=1.8, contrast=1.0, gain=1.0, distractor_budget=30),
-}  # fmt: skip
+    32: dict(
+        padding=1,
+        dash_length=2,
+        thickness=0.5,
+        margins=(1,),
+        marker_radius=1.5,
+        seed_distance=7,
+        continuity=1.0,
+        contrast=0.75,
+        gain=2.0,
+        distractor_budget=20,
+    ),
+    64: dict(
+        padding=1,
+        dash_length=5,
+        thickness=1.0,
+        margins=(1,),
+        marker_radius=2.5,
+        seed_distance=12,
+        continuity=1.8,
+        contrast=1.0,
+        gain=1.0,
+        distractor_budget=22,
+    ),
+    128: dict(
+        padding=1,
+        dash_length=5,
+        thickness=1.5,
+        margins=(2, 3),
+        marker_radius=3,
+        seed_distance=20,
+        continuity=1.8,
+        contrast=1.0,
+        gain=1.0,
+        distractor_budget=35,
+    ),
+    256: dict(
+        padding=22,
+        dash_length=5,
+        thickness=2.0,
+        margins=(3,),
+        marker_radius=5,
+        seed_distance=27,
+        continuity=1.8,
+        contrast=1.0,
+        gain=1.0,
+        distractor_budget=30,
+    ),
+}
 
 
 def params_for(resolution: int, difficulty: str) -> Params:

@@ -108,8 +108,9 @@ def test_per_position_outputs_and_heads(mixer):
     m = Model(task, mixer, {}, d_model=8, n_layers=1).eval()
     out, _ = m(b)
     assert out.shape == (2, 23, 4)
-    reg = Model(standin("regress", input_kind="values", input_dim=2), mixer, {}, d_model=8,
-                n_layers=1).eval()  # fmt: skip
+    reg = Model(
+        standin("regress", input_kind="values", input_dim=2), mixer, {}, d_model=8, n_layers=1
+    ).eval()
     x = torch.randn(3, 11, 2)
     lengths = torch.tensor([11, 6, 3])
     pred, _ = reg({"x": x, "lengths": lengths})
@@ -202,10 +203,19 @@ def _lm_trainer(tmp_path, mixer, window, rows=2, **task_kw):
     splits = Splits(_Stream(toks), _Stream(toks[:121]), _Stream(toks[:121]), None)
     torch.manual_seed(0)
     model = Model(task, mixer, {}, d_model=8, n_layers=2, dropout=0.0)
-    tcfg = TrainerConfig(max_steps=6, batch_size=rows, eval_batch_size=rows, warmup_steps=1,
-                         eval_every=3, ckpt_every=3, num_workers=0, progress=False)  # fmt: skip
-    tr = Trainer(model, task, splits, tcfg, OptimConfig(lr=3e-3), tmp_path, Loggers([]),
-                 torch.device("cpu"))  # fmt: skip
+    tcfg = TrainerConfig(
+        max_steps=6,
+        batch_size=rows,
+        eval_batch_size=rows,
+        warmup_steps=1,
+        eval_every=3,
+        ckpt_every=3,
+        num_workers=0,
+        progress=False,
+    )
+    tr = Trainer(
+        model, task, splits, tcfg, OptimConfig(lr=3e-3), tmp_path, Loggers([]), torch.device("cpu")
+    )
     return tr, model, task
 
 
@@ -255,10 +265,12 @@ def test_training_on_fresh_examples_uses_the_step(tmp_path):
     task = CopyMemory(".", delay=5, n_copy=3, vocab=4, n_val=8, n_test=8)
     torch.manual_seed(0)
     model = Model(task, "gru", {}, d_model=8, n_layers=1, dropout=0.0)
-    tcfg = TrainerConfig(max_steps=3, batch_size=4, warmup_steps=1, eval_every=3,
-                         num_workers=0, progress=False)  # fmt: skip
-    tr = Trainer(model, task, task.splits(), tcfg, OptimConfig(), tmp_path, Loggers([]),
-                 torch.device("cpu"))  # fmt: skip
+    tcfg = TrainerConfig(
+        max_steps=3, batch_size=4, warmup_steps=1, eval_every=3, num_workers=0, progress=False
+    )
+    tr = Trainer(
+        model, task, task.splits(), tcfg, OptimConfig(), tmp_path, Loggers([]), torch.device("cpu")
+    )
     tr.batches_done = 2
     b = next(tr._train_batches())
     ref = task.splits().collate([task.splits().train[i] for i in range(8, 12)])
@@ -273,24 +285,33 @@ def test_training_on_fresh_examples_uses_the_step(tmp_path):
 
 def test_hybrid_mixes_kinds_by_layer_with_per_layer_flops_and_rates(tmp_path):
     task = CopyMemory(".", delay=20, n_copy=3, vocab=4, n_val=4, n_test=4)
-    opts = {"layers": ["surnn", "s4d"], "surnn": {"gate": {"init_rate": 0.3}},
-            "s4d": {"d_state": 8}}  # fmt: skip
+    opts = {
+        "layers": ["surnn", "s4d"],
+        "surnn": {"gate": {"init_rate": 0.3}},
+        "s4d": {"d_state": 8},
+    }
     torch.manual_seed(0)
     m = Model(task, "hybrid", opts, d_model=8, n_layers=4)
     assert m.layer_kinds == ["surnn", "s4d", "surnn", "s4d"]
     assert m.encoder.blocks[1].mixer.ssm.N2 == 4
     three = Model(task, "hybrid", opts, d_model=8, n_layers=3)  # rounded up to whole repeats
     assert three.layer_kinds == ["surnn", "s4d", "surnn", "s4d"]
-    tcfg = TrainerConfig(max_steps=1, batch_size=4, warmup_steps=1, eval_every=1,
-                         num_workers=0, progress=False)  # fmt: skip
-    tr = Trainer(m, task, task.splits(), tcfg, OptimConfig(), tmp_path, Loggers([]),
-                 torch.device("cpu"))  # fmt: skip
+    tcfg = TrainerConfig(
+        max_steps=1, batch_size=4, warmup_steps=1, eval_every=1, num_workers=0, progress=False
+    )
+    tr = Trainer(
+        m, task, task.splits(), tcfg, OptimConfig(), tmp_path, Loggers([]), torch.device("cpu")
+    )
     res = tr.evaluate("val")
     assert "val/layer0/update_rate" in res and "val/layer2/update_rate" in res
     assert "val/layer1/update_rate" not in res
     f = tr.flops()
-    assert f["layer_kinds"] == {"layer0": "surnn", "layer1": "s4d", "layer2": "surnn",
-                                "layer3": "s4d"}  # fmt: skip
+    assert f["layer_kinds"] == {
+        "layer0": "surnn",
+        "layer1": "s4d",
+        "layer2": "surnn",
+        "layer3": "s4d",
+    }
     lay, dense = f["flops_per_layer"], f["flops_per_layer_dense"]
     assert lay["layer0"] < dense["layer0"]  # a gated layer skips closed updates
     assert lay["layer1"] == dense["layer1"]  # S4D has no gate

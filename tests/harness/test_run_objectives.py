@@ -19,8 +19,13 @@ from surnn.harness.registry import MIXERS
 from tasks.formats import write_wikitext
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = ["task.options.n_val=6", "task.options.n_test=5", "logger=none", "trainer=smoke",
-         "trainer.max_steps=2"]  # fmt: skip
+SMALL = [
+    "task.options.n_val=6",
+    "task.options.n_test=5",
+    "logger=none",
+    "trainer=smoke",
+    "trainer.max_steps=2",
+]
 
 
 def run(args, tmp):
@@ -28,10 +33,20 @@ def run(args, tmp):
     flags = [a for a in args if a.startswith("-")]  # -m before the overrides
     rest = [a for a in args if not a.startswith("-")]
     return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *flags, f"data_dir={tmp / 'data'}",
-         f"output_dir={tmp / 'out'}", *rest],
-        cwd=tmp, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            *flags,
+            f"data_dir={tmp / 'data'}",
+            f"output_dir={tmp / 'out'}",
+            *rest,
+        ],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def results(tmp) -> dict[str, dict]:
@@ -45,8 +60,9 @@ def results(tmp) -> dict[str, dict]:
 @pytest.mark.slow
 def test_every_model_on_copy_memory_in_one_multirun(tmp_path):
     models = ",".join(MIXERS.names())
-    p = run(["-m", "task=copy_memory", f"model={models}", "task.options.delay=12", *SMALL],
-            tmp_path)  # fmt: skip
+    p = run(
+        ["-m", "task=copy_memory", f"model={models}", "task.options.delay=12", *SMALL], tmp_path
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     res = results(tmp_path)
     assert set(res) == {f"copy_memory/{m}" for m in MIXERS.names()}
@@ -64,10 +80,19 @@ def test_every_model_on_copy_memory_in_one_multirun(tmp_path):
     assert 0 < res["copy_memory/surnn"]["update_rate"]["layer0"] < 1
     # the evidence plots read these run folders: curves, table, gate raster
     out = tmp_path / "plots"
-    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_memory.py"),
-                        str(tmp_path / "out"), "--out", str(out)],
-                       capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "plot_memory.py"),
+            str(tmp_path / "out"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     md = (out / "memory.md").read_text()
     assert md.count("| copy_memory |") == len(MIXERS.names())
@@ -95,11 +120,14 @@ def test_longest_closed_stretch():
 def test_adding_and_selective_copy_smoke(tmp_path):
     # (one process per task: Hydra composes a task sweep's base config with the default
     # task, which has none of these task.options)
-    p = run(["task=adding", "model=surnn", "task.options.length=30", "run_id=add", *SMALL],
-            tmp_path)  # fmt: skip
+    p = run(
+        ["task=adding", "model=surnn", "task.options.length=30", "run_id=add", *SMALL], tmp_path
+    )
     assert p.returncode == 0, p.stderr[-3000:]
-    p = run(["task=selective_copy", "model=hybrid", "task.options.length=40", "run_id=sc",
-             *SMALL], tmp_path)  # fmt: skip
+    p = run(
+        ["task=selective_copy", "model=hybrid", "task.options.length=40", "run_id=sc", *SMALL],
+        tmp_path,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     res = results(tmp_path)
     add = res["adding/surnn"]
@@ -113,8 +141,14 @@ def test_adding_and_selective_copy_smoke(tmp_path):
 @pytest.mark.slow
 def test_wikitext2_smoke_with_and_without_carried_state(tmp_path):
     write_wikitext(tmp_path / "data", "wikitext-2", articles={"train": 30, "valid": 3, "test": 3})
-    lm = ["task=wikitext2", "task.options.max_len=16", "task.options.hub=false",
-          "logger=none", "trainer=smoke", "trainer.max_steps=2"]  # fmt: skip
+    lm = [
+        "task=wikitext2",
+        "task.options.max_len=16",
+        "task.options.hub=false",
+        "logger=none",
+        "trainer=smoke",
+        "trainer.max_steps=2",
+    ]
     p = run(["-m", "model=lstm,transformer", *lm], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     res = results(tmp_path)
@@ -157,7 +191,11 @@ def test_evidence_scripts_parse():
     for script in ("scripts/memory_evidence.sh", "scripts/rate_control_evidence.sh"):
         p = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
-    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_memory.py"), "--help"],
-                       capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "plot_memory.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert p.returncode == 0 and "raster" in p.stdout, p.stderr

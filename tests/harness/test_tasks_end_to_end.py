@@ -97,20 +97,40 @@ def test_prepare_data_checks_only_registry_tasks():
 
 def test_prepare_data_counts_and_builds_caches(data):
     r = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "prepare_data.py"), "--data-dir", str(data),
-         "--build-cache", "--tasks", "retrieval", "pathfinder", "pathx"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "prepare_data.py"),
+            "--data-dir",
+            str(data),
+            "--build-cache",
+            "--tasks",
+            "retrieval",
+            "pathfinder",
+            "pathx",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
     assert "train 4 / val 2 / test 2 (release: 147,086 / 18,090 / 17,437)" in out
     assert "20 metadata lines, 20 PNGs" in out and "cache 16/2/2" in out
     assert "pathx       found" in out and "cache 8/1/1" in out
     r = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "prepare_data.py"), "--data-dir", str(data),
-         "--tasks", "smnist", "scifar"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "prepare_data.py"),
+            "--data-dir",
+            str(data),
+            "--tasks",
+            "smnist",
+            "scifar",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "train 12 / test 4 (release: 60,000 / 10,000)" in r.stdout
 
@@ -119,8 +139,12 @@ def run_py(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
     return subprocess.run(
         [sys.executable, str(ROOT / "run.py"), f"output_dir={tmp / 'out'}", "logger=none", *args],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp,
+    )
 
 
 @pytest.mark.slow

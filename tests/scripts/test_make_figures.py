@@ -25,11 +25,25 @@ def fake_run(root: Path, name: str, variant: str | None, rate: float, acc: float
         f"encoder.blocks.{i}.mixer.rnn.{k}": v for i in (0, 1) for k, v in rnn.state_dict().items()
     }
     torch.save({"model": state, "step": 4}, run / "checkpoints" / "best.pt")
-    res = {"task": "listops", "model": "surnn", "seed": 0, "variant": variant, "test_acc": acc,
-           "update_rate": {"layer0": rate, "layer1": rate}, "data": {"max_len": 30}}  # fmt: skip
+    res = {
+        "task": "listops",
+        "model": "surnn",
+        "seed": 0,
+        "variant": variant,
+        "test_acc": acc,
+        "update_rate": {"layer0": rate, "layer1": rate},
+        "data": {"max_len": 30},
+    }
     (run / "results.json").write_text(json.dumps(res))
-    rows = [{"step": s, "train/loss": 2.0 / s, "train/layer0/update_rate": rate,
-             "train/layer1/update_rate": rate} for s in (1, 2, 3, 4)]  # fmt: skip
+    rows = [
+        {
+            "step": s,
+            "train/loss": 2.0 / s,
+            "train/layer0/update_rate": rate,
+            "train/layer1/update_rate": rate,
+        }
+        for s in (1, 2, 3, 4)
+    ]
     rows += [{"step": s, "val/acc": 0.1 * s} for s in (2, 4)]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return run
@@ -55,8 +69,11 @@ def test_rates_acc_rate_and_curves(tmp_path):
     fake_run(tmp_path / "runs", "a", "gate=binary", 0.17, 0.4)
     fake_run(tmp_path / "runs", "b", "gate=open", 1.0, 0.45)
     out = tmp_path / "f"
-    for fig, stem in (("rates", "update_rate_over_training"), ("acc-rate", "accuracy_vs_update_rate"),
-                      ("curves", "learning_curves")):  # fmt: skip
+    for fig, stem in (
+        ("rates", "update_rate_over_training"),
+        ("acc-rate", "accuracy_vs_update_rate"),
+        ("curves", "learning_curves"),
+    ):
         paths = [str(tmp_path / "runs" / "a")] if fig == "rates" else [str(tmp_path / "runs")]
         assert make_figures.main([fig, *paths, "--out", str(out)]) == 0
         assert _png(out / f"{stem}.png"), fig

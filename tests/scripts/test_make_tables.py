@@ -130,11 +130,26 @@ def test_averages_follow_one_stated_convention_for_runs_and_published_rows(tmp_p
     """Avg-5 without Path-X, Avg-6 with a Path-X FAIL counted as 50 (as S4 does), both
     computed by the script: the Transformer's published 53.66 is its 6-task average, the
     suGRU's 70.43 its 5-task one, and the table now says which is which."""
-    assert make_tables.averages({"listops": 36.37, "text": 64.27, "retrieval": 57.46,
-                                 "image": 42.44, "pathfinder": 71.40, "pathx": "fail"}) == (
-        pytest.approx(54.388), pytest.approx(53.657, abs=1e-3))  # fmt: skip
-    a5, a6 = make_tables.averages({"listops": 44.93, "text": 64.42, "retrieval": 77.54,
-                                   "image": 80.32, "pathfinder": 84.92, "pathx": "-"})  # fmt: skip
+    assert make_tables.averages(
+        {
+            "listops": 36.37,
+            "text": 64.27,
+            "retrieval": 57.46,
+            "image": 42.44,
+            "pathfinder": 71.40,
+            "pathx": "fail",
+        }
+    ) == (pytest.approx(54.388), pytest.approx(53.657, abs=1e-3))
+    a5, a6 = make_tables.averages(
+        {
+            "listops": 44.93,
+            "text": 64.42,
+            "retrieval": 77.54,
+            "image": 80.32,
+            "pathfinder": 84.92,
+            "pathx": "-",
+        }
+    )
     assert a5 == pytest.approx(70.426) and a6 is None
     for t in make_tables.LRA_TASKS:
         write_run(tmp_path / "r", t, "gru", 0, 0.6)
@@ -154,17 +169,44 @@ def test_non_standard_settings_never_sit_beside_published_numbers(tmp_path):
     """The demo's short ListOps, a smoke run scored on part of the test set and generated
     data of another size go to tables named by their setting; harness-generated data is
     marked; LaTeX (booktabs) is written beside the Markdown."""
-    demo_data = {"source": "generated", "generate": {"min_length": 20, "max_length": 150,
-                                                     "max_depth": 5}}  # fmt: skip
-    write_run(tmp_path / "r", "listops", "surnn", 0, 0.417, command="python run.py experiment=demo_listops",
-              split_sizes={"train": 20000, "val": 1000, "test": 1000}, test_examples=1000,
-              data=demo_data)  # fmt: skip
-    write_run(tmp_path / "r", "image", "gru", 0, 0.3, split_sizes={"train": 45000, "val": 5000,
-              "test": 10000}, test_examples=512)  # fmt: skip
-    std_gen = {"source": "generated", "generate": {"min_length": 500, "max_length": 2000,
-                                                   "max_depth": 10}}  # fmt: skip
-    write_run(tmp_path / "r", "listops", "gru", 0, 0.38, data=std_gen,
-              split_sizes={"train": 96000, "val": 2000, "test": 2000}, test_examples=2000)  # fmt: skip
+    demo_data = {
+        "source": "generated",
+        "generate": {"min_length": 20, "max_length": 150, "max_depth": 5},
+    }
+    write_run(
+        tmp_path / "r",
+        "listops",
+        "surnn",
+        0,
+        0.417,
+        command="python run.py experiment=demo_listops",
+        split_sizes={"train": 20000, "val": 1000, "test": 1000},
+        test_examples=1000,
+        data=demo_data,
+    )
+    write_run(
+        tmp_path / "r",
+        "image",
+        "gru",
+        0,
+        0.3,
+        split_sizes={"train": 45000, "val": 5000, "test": 10000},
+        test_examples=512,
+    )
+    std_gen = {
+        "source": "generated",
+        "generate": {"min_length": 500, "max_length": 2000, "max_depth": 10},
+    }
+    write_run(
+        tmp_path / "r",
+        "listops",
+        "gru",
+        0,
+        0.38,
+        data=std_gen,
+        split_sizes={"train": 96000, "val": 2000, "test": 2000},
+        test_examples=2000,
+    )
     out = tmp_path / "t"
     assert make_tables.main([str(tmp_path / "r"), "--out", str(out)]) == 0
     md = (out / "lra.md").read_text()
@@ -185,8 +227,16 @@ def test_non_standard_settings_never_sit_beside_published_numbers(tmp_path):
 
 
 def test_cost_table_gives_model_and_mixer_flops(tmp_path):
-    write_run(tmp_path / "r", "listops", "surnn", 0, 0.4, mixer_flops_per_seq=5e5,
-              mixer_flops_per_seq_dense=2.5e6, flops_examples=2000)  # fmt: skip
+    write_run(
+        tmp_path / "r",
+        "listops",
+        "surnn",
+        0,
+        0.4,
+        mixer_flops_per_seq=5e5,
+        mixer_flops_per_seq_dense=2.5e6,
+        flops_examples=2000,
+    )
     out = tmp_path / "t"
     assert make_tables.main([str(tmp_path / "r"), "--out", str(out)]) == 0
     md = (out / "lra.md").read_text()

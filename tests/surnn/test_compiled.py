@@ -157,13 +157,24 @@ def test_compiled_inference_op_layouts_and_fp32(B):
     assert not x_t.is_contiguous()
     with torch.no_grad():
         got = su_gru(x_t, h0, w[0], w[1], None, None, g, impl="compiled")
-        ref = su_gru(x.double(), h0.double(), w[0].double(), w[1].double(), None, None,
-                     g.double(), impl="reference")  # fmt: skip
+        ref = su_gru(
+            x.double(),
+            h0.double(),
+            w[0].double(),
+            w[1].double(),
+            None,
+            None,
+            g.double(),
+            impl="reference",
+        )
         assert_close(got, ref, 2e-4)
         small = make_case(B, 3, 5, 7, "random", dtype=torch.float32, seed=5)
         xs, hs, ws, gs, acts, _ = small
-        assert_close(su_gru(xs, hs, *ws, gs, acts, impl="compiled"),
-                     su_gru(xs, hs, *ws, gs, acts, impl="reference"), 1e-5)  # fmt: skip
+        assert_close(
+            su_gru(xs, hs, *ws, gs, acts, impl="compiled"),
+            su_gru(xs, hs, *ws, gs, acts, impl="reference"),
+            1e-5,
+        )
 
 
 @needs_kernel

@@ -191,9 +191,15 @@ def test_the_input_gate_runs_in_the_layer_and_skips_where_x_le_0():
 
 @pytest.mark.parametrize(
     "kind,opts",
-    [("rhythm", {}), ("rhythm", {"group_size": 4}), ("soft", {}), ("random", {}),
-     ("interval", {"period": 3}), ("open", {})],
-)  # fmt: skip
+    [
+        ("rhythm", {}),
+        ("rhythm", {"group_size": 4}),
+        ("soft", {}),
+        ("random", {}),
+        ("interval", {"period": 3}),
+        ("open", {}),
+    ],
+)
 def test_inference_takes_the_gate_from_a_table_equal_to_computing_it(kind, opts):
     """Without gradients a time-only gate is served from a table of its first steps: bit
     for bit what computing it gives, at every T, and recomputed when a parameter or buffer

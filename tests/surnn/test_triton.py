@@ -51,11 +51,13 @@ def test_triton_bf16_close_to_fp32_reference():
     case32 = to_dev(make_case(8, 32, 64, 96, "random", lengths=True, dtype=torch.float32))
     ref = run("reference", case32)
     case16 = tuple(
-        [t.detach().bfloat16().requires_grad_() for t in c] if isinstance(c, list)
-        else (c.detach().bfloat16().requires_grad_() if c is not None and c.is_floating_point()
-              else c)
+        [t.detach().bfloat16().requires_grad_() for t in c]
+        if isinstance(c, list)
+        else (
+            c.detach().bfloat16().requires_grad_() if c is not None and c.is_floating_point() else c
+        )
         for c in case32
-    )  # fmt: skip
+    )
     got = run("triton", case16)
     for a, b in zip(got[:2], ref[:2]):
         assert (a.float() - b).abs().max() < 5e-2

@@ -51,10 +51,16 @@ def test_matrix_covers_kernels_configs_dtypes_archs():
     got = {(j.kernel, j.body, j.cfg, j.dtype, j.arch) for j in js}
     want = {
         (k, b, c, d, a)
-        for b, k in [("fwd", "fwd_step"), ("fwd_save", "fwd_step"), ("bwd", "bwd_point"),
-                     ("bwd", "bwd_matmul")]
-        for c in cfg_choices() for d in ("fp32", "bf16") for a in (80, 90)
-    }  # fmt: skip
+        for b, k in [
+            ("fwd", "fwd_step"),
+            ("fwd_save", "fwd_step"),
+            ("bwd", "bwd_point"),
+            ("bwd", "bwd_matmul"),
+        ]
+        for c in cfg_choices()
+        for d in ("fp32", "bf16")
+        for a in (80, 90)
+    }
     assert got == want
     for j in js:  # the recorded batch size really makes the dispatcher pick that config
         assert _cfg(j.B, j.D, j.H) == j.cfg
@@ -65,9 +71,32 @@ def test_bf16_launch_signature_matches_the_jit():
     mask, i32 order; the step index and length unspecialised."""
     fwd = aot.record("fwd_save", 16, 64, 64, "bf16")
     (_, args, kw) = fwd[0]
-    names = ["x_ptr", "wx_ptr", "wh_ptr", "bx_ptr", "bh_ptr", "g_ptr", "a_ptr", "len_ptr",
-             "order_ptr", "cnt_ptr", "hs_ptr", "out_ptr", "sr_ptr", "sz_ptr", "sn_ptr",
-             "shn_ptr", "shp_ptr", "t", "B", "T", "D", "H", "sgb", "sab"]  # fmt: skip
+    names = [
+        "x_ptr",
+        "wx_ptr",
+        "wh_ptr",
+        "bx_ptr",
+        "bh_ptr",
+        "g_ptr",
+        "a_ptr",
+        "len_ptr",
+        "order_ptr",
+        "cnt_ptr",
+        "hs_ptr",
+        "out_ptr",
+        "sr_ptr",
+        "sz_ptr",
+        "sn_ptr",
+        "shn_ptr",
+        "shp_ptr",
+        "t",
+        "B",
+        "T",
+        "D",
+        "H",
+        "sgb",
+        "sab",
+    ]
     vals = dict(zip(names, args))
     assert vals["x_ptr"].dtype.is_floating_point and str(vals["x_ptr"].dtype) == "torch.bfloat16"
     assert (
@@ -88,8 +117,11 @@ def test_every_kernel_compiles_for_sm90_and_sm80(tmp_path):
     workers = min(os.cpu_count() or 1, 8)
     results = aot.compile_all(jobs, workers=workers, cache_dir=str(tmp_path / "triton-cache"))
     wall = time.perf_counter() - t0
-    bad = [f"{r.job.kernel}/{r.job.body} sm_{r.job.arch} {r.job.dtype} {r.job.cfg}: {r.error}"
-           for r in results if not r.ok]  # fmt: skip
+    bad = [
+        f"{r.job.kernel}/{r.job.body} sm_{r.job.arch} {r.job.dtype} {r.job.cfg}: {r.error}"
+        for r in results
+        if not r.ok
+    ]
     assert not bad, "kernels that do not compile:\n" + "\n\n".join(bad)
     for r in results:
         assert 0 < r.regs <= 255 and r.shared >= 0 and r.spill_stores >= 0
@@ -105,8 +137,9 @@ def test_a_broken_kernel_fails_the_check(tmp_path):
     assert good in src
     broken = tmp_path / "kernels_broken.py"
     broken.write_text(src.replace(good, "acc += _dot(a, w, IEEE)"))
-    job = next(j for j in aot.ci_jobs()
-               if j.kernel == "bwd_matmul" and j.arch == 90 and j.dtype == "bf16")  # fmt: skip
+    job = next(
+        j for j in aot.ci_jobs() if j.kernel == "bwd_matmul" and j.arch == 90 and j.dtype == "bf16"
+    )
     job = aot.Job(**{**job.__dict__, "source": str(broken)})
     (r,) = aot.compile_all([job], workers=1, cache_dir=str(tmp_path / "cache"))
     assert not r.ok and "CompilationError" in r.error, r.error
@@ -117,10 +150,20 @@ def test_committed_table_lists_the_whole_matrix():
     every kernel x config x dtype x arch x shape of aot.jobs(), all compiled."""
     assert TABLE.exists(), "run: python scripts/triton_report.py"
     data = json.loads(TABLE.read_text())
-    have = {(r["kernel"], r["variant"], r["arch"], r["dtype"], r["shape"],
-             (r["block_b"], r["block_h"], r["block_k"])) for r in data["rows"]}  # fmt: skip
-    want = {(j.kernel, aot._variant(j), f"sm_{j.arch}", j.dtype, j.shape, j.cfg)
-            for j in aot.jobs()}  # fmt: skip
+    have = {
+        (
+            r["kernel"],
+            r["variant"],
+            r["arch"],
+            r["dtype"],
+            r["shape"],
+            (r["block_b"], r["block_h"], r["block_k"]),
+        )
+        for r in data["rows"]
+    }
+    want = {
+        (j.kernel, aot._variant(j), f"sm_{j.arch}", j.dtype, j.shape, j.cfg) for j in aot.jobs()
+    }
     assert have == want, "stale table: rerun python scripts/triton_report.py"
     assert all(r["ok"] for r in data["rows"])
     assert TABLE.with_suffix(".md").exists()

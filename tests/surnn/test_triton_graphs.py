@@ -113,8 +113,14 @@ def test_results_do_not_alias_the_static_buffers(cpu_cache):
 @needs_cpu
 def test_a_graph_made_under_inference_mode_serves_later_calls(cpu_cache):
     case = make_case(3, 5, 4, 16)
-    args = (case[0].detach(), case[1].detach(), *[t.detach() for t in case[2]],
-            case[3].detach(), case[4], case[5])  # fmt: skip
+    args = (
+        case[0].detach(),
+        case[1].detach(),
+        *[t.detach() for t in case[2]],
+        case[3].detach(),
+        case[4],
+        case[5],
+    )
     with torch.inference_mode():
         a = su_gru_triton(*args, graphs=True)
     with torch.no_grad():
@@ -191,8 +197,9 @@ def test_replay_that_differs_is_not_used(monkeypatch):
     class Corrupting(ReplayBody):
         def replay(self):
             self.fn()
-            (static,) = [c.cell_contents for c in self.fn.__closure__
-                         if isinstance(c.cell_contents, dict)]  # fmt: skip
+            (static,) = [
+                c.cell_contents for c in self.fn.__closure__ if isinstance(c.cell_contents, dict)
+            ]
             for t in static.values():  # the static tensors: a wrong replay
                 if t.is_floating_point() and t.numel():
                     t.add_(1.0)

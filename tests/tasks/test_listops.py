@@ -157,8 +157,16 @@ def test_bad_options():
         ListOps("x", generate={"min_length": 10, "max_length": 11})
 
 
-DEMO = {"seed": 0, "n_train": 200, "n_val": 20, "n_test": 20, "min_length": 20,
-        "max_length": 150, "max_depth": 10, "workers": 1}  # fmt: skip
+DEMO = {
+    "seed": 0,
+    "n_train": 200,
+    "n_val": 20,
+    "n_test": 20,
+    "min_length": 20,
+    "max_length": 150,
+    "max_depth": 10,
+    "workers": 1,
+}
 
 
 def test_non_default_settings_generate_beside_real_data(tmp_path):

@@ -151,8 +151,9 @@ def test_deterministic_across_worker_counts(small):
 
 def test_dedup_keeps_distinct_trees_in_order():
     # max_depth 2, length exactly 4: "[OP d d ]" -> 4 * 100 = 400 distinct trees
-    spec = ListOpsSpec(seed=0, n_train=300, n_val=50, n_test=50, min_length=3, max_length=5,
-                       max_depth=2)  # fmt: skip
+    spec = ListOpsSpec(
+        seed=0, n_train=300, n_val=50, n_test=50, min_length=3, max_length=5, max_depth=2
+    )
     d = gen.generate(spec, workers=1, progress=False)
     everything = [s for split in gen.SPLITS for s in d.sources[split]]
     assert len(everything) == len(set(everything)) == 400
@@ -190,8 +191,7 @@ def _reference_tree(r: random.Random, depth: int, spec: ListOpsSpec) -> int:
 
 
 def test_distribution_matches_plain_recursive_sampler():
-    spec = ListOpsSpec(n_train=3000, n_val=0, n_test=0, min_length=10, max_length=80,
-                       max_depth=6)  # fmt: skip
+    spec = ListOpsSpec(n_train=3000, n_val=0, n_test=0, min_length=10, max_length=80, max_depth=6)
     d = gen.generate(spec, workers=1, progress=False)
     r = random.Random(0)
     n = 40000
@@ -204,8 +204,25 @@ def test_distribution_matches_plain_recursive_sampler():
 
 
 def test_cli_writes_release_layout(tmp_path):
-    rc = gen.main(["--out", str(tmp_path), "--n-train", "20", "--n-val", "5", "--n-test", "5",
-                   "--min-length", "20", "--max-length", "150", "--workers", "1", "--quiet"])  # fmt: skip
+    rc = gen.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--n-train",
+            "20",
+            "--n-val",
+            "5",
+            "--n-test",
+            "5",
+            "--min-length",
+            "20",
+            "--max-length",
+            "150",
+            "--workers",
+            "1",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     rows = (tmp_path / "listops-1000" / "basic_val.tsv").read_text().splitlines()
     assert rows[0] == "Source\tTarget" and len(rows) == 6

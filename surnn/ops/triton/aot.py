@@ -126,10 +126,11 @@ def ci_jobs() -> list[Job]:
     big = max(cfg_cases("aligned"))
     sm80 = {("fwd_step", "fwd_save"), ("bwd_matmul", "bwd")}
     return [
-        j for j in jobs(shapes=("aligned",))
+        j
+        for j in jobs(shapes=("aligned",))
         if j.arch == 90
         or (j.arch == 80 and j.cfg == big and j.dtype == "bf16" and (j.kernel, j.body) in sm80)
-    ]  # fmt: skip
+    ]
 
 
 class _Recorder:
@@ -234,9 +235,12 @@ def specialise(fn, args: tuple, kwargs: dict):
             sig[p.name], constexprs[p.name] = "constexpr", v
             continue
         ty, attr = native_specialize_impl(
-            BaseBackend, v, p.is_const, not p.do_not_specialize,
+            BaseBackend,
+            v,
+            p.is_const,
+            not p.do_not_specialize,
             not p.do_not_specialize_on_alignment,
-        )  # fmt: skip
+        )
         sig[p.name] = ty
         if ty == "constexpr":
             constexprs[p.name] = attr
@@ -257,8 +261,10 @@ def _resources(cubin: bytes) -> dict:
         f.flush()
         txt = subprocess.run(
             [_tool("cuobjdump"), "--dump-resource-usage", f.name],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", txt)
     if not m:
         raise RuntimeError(f"cuobjdump: no resource usage in\n{txt}")
@@ -276,10 +282,20 @@ def _spills(log: str, ptx: str, arch: int) -> tuple[int, int]:
             p = Path(d) / "k.ptx"
             p.write_text(ptx)
             r = subprocess.run(
-                [_tool("ptxas"), "-lineinfo", "-v", "--regAllocOptLevel=2",
-                 f"--gpu-name={sm_arch_from_capability(arch)}", str(p), "-o", str(p) + ".o"],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
+                [
+                    _tool("ptxas"),
+                    "-lineinfo",
+                    "-v",
+                    "--regAllocOptLevel=2",
+                    f"--gpu-name={sm_arch_from_capability(arch)}",
+                    str(p),
+                    "-o",
+                    str(p) + ".o",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
         m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", r.stderr + r.stdout)
     return int(m[1]), int(m[2])
 
@@ -308,19 +324,30 @@ def compile_job(job: Job) -> Result:
         res = _resources(ck.asm["cubin"])
         stores, loads = _spills(buf.getvalue(), ck.asm["ptx"], job.arch)
         return Result(
-            job, True, regs=res["regs"], spill_stores=stores, spill_loads=loads,
-            stack=res["stack"], shared=ck.metadata.shared + res["static_shared"],
-            num_warps=ck.metadata.num_warps, compile_s=time.perf_counter() - t0,
+            job,
+            True,
+            regs=res["regs"],
+            spill_stores=stores,
+            spill_loads=loads,
+            stack=res["stack"],
+            shared=ck.metadata.shared + res["static_shared"],
+            num_warps=ck.metadata.num_warps,
+            compile_s=time.perf_counter() - t0,
             signature={n: str(v) for n, v in sig.items()},
-        )  # fmt: skip
+        )
     except Exception as err:
         msg, seen, e = "", set(), err
         while e is not None and id(e) not in seen:  # the compiler's reason is often a cause
             seen.add(id(e))
             msg += f"{type(e).__name__}: {e}\n"
             e = e.__cause__ or e.__context__
-        return Result(job, False, error=msg.strip()[-4000:], compile_s=time.perf_counter() - t0,
-                      signature={n: str(v) for n, v in sig.items()})  # fmt: skip
+        return Result(
+            job,
+            False,
+            error=msg.strip()[-4000:],
+            compile_s=time.perf_counter() - t0,
+            signature={n: str(v) for n, v in sig.items()},
+        )
 
 
 def _init_worker(cache_dir: str | None):
@@ -330,8 +357,9 @@ def _init_worker(cache_dir: str | None):
     torch.set_num_threads(1)
 
 
-def compile_all(job_list: list[Job] | None = None, workers: int | None = None,
-                cache_dir: str | None = None) -> list[Result]:  # fmt: skip
+def compile_all(
+    job_list: list[Job] | None = None, workers: int | None = None, cache_dir: str | None = None
+) -> list[Result]:
     """Compile every job in ``workers`` fresh processes (default: one per CPU); results in
     job order. ``cache_dir``: Triton's cache (None: its default; a fresh folder makes
     every kernel compile)."""
@@ -344,8 +372,9 @@ def compile_all(job_list: list[Job] | None = None, workers: int | None = None,
     # where the caller (e.g. the interpreter tests in the same pytest run) has set it.
     interpret = os.environ.pop("TRITON_INTERPRET", None)
     try:
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(cache_dir,)) as ex:  # fmt: skip
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(cache_dir,)
+        ) as ex:
             return list(ex.map(compile_job, job_list, chunksize=1))
     finally:
         if interpret is not None:
@@ -361,13 +390,31 @@ def rows(results: list[Result]) -> list[dict]:
     out = []
     for r in results:
         j = r.job
-        row = dict(kernel=j.kernel, variant=_variant(j), arch=f"sm_{j.arch}", dtype=j.dtype,
-                   shape=j.shape, B=j.B, D=j.D, H=j.H,
-                   block_b=j.cfg[0], block_h=j.cfg[1], block_k=j.cfg[2])  # fmt: skip
-        row.update(ok=r.ok, regs=r.regs, spill_stores=r.spill_stores,
-                   spill_loads=r.spill_loads, stack=r.stack, shared=r.shared,
-                   num_warps=r.num_warps, compile_s=round(r.compile_s, 2), error=r.error,
-                   signature=r.signature)  # fmt: skip
+        row = dict(
+            kernel=j.kernel,
+            variant=_variant(j),
+            arch=f"sm_{j.arch}",
+            dtype=j.dtype,
+            shape=j.shape,
+            B=j.B,
+            D=j.D,
+            H=j.H,
+            block_b=j.cfg[0],
+            block_h=j.cfg[1],
+            block_k=j.cfg[2],
+        )
+        row.update(
+            ok=r.ok,
+            regs=r.regs,
+            spill_stores=r.spill_stores,
+            spill_loads=r.spill_loads,
+            stack=r.stack,
+            shared=r.shared,
+            num_warps=r.num_warps,
+            compile_s=round(r.compile_s, 2),
+            error=r.error,
+            signature=r.signature,
+        )
         out.append(row)
     return out
 
@@ -420,8 +467,10 @@ def _findings(table: list[dict]) -> list[str]:
         v = f" {r['variant']}" if r["variant"] else ""
         return f"{r['kernel']}{v} {r['arch']} {r['dtype']} {r['shape']} BLOCK_B={r['block_b']}"
 
-    out = [f"- at the 255-register cap: {len(capped)} of {len(ok)}"
-           + (": " + "; ".join(name(r) for r in capped) if capped else "")]  # fmt: skip
+    out = [
+        f"- at the 255-register cap: {len(capped)} of {len(ok)}"
+        + (": " + "; ".join(name(r) for r in capped) if capped else "")
+    ]
     out.append(
         f"- spilling: {len(spill)} of {len(ok)}"
         + (
@@ -432,42 +481,51 @@ def _findings(table: list[dict]) -> list[str]:
     )
     if ok:
         big = max(ok, key=lambda r: r["shared"])
-        out.append(f"- most shared memory: {big['shared']} B ({name(big)}); every kernel runs "
-                   f"4 warps (128 threads) per program")  # fmt: skip
+        out.append(
+            f"- most shared memory: {big['shared']} B ({name(big)}); every kernel runs "
+            f"4 warps (128 threads) per program"
+        )
     return out
 
 
 def summary(table: list[dict]) -> dict:
     ok = [r for r in table if r["ok"]]
     return dict(
-        n=len(table), n_ok=len(ok),
+        n=len(table),
+        n_ok=len(ok),
         max_regs=max((r["regs"] for r in ok), default=None),
         n_spill=sum(1 for r in ok if r["spill_stores"] or r["spill_loads"]),
-    )  # fmt: skip
+    )
 
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except Exception:
         return "?"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="results/bench/triton_kernels",
-                    help="writes OUT.md and OUT.json")  # fmt: skip
+    ap.add_argument(
+        "--out", default="results/bench/triton_kernels", help="writes OUT.md and OUT.json"
+    )
     ap.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPUs)")
     ap.add_argument("--arch", type=int, nargs="*", default=list(ARCHS))
     ap.add_argument("--dtype", nargs="*", default=list(DTYPES))
-    ap.add_argument("--fresh-cache", action="store_true",
-                    help="compile into an empty Triton cache (times a cold build)")  # fmt: skip
+    ap.add_argument(
+        "--fresh-cache",
+        action="store_true",
+        help="compile into an empty Triton cache (times a cold build)",
+    )
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
-        results = compile_all(jobs(tuple(a.arch), tuple(a.dtype)), a.jobs,
-                              d if a.fresh_cache else None)  # fmt: skip
+        results = compile_all(
+            jobs(tuple(a.arch), tuple(a.dtype)), a.jobs, d if a.fresh_cache else None
+        )
     wall = time.perf_counter() - t0
     table = rows(results)
     meta = dict(summary(table), commit=_commit(), wall_s=round(wall, 1))
@@ -475,12 +533,17 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(markdown(table, meta))
     out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=table), indent=1) + "\n")
-    print(f"{meta['n_ok']}/{meta['n']} kernels compiled in {wall:.1f} s; max regs "
-          f"{meta['max_regs']}; spilling: {meta['n_spill']} -> {out}.md, .json")  # fmt: skip
+    print(
+        f"{meta['n_ok']}/{meta['n']} kernels compiled in {wall:.1f} s; max regs "
+        f"{meta['max_regs']}; spilling: {meta['n_spill']} -> {out}.md, .json"
+    )
     for r in table:
         if not r["ok"]:
-            print(f"FAILED {r['kernel']} {r['variant']} {r['arch']} {r['dtype']} {r['shape']} "
-                  f"{r['block_b']}x{r['block_h']}: {r['error']}", file=sys.stderr)  # fmt: skip
+            print(
+                f"FAILED {r['kernel']} {r['variant']} {r['arch']} {r['dtype']} {r['shape']} "
+                f"{r['block_b']}x{r['block_h']}: {r['error']}",
+                file=sys.stderr,
+            )
     return 0 if meta["n_ok"] == meta["n"] else 1
 
 

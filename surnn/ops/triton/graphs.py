@@ -95,8 +95,13 @@ class GraphCache:
     """Captured step loops by key, least recently used first out. ``capture(fn, device)``
     returns an object with ``replay()``; tests pass a stand-in to run on the CPU."""
 
-    def __init__(self, capture: Callable = _capture_cuda, max_bytes: int | None = None,
-                 max_entries: int | None = None, devices: tuple[str, ...] = ("cuda",)):  # fmt: skip
+    def __init__(
+        self,
+        capture: Callable = _capture_cuda,
+        max_bytes: int | None = None,
+        max_entries: int | None = None,
+        devices: tuple[str, ...] = ("cuda",),
+    ):
         self.capture = capture
         self.devices = devices  # device types it serves (a CPU stand-in in the tests)
         self._max_bytes, self._max_entries = max_bytes, max_entries
@@ -126,9 +131,11 @@ class GraphCache:
         """kind + device + every input's name, shape, strides and dtype (not its values:
         the graph reads them from the static copies)."""
         dev = next(iter(inputs.values())).device
-        return (*kind, str(dev), *(
-            (n, tuple(t.shape), tuple(t.stride()), t.dtype) for n, t in sorted(inputs.items())
-        ))  # fmt: skip
+        return (
+            *kind,
+            str(dev),
+            *((n, tuple(t.shape), tuple(t.stride()), t.dtype) for n, t in sorted(inputs.items())),
+        )
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -156,8 +163,11 @@ class GraphCache:
         while len(self._eager) > 64:
             self._eager.popitem(last=False)
         self.stats["eager_keys"] += 1
-        warnings.warn(f"surnn: CUDA graph not used for {k[:2]}: {why}; eager launch loop",
-                      RuntimeWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"surnn: CUDA graph not used for {k[:2]}: {why}; eager launch loop",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     # -- the call ----------------------------------------------------------------------
     def run(self, kind, inputs, alloc, body, finish):
@@ -195,8 +205,11 @@ class GraphCache:
         nbytes = sum(t.numel() * t.element_size() for t in meta.values())
         limit = self.max_bytes(device)
         if nbytes > limit:
-            self._mark_eager(k, f"its buffers ({nbytes / 2**20:.0f} MiB) exceed the budget "
-                                f"({limit / 2**20:.0f} MiB, ${ENV_MAX_BYTES})")  # fmt: skip
+            self._mark_eager(
+                k,
+                f"its buffers ({nbytes / 2**20:.0f} MiB) exceed the budget "
+                f"({limit / 2**20:.0f} MiB, ${ENV_MAX_BYTES})",
+            )
             return None
         while self._entries and (
             len(self._entries) >= self.max_entries() or self.nbytes() + nbytes > limit
@@ -232,15 +245,17 @@ class GraphCache:
 CACHE = GraphCache()
 
 
-def run(kind: tuple, inputs: dict, alloc: Callable, body: Callable, finish: Callable,
-        graphs: bool):  # fmt: skip
+def run(kind: tuple, inputs: dict, alloc: Callable, body: Callable, finish: Callable, graphs: bool):
     """The step loop ``body`` over ``inputs`` and the buffers ``alloc(inputs)`` makes, then
     ``finish(tensors, graphed)``: replayed from CACHE when ``graphs`` and possible, else
     eagerly on fresh buffers (the CPU / interpreter path, and the fallback)."""
     x = next(iter(inputs.values()))
     cache = CACHE
-    if (graphs and x.device.type in cache.devices
-            and not (x.is_cuda and torch.cuda.is_current_stream_capturing())):  # fmt: skip
+    if (
+        graphs
+        and x.device.type in cache.devices
+        and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    ):
         res = cache.run(kind, inputs, alloc, body, finish)
         if res is not None:
             return res

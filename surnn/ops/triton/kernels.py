@@ -46,12 +46,36 @@ def _tanh(x):
 
 @triton.jit(do_not_specialize=["t", "T"])
 def fwd_step(
-    x_ptr, wx_ptr, wh_ptr, bx_ptr, bh_ptr, g_ptr, a_ptr, len_ptr, order_ptr, cnt_ptr,
-    hs_ptr, out_ptr, sr_ptr, sz_ptr, sn_ptr, shn_ptr, shp_ptr,
-    t, B, T, D, H, sgb, sab,
-    SAVE: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    wx_ptr,
+    wh_ptr,
+    bx_ptr,
+    bh_ptr,
+    g_ptr,
+    a_ptr,
+    len_ptr,
+    order_ptr,
+    cnt_ptr,
+    hs_ptr,
+    out_ptr,
+    sr_ptr,
+    sz_ptr,
+    sn_ptr,
+    shn_ptr,
+    shp_ptr,
+    t,
+    B,
+    T,
+    D,
+    H,
+    sgb,
+    sab,
+    SAVE: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """h_t for one (batch tile, neuron tile); hs is the fp32 state ping-pong [2, B, H];
     with SAVE, r, z, n, hn and h_{t-1} go to the five fp32 [B, T, H] planes s*_ptr."""
     pid_h = tl.program_id(0)
@@ -128,11 +152,30 @@ def fwd_step(
 
 @triton.jit(do_not_specialize=["t", "T"])
 def bwd_point(
-    dh_ptr, dhn_ptr, sr_ptr, sz_ptr, sn_ptr, shn_ptr, shp_ptr, g_ptr, a_ptr, len_ptr,
-    order_ptr, cnt_ptr, dgx_ptr, dgh_ptr, dg_ptr,
-    t, B, T, H, sgb, sab,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-):  # fmt: skip
+    dh_ptr,
+    dhn_ptr,
+    sr_ptr,
+    sz_ptr,
+    sn_ptr,
+    shn_ptr,
+    shp_ptr,
+    g_ptr,
+    a_ptr,
+    len_ptr,
+    order_ptr,
+    cnt_ptr,
+    dgx_ptr,
+    dgh_ptr,
+    dg_ptr,
+    t,
+    B,
+    T,
+    H,
+    sgb,
+    sab,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     """Pointwise backward of step t: pre-activation grads (dgx, dgh [B, T, 3H]), gate grad
     dg [B, T, H], and the direct part of dL/dh_{t-1} into dhn."""
     pid_h = tl.program_id(0)
@@ -181,10 +224,20 @@ def bwd_point(
 
 @triton.jit(do_not_specialize=["t", "T"])
 def bwd_matmul(
-    dhn_ptr, dgh_ptr, wh_ptr, order_ptr, cnt_ptr, go_ptr,
-    t, B, T, H,
-    IEEE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-):  # fmt: skip
+    dhn_ptr,
+    dgh_ptr,
+    wh_ptr,
+    order_ptr,
+    cnt_ptr,
+    go_ptr,
+    t,
+    B,
+    T,
+    H,
+    IEEE: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     """dL/dh_{t-1} += dgh_t @ W_hh over the active neurons of step t only (BLOCK_H of
     them at a time, in the step's order), plus the output gradient at t-1."""
     pid_h = tl.program_id(0)

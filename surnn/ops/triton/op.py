@@ -75,9 +75,18 @@ def _fwd_inputs(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths) -> dict:
     lens = lengths.to(device=x.device, dtype=torch.int32).contiguous()
     c = torch.Tensor.contiguous
     return dict(
-        x=c(x), h0=h0, w_ih=c(w_ih), w_hh=c(w_hh), b_ih=c(b_ih), b_hh=c(b_hh), g=c(g),
-        act=active.to(torch.uint8).contiguous(), lens=lens, order=order, cnt=cnt,
-    )  # fmt: skip
+        x=c(x),
+        h0=h0,
+        w_ih=c(w_ih),
+        w_hh=c(w_hh),
+        b_ih=c(b_ih),
+        b_hh=c(b_hh),
+        g=c(g),
+        act=active.to(torch.uint8).contiguous(),
+        lens=lens,
+        order=order,
+        cnt=cnt,
+    )
 
 
 def _fwd_alloc(s: dict, save: bool) -> dict:
@@ -104,11 +113,32 @@ def _fwd_body(k, s: dict, save: bool) -> None:
     g, act = s["g"], s["act"]
     for t in range(T):
         k.fwd_step[grid](
-            x, s["w_ih"], s["w_hh"], s["b_ih"], s["b_hh"], g, act, s["lens"], s["order"],
-            s["cnt"], s["hs"], s["out"], *planes,
-            t, B, T, D, H, _bstride(g), _bstride(act),
-            SAVE=save, IEEE=ieee, BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk,
-        )  # fmt: skip
+            x,
+            s["w_ih"],
+            s["w_hh"],
+            s["b_ih"],
+            s["b_hh"],
+            g,
+            act,
+            s["lens"],
+            s["order"],
+            s["cnt"],
+            s["hs"],
+            s["out"],
+            *planes,
+            t,
+            B,
+            T,
+            D,
+            H,
+            _bstride(g),
+            _bstride(act),
+            SAVE=save,
+            IEEE=ieee,
+            BLOCK_B=bb,
+            BLOCK_H=bh,
+            BLOCK_K=bk,
+        )
 
 
 def _fwd_finish(s: dict, graphed: bool):
@@ -163,11 +193,18 @@ def _bwd_inputs(grad_out, grad_h, x, w_ih, w_hh, g, active, lengths, saved) -> d
     H = w_hh.shape[-1]
     order, cnt = _order(active, H, T)
     return dict(
-        go=grad_out.contiguous(), grad_h=grad_h, x=x, w_ih=w_ih, w_hh=w_hh.contiguous(),
-        g=g.contiguous(), act=active.to(torch.uint8).contiguous(),
+        go=grad_out.contiguous(),
+        grad_h=grad_h,
+        x=x,
+        w_ih=w_ih,
+        w_hh=w_hh.contiguous(),
+        g=g.contiguous(),
+        act=active.to(torch.uint8).contiguous(),
         lens=lengths.to(device=x.device, dtype=torch.int32).contiguous(),
-        saved=saved, order=order, cnt=cnt,
-    )  # fmt: skip
+        saved=saved,
+        order=order,
+        cnt=cnt,
+    )
 
 
 def _bwd_alloc(s: dict) -> dict:
@@ -179,9 +216,12 @@ def _bwd_alloc(s: dict) -> dict:
     f32 = torch.float32
     e = x.new_empty
     return dict(
-        dgx=e(B, T, 3 * H, dtype=f32), dgh=e(B, T, 3 * H, dtype=f32),
-        dgs=e(B, T, H, dtype=f32), dh=e(B, H, dtype=f32), dhn=e(B, H, dtype=f32),
-    )  # fmt: skip
+        dgx=e(B, T, 3 * H, dtype=f32),
+        dgh=e(B, T, 3 * H, dtype=f32),
+        dgs=e(B, T, H, dtype=f32),
+        dh=e(B, H, dtype=f32),
+        dhn=e(B, H, dtype=f32),
+    )
 
 
 def _bwd_body(k, s: dict) -> None:
@@ -202,13 +242,41 @@ def _bwd_body(k, s: dict) -> None:
     planes = s["saved"].unbind(0)
     for t in range(T - 1, -1, -1):
         k.bwd_point[grid](
-            dh, dhn, *planes, g, act, lens, order, cnt, s["dgx"], s["dgh"], s["dgs"],
-            t, B, T, H, _bstride(g), _bstride(act), BLOCK_B=bb, BLOCK_H=bh,
-        )  # fmt: skip
+            dh,
+            dhn,
+            *planes,
+            g,
+            act,
+            lens,
+            order,
+            cnt,
+            s["dgx"],
+            s["dgh"],
+            s["dgs"],
+            t,
+            B,
+            T,
+            H,
+            _bstride(g),
+            _bstride(act),
+            BLOCK_B=bb,
+            BLOCK_H=bh,
+        )
         k.bwd_matmul[grid](
-            dhn, s["dgh"], s["w_hh"], order, cnt, s["go"], t, B, T, H,
-            IEEE=ieee, BLOCK_B=bb, BLOCK_H=bh,
-        )  # fmt: skip
+            dhn,
+            s["dgh"],
+            s["w_hh"],
+            order,
+            cnt,
+            s["go"],
+            t,
+            B,
+            T,
+            H,
+            IEEE=ieee,
+            BLOCK_B=bb,
+            BLOCK_H=bh,
+        )
         dh, dhn = dhn, dh
 
 
@@ -249,9 +317,13 @@ def su_gru_bwd(
     k = _kernels()
     s = _bwd_inputs(grad_out, grad_h, x, w_ih, w_hh, g, active, lengths, saved)
     return _graphs.run(
-        ("bwd",), s, alloc=_bwd_alloc, body=lambda s: _bwd_body(k, s), finish=_bwd_finish,
+        ("bwd",),
+        s,
+        alloc=_bwd_alloc,
+        body=lambda s: _bwd_body(k, s),
+        finish=_bwd_finish,
         graphs=graphs,
-    )  # fmt: skip
+    )
 
 
 @su_gru_bwd.register_fake
