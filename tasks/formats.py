@@ -1,5 +1,6 @@
 """Writers of small data sets in the exact release formats (aclImdb, the AAN pair TSVs,
-CIFAR-10 pickles, MNIST IDX files, Pathfinder PNGs with metadata, WikiText token files):
+CIFAR-10 pickles, MNIST IDX files, Pathfinder PNGs with metadata, WikiText token files,
+``datasets`` save_to_disk folders):
 the loaders are tested on them, and scripts/bench_data.py times the loaders on them. No
 real data is needed."""
 
@@ -201,3 +202,16 @@ def write_wikitext(
         )
         out[split] = lines
     return out
+
+
+def write_hub(data_dir: Path, hub_name: str, splits: dict[str, dict], features=None) -> Path:
+    """``<data_dir>/hub/<hub_name>``, a ``datasets`` save_to_disk folder of the given
+    splits (split -> column -> values), as a copy of a hub data set is saved."""
+    import datasets
+
+    dd = datasets.DatasetDict(
+        {s: datasets.Dataset.from_dict(cols, features=features) for s, cols in splits.items()}
+    )
+    folder = Path(data_dir) / "hub" / hub_name
+    dd.save_to_disk(str(folder))
+    return folder

@@ -67,3 +67,16 @@ def load_hub(data_dir: Path, hub_name: str, allow_download: bool):
         return datasets.load_dataset(hub_name), f"hub {hub_name}"
     except Exception as e:  # noqa: BLE001 - offline hubs raise many types
         return None, f"datasets.load_dataset({hub_name!r}) failed: {type(e).__name__}"
+
+
+def require_hub(task, hub_name: str, what: str, local: str):
+    """``load_hub`` for a task (its ``data_dir`` and ``hub`` option) whose local files are
+    absent: (DatasetDict, source), or a DataError naming every place looked: ``local`` (the
+    files expected), the save_to_disk folder, and why the hub gave nothing."""
+    dd, src = load_hub(task.data_dir, hub_name, task.hub)
+    if dd is None:
+        raise DataError(
+            f"task={task.name}: no {what} under {task.data_dir}: expected {local} or "
+            f"{hub_disk_dir(task.data_dir, hub_name)} (datasets save_to_disk); hub: {src}"
+        )
+    return dd, src

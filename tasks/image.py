@@ -28,26 +28,18 @@ import torch
 from torch.utils.data import Dataset
 
 from surnn.errors import ConfigError, DataError
-from tasks.base import (
-    Splits,
-    Subset,
-    Task,
-    begin_cache,
-    cache_dir,
-    commit_cache,
-    file_lock,
-    file_signature,
-    make_collate,
-    read_cache,
-    seeded_split,
-)
-from tasks.hub import hub_disk_dir, load_hub
+from tasks.base import Splits, Task, check_no_unknown
+from tasks.cache import file_signature, load_or_build
+from tasks.collate import make_collate
+from tasks.datasets import Subset, seeded_split
+from tasks.hub import require_hub
 
 log = logging.getLogger(__name__)
 
 PIXEL_VOCAB = 257
 INPUTS = ("tokens", "values")
 HUB_NAME = "uoft-cs/cifar10"
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 GREY = np.array([0.2989, 0.5870, 0.1140], np.float32)
 CACHE_FORMAT = 1
 
@@ -154,37 +146,31 @@ def build_pixel_cache(task: Task, key: dict, load) -> tuple[dict, dict, Path]:
     """The cached (images, labels, train/val/test indices) of a pixel task for ``key``,
     built once: ``load()`` -> (train x, train y, test x, test y); a seeded ``val_size``
     split of train; ``task.stats(images, train_idx)`` (normalisation) into the metadata."""
-    path = cache_dir(task.data_dir, task.cache_name, key)
+
+    def build(_tmp: Path):
+        log.info("%s: building the pixel cache from %s", task.name, task.source)
+        xtr, ytr, xte, yte = load()
+        n = len(ytr)
+        if not 0 < task.val_size < n:
+            raise ConfigError(
+                f"task={task.name}: task.options.val_size={task.val_size}: the train set "
+                f"has {n} images"
+            )
+        tr, va = seeded_split(n, [1 - task.val_size / n, task.val_size / n], task.split_seed)
+        images = np.concatenate([xtr, xte])
+        arrays = {
+            "images": images,
+            "labels": np.concatenate([ytr, yte]),
+            "train_idx": tr,
+            "val_idx": va,
+            "test_idx": np.arange(n, n + len(yte)),
+        }
+        counts = {"train": len(tr), "val": len(va), "test": len(yte)}
+        return arrays, {"source": task.source, "counts": counts, **task.stats(images, tr)}
+
     names = ["images", "labels", "train_idx", "val_idx", "test_idx"]
-    with file_lock(task.data_dir / "cache" / f".{task.cache_name}.lock"):
-        got = read_cache(path, names)
-        if got is None:
-            log.info("%s: building the pixel cache from %s into %s", task.name, task.source, path)
-            xtr, ytr, xte, yte = load()
-            n = len(ytr)
-            if not 0 < task.val_size < n:
-                raise ConfigError(
-                    f"task={task.name}: task.options.val_size={task.val_size}: the train set "
-                    f"has {n} images"
-                )
-            tr, va = seeded_split(n, [1 - task.val_size / n, task.val_size / n], task.split_seed)
-            images = np.concatenate([xtr, xte])
-            arrays = {
-                "images": images,
-                "labels": np.concatenate([ytr, yte]),
-                "train_idx": tr,
-                "val_idx": va,
-                "test_idx": np.arange(n, n + len(yte)),
-            }
-            meta = {
-                "source": task.source,
-                "counts": {"train": len(tr), "val": len(va), "test": len(yte)},
-                **task.stats(images, tr),
-            }
-            commit_cache(begin_cache(path), path, arrays, meta)
-            got = read_cache(path, names)
-    a, meta = got
-    return a, meta, path
+    cache = load_or_build(task, task.cache_name, key, names, build)
+    return cache.arrays, cache.meta, cache.path
 
 
 class Image(Task):
@@ -209,12 +195,8 @@ class Image(Task):
         **options: Any,
     ):
         extra = {k: options.pop(k) for k in self.extra_options if k in options}
-        if options:
-            valid = ", ".join(["input", "val_size", "split_seed", "hub", *self.extra_options])
-            raise ConfigError(
-                f"task={self.name}: unknown options {sorted(options)}; valid: {valid} "
-                f"(configs/task/{self.name}.yaml)"
-            )
+        valid = ", ".join(["input", "val_size", "split_seed", "hub", *self.extra_options])
+        check_no_unknown(self.name, options, valid)
         super().__init__(data_dir, input=input, val_size=val_size, split_seed=split_seed, **extra)
         set_input(self, input)
         if not isinstance(val_size, int) or isinstance(val_size, bool) or val_size < 1:
@@ -245,13 +227,7 @@ class Image(Task):
                 file_signature(root / n for n in names),
                 load,
             )
-        dd, src = load_hub(self.data_dir, HUB_NAME, self.hub)
-        if dd is None:
-            raise DataError(
-                f"task={self.name}: no CIFAR-10 under {self.data_dir}: expected {root}/ (unpack "
-                "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz there) or "
-                f"{hub_disk_dir(self.data_dir, HUB_NAME)} (datasets save_to_disk); hub: {src}"
-            )
+        dd, src = require_hub(self, HUB_NAME, "CIFAR-10", f"{root}/ (unpack {CIFAR_URL} there)")
 
         def load_hub_split(split):
             if split not in dd:

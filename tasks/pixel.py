@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from surnn.errors import ConfigError, DataError
-from tasks.base import file_signature, make_collate
-from tasks.hub import hub_disk_dir, load_hub
+from tasks.cache import file_signature
+from tasks.collate import make_collate
+from tasks.hub import require_hub
 from tasks.image import Image, PixelDataset
 
 MNIST_HUB = "ylecun/mnist"
@@ -165,13 +166,8 @@ class SMNIST(Image):
             root, found = files
             sig = file_signature(sorted(found.values()))
             return f"IDX files in {root}", sig, lambda: _load_idx(found)
-        dd, src = load_hub(self.data_dir, MNIST_HUB, self.hub)
-        if dd is None:
-            raise DataError(
-                f"task={self.name}: no MNIST under {self.data_dir}: expected "
-                f"{self.data_dir / 'mnist'}/ with the four IDX files ({MNIST_URL}) or "
-                f"{hub_disk_dir(self.data_dir, MNIST_HUB)} (datasets save_to_disk); hub: {src}"
-            )
+        local = f"{self.data_dir / 'mnist'}/ with the four IDX files ({MNIST_URL})"
+        dd, src = require_hub(self, MNIST_HUB, "MNIST", local)
 
         def split(name):
             if name not in dd:

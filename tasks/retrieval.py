@@ -17,22 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from surnn.errors import ConfigError, DataError
-from tasks.base import (
-    NpyStream,
-    Splits,
-    Subset,
-    Task,
-    begin_cache,
-    cache_dir,
-    check_max_len,
-    commit_cache,
-    file_lock,
-    file_signature,
-    make_collate,
-    read_cache,
-)
-from tasks.text import BYTE_VOCAB, BytePairDataset
+from surnn.errors import DataError
+from tasks.base import Splits, Task, check_max_len, check_no_unknown
+from tasks.cache import file_signature, load_or_build
+from tasks.collate import make_collate
+from tasks.datasets import Subset
+from tasks.text import BYTE_VOCAB, BytePairDataset, ByteWriter
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +80,7 @@ class Retrieval(Task):
     dual = True
 
     def __init__(self, data_dir, max_len: int = 4000, doc_bytes: int = 10_000, **options: Any):
-        if options:
-            raise ConfigError(
-                f"task=retrieval: unknown options {sorted(options)}; valid: max_len, doc_bytes "
-                "(configs/task/retrieval.yaml)"
-            )
+        check_no_unknown("retrieval", options, "max_len, doc_bytes")
         super().__init__(data_dir, max_len=max_len, doc_bytes=doc_bytes)
         self.max_len = check_max_len(max_len, "retrieval")
         self.doc_bytes = check_max_len(doc_bytes, "retrieval", "doc_bytes")
@@ -112,32 +98,29 @@ class Retrieval(Task):
             )
         return paths
 
-    def _build(self, path: Path, files: dict[str, Path]) -> None:
-        tmp = begin_cache(path)
-        stream = NpyStream(tmp / "data.npy")
-        offsets, labels, counts, n_trunc = [0], [], {}, 0
+    def _build(self, tmp: Path, files: dict[str, Path]) -> tuple[dict, dict]:
+        """Stream both documents of every pair into ``tmp/data.npy``; the offsets, labels
+        and split indices and the metadata are returned for the cache."""
+        log.info("retrieval: streaming %s into the cache", self.data_dir / "tsv_data")
+        docs, labels, counts = ByteWriter(tmp, self.max_len), [], {}
         for split, f in files.items():
             n0 = len(labels)
             for _, y, t1, t2 in stream_rows(f, self.doc_bytes):
-                for t in (t1, t2):
-                    n_trunc += len(t) > self.max_len
-                    t = t[: self.max_len]
-                    stream.write(t)
-                    offsets.append(offsets[-1] + len(t))
+                docs.add(t1)
+                docs.add(t2)
                 labels.append(y)
             counts[split] = len(labels) - n0
             if counts[split] == 0:
                 raise DataError(f"{f}: no rows; restore the file from lra_release.gz")
-        stream.close()
+        offsets = docs.close()
         ends = np.cumsum([counts[s] for s in files])
         idx = {s: np.arange(e - counts[s], e) for s, e in zip(files, ends)}
         arrays = {
-            "offsets": np.asarray(offsets, np.int64),
+            "offsets": offsets,
             "labels": np.asarray(labels, np.uint8),
             **{f"{s}_idx": v for s, v in idx.items()},
         }
-        meta = {"counts": counts, "truncated_docs": n_trunc}
-        commit_cache(tmp, path, arrays, meta)
+        return arrays, {"counts": counts, "truncated_docs": docs.truncated}
 
     def splits(self) -> Splits:
         files = self.files()
@@ -147,16 +130,10 @@ class Retrieval(Task):
             "max_len": self.max_len,
             "doc_bytes": self.doc_bytes,
         }
-        path = cache_dir(self.data_dir, self.name, key)
         names = ["data", "offsets", "labels", "train_idx", "val_idx", "test_idx"]
-        with file_lock(self.data_dir / "cache" / ".retrieval.lock"):
-            got = read_cache(path, names)
-            if got is None:
-                log.info("retrieval: streaming %s into %s", self.data_dir / "tsv_data", path)
-                self._build(path, files)
-                got = read_cache(path, names)
-        a, meta = got
-        self.cache_path = path
+        cache = load_or_build(self, self.name, key, names, lambda tmp: self._build(tmp, files))
+        a, meta = cache.arrays, cache.meta
+        self.cache_path = cache.path
         self.info = {"counts": meta["counts"], "truncated_docs": meta["truncated_docs"]}
         for s, n in meta["counts"].items():
             if n != EXPECTED_ROWS[s]:

@@ -23,27 +23,18 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from surnn.errors import ConfigError, DataError
-from tasks.base import (
-    NpyStream,
-    Splits,
-    Subset,
-    Task,
-    begin_cache,
-    cache_dir,
-    check_max_len,
-    commit_cache,
-    file_lock,
-    files_digest,
-    make_collate,
-    read_cache,
-    seeded_split,
-)
-from tasks.hub import hub_disk_dir, load_hub
+from tasks.base import Splits, Task, check_max_len, check_no_unknown
+from tasks.cache import files_digest, load_or_build
+from tasks.collate import make_collate
+from tasks.datasets import Subset, seeded_split
+from tasks.hub import require_hub
+from tasks.npy import NpyStream
 
 log = logging.getLogger(__name__)
 
 BYTE_VOCAB = 257  # 256 byte values shifted by one, 0 = padding
 HUB_NAME = "stanfordnlp/imdb"
+ACL_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 CACHE_FORMAT = 1  # bump when the encoding changes
 
 
@@ -65,6 +56,25 @@ class ByteDataset(Dataset):
 
     def __getitem__(self, i: int):
         return self._doc(i), int(self.labels[i])
+
+
+class ByteWriter:
+    """Documents streamed into ``<folder>/data.npy`` (uint8, never held in memory), each cut
+    to its first ``max_len`` bytes; ``close()`` returns their offsets."""
+
+    def __init__(self, folder: Path, max_len: int):
+        self.stream, self.max_len = NpyStream(folder / "data.npy"), max_len
+        self.offsets, self.truncated = [0], 0
+
+    def add(self, doc: bytes) -> None:
+        self.truncated += len(doc) > self.max_len
+        doc = doc[: self.max_len]
+        self.stream.write(doc)
+        self.offsets.append(self.offsets[-1] + len(doc))
+
+    def close(self) -> np.ndarray:
+        self.stream.close()
+        return np.asarray(self.offsets, np.int64)
 
 
 class BytePairDataset(ByteDataset):
@@ -112,11 +122,7 @@ class Text(Task):
         hub: bool = True,
         **options: Any,
     ):
-        if options:
-            raise ConfigError(
-                f"task=text: unknown options {sorted(options)}; valid: max_len, val_fraction, "
-                "split_seed, hub (configs/task/text.yaml)"
-            )
+        check_no_unknown("text", options, "max_len, val_fraction, split_seed, hub")
         super().__init__(data_dir, max_len=max_len, val_fraction=val_fraction)
         self.max_len = check_max_len(max_len, "text")
         if not 0.0 <= float(val_fraction) < 1.0:
@@ -138,13 +144,7 @@ class Text(Task):
                     yield p.read_bytes(), y
 
             return f"aclImdb folder {acl}", sig, {s: gen(s) for s in files}
-        dd, src = load_hub(self.data_dir, HUB_NAME, self.hub)
-        if dd is None:
-            raise DataError(
-                f"task=text: no IMDB data under {self.data_dir}: expected {acl}/ (unpack "
-                "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz there) or "
-                f"{hub_disk_dir(self.data_dir, HUB_NAME)} (datasets save_to_disk); hub: {src}"
-            )
+        dd, src = require_hub(self, HUB_NAME, "IMDB data", f"{acl}/ (unpack {ACL_URL} there)")
         for s in ("train", "test"):
             if s not in dd:
                 raise DataError(f"{src}: has no {s!r} split (found {list(dd)}); re-save it")
@@ -159,21 +159,18 @@ class Text(Task):
         sig = [[src, dd["train"].num_rows, dd["test"].num_rows, dd["train"]._fingerprint]]
         return src, sig, {s: gen_hub(s) for s in ("train", "test")}
 
-    def _build(self, path: Path, rows: dict) -> None:
-        tmp = begin_cache(path)
-        stream = NpyStream(tmp / "data.npy")
-        offsets, labels, n_trunc = [0], [], 0
-        counts = {}
+    def _build(self, tmp: Path, rows: dict) -> tuple[dict, dict]:
+        """Stream every review's bytes into ``tmp/data.npy``; the offsets, labels and split
+        indices and the metadata are returned for the cache."""
+        log.info("text: building the byte cache from %s", self.source)
+        docs, labels, counts = ByteWriter(tmp, self.max_len), [], {}
         for split in ("train", "test"):
             n0 = len(labels)
             for b, y in rows[split]:
-                n_trunc += len(b) > self.max_len
-                b = b[: self.max_len]
-                stream.write(b)
-                offsets.append(offsets[-1] + len(b))
+                docs.add(b)
                 labels.append(y)
             counts[split] = len(labels) - n0
-        stream.close()
+        offsets = docs.close()
         n_train = counts["train"]
         if n_train == 0 or counts["test"] == 0:
             raise DataError(f"task=text: {self.source} has an empty split ({counts})")
@@ -185,14 +182,13 @@ class Text(Task):
         else:
             tr, va = np.arange(n_train), test
         arrays = {
-            "offsets": np.asarray(offsets, np.int64),
+            "offsets": offsets,
             "labels": np.asarray(labels, np.uint8),
             "train_idx": tr,
             "val_idx": va,
             "test_idx": test,
         }
-        meta = {"source": self.source, "counts": counts, "truncated": n_trunc}
-        commit_cache(tmp, path, arrays, meta)
+        return arrays, {"source": self.source, "counts": counts, "truncated": docs.truncated}
 
     def splits(self) -> Splits:
         src, sig, rows = self._read()
@@ -204,16 +200,10 @@ class Text(Task):
             "val_fraction": self.val_fraction,
             "split_seed": self.split_seed if self.val_fraction > 0 else None,
         }
-        path = cache_dir(self.data_dir, self.name, key)
         names = ["data", "offsets", "labels", "train_idx", "val_idx", "test_idx"]
-        with file_lock(self.data_dir / "cache" / ".text.lock"):
-            got = read_cache(path, names)
-            if got is None:
-                log.info("text: building byte cache from %s into %s", src, path)
-                self._build(path, rows)
-                got = read_cache(path, names)
-        a, meta = got
-        self.cache_path = path
+        cache = load_or_build(self, self.name, key, names, lambda tmp: self._build(tmp, rows))
+        a, meta = cache.arrays, cache.meta
+        self.cache_path = cache.path
         self.info = {"counts": meta["counts"], "truncated": meta["truncated"]}
         base = ByteDataset(a["data"], a["offsets"], a["labels"])
         return Splits(

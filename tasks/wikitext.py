@@ -33,17 +33,8 @@ from typing import Any
 import numpy as np
 
 from surnn.errors import ConfigError, DataError
-from tasks.base import (
-    Splits,
-    Task,
-    begin_cache,
-    cache_dir,
-    check_max_len,
-    commit_cache,
-    file_lock,
-    file_signature,
-    read_cache,
-)
+from tasks.base import Splits, Task, check_max_len
+from tasks.cache import file_signature, load_or_build
 from tasks.hub import _offline_mode, hub_disk_dir, hub_reachable
 
 log = logging.getLogger(__name__)
@@ -181,38 +172,32 @@ class _WikiText(Task):
         else:
             ds, source = self._hub()
             paths, key = None, {"format": CACHE_FORMAT, "hub": source}
-        path = cache_dir(self.data_dir, self.name, key)
-        names = ("train", "val", "test")
-        with file_lock(path.with_name(path.name + ".lock")):
-            cached = read_cache(path, names)
-            if cached is None:
-                log.info("%s: reading %s (once; cached in %s)", self.name, source, path)
 
-                def lines(i: int):
-                    if paths is not None:
-                        with open(paths[i], encoding="utf-8") as f:
-                            yield from f
-                    else:
-                        split = {"valid": "validation"}.get(SPLITS[i][1], SPLITS[i][1])
-                        yield from ds[split]["text"]
+        def lines(i: int):
+            if paths is not None:
+                with open(paths[i], encoding="utf-8") as f:
+                    yield from f
+            else:
+                split = {"valid": "validation"}.get(SPLITS[i][1], SPLITS[i][1])
+                yield from ds[split]["text"]
 
-                vocab = build_vocab(lines(0))
-                index = {w: i for i, w in enumerate(vocab)}
-                arrays, oov = {}, {}
-                for i, (name, _) in enumerate(SPLITS):
-                    arrays[name], oov[name] = encode(lines(i), index)
-                    if oov[name] and UNK not in index:
-                        raise DataError(
-                            f"task={self.name}: {oov[name]} words of the {name} split are "
-                            f"not in the train vocabulary and it has no {UNK}; use the "
-                            "release's tokenized files (wiki.*.tokens)"
-                        )
-                meta = {"source": source, "oov": oov, "vocab": vocab}
-                tmp = begin_cache(path)
-                commit_cache(tmp, path, arrays, meta)
-                cached = read_cache(path, names)
-        arrays, meta = cached
-        self._loaded = (arrays, meta)
+        def build(_tmp: Path):
+            log.info("%s: reading %s (once; cached)", self.name, source)
+            vocab = build_vocab(lines(0))
+            index = {w: i for i, w in enumerate(vocab)}
+            arrays, oov = {}, {}
+            for i, (name, _) in enumerate(SPLITS):
+                arrays[name], oov[name] = encode(lines(i), index)
+                if oov[name] and UNK not in index:
+                    raise DataError(
+                        f"task={self.name}: {oov[name]} words of the {name} split are "
+                        f"not in the train vocabulary and it has no {UNK}; use the "
+                        "release's tokenized files (wiki.*.tokens)"
+                    )
+            return arrays, {"source": source, "oov": oov, "vocab": vocab}
+
+        cache = load_or_build(self, self.name, key, ("train", "val", "test"), build)
+        self._loaded = (cache.arrays, cache.meta)
         return self._loaded
 
     # ---------------------------------------------------------------- Task

@@ -1,6 +1,6 @@
 """What the tests share: a tiny in-memory task (no files, no registry), the loader of
-the scripts under test, the selective-update GRU op cases and the Triton set-up. Writers
-of the real data formats live in tasks/formats.py."""
+the scripts under test, a read-only folder as a mount makes one, the selective-update GRU
+op cases and the Triton set-up. Writers of the real data formats live in tasks/formats.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from surnn.ops import su_gru
-from tasks.base import SequenceDataset, Splits, Task, make_collate, pack_sequences
+from tasks.base import Splits, Task
+from tasks.collate import make_collate
+from tasks.datasets import SequenceDataset, pack_sequences
 
 ROOT = Path(__file__).resolve().parents[1]
 #: run.py overrides of a tiny generated ListOps (64 / 20 / 21 sequences of 10-60 tokens,
@@ -71,6 +73,85 @@ def load_script(name: str):
         sys.modules[name] = mod
         spec.loader.exec_module(mod)
     return sys.modules[name]
+
+
+# ------------------------------------------------------------------ read-only folders
+
+
+def read_only(root: Path, setattr=setattr) -> None:
+    """Make ``root`` read-only for this process and the processes it forks, as a read-only
+    mount is: ``chmod -R a-w`` on it, and since the root user (the user of many CI
+    containers) writes through permissions, every call that would create, change or remove
+    a file under it fails with EROFS, and ``os.access`` reports it unwritable. ``setattr``:
+    pass ``monkeypatch.setattr`` to undo it all after the test."""
+    import builtins
+    import errno
+    import io
+    import stat
+
+    root = Path(root).absolute()
+    for p in [root, *root.rglob("*")]:
+        mode = p.lstat().st_mode
+        if not p.is_symlink():
+            os.chmod(p, stat.S_IMODE(mode) & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+    def under(path) -> bool:
+        if isinstance(path, int):
+            return False
+        p = os.path.abspath(os.fsdecode(path))
+        return p == str(root) or p.startswith(str(root) + os.sep)
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    real_open, real_os_open, real_access = builtins.open, os.open, os.access
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def open_(file, mode="r", *a, **k):
+        if any(c in mode for c in "wax+") and under(file):
+            refuse(file)
+        return real_open(file, mode, *a, **k)
+
+    def os_open(path, flags, *a, **k):
+        if flags & write_flags and under(path):
+            refuse(path)
+        return real_os_open(path, flags, *a, **k)
+
+    def access(path, mode, *a, **k):
+        if mode & os.W_OK and under(path):
+            return False
+        return real_access(path, mode, *a, **k)
+
+    def guard(fn, n_paths=1):
+        def guarded(*args, **kw):
+            for p in args[:n_paths]:
+                if under(p):
+                    refuse(p)
+            return fn(*args, **kw)
+
+        return guarded
+
+    setattr(builtins, "open", open_)
+    setattr(io, "open", open_)
+    setattr(os, "open", os_open)
+    setattr(os, "access", access)
+    for name in ("mkdir", "remove", "unlink", "rmdir", "utime", "chmod", "truncate"):
+        setattr(os, name, guard(getattr(os, name)))
+    for name in ("rename", "replace", "link", "symlink"):
+        setattr(os, name, guard(getattr(os, name), 2))
+
+
+def tree_state(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` with its size, mtime and contents' hash: equal before and
+    after a run when the run wrote nothing there."""
+    import hashlib
+
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        st = p.lstat()
+        digest = hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else ""
+        out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, digest)
+    return out
 
 
 # ------------------------------------------------------- selective-update GRU op cases

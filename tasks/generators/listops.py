@@ -33,7 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from surnn.errors import ConfigError, HarnessError
-from tasks.base import ordered_map
+from tasks.pool import ordered_map
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.base import ordered_map
 from tasks.generators.pathfinder_draw import (  # noqa: F401 - re-exported
     _TABLE,
     AA,
@@ -39,6 +38,7 @@ from tasks.generators.pathfinder_draw import (  # noqa: F401 - re-exported
     make_image,
     params_for,
 )
+from tasks.pool import ordered_map
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from surnn.errors import ConfigError, DataError
-from tasks.formats import write_cifar, write_idx, write_mnist
+from tasks.formats import write_cifar, write_hub, write_idx, write_mnist
 from tasks.pixel import PSMNIST, SCIFAR, SMNIST, permutation, read_idx
 
 
@@ -79,16 +79,12 @@ def test_mnist_reads_a_datasets_save_to_disk_folder(tmp_path):
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (8, 28, 28), dtype=np.uint8)
     feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
-    dd = datasets.DatasetDict(
-        {
-            split: datasets.Dataset.from_dict(
-                {"image": [PILImage.fromarray(im) for im in part], "label": [3] * len(part)},
-                features=feats,
-            )
-            for split, part in (("train", imgs[:6]), ("test", imgs[6:]))
-        }
-    )
-    dd.save_to_disk(str(tmp_path / "hub" / "ylecun" / "mnist"))
+    parts = {"train": imgs[:6], "test": imgs[6:]}
+    cols = {
+        s: {"image": [PILImage.fromarray(im) for im in p], "label": [3] * len(p)}
+        for s, p in parts.items()
+    }
+    write_hub(tmp_path, "ylecun/mnist", cols, feats)
     t = SMNIST(tmp_path, val_size=2, hub=False)
     s = t.splits()
     assert "save_to_disk" in t.describe()["source"] and len(s.test) == 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from surnn.errors import ConfigError, DataError
-from tasks.formats import write_aan, write_aclimdb
+from tasks.formats import write_aan, write_aclimdb, write_hub
 from tasks.retrieval import Retrieval
 from tasks.text import Text, _acl_files
 
@@ -79,17 +79,13 @@ def test_text_missing_data_names_both_sources(tmp_path):
 
 
 def test_text_reads_a_datasets_save_to_disk_folder(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("datasets")
     ref = write_aclimdb(tmp_path / "acl", n=2)
-    dd = datasets.DatasetDict(
-        {
-            s: datasets.Dataset.from_dict(
-                {"text": [b.decode() for b, _ in ref[s]], "label": [y for _, y in ref[s]]}
-            )
-            for s in ("train", "test")
-        }
-    )
-    dd.save_to_disk(str(tmp_path / "hub" / "stanfordnlp" / "imdb"))
+    cols = {
+        s: {"text": [b.decode() for b, _ in ref[s]], "label": [y for _, y in ref[s]]}
+        for s in ("train", "test")
+    }
+    write_hub(tmp_path, "stanfordnlp/imdb", cols)
     t = Text(tmp_path, max_len=32, hub=False)
     s = t.splits()
     assert "save_to_disk" in t.describe()["source"]

@@ -1,4 +1,4 @@
-"""tasks.base.ordered_map: the process pool behind data generation and decoding.
+"""tasks.pool.ordered_map: the process pool behind data generation and decoding.
 
 The regression guarded here: ListOps generation stopped early (enough examples in the
 first chunks) while multiprocessing.Pool still had queued tasks, and ``Pool.terminate``
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from surnn.errors import DataError
-from tasks.base import ordered_map
+from tasks.pool import ordered_map
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,8 +78,8 @@ def test_repeated_early_stops_never_hang():
     _run_with_timeout(
         """
         import itertools
-        from tasks.base import ordered_map
-        from tests.tasks.test_base import _square
+        from tasks.pool import ordered_map
+        from tests.tasks.test_pool import _square
         for _ in range(60):
             it = ordered_map(_square, itertools.count(), workers=2)
             next(it)
