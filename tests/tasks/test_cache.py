@@ -132,6 +132,32 @@ def test_a_failed_build_leaves_no_folder(tmp_path):
     assert list((tmp_path / "cache" / "toy").iterdir()) == []
 
 
+def test_a_process_waiting_on_the_builder_reads_what_it_built(tmp_path):
+    """Concurrent runs and DDP ranks build a cache once: a second process that finds it
+    missing waits for the lock and then reads the first one's cache. Whenever the second
+    process gets to the lock, it must not build (its builder would leave a marker)."""
+    path = cache.cache_dir(tmp_path, "toy", KEY)
+    code = (
+        "from pathlib import Path\n"
+        "from tasks.cache import load_or_build\n"
+        "from tests.tasks.test_cache import KEY, NAMES, Toy\n"
+        "def build(tmp):\n"
+        f"    Path({str(tmp_path / 'rebuilt')!r}).touch()\n"
+        "    raise SystemExit(3)\n"
+        f"c = load_or_build(Toy({str(tmp_path)!r}), 'toy', KEY, NAMES, build)\n"
+        "print(c.meta['note'], int(c.arrays['tokens'][7]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with cache.file_lock(tmp_path / "cache" / ".locks" / f"toy-{path.name}.lock"):
+        waiting = subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True
+        )
+        cache._build(path, KEY, NAMES, builder([]))
+    out, _ = waiting.communicate(timeout=120)
+    assert waiting.returncode == 0 and out.split() == ["toy", "7"]
+    assert not (tmp_path / "rebuilt").exists()
+
+
 def _overwrite_tail(f: Path) -> None:
     """Same size, other bytes: the last 8 bytes of the array's data."""
     raw = bytearray(f.read_bytes())
