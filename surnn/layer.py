@@ -122,12 +122,8 @@ class SelectiveUpdateGRU(nn.Module):
         """``t0``: the time of the first step for the gates (the steps already read when a
         long stream is fed in windows with the state carried over; 0 otherwise)."""
         packed = isinstance(input, PackedSequence)
-        if packed:
+        if packed:  # padded, in the caller's batch order (as hx and h_n are)
             x, lengths = pad_packed_sequence(input, batch_first=True)
-            if input.sorted_indices is not None:  # back to the caller's batch order
-                x, lengths = x[input.unsorted_indices], lengths[input.unsorted_indices]
-            if hx is not None and input.sorted_indices is not None:
-                hx = hx[:, input.unsorted_indices]
         else:
             x = input if self.batch_first else input.transpose(0, 1)
         B, T, _ = x.shape
@@ -171,13 +167,20 @@ class SelectiveUpdateGRU(nn.Module):
             last_aux_loss=aux_loss,
         )
         h_n = torch.stack(h_n, 0)
-        if packed:
-            out = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            if input.sorted_indices is not None:
-                h_n = h_n[:, input.sorted_indices]
-            return out, h_n
+        if packed:  # packed as the input was: its length order and batch permutation
+            return _pack_like(input, x, lengths), h_n
         out = x if self.batch_first else x.transpose(0, 1)
         return out, h_n
+
+
+def _pack_like(input: PackedSequence, x: torch.Tensor, lengths: torch.Tensor) -> PackedSequence:
+    """``x`` ([B, T, H], the caller's batch order) packed with ``input``'s batch sizes and
+    sorted/unsorted indices, as ``torch.nn.GRU`` returns it."""
+    order = input.sorted_indices
+    if order is not None:
+        x, lengths = x.index_select(0, order.to(x.device)), lengths[order.cpu()]
+    data = pack_padded_sequence(x, lengths.cpu(), batch_first=True).data
+    return PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
 
 
 def _rates(g, active, lengths, counts, B):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from surnn.errors import ConfigError
 from surnn.layer import SelectiveUpdateGRU
+from tests.fixtures import triton_interpreter_unless_cuda
 
 
 def test_layer_rejects_bidirectional_and_bad_impl():
@@ -37,15 +41,88 @@ def test_rates_are_detached_tensors_and_the_penalty_keeps_its_gradient():
     assert rnn.gates[1].bias.grad.abs().sum() > 0
 
 
-def test_nn_gru_weights_load_and_the_open_gate_equals_it():
-    torch.manual_seed(0)
-    ref = torch.nn.GRU(5, 6, num_layers=2, batch_first=True)
-    su = SelectiveUpdateGRU(5, 6, num_layers=2, batch_first=True, gate={"kind": "open"}, impl="cpu")
-    missing, unexpected = su.load_state_dict(ref.state_dict(), strict=False)
-    assert not missing and not unexpected
-    x = torch.randn(2, 9, 5)
-    (y, h), (y2, h2) = ref(x), su(x)
-    assert torch.allclose(y, y2, atol=1e-5) and torch.allclose(h, h2, atol=1e-5)
+# The drop-in grid: every configuration nn.GRU accepts that the layer supports.
+GRID = list(itertools.product((1, 2), (True, False), (False, True)))  # layers, bias, hx
+INPUTS = ("padded", "packed sorted", "packed unsorted")
+
+
+def _gru_run(module, x, hx, inp, batch_first):
+    """(output as a padded tensor, h_n, the packed output or None, gradients by name) of
+    ``module`` on ``x`` ([T, B, D] or [B, T, D] as ``batch_first`` says), given padded or
+    packed (sorted lengths with enforce_sorted=True, or unsorted, ties included)."""
+    x = x.clone().requires_grad_()
+    hx = None if hx is None else hx.clone().requires_grad_()
+    lens = torch.tensor([6, 5, 2, 2]) if inp == "packed sorted" else torch.tensor([6, 2, 5, 2])
+    if inp == "padded":
+        out, h_n = module(x, hx)
+        packed, padded = None, out
+    else:
+        seq = pack_padded_sequence(x, lens, batch_first, enforce_sorted=inp == "packed sorted")
+        packed, h_n = module(seq, hx)
+        padded = pad_packed_sequence(packed, batch_first)[0]
+    gen = torch.Generator().manual_seed(1)
+    w_out = torch.randn(padded.shape, generator=gen, dtype=padded.dtype)
+    w_h = torch.randn(h_n.shape, generator=gen, dtype=h_n.dtype)
+    loss = (padded * w_out).sum() + (h_n * w_h).sum()
+    names = [n for n, _ in module.named_parameters() if n.startswith(("weight_", "bias_"))]
+    wrt = [x, *([hx] if hx is not None else []), *(module.get_parameter(n) for n in names)]
+    grads = torch.autograd.grad(loss, wrt)
+    return padded, h_n, packed, dict(zip(["x", "hx"][: 2 - (hx is None)] + names, grads))
+
+
+def _check_drop_in(impl, inp, batch_first, dtype, tol, grid=GRID):
+    """The layer with every gate open against torch.nn.GRU with the same weights (loaded
+    from its state dict): outputs, packed layout, h_n and every gradient."""
+    for layers, bias, with_hx in grid:
+        where = (
+            f"impl={impl} {inp} batch_first={batch_first} layers={layers} bias={bias} hx={with_hx}"
+        )
+        torch.manual_seed(layers + 2 * bias)
+        gru = torch.nn.GRU(3, 5, layers, bias=bias, batch_first=batch_first).to(dtype)
+        su = SelectiveUpdateGRU(
+            3, 5, layers, bias=bias, batch_first=batch_first, gate={"kind": "open"}, impl=impl
+        ).to(dtype)
+        missing, unexpected = su.load_state_dict(gru.state_dict(), strict=False)
+        assert not missing and not unexpected, where
+        x = torch.randn((4, 6, 3) if batch_first else (6, 4, 3), dtype=dtype)
+        hx = torch.randn(layers, 4, 5, dtype=dtype) if with_hx else None
+        ref, got = _gru_run(gru, x, hx, inp, batch_first), _gru_run(su, x, hx, inp, batch_first)
+        if ref[2] is not None:
+            assert isinstance(got[2], PackedSequence), where
+            for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+                a, b = getattr(ref[2], field), getattr(got[2], field)
+                same = a is b if a is None or b is None else torch.equal(a, b)
+                assert same, f"{where}: {field} {a} != {b}"
+            assert (ref[2].data - got[2].data).abs().max() < tol, f"{where}: packed data"
+        for name, a, b in [("output", ref[0], got[0]), ("h_n", ref[1], got[1])]:
+            assert a.shape == b.shape and (a - b).abs().max() < tol, f"{where}: {name}"
+        assert ref[3].keys() == got[3].keys(), where
+        for name, a in ref[3].items():
+            assert (a - got[3][name]).abs().max() < tol, f"{where}: d{name}"
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("inp", INPUTS)
+@pytest.mark.parametrize("impl", ["reference", "cpu", "compiled"])
+def test_the_open_layer_is_nn_gru(impl, inp, batch_first):
+    """A drop-in: over layers 1 and 2, with and without biases and hx, for padded input
+    and for input packed sorted or unsorted (outputs in the caller's batch order, packed
+    as nn.GRU packs them), in float64."""
+    _check_drop_in(impl, inp, batch_first, torch.float64, 1e-10)
+
+
+def test_the_open_layer_is_nn_gru_on_triton():
+    """The Triton path (fp32; under the Triton interpreter without CUDA, ~3 s a
+    configuration, so three that cover every input kind, both layouts, 1 and 2 layers,
+    with and without biases and hx)."""
+    triton_interpreter_unless_cuda()
+    device_cases = [
+        ("packed unsorted", True, [(2, True, True)]),
+        ("packed sorted", False, [(2, False, False)]),
+        ("padded", False, [(1, True, True)]),
+    ]
+    for inp, batch_first, grid in device_cases:
+        _check_drop_in("triton", inp, batch_first, torch.float32, 1e-4, grid)
 
 
 def _train_toy(gate, steps=12, T=20, H=8, seed=0):
