@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml scripts/install_torch.sh
 	$(MAKE) --no-print-directory kernel
 	touch $@
 
-kernel:  ## build the compiled suRNN CPU kernel once (build/torch_extensions/; ~80 s on 2 cores); without a compiler: a warning, the eager path runs
+kernel:  ## build the compiled suRNN CPU kernel once per source version (build/torch_extensions/<name>-<key>/; ~80 s on 2 cores); without a compiler: a warning, the eager path runs
 	$(PY) -c "from surnn.ops import compiled; print('compiled CPU kernel:', 'ready' if compiled.available() else 'unavailable (' + str(compiled._STATE['error']) + '): the eager cpu path runs')"
 
 test: setup  ## the whole CPU test suite (Triton kernels under TRITON_INTERPRET=1)

