@@ -13,6 +13,14 @@ threshold), ``efficiency`` (suRNN against GRU: update rate, executed and dense F
 the model and of the mixers, step time). Each run is a preset of configs/experiment/
 (``lra/``, ``pixel/``, ``ablation/``; ``mini/`` for ``--scale mini``).
 
+The memory study (``memory``, ``memory-offset``, ``memory-long``; one scale, sized for a
+2-core CPU) runs the arms of configs/experiment/memory/copy/ (GRU, LSTM and suRNN with
+each gate initialisation, the hand-set gate and the gate ablation) on copy memory, and
+``scripts/plot_memory.py`` builds its tables and figures in results/memory/:
+``memory`` every arm at delays 200 and 1,000, seeds 0-2, 2,000 steps; ``memory-offset``
+the symbols at a random offset in the first 100 steps (delay 1,000); ``memory-long``
+10,000 steps at delay 1,000.
+
 ``--scale mini`` runs only the tasks whose data this machine can make (ListOps and
 Pathfinder, generated small into ``data/mini``) at a size a 2-core CPU finishes; the
 tables it builds are named "mini scale" and carry no published numbers beside them. The
@@ -55,16 +63,35 @@ NOT_MADE_HERE = {
     "scifar": "CIFAR-10 must be downloaded; nothing generates it",
 }
 
+MEMORY_ARMS = ["gru", "lstm", "uniform", "timescale", "clockwork", "handset", "soft", "random"]
+#: (experiments, sweep overrides) of the memory study's tables (seeds: --seeds, default 0-2)
+MEMORY = {
+    "memory": ([f"memory/copy/{a}" for a in MEMORY_ARMS], ["task.options.delay=1000,200"]),
+    "memory-offset": (
+        [f"memory/copy/{a}" for a in ("gru", "lstm", "uniform", "timescale", "clockwork")],
+        ["task.options.delay=1000", "task.options.offset=100"],
+    ),
+    "memory-long": (
+        [f"memory/copy/{a}" for a in ("gru", "lstm", "clockwork", "handset")],
+        ["task.options.delay=1000", "trainer.max_steps=10000"],
+    ),
+}
+
 TITLES = {
     "lra": "Long Range Arena: test accuracy (%) at the best validation step",
     "pixel": "Pixel-level benchmarks: test accuracy (%) at the best validation step",
     "ablation": "Gate ablation on ListOps: test accuracy (%) and update rate",
     "efficiency": "Efficiency: update rate, FLOPs (model and mixer, executed and dense), speed",
+    "memory": "Copy memory: recall after a delay, by model and gate initialisation",
+    "memory-offset": "Copy memory, the symbols at a random offset in the first 100 steps",
+    "memory-long": "Copy memory at delay 1,000: 10,000 training steps",
 }
 
 
 def plan(table: str, scale: str) -> tuple[list[str], list[int], dict[str, str]]:
     """(experiments, seeds, skipped task -> why) of a table at a scale."""
+    if table in MEMORY:  # one scale: the CPU-sized study
+        return MEMORY[table][0], [0, 1, 2], {}
     if scale == "full":
         seeds = [0, 1, 2]
         exps = {
@@ -103,19 +130,39 @@ def launcher_args(name: str) -> list[str]:
 
 def commands(args, exps: list[str], seeds: list[int], runs: Path, out: Path) -> list[list[str]]:
     py = sys.executable
+    memory = args.table in MEMORY
+    subdir = "${task.name}-${model.name}-${variant}-s${seed}"
+    if memory:  # seeds vary slowest: every arm of seed 0 is done before seed 1 starts
+        subdir = (
+            "d${task.options.delay}-o${task.options.offset}-${model.name}-${variant}"
+            "-n${trainer.max_steps}-s${seed}"
+        )
     sweep = [
         py,
         str(ROOT / "run.py"),
         "-m",
+        *(["seed=" + ",".join(map(str, seeds)), *MEMORY[args.table][1]] if memory else []),
         "experiment=" + ",".join(exps),
-        "seed=" + ",".join(map(str, seeds)),
+        *([] if memory else ["seed=" + ",".join(map(str, seeds))]),
         *launcher_args(args.launcher),
         f"hydra.sweep.dir={runs}",
-        "hydra.sweep.subdir=${task.name}-${model.name}-${variant}-s${seed}",
+        f"hydra.sweep.subdir={subdir}",
         "logger=none",
+        *(["trainer.progress=false"] if memory else []),
         *([f"data_dir={args.data_dir}"] if args.data_dir else []),
         *args.overrides,
     ]
+    if memory:
+        tables = [
+            py,
+            str(ROOT / "scripts" / "plot_memory.py"),
+            str(runs),
+            "--out",
+            str(ROOT / "results" / "memory"),
+            "--name",
+            args.table,
+        ]
+        return [sweep, tables]
     tables = [
         py,
         str(ROOT / "scripts" / "make_tables.py"),
@@ -186,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    runs = args.runs or ROOT / "outputs" / "reproduce" / f"{args.table}-{args.scale}"
+    name = args.table if args.table in MEMORY else f"{args.table}-{args.scale}"
+    runs = args.runs or ROOT / "outputs" / "reproduce" / name
     cmds = commands(args, exps, seeds, runs, args.out)
     for c in cmds:
         print(shlex.join(c), flush=True)
@@ -197,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         if p.returncode:
             print(f"error: exit status {p.returncode} from: {shlex.join(c)}", file=sys.stderr)
             return p.returncode
-    md = args.out / f"{args.table}-{args.scale}.md"
+    md = args.out / f"{name}.md"
+    if args.table in MEMORY:
+        md = ROOT / "results" / "memory" / f"{args.table}.md"
     lines = [
         "",
         "## How this table was made",

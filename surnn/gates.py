@@ -17,6 +17,28 @@ rhythm, no binarisation), ``random`` (a frozen random rhythm), ``interval`` (ope
 learned linear function of the input, per sample), ``input`` (the paper's input-threshold
 ablation: neuron i open when its input x[b, t, i] > 0, nothing learned).
 
+Rhythm initialisation (``RhythmGate(init=...)``), always within the paper's formula:
+
+- ``uniform``: every neuron sums all K sinusoids of the bank at one amplitude with random
+  phases, and one bias opens it ``init_rate`` of the time (short, frequent bursts).
+- ``timescale`` and ``clockwork``: per-neuron timescales, as chrono initialisation gives
+  LSTM units timescales spread log-uniformly up to the longest dependency (Tallec & Ollivier
+  2018). Each neuron is dominated by one frequency of the bank (the neurons spread evenly
+  over the K periods, the other amplitudes 0) and is open ``r_i P_k`` consecutive steps of
+  each period P_k, with its open fraction ``r_i`` log-uniform in ``[rate_min, rate_max]``;
+  the amplitude makes the pre-activation cross the threshold with slope ``edge_slope`` per
+  step at both edges of the window, so one bias or phase step moves a window's edge by a
+  similar number of steps whatever the period. ``clockwork`` starts every neuron's window
+  at t = 0, as Clockwork RNN's modules all tick at t = 0 (on the slowest periods: open
+  while a sequence begins, then closed for the rest of it); ``timescale`` puts each window
+  at a random time of its period, as Phased LSTM draws its phase shifts.
+
+The bank: K periods log-spaced from ``period_min`` to ``period_max``; without
+``period_max`` the slowest period is ``period_scale`` times ``seq_len`` (the longest
+sequence the layer reads; the harness passes the task's), and 1024 steps when neither is
+known. ``params`` sets any of the gate's tensors (bias, alpha, phi, log_omega) explicitly,
+from a mapping or a ``.json``/``.pt`` file, and ``frozen`` keeps them fixed.
+
 Rate control: ``Gate.enable_rate_control()`` gives a gate with a pre-activation (rhythm,
 soft, random, content) a scalar buffer ``rate_offset`` added to every neuron's
 pre-activation; ``SelectiveUpdateGRU`` solves for it in each training forward so that the
@@ -30,7 +52,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +65,10 @@ from surnn.errors import ConfigError
 from surnn.utils import optim_hint
 
 SURROGATES = ("ste", "triangle", "rect")
+RHYTHM_INITS = ("uniform", "timescale", "clockwork")
+#: the slowest period of the bank when neither period_max nor seq_len is given
+DEFAULT_PERIOD_MAX = 1024.0
+GATE_TENSORS = ("bias", "alpha", "phi", "log_omega")
 _FORCE_OPEN = [0]
 
 
@@ -214,36 +242,54 @@ class RhythmGate(BinaryGate):
         hidden_size: neurons H.
         n_freqs: K, the number of shared frequencies.
         period_min, period_max: the frequency bank's periods, log-spaced (in steps).
+            ``period_max=None``: ``period_scale * seq_len`` (or 1024 without ``seq_len``).
+        seq_len: the longest sequence the layer will read (sets the default bank).
+        period_scale: the slowest default period in sequence lengths.
         learn_freqs: learn the shared frequencies (log-parametrised) or keep them fixed.
-        init_rate: the expected fraction of steps a neuron is open at initialisation.
-        amplitude: initial alpha (per neuron and frequency).
+        init: ``uniform``, ``timescale`` or ``clockwork`` (see the module docstring).
+        init_rate: ``uniform``: the expected fraction of steps a neuron is open.
+        rate_min, rate_max: ``timescale``/``clockwork``: each neuron's open fraction is
+            drawn log-uniformly between these.
+        amplitude: ``uniform``: initial alpha (per neuron and frequency).
+        edge_slope: ``timescale``/``clockwork``: the pre-activation's slope (per step) where
+            a window opens and closes.
         surrogate, width: surrogate gradient for the Heaviside step.
         lr: optional learning rate for the gate parameters (trainer parameter hint).
-        frozen: keep every gate parameter fixed (the ``random`` ablation).
+        frozen: keep every gate parameter fixed (the ``random`` kind; with ``params``: a
+            hand-set or reproduced gate).
         group_size: neurons per rhythm. 1 (the paper): every neuron has its own bias,
             amplitudes and phases. G > 1: contiguous groups of G neurons share one rhythm
             (H/G rhythms), so the open neurons of a step are whole groups: contiguous
             weight rows the fast paths compute without gathering (CPU slab lanes; on GPU,
             with G a multiple of 32, whole kernel tiles are skipped). Free per-neuron
             phases scatter the open neurons, and gathering them costs most of the gain.
+        params: explicit values for any of ``bias`` [R], ``alpha`` [R, K], ``phi`` [R, K],
+            ``log_omega`` [K] (R = H / group_size rhythms): a mapping of nested lists or
+            tensors, or the path of a ``.json`` (that mapping) or ``.pt`` file; they replace
+            the initial values.
     """
-
-    excluded = ("frozen",)  # the ``random`` kind sets it
 
     def __init__(
         self,
         hidden_size: int,
         n_freqs: int = 4,
         period_min: float = 2.0,
-        period_max: float = 1024.0,
+        period_max: float | None = None,
+        seq_len: int | None = None,
+        period_scale: float = 4.0,
         learn_freqs: bool = False,
+        init: str = "uniform",
         init_rate: float = 0.5,
+        rate_min: float = 0.005,
+        rate_max: float = 0.5,
         amplitude: float = 1.0,
+        edge_slope: float = 0.01,
         surrogate: str = "triangle",
         width: float = 1.0,
         lr: float | None = None,
         frozen: bool = False,
         group_size: int = 1,
+        params: Any = None,
     ):
         super().__init__(hidden_size, surrogate, width)
         if int(group_size) != group_size or group_size < 1 or hidden_size % int(group_size):
@@ -253,28 +299,45 @@ class RhythmGate(BinaryGate):
             )
         self.group_size = int(group_size)
         n_rhythms = hidden_size // self.group_size
+        if init not in RHYTHM_INITS:
+            raise ConfigError(f"gate init={init!r}: expected one of {', '.join(RHYTHM_INITS)}")
         if not 0.0 < init_rate <= 1.0:
             raise ConfigError(f"gate init_rate={init_rate}: expected a value in (0, 1]")
+        if not 0.0 < rate_min <= rate_max < 1.0:
+            raise ConfigError(
+                f"gate rate_min={rate_min}, rate_max={rate_max}: expected "
+                "0 < rate_min <= rate_max < 1 (each neuron's open fraction at initialisation)"
+            )
+        if not edge_slope > 0:
+            raise ConfigError(f"gate edge_slope={edge_slope}: expected a positive value")
         if n_freqs < 1:
             raise ConfigError(f"gate n_freqs={n_freqs}: expected at least 1")
+        bad_len = isinstance(seq_len, bool) or int(seq_len or 1) != (seq_len or 1)
+        if seq_len is not None and (bad_len or seq_len < 1):
+            raise ConfigError(f"gate seq_len={seq_len}: expected a positive integer or null")
+        if not period_scale > 0:
+            raise ConfigError(f"gate period_scale={period_scale}: expected a positive value")
+        if period_max is None:
+            period_max = period_scale * seq_len if seq_len else DEFAULT_PERIOD_MAX
+            period_max = max(period_max, period_min)
         if not 0 < period_min <= period_max:
             raise ConfigError(
                 f"gate period_min={period_min}, period_max={period_max}: expected "
                 "0 < period_min <= period_max (periods in steps)"
             )
-        self.n_freqs = n_freqs
+        self.n_freqs, self.init = n_freqs, init
         periods = torch.logspace(math.log10(period_min), math.log10(period_max), n_freqs)
-        sigma = abs(amplitude) * math.sqrt(n_freqs / 2)
-        q = torch.special.ndtri(torch.tensor(min(init_rate, 1 - 1e-6))).item()
-        # With random phases the sinusoid sum is roughly normal with variance K*alpha^2/2,
-        # so this bias opens each neuron about init_rate of the time.
-        init = {
-            "log_omega": torch.log(2 * math.pi / periods),
-            "alpha": torch.full((n_rhythms, n_freqs), float(amplitude)),
-            "phi": torch.rand(n_rhythms, n_freqs) * 2 * math.pi,
-            "bias": torch.full((n_rhythms,), sigma * q),
-        }
-        for name, value in init.items():
+        omega = 2 * math.pi / periods
+        if init == "uniform":
+            alpha, phi, bias = _uniform_init(n_rhythms, n_freqs, init_rate, amplitude)
+        else:
+            alpha, phi, bias = _timescale_init(
+                n_rhythms, omega, rate_min, rate_max, edge_slope, aligned=init == "clockwork"
+            )
+        init_values = {"log_omega": torch.log(omega), "alpha": alpha, "phi": phi, "bias": bias}
+        if params is not None:
+            init_values.update(_explicit_params(params, init_values))
+        for name, value in init_values.items():
             learn = not frozen and (name != "log_omega" or learn_freqs)
             if learn:
                 p = optim_hint(nn.Parameter(value), lr=lr, weight_decay=0.0)
@@ -299,6 +362,108 @@ class RhythmGate(BinaryGate):
             a = a.repeat_interleave(self.group_size, dim=1)
         a = self._offset(a)
         return a if dtype is None else a.to(dtype)
+
+
+def _uniform_init(n: int, K: int, init_rate: float, amplitude: float):
+    """Every rhythm sums the K sinusoids at ``amplitude`` with random phases; with random
+    phases the sum is roughly normal with variance K alpha^2 / 2, so this bias opens each
+    neuron about ``init_rate`` of the time."""
+    sigma = abs(amplitude) * math.sqrt(K / 2)
+    q = torch.special.ndtri(torch.tensor(min(init_rate, 1 - 1e-6))).item()
+    alpha = torch.full((n, K), float(amplitude))
+    phi = torch.rand(n, K) * 2 * math.pi
+    return alpha, phi, torch.full((n,), sigma * q)
+
+
+def _timescale_init(n: int, omega, rate_min, rate_max, edge_slope, aligned: bool):
+    """Rhythm i rides on the bank's frequency k_i (the rhythms spread evenly over the K
+    frequencies) and is open L_i = max(1, r_i P) consecutive steps of each period P, with
+    r_i log-uniform in [rate_min, rate_max]: a = b + A cos(omega (t - c)) is positive for
+    |t - c| < L / 2 when b = -A cos(pi L / P), and crosses 0 there with slope
+    A omega sin(pi L / P) = edge_slope. The window's centre c is L / 2 - 1/2 (``aligned``:
+    open at steps 0 .. L - 1 of every period) or uniform in [0, P). A window as long as
+    its period (P <= 1 step) is a neuron open at every step (b = 1, A = 0)."""
+    K = len(omega)
+    k = torch.arange(n) * K // n
+    w = omega[k].double()
+    period = 2 * math.pi / w
+    r = torch.exp(math.log(rate_min) + torch.rand(n).double() * math.log(rate_max / rate_min))
+    length = torch.maximum(r * period, torch.ones_like(r))  # a window holds >= 1 step
+    frac = length / period
+    always = frac >= 1
+    frac = frac.clamp(max=1 - 1e-6)  # (only used where the neuron is not always open)
+    centre = length / 2 - 0.5 if aligned else torch.rand(n).double() * period
+    amp = torch.where(always, 0.0, edge_slope / (w * torch.sin(math.pi * frac)))
+    alpha = torch.zeros(n, K)
+    phi = torch.rand(n, K) * 2 * math.pi  # the other frequencies: amplitude 0
+    rows = torch.arange(n)
+    alpha[rows, k] = amp.float()
+    phi[rows, k] = (math.pi / 2 - w * centre).remainder(2 * math.pi).float()  # sin(x+pi/2)=cos x
+    bias = torch.where(always, 1.0, -amp * torch.cos(math.pi * frac)).float()
+    return alpha, phi, bias
+
+
+def _explicit_params(params: Any, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``params`` (a mapping, or a .json/.pt file of one) as tensors shaped like ``like``."""
+    source = "gate params"
+    if isinstance(params, (str, Path)):
+        path, source = Path(params), f"gate params={params}"
+        if not path.is_file():
+            raise ConfigError(
+                f"{source}: no such file (a .json or .pt of {', '.join(GATE_TENSORS)})"
+            )
+        try:
+            if path.suffix == ".json":
+                params = json.loads(path.read_text())
+            elif path.suffix in (".pt", ".pth"):
+                params = torch.load(path, map_location="cpu", weights_only=True)
+            else:
+                raise ConfigError(f"{source}: expected a .json or .pt file")
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"{source}: unreadable ({type(e).__name__}: {e})") from e
+    if not hasattr(params, "items"):
+        raise ConfigError(f"{source}: expected a mapping of {', '.join(GATE_TENSORS)}")
+    out = {}
+    for name, value in params.items():
+        if name not in like:
+            raise ConfigError(
+                f"{source}: unknown tensor {name!r}; a rhythm gate has {', '.join(GATE_TENSORS)}"
+            )
+        try:
+            t = torch.as_tensor(_plain(value), dtype=torch.float32).clone()
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{source}: {name} is not numeric ({e})") from e
+        if t.shape != like[name].shape:
+            raise ConfigError(
+                f"{source}: {name} has shape {list(t.shape)}; this gate needs "
+                f"{list(like[name].shape)}"
+            )
+        if not torch.isfinite(t).all():
+            raise ConfigError(f"{source}: {name} has non-finite values")
+        out[name] = t
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Nested sequences (a config's list nodes included) as plain lists; tensors as they are."""
+    if isinstance(value, (torch.Tensor, int, float)):
+        return value
+    return [_plain(v) for v in value]
+
+
+def hold_stats(g: torch.Tensor, input_window, hold_window) -> dict[str, int]:
+    """How a time-only gate ``g`` [T, H] holds across a delay: ``open_at_input`` neurons
+    open at some step of ``input_window`` ([start, stop) steps), ``closed_through_hold``
+    neurons closed at every step of ``hold_window``, and ``holders`` both (what they read at
+    the input they keep unchanged through the delay)."""
+    g = g.detach()
+    open_in = (g[slice(*input_window)] > 0).any(0)
+    closed = ~(g[slice(*hold_window)] > 0).any(0)
+    return {
+        "holders": int((open_in & closed).sum()),
+        "open_at_input": int(open_in.sum()),
+        "closed_through_hold": int(closed.sum()),
+    }
 
 
 class RandomGate(RhythmGate):

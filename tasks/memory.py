@@ -19,7 +19,10 @@ recall positions and ``IGNORE_INDEX`` elsewhere (per-position objective ``tokens
 - ``copy_memory`` (Hochreiter & Schmidhuber 1997; Arjovsky et al. 2016): ``n_copy``
   symbols, ``delay`` blanks, one cue, ``n_copy - 1`` blanks; the model outputs the symbols
   in order at the last ``n_copy`` positions (from the cue on). Length ``2 n_copy + delay``
-  (Arjovsky's T is ``delay + 1``). ``score: recall`` scores those positions only;
+  (Arjovsky's T is ``delay + 1``). ``offset: k`` starts the symbols at a random step
+  ``o`` in ``[0, k)`` of each example, blanks before them, the cue and the recall
+  positions where they are without an offset (so the delay is ``delay - o``): a model
+  cannot rely on the symbols' exact position, only on their order and on the cue. ``score: recall`` scores those positions only;
   ``score: all`` scores every position, the others with the class ``blank`` (= vocab), as
   in Arjovsky et al., whose memoryless baseline loss is ``n_copy ln(vocab) / length``.
 - ``adding`` (Hochreiter & Schmidhuber 1997; Le et al. 2015): ``length`` pairs (value
@@ -170,14 +173,20 @@ class CopyMemory(_Generated):
     objective = "tokens"
     input_kind = "tokens"
 
-    def __init__(self, data_dir, delay=1000, n_copy=10, vocab=8, score="recall", **kw):
+    def __init__(self, data_dir, delay=1000, n_copy=10, vocab=8, score="recall", offset=0, **kw):
         super().__init__(data_dir, **kw)
         _positive(self.name, delay=delay, n_copy=n_copy, vocab=vocab)
         if delay > MAX_DELAY:
             raise ConfigError(f"task=copy_memory: delay={delay}; at most {MAX_DELAY}")
         if score not in ("recall", "all"):
             raise ConfigError(f"task=copy_memory: score={score!r}; expected recall or all")
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= delay:
+            raise ConfigError(
+                f"task=copy_memory: task.options.offset={offset!r}; expected an integer in "
+                f"[0, delay={delay}] (the symbols start at a random step below it; 0: at step 0)"
+            )
         self.delay, self.n_copy, self.vocab, self.score = delay, n_copy, vocab, score
+        self.offset = offset
         self.n_classes = vocab + (1 if score == "all" else 0)
         self.vocab_size = vocab + FIRST_SYMBOL
         self.max_len = 2 * n_copy + delay
@@ -185,20 +194,33 @@ class CopyMemory(_Generated):
     def example(self, rng):
         n, D = self.n_copy, self.delay
         sym = rng.integers(0, self.vocab, n)
+        o = int(rng.integers(0, self.offset)) if self.offset else 0  # drawn after sym
         x = np.full(2 * n + D, BLANK, dtype=np.int16)
-        x[:n] = sym + FIRST_SYMBOL
+        x[o : o + n] = sym + FIRST_SYMBOL
         x[n + D] = CUE
         y = np.full(2 * n + D, self.vocab if self.score == "all" else IGNORE_INDEX, np.int16)
         y[n + D :] = sym
         return x, y
 
+    @property
+    def memory_windows(self) -> dict[str, tuple[int, int]]:
+        """Where the task's information sits, for gate statistics (never shown to a model):
+        ``input`` the steps that may hold a symbol, ``hold`` the steps from the last one
+        that may to the cue. A neuron open in ``input`` and closed through ``hold`` carries
+        what it read across the delay unchanged."""
+        n, D, o = self.n_copy, self.delay, max(self.offset - 1, 0)
+        return {"input": (0, n + o), "hold": (n + o, n + D)}
+
     def options_used(self):
-        return {
+        out = {
             "delay": self.delay,
             "n_copy": self.n_copy,
             "vocab": self.vocab,
             "score": self.score,
         }
+        if self.offset:  # absent when 0: runs made before the option describe the same data
+            out["offset"] = self.offset
+        return out
 
 
 class Adding(_Generated):

@@ -283,6 +283,17 @@ class Model(nn.Module):
     def layer_kinds(self) -> list[str]:
         return list(self.encoder.kinds)
 
+    def gate_stats(self, T: int, windows: dict[str, tuple[int, int]]) -> dict[str, int]:
+        """``layer{i}/<stat>`` for every mixer with time-only gates (``SuRNNMixer``):
+        how many neurons hold across a memory task's delay (``surnn.gates.hold_stats``)."""
+        out = {}
+        for i, blk in enumerate(self.encoder.blocks):
+            if hasattr(blk.mixer, "gate_stats"):
+                out.update(
+                    {f"layer{i}/{k}": v for k, v in blk.mixer.gate_stats(T, windows).items()}
+                )
+        return out
+
     def forward(
         self, batch: dict[str, torch.Tensor], state: list | None = None, carry: bool = False
     ):

@@ -71,6 +71,8 @@ class BackboneConfig:
 def checked(schema: type, cfg: DictConfig | dict, group: str):
     """Merge ``cfg`` onto ``schema`` and return a typed dataclass instance."""
     try:
+        if isinstance(cfg, DictConfig):  # resolved in place: keys may name other groups
+            cfg = OmegaConf.to_container(cfg, resolve=True)
         base = OmegaConf.structured(schema)
         merged = OmegaConf.merge(base, cfg)
         obj = OmegaConf.to_object(merged)

@@ -1,7 +1,8 @@
 """Evaluation-side measuring: the objective's metrics over every example of a split (no
 dropped partial batch; a stream: every token, with the state carried across its windows),
-the mixers' per-layer rates weighted by valid tokens, and forward FLOPs per sequence over
-the validation set. Under DDP each rank reads its share and the totals are global.
+the mixers' per-layer rates weighted by valid tokens, gate statistics where the task says
+where its information sits (``memory_windows``: neurons open at the input and closed through
+the delay), and forward FLOPs per sequence over the validation set. Under DDP each rank reads its share and the totals are global.
 """
 
 from __future__ import annotations
@@ -140,6 +141,10 @@ class Evaluator:
         out = {f"{split}/{k}": v for k, v in obj.compute(sums).items()}
         n_tokens = max(float(tokens), 1.0)
         out.update({f"{split}/{k}": v / n_tokens for k, v in floats(aux_sum).items()})
+        windows = getattr(self.task, "memory_windows", None)  # a memory task's layout
+        if windows and hasattr(model, "gate_stats"):
+            stats = model.gate_stats(self.task.max_len, windows)
+            out.update({f"{split}/{k}": v for k, v in stats.items()})
         return out
 
     def flops(self, model: torch.nn.Module) -> dict[str, Any]:

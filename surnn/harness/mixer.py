@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from surnn.errors import ConfigError
+from surnn.gates import GATES, gate_options, hold_stats
 from surnn.layer import SelectiveUpdateGRU
 
 
@@ -50,9 +51,15 @@ class Mixer(nn.Module):
         )
 
 
+def gate_options_of(kind: str) -> dict[str, Any]:
+    """The options of a gate kind (none for an unknown kind: the layer names the error)."""
+    return gate_options(kind) if kind in GATES else {}
+
+
 class SuRNNMixer(Mixer):
     """The suRNN mixer: one SelectiveUpdateGRU layer (hidden = d_model by default),
-    projected back to d_model when the hidden size differs. aux: ``update_rate`` (mean
+    projected back to d_model when the hidden size differs. A rhythm gate's bank scales with
+    the task's longest sequence (``max_len``, passed as the gate's ``seq_len`` unless set). aux: ``update_rate`` (mean
     over valid positions), ``active_rate`` (fraction of updates computed) and, with a
     rate penalty configured, ``aux_loss``."""
 
@@ -65,9 +72,14 @@ class SuRNNMixer(Mixer):
         hidden_size: int | None = None,
         gate: dict[str, Any] | None = None,
         impl: str = "auto",
+        max_len: int | None = None,
     ):
         super().__init__(d_model)
         H = hidden_size or d_model
+        gate = dict(gate or {})
+        kind = gate.get("kind") or "rhythm"
+        if max_len and gate.get("seq_len") is None and "seq_len" in gate_options_of(kind):
+            gate["seq_len"] = int(max_len)  # the task's longest sequence sets the bank
         self.rnn = SelectiveUpdateGRU(d_model, H, batch_first=True, gate=gate, impl=impl)
         self.out = nn.Linear(H, d_model) if d_model != H else nn.Identity()
 
@@ -84,6 +96,16 @@ class SuRNNMixer(Mixer):
         y, h_n = self.rnn(x, h0, lengths=lengths, t0=t0 or 0)
         t = (t0 or 0) + lengths.to(torch.long)
         return self.out(y), self._aux(), {"h": h_n[0], "t": t}
+
+    @torch.no_grad()
+    def gate_stats(self, T: int, windows: dict[str, tuple[int, int]]) -> dict[str, int]:
+        """Holding statistics of the layer's time-only gate over T steps (``hold_stats``);
+        empty for a per-sample gate."""
+        gate = self.rnn.gates[0]
+        if not gate.time_only:
+            return {}
+        g, _ = gate(T, None, dtype=torch.float32)
+        return hold_stats(g, windows["input"], windows["hold"])
 
     def _aux(self) -> dict[str, Any]:
         aux: dict[str, Any] = {

@@ -6,8 +6,9 @@ A task declares ``objective`` (``Task.objective``):
   accuracy, loss, majority-class rate. Selection metric: ``acc`` (higher is better).
 - ``tokens``: a class at chosen positions (``y: [B, L]``, ``IGNORE_INDEX`` where there is
   no target), from each position's encoding. Metrics: per-token accuracy (``acc``),
-  whole-sequence accuracy (``seq_acc``: every target of the sequence right), loss.
-  Selection: ``acc``.
+  whole-sequence accuracy (``seq_acc``: every target of the sequence right), the accuracy
+  of each sequence's k-th target (``acc_pos<k>``, for the first ``Tokens.N_POS`` targets:
+  which of the recalled symbols a model gets right), loss. Selection: ``acc``.
 - ``lm``: causal language modelling: every position predicts the next token (``y: [B, L]``,
   the input shifted by one, ``IGNORE_INDEX`` at padding). Metrics: loss (nats per token),
   ``ppl`` = exp(loss), ``bpt`` = loss / ln 2 (bits per token), ``acc`` (next-token
@@ -127,6 +128,8 @@ class Tokens(Objective):
 
     name = "tokens"
     per_position = True
+    #: per-target accuracy is kept for each sequence's first N_POS targets
+    N_POS = 32
 
     def loss(self, out, y):
         return F.cross_entropy(out.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)
@@ -136,7 +139,10 @@ class Tokens(Objective):
         return ((out.argmax(-1) == y) & keep).sum(), int(keep.sum())
 
     def init(self, device):
-        return _zeros(device, "loss", "n", "correct", "seqs", "seqs_right")
+        s = _zeros(device, "loss", "n", "correct", "seqs", "seqs_right")
+        for name in ("pos_n", "pos_right"):
+            s[name] = torch.zeros(self.N_POS, dtype=torch.float64, device=device)
+        return s
 
     def update(self, s, out, y):
         keep = y != IGNORE_INDEX
@@ -150,16 +156,26 @@ class Tokens(Objective):
         has = keep.any(1)
         s["seqs"] += has.sum().double()
         s["seqs_right"] += (has & ((right | ~keep).all(1))).sum().double()
+        rank = keep.long().cumsum(1) - 1  # the k of each target within its sequence
+        first = keep & (rank < self.N_POS)
+        k = rank[first]
+        s["pos_n"] += torch.bincount(k, minlength=self.N_POS).double()
+        s["pos_right"] += torch.bincount(k, weights=right[first].double(), minlength=self.N_POS)
 
     def compute(self, s):
         n = max(float(s["n"]), 1.0)
-        return {
+        out = {
             "acc": float(s["correct"]) / n,
             "seq_acc": float(s["seqs_right"]) / max(float(s["seqs"]), 1.0),
             "loss": float(s["loss"]) / n,
             "n": int(s["seqs"]),
             "targets": int(s["n"]),
         }
+        counts, rights = s["pos_n"].tolist(), s["pos_right"].tolist()
+        for k, (c, r) in enumerate(zip(counts, rights)):
+            if c:
+                out[f"acc_pos{k}"] = r / c
+        return out
 
     def tokens(self, y):
         return int((y != IGNORE_INDEX).sum())

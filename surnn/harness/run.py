@@ -249,6 +249,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "carry_state": trainer.carry if trainer.stream else None,
             "update_rate": _layer_rates(test, "update_rate"),
             "active_rate": _layer_rates(test, "active_rate"),
+            "gate_holders": _layer_rates(test, "holders") or None,
             "params": n_params,
             **trainer.summary(),
             "device": device_name(device),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -45,3 +47,13 @@ def test_mixer_hidden_projection_and_flops_under_all_open():
     per_update = 2 * 3 * (8 + 12)
     assert counts[0] == per_update * 2 * 16 * 12 // 4 + proj
     assert counts[1] == per_update * 2 * 16 * 12 + proj
+
+
+def test_the_task_length_sets_a_rhythm_bank_and_nothing_else():
+    def slowest(m):
+        return float(2 * math.pi / m.rnn.gates[0].log_omega.exp().min())
+
+    assert slowest(SuRNNMixer(8, max_len=100)) == pytest.approx(400.0)  # 4 x the length
+    assert slowest(SuRNNMixer(8, gate={"seq_len": 10}, max_len=100)) == pytest.approx(40.0)
+    assert slowest(SuRNNMixer(8, gate={"period_max": 64.0}, max_len=100)) == pytest.approx(64.0)
+    SuRNNMixer(8, gate={"kind": "interval"}, max_len=100)  # a gate without a bank: no seq_len

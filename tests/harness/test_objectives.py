@@ -54,6 +54,29 @@ def test_token_metrics_per_token_and_whole_sequence():
     ref = torch.nn.functional.cross_entropy(logits[keep], y[keep])
     assert m["loss"] == pytest.approx(float(ref), rel=1e-6)
     assert obj.loss(logits, y).item() == pytest.approx(float(ref), rel=1e-6)
+    # the k-th target of each sequence: k=0 is row 0's 0 (right) and row 1's 2 (right);
+    # k=1 is row 0's 1 (right) and row 1's 0 (wrong)
+    assert (m["acc_pos0"], m["acc_pos1"]) == (1.0, 0.5) and "acc_pos2" not in m
+
+
+def test_token_accuracy_by_position_matches_a_direct_count():
+    torch.manual_seed(0)
+    obj, B, L, C = Tokens(5), 40, 30, 5
+    y = torch.randint(0, C, (B, L))
+    y[torch.rand(B, L) < 0.6] = IGNORE_INDEX
+    logits = torch.randn(B, L, C)
+    s = obj.init("cpu")
+    for rows in (slice(0, 17), slice(17, B)):  # sums over batches
+        obj.update(s, logits[rows], y[rows])
+    m = obj.compute(s)
+    right = logits.argmax(-1) == y
+    for k in range(obj.N_POS):
+        hits = [bool(right[b, (y[b] != IGNORE_INDEX).nonzero()[k]]) for b in range(B)
+                if (y[b] != IGNORE_INDEX).sum() > k]  # fmt: skip
+        if hits:
+            assert m[f"acc_pos{k}"] == pytest.approx(sum(hits) / len(hits))
+        else:
+            assert f"acc_pos{k}" not in m
 
 
 @pytest.mark.parametrize("cutoffs", [None, [3, 6]])

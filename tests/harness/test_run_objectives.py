@@ -78,6 +78,9 @@ def test_every_model_on_copy_memory_in_one_multirun(tmp_path):
     assert hyb["layer_kinds"] == {"layer0": "surnn", "layer1": "s4d"}
     assert set(hyb["update_rate"]) == {"layer0"}
     assert 0 < res["copy_memory/surnn"]["update_rate"]["layer0"] < 1
+    # copy memory says where its symbols sit: each suRNN layer's holding neurons are counted
+    assert set(hyb["gate_holders"]) == {"layer0"} and res["copy_memory/gru"]["gate_holders"] is None
+    assert 0 <= res["copy_memory/surnn"]["gate_holders"]["layer0"] <= 32
     # the evidence plots read these run folders: curves, table, gate raster
     out = tmp_path / "plots"
     p = subprocess.run(

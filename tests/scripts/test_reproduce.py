@@ -52,6 +52,23 @@ def test_dry_run_prints_one_multirun_and_the_table_command(capsys):
     assert full.split("run.py -m ")[1].split("\n")[0].endswith("x.y=1")
 
 
+@pytest.mark.parametrize("table", ["memory", "memory-offset", "memory-long"])
+def test_the_memory_study_is_one_multirun_of_composing_arms(table, capsys):
+    exps, seeds, _ = reproduce.plan(table, "full")
+    assert set(exps) <= set(choices("experiment")) and seeds == [0, 1, 2]
+    for e in exps:
+        with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+            cfg = compose("config", overrides=[f"experiment={e}"])
+        assert cfg.task.name == "copy_memory" and cfg.model.n_layers == 1
+        assert cfg.model.d_model == 64 and cfg.trainer.batch_size == 32
+    assert reproduce.main([table, "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    (sweep,) = [line for line in out if "run.py -m " in line]
+    assert sweep.split("run.py -m ")[1].startswith("seed=0,1,2 task.options.delay=1000")
+    assert "d${task.options.delay}-o${task.options.offset}" in sweep
+    assert any("plot_memory.py" in line and f"--name {table}" in line for line in out)
+
+
 def test_a_table_without_data_here_and_a_bad_subset_fail_clearly(capsys):
     assert reproduce.main(["pixel", "--scale", "mini", "--dry-run"]) == 2
     assert "MNIST must be downloaded" in capsys.readouterr().out

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 
@@ -129,7 +132,7 @@ def test_gate_table_options_come_from_the_constructors():
     assert gate_options("input") == {"threshold": 0.0}
     rhythm = inspect.signature(RhythmGate.__init__).parameters
     assert gate_options("rhythm") == {
-        k: p.default for k, p in rhythm.items() if k not in ("self", "hidden_size", "frozen")
+        k: p.default for k, p in rhythm.items() if k not in ("self", "hidden_size")
     }
     assert gate_options("interval") == {"period": 3, "stagger": True}
     assert gate_options("open") == {}
@@ -261,3 +264,95 @@ def test_the_gate_table_is_not_used_with_gradients_or_a_later_window():
         late, _ = gate(20, None, dtype=torch.float32, t0=1000)
         want, _ = gate.gate(20, None, None, torch.float32, 1000)
     assert torch.equal(late, want) and "_table" not in gate.__dict__
+
+
+@pytest.mark.parametrize("init", ["timescale", "clockwork"])
+def test_timescale_inits_give_each_neuron_one_period_and_one_window(init):
+    torch.manual_seed(0)
+    H, K, T = 64, 8, 4000
+    gate = build_gate(
+        H,
+        4,
+        {"kind": "rhythm", "init": init, "n_freqs": K, "period_min": 1.0, "seq_len": 1000,
+         "rate_min": 0.01, "rate_max": 0.4},
+    )  # fmt: skip
+    assert float(gate.log_omega.exp().min()) == pytest.approx(2 * math.pi / 4000.0)  # 4 x seq_len
+    dominant = (gate.alpha != 0).sum(1)
+    assert (dominant <= 1).all()  # one frequency per neuron (none: open at every step)
+    k = gate.alpha.abs().argmax(1)[dominant == 1]
+    assert torch.equal(k, k.sort().values)  # the neurons spread over the bank in order
+    with torch.no_grad():
+        g, _ = gate(T)
+        a = gate.preactivation(T)
+    periods = (2 * math.pi / gate.log_omega.exp())[gate.alpha.abs().argmax(1)]
+    for i in range(H):
+        steps = g[:, i].nonzero().flatten()
+        if dominant[i] == 0:
+            assert len(steps) == T  # always open
+            continue
+        P = float(periods[i])
+        assert len(steps) >= 1  # opens in every period (T covers the slowest)
+        first = steps[steps < P - 2]
+        if init == "clockwork" and P >= 10:  # every window starts with the sequence
+            assert int(first[0]) == 0 and int(first[-1]) == len(first) - 1
+            t = int(first[-1])  # the window's end: a crosses 0 with slope ~edge_slope
+            if P >= 300 and len(first) >= 10 and t + 1 < T:
+                assert float(a[t, i] - a[t + 1, i]) == pytest.approx(0.01, rel=0.1)
+
+
+def test_the_bank_scales_with_the_sequence_length():
+    def slowest(opts):
+        gate = build_gate(4, 4, {"kind": "rhythm", **opts})
+        return float(2 * math.pi / gate.log_omega.exp().min())
+
+    assert slowest({}) == pytest.approx(1024.0)  # no length known: the fixed default
+    assert slowest({"seq_len": 300}) == pytest.approx(1200.0)  # period_scale 4
+    assert slowest({"seq_len": 300, "period_scale": 2.0}) == pytest.approx(600.0)
+    assert slowest({"seq_len": 300, "period_max": 50.0}) == pytest.approx(50.0)  # explicit wins
+    with pytest.raises(ConfigError, match="seq_len=0"):
+        build_gate(4, 4, {"kind": "rhythm", "seq_len": 0})
+    with pytest.raises(ConfigError, match="init='chrono'.*uniform, timescale, clockwork"):
+        build_gate(4, 4, {"kind": "rhythm", "init": "chrono"})
+    with pytest.raises(ConfigError, match="rate_min=0.5, rate_max=0.1"):
+        build_gate(4, 4, {"kind": "rhythm", "init": "clockwork", "rate_min": 0.5, "rate_max": 0.1})
+
+
+def test_explicit_params_from_a_mapping_or_a_file_and_frozen(tmp_path):
+    values = {"bias": [0.5, -1.0], "phi": [[0.0, 1.0], [2.0, 3.0]]}
+    gate = build_gate(2, 3, {"kind": "rhythm", "n_freqs": 2, "params": values})
+    assert gate.bias.tolist() == [0.5, -1.0] and gate.phi.requires_grad
+    path = tmp_path / "gate.json"
+    path.write_text(json.dumps(values))
+    frozen = build_gate(2, 3, {"kind": "rhythm", "n_freqs": 2, "params": str(path), "frozen": True})
+    assert torch.equal(frozen.phi, gate.phi.detach())
+    assert not list(frozen.parameters())  # frozen: buffers, nothing to train
+    pt = tmp_path / "gate.pt"
+    torch.save({k: v.detach() for k, v in gate.state_dict().items()}, pt)
+    again = build_gate(2, 3, {"kind": "rhythm", "n_freqs": 2, "params": str(pt)})
+    for name in ("bias", "alpha", "phi", "log_omega"):
+        assert torch.equal(getattr(again, name), getattr(gate, name))
+    # one-line errors naming the input
+    with pytest.raises(ConfigError, match=r"bias has shape \[3\]; this gate needs \[2\]"):
+        build_gate(2, 3, {"kind": "rhythm", "params": {"bias": [1, 2, 3]}})
+    with pytest.raises(ConfigError, match="unknown tensor 'beta'"):
+        build_gate(2, 3, {"kind": "rhythm", "params": {"beta": [1, 2]}})
+    with pytest.raises(ConfigError, match="no such file"):
+        build_gate(2, 3, {"kind": "rhythm", "params": str(tmp_path / "missing.json")})
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="bad.json: unreadable"):
+        build_gate(2, 3, {"kind": "rhythm", "params": str(tmp_path / "bad.json")})
+
+
+def test_hold_stats_count_neurons_open_at_the_input_and_closed_through_the_delay():
+    from surnn.gates import hold_stats
+
+    g = torch.zeros(20, 4)
+    g[:3, 0] = 1  # holds
+    g[:3, 1] = 1
+    g[10, 1] = 1  # reopens in the delay
+    g[15:, 2] = 1  # opens only after the delay
+    assert hold_stats(g, (0, 5), (5, 15)) == {
+        "holders": 1,
+        "open_at_input": 2,
+        "closed_through_hold": 3,
+    }

@@ -122,3 +122,21 @@ def test_collate_shapes():
 def test_bad_options_are_one_line(cls, opts, match):
     with pytest.raises(ConfigError, match=match):
         cls(".", **opts)
+
+
+def test_copy_memory_offset_moves_the_symbols_and_keeps_the_cue():
+    t = CopyMemory(".", delay=50, n_copy=4, offset=20, n_val=200)
+    assert t.max_len == 58 and t.memory_windows == {"input": (0, 23), "hold": (23, 54)}
+    starts = set()
+    for x, y in _items(t.splits().val, 200):
+        pos = np.flatnonzero(x >= FIRST_SYMBOL)
+        assert len(pos) == 4 and pos[-1] - pos[0] == 3  # contiguous
+        starts.add(int(pos[0]))
+        assert x[54] == CUE and np.array_equal(y[54:], x[pos] - FIRST_SYMBOL)
+        assert (x[: pos[0]] == BLANK).all() and (x[pos[-1] + 1 : 54] == BLANK).all()
+    assert starts == set(range(20))  # every offset in [0, 20) occurs
+    plain = CopyMemory(".", delay=50, n_copy=4)
+    assert plain.memory_windows == {"input": (0, 4), "hold": (4, 54)}
+    assert "offset" not in plain.describe()["options"]  # as before the option existed
+    with pytest.raises(ConfigError, match=r"offset=60; expected an integer in \[0, delay=50\]"):
+        CopyMemory(".", delay=50, offset=60)
