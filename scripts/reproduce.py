@@ -19,7 +19,8 @@ each gate initialisation, the hand-set gate and the gate ablation) on copy memor
 ``scripts/plot_memory.py`` builds its tables and figures in results/memory/:
 ``memory`` every arm at delays 200 and 1,000, seeds 0-2, 2,000 steps; ``memory-offset``
 the symbols at a random offset in the first 100 steps (delay 1,000); ``memory-long``
-10,000 steps at delay 1,000.
+10,000 steps at delay 1,000; ``memory-selective`` selective copy at length 1,000: suRNN,
+S4D and both orders of their hybrid (configs/experiment/memory/selective/).
 
 ``--scale mini`` runs only the tasks whose data this machine can make (ListOps and
 Pathfinder, generated small into ``data/mini``) at a size a 2-core CPU finishes; the
@@ -75,6 +76,10 @@ MEMORY = {
         [f"memory/copy/{a}" for a in ("gru", "lstm", "clockwork", "handset")],
         ["task.options.delay=1000", "trainer.max_steps=10000"],
     ),
+    "memory-selective": (
+        [f"memory/selective/{a}" for a in ("surnn", "s4d", "surnn_s4d", "s4d_surnn")],
+        [],
+    ),
 }
 
 TITLES = {
@@ -85,6 +90,7 @@ TITLES = {
     "memory": "Copy memory: recall after a delay, by model and gate initialisation",
     "memory-offset": "Copy memory, the symbols at a random offset in the first 100 steps",
     "memory-long": "Copy memory at delay 1,000: 10,000 training steps",
+    "memory-selective": "Selective copy at length 1,000: suRNN, S4D and their hybrids",
 }
 
 
@@ -137,6 +143,8 @@ def commands(args, exps: list[str], seeds: list[int], runs: Path, out: Path) -> 
             "d${task.options.delay}-o${task.options.offset}-${model.name}-${variant}"
             "-n${trainer.max_steps}-s${seed}"
         )
+        if args.table == "memory-selective":
+            subdir = "L${task.options.length}-${model.name}-${variant}-s${seed}"
     sweep = [
         py,
         str(ROOT / "run.py"),

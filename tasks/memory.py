@@ -11,11 +11,13 @@ Token ids: 0 padding, 1 blank (the noise / delay filler), 2 the recall cue, then
 symbols (symbol s has id s + 3). Targets are symbol indices ``0 .. vocab - 1`` at the
 recall positions and ``IGNORE_INDEX`` elsewhere (per-position objective ``tokens``).
 
-- ``selective_copy`` (Gu & Dao 2023, "Mamba", sec. 4.1 / app. E.1; defaults as there:
-  16 tokens, vocabulary 16, length 4096): ``n_tokens`` symbols at random positions
-  (sorted, distinct) among ``length`` blanks, then ``n_tokens`` cues; at the k-th cue the
-  model outputs the k-th symbol. Sequence length ``length + n_tokens``. The vocabulary
-  counts the symbols; blank and cue are two more ids (the harness's reading).
+- ``selective_copy`` (Gu & Dao 2023, "Mamba", sec. 4.1 / app. E.1; length 4096 and 16
+  tokens as there): ``n_tokens`` symbols at random positions (sorted, distinct) among
+  ``length`` blanks, then ``n_tokens`` cues; at the k-th cue the model outputs the k-th
+  symbol. Sequence length ``length + n_tokens``. ``vocab`` counts the symbols: 14 by default,
+  so that with the blank (noise) and the cue the input has 16 tokens, as in the copying
+  generator of the S4 repository that Mamba's selective copying uses (a dictionary of 16:
+  noise 0, symbols 1..14, marker 15).
 - ``copy_memory`` (Hochreiter & Schmidhuber 1997; Arjovsky et al. 2016): ``n_copy``
   symbols, ``delay`` blanks, one cue, ``n_copy - 1`` blanks; the model outputs the symbols
   in order at the last ``n_copy`` positions (from the cue on). Length ``2 n_copy + delay``
@@ -137,7 +139,7 @@ class SelectiveCopy(_Generated):
     objective = "tokens"
     input_kind = "tokens"
 
-    def __init__(self, data_dir, length=4096, n_tokens=16, vocab=16, **kw):
+    def __init__(self, data_dir, length=4096, n_tokens=16, vocab=14, **kw):
         super().__init__(data_dir, **kw)
         _positive(self.name, length=length, n_tokens=n_tokens, vocab=vocab)
         if n_tokens > length:

@@ -52,20 +52,24 @@ def test_dry_run_prints_one_multirun_and_the_table_command(capsys):
     assert full.split("run.py -m ")[1].split("\n")[0].endswith("x.y=1")
 
 
-@pytest.mark.parametrize("table", ["memory", "memory-offset", "memory-long"])
+@pytest.mark.parametrize("table", ["memory", "memory-offset", "memory-long", "memory-selective"])
 def test_the_memory_study_is_one_multirun_of_composing_arms(table, capsys):
     exps, seeds, _ = reproduce.plan(table, "full")
     assert set(exps) <= set(choices("experiment")) and seeds == [0, 1, 2]
     for e in exps:
         with initialize_config_dir(str(CONFIG_DIR), version_base=None):
             cfg = compose("config", overrides=[f"experiment={e}"])
-        assert cfg.task.name == "copy_memory" and cfg.model.n_layers == 1
+        copy = table != "memory-selective"
+        assert cfg.task.name == ("copy_memory" if copy else "selective_copy")
+        assert cfg.model.n_layers == (1 if copy else 2)
         assert cfg.model.d_model == 64 and cfg.trainer.batch_size == 32
     assert reproduce.main([table, "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     (sweep,) = [line for line in out if "run.py -m " in line]
-    assert sweep.split("run.py -m ")[1].startswith("seed=0,1,2 task.options.delay=1000")
-    assert "d${task.options.delay}-o${task.options.offset}" in sweep
+    assert sweep.split("run.py -m ")[1].startswith("seed=0,1,2 ")
+    if copy:
+        assert "seed=0,1,2 task.options.delay=1000" in sweep
+        assert "d${task.options.delay}-o${task.options.offset}" in sweep
     assert any("plot_memory.py" in line and f"--name {table}" in line for line in out)
 
 

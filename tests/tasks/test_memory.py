@@ -62,7 +62,7 @@ def test_selective_copy_labels_are_the_symbols_in_order():
 
 def test_selective_copy_defaults_are_the_mamba_paper_s():
     t = TASKS.get("selective_copy")(".")
-    assert (t.length, t.n_tokens, t.vocab) == (4096, 16, 16)
+    assert (t.length, t.n_tokens, t.vocab) == (4096, 16, 14)  # 14 symbols + noise + cue = 16
     x, y = t.splits().val[0]
     assert len(x) == 4096 + 16 and (y != IGNORE_INDEX).sum() == 16
 
