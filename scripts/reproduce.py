@@ -68,13 +68,15 @@ MEMORY_ARMS = ["gru", "lstm", "uniform", "timescale", "clockwork", "handset", "s
 #: (experiments, sweep overrides) of the memory study's tables (seeds: --seeds, default 0-2)
 MEMORY = {
     "memory": ([f"memory/copy/{a}" for a in MEMORY_ARMS], ["task.options.delay=1000,200"]),
+    # (task=copy_memory: Hydra checks the fixed overrides against the config before the
+    # experiments of the sweep are applied)
     "memory-offset": (
         [f"memory/copy/{a}" for a in ("gru", "lstm", "uniform", "timescale", "clockwork")],
-        ["task.options.delay=1000", "task.options.offset=100"],
+        ["task=copy_memory", "task.options.delay=1000", "task.options.offset=100"],
     ),
     "memory-long": (
         [f"memory/copy/{a}" for a in ("gru", "lstm", "clockwork", "handset")],
-        ["task.options.delay=1000", "trainer.max_steps=10000"],
+        ["task=copy_memory", "task.options.delay=1000", "trainer.max_steps=10000"],
     ),
     "memory-selective": (
         [f"memory/selective/{a}" for a in ("surnn", "s4d", "surnn_s4d", "s4d_surnn")],
