@@ -13,9 +13,10 @@ def valid_mask(lengths: torch.Tensor, L: int) -> torch.Tensor:
 
 def closes_nothing(lengths: torch.Tensor | None, T: int) -> bool:
     """True when ``lengths`` (CPU) close no step of a length-T batch (a batch of one, no
-    padding): callers then run the cheaper unpadded paths. Lengths on another device count
-    as closing something, so that this check never waits on the device."""
-    if lengths is None or lengths.device.type != "cpu":
+    padding): callers then run the cheaper unpadded paths. Lengths on another device, or
+    under a torch.compile trace, count as closing something, so that this check never
+    waits on the device nor breaks a graph."""
+    if lengths is None or lengths.device.type != "cpu" or torch.compiler.is_compiling():
         return False
     return lengths.numel() == 0 or int(lengths.min()) >= T  # min: 2 us; (>= T).all(): 4
 

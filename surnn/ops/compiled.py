@@ -23,10 +23,11 @@ for Python run with ``ASAN_OPTIONS=detect_leaks=0`` and
 ``UBSAN_OPTIONS=halt_on_error=1`` makes UB fatal.
 
 Same semantics as ``reference.py``. The kernel calls are torch.library custom ops
-(``surnn::su_gru_compiled_fwd/bwd`` for training, ``surnn::su_gru_compiled_infer`` for
-inference, padded batches included: the step plan and the sweep in one C++ call) with
-FLOP formulas, so FlopCounterMode (the trainer's executed/dense FLOPs) counts the updates
-the kernel executes. Imports nothing beyond torch, the stdlib and ``surnn.utils``.
+(``surnn::su_gru_compiled_plan``, ``_fwd`` with its autograd and ``_bwd`` for training,
+``surnn::su_gru_compiled_infer`` for inference, padded batches included: the step plan
+and the sweep in one C++ call) with fake (shape-only) implementations and FLOP formulas,
+as the Triton op's: FlopCounterMode (the trainer's executed/dense FLOPs) counts the
+updates the kernel executes, and torch.compile traces them. Imports nothing beyond torch, the stdlib and ``surnn.utils``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
@@ -244,6 +245,50 @@ def supports(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
 
+# ------------------------------------------------------------------ the ops
+# Each kernel call is a torch.library custom op with a fake (shape-only) implementation,
+# as the Triton op's: FlopCounterMode counts them through their FLOP formulas, and
+# torch.compile traces them. The training forward's autograd is registered on the op.
+
+
+@torch.library.custom_op("surnn::su_gru_compiled_plan", mutates_args=())
+def _plan_op(
+    g: torch.Tensor, active: torch.Tensor | None, lengths: torch.Tensor | None, batch: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step plan: the neurons to compute at each step (active or open; for per-sample
+    gates the union over the running samples) as a flat index list ``idx`` int32 [nnz]
+    with offsets ``off`` int64 [T+1], the running samples per step ``bs`` int32 [T], and
+    the rows of the batch in length order ``perm`` int32 [B] (longest first; empty without
+    lengths): the kernels deal the samples to the threads in that order and read and write
+    the batch in the caller's order (sorted copies of x, out and their gradients cost ~20%
+    of a padded training step at B=64, T=150, H=64). One pass over the mask in C++ (the
+    equivalent ATen ops cost ~0.6 ms at T=784, H=256, a tenth of a sparse B=1 sequence)."""
+    return _plan(g, active, lengths, batch)
+
+
+def _plan(g, active, lengths, batch):
+    gd = (g if g.is_floating_point() else g.float()).contiguous()
+    empty = torch.empty(0)
+    act = empty if active is None else active.to(torch.bool).contiguous()
+    lens = empty.long() if lengths is None else lengths.to("cpu", torch.long).contiguous()
+    idx, off, bs, perm = _STATE["ext"].plan(gd, act, lens, batch)
+    return idx, off, bs, perm
+
+
+@_plan_op.register_fake
+def _(g, active, lengths, batch):
+    T = g.shape[-2]
+    nnz = torch.library.get_ctx().new_dynamic_size()
+    i32 = torch.int32
+    perm = g.new_empty(batch if lengths is not None else 0, dtype=i32)
+    return (
+        g.new_empty(nnz, dtype=i32),
+        g.new_empty(T + 1, dtype=torch.int64),
+        g.new_empty(T, dtype=i32),
+        perm,
+    )
+
+
 @torch.library.custom_op("surnn::su_gru_compiled_fwd", mutates_args=())
 def _fwd_op(
     x: torch.Tensor,
@@ -253,19 +298,28 @@ def _fwd_op(
     b_ih: torch.Tensor,
     b_hh: torch.Tensor,
     g: torch.Tensor,
+    active: torch.Tensor | None,
     idx: torch.Tensor,
     off: torch.Tensor,
     bs: torch.Tensor,
     perm: torch.Tensor,
-    save: bool,
-    nthreads: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out [B,T,H], saved [nnz,4,B] or empty): the whole forward sweep in C++, the batch
-    in the caller's order (perm: its rows in length order, or empty)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out [B,T,H], h_T [B,H], saved [nnz,4,B]): the whole forward sweep in C++ on
+    contiguous inputs of one dtype, the batch in the caller's order (perm: its rows in
+    length order, or empty), on torch's thread count. ``active`` is used by the backward
+    only (the gate's gradient is masked by it)."""
+    nthreads = torch.get_num_threads()
     out, saved = _STATE["ext"].forward(
-        x, h0, w_ih, w_hh, b_ih, b_hh, g, idx, off, bs, perm, save, nthreads
+        x, h0, w_ih, w_hh, b_ih, b_hh, g, idx, off, bs, perm, True, nthreads
     )
-    return out, saved
+    return out, out[:, -1].clone(), saved
+
+
+@_fwd_op.register_fake
+def _(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, idx, off, bs, perm):
+    B, T, _ = x.shape
+    H = h0.shape[-1]
+    return x.new_empty(B, T, H), x.new_empty(B, H), x.new_empty(idx.shape[0], 4, B)
 
 
 @torch.library.custom_op("surnn::su_gru_compiled_bwd", mutates_args=())
@@ -286,10 +340,20 @@ def _bwd_op(
     need_dx: bool,
     need_w: bool,
     need_dg: bool,
-    nthreads: int,
-) -> list[torch.Tensor]:
-    """(dx, dW_ih, dW_hh, db_ih, db_hh per thread, dg per thread or per sample, dh0): the
-    whole reverse sweep in C++ (the weight gradients are summed over threads here)."""
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+]:
+    """(dx, dW_ih, dW_hh, db_ih, db_hh, dg at the plan's entries (time-only gate: [nnz];
+    per sample: [nnz, B]), dh0): the whole reverse sweep in C++ (per-thread weight
+    gradients summed here). A gradient not asked for is empty."""
+    nthreads = torch.get_num_threads()
     dh = grad_h.clone()  # the kernel turns dL/dh_T into dL/dh0 in place
     res = _STATE["ext"].backward(
         x,
@@ -311,7 +375,76 @@ def _bwd_op(
         nthreads,
     )
     dx, dwi, dwh, dbi, dbh, dgp, dgs = res
-    return [dx, dwi.sum(0), dwh.sum(0), dbi.sum(0), dbh.sum(0), dgp.sum(0), dgs, dh]
+    if need_w:
+        dwi, dwh = dwi.sum(0), dwh.sum(0)
+    if need_dg and g.dim() == 2:
+        dgp = dgp.sum(0)
+    return dx, dwi, dwh, dbi.sum(0), dbh.sum(0), dgp, dgs, dh
+
+
+@_bwd_op.register_fake
+def _(x, h0, w_ih, w_hh, g, idx, off, bs, perm, out, saved, gout, grad_h, *needs):
+    need_dx, need_w, need_dg = needs
+    B, H = h0.shape
+    nnz = idx.shape[0]
+    per_sample = g.dim() == 3
+    return (
+        x.new_empty(x.shape if need_dx else (0,)),
+        x.new_empty(w_ih.shape if need_w else (0,)),
+        x.new_empty(w_hh.shape if need_w else (0,)),
+        x.new_empty(3 * H),
+        x.new_empty(3 * H),
+        x.new_empty((nnz,) if need_dg and not per_sample else (0,)),
+        x.new_empty((nnz, B) if need_dg and per_sample else (0,)),
+        x.new_empty(B, H),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, h0, w_ih, w_hh, b_ih, b_hh, g, active, idx, off, bs, perm = inputs
+    ctx.save_for_backward(x, h0, w_ih, w_hh, g, active, idx, off, bs, perm, *output)
+
+
+def _backward(ctx, grad_out, grad_h, _grad_saved):
+    x, h0, w_ih, w_hh, g, active, idx, off, bs, perm, out, _, saved = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    gout = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
+    gh = torch.zeros_like(h0) if grad_h is None else grad_h.contiguous()
+    dx, dwi, dwh, dbi, dbh, dgp, dgs, dh0 = _bwd_op(
+        x,
+        h0,
+        w_ih,
+        w_hh,
+        g,
+        idx,
+        off,
+        bs,
+        perm,
+        out,
+        saved,
+        gout,
+        gh,
+        need[0],
+        any(need[2:6]),
+        need[6],
+    )
+    dg = None
+    if need[6]:  # the plan's entries back into g's shape
+        steps = torch.repeat_interleave(
+            torch.arange(off.shape[0] - 1), off.diff(), output_size=idx.shape[0]
+        )
+        dg = torch.zeros_like(g)
+        if g.dim() == 2:
+            dg[steps, idx.long()] = dgp
+        else:
+            dg[:, steps, idx.long()] = dgs.T
+        if active is not None:  # the gate's gradient exists only where active
+            dg = dg * active
+    grads = (dx, dh0, dwi, dwh, dbi, dbh, dg)
+    return *(gr if n else None for gr, n in zip(grads, need)), *([None] * 5)
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 @torch.library.custom_op("surnn::su_gru_compiled_infer", mutates_args=())
@@ -325,14 +458,21 @@ def _infer_op(
     g: torch.Tensor,
     active: torch.Tensor | None,
     lengths: torch.Tensor | None,
-    nthreads: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(out [B,T,H], h_T [B,H]) without gradients: layouts, absent biases, lengths in
     any order, the step plan and the forward sweep all in one C++ call (at batch 1 the
-    general path's ~15 Python and ATen steps cost as much as a sparse sweep; at B=250 its
+    training path's ~15 Python and ATen steps cost as much as a sparse sweep; at B=250 its
     length-sorted copies of x and out cost a fifth of the sweep)."""
+    nthreads = torch.get_num_threads()
     out, h_t = _STATE["ext"].infer(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths, nthreads)
     return out, h_t
+
+
+@_infer_op.register_fake
+def _(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths):
+    B, T, _ = x.shape
+    H = w_hh.shape[-1]
+    return x.new_empty(B, T, H), x.new_empty(B, H)
 
 
 def _plain_call(tensors) -> bool:
@@ -342,11 +482,12 @@ def _plain_call(tensors) -> bool:
     costs ~80 us per call, ~200 us when the caches are cold (a B=1 sMNIST sequence at 17%
     updates takes ~3 ms). Uses torch's dispatch-mode stack depth where it exists; without
     it every call goes through the op."""
+    if torch.compiler.is_compiling():
+        return False
     depth = getattr(torch._C, "_len_torch_dispatch_stack", None)
     return (
         depth is not None
         and depth() == 0
-        and not torch.compiler.is_compiling()
         and all(t is None or type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
     )
 
@@ -357,7 +498,7 @@ def _executed(off: torch.Tensor, bs: torch.Tensor) -> int:
 
 
 @register_flop_formula(torch.ops.surnn.su_gru_compiled_fwd, get_raw=True)
-def _fwd_flops(x, h0, w_ih, w_hh, b_ih, b_hh, g, idx, off, bs, *a, **kw) -> int:
+def _fwd_flops(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, idx, off, bs, *a, **kw) -> int:
     """2 * 3 * (D + H) FLOPs per executed update (pointwise work not counted)."""
     return 6 * (x.shape[-1] + h0.shape[-1]) * _executed(off, bs)
 
@@ -371,112 +512,8 @@ def _bwd_flops(x, h0, w_ih, w_hh, g, idx, off, bs, *a, **kw) -> int:
 @register_flop_formula(torch.ops.surnn.su_gru_compiled_infer, get_raw=True)
 def _infer_flops(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths, *a, **kw) -> int:
     """As the forward's: the plan counts the executed updates."""
-    B, T, D = x.shape
-    m = _meta(g, active, lengths, B, T)
-    return 6 * (D + h0.shape[-1]) * _executed(m.off, m.bs)
-
-
-def _meta(g, active, lengths, B, T):
-    """Step plan: the neurons to compute at each step (active or open; for per-sample
-    gates the union over the running samples) as a flat index list with offsets, the
-    number of running samples per step, and the rows of the batch in length order
-    (``perm``, longest first; empty without lengths): the kernels deal the samples to the
-    threads in that order and read and write the batch in the caller's order (sorted
-    copies of x, out and their gradients cost ~20% of a padded training step at B=64,
-    T=150, H=64). Built by the extension in one pass over the mask (the equivalent ATen ops
-    cost ~0.6 ms at T=784, H=256, which is a tenth of a sparse B=1 sequence)."""
-    gd = g.detach()
-    gd = (gd if gd.is_floating_point() else gd.float()).contiguous()
-    empty = torch.empty(0)
-    act = empty if active is None else active.detach().to(torch.bool).contiguous()
-    lens = empty.long()
-    if lengths is not None:
-        lens = lengths.detach().to("cpu", torch.long).contiguous()
-    idx, off, bs, perm = _STATE["ext"].plan(gd, act, lens, B)
-    return SimpleNamespace(
-        idx=idx, off=off, bs=bs, perm=perm, active=active, nthreads=torch.get_num_threads()
-    )
-
-
-def _steps_of(m) -> torch.Tensor:
-    """The step of each entry of m.idx."""
-    return torch.repeat_interleave(torch.arange(len(m.off) - 1), m.off.diff())
-
-
-def _prepare(x, h0, w_ih, w_hh, b_ih, b_hh, g):
-    H = w_hh.shape[1]
-    zeros = x.new_zeros(3 * H)
-    return (
-        x.detach().contiguous(),
-        h0.detach().contiguous(),
-        w_ih.detach().contiguous(),
-        w_hh.detach().contiguous(),
-        (b_ih.detach() if b_ih is not None else zeros).contiguous(),
-        (b_hh.detach() if b_hh is not None else zeros).contiguous(),
-        g.detach().to(x.dtype).contiguous(),
-    )
-
-
-class _SuGRUCompiled(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, g, m):
-        xs, h0s, wi, wh, bi, bh, gs = _prepare(x, h0, w_ih, w_hh, b_ih, b_hh, g)
-        out, saved = _fwd_op(
-            xs, h0s, wi, wh, bi, bh, gs, m.idx, m.off, m.bs, m.perm, True, m.nthreads
-        )
-        ctx.m, ctx.has_b = m, (b_ih is not None, b_hh is not None)
-        ctx.tensors = (xs, h0s, wi, wh, gs, out, saved)
-        return out, out[:, -1].clone()
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_h):
-        m = ctx.m
-        xs, h0s, wi, wh, gs, out, saved = ctx.tensors
-        B, T, _ = xs.shape
-        H = wh.shape[1]
-        need = ctx.needs_input_grad
-        gout = out.new_zeros(B, T, H) if grad_out is None else grad_out.contiguous()
-        gh = out.new_zeros(B, H) if grad_h is None else grad_h.contiguous()
-        need_w = any(need[2:6])
-        dx, dwi, dwh, dbi, dbh, dgp, dgs, dh = _bwd_op(
-            xs,
-            h0s,
-            wi,
-            wh,
-            gs,
-            m.idx,
-            m.off,
-            m.bs,
-            m.perm,
-            out,
-            saved,
-            gout,
-            gh,
-            need[0],
-            need_w,
-            need[6],
-            m.nthreads,
-        )
-        dg = None
-        if need[6]:
-            dg = torch.zeros_like(gs)
-            if gs.dim() == 2:
-                dg[_steps_of(m), m.idx.long()] = dgp
-            else:
-                dg[:, _steps_of(m), m.idx.long()] = dgs.T
-            if m.active is not None:  # the gate's gradient exists only where active
-                dg = dg * m.active
-        has_bi, has_bh = ctx.has_b
-        return (
-            dx if need[0] else None,
-            dh if need[1] else None,
-            dwi if need[2] else None,
-            dwh if need[3] else None,
-            dbi if need[4] and has_bi else None,
-            dbh if need[5] and has_bh else None,
-            dg,
-            None,
-        )
+    _, off, bs, _ = _plan(g.detach(), active, lengths, x.shape[0])
+    return 6 * (x.shape[-1] + w_hh.shape[-1]) * _executed(off, bs)
 
 
 def su_gru_compiled(
@@ -488,18 +525,32 @@ def su_gru_compiled(
     has more than ``dense_grad_max_h`` neurons: ``auto`` then runs the eager path, whose
     dense GEMMs are faster there."""
     B, T, _ = x.shape
-    H = h0.shape[-1]
+    H = w_hh.shape[-1]
     if closes_nothing(lengths, T):
         lengths = None  # a batch of one, or no padding: the unpadded paths
     tensors = (x, h0, w_ih, w_hh, b_ih, b_hh, g)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if not grad:  # one C++ call, padded batches included
         args = (*tensors, active, lengths)
-        infer = _STATE["ext"].infer if _plain_call(args) else _infer_op
-        out, h_t = infer(*args, torch.get_num_threads())
-        return out, h_t
-    m = _meta(g, active, lengths, B, T)
-    wide = dense_grad_max_h is not None and dense_grad_max_h < H
-    if wide and int(m.off[-1]) == T * H:
+        if _plain_call(args):
+            return _STATE["ext"].infer(*args, torch.get_num_threads())
+        return _infer_op(*args)
+    idx, off, bs, perm = _plan_op(g.detach(), active, lengths, B)
+    if dense_grad_max_h is not None and dense_grad_max_h < H and int(off[-1]) == T * H:
         return None
-    return _SuGRUCompiled.apply(x, h0, w_ih, w_hh, b_ih, b_hh, g, m)
+    zeros = x.new_zeros(3 * H)
+    out, h_t, _ = _fwd_op(
+        x.contiguous(),
+        h0.contiguous(),
+        w_ih.contiguous(),
+        w_hh.contiguous(),
+        (zeros if b_ih is None else b_ih).contiguous(),
+        (zeros if b_hh is None else b_hh).contiguous(),
+        g.to(x.dtype).contiguous(),
+        None if active is None else active.detach(),
+        idx,
+        off,
+        bs,
+        perm,
+    )
+    return out, h_t

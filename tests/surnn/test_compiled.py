@@ -134,9 +134,9 @@ def test_compiled_full_lengths_run_as_unpadded(monkeypatch):
     """Lengths that close nothing (every sequence as long as x: a batch of one, no
     padding) run the unpadded inference call, with the same results. Inference never
     plans in Python, a padded batch included; training does."""
-    real = compiled._meta
+    real = compiled._plan_op
     calls = []
-    monkeypatch.setattr(compiled, "_meta", lambda *a: calls.append(a[2]) or real(*a))
+    monkeypatch.setattr(compiled, "_plan_op", lambda *a: calls.append(a[2]) or real(*a))
     x, h0, w, g, active, _ = make_case(3, 6, 5, 9, "sparse", dtype=torch.float32, seed=2)
     with torch.no_grad():
         full = su_gru(x, h0, *w, g, active, torch.tensor([6, 6, 7]), impl="compiled")
@@ -261,15 +261,15 @@ def test_compiled_checks_the_batch_permutation(perm):
     """The kernels read and write the batch through perm (its rows in length order)
     without bounds checks: anything but a permutation of the batch is refused."""
     x, h0, w, g, _, lens = make_case(3, 5, 4, 6, "random", lengths=True, dtype=torch.float32)
-    m = compiled._meta(g, None, lens, 3, 5)
+    idx, off, bs, _ = compiled._plan_op(g.detach(), None, lens, 3)
     args = [t.detach().contiguous() for t in (x, h0, *w, g)]
     p = torch.tensor(perm, dtype=torch.int32)
     call = compiled._STATE["ext"].forward
     if perm == [2, 1, 0]:  # a permutation: runs
-        assert call(*args, m.idx, m.off, m.bs, p, False, 1)[0].shape == (3, 5, 6)
+        assert call(*args, idx, off, bs, p, False, 1)[0].shape == (3, 5, 6)
         return
     with pytest.raises(RuntimeError, match="perm"):
-        call(*args, m.idx, m.off, m.bs, p, False, 1)
+        call(*args, idx, off, bs, p, False, 1)
 
 
 @needs_kernel
@@ -484,3 +484,51 @@ def test_a_layer_loads_the_kernel_when_made(monkeypatch):
         SelectiveUpdateGRU(3, 4, impl=impl)
         assert compiled._STATE["tried"] is loads, impl
         assert (compiled._STATE["ext"] is not None) is loads, impl
+
+
+# ------------------------------------------------------------------ fake implementations
+
+
+@needs_kernel
+def test_compiled_ops_pass_opcheck():
+    """Schema, fake (shape-only) implementations and the registered autograd of the
+    training forward, as the dispatcher uses them (torch.compile: the test below)."""
+    x, h0, w, g, active, lens = make_case(3, 5, 4, 6, "random", lengths=True)
+    idx, off, bs, perm = compiled._plan_op(g.detach(), active, lens, 3)
+    torch.library.opcheck(
+        torch.ops.surnn.su_gru_compiled_fwd.default,
+        (x, h0, *w, g, active, idx, off, bs, perm),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
+    plain = [t.detach() for t in (x, h0, *w, g)]
+    torch.library.opcheck(
+        torch.ops.surnn.su_gru_compiled_infer.default,
+        (*plain, active, lens),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
+@needs_kernel
+def test_torch_compile_traces_the_compiled_kernel():
+    """One graph (fullgraph) for a training call and an inference call through the
+    compiled kernel (a padded batch), with the values and gradients of the reference."""
+    case = make_case(3, 5, 4, 6, "random", lengths=True)
+
+    def train(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lens):
+        return su_gru(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lens, impl="compiled")
+
+    traced = torch.compile(train, backend="aot_eager", fullgraph=True)
+    x, h0, w, g, active, lens = case
+    got = run("reference", (x, h0, w, g, active, lens))
+
+    def run_traced():
+        out, h = traced(x, h0, *w, g, active, lens)
+        gen = torch.Generator().manual_seed(1)
+        weights = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(out.dtype)
+        loss = (out * weights).sum() + (h * h).sum()
+        return (out, h, *torch.autograd.grad(loss, [x, h0, *w, g]))
+
+    assert_close(run_traced(), got, 1e-10)
+    with torch.no_grad():
+        out, h = traced(x, h0, *w, g, active, lens)
+    assert_close((out, h), got[:2], 1e-10)

@@ -25,7 +25,8 @@
 //   x [B,T,D], h0 [B,H], w_ih [3H,D], w_hh [3H,H], b_ih/b_hh [3H] (zeros if absent),
 //   g [T,H] (time-only) or [B,T,H] (per sample), idx int32 [nnz], off int64 [T+1],
 //   bs int32 [T] (samples still running at step t: the first bs[t] in length order),
-//   out [B,T,H], saved [nnz, 4, B] = (r, z, n, hn) per executed (step, neuron, sample).
+//   out [B,T,H], saved [nnz, 4, B] = (r, z, n, hn) per executed (step, neuron, sample),
+//   zeros for the samples past their length.
 #include "su_gru_kernels.h"
 #ifdef __AVX__
 #include <immintrin.h>
@@ -451,6 +452,13 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
       const int running = bs ? bs[t] : B;
       int nv = 0;  // my samples still running at step t (a prefix)
       while (nv < nm && mine[nv] < running) ++nv;
+      if (saved && nv < nm) {  // my finished samples' entries of the step: zeros, so that
+        for (int64_t j = off[t]; j < off[t + 1]; ++j) {  // every element of saved is set
+          T* sv = saved + j * 4 * B;
+          for (int s = nv; s < nm; ++s)
+            sv[mine[s]] = sv[B + mine[s]] = sv[2 * B + mine[s]] = sv[3 * B + mine[s]] = T(0);
+        }
+      }
       if (nv == 0) continue;
       const int* ids = fused ? step_ids[tid].data() : idx + off[t];
       const int A = static_cast<int>(
