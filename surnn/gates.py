@@ -201,12 +201,6 @@ class Gate(nn.Module):
             self, "_table", key, T, lambda n: self.gate(n, None, device, dtype, 0)
         )
 
-    def table_rates(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(g.float().mean(), active.float().mean())`` when ``g`` is what ``forward``
-        served from a table (the gate's, or the all-open one under ``all_open()``),
-        computed once per T; None for any other ``g``."""
-        return step_tables.served_rates(self, g, ("_table", "_open_table"))
-
 
 class BinaryGate(Gate):
     """A hard gate on a pre-activation ``a`` with a surrogate gradient."""

@@ -11,38 +11,43 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from surnn.errors import ConfigError
 from surnn.gates import build_gate, forced_open
-from surnn.ops import IMPLS, resolve_impl, su_gru
-from surnn.utils import closes_nothing, valid_mask
+from surnn.ops import IMPLS, resolve_impl, su_gru, update_rates
+from surnn.utils import valid_mask
 
 
 class SelectiveUpdateGRU(nn.Module):
     """A GRU whose neurons update only when their gate is open.
 
-       Constructor, weight names and layout follow ``torch.nn.GRU`` (unidirectional), so
-       ``load_state_dict`` from an ``nn.GRU`` works (``strict=False``: the gates add their
-       own parameters). Input ``[B, T, D]`` with ``batch_first=True`` else ``[T, B, D]``, or
-       a ``PackedSequence``; returns ``(output, h_n)`` with ``h_n: [num_layers, B, H]`` taken
-       at each sequence's last valid step when ``lengths`` is given (padding steps are closed).
+    Constructor, weight names and layout follow ``torch.nn.GRU`` (unidirectional), so
+    ``load_state_dict`` from an ``nn.GRU`` works (``strict=False``: the gates add their own
+    parameters). Input ``[B, T, D]`` with ``batch_first=True`` else ``[T, B, D]``, or a
+    ``PackedSequence``; returns ``(output, h_n)`` with ``h_n: [num_layers, B, H]`` taken at
+    each sequence's last valid step when ``lengths`` is given (padding steps are closed).
 
-       ``gate`` is a gate config (``surnn.gates.build_gate``) plus the layer's rate options:
+    Each layer k computes, at every step t, the GRU update f of the neurons its gate opens
+    and carries the others' state: h_t = h_{t-1} + g_t * (f(x_t, h_{t-1}) - h_{t-1}), with
+    g = gates[k](T) in {0, 1} ([T, H], or [B, T, H] for per-sample gates; the kernels of
+    ``surnn.ops.su_gru`` compute f only where the gate is active).
 
-       - ``target_rate``: the update rate each layer should reach (e.g. 0.17, the paper's 83%
-         skipped); None: whatever the gate learns.
-       - ``rate_control`` (with a target): ``bias`` (default) shifts each layer's gate by one
-         shared offset (the gate's ``rate_offset`` buffer, added to every neuron's
-         pre-activation) so that the layer's rate over the valid positions of the batch equals
-         the target: in every training forward (``self.training`` and autograd on) the offset
-         is solved for by bisection on the batch before the gate is applied, so the task's
-         gradient shapes the rhythms (which neurons open when) while the layer's rate stays
-         at the target whatever it does to the gate's biases. The offset of the last training
-         batch is kept (saved with the weights) and used in eval. ``none``: no control.
-       - ``rate_penalty``: adds ``rate_penalty * (rate - target_rate)^2`` per layer to
-         ``last_aux_loss`` (a loss on the gate parameters; alone it trades the rate against
-         the task loss and does not land on the target, see tests/surnn/test_layer.py).
-    After a call, ``last_gate`` holds each layer's gate
-       (``[T, H]``, or ``[B, T, H]`` for per-sample gates), ``last_update_rate`` the mean over
-       valid positions and ``last_active_rate`` the fraction of updates actually computed, as
-       detached 0-d tensors (no host sync: read them with ``float()`` when logging).
+    ``gate`` is a gate config (``surnn.gates.build_gate``) plus the layer's rate options:
+
+    - ``target_rate``: the update rate each layer should reach (e.g. 0.17, the paper's 83%
+      skipped); None: whatever the gate learns.
+    - ``rate_control`` (with a target): ``bias`` (default) shifts each layer's gate by one
+      shared offset (the gate's ``rate_offset`` buffer, added to every neuron's
+      pre-activation) so that the layer's rate over the valid positions of the batch equals
+      the target: in every training forward (``self.training`` and autograd on) the offset
+      is solved for by bisection on the batch before the gate is applied, so the task's
+      gradient shapes the rhythms (which neurons open when) while the layer's rate stays at
+      the target whatever it does to the gate's biases. The offset of the last training
+      batch is kept (saved with the weights) and used in eval. ``none``: no control.
+    - ``rate_penalty``: adds ``rate_penalty * (rate - target_rate)^2`` per layer to
+      ``last_aux_loss`` (a loss on the gate parameters; alone it trades the rate against the
+      task loss and does not land on the target, see tests/surnn/test_layer.py).
+
+    After a call, ``last_gate`` holds each layer's gate, ``last_update_rate`` its mean over
+    the valid positions and ``last_active_rate`` the fraction of updates actually computed,
+    as detached 0-d tensors (no host sync: read them with ``float()`` when logging).
     """
 
     def __init__(
@@ -109,10 +114,11 @@ class SelectiveUpdateGRU(nn.Module):
                 nn.init.uniform_(p, -std, std)
 
     def layer_weights(self, k: int):
-        p = self._parameters  # direct: nn.Module.__getattr__ costs ~1 us a name
-        b_ih = p[f"bias_ih_l{k}"] if self.bias else None
-        b_hh = p[f"bias_hh_l{k}"] if self.bias else None
-        return p[f"weight_ih_l{k}"], p[f"weight_hh_l{k}"], b_ih, b_hh
+        """Layer k's (W_ih [3H, D], W_hh [3H, H], b_ih [3H] or None, b_hh [3H] or None)."""
+        w_ih, w_hh = getattr(self, f"weight_ih_l{k}"), getattr(self, f"weight_hh_l{k}")
+        if not self.bias:
+            return w_ih, w_hh, None, None
+        return w_ih, w_hh, getattr(self, f"bias_ih_l{k}"), getattr(self, f"bias_hh_l{k}")
 
     def forward(
         self,
@@ -127,52 +133,32 @@ class SelectiveUpdateGRU(nn.Module):
         if packed:  # padded, in the caller's batch order (as hx and h_n are)
             x, lengths = pad_packed_sequence(input, batch_first=True)
         else:
-            x = input if self.batch_first else input.transpose(0, 1)
-        B, T, _ = x.shape
-        H = self.hidden_size
-        if hx is None:
-            hx = x.new_zeros(self.num_layers, B, H)
-        counts = None  # sequences still running at each step
-        run_lengths = None if closes_nothing(lengths, T) else lengths  # cheaper paths below
-        if run_lengths is not None:
-            run_lengths = run_lengths.to(x.device)
-            counts = (torch.arange(T, device=x.device)[:, None] < run_lengths[None, :]).sum(1)
-        h_n, aux_loss = [], None
-        gates, rates, active_rates = [], [], []
-        control = (
-            self.controlled and self.training and torch.is_grad_enabled() and not forced_open()
-        )
-        for k, gate in enumerate(self.gates):  # iterating: indexing a ModuleList costs ~4 us
-            if control:
-                _steer(gate, T, x, run_lengths, counts, float(self.target_rate), t0=int(t0))
-            g, active = gate(T, x, device=x.device, dtype=x.dtype, t0=int(t0))
+            x = input if self.batch_first else input.transpose(0, 1)  # [B, T, D]
+        T = x.shape[1]
+        steer = self.controlled and self.training and torch.is_grad_enabled() and not forced_open()
+        gates, rates, active_rates, h_n, aux_loss = [], [], [], [], None
+        for k, gate in enumerate(self.gates):
+            if steer:
+                _steer(gate, T, x, lengths, float(self.target_rate), t0=t0)
+            g, active = gate(T, x, device=x.device, dtype=x.dtype, t0=t0)  # [T, H] or [B, T, H]
+            rate, active_rate = update_rates(g, active, lengths)
             gates.append(g.detach())
-            cached = None if run_lengths is not None else gate.table_rates(g)
-            rate, act_rate = cached or _rates(g, active, run_lengths, counts, B)
             rates.append(rate.detach())
-            active_rates.append(act_rate)
+            active_rates.append(active_rate)
             if self.target_rate is not None and self.rate_penalty > 0 and self.training:
-                pen = self.rate_penalty * (rate - float(self.target_rate)) ** 2
-                aux_loss = pen if aux_loss is None else aux_loss + pen
-            weights = self.layer_weights(k)
-            out, h = su_gru(x, hx[k], *weights, g, active, run_lengths, impl=self.impl)
+                penalty = self.rate_penalty * (rate - float(self.target_rate)) ** 2
+                aux_loss = penalty if aux_loss is None else aux_loss + penalty
+            h0 = None if hx is None else hx[k]  # None: zeros
+            x, h = su_gru(x, h0, *self.layer_weights(k), g, active, lengths, impl=self.impl)
             h_n.append(h)
-            x = out
             if self.dropout and self.training and k < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout, True)
-        # Plain attributes (never parameters, buffers or modules): set without
-        # nn.Module.__setattr__'s checks, ~3 us each at every call.
-        self.__dict__.update(
-            last_gate=gates,
-            last_update_rate=rates,
-            last_active_rate=active_rates,
-            last_aux_loss=aux_loss,
-        )
-        h_n = torch.stack(h_n, 0)
+        self.last_gate, self.last_update_rate, self.last_active_rate = gates, rates, active_rates
+        self.last_aux_loss = aux_loss
+        h_n = torch.stack(h_n)
         if packed:  # packed as the input was: its length order and batch permutation
             return _pack_like(input, x, lengths), h_n
-        out = x if self.batch_first else x.transpose(0, 1)
-        return out, h_n
+        return (x if self.batch_first else x.transpose(0, 1)), h_n
 
 
 def _pack_like(input: PackedSequence, x: torch.Tensor, lengths: torch.Tensor) -> PackedSequence:
@@ -185,29 +171,17 @@ def _pack_like(input: PackedSequence, x: torch.Tensor, lengths: torch.Tensor) ->
     return PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
 
 
-def _rates(g, active, lengths, counts, B):
-    """(update rate over valid positions, fraction of updates computed): 0-d tensors, the
-    first with its gradient (for the rate penalty), the second detached."""
-    if lengths is None:
-        rate = g.float().mean() if g.numel() else g.new_zeros((), dtype=torch.float32)
-        return rate, active.float().mean()
-    n = (counts.sum() * g.shape[-1]).clamp(min=1)
-    if g.dim() == 2:
-        w = counts.to(torch.float32)[:, None]
-        return (g.float() * w).sum() / n, (active.float() * w).sum() / n
-    T = g.shape[1]
-    valid = valid_mask(lengths.to(g.device), T).float()[..., None]
-    return (g.float() * valid).sum() / n, (active.float() * valid).sum() / n
-
-
 @torch.no_grad()
-def _steer(gate, T, x, lengths, counts, target: float, iters: int = 40, t0: int = 0) -> None:
+def _steer(gate, T, x, lengths, target: float, iters: int = 40, t0: int = 0) -> None:
     """Move ``gate.rate_offset`` so that the gate's rate over this batch's valid positions
     is ``target``: bisection on one offset shared by every neuron (the rate is monotone in
     it), on the device (no host sync). Ends on the side at or above the target; precision:
     the pre-activation's range / 2^iters, so the rate is off by at most the ties at the
     threshold (one (position, neuron) for a rhythm gate)."""
     a = gate.preactivation(T, x, x.device, t0=t0).float()  # includes the current offset
+    if lengths is not None:
+        lengths = lengths.to(x.device)
+        counts = (torch.arange(T, device=x.device)[:, None] < lengths[None, :]).sum(1)
     if lengths is None:
         w = a.new_ones((1,) * a.dim())
         n = a.new_tensor(float(a.numel()))

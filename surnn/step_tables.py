@@ -4,18 +4,22 @@ A time-only gate's values at steps 0..T-1 depend on its parameters and buffers o
 are the same whatever T is (each step is computed on its own). ``serve`` keeps one table
 per name on the owning module (outside its state dict), built for the longest T asked so
 far (rounded up to a power of two) and rebuilt when its key changes; every call with the
-same T gets the same two views, and ``served_rates`` their update and active rates,
-computed once per T. Imports nothing beyond torch.
+same T gets the same two views, and ``served_rates`` (given a served view of g) their
+update and active rates, computed once per T. Imports nothing beyond torch.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 Build = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+# id of each served view of g -> [weak reference to it, its active view, rates or None];
+# an entry leaves when its view is freed (its table rebuilt or its owner gone).
+_SERVED: dict[int, list] = {}
 
 
 def state_key(module: nn.Module, device, dtype) -> tuple:
@@ -26,7 +30,7 @@ def state_key(module: nn.Module, device, dtype) -> tuple:
         state = [*module.parameters(), *module.buffers()]
     else:  # the module's own dicts: parameters() walks the module tree (~10 us a call)
         state = [t for d in (module._parameters, module._buffers) for t in d.values()]
-    return (str(device), dtype, tuple((t.data_ptr(), t._version) for t in state if t is not None))
+    return (device, dtype, tuple((t.data_ptr(), t._version) for t in state if t is not None))
 
 
 def serve(owner: nn.Module, name: str, key, T: int, build: Build):
@@ -39,21 +43,20 @@ def serve(owner: nn.Module, name: str, key, T: int, build: Build):
         table = owner.__dict__[name] = (key, n, g, active, {})
     views = table[4].get(T)
     if views is None:
-        views = table[4][T] = [table[2][:T], table[3][:T], None]
-    return views[0], views[1]
+        views = table[4][T] = (table[2][:T], table[3][:T])
+        vid = id(views[0])
+        gone = weakref.ref(views[0], lambda _, vid=vid: _SERVED.pop(vid, None))
+        _SERVED[vid] = [gone, views[1], None]
+    return views
 
 
-def served_rates(owner: nn.Module, g: torch.Tensor, names) -> tuple | None:
-    """``(g.float().mean(), active.float().mean())`` when ``g`` is what one of ``owner``'s
-    tables ``names`` served, computed once per T (two means cost ~30 us, a sparse
-    recurrence step at batch 1 ~1 us); None for any other ``g``."""
-    if g.dim() != 2 or not g.numel():
+def served_rates(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(g.float().mean(), active.float().mean())`` when ``g`` is a view that ``serve``
+    returned, computed once per view (two means cost ~30 us, a sparse recurrence step at
+    batch 1 ~1 us); None for any other ``g``."""
+    entry = _SERVED.get(id(g))
+    if entry is None or entry[0]() is not g or not g.numel():
         return None
-    for name in names:
-        table = owner.__dict__.get(name)
-        views = table[4].get(g.shape[0]) if table is not None else None
-        if views is not None and views[0] is g:
-            if views[2] is None:
-                views[2] = (views[0].float().mean(), views[1].float().mean())
-            return views[2]
-    return None
+    if entry[2] is None:
+        entry[2] = (g.float().mean(), entry[1].float().mean())
+    return entry[2]

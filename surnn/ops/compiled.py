@@ -27,7 +27,8 @@ Same semantics as ``reference.py``. The kernel calls are torch.library custom op
 ``surnn::su_gru_compiled_infer`` for inference, padded batches included: the step plan
 and the sweep in one C++ call) with fake (shape-only) implementations and FLOP formulas,
 as the Triton op's: FlopCounterMode (the trainer's executed/dense FLOPs) counts the
-updates the kernel executes, and torch.compile traces them. Imports nothing beyond torch, the stdlib and ``surnn.utils``.
+updates the kernel executes, and torch.compile traces them. Imports nothing beyond torch
+and the stdlib.
 """
 
 from __future__ import annotations
@@ -48,8 +49,6 @@ from types import ModuleType
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
-
-from surnn.utils import closes_nothing
 
 _SRC = Path(__file__).resolve().parent / "csrc"
 _STATE: dict = {
@@ -450,7 +449,7 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 @torch.library.custom_op("surnn::su_gru_compiled_infer", mutates_args=())
 def _infer_op(
     x: torch.Tensor,
-    h0: torch.Tensor,
+    h0: torch.Tensor | None,
     w_ih: torch.Tensor,
     w_hh: torch.Tensor,
     b_ih: torch.Tensor | None,
@@ -459,7 +458,7 @@ def _infer_op(
     active: torch.Tensor | None,
     lengths: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out [B,T,H], h_T [B,H]) without gradients: layouts, absent biases, lengths in
+    """(out [B,T,H], h_T [B,H]) without gradients: layouts, absent h0 and biases, lengths in
     any order, the step plan and the forward sweep all in one C++ call (at batch 1 the
     training path's ~15 Python and ATen steps cost as much as a sparse sweep; at B=250 its
     length-sorted copies of x and out cost a fifth of the sweep)."""
@@ -526,8 +525,6 @@ def su_gru_compiled(
     dense GEMMs are faster there."""
     B, T, _ = x.shape
     H = w_hh.shape[-1]
-    if closes_nothing(lengths, T):
-        lengths = None  # a batch of one, or no padding: the unpadded paths
     tensors = (x, h0, w_ih, w_hh, b_ih, b_hh, g)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if not grad:  # one C++ call, padded batches included
@@ -535,6 +532,8 @@ def su_gru_compiled(
         if _plain_call(args):
             return _STATE["ext"].infer(*args, torch.get_num_threads())
         return _infer_op(*args)
+    if h0 is None:
+        h0 = x.new_zeros(B, H)
     idx, off, bs, perm = _plan_op(g.detach(), active, lengths, B)
     if dense_grad_max_h is not None and dense_grad_max_h < H and int(off[-1]) == T * H:
         return None

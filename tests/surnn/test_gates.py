@@ -234,23 +234,25 @@ def test_inference_takes_the_gate_from_a_table_equal_to_computing_it(kind, opts)
         assert same(40)
 
 
-def test_table_rates_only_for_what_the_table_served():
+def test_served_rates_only_for_what_a_table_served():
+    from surnn.step_tables import served_rates
+
     torch.manual_seed(0)
     gate = build_gate(16, 16, {"kind": "rhythm"})
     with torch.no_grad():
         g, a = gate(40, None, dtype=torch.float32)
         again, _ = gate(40, None, dtype=torch.float32)
         assert again is g  # the same view for the same T
-        rate, act = gate.table_rates(g)
+        rate, act = served_rates(g)
         assert torch.equal(rate, g.float().mean()) and torch.equal(act, a.float().mean())
-        assert gate.table_rates(g.clone()) is None  # not a table view
-        assert gate.table_rates(gate(0, None, dtype=torch.float32)[0]) is None  # empty
-    assert gate.table_rates(gate(40, None, dtype=torch.float32)[0]) is None  # with gradients
+        assert served_rates(g.clone()) is None  # not a table view
+        assert served_rates(gate(0, None, dtype=torch.float32)[0]) is None  # empty
+    assert served_rates(gate(40, None, dtype=torch.float32)[0]) is None  # with gradients
     with torch.no_grad(), all_open():  # the dense baseline: an all-open table, same cost
         g1, a1 = gate(40, None, dtype=torch.float32)
         assert gate(40, None, dtype=torch.float32)[0] is g1
         assert torch.equal(g1, torch.ones(40, 16)) and bool(a1.all()) and a1.dtype == torch.bool
-        assert [float(r) for r in gate.table_rates(g1)] == [1.0, 1.0]
+        assert [float(r) for r in served_rates(g1)] == [1.0, 1.0]
     with torch.no_grad():
         assert gate(40, None, dtype=torch.float32)[0] is g  # the learned table again
 

@@ -218,14 +218,15 @@ std::vector<torch::Tensor> plan(torch::Tensor g, torch::Tensor active, torch::Te
 // Inference in one call (no gradient): the forward sweep without the plan's tensors, the
 // saved activations or any Python in between; a time-only gate is not planned at all
 // (each step lists its neurons from its row of g as it starts). Takes the layer's
-// arguments as given (any layout, absent biases, a bool or float gate, a float mask,
-// lengths in any order) and returns (out [B,T,H], h_T [B,H]). A padded batch runs in the
-// caller's order: the samples are dealt to the threads in length order through a
-// permutation (no sorted copies of x and out), and a sample past its length keeps its
-// state. At batch 1 the ATen and Python steps of the general path cost about as much as
+// arguments as given (any layout, absent h0 (zeros) and biases, a bool or float gate, a
+// float mask, lengths in any order) and returns (out [B,T,H], h_T [B,H]). A padded batch
+// runs in the caller's order: the samples are dealt to the threads in length order
+// through a permutation (no sorted copies of x and out), and a sample past its length
+// keeps its state. At batch 1 the ATen and Python steps of the general path cost about as much as
 // the kernel's sparse sweep; at B=250 the sorted copies cost a fifth of it.
-std::vector<torch::Tensor> infer(torch::Tensor x, torch::Tensor h0, torch::Tensor wih,
-                                 torch::Tensor whh, c10::optional<torch::Tensor> bih,
+std::vector<torch::Tensor> infer(torch::Tensor x, c10::optional<torch::Tensor> h0_or_zeros,
+                                 torch::Tensor wih, torch::Tensor whh,
+                                 c10::optional<torch::Tensor> bih,
                                  c10::optional<torch::Tensor> bhh, torch::Tensor g,
                                  c10::optional<torch::Tensor> active,
                                  c10::optional<torch::Tensor> lengths, int64_t nthreads) {
@@ -233,10 +234,14 @@ std::vector<torch::Tensor> infer(torch::Tensor x, torch::Tensor h0, torch::Tenso
   TORCH_CHECK(dt == torch::kFloat32 || dt == torch::kFloat64,
               "su_gru_compiled: float32 or float64 input expected, got ", dt);
   x = x.contiguous();
-  h0 = h0.contiguous();
   wih = wih.contiguous();
   whh = whh.contiguous();
   g = g.to(dt).contiguous();
+  TORCH_CHECK(x.dim() == 3 && whh.dim() == 2,
+              "su_gru_compiled: expected x [B,T,D] and w_hh [3H,H]");
+  torch::Tensor h0 = h0_or_zeros.has_value()
+                         ? h0_or_zeros->contiguous()
+                         : torch::zeros({x.size(0), whh.size(1)}, x.options());
   check_dims(x, h0, wih, whh, g);
   const int B = x.size(0), Tn = x.size(1), D = x.size(2), H = h0.size(1);
   auto bias = [&](const c10::optional<torch::Tensor>& b) {
