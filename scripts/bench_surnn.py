@@ -11,19 +11,22 @@ every neuron closed: its time per step is the floor that skipping updates cannot
 below (printed, and ``empty_step_us`` in the JSON). Prints a table and writes JSON under
 results/bench/.
 
-    python scripts/bench_surnn.py                                   # CPU, the issue's sizes
+    python scripts/bench_surnn.py                                   # CPU, B=32 T=1024 D=H=512
     python scripts/bench_surnn.py --batch 8 --seq 128 --reps 3      # quick
     python scripts/bench_surnn.py --gate rhythm --group-size 64     # learned rhythm, 8 groups
     python scripts/bench_surnn.py --device cuda --dtype bf16 --batch 64 --hidden 1024 --dim 1024
-    python scripts/bench_surnn.py --suite targets                   # issue 12's CPU targets
+    python scripts/bench_surnn.py --suite targets                   # the CPU targets
 
 ``--suite targets`` times the compiled CPU kernel's targets (learned rhythm with free
 per-neuron phases at 17% updates): B=32 T=1024 D=H=512 inference and training against
 nn.GRU and against the same layer at rate 1; small layers (H=64/128, B=32, T=221/1000)
 training against nn.GRU; padded batches as LRA's (B=32, lengths T/8..T, H=64 T=221 and
 H=128 T=1000) inference and training against nn.GRU over the padded batch and on the
-packed batch; streaming B=1 T=784 D=1 H=256 inference against the same kernel with every
-gate open and against nn.GRU at B=1. Timing for a noisy VM: in every repetition each case
+packed batch; streaming B=1 T=784 D=1 H=256 (the paper's sMNIST shape): inference through
+the public layer (``SelectiveUpdateGRU``, eval) against the same layer with every gate open
+(``all_open()``) and against nn.GRU at B=1, the op alone against itself with every gate
+open, and the layer's per-call overhead (its time minus the op's, same gate, in
+microseconds). Timing for a noisy VM: in every repetition each case
 runs right after its own baseline, and a ratio is baseline min / case min over the
 repetitions (noise only ever adds time); the JSON keeps every raw time.
 """
@@ -75,7 +78,7 @@ def parse() -> argparse.Namespace:
         "--suite",
         choices=("rates", "targets"),
         default="rates",
-        help="rates: the update-rate sweep above; targets: issue 12's paired CPU cases",
+        help="rates: the update-rate sweep above; targets: the paired CPU cases",
     )
     p.add_argument(
         "--settings",

@@ -1,11 +1,12 @@
 """Timing for scripts/bench_surnn.py: the facts its JSON files record (commit, processor,
-the command) and its ``--suite targets``, issue 12's targets for the compiled CPU kernel.
+the command) and its ``--suite targets``: the compiled CPU kernel's speed targets, and
+streaming through the public layer.
 
 Each target is a pair: a case and its baseline, run back to back in every repetition
 after one warm-up; a ratio is min(baseline) / min(case) over the repetitions (noise only
 ever adds time) and the JSON keeps every raw time and the load average. Like
 ``surnn.ops.triton.aot`` for scripts/triton_report.py, it needs nothing but torch and the
-op; ``import surnn`` does not load it.
+method (the op, its gates and layer); ``import surnn`` does not load it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from surnn.gates import build_gate
+from surnn.gates import all_open, build_gate
+from surnn.layer import SelectiveUpdateGRU
 from surnn.ops import resolve_impl, su_gru
 
 
@@ -69,7 +71,7 @@ def command_args(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-# ------------------------------------------------------------------ issue 12's targets
+# ------------------------------------------------------------------ the CPU targets
 TARGET_RATE = 0.17
 
 
@@ -85,6 +87,26 @@ def rhythm_at(rate: float, T: int, H: int, width: float, seed: int = 0):
         shift = torch.quantile(a.flatten().double(), 1 - rate).float()
         a = a - shift
     return (a > 0).float(), a > 0, (a > 0) | (a.abs() < width)
+
+
+def stream_layer(gru: torch.nn.GRU, T: int, width: float, impl: str) -> SelectiveUpdateGRU:
+    """A ``SelectiveUpdateGRU`` in eval mode with ``gru``'s weights whose gate is the one
+    ``rhythm_at(TARGET_RATE, T, H, width)`` gives (same seed and construction; the shift
+    is the gate's ``rate_offset``, as rate control leaves it), checked equal."""
+    H = gru.hidden_size
+    gate = {"kind": "rhythm", "init_rate": TARGET_RATE, "width": width, "n_freqs": 4}
+    torch.manual_seed(0)
+    su = SelectiveUpdateGRU(gru.input_size, H, batch_first=True, gate=gate, impl=impl)
+    su.load_state_dict(gru.state_dict(), strict=False)
+    su.eval()
+    gate = su.gates[0]
+    gate.enable_rate_control()
+    with torch.no_grad():
+        a = gate.preactivation(T)
+        gate.rate_offset.fill_(-torch.quantile(a.flatten().double(), 1 - TARGET_RATE).float())
+        g, _ = gate(T, dtype=torch.float32)
+    assert torch.equal(g, rhythm_at(TARGET_RATE, T, H, width)[0]), "the layer's gate differs"
+    return su
 
 
 def _time(fn) -> float:
@@ -216,7 +238,7 @@ def targets(args: argparse.Namespace, root: Path) -> None:
                 "train_active_rate": float(a_tr.float().mean()),
             }
             base = train_step(w, xg, lambda gru=gru, xg=xg: gru(xg))
-            # the eager path only at the issue's reference point (H=64, T=221): time
+            # the eager path only at the reference point (H=64, T=221): time
             for which in (impl, "cpu") if (H, T) == (64, 221) else (impl,):
                 pair(
                     tag,
@@ -294,31 +316,74 @@ def targets(args: argparse.Namespace, root: Path) -> None:
                     1.0,
                 )
     if "stream" in args.settings:
+        # One sequence through the public layer (eval, no gradients), its gate the op's g.
         B, T, D, H = 1, 784, 1, 256
         gru, w, x, xg, h0 = layer(B, T, D, H)
         g, a_ev, a_tr = rhythm_at(TARGET_RATE, T, H, width)
         ones, all_on = torch.ones(T, H), torch.ones(T, H, dtype=torch.bool)
+        su = stream_layer(gru, T, width, impl)
         info["stream"] = {"B": B, "T": T, "D": D, "H": H, "rate": float(g.mean())}
-        su = infer(lambda: su_gru(x, h0, *w, g, a_ev, impl=impl))
+        case = infer(lambda: su(x))
+
+        def every_gate_open():
+            with torch.no_grad(), all_open():
+                su(x)
+
         pair(
             "stream",
-            "inference vs every gate open (same kernel)",
-            f"su {impl} rate 1 fwd",
-            infer(lambda: su_gru(x, h0, *w, ones, all_on, impl=impl)),
-            f"su {impl} fwd",
-            su,
+            "layer inference vs every gate open (same layer)",
+            "SelectiveUpdateGRU every gate open",
+            every_gate_open,
+            "SelectiveUpdateGRU",
+            case,
             5.3,
             {"per_step": True},
         )
         pair(
             "stream",
-            "inference vs nn.GRU (B=1)",
+            "layer inference vs nn.GRU (B=1)",
             "nn.GRU fwd",
             infer(lambda: gru(x)),
-            f"su {impl} fwd",
-            su,
+            "SelectiveUpdateGRU",
+            case,
             1.0,
             {"per_step": True},
+        )
+        op = infer(lambda: su_gru(x, h0, *w, g, a_ev, impl=impl))
+        pair(
+            "stream",
+            "op inference vs every gate open (same kernel)",
+            f"su {impl} rate 1 fwd",
+            infer(lambda: su_gru(x, h0, *w, ones, all_on, impl=impl)),
+            f"su {impl} fwd",
+            op,
+            5.3,
+            {"per_step": True},
+        )
+        # The layer's own time per call: one step (T=1), the same gate row, 20 calls a
+        # repetition, layer minus op.
+        x1, calls = x[:, :1].contiguous(), 20
+        with torch.no_grad():
+            g1, a1 = su.gates[0](1, x1, device=x1.device, dtype=x1.dtype)
+        info["stream T=1"] = {**info["stream"], "T": 1, "rate": float(g1.mean())}
+
+        def repeat(fn):
+            def run():
+                with torch.no_grad():
+                    for _ in range(calls):
+                        fn()
+
+            return run
+
+        pair(
+            "stream T=1",
+            "the layer's per-call overhead (layer vs op)",
+            f"su {impl} fwd",
+            repeat(lambda: su_gru(x1, h0, *w, g1, a1, impl=impl)),
+            "SelectiveUpdateGRU",
+            repeat(lambda: su(x1)),
+            0.0,
+            {"overhead_calls": calls},
         )
 
     def crossover(B, T, D, H, rates):
@@ -389,6 +454,8 @@ def targets(args: argparse.Namespace, root: Path) -> None:
         if p.get("per_step"):
             row["case_us_per_step"] = cmin / T * 1e6
             row["base_us_per_step"] = bmin / T * 1e6
+        if p.get("overhead_calls"):
+            row["overhead_us_per_call"] = (cmin - bmin) / p["overhead_calls"] * 1e6
         rows.append(row)
         print(
             f"{p['setting']:<20}{p['name']:<42}{bmin:>11.4f}{cmin:>11.4f}{ratio:>7.2f}"
@@ -399,6 +466,8 @@ def targets(args: argparse.Namespace, root: Path) -> None:
                 f"{'':<20}  per step: {row['case_us_per_step']:.1f} us (case), "
                 f"{row['base_us_per_step']:.1f} us (baseline)"
             )
+        if p.get("overhead_calls"):
+            print(f"{'':<20}  per call: {row['overhead_us_per_call']:.1f} us")
     meta = {
         "command": "python scripts/bench_surnn.py " + command_args(args),
         "label": args.label,
@@ -448,6 +517,14 @@ def targets_md(meta: dict) -> str:
             f"| {r['case_min_s']:.4f} | {r['ratio_of_min']:.2f}x | >= {r['target']:g}x "
             f"| {'yes' if r['met'] else 'no'} |"
         )
+    overhead = [r for r in meta["rows"] if "overhead_us_per_call" in r]
+    if overhead:
+        lines += [
+            "",
+            "Per-call overhead of the layer (one step, the same gate row; min layer time - "
+            "min op time over the same repetitions, per call): "
+            + "; ".join(f"{r['overhead_us_per_call']:.1f} us" for r in overhead),
+        ]
     per_step = [r for r in meta["rows"] if "case_us_per_step" in r]
     if per_step:
         lines += [
