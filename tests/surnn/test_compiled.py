@@ -293,13 +293,19 @@ def test_compiled_no_bias_and_frozen_inputs():
 
 @needs_kernel
 def test_compiled_flops_count_only_executed_updates():
+    """Inference counts 2 * 3 * (D + H) FLOPs per executed update; a training step
+    (forward and backward through the custom ops) three times that."""
     B, T, D, H = 3, 8, 5, 70
     x, h0, w, g, _, lens = make_case(B, T, D, H, "random", lengths=True, dtype=torch.float32)
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        su_gru(x, h0, *w, g, None, lens, impl="compiled")
     valid = torch.arange(T)[None, :] < lens[:, None]
     executed = int(((g != 0)[None] & valid[:, :, None]).sum())
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        su_gru(x, h0, *w, g, None, lens, impl="compiled")
     assert fc.get_total_flops() == 2 * 3 * (D + H) * executed
+    with FlopCounterMode(display=False) as fc:
+        out, h = su_gru(x, h0, *w, g, None, lens, impl="compiled")
+        (out.sum() + h.sum()).backward()
+    assert fc.get_total_flops() == 3 * 2 * 3 * (D + H) * executed
 
 
 @needs_kernel
