@@ -1,23 +1,28 @@
 #!/usr/bin/env python
-"""Learning curves, a results table and the gate raster of a trained suRNN for the memory
-evidence (scripts/memory_evidence.sh).
+"""Tables and figures of the memory study (scripts/reproduce.py memory, memory-offset,
+memory-long, memory-selective) from its run folders.
 
-    python scripts/plot_memory.py outputs/memory [more run roots] --out results/memory \
-        [--raster outputs/memory/memory-copy_memory-surnn-s0]
+    python scripts/plot_memory.py outputs/reproduce/memory --out results/memory --name memory
 
-Reads every run folder below the roots (``results.json`` + ``metrics.jsonl``) and writes
-into ``--out``:
-- ``curves.png``: the selection metric on validation against the step, per task (one panel
-  each), mean over seeds with the min-max band, one line per model (and variant);
-- ``memory.md`` / ``memory.json``: per task and model, the test metric (mean +- std over
-  seeds, seed count), whole-sequence accuracy, mean update rate, steps and train time;
-- ``gate_raster.png`` (with ``--raster RUN``, default: the first suRNN run of seed 0): the
-  trained gate of each suRNN layer at the best checkpoint, neurons x time over one
-  sequence of the task (white = open), with the task's cue positions marked;
-- ``gate_stats.json`` and a section of ``memory.md``: for every trained suRNN, each layer's
-  longest closed stretch per neuron and, for copy memory, how many neurons are open at the
-  input and then closed through the whole delay (what holds a symbol exactly).
-A run is labelled with its model and variant (the command line's model.* overrides).
+Reads every run folder below the roots (``results.json`` + ``metrics.jsonl``), groups them
+by setting (task; copy memory's delay, offset and step budget; selective copy's length) and
+arm (model and ``variant``: the gate initialisation), and writes into ``--out``:
+
+- ``<name>.md`` / ``<name>.json``: per setting and arm, the test accuracy per symbol (mean
+  +- std over seeds, and each seed's), the accuracy at each recall position (mean over
+  seeds: which symbols are recalled), whole-sequence accuracy, the update rate, the holding
+  neurons at the end (open at the input, closed through the delay: ``gate_holders``), the
+  median step time; then what each trained gate can hold (``gate_stats``);
+- ``<name>-curves.png``: validation accuracy against the step, one panel per setting, mean
+  over seeds with the min-max band, one line per arm;
+- ``<name>-holders.png``: the holding neurons of every suRNN arm against the step (the
+  evaluation counts them on the validation gate every ``eval_every`` steps);
+- ``<name>-raster.png`` / ``.json``: the trained gate of one run (``--raster RUN``, default
+  the learned suRNN run with the best test accuracy at the longest delay), neurons x time
+  over one sequence, white = update, the holding neurons marked;
+- ``<name>-gate_stats.json``: for every trained suRNN run, each layer's longest closed
+  stretch per neuron and (copy memory) the neurons open at the input and closed through the
+  delay.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+#: arms whose gate is not learned (excluded from the default raster)
+NOT_LEARNED = ("handset", "random")
 
 
 def find_runs(roots: list[Path]) -> list[dict]:
@@ -40,15 +48,16 @@ def find_runs(roots: list[Path]) -> list[dict]:
             if r.get("objective", "classify") == "classify":
                 continue
             r["_dir"] = p.parent
-            curve = []
+            r["_curve"], r["_holders"] = [], []
             mfile = p.parent / "metrics.jsonl"
             if mfile.exists():
                 key = f"val/{r['metric_name']}"
                 for line in mfile.read_text().splitlines():
                     rec = json.loads(line)
                     if key in rec:
-                        curve.append((rec["step"], rec[key]))
-            r["_curve"] = curve
+                        r["_curve"].append((rec["step"], rec[key]))
+                    if "val/layer0/holders" in rec:
+                        r["_holders"].append((rec["step"], rec["val/layer0/holders"]))
             runs.append(r)
     if not runs:
         raise SystemExit(f"error: no memory/LM results.json under {', '.join(map(str, roots))}")
@@ -56,7 +65,24 @@ def find_runs(roots: list[Path]) -> list[dict]:
 
 
 def label(r: dict) -> str:
-    return f"{r['model']} [{r['variant']}]" if r.get("variant") else r["model"]
+    v = r.get("variant")
+    return f"{r['model']} [{v}]" if v and v != "none" else r["model"]
+
+
+def setting(r: dict) -> str:
+    """The task and the options that make runs comparable, in words."""
+    o = (r.get("data") or {}).get("options") or {}
+    if r["task"] == "copy_memory":
+        s = f"copy memory, delay {o.get('delay')}"
+        if o.get("offset"):
+            s += f", offset < {o['offset']}"
+        return s + f", {r['steps']} steps"
+    if r["task"] == "selective_copy":
+        return (
+            f"selective copy, length {o.get('length')}, {o.get('n_tokens')} of "
+            f"{o.get('vocab')} symbols, {r['steps']} steps"
+        )
+    return f"{r['task']}, {r['steps']} steps"
 
 
 def _ms(xs: list[float]) -> tuple[float, float]:
@@ -66,79 +92,107 @@ def _ms(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def table(runs: list[dict]) -> tuple[str, list[dict]]:
+def _positions(r: dict) -> list[float]:
+    m = r["test_metrics"]
+    return [m[f"acc_pos{k}"] for k in range(64) if f"acc_pos{k}" in m]
+
+
+def grouped(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     by: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in runs:
-        by[(r["task"], label(r))].append(r)
+        by[(setting(r), label(r))].append(r)
+    return dict(sorted(by.items()))
+
+
+def table(runs: list[dict]) -> tuple[str, list[dict]]:
     rows = []
-    for (task, model), rs in sorted(by.items()):
+    for (where, arm), rs in grouped(runs).items():
+        rs = sorted(rs, key=lambda r: r["seed"])
         metric = rs[0]["metric_name"]
-        m, s = _ms([r["test_metrics"].get(metric) for r in rs])
+        vals = [r["test_metrics"].get(metric) for r in rs]
+        m, s = _ms(vals)
         sm, ss = _ms([r["test_metrics"].get("seq_acc") for r in rs])
+        pos = [_positions(r) for r in rs]
+        pos_mean = [statistics.fmean(p[k] for p in pos) for k in range(min(map(len, pos)))]
         rates = [statistics.fmean(r["update_rate"].values()) for r in rs if r.get("update_rate")]
+        holders = [sum(r["gate_holders"].values()) for r in rs if r.get("gate_holders") is not None]
         rows.append(
             {
-                "task": task,
-                "model": model,
-                "seeds": sorted(r["seed"] for r in rs),
+                "setting": where,
+                "task": rs[0]["task"],
+                "arm": arm,
+                "seeds": [r["seed"] for r in rs],
                 "metric": metric,
+                "test": vals,
                 "test_mean": m,
                 "test_std": s,
                 "seq_acc_mean": sm,
                 "seq_acc_std": ss,
+                "acc_by_position": pos_mean,
                 "update_rate": statistics.fmean(rates) if rates else None,
-                "steps": sorted({r["steps"] for r in rs}),
+                "holders": holders or None,
+                "step_time_s": statistics.median(r["step_time_s"] for r in rs),
                 "train_h": statistics.fmean(r["train_time_s"] for r in rs) / 3600,
-                "data": rs[0]["data"].get("options"),
+                "git_commit": sorted({r.get("git_commit") for r in rs}),
+                "runs": [str(r["_dir"].name) for r in rs],
             }
         )
-    lines = [
-        "| task | model | seeds | test metric | whole-sequence acc | update rate | steps | "
-        "train h/run |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for w in rows:
-        pct = w["metric"] == "acc"
-        f = 100 if pct else 1
-        val = f"{w['metric']} {f * w['test_mean']:.2f} ± {f * w['test_std']:.2f}"
-        seq = "" if w["seq_acc_mean"] != w["seq_acc_mean"] else f"{100 * w['seq_acc_mean']:.2f}"
-        rate = "" if w["update_rate"] is None else f"{w['update_rate']:.3f}"
-        lines.append(
-            f"| {w['task']} | {w['model']} | {len(w['seeds'])} | {val} | {seq} | {rate} | "
-            f"{','.join(map(str, w['steps']))} | {w['train_h']:.2f} |"
-        )
-    return "\n".join(lines) + "\n", rows
+    lines = []
+    for where in dict.fromkeys(w["setting"] for w in rows):
+        lines += [
+            f"### {where}",
+            "",
+            "| arm | seeds | test acc per symbol (%) | per seed | by recall position (%) | "
+            "whole sequence (%) | update rate | holders | s/step |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for w in (w for w in rows if w["setting"] == where):
+            f = 100 if w["metric"] == "acc" else 1
+            val = f"{f * w['test_mean']:.1f} ± {f * w['test_std']:.1f}"
+            each = " / ".join(f"{f * v:.1f}" for v in w["test"])
+            pos = " ".join(f"{100 * p:.0f}" for p in w["acc_by_position"])
+            seq = f"{100 * w['seq_acc_mean']:.1f}" if w["seq_acc_mean"] == w["seq_acc_mean"] else ""
+            rate = "dense" if w["update_rate"] is None else f"{w['update_rate']:.3f}"
+            held = "" if w["holders"] is None else " / ".join(map(str, w["holders"]))
+            lines.append(
+                f"| {w['arm']} | {len(w['seeds'])} | {val} | {each} | {pos} | {seq} | {rate} | "
+                f"{held} | {w['step_time_s']:.2f} |"
+            )
+        lines.append("")
+    return "\n".join(lines), rows
 
 
-def plot_curves(runs: list[dict], path: Path) -> None:
+def _panels(runs: list[dict], key: str, ylabel: str, path: Path, only_gated: bool = False):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({r["task"] for r in runs})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        by: dict[str, list[dict]] = defaultdict(list)
-        for r in runs:
-            if r["task"] == task:
-                by[label(r)].append(r)
-        for name, rs in sorted(by.items()):
-            steps = sorted({s for r in rs for s, _ in r["_curve"]})
-            ys = [[dict(r["_curve"]).get(s) for r in rs] for s in steps]
-            mean = [statistics.fmean([v for v in y if v is not None]) for y in ys]
-            lo = [min(v for v in y if v is not None) for y in ys]
-            hi = [max(v for v in y if v is not None) for y in ys]
-            (line,) = ax.plot(steps, mean, label=f"{name} ({len(rs)} seeds)")
-            ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2)
-        metric = runs[0]["metric_name"]
-        ax.set_title(task)
-        ax.set_xlabel("step")
-        ax.set_ylabel(f"validation {metric}")
-        ax.legend(fontsize=8)
+    groups = grouped([r for r in runs if r[key] or not only_gated])
+    settings = list(dict.fromkeys(w for w, _ in groups))
+    if not settings:
+        return False
+    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.2), squeeze=False)
+    for ax, where in zip(axes[0], settings):
+        for (w, arm), rs in groups.items():
+            if w != where or not any(r[key] for r in rs):
+                continue
+            steps = sorted({s for r in rs for s, _ in r[key]})
+            ys = [[dict(r[key]).get(s) for r in rs] for s in steps]
+            ys = [[v for v in y if v is not None] for y in ys]
+            mean = [statistics.fmean(y) for y in ys]
+            (line,) = ax.plot(steps, mean, label=f"{arm} ({len(rs)} seeds)")
+            ax.fill_between(
+                steps, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2
+            )
+        ax.set_title(where, fontsize=10)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def trained_gates(run_dir: Path):
@@ -181,12 +235,20 @@ def _longest_closed(col) -> int:
     return best
 
 
+def _holding(task, g):
+    """Bool per neuron: open at the input and closed through the delay (copy memory)."""
+    win = getattr(task, "memory_windows", None)
+    if not win:
+        return None
+    (a0, a1), (b0, b1) = win["input"], win["hold"]
+    return g[a0:a1].any(0) & ~g[b0:b1].any(0)
+
+
 def gate_stats(run_dir: Path) -> dict:
     """What the trained gate can hold: per layer, each neuron's longest closed stretch
-    (a closed neuron keeps its state exactly), and for copy memory the neurons that are
-    open while the symbols arrive and then closed through the whole delay: the only ones
-    that carry what they read across the delay untouched (the readout sees the state of
-    every neuron at the recall, open or closed)."""
+    (a closed neuron keeps its state exactly) and, for copy memory, the neurons open at the
+    input and closed through the whole delay: the only ones that carry what they read
+    across the delay untouched (the readout sees every neuron's state at the recall)."""
     task, ckpt, gates = trained_gates(run_dir)
     out = {"run": str(run_dir), "checkpoint": ckpt.name, "task": task.name}
     for i, g in gates:
@@ -196,29 +258,29 @@ def gate_stats(run_dir: Path) -> dict:
             "longest_closed_max": int(spans[-1]),
             "longest_closed_median": int(spans[len(spans) // 2]),
         }
-        if task.name == "copy_memory":
-            a, b = task.n_copy, task.n_copy + task.delay
-            seen = g[:a].any(0)
-            held = ~g[a:b].any(0)
-            st["closed_through_delay"] = int(held.sum())
-            st["open_at_input_then_closed_through_delay"] = int((seen & held).sum())
+        held = _holding(task, g > 0)
+        if held is not None:
+            (b0, b1) = task.memory_windows["hold"]
+            st["closed_through_delay"] = int((~(g[b0:b1] > 0).any(0)).sum())
+            st["open_at_input_then_closed_through_delay"] = int(held.sum())
             st["delay"] = int(task.delay)
         out[f"layer{i}"] = st
     return out
 
 
 def gate_raster(run_dir: Path, path: Path) -> dict:
-    """The trained gates of a suRNN run (best checkpoint) over one sequence of its task."""
+    """The trained gates of a suRNN run (best checkpoint) over one sequence of its task,
+    the holding neurons marked in red on the left."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     task, ckpt, gates = trained_gates(run_dir)
-    fig, axes = plt.subplots(len(gates), 1, figsize=(12, 3 * len(gates)), squeeze=False)
+    fig, axes = plt.subplots(len(gates), 1, figsize=(12, 3.2 * len(gates)), squeeze=False)
     marks = []
     if task.name == "copy_memory":
-        marks = [task.n_copy, task.n_copy + task.delay]
+        marks = [task.memory_windows["hold"][0], task.n_copy + task.delay]
     elif task.name == "selective_copy":
         marks = [task.length]
     info = {}
@@ -226,21 +288,27 @@ def gate_raster(run_dir: Path, path: Path) -> dict:
         ax.imshow(g.T, aspect="auto", cmap="gray", interpolation="nearest")
         for m in marks:
             ax.axvline(m - 0.5, color="red", lw=0.8)
+        held = _holding(task, g > 0)
+        rows = [] if held is None else [int(h) for h in held.nonzero()[0]]
+        for h in rows:
+            ax.plot([-0.01 * g.shape[0]], [h], marker=">", color="red", ms=4, clip_on=False)
         rate = float(g.mean())
         info[f"layer{i}"] = {
             "update_rate": rate,
             "never_open": int((g.sum(0) == 0).sum()),
             "always_open": int((g.sum(0) == g.shape[0]).sum()),
+            "holders": rows,
         }
-        ax.set_title(
-            f"{run_dir.name}: layer {i} gate (white = update), rate {rate:.3f}; red: recall cue"
-            if marks
-            else ""
-        )
+        title = f"{run_dir.name}: layer {i} gate (white = update), rate {rate:.3f}"
+        if marks:
+            title += "; red lines: the symbols end, the recall cue"
+        if held is not None:
+            title += f"; red ticks: {len(rows)} holding neurons"
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("neuron")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return {"run": str(run_dir), "checkpoint": ckpt.name, **info}
 
@@ -248,7 +316,7 @@ def gate_raster(run_dir: Path, path: Path) -> dict:
 def stats_table(stats: list[dict]) -> str:
     """Markdown: what each trained suRNN gate can hold (see gate_stats)."""
     lines = [
-        "## What the trained gates can hold (per suRNN run and layer)",
+        "### What the trained gates can hold (per suRNN run and layer)",
         "",
         "| run | layer | update rate | longest closed stretch: max / median (steps) "
         "| closed through the whole delay | open at the input, then closed through the "
@@ -269,35 +337,49 @@ def stats_table(stats: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def default_raster(runs: list[dict]) -> Path | None:
+    """The learned suRNN run with the best test metric at the longest delay (or length)."""
+    su = [r for r in runs if r["model"] == "surnn" and r.get("variant") not in NOT_LEARNED]
+    if not su:
+        return None
+
+    def size(r):
+        o = (r.get("data") or {}).get("options") or {}
+        return o.get("delay") or o.get("length") or 0
+
+    longest = max(map(size, su))
+    best = max((r for r in su if size(r) == longest), key=lambda r: r["test_metrics"]["acc"])
+    return best["_dir"]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("roots", nargs="+", type=Path, help="run folders (searched recursively)")
     ap.add_argument("--out", type=Path, default=Path("results/memory"))
+    ap.add_argument("--name", default="memory", help="prefix of the files written")
     ap.add_argument(
         "--raster",
         type=Path,
         default=None,
-        help="suRNN run folder for the gate raster (default: first surnn, seed 0)",
+        help="suRNN run folder for the gate raster (default: the best learned one)",
     )
     args = ap.parse_args(argv)
     runs = find_runs(args.roots)
     args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / args.name
     md, rows = table(runs)
-    (args.out / "memory.md").write_text(md)
-    (args.out / "memory.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
-    plot_curves(runs, args.out / "curves.png")
-    raster = args.raster
-    if raster is None:
-        su = [r for r in runs if r["model"] == "surnn" and r["seed"] == 0]
-        raster = su[0]["_dir"] if su else None
+    _panels(runs, "_curve", "validation accuracy", Path(f"{out}-curves.png"))
+    _panels(runs, "_holders", "holding neurons", Path(f"{out}-holders.png"), only_gated=True)
+    raster = args.raster or default_raster(runs)
     if raster is not None:
-        info = gate_raster(Path(raster), args.out / "gate_raster.png")
-        (args.out / "gate_raster.json").write_text(json.dumps(info, indent=2) + "\n")
+        info = gate_raster(Path(raster), Path(f"{out}-raster.png"))
+        Path(f"{out}-raster.json").write_text(json.dumps(info, indent=2) + "\n")
     stats = [gate_stats(Path(r["_dir"])) for r in runs if r["model"] == "surnn"]
     if stats:
-        (args.out / "gate_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        Path(f"{out}-gate_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         md += "\n" + stats_table(stats)
-        (args.out / "memory.md").write_text(md)
+    (args.out / f"{args.name}.md").write_text(md)
+    (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     sys.stdout.write(md)
 
 

@@ -98,12 +98,21 @@ def test_every_model_on_copy_memory_in_one_multirun(tmp_path):
     )
     assert p.returncode == 0, p.stderr[-2000:]
     md = (out / "memory.md").read_text()
-    assert md.count("| copy_memory |") == len(MIXERS.names())
-    assert (out / "curves.png").stat().st_size > 0 and (out / "gate_raster.png").exists()
-    raster = json.loads((out / "gate_raster.json").read_text())
+    table = [line for line in md.splitlines() if line.startswith("| ") and "arm |" not in line]
+    assert len([line for line in table if "|---" not in line and "copy_memory" not in line]) >= len(
+        MIXERS.names()
+    )  # one row per model (and the gate statistics' rows)
+    assert "### copy memory, delay 12" in md
+    assert (out / "memory-curves.png").stat().st_size > 0 and (out / "memory-raster.png").exists()
+    assert (out / "memory-holders.png").exists()
+    raster = json.loads((out / "memory-raster.json").read_text())
     assert "copy_memory-surnn-s0" in raster["run"]  # the sweep's suRNN run of seed 0
     assert 0 < raster["layer0"]["update_rate"] < 1
-    (st,) = json.loads((out / "gate_stats.json").read_text())  # the one suRNN run
+    rows = json.loads((out / "memory.json").read_text())
+    su = next(w for w in rows if w["arm"] == "surnn")
+    assert len(su["acc_by_position"]) == 10 and su["holders"] is not None
+    stats = json.loads((out / "memory-gate_stats.json").read_text())
+    (st,) = [s for s in stats if "copy_memory-surnn-" in s["run"]]  # the suRNN run
     lay = st["layer0"]
     assert st["task"] == "copy_memory" and lay["delay"] == 12
     assert 0 <= lay["open_at_input_then_closed_through_delay"] <= lay["closed_through_delay"]
