@@ -31,8 +31,9 @@ class SelectiveUpdateGRU(nn.Module):
 
     ``gate`` is a gate config (``surnn.gates.build_gate``) plus the layer's rate options:
 
-    - ``target_rate``: the update rate each layer should reach (e.g. 0.17, the paper's 83%
-      skipped); None: whatever the gate learns.
+    - ``target_rate``: the update rate each layer should reach (e.g. 0.17, the harness's
+      presets: the paper reports 83% of updates skipped on sMNIST as an outcome of its
+      training, not as a target); None: whatever the gate learns.
     - ``rate_control`` (with a target): ``bias`` (default) shifts each layer's gate by one
       shared offset (the gate's ``rate_offset`` buffer, added to every neuron's
       pre-activation) so that the layer's rate over the valid positions of the batch equals
