@@ -74,8 +74,8 @@ MEMORY = {
         [f"memory/copy/{a}" for a in ("gru", "lstm", "uniform", "timescale", "clockwork")],
         ["task=copy_memory", "task.options.delay=1000", "task.options.offset=100"],
     ),
-    "memory-long": (
-        [f"memory/copy/{a}" for a in ("gru", "lstm", "clockwork", "handset")],
+    "memory-long": (  # suRNN first: it decides how long GRU and LSTM must train
+        [f"memory/copy/{a}" for a in ("clockwork", "handset", "gru", "lstm")],
         ["task=copy_memory", "task.options.delay=1000", "trainer.max_steps=10000"],
     ),
     "memory-selective": (
