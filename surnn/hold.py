@@ -66,7 +66,8 @@ def closed_span_check(
       that of the loss taken right after the window (1 up to the rounding of the GEMMs,
       whose blocking depends on the sequence length);
     - ``gru_grad_ratio``: that ratio for nn.GRU across the same span (what a dense GRU keeps
-      of the first input's gradient); ``gate_open_steps`` / ``gate_closed_steps``.
+      of the first input's gradient), and ``gru_grad_ratio_by_span`` after 10, 100 and
+      ``span`` steps (its decay); ``gate_open_steps`` / ``gate_closed_steps``.
     """
     g = torch.Generator().manual_seed(seed)
     T = open_steps + span
@@ -123,13 +124,17 @@ def closed_span_check(
         result["state_held"] = result["state_held"] and bool(torch.equal(late, after))
         change = max(change, float((late - after).abs().max()))
         result["grad_ratio"] = float(grad_long.norm() / grad_win[:, 0].norm())
-    _, gru_long = first_input_grad(gru, T)
     _, gru_short = first_input_grad(gru, open_steps)
+    gru_by_span = {}
+    for n in sorted({min(10, span), min(100, span), span}):
+        _, gru_n = first_input_grad(gru, open_steps + n)
+        gru_by_span[n] = float(gru_n.norm() / gru_short.norm())
     with torch.no_grad():
         gate, _ = layer.gates[0](T)
     result.update(
         max_state_change=change,
-        gru_grad_ratio=float(gru_long.norm() / gru_short.norm()),
+        gru_grad_ratio=gru_by_span[span],
+        gru_grad_ratio_by_span=gru_by_span,
         gate_open_steps=int((gate > 0).any(1).sum()),
         gate_closed_steps=int((gate == 0).all(1).sum()),
     )
