@@ -53,7 +53,8 @@ def setting_of(r: dict, run_dir: str | Path | None = None) -> str | None:
     if "experiment=demo_" in cmd:
         marks.append("demo (" + cmd.split("experiment=")[1].split()[0] + ")")
     exp = experiment_of(r) or ""
-    if exp.endswith("_cpu"):  # e.g. memory/copy_memory_cpu: a model and budget sized for CPU
+    cpu_sized = exp.endswith("_cpu") or exp.startswith(("memory/copy/", "memory/selective/"))
+    if cpu_sized:  # memory/copy_memory_cpu, the memory study's arms: sized for a CPU
         marks.append(f"CPU-sized preset ({exp})")
     sizes = r.get("split_sizes") or {}
     n_test, full = r.get("test_examples"), sizes.get("test")

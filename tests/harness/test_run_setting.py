@@ -13,5 +13,7 @@ def test_cpu_sized_presets_are_labelled_not_standard():
     r = {"task": "copy_memory", "command": cmd}
     assert setting_of(r, run_dir=None) == "CPU-sized preset (memory/copy_memory_cpu)"
     assert scale_of(r, run_dir=None) == "other"
+    arm = {"task": "copy_memory", "command": "python run.py experiment=memory/copy/gru seed=1"}
+    assert setting_of(arm, run_dir=None) == "CPU-sized preset (memory/copy/gru)"
     std = {"task": "copy_memory", "command": "python run.py task=copy_memory model=surnn"}
     assert setting_of(std, run_dir=None) is None and scale_of(std, run_dir=None) == "full"
