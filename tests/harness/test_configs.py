@@ -1,6 +1,7 @@
 """Experiment presets (LRA: every baseline and suRNN; pixel-level: every model): each
-composes, passes the typed checks, names its source, and builds a model that runs a short
-batch; the suRNN presets share the GRU presets' budgets and set the paper's gate regime."""
+extends its task's budget, composes, passes the typed checks, names its source, and builds a
+model that runs a short batch; the suRNN presets share the GRU presets' budgets and set the
+paper's gate regime."""
 
 from __future__ import annotations
 
@@ -32,6 +33,21 @@ def _compose(exp, *overrides):
 
 def test_every_model_has_a_config_per_lra_and_pixel_task():
     assert set(EXPERIMENTS) | set(PIXEL) <= set(choices("experiment"))
+
+
+BUDGETS = [f"lra/{t}" for t in LRA_TASKS] + [f"pixel/{t}" for t in ("smnist", "psmnist", "scifar")]
+BUDGETS += ["mini/listops", "mini/pathfinder"]
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_each_models_preset_extends_its_tasks_budget_and_sets_the_model(budget):
+    """As the S4 repository's experiments: one budget per task, a file per model on it."""
+    for m in MODELS:
+        text = (CONFIG_DIR / "experiment" / f"{budget}_{m}.yaml").read_text()
+        defaults = text.split("defaults:\n")[1].splitlines()[:2]
+        assert defaults == [f"  - /experiment/{budget}", f"  - override /model: {m}"], m
+    # a GRU preset is the budget with model=gru, nothing more
+    assert _compose(f"{budget}_gru") == _compose(budget, "model=gru")
 
 
 @pytest.mark.parametrize("task", LRA_TASKS)
