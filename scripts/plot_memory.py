@@ -260,9 +260,15 @@ def gate_stats(run_dir: Path) -> dict:
         }
         held = _holding(task, g > 0)
         if held is not None:
-            (b0, b1) = task.memory_windows["hold"]
-            st["closed_through_delay"] = int((~(g[b0:b1] > 0).any(0)).sum())
-            st["open_at_input_then_closed_through_delay"] = int(held.sum())
+            import torch
+
+            from surnn.gates import hold_stats
+
+            win = task.memory_windows
+            hs = hold_stats(torch.from_numpy(g), win["input"], win["hold"])
+            st["closed_through_delay"] = hs["closed_through_hold"]
+            st["open_at_input_then_closed_through_delay"] = hs["holders"]
+            st["open_at_input_then_closed_through_90pct_of_delay"] = hs["late_holders"]
             st["delay"] = int(task.delay)
         out[f"layer{i}"] = st
     return out
@@ -320,8 +326,8 @@ def stats_table(stats: list[dict]) -> str:
         "",
         "| run | layer | update rate | longest closed stretch: max / median (steps) "
         "| closed through the whole delay | open at the input, then closed through the "
-        "delay |",
-        "|---|---|---|---|---|---|",
+        "delay | ... through its last 90% |",
+        "|---|---|---|---|---|---|---|",
     ]
     for st in stats:
         for key, v in st.items():
@@ -329,10 +335,11 @@ def stats_table(stats: list[dict]) -> str:
                 continue
             held = v.get("closed_through_delay", "–")
             both = v.get("open_at_input_then_closed_through_delay", "–")
+            late = v.get("open_at_input_then_closed_through_90pct_of_delay", "–")
             lines.append(
                 f"| {Path(st['run']).name} | {key[5:]} | {v['update_rate']:.3f} | "
                 f"{v['longest_closed_max']} / {v['longest_closed_median']} | "
-                f"{held} | {both} |"
+                f"{held} | {both} | {late} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -449,12 +449,17 @@ def hold_stats(g: torch.Tensor, input_window, hold_window) -> dict[str, int]:
     """How a time-only gate ``g`` [T, H] holds across a delay: ``open_at_input`` neurons
     open at some step of ``input_window`` ([start, stop) steps), ``closed_through_hold``
     neurons closed at every step of ``hold_window``, and ``holders`` both (what they read at
-    the input they keep unchanged through the delay)."""
-    g = g.detach()
-    open_in = (g[slice(*input_window)] > 0).any(0)
-    closed = ~(g[slice(*hold_window)] > 0).any(0)
+    the input they keep unchanged through the delay); ``late_holders``: open at the input
+    and closed through the last 90% of the hold window (they may take in a little of the
+    delay, as a GRU neuron whose update gate is shut does, before they hold exactly)."""
+    g = g.detach() > 0
+    a, b = hold_window
+    open_in = g[slice(*input_window)].any(0)
+    closed = ~g[a:b].any(0)
+    closed_late = ~g[b - (b - a) * 9 // 10 : b].any(0)
     return {
         "holders": int((open_in & closed).sum()),
+        "late_holders": int((open_in & closed_late).sum()),
         "open_at_input": int(open_in.sum()),
         "closed_through_hold": int(closed.sum()),
     }

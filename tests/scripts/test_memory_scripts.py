@@ -21,6 +21,7 @@ def test_the_handset_gate_holds_the_symbols_and_nothing_else(tmp_path):
         g, _ = gate(50)  # T = 2 * 10 + 30
     assert hold_stats(g, (0, 10), (10, 40)) == {
         "holders": 4,
+        "late_holders": 4,
         "open_at_input": 8,
         "closed_through_hold": 4,
     }

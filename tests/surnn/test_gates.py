@@ -353,8 +353,10 @@ def test_hold_stats_count_neurons_open_at_the_input_and_closed_through_the_delay
     g[:3, 1] = 1
     g[10, 1] = 1  # reopens in the delay
     g[15:, 2] = 1  # opens only after the delay
+    g[:6, 3] = 1  # open one step into the delay, then holds
     assert hold_stats(g, (0, 5), (5, 15)) == {
         "holders": 1,
-        "open_at_input": 2,
-        "closed_through_hold": 3,
+        "late_holders": 2,  # neuron 3 is closed through steps 6..14
+        "open_at_input": 3,
+        "closed_through_hold": 2,  # neurons 0 and 2
     }
