@@ -19,7 +19,9 @@ each gate initialisation, the hand-set gate and the gate ablation) on copy memor
 ``scripts/plot_memory.py`` builds its tables and figures in results/memory/:
 ``memory`` every arm at delays 200 and 1,000, seeds 0-2, 2,000 steps; ``memory-offset``
 the symbols at a random offset in the first 100 steps (delay 1,000); ``memory-long``
-10,000 steps at delay 1,000; ``memory-selective`` selective copy at length 1,000: suRNN,
+10,000 steps at delay 1,000; ``memory-remedies`` the clockwork gate with straight-through,
+a narrower surrogate or a rate target, and the uniform gate without rate control;
+``memory-selective`` selective copy at length 1,000: suRNN,
 S4D and both orders of their hybrid (configs/experiment/memory/selective/).
 
 ``--scale mini`` runs only the tasks whose data this machine can make (ListOps and
@@ -78,6 +80,13 @@ MEMORY = {
         [f"memory/copy/{a}" for a in ("clockwork", "handset", "gru", "lstm")],
         ["task=copy_memory", "task.options.delay=1000", "trainer.max_steps=10000"],
     ),
+    "memory-remedies": (
+        [
+            f"memory/copy/{a}"
+            for a in ("clockwork_ste", "clockwork_w01", "clockwork_target", "uniform_free")
+        ],
+        ["task=copy_memory", "task.options.delay=1000"],
+    ),
     "memory-selective": (
         [f"memory/selective/{a}" for a in ("surnn", "s4d", "surnn_s4d", "s4d_surnn")],
         [],
@@ -92,6 +101,7 @@ TITLES = {
     "memory": "Copy memory: recall after a delay, by model and gate initialisation",
     "memory-offset": "Copy memory, the symbols at a random offset in the first 100 steps",
     "memory-long": "Copy memory at delay 1,000: 10,000 training steps",
+    "memory-remedies": "Copy memory at delay 1,000: surrogate, width and rate-control variants",
     "memory-selective": "Selective copy at length 1,000: suRNN, S4D and their hybrids",
 }
 

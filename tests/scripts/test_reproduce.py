@@ -52,7 +52,9 @@ def test_dry_run_prints_one_multirun_and_the_table_command(capsys):
     assert full.split("run.py -m ")[1].split("\n")[0].endswith("x.y=1")
 
 
-@pytest.mark.parametrize("table", ["memory", "memory-offset", "memory-long", "memory-selective"])
+@pytest.mark.parametrize(
+    "table", ["memory", "memory-offset", "memory-long", "memory-remedies", "memory-selective"]
+)
 def test_the_memory_study_is_one_multirun_of_composing_arms(table, capsys):
     exps, seeds, _ = reproduce.plan(table, "full")
     assert set(exps) <= set(choices("experiment")) and seeds == [0, 1, 2]
