@@ -24,6 +24,13 @@ a narrower surrogate or a rate target, and the uniform gate without rate control
 ``memory-selective`` selective copy at length 1,000: suRNN,
 S4D and both orders of their hybrid (configs/experiment/memory/selective/).
 
+The rate-control study (``rate-control``; the demo ListOps, seeds 0-2) runs the arms of
+configs/experiment/rate_control/ (suRNN at target update rates 0.17 and 0.5, with its gate
+open, and GRU), each on one CPU thread as its committed runs (training is deterministic for a
+given thread count), into run folders named by run_id; then the table
+(results/rate_control/demo_rate_control.{md,tex,json}) and the accuracy-against-rate figure
+(results/figures/demo_listops_acc_rate.png).
+
 ``--scale mini`` runs only the tasks whose data this machine can make (ListOps and
 Pathfinder, generated small into ``data/mini``) at a size a 2-core CPU finishes; the
 tables it builds are named "mini scale" and carry no published numbers beside them. The
@@ -93,6 +100,16 @@ MEMORY = {
     ),
 }
 
+RATE_CONTROL_ARMS = ["t017", "t05", "open", "gru"]
+#: (experiments, sweep overrides) of the tables of one scale, sized for a 2-core CPU
+STUDIES = {**MEMORY, "rate-control": ([f"rate_control/{a}" for a in RATE_CONTROL_ARMS], [])}
+#: CPU threads per run where a table fixes them (its committed runs' count)
+THREADS = {"rate-control": 1}
+RATE_CONTROL_SETTING = (
+    "demo ListOps (configs/experiment/demo_listops.yaml: generated, lengths 20-150, "
+    "depth <= 5), NOT the LRA setting"
+)
+
 TITLES = {
     "lra": "Long Range Arena: test accuracy (%) at the best validation step",
     "pixel": "Pixel-level benchmarks: test accuracy (%) at the best validation step",
@@ -103,13 +120,14 @@ TITLES = {
     "memory-long": "Copy memory at delay 1,000: 10,000 training steps",
     "memory-remedies": "Copy memory at delay 1,000: surrogate, width and rate-control variants",
     "memory-selective": "Selective copy at length 1,000: suRNN, S4D and their hybrids",
+    "rate-control": "Rate control on the demo ListOps: test accuracy (%) and update rate per layer",
 }
 
 
 def plan(table: str, scale: str) -> tuple[list[str], list[int], dict[str, str]]:
     """(experiments, seeds, skipped task -> why) of a table at a scale."""
-    if table in MEMORY:  # one scale: the CPU-sized study
-        return MEMORY[table][0], [0, 1, 2], {}
+    if table in STUDIES:  # one scale: the CPU-sized study
+        return STUDIES[table][0], [0, 1, 2], {}
     if scale == "full":
         seeds = [0, 1, 2]
         exps = {
@@ -149,26 +167,31 @@ def launcher_args(name: str) -> list[str]:
 def commands(args, exps: list[str], seeds: list[int], runs: Path, out: Path) -> list[list[str]]:
     py = sys.executable
     memory = args.table in MEMORY
+    study = args.table in STUDIES  # seeds vary slowest: every arm of seed 0 runs before seed 1
     subdir = "${task.name}-${model.name}-${variant}-s${seed}"
-    if memory:  # seeds vary slowest: every arm of seed 0 is done before seed 1 starts
+    if args.table == "rate-control":
+        subdir = "${run_id}"
+    if memory:
         subdir = (
             "d${task.options.delay}-o${task.options.offset}-${model.name}-${variant}"
             "-n${trainer.max_steps}-s${seed}"
         )
         if args.table == "memory-selective":
             subdir = "L${task.options.length}-${model.name}-${variant}-s${seed}"
+    threads = THREADS.get(args.table)
     sweep = [
+        *(["env", f"OMP_NUM_THREADS={threads}", f"MKL_NUM_THREADS={threads}"] if threads else []),
         py,
         str(ROOT / "run.py"),
         "-m",
-        *(["seed=" + ",".join(map(str, seeds)), *MEMORY[args.table][1]] if memory else []),
+        *(["seed=" + ",".join(map(str, seeds)), *STUDIES[args.table][1]] if study else []),
         "experiment=" + ",".join(exps),
-        *([] if memory else ["seed=" + ",".join(map(str, seeds))]),
+        *([] if study else ["seed=" + ",".join(map(str, seeds))]),
         *launcher_args(args.launcher),
         f"hydra.sweep.dir={runs}",
         f"hydra.sweep.subdir={subdir}",
         "logger=none",
-        *(["trainer.progress=false"] if memory else []),
+        *(["trainer.progress=false"] if study else []),
         *([f"data_dir={args.data_dir}"] if args.data_dir else []),
         *args.overrides,
     ]
@@ -183,6 +206,31 @@ def commands(args, exps: list[str], seeds: list[int], runs: Path, out: Path) -> 
             args.table,
         ]
         return [sweep, tables]
+    if args.table == "rate-control":
+        tables = [
+            py,
+            str(ROOT / "scripts" / "make_tables.py"),
+            str(runs),
+            "--out",
+            str(args.out or ROOT / "results" / "rate_control"),
+            "--name",
+            "demo_rate_control",
+            "--title",
+            TITLES[args.table],
+            "--setting",
+            RATE_CONTROL_SETTING,
+        ]
+        figure = [
+            py,
+            str(ROOT / "scripts" / "make_figures.py"),
+            "acc-rate",
+            str(runs),
+            "--out",
+            str(args.out or ROOT / "results" / "figures"),
+            "--name",
+            "demo_listops_acc_rate",
+        ]
+        return [sweep, tables, figure]
     tables = [
         py,
         str(ROOT / "scripts" / "make_tables.py"),
@@ -221,7 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="run folders (default outputs/reproduce/<table>-<scale>)",
     )
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "tables")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where the table goes (default results/tables; rate-control: results/rate_control "
+        "and its figure results/figures)",
+    )
     ap.add_argument(
         "--data-dir", default=None, help="data_dir (default: mini data/mini, full the config's)"
     )
@@ -253,9 +307,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    name = args.table if args.table in MEMORY else f"{args.table}-{args.scale}"
+    name = args.table if args.table in STUDIES else f"{args.table}-{args.scale}"
     runs = args.runs or ROOT / "outputs" / "reproduce" / name
-    cmds = commands(args, exps, seeds, runs, args.out)
+    cmds = commands(args, exps, seeds, runs, args.out or ROOT / "results" / "tables")
     for c in cmds:
         print(shlex.join(c), flush=True)
     if args.dry_run:
@@ -265,9 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         if p.returncode:
             print(f"error: exit status {p.returncode} from: {shlex.join(c)}", file=sys.stderr)
             return p.returncode
-    md = args.out / f"{name}.md"
+    md = (args.out or ROOT / "results" / "tables") / f"{name}.md"
     if args.table in MEMORY:
         md = ROOT / "results" / "memory" / f"{args.table}.md"
+    if args.table == "rate-control":
+        md = (args.out or ROOT / "results" / "rate_control") / "demo_rate_control.md"
     lines = [
         "",
         "## How this table was made",

@@ -6,6 +6,7 @@ import datetime as _dt
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -66,10 +67,28 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def multirun_job_command() -> str | None:
+    """In a job of a Hydra multirun, the command of that one run: run.py with the job's own
+    overrides (the sweep's command line names every job, and a submitit job's process is
+    submitit's). None outside a multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:
+        return None
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    script = next((a for a in sys.argv if a.endswith("run.py")), "run.py")
+    return shlex.join(["python", script, *HydraConfig.get().overrides.task])
+
+
 def command_line() -> str:
-    """The command that started the run. Under torchrun the workers see only
-    ``run.py ...``: the launcher's own command line (the workers' parent) is recorded, so
-    the run can be repeated as it was started."""
+    """The command that started the run (a multirun's job: its own, as if run alone). Under
+    torchrun the workers see only ``run.py ...``: the launcher's own command line (the
+    workers' parent) is recorded, so the run can be repeated as it was started."""
+    job = multirun_job_command()
+    if job is not None:
+        return job
     own = " ".join(["python", *sys.argv])
     if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_WORLD_SIZE" not in os.environ:
         return own

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import subprocess
 import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from surnn.harness.cli import CONFIG_DIR, choices
 from tests.fixtures import ROOT, load_script
@@ -121,6 +124,10 @@ def test_a_tiny_table_through_the_whole_path(tmp_path):
     assert "44.93" not in md  # no published numbers beside a mini table
     assert "## How this table was made" in md and "## Skipped tasks" in md
     assert (tmp_path / "tables" / "lra-mini.tex").exists()
+    # each run records its own command, as if run alone: check_results.py reruns it
+    (res,) = (tmp_path / "runs").glob("*/results.json")
+    command = json.loads(res.read_text())["command"]
+    assert " -m " not in command and "run.py experiment=mini/listops_gru seed=0 " in command
 
 
 @pytest.mark.parametrize("scale", ["full", "mini"])
@@ -144,3 +151,38 @@ def test_every_gate_of_the_ablation_builds_and_trains_a_step(scale):
         logits, aux = net(batch)
         logits.sum().backward()
         assert 0.0 < float(aux["layer0/update_rate"]) <= 1.0, e
+
+
+def test_the_rate_control_arms_are_the_committed_runs_settings(capsys):
+    """Each arm composes to the config its committed seed-0 run recorded (its command, run
+    alone), and the study is one multirun on one CPU thread per run, seeds slowest."""
+
+    def resolved(overrides):
+        with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+            cfg = compose("config", overrides=overrides)
+        out = OmegaConf.to_container(cfg, resolve=True)
+        out.pop("output_dir")
+        return out
+
+    exps, seeds, _ = reproduce.plan("rate-control", "full")
+    assert seeds == [0, 1, 2] and len(exps) == 4
+    for e in exps:
+        arm = e.split("/")[1]
+        res = json.loads(
+            (ROOT / "results" / "rate_control" / "runs" / f"rate-{arm}-s0.json").read_text()
+        )
+        words = shlex.split(res["command"])
+        recorded = resolved(words[words.index("run.py") + 1 :])
+        now = resolved([f"experiment={e}", "seed=0", "logger=none", "trainer.progress=false"])
+        variant = now.pop("variant")  # run.py reads "none" as no label
+        assert (None if variant == "none" else variant) == res["variant"]
+        recorded.pop("variant")
+        assert now == recorded, arm
+    assert reproduce.main(["rate-control", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    (sweep,) = [line for line in out if "run.py -m " in line]
+    assert sweep.startswith("env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 ")
+    assert "run.py -m seed=0,1,2 experiment=rate_control/t017," in sweep
+    assert "'hydra.sweep.subdir=${run_id}'" in sweep
+    assert any("make_tables.py" in line and "demo_rate_control" in line for line in out)
+    assert any("make_figures.py acc-rate" in line for line in out)
