@@ -41,9 +41,9 @@ bench: setup
 	$(PY) scripts/bench_surnn.py
 
 # The compiled kernel's CPU targets as committed (setting:repetitions), one setting per file.
-TARGETS ?= big:15 small:30 padded:15 stream:80 crossover:3
+TARGETS ?= big:15 small:30 padded:15 stream:80 crossover:3 surrogate:15
 BENCH_OUT ?= results/bench
-bench-targets: setup  ## rerun the committed CPU targets into $(BENCH_OUT)/surnn_cpu_targets_<setting>.* (~20 min on 2 cores; run nothing else meanwhile)
+bench-targets: setup  ## rerun the committed CPU targets into $(BENCH_OUT)/surnn_cpu_targets_<setting>.* (~27 min on 2 cores; run nothing else meanwhile)
 	for t in $(TARGETS); do \
 	  $(PY) scripts/bench_surnn.py --suite targets --impl compiled --threads 2 \
 	    --settings $${t%%:*} --reps $${t##*:} --out $(BENCH_OUT)/surnn_cpu_targets_$${t%%:*}.json \

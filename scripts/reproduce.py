@@ -31,6 +31,14 @@ given thread count), into run folders named by run_id; then the table
 (results/rate_control/demo_rate_control.{md,tex,json}) and the accuracy-against-rate figure
 (results/figures/demo_listops_acc_rate.png).
 
+The surrogate study (``surrogate``; the demo ListOps, seeds 0-2, one CPU thread per run)
+trains the suRNN with the gate as the LRA presets set it, once per surrogate gradient
+(configs/experiment/surrogate/: straight-through, the triangle of half-width 1, 0.3 and
+0.1), and ``scripts/surrogate_table.py`` builds results/surrogate/surrogate.{md,json}:
+accuracy per arm beside the training work each surrogate computes (from the runs) and the
+training step's time (from ``bench_surnn.py --suite targets --settings surrogate``, run on
+a quiet machine; its JSON is an input of the table, ``--bench``).
+
 ``--scale mini`` runs only the tasks whose data this machine can make (ListOps and
 Pathfinder, generated small into ``data/mini``) at a size a 2-core CPU finishes; the
 tables it builds are named "mini scale" and carry no published numbers beside them. The
@@ -101,10 +109,17 @@ MEMORY = {
 }
 
 RATE_CONTROL_ARMS = ["t017", "t05", "open", "gru"]
+SURROGATE_ARMS = ["ste", "triangle_w1", "triangle_w03", "triangle_w01"]
 #: (experiments, sweep overrides) of the tables of one scale, sized for a 2-core CPU
-STUDIES = {**MEMORY, "rate-control": ([f"rate_control/{a}" for a in RATE_CONTROL_ARMS], [])}
+STUDIES = {
+    **MEMORY,
+    "rate-control": ([f"rate_control/{a}" for a in RATE_CONTROL_ARMS], []),
+    "surrogate": ([f"surrogate/{a}" for a in SURROGATE_ARMS], []),
+}
 #: CPU threads per run where a table fixes them (its committed runs' count)
-THREADS = {"rate-control": 1}
+THREADS = {"rate-control": 1, "surrogate": 1}
+#: the surrogate study's benchmark (an input of its table: bench_surnn.py on a quiet machine)
+SURROGATE_BENCH = ROOT / "results" / "bench" / "surnn_cpu_targets_surrogate.json"
 RATE_CONTROL_SETTING = (
     "demo ListOps (configs/experiment/demo_listops.yaml: generated, lengths 20-150, "
     "depth <= 5), NOT the LRA setting"
@@ -121,6 +136,7 @@ TITLES = {
     "memory-remedies": "Copy memory at delay 1,000: surrogate, width and rate-control variants",
     "memory-selective": "Selective copy at length 1,000: suRNN, S4D and their hybrids",
     "rate-control": "Rate control on the demo ListOps: test accuracy (%) and update rate per layer",
+    "surrogate": "The surrogate gradient on the demo ListOps: accuracy and training time",
 }
 
 
@@ -171,6 +187,8 @@ def commands(args, exps: list[str], seeds: list[int], runs: Path, out: Path) -> 
     subdir = "${task.name}-${model.name}-${variant}-s${seed}"
     if args.table == "rate-control":
         subdir = "${run_id}"
+    if args.table == "surrogate":
+        subdir = "${variant}-s${seed}"
     if memory:
         subdir = (
             "d${task.options.delay}-o${task.options.offset}-${model.name}-${variant}"
@@ -231,6 +249,10 @@ def commands(args, exps: list[str], seeds: list[int], runs: Path, out: Path) -> 
             "demo_listops_acc_rate",
         ]
         return [sweep, tables, figure]
+    if args.table == "surrogate":
+        table = [py, str(ROOT / "scripts" / "surrogate_table.py"), str(runs), "--bench"]
+        table += [str(SURROGATE_BENCH), "--out", str(args.out or ROOT / "results" / "surrogate")]
+        return [sweep, [*table, "--copy-runs"]]
     tables = [
         py,
         str(ROOT / "scripts" / "make_tables.py"),
@@ -274,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="where the table goes (default results/tables; rate-control: results/rate_control "
-        "and its figure results/figures)",
+        "and its figure results/figures; surrogate: results/surrogate)",
     )
     ap.add_argument(
         "--data-dir", default=None, help="data_dir (default: mini data/mini, full the config's)"
@@ -319,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         if p.returncode:
             print(f"error: exit status {p.returncode} from: {shlex.join(c)}", file=sys.stderr)
             return p.returncode
+    if args.table == "surrogate":  # surrogate_table.py writes how the table was made
+        return 0
     md = (args.out or ROOT / "results" / "tables") / f"{name}.md"
     if args.table in MEMORY:
         md = ROOT / "results" / "memory" / f"{args.table}.md"

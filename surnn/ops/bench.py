@@ -7,6 +7,13 @@ after one warm-up; a ratio is min(baseline) / min(case) over the repetitions (no
 ever adds time) and the JSON keeps every raw time and the load average. Like
 ``surnn.ops.triton.aot`` for scripts/triton_report.py, it needs nothing but torch and the
 method (the op, its gates and layer); ``import surnn`` does not load it.
+
+Every training row names its surrogate: the op's rows (``su_gru`` with the rhythm at 17%)
+compute the open neurons and the closed ones within the triangle's half-width ``--width``;
+the ``surrogate`` setting times a training step of the public layer with the presets'
+gate under each of ``SURROGATES`` (straight-through, the presets' until the surrogate
+study, computes every update; the triangle of width 1 is the layer's default) at the
+shapes of ``SURROGATE_SHAPES``.
 """
 
 from __future__ import annotations
@@ -109,6 +116,59 @@ def stream_layer(gru: torch.nn.GRU, T: int, width: float, impl: str) -> Selectiv
     return su
 
 
+#: The surrogates the ``surrogate`` setting times: (kind, half-width); ``ste`` is the suRNN
+#: presets' until the surrogate study, the triangle of width 1 the layer's default.
+SURROGATES = (("ste", None), ("triangle", 1.0), ("triangle", 0.3), ("triangle", 0.1))
+#: The ``surrogate`` setting's layer shapes, tag -> (B, T, D, H, lengths): the issue's layer
+#: (B=32 T=1024 D=H=512), the pixel presets' (sMNIST: batch 50, 784 steps, width 256) and
+#: the demo ListOps' (batch 64, width 64, padded lengths 20..150 as the demo's data).
+SURROGATE_SHAPES = {
+    "big": (32, 1024, 512, 512, None),
+    "smnist": (50, 784, 256, 256, None),
+    "demo": (64, 150, 64, 64, (20, 150)),
+}
+
+
+#: The ``crossover`` setting: ((B, T, D, H), update rates) where the compiled kernel and
+#: the eager path are compared.
+CROSSOVER_SHAPES = [
+    ((32, 1024, 512, 512), (0.3, 0.5, 0.75, 1.0)),
+    ((32, 512, 256, 256), (1.0,)),
+    ((32, 221, 64, 64), (0.5, 0.75, 1.0)),
+    ((32, 221, 128, 128), (0.5, 0.75, 1.0)),
+]
+
+
+def surrogate_name(kind: str, width: float | None) -> str:
+    """``ste`` or ``triangle w=0.3``: how a training row names its surrogate."""
+    return kind if width is None else f"{kind} w={width:g}"
+
+
+def preset_layer(
+    gru: torch.nn.GRU, T: int, kind: str, width: float | None, impl: str
+) -> SelectiveUpdateGRU:
+    """A ``SelectiveUpdateGRU`` in training mode with ``gru``'s weights and the gate as the
+    suRNN presets set it (learned rhythm, 4 fixed frequencies with periods 2 .. T, init and
+    target rate 0.17 held by rate control) with surrogate ``kind`` of half-width ``width``
+    (None: the layer's default)."""
+    gate = {
+        "kind": "rhythm",
+        "n_freqs": 4,
+        "period_min": 2.0,
+        "period_max": float(T),
+        "learn_freqs": False,
+        "init_rate": TARGET_RATE,
+        "target_rate": TARGET_RATE,
+        "rate_control": "bias",
+        "surrogate": kind,
+        **({} if width is None else {"width": width}),
+    }
+    torch.manual_seed(0)
+    su = SelectiveUpdateGRU(gru.input_size, gru.hidden_size, batch_first=True, gate=gate, impl=impl)
+    su.load_state_dict(gru.state_dict(), strict=False)
+    return su.train()
+
+
 def _time(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -135,6 +195,8 @@ def targets(args: argparse.Namespace, root: Path) -> None:
     pairs: list[dict] = []
 
     def pair(setting, name, base, base_fn, case, case_fn, target, extra=None):
+        if "train" in case and "surrogate" not in (extra or {}):  # the op, its active set
+            extra = {**(extra or {}), "surrogate": surrogate_name("triangle", width)}
         pairs.append(
             {
                 "setting": setting,
@@ -386,6 +448,44 @@ def targets(args: argparse.Namespace, root: Path) -> None:
             {"overhead_calls": calls},
         )
 
+    if "surrogate" in args.settings:
+        # A training step through the public layer as the presets train it (rate control
+        # steering the gate, the gate's autograd, the kernel's forward and backward) under
+        # each surrogate, against nn.GRU's over the same (padded) batch.
+        for shape, (B, T, D, H, span) in SURROGATE_SHAPES.items():
+            gru, w, x, xg, h0 = layer(B, T, D, H)
+            lens = None
+            if span is not None:
+                gen = torch.Generator().manual_seed(T)
+                lens = torch.randint(span[0], span[1] + 1, (B,), generator=gen)
+                lens[0] = T
+            tag = f"surrogate {shape}"
+            info[tag] = {"B": B, "T": T, "D": D, "H": H, "rate": TARGET_RATE}
+            if lens is not None:
+                info[tag]["valid_fraction"] = float(lens.sum()) / (B * T)
+            base = train_step(w, xg, lambda gru=gru, xg=xg: gru(xg))
+            for kind, wd in SURROGATES:
+                su = preset_layer(gru, T, kind, wd, impl)
+                params = [*su.parameters()]
+                su(xg, lengths=lens)  # the active fraction this surrogate computes in training
+                rate, act = float(su.last_update_rate[0]), float(su.last_active_rate[0])
+                pair(
+                    tag,
+                    f"training step vs nn.GRU ({surrogate_name(kind, wd)})",
+                    "nn.GRU train",
+                    base,
+                    f"SelectiveUpdateGRU train ({surrogate_name(kind, wd)})",
+                    train_step(params, xg, lambda su=su, xg=xg, lens=lens: su(xg, lengths=lens)),
+                    1.0,
+                    {
+                        "surrogate": surrogate_name(kind, wd),
+                        "surrogate_kind": kind,
+                        "surrogate_width": 1.0 if wd is None and kind != "ste" else wd,
+                        "update_rate": rate,
+                        "train_active_rate": act,
+                    },
+                )
+
     def crossover(B, T, D, H, rates):
         gru, w, x, xg, h0 = layer(B, T, D, H)
         for rate in rates:
@@ -419,12 +519,7 @@ def targets(args: argparse.Namespace, root: Path) -> None:
             )
 
     if "crossover" in args.settings:  # where auto should stop picking the compiled kernel
-        for (B, T, D, H), rates in [
-            ((32, 1024, 512, 512), (0.3, 0.5, 0.75, 1.0)),
-            ((32, 512, 256, 256), (1.0,)),
-            ((32, 221, 64, 64), (0.5, 0.75, 1.0)),
-            ((32, 221, 128, 128), (0.5, 0.75, 1.0)),
-        ]:
+        for (B, T, D, H), rates in CROSSOVER_SHAPES:
             crossover(B, T, D, H, rates)
 
     load_before = os.getloadavg()
@@ -451,6 +546,12 @@ def targets(args: argparse.Namespace, root: Path) -> None:
             case_times_s=p["case_times"],
             sizes=info[p["setting"]],
         )
+        for k in ("surrogate", "surrogate_kind", "surrogate_width"):
+            if k in p:
+                row[k] = p[k]
+        for k in ("update_rate", "train_active_rate"):  # the case's own (surrogate setting)
+            if k in p:
+                row[f"case_{k}"] = p[k]
         if p.get("per_step"):
             row["case_us_per_step"] = cmin / T * 1e6
             row["base_us_per_step"] = bmin / T * 1e6
@@ -461,6 +562,8 @@ def targets(args: argparse.Namespace, root: Path) -> None:
             f"{p['setting']:<20}{p['name']:<42}{bmin:>11.4f}{cmin:>11.4f}{ratio:>7.2f}"
             f"{p['target']:>7.1f}  {'yes' if row['met'] else 'NO'}"
         )
+        if "case_train_active_rate" in row:
+            print(f"{'':<20}  computed in training: {row['case_train_active_rate']:.3f}")
         if p.get("per_step"):
             print(
                 f"{'':<20}  per step: {row['case_us_per_step']:.1f} us (case), "
@@ -468,11 +571,12 @@ def targets(args: argparse.Namespace, root: Path) -> None:
             )
         if p.get("overhead_calls"):
             print(f"{'':<20}  per call: {row['overhead_us_per_call']:.1f} us")
+    surrogate_rows(rows)  # each surrogate row's vs_ste, before the JSON is written
     meta = {
         "command": "python scripts/bench_surnn.py " + command_args(args),
         "label": args.label,
         "method": "per repetition each case runs right after its baseline; ratio = min(baseline) / min(case)",
-        "gate": f"rhythm, free per-neuron phases, 4 frequencies, bias shifted to {TARGET_RATE} open; training active = open or |a| < {width}",
+        "gate": f"rhythm, free per-neuron phases, 4 frequencies, bias shifted to {TARGET_RATE} open; training rows of the op: the triangle surrogate of half-width {width:g} (computed in training: open or |a| < {width:g}); the surrogate setting: the layer with the presets' gate under each surrogate it names",
         "device": device_name(torch.device("cpu")),
         "threads": args.threads,
         "impl": impl,
@@ -491,6 +595,49 @@ def targets(args: argparse.Namespace, root: Path) -> None:
     print(f"wrote {out} and {out.with_suffix('.md').name}")
 
 
+def surrogate_rows(rows: list[dict]) -> dict[str, list[dict]]:
+    """The ``surrogate`` setting's rows by shape tag (``surrogate big`` ...), each with
+    ``vs_ste``: the straight-through step's min time / this surrogate's (same run)."""
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["setting"].startswith("surrogate ") and "case_train_active_rate" in r:
+            out.setdefault(r["setting"], []).append(r)
+    for rs in out.values():
+        ste = next((r["case_min_s"] for r in rs if r["surrogate"] == "ste"), None)
+        for r in rs:
+            r["vs_ste"] = None if ste is None else ste / r["case_min_s"]
+    return out
+
+
+def surrogate_md(rows: list[dict]) -> list[str]:
+    """The ``surrogate`` setting as its own table: per layer shape and surrogate, the
+    fraction of updates computed in training and the training step's time."""
+    by = surrogate_rows(rows)
+    if not by:
+        return []
+    lines = [
+        "",
+        "Training step through `SelectiveUpdateGRU` as the suRNN presets train it (rhythm "
+        "gate, periods 2 .. T, rate 0.17 held by rate control), by surrogate: the fraction "
+        "of updates computed in training (open neurons, and for the triangle the closed ones "
+        "within its half-width; straight-through computes every one) and the step's min time:",
+        "",
+        "| shape | B | T | D=H | surrogate | computed in training | step min (s) "
+        "| vs nn.GRU | vs ste |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for tag, rs in by.items():
+        for r in rs:
+            z = r["sizes"]
+            vs = "–" if r["vs_ste"] is None else f"{r['vs_ste']:.2f}x"
+            lines.append(
+                f"| {tag.split(' ', 1)[1]} | {z['B']} | {z['T']} | {z['H']} | {r['surrogate']} "
+                f"| {r['case_train_active_rate']:.3f} | {r['case_min_s']:.4f} "
+                f"| {r['ratio_of_min']:.2f}x | {vs} |"
+            )
+    return lines
+
+
 def targets_md(meta: dict) -> str:
     """A ``--suite targets`` JSON as a Markdown table (written beside it)."""
     lines = [
@@ -505,18 +652,19 @@ def targets_md(meta: dict) -> str:
         "",
         f"Gate: {meta['gate']}. {meta['method']}.",
         "",
-        "| setting | B | T | D | H | rate | target | baseline | case | baseline min (s) "
-        "| case min (s) | ratio | wanted | met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | B | T | D | H | rate | target | baseline | case | surrogate (training) "
+        "| baseline min (s) | case min (s) | ratio | wanted | met |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in meta["rows"]:
         z = r["sizes"]
         lines.append(
             f"| {r['setting']} | {z['B']} | {z['T']} | {z['D']} | {z['H']} | {z['rate']:.3f} "
-            f"| {r['name']} | {r['baseline']} | {r['case']} | {r['base_min_s']:.4f} "
-            f"| {r['case_min_s']:.4f} | {r['ratio_of_min']:.2f}x | >= {r['target']:g}x "
-            f"| {'yes' if r['met'] else 'no'} |"
+            f"| {r['name']} | {r['baseline']} | {r['case']} | {r.get('surrogate') or '–'} "
+            f"| {r['base_min_s']:.4f} | {r['case_min_s']:.4f} | {r['ratio_of_min']:.2f}x "
+            f"| >= {r['target']:g}x | {'yes' if r['met'] else 'no'} |"
         )
+    lines += surrogate_md(meta["rows"])
     overhead = [r for r in meta["rows"] if "overhead_us_per_call" in r]
     if overhead:
         lines += [

@@ -186,3 +186,30 @@ def test_the_rate_control_arms_are_the_committed_runs_settings(capsys):
     assert "'hydra.sweep.subdir=${run_id}'" in sweep
     assert any("make_tables.py" in line and "demo_rate_control" in line for line in out)
     assert any("make_figures.py acc-rate" in line for line in out)
+
+
+def test_the_surrogate_study_is_one_multirun_of_arms_differing_in_the_surrogate(capsys):
+    exps, seeds, _ = reproduce.plan("surrogate", "full")
+    assert set(exps) <= set(choices("experiment")) and seeds == [0, 1, 2]
+    gates = {}
+    for e in exps:
+        with initialize_config_dir(str(CONFIG_DIR), version_base=None):
+            cfg = compose("config", overrides=[f"experiment={e}"])
+            lra = compose("config", overrides=["experiment=lra/listops_surnn"])
+        assert cfg.task.name == "listops" and cfg.trainer.max_steps == 1000  # the demo
+        gate = dict(cfg.model.options.gate)
+        gates[e] = (gate.pop("surrogate"), gate.pop("width"))
+        want = dict(lra.model.options.gate)
+        want.pop("surrogate"), want.pop("width")
+        want["period_max"] = cfg.task.options.max_len  # the sequence length, as the presets
+        assert gate == want, e  # the gate as the LRA presets set it, but the surrogate
+    assert sorted(gates.values(), key=str) == sorted(
+        [("ste", None), ("triangle", 1.0), ("triangle", 0.3), ("triangle", 0.1)], key=str
+    )
+    assert reproduce.main(["surrogate", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    (sweep,) = [line for line in out if "run.py -m " in line]
+    assert sweep.startswith("env OMP_NUM_THREADS=1 ")  # as the committed runs
+    assert sweep.split("run.py -m ")[1].startswith("seed=0,1,2 experiment=surrogate/ste,")
+    assert "hydra.sweep.subdir=${variant}-s${seed}" in sweep
+    assert any("surrogate_table.py" in line and "--bench" in line for line in out)
