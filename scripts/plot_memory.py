@@ -22,7 +22,10 @@ arm (model and ``variant``: the gate initialisation), and writes into ``--out``:
   over one sequence, white = update, the holding neurons marked;
 - ``<name>-gate_stats.json``: for every trained suRNN run, each layer's longest closed
   stretch per neuron and (copy memory) the neurons open at the input and closed through the
-  delay.
+  delay;
+- ``runs/<name>/<run>.json`` and ``<run>.metrics.jsonl``: every run's results.json (its
+  command, commit and thread count: ``scripts/check_results.py results/memory/runs/<name>``
+  reruns them) and its metrics log, so the committed table keeps its evidence.
 """
 
 from __future__ import annotations
@@ -386,6 +389,13 @@ def main(argv: list[str] | None = None) -> None:
         Path(f"{out}-gate_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         md += "\n" + stats_table(stats)
     (args.out / f"{args.name}.md").write_text(md)
+    keep = args.out / "runs" / args.name
+    keep.mkdir(parents=True, exist_ok=True)
+    for r in runs:
+        d = Path(r["_dir"])
+        (keep / f"{d.name}.json").write_text((d / "results.json").read_text())
+        if (d / "metrics.jsonl").exists():
+            (keep / f"{d.name}.metrics.jsonl").write_text((d / "metrics.jsonl").read_text())
     (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     sys.stdout.write(md)
 

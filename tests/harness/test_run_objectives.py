@@ -105,6 +105,9 @@ def test_every_model_on_copy_memory_in_one_multirun(tmp_path):
     assert "### copy memory, delay 12" in md
     assert (out / "memory-curves.png").stat().st_size > 0 and (out / "memory-raster.png").exists()
     assert (out / "memory-holders.png").exists()
+    kept = sorted(p.name for p in (out / "runs" / "memory").iterdir())
+    assert any(k.endswith(".metrics.jsonl") for k in kept)  # each run's evidence is kept
+    assert len([k for k in kept if k.endswith(".json")]) == len(MIXERS.names())
     raster = json.loads((out / "memory-raster.json").read_text())
     assert "copy_memory-surnn-s0" in raster["run"]  # the sweep's suRNN run of seed 0
     assert 0 < raster["layer0"]["update_rate"] < 1
