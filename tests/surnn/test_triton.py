@@ -1,5 +1,10 @@
-"""The Triton path against the reference: under TRITON_INTERPRET=1 on the CPU (fp32), and
-on CUDA (fp32 and bf16) when a GPU is present. Also torch.library.opcheck and FLOPs."""
+"""The Triton path against the reference: under TRITON_INTERPRET=1 on the CPU (fp32), and on
+CUDA (fp32 and bf16) when a GPU is present. Every buffer the op allocates is NaN-filled
+(integers -1; op.FILL), so a kernel that reads a position nothing wrote gives NaN instead of
+the zeros fresh CPU memory often holds. ``small_machine`` shrinks the launch model (chunks of
+2 steps, 16x16x16 tiles, 6 SMs) so that chunk boundaries, partial chunks and split-K run at
+interpreter sizes. Also: the contract of ``active``, the numerics emulation (bf16 at
+T=4096 against float64), the memory formula, torch.library.opcheck and FLOPs."""
 
 from __future__ import annotations
 
@@ -11,11 +16,29 @@ from tests.fixtures import assert_close, make_case, run, triton_interpreter_unle
 HAS_CUDA = torch.cuda.is_available()
 triton_interpreter_unless_cuda()  # before the kernels are imported
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from surnn.ops import su_gru  # noqa: E402
+from surnn.ops.reference import su_gru_reference  # noqa: E402
+from surnn.ops.triton import launch, numerics, op  # noqa: E402
+from surnn.ops.triton.kernels import _splits  # noqa: E402
 
 DEV = "cuda" if HAS_CUDA else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def poisoned(monkeypatch):
+    monkeypatch.setattr(op, "FILL", float("nan"))
+
+
+@pytest.fixture
+def small_machine(monkeypatch):
+    monkeypatch.setattr(launch, "CFG_TABLE", ((None, launch.Cfg(16, 16, 16, 4)),))
+    monkeypatch.setattr(launch, "C_MIN", 2)
+    monkeypatch.setattr(launch, "GEMM_ROWS", 1)
+    monkeypatch.setattr(op, "N_SM", 6)
 
 
 def to_dev(case, dtype=torch.float32):
@@ -41,9 +64,190 @@ CASES = [
 @pytest.mark.parametrize("kind,per_sample,lengths,B,T,D,H", CASES)
 def test_triton_matches_reference(kind, per_sample, lengths, B, T, D, H):
     case = to_dev(make_case(B, T, D, H, kind, per_sample, lengths, dtype=torch.float32))
-    ref = run("reference", case)
-    got = run("triton", case)
+    assert_close(run("triton", case), run("reference", case), 2e-4)
+
+
+SMALL_CASES = [
+    ("random", False, True, 5, 7, 20, 70),  # 4 chunks, the last one partial; split-K
+    ("sparse", True, True, 17, 4, 9, 35),  # two batch tiles, per-sample gate
+    ("closed", False, True, 4, 5, 8, 33),
+]
+
+
+@pytest.mark.parametrize("kind,per_sample,lengths,B,T,D,H", SMALL_CASES)
+def test_chunks_and_split_k_match_reference(small_machine, kind, per_sample, lengths, B, T, D, H):
+    case = to_dev(make_case(B, T, D, H, kind, per_sample, lengths, dtype=torch.float32))
+    assert_close(run("triton", case), run("reference", case), 2e-4)
+
+
+def _loops(case):
+    """The forward and backward loops of a training call, for looking at their buffers."""
+    x, h0, w, g, active, lens = case
+    act = op.mask_u8(g, active)
+    lens = lens if lens is not None else torch.full((x.shape[0],), x.shape[1])
+    k = op._kernels()
+    fwd = op._Fwd(x.detach(), h0.detach(), *[t.detach() for t in w], g.detach(), act, lens,
+                  True, "ieee")  # fmt: skip
+    fs = fwd.alloc()
+    fwd.begin(fs)
+    for i, (t0, n) in enumerate(fwd.chunks()):
+        fwd.load(fs, t0, n, i == 0)
+        fwd.launches(k, fs, n)
+        fwd.store(fs, t0, n)
+    out, hT, plane = fwd.end(fs, k)
+    go = torch.randn_like(out)
+    bwd = op._Bwd(go, hT, x.detach(), h0.detach(), *[t.detach() for t in w], g.detach(), act,
+                  lens, out, plane, "ieee")  # fmt: skip
+    bs = bwd.alloc()
+    bwd.begin(bs)
+    for i, (t0, n) in enumerate(bwd.chunks()):
+        bwd.load(bs, t0, n, i == 0)
+        bwd.launches(k, bs, n)
+        bwd.store(bs, t0, n)
+    grads = bwd.end(bs, k)
+    return fwd, fs, bwd, bs, grads
+
+
+def test_split_k_really_runs(small_machine, monkeypatch):
+    """With 16 SMs, 4 neuron tiles and 4 K blocks, a step spreads each tile's reduction over
+    2 programs: the split-K workspace is written (it stays NaN when no step splits)."""
+    monkeypatch.setattr(op, "N_SM", 16)
+    case = to_dev(make_case(3, 4, 5, 64, "open", dtype=torch.float32))
+    fwd, fs, bwd, bs, grads = _loops(case)
+    assert fwd.lp.split == 2 and bwd.lp.split == 2
+    assert torch.isfinite(fs["ws"]).any() and torch.isfinite(bs["ws"]).any()
+    assert all(torch.isfinite(t).all() for t in grads)
+    assert (fs["sem"] == 0).all() and (bs["sem"] == 0).all()  # counters reset for the next step
+
+
+def test_poison_catches_an_unwritten_read(small_machine, monkeypatch):
+    """The check can fail: without copying step t0+C's gradients into the chunk's last slot,
+    the backward reads a slot nothing wrote, and the NaN fill shows it."""
+    real = op._Bwd.load
+
+    def load_without_the_carry(self, s, t0, n, first):
+        s_c = s["dgo"][self.C].clone()
+        real(self, s, t0, n, first)
+        s["dgo"][self.C].copy_(s_c)  # undo the copy: the slot keeps what it held before
+
+    monkeypatch.setattr(op._Bwd, "load", load_without_the_carry)
+    case = to_dev(make_case(3, 5, 5, 20, "open", dtype=torch.float32))
+    grads = run("triton", case)[2:]
+    assert not all(torch.isfinite(t).all() for t in grads)
+
+
+@triton.jit
+def _probe_splits(out_ptr, n_sm, SPLIT: tl.constexpr, MIN_KB: tl.constexpr):
+    work = tl.program_id(0) + 1
+    nkb = tl.program_id(1)
+    tl.store(out_ptr + tl.program_id(0) * 20 + nkb, _splits(work, nkb, n_sm, SPLIT, MIN_KB))
+
+
+def test_split_formula_on_the_device_is_the_model():
+    """kernels._splits (evaluated in the kernels) and launch.splits agree."""
+    for n_sm, split in ((132, 8), (6, 2)):
+        out = torch.zeros(40, 20, dtype=torch.int32, device=DEV)
+        _probe_splits[(40, 20)](out, n_sm, SPLIT=split, MIN_KB=launch.MIN_KB)
+        want = [[launch.splits(w + 1, k, n_sm, split) for k in range(20)] for w in range(40)]
+        assert out.cpu().tolist() == want
+
+
+def test_active_that_misses_open_neurons_has_the_reference_semantics():
+    """The contract of ``active``: wherever the gate is open the update is computed (forward
+    and backward), but the gate gets a gradient only where ``active``."""
+    gen = torch.Generator().manual_seed(5)
+    x, h0, w, g, _, lens = make_case(4, 6, 5, 24, "random", lengths=True, dtype=torch.float32)
+    active = torch.rand(6, 24, generator=gen) < 0.3  # misses open neurons, adds closed ones
+    assert ((g != 0) & ~active).any() and (active & (g == 0)).any()
+    case = to_dev((x, h0, w, g, active, lens))
+    got, ref = run("triton", case), run("reference", case)
     assert_close(got, ref, 2e-4)
+    dg = got[-1]
+    assert (dg[(~active).to(dg.device)] == 0).all()
+
+
+def test_precision_choice():
+    assert op.precision_for(torch.float32, "tf32") == "tf32"
+    with pytest.raises(ValueError, match="precision='fast'"):
+        op.precision_for(torch.float32, "fast")
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert op.precision_for(torch.float32, None) == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert op.precision_for(torch.float32, None) == "ieee"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+    case = to_dev(make_case(3, 4, 5, 20, "random", dtype=torch.float32))
+    x, h0, w, g, active, lens = case
+    out, h = op.su_gru_triton(x, h0, *w, g, active, lens, precision="tf32")
+    ref, _ = su_gru_reference(x, h0, *w, g, active, lens)
+    tol = 2e-4 if not HAS_CUDA else 2e-2  # the interpreter computes TF32 dots in fp32
+    assert (out - ref).abs().max() < tol
+
+
+def test_numerics_emulation_is_the_kernels():
+    """numerics.emulate in fp32 reproduces the kernels (values and gradients)."""
+    x, h0, w, g, active, lens = make_case(3, 7, 5, 20, "random", True, True, dtype=torch.float32)
+    wout = torch.randn(3, 7, 20, generator=torch.Generator().manual_seed(2))
+    case = to_dev((x, h0, w, g, active, lens))
+    cx, ch0, cw, cg, cact, clens = case
+    out, h = op.su_gru_triton(cx, ch0, *cw, cg, cact, clens)
+    loss = (out * wout.to(DEV)).sum() + (h * h).sum()
+    got = [out, h, *torch.autograd.grad(loss, [cx, ch0, *cw, cg])]
+    d = [t.detach() for t in (x, h0, *w, g)]
+    e_out, e_h, grads = numerics.emulate(d[0], d[1], *d[2:6], d[6], active, lens, grad_out=wout,
+                                         grad_h=2 * h.detach().cpu())  # fmt: skip
+    assert numerics.max_error([t.cpu() for t in got], [e_out, e_h, *grads]) < 1e-5
+
+
+def _f64_reference(args, active, lens, wout, gh):
+    """float64 values and gradients; the compiled CPU kernel (tested against the reference)
+    runs the 4,096 steps in C++ ('cpu', its fallback, in PyTorch)."""
+    a = [t.double().requires_grad_() for t in args]
+    out, h = su_gru(a[0], a[1], *a[2:6], a[6], active, lens, impl="compiled")
+    loss = (out * wout.double()).sum() + (h * gh.double()).sum()
+    return [out, h, *torch.autograd.grad(loss, a)]
+
+
+@pytest.fixture
+def one_thread():
+    """4,096 steps of tiny ops: one thread (two threads of OpenMP on a busy 2-core machine
+    take 15x longer)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_bf16_numerics_hold_over_4096_steps(one_thread):
+    """A bf16 run of the op's numerics (numerics.emulate: fp32 state, bf16 dot operands and
+    stored gradients) stays within numerics.LONG_TOL of float64 over 4,096 steps, values and
+    gradients; scripts/gpu_check.sh holds the real bf16 kernels to the same tolerance."""
+    B, T, D, H = 2, 4096, 8, 32
+    x, h0, w, g, active, lens = make_case(B, T, D, H, "sparse", lengths=True, dtype=torch.float32)
+    w[1] = w[1] * (1.5 / (0.4 * H**0.5))  # a contracting recurrence (spectral radius about
+    # 0.75 x the gates), as trained layers have; a chaotic one separates any two precisions
+    bf = [t.detach().bfloat16() for t in (x, h0, *w, g)]
+    wout = torch.randn(B, T, H, generator=torch.Generator().manual_seed(2)) / T**0.5
+    gh = torch.randn(B, H, generator=torch.Generator().manual_seed(3))
+    ref = _f64_reference([t.float() for t in bf], active, lens, wout, gh)
+    out, h, grads = numerics.emulate(bf[0], bf[1], *bf[2:6], bf[6], active, lens,
+                                     grad_out=wout.bfloat16(), grad_h=gh.bfloat16())  # fmt: skip
+    assert numerics.max_error([out, h], ref[:2]) < numerics.LONG_TOL["out"]
+    assert numerics.max_error(grads, ref[2:]) < numerics.LONG_TOL["grads"]
+
+
+def test_training_memory_of_path_x_under_40_gb():
+    """launch.memory_bytes (the README's formula) is what the op allocates, and Path-X
+    training (B=256, T=16384, D=H=512, bf16) needs under 40 GB of it."""
+    for B, T, D, H, ps in ((3, 9, 5, 40, False), (20, 33, 7, 64, True)):
+        want = op.call_bytes(B, T, D, H, torch.bfloat16, per_sample=ps)
+        got = launch.memory_bytes(B, T, D, H, 2, per_sample_gate=ps)
+        assert got["full"] == want["full"] and got["fwd_chunk"] == want["fwd_chunk"]
+        assert got["bwd_chunk"] == want["bwd_chunk"]
+    px = launch.memory_bytes(256, 16384, 512, 512, 2)
+    assert px["total"] < 40e9, px
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="bf16 kernels need CUDA")
@@ -65,9 +269,9 @@ def test_triton_bf16_close_to_fp32_reference():
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a GPU with > 8 GB free")
 def test_triton_offsets_past_2_31_elements():
-    """B*T*H = 260*16384*512 > 2**31: the last sequences live past the int32 range of the
-    output. With 32-bit offsets they were written to wrapped (wrong) addresses; each
-    sequence must come out as when it runs alone."""
+    """B*T*H = 260*16384*512 > 2**31: the [B, T, H] output passes the int32 range (the kernels
+    address only chunk buffers; torch copies the chunks in and out). Each sequence must come
+    out as when it runs alone."""
     B, T, D, H = 260, 16384, 8, 512
     gen = torch.Generator(device=DEV).manual_seed(0)
     bf = torch.bfloat16
@@ -99,12 +303,9 @@ def test_triton_flop_formula_counts_executed_updates():
 
 
 def test_opcheck():
-    import surnn.ops.triton.op  # noqa: F401  (registers the ops)
-
     B, T, D, H = 2, 3, 4, 16
     x, h0, w, g, active, lens = to_dev(make_case(B, T, D, H, "random", lengths=True))
-    lens = lens if lens is not None else torch.full((B,), T)
-    args = (x, h0, *w, g, active, lens, True)
+    args = (x, h0, *w, g, op.mask_u8(g, active), lens, True)
     torch.library.opcheck(
         torch.ops.surnn.su_gru_fwd.default,
         args,
@@ -117,15 +318,13 @@ def test_opcheck():
     )
 
 
-def test_step_order_packs_the_active_neurons_first():
-    """The kernels compute ceil(count/32) tiles per step: the order must put every active
-    neuron (of any sequence) first, be a permutation, and keep the layout order (stable)."""
-    from surnn.ops.triton.op import _order
-
+def test_step_order_packs_the_computed_neurons_first():
+    """The kernels compute ceil(count/BLOCK_H) tiles per step: the order must put every
+    computed neuron (of any sequence) first, be a permutation, and keep the layout order."""
     gen = torch.Generator().manual_seed(0)
     T, H = 6, 70
     active = torch.rand(T, H, generator=gen) < 0.2
-    order, cnt = _order(active, H, T)
+    order, cnt = op._order(active.to(torch.uint8), H, T)
     assert order.dtype == torch.int32 and cnt.tolist() == active.sum(1).tolist()
     for t in range(T):
         o = order[t].long()
@@ -133,7 +332,8 @@ def test_step_order_packs_the_active_neurons_first():
         c = int(cnt[t])
         assert active[t, o[:c]].all() and not active[t, o[c:]].any()
         assert (torch.diff(o[:c]) > 0).all() and (torch.diff(o[c:]) > 0).all()
-    per_sample = torch.zeros(2, T, H, dtype=torch.bool)
-    per_sample[0, :, 3] = per_sample[1, :, 60] = True
-    order, cnt = _order(per_sample, H, T)
+    per_sample = torch.zeros(2, T, H, dtype=torch.uint8)
+    per_sample[0, :, 3] = per_sample[1, :, 60] = 3
+    order, cnt = op._order(per_sample, H, T)
     assert cnt.tolist() == [2] * T and order[0, :2].tolist() == [3, 60]
+

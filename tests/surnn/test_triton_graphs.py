@@ -1,12 +1,14 @@
-"""CUDA graphs of the Triton step loops (surnn/ops/triton/graphs.py).
+"""CUDA graphs of the Triton chunk loops (surnn/ops/triton/graphs.py).
 
-On the CPU (always): the graph path's plumbing, with the Triton interpreter and a stand-in
-"graph" whose replay re-runs the captured body over the same static buffers: graph and
-eager must agree bit for bit (forward and gradients), across schedules, without results
-aliasing the static buffers; the cache is bounded; over-budget keys, failed captures and
-replays that differ fall back to the eager loop.
-On CUDA (marked gpu, skipped without one; NOT RUN YET, no GPU was available): the real
-torch.cuda.CUDAGraph capture and replay against the eager loop, bit for bit.
+On the CPU (always): the graph path's plumbing with the Triton interpreter and
+``graphs.Recorder``, the stand-in for torch.cuda.CUDAGraph that keeps only the launches of a
+capture (kernel, grid, arguments) and replays exactly those, and fails on any tensor
+operation during the capture. Graph and eager must agree bit for bit (forward and
+gradients) across sequence lengths (one graph serves every T), schedules and lengths; the
+capture happens on a key's second use; results never alias the static buffers; the cache is
+bounded; over-budget keys, failed captures and replays that differ fall back to the eager
+loop. Buffers are NaN-filled (op.FILL). On CUDA (marked gpu, skipped without one; NOT RUN
+YET, no GPU was available): the real torch.cuda.CUDAGraph capture and replay against eager.
 """
 
 from __future__ import annotations
@@ -19,10 +21,22 @@ from tests.fixtures import triton_interpreter_unless_cuda
 HAS_CUDA = torch.cuda.is_available()
 triton_interpreter_unless_cuda()  # before the kernels are imported
 
-from surnn.ops.triton import graphs  # noqa: E402
+from surnn.ops.triton import graphs, launch, op  # noqa: E402
 from surnn.ops.triton.op import su_gru_triton  # noqa: E402
 
 DEV = "cuda" if HAS_CUDA else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def poisoned_small_machine(monkeypatch):
+    """NaN-filled buffers; chunks of 2 steps (so a call spans several chunks and a graph
+    replays several times), 16x16x16 tiles, 6 SMs (split-K)."""
+    monkeypatch.setattr(op, "FILL", float("nan"))
+    monkeypatch.setattr(launch, "CFG_TABLE", ((None, launch.Cfg(16, 16, 16, 4)),))
+    monkeypatch.setattr(launch, "C_MIN", 2)
+    monkeypatch.setattr(launch, "C_MAX", 2)
+    monkeypatch.setattr(launch, "GEMM_ROWS", 1)
+    monkeypatch.setattr(op, "N_SM", 6)
 
 
 def make_case(B, T, D, H, per_sample=False, seed=0, rate=0.35, dtype=torch.float32, dev=DEV):
@@ -55,26 +69,13 @@ def assert_same_bits(a_list, b_list):
     names = ["out", "h", "dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dg"]
     for name, a, b in zip(names, a_list, b_list, strict=True):
         assert graphs._same_bits(a, b), f"{name}: graph and eager differ"
-
-
-class ReplayBody:
-    """Stand-in for torch.cuda.CUDAGraph on the CPU: replay() re-runs the captured body
-    (over the same static tensors, as a graph replays over the same addresses)."""
-
-    captures = 0
-
-    def __init__(self, fn, device):
-        self.fn = fn
-        ReplayBody.captures += 1
-
-    def replay(self):
-        self.fn()
+        assert not a.is_floating_point() or torch.isfinite(a).all(), f"{name}: not finite"
 
 
 @pytest.fixture
 def cpu_cache(monkeypatch):
-    """graphs.CACHE replaced by one that serves CPU tensors with the stand-in graph."""
-    cache = graphs.GraphCache(capture=ReplayBody, devices=("cpu",))
+    """graphs.CACHE replaced by one that serves CPU tensors with the Recorder stand-in."""
+    cache = graphs.GraphCache(capture=graphs.Recorder, devices=("cpu",))
     monkeypatch.setattr(graphs, "CACHE", cache)
     return cache
 
@@ -83,29 +84,38 @@ needs_cpu = pytest.mark.skipif(HAS_CUDA, reason="the stand-in runs on the CPU in
 
 
 @needs_cpu
-@pytest.mark.parametrize("per_sample,B", [(False, 5), (True, 3), (False, 17)])
-def test_graph_path_matches_eager_bit_for_bit(cpu_cache, per_sample, B):
-    """First call captures (and checks itself), the next ones replay: each schedule of
-    the same shapes (different gates, masks, lengths, values) reuses the one graph."""
-    T, D, H = 6, 5, 40
-    for seed in range(3):
-        case = make_case(B, T, D, H, per_sample, seed=seed, rate=0.2 + 0.2 * seed)
+@pytest.mark.parametrize("per_sample,B", [(False, 5), (True, 17)])
+def test_one_graph_serves_every_length(cpu_cache, per_sample, B):
+    """First call of a key: eager. Second: capture (checked against its eager warm-up) and
+    replay. Then every other T, schedule and set of lengths of the same shapes replays the
+    same two graphs (forward with saving, backward), bit for bit equal to the eager loop."""
+    D, H = 5, 40
+    for i, T in enumerate((5, 3, 6, 1, 4)):
+        case = make_case(B, T, D, H, per_sample, seed=i, rate=0.2 + 0.15 * i)
         assert_same_bits(run(case, True), run(case, False))
-    assert cpu_cache.stats["captured"] == 2  # forward (saving) and backward
-    assert cpu_cache.stats["replayed"] == 4 and not cpu_cache.eager_keys()
-    with torch.no_grad():  # inference forward: its own key (SAVE=False)
-        case = make_case(B, T, D, H, per_sample, seed=7)
-        a = su_gru_triton(*case[:2], *case[2], *case[3:], graphs=True)
-        b = su_gru_triton(*case[:2], *case[2], *case[3:], graphs=False)
-    assert all(graphs._same_bits(p, q) for p, q in zip(a, b))
-    assert len(cpu_cache) == 3
+        if i == 0:
+            assert cpu_cache.stats["captured"] == 0 and cpu_cache.stats["first_use"] == 2
+    assert cpu_cache.stats["captured"] == 2 and len(cpu_cache) == 2
+    assert cpu_cache.stats["replayed"] == 6 and not cpu_cache.eager_keys()
+
+
+@needs_cpu
+def test_inference_has_its_own_key_and_matches(cpu_cache):
+    with torch.no_grad():
+        for T in (5, 6, 3):
+            case = make_case(3, T, 4, 20, seed=T)
+            a = su_gru_triton(*case[:2], *case[2], *case[3:], graphs=True)
+            b = su_gru_triton(*case[:2], *case[2], *case[3:], graphs=False)
+            assert all(graphs._same_bits(p, q) for p, q in zip(a, b))
+    assert cpu_cache.stats["captured"] == 1 and cpu_cache.stats["replayed"] == 1
 
 
 @needs_cpu
 def test_results_do_not_alias_the_static_buffers(cpu_cache):
-    first = run(make_case(3, 5, 4, 16, seed=0), True)
+    run(make_case(3, 5, 4, 16, seed=0), True)  # first use
+    first = run(make_case(3, 5, 4, 16, seed=1), True)  # captured
     kept = [t.clone() for t in first]
-    run(make_case(3, 5, 4, 16, seed=1), True)  # same key: replays over the same buffers
+    run(make_case(3, 4, 4, 16, seed=2), True)  # same key: replays over the same buffers
     assert cpu_cache.stats["replayed"] == 2
     assert all(torch.equal(a, b) for a, b in zip(first, kept))
 
@@ -122,6 +132,7 @@ def test_a_graph_made_under_inference_mode_serves_later_calls(cpu_cache):
         case[5],
     )
     with torch.inference_mode():
+        su_gru_triton(*args, graphs=True)
         a = su_gru_triton(*args, graphs=True)
     with torch.no_grad():
         b = su_gru_triton(*args, graphs=True)
@@ -132,11 +143,61 @@ def test_a_graph_made_under_inference_mode_serves_later_calls(cpu_cache):
 
 
 @needs_cpu
+def test_capture_fails_on_a_tensor_operation(cpu_cache, monkeypatch):
+    """A captured body that allocates (or runs any tensor op) fails the capture: the key
+    runs eagerly, with a warning that says how to report it."""
+    real = op._Fwd.launches
+
+    def allocating(self, k, s, n):
+        torch.zeros(1)  # a real graph would keep this allocation, run once at capture
+        real(self, k, s, n)
+
+    monkeypatch.setattr(op._Fwd, "launches", allocating)
+    with torch.no_grad():
+        case = make_case(3, 5, 4, 16)
+        args = (*case[:2], *case[2], *case[3:])
+        su_gru_triton(*args, graphs=True)
+        with pytest.warns(RuntimeWarning, match="capture failed.*tensor operation.*report"):
+            a = su_gru_triton(*args, graphs=True)
+        b = su_gru_triton(*args, graphs=False)
+    assert all(graphs._same_bits(p, q) for p, q in zip(a, b))
+    assert len(cpu_cache) == 0 and len(cpu_cache.eager_keys()) == 1
+
+
+@needs_cpu
+def test_the_stand_in_replays_what_was_captured(cpu_cache, monkeypatch):
+    """A body that hands a kernel a per-chunk tensor other than the static buffers (here:
+    the lengths made afresh by each chunk's load) works eagerly but not as a graph, which
+    keeps the tensor it captured; the stand-in shows it as a real graph would (a stand-in
+    that re-ran the Python body hid it)."""
+    real_load, real_launches = op._Fwd.load, op._Fwd.launches
+
+    def load(self, s, t0, n, first):
+        real_load(self, s, t0, n, first)
+        self.fresh_lrel = self.lens - t0  # a new tensor per chunk
+
+    def launches(self, k, s, n):
+        real_launches(self, k, {**s, "lrel": self.fresh_lrel}, n)
+
+    monkeypatch.setattr(op._Fwd, "load", load)
+    monkeypatch.setattr(op._Fwd, "launches", launches)
+    with torch.no_grad():
+        case = make_case(4, 6, 4, 16, seed=3)
+        case[5][:] = torch.tensor([6, 3, 1, 5])
+        args = (*case[:2], *case[2], *case[3:])
+        su_gru_triton(*args, graphs=True)  # first use: eager
+        a = su_gru_triton(*args, graphs=True)  # captured on chunk 0, replayed on 1 and 2
+        b = su_gru_triton(*args, graphs=False)
+    assert cpu_cache.stats["captured"] == 1
+    assert not graphs._same_bits(a[0], b[0])
+
+
+@needs_cpu
 def test_cache_is_bounded_least_recently_used_out(monkeypatch):
-    cache = graphs.GraphCache(capture=ReplayBody, devices=("cpu",), max_entries=2)
+    cache = graphs.GraphCache(capture=graphs.Recorder, devices=("cpu",), max_entries=2)
     monkeypatch.setattr(graphs, "CACHE", cache)
     with torch.no_grad():
-        for B in (2, 3, 4, 2):
+        for B in (2, 2, 3, 3, 4, 4, 2, 2):
             case = make_case(B, 4, 4, 8)
             su_gru_triton(*case[:2], *case[2], *case[3:], graphs=True)
     assert len(cache) == 2 and cache.stats["evicted"] == 2 and cache.stats["captured"] == 4
@@ -146,9 +207,10 @@ def test_cache_is_bounded_least_recently_used_out(monkeypatch):
 
 @needs_cpu
 def test_over_budget_runs_eager(monkeypatch):
-    cache = graphs.GraphCache(capture=ReplayBody, devices=("cpu",), max_bytes=1000)
+    cache = graphs.GraphCache(capture=graphs.Recorder, devices=("cpu",), max_bytes=1000)
     monkeypatch.setattr(graphs, "CACHE", cache)
     case = make_case(3, 5, 4, 16)
+    run(case, True)
     with pytest.warns(RuntimeWarning, match="exceed the budget"):
         got = run(case, True)
     assert_same_bits(got, run(case, False))
@@ -157,34 +219,35 @@ def test_over_budget_runs_eager(monkeypatch):
 
 @needs_cpu
 def test_out_of_memory_for_the_static_buffers_runs_eager(cpu_cache, monkeypatch):
-    from surnn.ops.triton import op
+    real, calls = op._Fwd.alloc, []
 
-    real, calls = op._fwd_alloc, []
-
-    def alloc(s, save):  # the graph's buffers (the first real allocation) do not fit
-        calls.append(s["x"].device.type)
-        if calls.count("cpu") == 1:
+    def alloc(self, e=op._empty):
+        calls.append(e)
+        if len(calls) == 3:  # first use: eager (1); second: meta sizing (2), static (3)
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(s, save)
+        return real(self, e)
 
-    monkeypatch.setattr(op, "_fwd_alloc", alloc)
+    monkeypatch.setattr(op._Fwd, "alloc", alloc)
     case = make_case(3, 5, 4, 16)
-    with torch.no_grad(), pytest.warns(RuntimeWarning, match="no memory"):
-        a = su_gru_triton(*case[:2], *case[2], *case[3:], graphs=True)
+    args = (*case[:2], *case[2], *case[3:])
     with torch.no_grad():
-        b = su_gru_triton(*case[:2], *case[2], *case[3:], graphs=False)
-    assert calls[0] == "meta" and all(graphs._same_bits(p, q) for p, q in zip(a, b))
+        su_gru_triton(*args, graphs=True)
+        with pytest.warns(RuntimeWarning, match="no memory"):
+            a = su_gru_triton(*args, graphs=True)
+        b = su_gru_triton(*args, graphs=False)
+    assert all(graphs._same_bits(p, q) for p, q in zip(a, b))
     assert len(cpu_cache) == 0
 
 
 @needs_cpu
 def test_failed_capture_falls_back_to_eager_for_good(monkeypatch):
-    def broken(fn, device):
+    def broken(fn, device, kernels):
         raise RuntimeError("operation not permitted when stream is capturing")
 
     cache = graphs.GraphCache(capture=broken, devices=("cpu",))
     monkeypatch.setattr(graphs, "CACHE", cache)
     case = make_case(3, 5, 4, 16)
+    run(case, True)
     with pytest.warns(RuntimeWarning, match="capture failed"):
         got = run(case, True)
     assert_same_bits(got, run(case, False))
@@ -194,23 +257,43 @@ def test_failed_capture_falls_back_to_eager_for_good(monkeypatch):
 
 @needs_cpu
 def test_replay_that_differs_is_not_used(monkeypatch):
-    class Corrupting(ReplayBody):
+    class Corrupting(graphs.Recorder):
         def replay(self):
-            self.fn()
-            (static,) = [
-                c.cell_contents for c in self.fn.__closure__ if isinstance(c.cell_contents, dict)
-            ]
-            for t in static.values():  # the static tensors: a wrong replay
-                if t.is_floating_point() and t.numel():
-                    t.add_(1.0)
+            super().replay()
+            for _, _, args, _ in self.launches[:1]:
+                for t in args:
+                    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() > 1:
+                        t.add_(1.0)  # a wrong replay
 
     cache = graphs.GraphCache(capture=Corrupting, devices=("cpu",))
     monkeypatch.setattr(graphs, "CACHE", cache)
     case = make_case(3, 5, 4, 16)
-    with pytest.warns(RuntimeWarning, match="bit for bit"):
+    run(case, True)
+    with pytest.warns(RuntimeWarning, match="bit for bit.*report"):
         got = run(case, True)
     assert_same_bits(got, run(case, False))
     assert len(cache) == 0
+
+
+def test_recorder_keeps_the_captured_launch_arguments():
+    """Recorder replays the launches as captured: kernel, grid, the same tensors, the Python
+    values of the capture, whatever the body would do now."""
+    calls = []
+
+    class Kernels:
+        class k:
+            def __class_getitem__(cls, grid):
+                return lambda *a, **kw: calls.append((grid, a, kw))
+
+    t = torch.zeros(2)
+    state = {"n": 3}
+    rec = graphs.Recorder(lambda k: k.k[(state["n"],)](t, state["n"], X=1), "cpu", Kernels)
+    assert calls == []  # nothing runs at capture
+    state["n"] = 7
+    rec.replay()
+    assert calls == [((3,), (t, 3), {"X": 1})] and calls[0][1][0] is t
+    with pytest.raises(RuntimeError, match="tensor operation"):
+        graphs.Recorder(lambda k: torch.empty(3), "cpu", Kernels)
 
 
 def test_option_and_environment(monkeypatch, cpu_cache):
@@ -230,12 +313,12 @@ def test_option_and_environment(monkeypatch, cpu_cache):
 @pytest.mark.parametrize("per_sample,B", [(False, 8), (True, 5), (False, 40)])
 def test_cuda_graph_matches_eager_bit_for_bit(dtype, per_sample, B):
     """Real capture and replay: forward and gradients equal to the eager launch loop, for
-    the capture call and for replays with other schedules of the same shapes."""
+    the capture call and for replays with other lengths and schedules of the same shapes."""
     graphs.CACHE.clear()
     graphs.CACHE.stats.clear()
-    T, D, H = 33, 24, 72
-    for seed in range(3):
-        case = make_case(B, T, D, H, per_sample, seed=seed, rate=0.1 + 0.3 * seed, dtype=dtype)
+    D, H = 24, 72
+    for i, T in enumerate((33, 17, 40, 9)):
+        case = make_case(B, T, D, H, per_sample, seed=i, rate=0.1 + 0.2 * i, dtype=dtype)
         assert_same_bits(run(case, True), run(case, False))
     torch.cuda.synchronize()
     assert not graphs.CACHE.eager_keys(), graphs.CACHE.eager_keys()
@@ -246,9 +329,10 @@ def test_cuda_graph_matches_eager_bit_for_bit(dtype, per_sample, B):
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 def test_cuda_graph_results_survive_the_next_replay():
     graphs.CACHE.clear()
-    first = run(make_case(8, 17, 16, 64, seed=0), True)
+    run(make_case(8, 17, 16, 64, seed=0), True)
+    first = run(make_case(8, 17, 16, 64, seed=1), True)
     kept = [t.clone() for t in first]
-    run(make_case(8, 17, 16, 64, seed=1), True)
+    run(make_case(8, 13, 16, 64, seed=2), True)
     torch.cuda.synchronize()
     assert all(torch.equal(a, b) for a, b in zip(first, kept))
 

@@ -1,22 +1,31 @@
 """Ahead-of-time compilation of every Triton kernel of the layer for CUDA targets, on a
-machine without a GPU (the triton wheel ships ptxas and cuobjdump).
+machine without a GPU (the triton wheel ships ptxas and cuobjdump), and checks of what the
+compiler made of them.
 
-What is compiled is what the op would launch, not a hand-written copy of it: the op's
-step-loop bodies (op._fwd_body with and without saving, op._bwd_body) run on meta
-tensors with a recorder in place of the kernels module, and each recorded launch's
-arguments are specialised exactly as triton.jit specialises them at a launch (pointer
-dtypes and 16-byte alignment, integers equal to 1 or divisible by 16, do_not_specialize,
-constexprs). This is done for every configuration the dispatcher can pick
-(op.cfg_choices(), the rows of op._CFG_TABLE, each reached through op._cfg itself with a
-batch size that picks it) x fp32 and bf16 x sm_80 and sm_90 x two shape classes
-("aligned": B, D, H multiples of 16, the usual case; "odd": none of them, the most
-general code). Each compile goes through triton.compile to a cubin (ptxas included);
-registers and local-memory stack come from the cubin (cuobjdump), spill bytes from the
-ptxas log of that compile, shared memory from Triton's metadata.
+What is compiled is what the op would launch, not a hand-written copy of it: the op's chunk
+loops (op._Fwd with and without saving the state, op._Bwd with a time-only and a per-sample
+gate) are built on meta tensors and their launches recorded with a stand-in for the kernels
+module, and each recorded launch's arguments are specialised exactly as triton.jit
+specialises them at a launch (pointer dtypes and 16-byte alignment, integers equal to 1 or
+divisible by 16, do_not_specialize, constexprs, num_warps). This is done for every
+configuration the dispatcher can pick (launch.cfg_choices(), the rows of launch.CFG_TABLE,
+each reached through launch.cfg_for with a batch size that picks it) x fp32 (IEEE dots), fp32
+with TF32 dots and bf16 x sm_80 and sm_90 x two shape classes ("aligned": B, D, H multiples of
+16, the usual case; "odd": none of them, the most general code). H is large enough for the
+split-K path to be compiled in. Each compile goes through triton.compile to a cubin (ptxas
+included); registers and local-memory stack come from the cubin (cuobjdump), spill bytes from
+the ptxas log of that compile, shared memory from Triton's metadata.
+
+The IR checks (``ir_check``; tests/surnn/test_triton_aot.py applies them to every compile):
+no spills; every tensor-core dot (TTGIR ``tt.dot`` on an ``nvidia_mma`` layout, or sm_90's
+``ttng.warp_group_dot``) issues the ideal number of MMA instructions per warp,
+M*N*K / (instruction M*N*K) / warps, i.e. its warps tile the dot without repeating an MMA,
+and the PTX holds exactly that many MMA instructions; TF32 and bf16 dots are on tensor cores
+and IEEE fp32 dots are not; the loads of the dots' operands are asynchronous copies
+(``cp.async``) feeding a software pipeline.
 
   python -m surnn.ops.triton.aot [--out results/bench/triton_kernels] [--jobs N]
 writes the table (.md) and the rows (.json); scripts/triton_report.py does the same.
-tests/surnn/test_triton_aot.py compiles the whole matrix and fails on any error.
 
 Compiling for a target proves the kernels build for it and shows their resource use; it
 does not run them (no GPU was used for this: correctness on CUDA is the job of
@@ -29,6 +38,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -42,26 +52,31 @@ from pathlib import Path
 
 import torch
 
+from surnn.ops.triton import launch
+
 ARCHS = (80, 90)
-DTYPES = ("fp32", "bf16")
-# shape classes: D, H and the candidate batch sizes probed through _cfg
+# storage dtype and the dots' precision: fp32 with IEEE dots, fp32 with TF32 dots, bf16
+DTYPES = ("fp32", "tf32", "bf16")
+# shape classes: D, H and the candidate batch sizes probed through launch.cfg_for
 SHAPES = {
-    "aligned": dict(D=64, H=64, batches=[16 * i for i in range(1, 65)]),
-    "odd": dict(D=40, H=40, batches=[2 * i + 3 for i in range(512)]),
+    "aligned": dict(D=64, H=512, batches=[16 * i for i in range(1, 65)]),
+    "odd": dict(D=40, H=300, batches=[2 * i + 3 for i in range(512)]),
 }
-BODIES = ("fwd", "fwd_save", "bwd")
-_TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BODIES = ("fwd", "fwd_save", "bwd", "bwd_ps")
+_TORCH_DTYPE = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
+_PREC = {"fp32": "ieee", "tf32": "tf32", "bf16": "ieee"}
+_LAUNCH_OPTIONS = ("num_warps", "num_stages")
 
 
 @dataclass(frozen=True)
 class Job:
     kernel: str
-    body: str  # which op body launches it: fwd, fwd_save, bwd
+    body: str  # which op loop launches it: fwd, fwd_save, bwd, bwd_ps
     shape: str  # shape class
     B: int
     D: int
     H: int
-    cfg: tuple[int, int, int]
+    cfg: launch.Cfg
     dtype: str
     arch: int
     source: str = ""  # a kernels.py to compile instead of the package's (tests break a copy)
@@ -80,26 +95,27 @@ class Result:
     num_warps: int | None = None
     compile_s: float = 0.0
     signature: dict = field(default_factory=dict)
+    ir: dict = field(default_factory=dict)  # what ir_check reads: dots, MMA and cp.async counts
 
 
 # -- enumeration ---------------------------------------------------------------------------
-def cfg_cases(shape: str) -> dict[tuple[int, int, int], tuple[int, int, int]]:
+def cfg_cases(shape: str) -> dict[launch.Cfg, tuple[int, int, int]]:
     """For each configuration the dispatcher can pick: a (B, D, H) of this shape class for
-    which op._cfg picks it (the first candidate batch size that does)."""
-    from surnn.ops.triton.op import _cfg, cfg_choices
-
+    which launch.cfg_for picks it (the first candidate batch size that does)."""
     spec = SHAPES[shape]
     D, H = spec["D"], spec["H"]
     found: dict = {}
     for B in spec["batches"]:
-        found.setdefault(_cfg(B, D, H), (B, D, H))
-    missing = [c for c in cfg_choices() if c not in found]
+        found.setdefault(launch.cfg_for(B), (B, D, H))
+    missing = [c for c in launch.cfg_choices() if c not in found]
     if missing:
-        raise RuntimeError(f"no {shape} batch size in aot.SHAPES makes _cfg pick {missing}")
-    unknown = [c for c in found if c not in cfg_choices()]
-    if unknown:
-        raise RuntimeError(f"_cfg returned {unknown}, not in op._CFG_TABLE")
-    return {c: found[c] for c in cfg_choices()}
+        raise RuntimeError(f"no {shape} batch size in aot.SHAPES makes cfg_for pick {missing}")
+    return {c: found[c] for c in launch.cfg_choices()}
+
+
+def _bodies(dtype: str) -> tuple[str, ...]:
+    """fp32 saves no extra state (its output is the state): fwd_save compiles as fwd."""
+    return BODIES if dtype == "bf16" else tuple(b for b in BODIES if b != "fwd_save")
 
 
 def jobs(archs=ARCHS, dtypes=DTYPES, shapes=tuple(SHAPES)) -> list[Job]:
@@ -108,7 +124,7 @@ def jobs(archs=ARCHS, dtypes=DTYPES, shapes=tuple(SHAPES)) -> list[Job]:
     for shape in shapes:
         for cfg, (B, D, H) in cfg_cases(shape).items():
             for dtype in dtypes:
-                for body in BODIES:
+                for body in _bodies(dtype):
                     for name in dict.fromkeys(n for n, _, _ in record(body, B, D, H, dtype)):
                         for arch in archs:
                             out.append(Job(name, body, shape, B, D, H, cfg, dtype, arch))
@@ -116,21 +132,25 @@ def jobs(archs=ARCHS, dtypes=DTYPES, shapes=tuple(SHAPES)) -> list[Job]:
 
 
 def ci_jobs() -> list[Job]:
-    """What tests/surnn/test_triton_aot.py compiles on every CI run (a cold build of the whole
-    matrix, 64 kernels, takes ~3 min on 2 busy cores): sm_90 in full for the aligned
-    shapes (every kernel x configuration x dtype: 16), and on sm_80 the two kernels with
-    tensor-core dots (fwd_step with SAVE, bwd_matmul) in bf16 at the largest tiles.
-    SURNN_AOT_FULL=1 makes the test compile the whole matrix."""
+    """What tests/surnn/test_triton_aot.py compiles on every CI run (17 compiles): on sm_90 with
+    the aligned shapes, the tensor-core kernels of every configuration (bf16 forward with
+    saving, TF32 forward, bf16 and TF32 backward); at the largest tiles, the IEEE fp32 kernels,
+    the per-sample backward and sm_80's bf16 kernels. SURNN_AOT_FULL=1 compiles the whole
+    matrix."""
     if os.environ.get("SURNN_AOT_FULL", "") not in ("", "0"):
         return jobs()
-    big = max(cfg_cases("aligned"))
-    sm80 = {("fwd_step", "fwd_save"), ("bwd_matmul", "bwd")}
-    return [
-        j
-        for j in jobs(shapes=("aligned",))
-        if j.arch == 90
-        or (j.arch == 80 and j.cfg == big and j.dtype == "bf16" and (j.kernel, j.body) in sm80)
-    ]
+    big = max(launch.cfg_choices())
+
+    def wanted(j: Job) -> bool:
+        if j.arch == 90 and j.body in ({"bf16": "fwd_save"}.get(j.dtype, "fwd"), "bwd"):
+            return j.dtype != "fp32" or j.cfg == big
+        if j.cfg != big:
+            return False
+        if j.arch == 90:
+            return j.dtype == "bf16" and j.body == "bwd_ps"
+        return j.dtype == "bf16" and j.body in ("fwd_save", "bwd")
+
+    return [j for j in jobs(shapes=("aligned",)) if wanted(j)]
 
 
 class _Recorder:
@@ -150,32 +170,28 @@ class _Recorder:
 
 
 def record(body: str, B: int, D: int, H: int, dtype: str, T: int = 1):
-    """The launches of one op body for these sizes, on meta tensors (nothing runs)."""
+    """The launches of one op loop for these sizes, on meta tensors (nothing runs)."""
     from surnn.ops.triton import op
 
-    dt, m = _TORCH_DTYPE[dtype], "meta"
-    x = torch.empty(B, T, D, device=m, dtype=dt)
-    h0 = torch.empty(B, H, device=m, dtype=dt)
-    w_ih, w_hh = (
-        torch.empty(3 * H, D, device=m, dtype=dt),
-        torch.empty(3 * H, H, device=m, dtype=dt),
-    )
-    b = torch.empty(3 * H, device=m, dtype=dt)
-    g = torch.empty(T, H, device=m, dtype=dt)
-    active = torch.empty(T, H, device=m, dtype=torch.bool)
-    lengths = torch.empty(B, device=m, dtype=torch.int64)
+    dt, m, prec = _TORCH_DTYPE[dtype], "meta", _PREC[dtype]
+
+    def e(*shape, dtype=dt):
+        return torch.empty(*shape, device=m, dtype=dtype)
+
+    x, h0, w_ih, w_hh, b = e(B, T, D), e(B, H), e(3 * H, D), e(3 * H, H), e(3 * H)
+    gshape = (B, T, H) if body == "bwd_ps" else (T, H)
+    g, act, lengths = e(*gshape), e(*gshape, dtype=torch.uint8), e(B, dtype=torch.int64)
+
+    def meta_alloc(shape, dtype, dev):
+        return torch.empty(shape, dtype=dtype, device=m)
+
     rec = _Recorder()
     if body in ("fwd", "fwd_save"):
-        save = body == "fwd_save"
-        s = op._fwd_inputs(x, h0, w_ih, w_hh, b, b, g, active, lengths)
-        s.update(op._fwd_alloc(s, save))
-        op._fwd_body(rec, s, save)
+        loop = op._Fwd(x, h0, w_ih, w_hh, b, b, g, act, lengths, body == "fwd_save", prec)
     else:
-        saved = torch.empty(5, B, T, H, device=m, dtype=torch.float32)
-        go = torch.empty(B, T, H, device=m, dtype=dt)
-        s = op._bwd_inputs(go, h0, x, w_ih, w_hh, g, active, lengths, saved)
-        s.update(op._bwd_alloc(s))
-        op._bwd_body(rec, s)
+        out, plane = e(B, T, H), e(B, T, H, dtype=torch.float32)
+        loop = op._Bwd(out, h0, x, h0, w_ih, w_hh, b, b, g, act, lengths, out, plane, prec)
+    loop.launches(rec, loop.alloc(meta_alloc), 1)
     return rec.launches
 
 
@@ -227,7 +243,7 @@ def specialise(fn, args: tuple, kwargs: dict):
     from triton.backends.compiler import BaseBackend
 
     bound = dict(zip([p.name for p in fn.params], args))
-    bound.update(kwargs)
+    bound.update({k: v for k, v in kwargs.items() if k not in _LAUNCH_OPTIONS})
     sig, constexprs, attrs = {}, {}, {}
     for p in fn.params:
         v = bound[p.name]
@@ -276,26 +292,16 @@ def _spills(log: str, ptx: str, arch: int) -> tuple[int, int]:
     else a rerun of ptxas with Triton's flags (a cache hit runs no ptxas)."""
     m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     if not m:
-        from triton.backends.nvidia.compiler import sm_arch_from_capability
+        from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / "k.ptx"
             p.write_text(ptx)
             r = subprocess.run(
-                [
-                    _tool("ptxas"),
-                    "-lineinfo",
-                    "-v",
-                    "--regAllocOptLevel=2",
-                    f"--gpu-name={sm_arch_from_capability(arch)}",
-                    str(p),
-                    "-o",
-                    str(p) + ".o",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
+                [get_ptxas(arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
+                 f"--gpu-name={sm_arch_from_capability(arch)}", str(p), "-o", str(p) + ".o"],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
         m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", r.stderr + r.stdout)
     return int(m[1]), int(m[2])
 
@@ -319,8 +325,9 @@ def compile_job(job: Job) -> Result:
         sig, constexprs, attrs = specialise(fn, args, kw)
         src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
         buf = io.StringIO()
+        opts = {k: v for k, v in kw.items() if k in _LAUNCH_OPTIONS}
         with contextlib.redirect_stdout(buf):
-            ck = triton.compile(src, target=GPUTarget("cuda", job.arch, 32))
+            ck = triton.compile(src, target=GPUTarget("cuda", job.arch, 32), options=opts)
         res = _resources(ck.asm["cubin"])
         stores, loads = _spills(buf.getvalue(), ck.asm["ptx"], job.arch)
         return Result(
@@ -334,7 +341,8 @@ def compile_job(job: Job) -> Result:
             num_warps=ck.metadata.num_warps,
             compile_s=time.perf_counter() - t0,
             signature={n: str(v) for n, v in sig.items()},
-        )
+            ir=ir_scan(ck.asm["ttgir"], ck.asm["ptx"]),
+        )  # fmt: skip
     except Exception as err:
         msg, seen, e = "", set(), err
         while e is not None and id(e) not in seen:  # the compiler's reason is often a cause
@@ -348,6 +356,72 @@ def compile_job(job: Job) -> Result:
             compile_s=time.perf_counter() - t0,
             signature={n: str(v) for n, v in sig.items()},
         )
+
+
+_MMA_LAYOUT = re.compile(
+    r"#(mma\d*) = #ttg\.nvidia_mma<\{versionMajor = (\d+), versionMinor = \d+, "
+    r"warpsPerCTA = \[(\d+), (\d+)\], instrShape = \[([\d, ]+)\]"
+)
+_DOT = re.compile(
+    r"(tt\.dot|ttng\.warp_group_dot) .*?: (?:tensor|!ttg\.memdesc)<(\d+)x(\d+)x(\w+)"
+    r".*-> tensor<(\d+)x(\d+)xf32, #(\w+)>"
+)
+_PTX_MMA = re.compile(r"\b(?:mma\.sync|wgmma\.mma_async)\.")
+_PTX_CP_ASYNC = re.compile(r"\bcp\.async\.c[ag]\.shared\.global")
+
+
+def ir_scan(ttgir: str, ptx: str) -> dict:
+    """The dots of a compiled kernel (TTGIR: shape, element type, layout, and for tensor-core
+    layouts the MMA instructions each warp issues per dot and the ideal count) and the PTX's
+    MMA and cp.async instruction counts."""
+    layouts = {m[1]: dict(version=int(m[2]), warps=[int(m[3]), int(m[4])],
+                          instr=[int(v) for v in m[5].split(",")])
+               for m in _MMA_LAYOUT.finditer(ttgir)}  # fmt: skip
+    dots = []
+    for m in _DOT.finditer(ttgir):
+        M, K, elt, N, layout = int(m[2]), int(m[3]), m[4], int(m[6]), m[7]
+        d = dict(M=M, N=N, K=K, elt=elt, layout=layout, tensor_core=layout in layouts)
+        if d["tensor_core"]:
+            lay = layouts[layout]
+            im, inn = lay["instr"][0], lay["instr"][1]
+            ik = 8 if elt == "f32" else 16
+            wm, wn = lay["warps"]
+            d.update(version=lay["version"], warps=lay["warps"], instr=[im, inn, ik],
+                     per_warp=math.ceil(M / (im * wm)) * math.ceil(N / (inn * wn)) * (K // ik),
+                     ideal=M * N * K / (im * inn * ik) / (wm * wn))  # fmt: skip
+        dots.append(d)
+    return dict(dots=dots, ptx_mma=len(_PTX_MMA.findall(ptx)),
+                ptx_cp_async=len(_PTX_CP_ASYNC.findall(ptx)))  # fmt: skip
+
+
+def ir_check(r: Result) -> list[str]:
+    """What is wrong with a compiled kernel (empty: nothing): spills, an MMA repeated by
+    warps that overlap, a tensor-core dot on FMA (or an IEEE dot on tensor cores), a PTX MMA
+    count other than the dots', no asynchronous copies."""
+    if not r.ok:
+        return [f"does not compile: {r.error.splitlines()[0] if r.error else '?'}"]
+    bad = []
+    if r.spill_stores or r.spill_loads:
+        bad.append(f"spills {r.spill_stores}/{r.spill_loads} B per thread (stores/loads)")
+    dots = r.ir.get("dots", [])
+    if not dots:
+        bad.append("no dot found in the TTGIR")
+    ieee = r.job.dtype == "fp32"
+    for d in dots:
+        shape = f"{d['M']}x{d['N']}x{d['K']} {d['elt']}"
+        if ieee and d["tensor_core"]:
+            bad.append(f"IEEE dot {shape} on tensor cores")
+        elif not ieee and not d["tensor_core"]:
+            bad.append(f"dot {shape} on FMA, not tensor cores ({d['layout']})")
+        elif d["tensor_core"] and d["per_warp"] > d["ideal"]:
+            bad.append(f"dot {shape}: warps {d['warps']} x instruction {d['instr']} repeat MMAs: "
+                       f"{d['per_warp']} per warp where {d['ideal']:g} would do")  # fmt: skip
+    want = sum(d.get("per_warp", 0) for d in dots)
+    if r.ir.get("ptx_mma") != want:
+        bad.append(f"PTX has {r.ir.get('ptx_mma')} MMA instructions, the dots need {want}")
+    if dots and not r.ir.get("ptx_cp_async"):
+        bad.append("no asynchronous copies (cp.async) in the PTX")
+    return bad
 
 
 def _init_worker(cache_dir: str | None):
@@ -383,38 +457,32 @@ def compile_all(
 
 # -- the table ---------------------------------------------------------------------------
 def _variant(job: Job) -> str:
-    return {"fwd": "SAVE=0", "fwd_save": "SAVE=1"}.get(job.body, "")
+    return {"fwd": "SAVE=0", "fwd_save": "SAVE=1", "bwd": "time-only g",
+            "bwd_ps": "per-sample g"}[job.body]  # fmt: skip
+
+
+def _mma_cell(ir: dict) -> str:
+    """MMA instructions per warp per dot (and the ideal count where it differs)."""
+    tc = [d for d in ir.get("dots", []) if d["tensor_core"]]
+    if not tc:
+        return "FMA" if ir.get("dots") else "-"
+    cells = {f"{d['per_warp']}" + ("" if d["per_warp"] <= d["ideal"] else f" (ideal {d['ideal']:g})")
+             for d in tc}  # fmt: skip
+    v = tc[0]["version"]
+    return f"{'/'.join(sorted(cells))} {'wgmma' if v == 3 else 'mma.sync'}"
 
 
 def rows(results: list[Result]) -> list[dict]:
     out = []
     for r in results:
         j = r.job
-        row = dict(
-            kernel=j.kernel,
-            variant=_variant(j),
-            arch=f"sm_{j.arch}",
-            dtype=j.dtype,
-            shape=j.shape,
-            B=j.B,
-            D=j.D,
-            H=j.H,
-            block_b=j.cfg[0],
-            block_h=j.cfg[1],
-            block_k=j.cfg[2],
-        )
-        row.update(
-            ok=r.ok,
-            regs=r.regs,
-            spill_stores=r.spill_stores,
-            spill_loads=r.spill_loads,
-            stack=r.stack,
-            shared=r.shared,
-            num_warps=r.num_warps,
-            compile_s=round(r.compile_s, 2),
-            error=r.error,
-            signature=r.signature,
-        )
+        row = dict(kernel=j.kernel, variant=_variant(j), arch=f"sm_{j.arch}", dtype=j.dtype,
+                   shape=j.shape, B=j.B, D=j.D, H=j.H, block_b=j.cfg.block_b,
+                   block_h=j.cfg.block_h, block_k=j.cfg.block_k, warps=j.cfg.num_warps)  # fmt: skip
+        row.update(ok=r.ok, regs=r.regs, spill_stores=r.spill_stores,
+                   spill_loads=r.spill_loads, stack=r.stack, shared=r.shared,
+                   num_warps=r.num_warps, compile_s=round(r.compile_s, 2), error=r.error,
+                   signature=r.signature, ir=r.ir, problems=ir_check(r))  # fmt: skip
         out.append(row)
     return out
 
@@ -427,64 +495,63 @@ def markdown(table: list[dict], meta: dict) -> str:
         "",
         f"`python scripts/triton_report.py` (surnn/ops/triton/aot.py), triton {triton.__version__}, "
         f"commit {meta.get('commit', '?')}. Compiled for CUDA targets on a machine with no GPU: "
-        "these numbers come from ptxas/cuobjdump, not from a run. Every kernel the op launches "
-        "x every dispatcher configuration (`op._CFG_TABLE`) x fp32/bf16 x sm_80/sm_90 x two "
-        "shape classes (`aligned`: B, D, H multiples of 16, the usual case; `odd`: none, the most "
-        "general code). Arguments specialised as `triton.jit` does at a launch; 4 warps, 3 "
-        "stages (the launch defaults). regs: registers per thread (of 255); spills: bytes of "
-        "spill stores/loads per thread; stack: local memory per thread; smem: shared memory "
-        "bytes per program.",
+        "these numbers come from ptxas/cuobjdump and the compiler's IR, not from a run. Every "
+        "kernel the op launches x every dispatcher configuration (`launch.CFG_TABLE`) x fp32 "
+        "(IEEE dots) / fp32 with TF32 dots / bf16 x sm_80/sm_90 x two shape classes (`aligned`: "
+        "B, D, H multiples of 16, the usual case; `odd`: none, the most general code). Arguments "
+        "and warps specialised as `triton.jit` does at the op's launch; 3 stages. regs: "
+        "registers per thread (of 255); spills: bytes of spill stores/loads per thread; stack: "
+        "local memory per thread; smem: shared memory bytes per program; MMA/dot: tensor-core "
+        "instructions each warp issues per dot (every dot at its ideal count: no warp repeats an "
+        "MMA); cp.async: asynchronous copies in the PTX; check: the IR checks of "
+        "`aot.ir_check` (no spills, ideal MMA count, tensor cores where the dtype asks for them, "
+        "async copies).",
         "",
         f"{meta['n_ok']}/{meta['n']} compiled; max registers {meta['max_regs']}, kernels that "
-        f"spill: {meta['n_spill']}.",
+        f"spill: {meta['n_spill']}, kernels failing an IR check: {meta['n_bad']}.",
         "",
         *_findings(table),
         "",
-        "| kernel | variant | arch | dtype | shape | BLOCK_B x H x K | regs | spills st/ld | stack | smem | ok |",
-        "|---|---|---|---|---|---|---:|---:|---:|---:|---|",
+        "| kernel | variant | arch | dtype | shape | BLOCK_B x H x K, warps | regs | spills st/ld "
+        "| stack | smem | MMA/dot | cp.async | check |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in table:
-        blk = f"{r['block_b']}x{r['block_h']}x{r['block_k']}"
-        if r["kernel"] != "fwd_step":
-            blk = f"{r['block_b']}x{r['block_h']}"
-        sp = f"{r['spill_stores']}/{r['spill_loads']}" if r["ok"] else "-"
+        blk = f"{r['block_b']}x{r['block_h']}x{r['block_k']}, {r['warps']}"
+        ok = r["ok"]
+        sp = f"{r['spill_stores']}/{r['spill_loads']}" if ok else "-"
+        check = "ok" if not r["problems"] else "FAIL: " + "; ".join(r["problems"])[:120]
         lines.append(
             f"| {r['kernel']} | {r['variant']} | {r['arch']} | {r['dtype']} | {r['shape']} | "
-            f"{blk} | {r['regs'] if r['ok'] else '-'} | {sp} | "
-            f"{r['stack'] if r['ok'] else '-'} | {r['shared'] if r['ok'] else '-'} | "
-            f"{'yes' if r['ok'] else 'ERROR: ' + r['error'].splitlines()[0][:80]} |"
+            f"{blk} | {r['regs'] if ok else '-'} | {sp} | {r['stack'] if ok else '-'} | "
+            f"{r['shared'] if ok else '-'} | {_mma_cell(r['ir']) if ok else '-'} | "
+            f"{r['ir'].get('ptx_cp_async', '-') if ok else '-'} | {check} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def _findings(table: list[dict]) -> list[str]:
-    """Bullet lines: what spills or sits at the 255-register cap, and the largest smem."""
+    """Bullet lines: what spills, sits at the 255-register cap or fails a check; the largest
+    smem."""
     ok = [r for r in table if r["ok"]]
     spill = [r for r in ok if r["spill_stores"] or r["spill_loads"]]
     capped = [r for r in ok if r["regs"] >= 255]
+    bad = [r for r in table if r["problems"]]
 
     def name(r):
-        v = f" {r['variant']}" if r["variant"] else ""
-        return f"{r['kernel']}{v} {r['arch']} {r['dtype']} {r['shape']} BLOCK_B={r['block_b']}"
+        return f"{r['kernel']} {r['variant']} {r['arch']} {r['dtype']} {r['shape']} BLOCK_B={r['block_b']}"
 
-    out = [
-        f"- at the 255-register cap: {len(capped)} of {len(ok)}"
-        + (": " + "; ".join(name(r) for r in capped) if capped else "")
-    ]
-    out.append(
-        f"- spilling: {len(spill)} of {len(ok)}"
-        + (
-            ": " + "; ".join(f"{name(r)} ({r['spill_stores']}/{r['spill_loads']} B)" for r in spill)
-            if spill
-            else ""
-        )
-    )
+    def listed(rs, extra=lambda r: ""):
+        return ": " + "; ".join(name(r) + extra(r) for r in rs) if rs else ""
+
+    out = [f"- at the 255-register cap: {len(capped)} of {len(ok)}{listed(capped)}"]
+    out.append(f"- spilling: {len(spill)} of {len(ok)}"
+               + listed(spill, lambda r: f" ({r['spill_stores']}/{r['spill_loads']} B)"))  # fmt: skip
+    out.append(f"- failing an IR check: {len(bad)} of {len(table)}"
+               + listed(bad, lambda r: f" ({'; '.join(r['problems'])})"))  # fmt: skip
     if ok:
         big = max(ok, key=lambda r: r["shared"])
-        out.append(
-            f"- most shared memory: {big['shared']} B ({name(big)}); every kernel runs "
-            f"4 warps (128 threads) per program"
-        )
+        out.append(f"- most shared memory: {big['shared']} B ({name(big)})")
     return out
 
 
@@ -495,7 +562,8 @@ def summary(table: list[dict]) -> dict:
         n_ok=len(ok),
         max_regs=max((r["regs"] for r in ok), default=None),
         n_spill=sum(1 for r in ok if r["spill_stores"] or r["spill_loads"]),
-    )
+        n_bad=sum(1 for r in table if r["problems"]),
+    )  # fmt: skip
 
 
 def _commit() -> str:
@@ -533,18 +601,15 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(markdown(table, meta))
     out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=table), indent=1) + "\n")
-    print(
-        f"{meta['n_ok']}/{meta['n']} kernels compiled in {wall:.1f} s; max regs "
-        f"{meta['max_regs']}; spilling: {meta['n_spill']} -> {out}.md, .json"
-    )
+    print(f"{meta['n_ok']}/{meta['n']} kernels compiled in {wall:.1f} s; max regs "
+          f"{meta['max_regs']}; spilling: {meta['n_spill']}; failing an IR check: "
+          f"{meta['n_bad']} -> {out}.md, .json")  # fmt: skip
     for r in table:
-        if not r["ok"]:
-            print(
-                f"FAILED {r['kernel']} {r['variant']} {r['arch']} {r['dtype']} {r['shape']} "
-                f"{r['block_b']}x{r['block_h']}: {r['error']}",
-                file=sys.stderr,
-            )
-    return 0 if meta["n_ok"] == meta["n"] else 1
+        if r["problems"]:
+            print(f"FAILED {r['kernel']} {r['variant']} {r['arch']} {r['dtype']} {r['shape']} "
+                  f"{r['block_b']}x{r['block_h']}: {'; '.join(r['problems'])}",
+                  file=sys.stderr)  # fmt: skip
+    return 0 if meta["n_ok"] == meta["n"] and not meta["n_bad"] else 1
 
 
 if __name__ == "__main__":

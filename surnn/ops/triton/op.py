@@ -1,11 +1,30 @@
-"""torch.library registration of the Triton selective-update GRU (see kernels.py).
+"""torch.library registration of the Triton selective-update GRU (kernels.py: the sequential
+part, launch.py: the launch model). NOT YET RUN ON A GPU.
 
-Forward: one kernel launch per step. Backward: per step a pointwise kernel and a kernel
-that propagates dL/dh through the active neuron blocks only; weight and input gradients
-are then a few large dense GEMMs (cuBLAS) over the stored pre-activation gradients.
-On CUDA both step loops are captured once per shape and replayed as CUDA graphs
-(graphs.py; the eager launch loop is the fallback; NOT YET RUN ON A GPU). aot.py compiles
-every kernel for sm_80/sm_90 without a GPU.
+A call runs in chunks of C steps (launch.chunk_len), on chunk-sized, time-major buffers:
+
+forward, per chunk: the input projection x W_ih^T of the chunk's C*B rows as one GEMM
+(cuBLAS, tensor cores: bf16 inputs with fp32 output, or fp32/TF32 as torch's matmul settings
+say), then C launches of ``fwd_step`` (the recurrent part of the active neurons only), then
+the outputs copied into the [B, T, H] result. Saved for the backward: the output (the state
+in the storage dtype) and, for bf16, the fp32 state [B, T, H]; nothing else (r, z, n are
+recomputed).
+
+backward, per chunk from the last: the recomputed pre-activations x W_ih^T and h_{t-1} W_hh^T
+as two GEMMs, C launches of ``bwd_step`` (dL/dh through the active neurons only, pointwise
+gradients), then the weight and input gradients of the chunk as GEMMs over its C*B rows
+(bf16 GEMMs with fp32 outputs accumulated in fp32 for bf16 runs).
+
+Memory of a training call (launch.memory_bytes; the README states the formula): the
+[B, T, H] output, the fp32 state for bf16, dx, and chunk buffers independent of T; Path-X
+(B=256, T=16384, D=H=512, bf16) needs about 18 GB instead of the 95 GB of a design that
+keeps five fp32 planes and two [B, T, 3H] fp32 gradient planes.
+
+CUDA graphs (graphs.py) capture one chunk of C launches per direction and shape, on a key's
+second use, and serve every T. Every buffer comes from ``_empty``: tests set ``FILL`` so that
+fresh buffers hold NaN (and integers -1), which a kernel reading an unwritten position turns
+into a wrong result. ``precision`` for fp32: "ieee", "tf32" or "tf32x3" for the in-kernel dots;
+None follows ``torch.backends.cuda.matmul.allow_tf32``, which also rules the GEMMs.
 """
 
 from __future__ import annotations
@@ -13,11 +32,13 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from surnn.ops.schedule import compute_mask
 from surnn.ops.triton import graphs as _graphs
+from surnn.ops.triton import launch
 from surnn.utils import valid_mask
 
-_BLOCK_H = 32
+PRECISIONS = ("ieee", "tf32", "tf32x3")
+FILL: float | None = None  # tests: NaN, so that fresh buffers never read as zeros
+N_SM: int | None = None  # tests: a small machine, so that the interpreter runs split-K
 
 
 def _kernels():
@@ -26,129 +47,340 @@ def _kernels():
     return kernels
 
 
-# The dispatcher's choices, as data so that aot.py can enumerate them: rows of
-# (largest B the row serves or None for any, (BLOCK_B, BLOCK_H, BLOCK_K)); the first row
-# that serves B wins. A new branch goes here, not into _cfg, or the AOT check misses it.
-_CFG_TABLE: tuple[tuple[int | None, tuple[int, int, int]], ...] = (
-    (16, (16, _BLOCK_H, 32)),
-    (None, (32, _BLOCK_H, 32)),
-)
+def _empty(shape, dtype, device) -> torch.Tensor:
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if FILL is not None and t.device.type != "meta":
+        t.fill_(FILL if t.is_floating_point() else -1)
+    return t
 
 
-def _cfg(B: int, D: int, H: int) -> tuple[int, int, int]:
-    """(BLOCK_B, BLOCK_H, BLOCK_K). Small tiles: a step has only B*H outputs, so more
-    programs (parallelism across SMs) matter more than per-program efficiency. Untuned
-    (no GPU was available when this was written); scripts/gpu_check.sh measures it."""
-    for max_b, cfg in _CFG_TABLE:
-        if max_b is None or max_b >= B:
-            return cfg
-    raise AssertionError("_CFG_TABLE must end with a row for any B")
+def _n_sm(device: torch.device) -> int:
+    if N_SM is not None:
+        return N_SM
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return launch.N_SM
 
 
-def cfg_choices() -> list[tuple[int, int, int]]:
-    """Every (BLOCK_B, BLOCK_H, BLOCK_K) that _cfg can return (aot.py compiles them all)."""
-    return sorted({cfg for _, cfg in _CFG_TABLE})
+def precision_for(dtype: torch.dtype, precision: str | None) -> str:
+    """The in-kernel dot precision of an fp32 run (ignored for bf16)."""
+    if precision is None:
+        return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    return precision
 
 
-def _order(active: torch.Tensor, H: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per step, the neurons with the active ones first (int32 [T, H], a permutation of
-    0..H-1 per row, stable), and how many are active ([T] int32). Per-sample masks count a
-    neuron active when any sequence needs it."""
-    a = active.any(0) if active.dim() == 3 else active
+def _order(act: torch.Tensor, H: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per step, the neurons with the computed ones first (int32 [T, H], a permutation of
+    0..H-1 per row, stable), and how many are computed ([T] int32). ``act``: the u8 mask
+    (bit 0: computed); a per-sample mask counts a neuron when any sequence needs it."""
+    a = (act & 1) != 0
+    a = a.any(0) if a.dim() == 3 else a
     a = a.reshape(T, H)
     order = torch.sort((~a).to(torch.int8), dim=1, stable=True).indices
     return order.to(torch.int32).contiguous(), a.sum(1).to(torch.int32).contiguous()
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
+def _mm32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b with an fp32 result: bf16 tensor-core GEMMs with fp32 output on CUDA."""
+    if a.dtype == torch.float32:
+        return torch.mm(a, b, out=out)
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=torch.float32, out=out)
+    return torch.mm(a.float(), b.float(), out=out)
 
 
-def _bstride(t: torch.Tensor) -> int:
-    return t.shape[-2] * t.shape[-1] if t.dim() == 3 else 0
+def _bias4(b_ih: torch.Tensor, b_hh: torch.Tensor, H: int) -> torch.Tensor:
+    """[4, H] fp32: b_ir + b_hr, b_iz + b_hz, b_in, b_hn."""
+    bi, bh = b_ih.float().view(3, H), b_hh.float().view(3, H)
+    return torch.cat([bi[:2] + bh[:2], bi[2:], bh[2:]]).contiguous()
 
 
-def _fwd_inputs(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths) -> dict:
-    """The forward's kernel inputs (contiguous; the step order computed on the device)."""
-    H = h0.shape[-1]
-    order, cnt = _order(active, H, x.shape[1])
-    lens = lengths.to(device=x.device, dtype=torch.int32).contiguous()
-    c = torch.Tensor.contiguous
-    return dict(
-        x=c(x),
-        h0=h0,
-        w_ih=c(w_ih),
-        w_hh=c(w_hh),
-        b_ih=c(b_ih),
-        b_hh=c(b_hh),
-        g=c(g),
-        act=active.to(torch.uint8).contiguous(),
-        lens=lens,
-        order=order,
-        cnt=cnt,
-    )
+def _t(src: torch.Tensor) -> torch.Tensor:
+    """[B, n, ...] -> its time-major view [n, B, ...]."""
+    return src.transpose(0, 1)
 
 
-def _fwd_alloc(s: dict, save: bool) -> dict:
-    """The forward's outputs and work buffers: out, the fp32 state ping-pong hs, saved sv."""
-    x = s["x"]
-    B, T, _ = x.shape
-    H = s["h0"].shape[-1]
-    sv = x.new_empty(5, B, T, H, dtype=torch.float32) if save else x.new_empty(0)
-    return dict(out=x.new_empty(B, T, H), hs=x.new_empty(2, B, H, dtype=torch.float32), sv=sv)
+def _pad_rows(w: torch.Tensor, H: int, HP: int) -> torch.Tensor:
+    """[3H, K] gate-stacked weights -> [3HP, K], each gate's rows at g*HP, zeros between."""
+    if HP == H:
+        return w
+    out = w.new_zeros(3, HP, w.shape[-1])
+    out[:, :H] = w.view(3, H, -1)
+    return out.view(3 * HP, -1)
 
 
-def _fwd_body(k, s: dict, save: bool) -> None:
-    """The forward's device work on the tensors of ``s`` (fresh ones when eager, a CUDA
-    graph's static ones when graphed: graphs.py); ``k`` is the kernels module (aot.py
-    passes a recorder to learn the launches' exact argument types)."""
-    x = s["x"]
-    B, T, D = x.shape
-    H = s["h0"].shape[-1]
-    s["hs"][0].copy_(s["h0"])
-    bb, bh, bk = _cfg(B, D, H)
-    grid = (triton_cdiv(H, bh), triton_cdiv(B, bb))
-    ieee = x.dtype == torch.float32
-    planes = s["sv"].unbind(0) if save else (s["sv"],) * 5
-    g, act = s["g"], s["act"]
-    for t in range(T):
-        k.fwd_step[grid](
-            x,
-            s["w_ih"],
-            s["w_hh"],
-            s["b_ih"],
-            s["b_hh"],
-            g,
-            act,
-            s["lens"],
-            s["order"],
-            s["cnt"],
-            s["hs"],
-            s["out"],
-            *planes,
-            t,
-            B,
-            T,
-            D,
-            H,
-            _bstride(g),
-            _bstride(act),
-            SAVE=save,
-            IEEE=ieee,
-            BLOCK_B=bb,
-            BLOCK_H=bh,
-            BLOCK_K=bk,
+def _zero_pads(t: torch.Tensor, H: int, HP: int) -> torch.Tensor:
+    """Zero the padding columns of a buffer whose last dimension holds blocks of HP."""
+    if HP != H:
+        t.view(*t.shape[:-1], -1, HP)[..., H:].zero_()
+    return t
+
+
+class _Loop:
+    """One direction of one call, run by graphs.run: ``alloc`` the chunk buffers, ``begin``,
+    per chunk ``load`` (copies in, GEMMs), ``launches`` (the kernels: what a CUDA graph
+    captures) and ``store`` (copies out, GEMMs), then ``end``. Rows of the chunk buffers hold
+    HP = H rounded up to 16 elements, the padding zero (kernels.py)."""
+
+    written: tuple[str, ...] = ()  # buffers the kernels write (restored after the warm-up)
+    compared: tuple[str, ...] = ()  # compared bit for bit between warm-up and first replay
+
+    def __init__(self, x, H, g, prec):
+        self.B, self.T, self.D = x.shape
+        self.H, self.HP, self.dtype, self.dev = H, -(-H // 16) * 16, x.dtype, x.device
+        self.ps = g.dim() == 3
+        self.gdtype = g.dtype
+        self.f32 = x.dtype == torch.float32
+        self.lp = launch.plan(self.B, H, self.T, _n_sm(x.device), prec if self.f32 else "bf16")
+        self.C = self.lp.chunk
+        self.prec = prec
+
+    def key(self) -> tuple:
+        return (self.kind, str(self.dev), self.B, self.D, self.H, self.dtype, self.gdtype,
+                self.ps, self.C, self.lp, self.prec, *self._key_extra())  # fmt: skip
+
+    def _key_extra(self) -> tuple:
+        return ()
+
+    def chunks(self) -> list[tuple[int, int]]:
+        return [(t0, min(self.C, self.T - t0)) for t0 in range(0, self.T, self.C)]
+
+    def grid(self) -> tuple[int, int, int]:
+        return (self.lp.n_ht, self.lp.n_bt, self.lp.split)
+
+    def consts(self) -> dict:
+        c = self.lp.cfg
+        return dict(F32=self.f32, PREC=self.prec, SPLIT=self.lp.split, MIN_KB=launch.MIN_KB,
+                    BLOCK_B=c.block_b, BLOCK_H=c.block_h, BLOCK_K=self.lp.block_k,
+                    num_warps=c.num_warps)  # fmt: skip
+
+    def gate_strides(self) -> tuple[int, int]:
+        """(per step, per sequence) element strides of the chunk's gate and mask."""
+        return (self.B * self.H, self.H) if self.ps else (self.H, 0)
+
+    def _common(self, e) -> dict:
+        B, H, HP, C, f32 = self.B, self.H, self.HP, self.C, torch.float32
+        gshape = (C, B, H) if self.ps else (C, H)
+        ws = (self.lp.split, 3 * B * HP) if self.lp.split > 1 else (1,)
+        wh = e((3, HP, HP), self.dtype)
+        if HP != H:
+            wh[:, H:].zero_()
+            wh[:, :, H:].zero_()
+        return dict(
+            wh=wh.view(3 * HP, HP), bias=e((4, H), f32), g=e(gshape, self.dtype),
+            act=e(gshape, torch.uint8), lrel=e((B,), torch.int32), nval=e((1,), torch.int32),
+            order=_zero_pads(e((C + 1, HP), torch.int32), H, HP), cnt=e((C + 1,), torch.int32),
+            ws=e(ws, f32), sem=e((self.lp.n_bt * self.lp.n_ht,), torch.int32).zero_(),
+        )  # fmt: skip
+
+    def _begin_common(self, s) -> None:
+        H, HP = self.H, self.HP
+        s["wh"].view(3, HP, HP)[:, :H, :H].copy_(self.w_hh.view(3, H, H))
+        s["bias"].copy_(self.bias)
+
+    def _load_schedule(self, s, t0, n, g, act, order, cnt, lens, nxt: bool) -> None:
+        """The chunk's gate, mask, order and counts (with step t0+n's when ``nxt``), lengths."""
+        src_g = _t(g[:, t0 : t0 + n]) if self.ps else g[t0 : t0 + n]
+        src_a = _t(act[:, t0 : t0 + n]) if self.ps else act[t0 : t0 + n]
+        s["g"][:n].copy_(src_g)
+        s["act"][:n].copy_(src_a)
+        m = n + 1 if nxt and t0 + n < self.T else n
+        s["order"][:m, : self.H].copy_(order[t0 : t0 + m])
+        s["cnt"][:m].copy_(cnt[t0 : t0 + m])
+        if nxt and m == n:
+            s["cnt"][n].fill_(0)  # no step after the last one
+        torch.sub(lens, t0, out=s["lrel"])
+        s["nval"].fill_(n)
+
+
+class _Fwd(_Loop):
+    kind = "fwd"
+    written = ("a", "hs", "plane", "ws", "sem")
+    compared = ("a", "hs", "plane")
+
+    def __init__(self, x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, save, prec):
+        H = h0.shape[-1]
+        super().__init__(x, H, g, prec)
+        self.x, self.h0, self.w_hh, self.g, self.act = x, h0, w_hh, g, act
+        self.wi_p = _pad_rows(w_ih, H, self.HP)
+        self.bias = _bias4(b_ih, b_hh, H)
+        self.lens = lengths.to(device=x.device, dtype=torch.int32)
+        self.order, self.cnt = _order(act, H, self.T)
+        self.save_plane = bool(save) and not self.f32  # fp32: the output is the state
+        B, T = self.B, self.T
+        self.out = _empty((B, T, H), x.dtype, x.device)
+        self.plane = _empty((B, T, H) if self.save_plane else (0,), torch.float32, x.device)
+
+    def _key_extra(self):
+        return (self.save_plane,)
+
+    def alloc(self, e=_empty) -> dict:
+        B, D, H, HP, C, dt, f32 = self.B, self.D, self.H, self.HP, self.C, self.dtype, torch.float32
+        dev = self.dev
+        s = self._common(lambda shape, dtype: e(shape, dtype, dev))
+        s.update(
+            xc=e((C, B, D), dt, dev), xp=e((C, B, 3 * HP), f32, dev),
+            a=_zero_pads(e((C + 1, B, HP), dt, dev), H, HP), hs=e((B, HP), f32, dev),
+            plane=e((C, B, HP) if self.save_plane else (1,), f32, dev),
+        )  # fmt: skip
+        return s
+
+    def begin(self, s) -> None:
+        self._begin_common(s)
+        H = self.H
+        s["hs"][:, :H].copy_(self.h0)
+        s["a"][0, :, :H].copy_(self.h0)
+
+    def load(self, s, t0, n, first) -> None:
+        B, D, HP, C = self.B, self.D, self.HP, self.C
+        if not first:
+            s["a"][0].copy_(s["a"][C])  # h_{t0-1}: the previous (full) chunk's last output
+        s["xc"][:n].copy_(_t(self.x[:, t0 : t0 + n]))
+        _mm32(s["xc"][:n].view(n * B, D), self.wi_p.t(), out=s["xp"][:n].view(n * B, 3 * HP))
+        self._load_schedule(s, t0, n, self.g, self.act, self.order, self.cnt, self.lens, False)
+
+    def launches(self, k, s, n) -> None:
+        sgt, sgb = self.gate_strides()
+        grid = self.grid()
+        for j in range(n):
+            k.fwd_step[grid](
+                s["xp"], s["a"], s["hs"], s["wh"], s["bias"], s["g"], s["act"], s["lrel"],
+                s["nval"], s["order"], s["cnt"], s["plane"], s["ws"], s["sem"],
+                j, self.B, self.H, self.HP, sgt, sgb, self.lp.n_sm, SAVE=self.save_plane,
+                **self.consts(),
+            )  # fmt: skip
+
+    def store(self, s, t0, n) -> None:
+        H = self.H
+        _t(self.out[:, t0 : t0 + n]).copy_(s["a"][1 : n + 1, :, :H])
+        if self.save_plane:
+            _t(self.plane[:, t0 : t0 + n]).copy_(s["plane"][:n, :, :H])
+
+    def end(self, s, k):
+        return self.out, s["hs"][:, : self.H].to(self.dtype, copy=True), self.plane
+
+
+class _Bwd(_Loop):
+    kind = "bwd"
+    written = ("dgp", "dgo", "dc", "dg", "ws", "sem")
+    compared = ("dgp", "dgo", "dc", "dg")
+
+    def __init__(self, grad_out, grad_h, x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths,
+                 out, plane, prec):  # fmt: skip
+        H = w_hh.shape[-1]
+        super().__init__(x, H, g, prec)
+        self.go, self.gh_in, self.x, self.h0 = grad_out, grad_h, x, h0
+        self.w_ih, self.w_hh, self.g, self.act, self.out, self.plane = w_ih, w_hh, g, act, out, plane
+        self.wi_p = _pad_rows(w_ih, H, self.HP)
+        self.bias = _bias4(b_ih, b_hh, H)
+        self.lens = lengths.to(device=x.device, dtype=torch.int32)
+        self.order, self.cnt = _order(act, H, self.T)
+        self.inv = torch.empty_like(self.order).scatter_(  # each neuron's place in the order
+            1, self.order.long(), torch.arange(H, dtype=torch.int32, device=x.device).expand(self.T, H)
         )
+        B, T, D, HP, f32, dev = self.B, self.T, self.D, self.HP, torch.float32, x.device
+        self.dx = _empty((B, T, D), x.dtype, dev)
+        self.dg_full = _empty(g.shape, g.dtype if self.ps else f32, dev)
+        z = torch.zeros
+        self.dwi, self.dwh = z(3 * HP, D, dtype=f32, device=dev), z(3 * HP, HP, dtype=f32, device=dev)
+        self.dbi, self.dbh = z(3 * HP, dtype=f32, device=dev), z(3 * HP, dtype=f32, device=dev)
 
+    def alloc(self, e=_empty) -> dict:
+        B, D, H, HP, C, dt, dev = self.B, self.D, self.H, self.HP, self.C, self.dtype, self.dev
+        f32 = torch.float32
+        s = self._common(lambda shape, dtype: e(shape, dtype, dev))
+        dg = (C, B, HP) if self.ps else (C, self.lp.n_bt, HP)
+        s.update(
+            xc=e((C, B, D), dt, dev), ap=_zero_pads(e((C, B, HP), dt, dev), H, HP),
+            xp=e((C, B, 3 * HP), f32, dev), gh=e((C, B, 3 * HP), f32, dev),
+            go=e((C, B, HP), dt, dev), inv=e((C, HP), torch.int32, dev),
+            dgp=_zero_pads(e((C, B, 4 * HP), dt, dev), H, HP),
+            dgo=_zero_pads(e((C + 1, B, 3 * HP), dt, dev), H, HP), dc=e((B, HP), f32, dev),
+            dg=e(dg, self.gdtype if self.ps else f32, dev), dh0=e((B, HP), f32, dev),
+        )  # fmt: skip
+        s["hp"] = s["ap"] if self.f32 else e((C, B, HP), f32, dev)  # fp32: the same values
+        return s
 
-def _fwd_finish(s: dict, graphed: bool):
-    """(out, h_T, saved) from the forward's tensors; copies where they are a graph's."""
-    x, T = s["x"], s["x"].shape[1]
-    h = s["hs"][T % 2].to(x.dtype, copy=True)
-    if not graphed:
-        return s["out"], h, s["sv"]
-    sv = s["sv"].clone() if s["sv"].numel() else x.new_empty(0)
-    return s["out"].clone(), h, sv
+    def chunks(self):
+        return super().chunks()[::-1]
+
+    def begin(self, s) -> None:
+        self._begin_common(s)
+        s["dc"][:, : self.H].copy_(self.gh_in)
+
+    def load(self, s, t0, n, first) -> None:
+        B, D, H, HP, C = self.B, self.D, self.H, self.HP, self.C
+        if not first:
+            s["dgo"][C].copy_(s["dgo"][0])  # step t0+C's gradients, from the later chunk
+        s["xc"][:n].copy_(_t(self.x[:, t0 : t0 + n]))
+        self._prev(s["ap"][:, :, :H], self.out, self.h0, t0, n)
+        if not self.f32:
+            self._prev(s["hp"][:, :, :H], self.plane, self.h0, t0, n)
+        rows = n * B
+        _mm32(s["xc"][:n].view(rows, D), self.wi_p.t(), out=s["xp"][:n].view(rows, 3 * HP))
+        _mm32(s["ap"][:n].view(rows, HP), s["wh"].t(), out=s["gh"][:n].view(rows, 3 * HP))
+        s["go"][:n, :, :H].copy_(_t(self.go[:, t0 : t0 + n]))
+        self._load_schedule(s, t0, n, self.g, self.act, self.order, self.cnt, self.lens, True)
+        s["inv"][:n, :H].copy_(self.inv[t0 : t0 + n])
+
+    @staticmethod
+    def _prev(dst, full, h0, t0, n) -> None:
+        """dst[:n] <- h_{t-1} for t in [t0, t0+n), time-major, from ``full`` [B, T, H]."""
+        if t0 == 0:
+            dst[0].copy_(h0)
+            if n > 1:
+                dst[1:n].copy_(_t(full[:, : n - 1]))
+        else:
+            dst[:n].copy_(_t(full[:, t0 - 1 : t0 + n - 1]))
+
+    def launches(self, k, s, n) -> None:
+        sgt, sgb = self.gate_strides()
+        grid = self.grid()
+        for j in range(n - 1, -1, -1):
+            self._launch(k, s, j, grid, sgt, sgb)
+
+    def _launch(self, k, s, j, grid, sgt, sgb) -> None:
+        k.bwd_step[grid](
+            s["dgp"], s["dgo"], s["wh"], s["order"], s["inv"], s["cnt"], s["xp"], s["gh"],
+            s["hp"], s["bias"], s["g"], s["act"], s["lrel"], s["nval"], s["go"], s["dc"],
+            s["dg"], s["dh0"], s["ws"], s["sem"], j, self.B, self.H, self.HP, sgt, sgb,
+            self.lp.n_sm, PER_SAMPLE=self.ps, **self.consts(),
+        )  # fmt: skip
+
+    def store(self, s, t0, n) -> None:
+        B, D, H, HP = self.B, self.D, self.H, self.HP
+        G = s["dgp"][:n].view(n * B, 4 * HP)
+        xc, ap = s["xc"][:n].view(n * B, D), s["ap"][:n].view(n * B, HP)
+        self.dwi += _mm32(G[:, : 3 * HP].t(), xc)
+        self.dwh[: 2 * HP] += _mm32(G[:, : 2 * HP].t(), ap)
+        self.dwh[2 * HP :] += _mm32(G[:, 3 * HP :].t(), ap)
+        self.dbi += G[:, : 3 * HP].sum(0, dtype=torch.float32)
+        self.dbh[: 2 * HP] += G[:, : 2 * HP].sum(0, dtype=torch.float32)
+        self.dbh[2 * HP :] += G[:, 3 * HP :].sum(0, dtype=torch.float32)
+        dx = torch.mm(G[:, : 3 * HP], self.wi_p).view(n, B, D)
+        _t(self.dx[:, t0 : t0 + n]).copy_(dx)
+        if self.ps:
+            _t(self.dg_full[:, t0 : t0 + n]).copy_(s["dg"][:n, :, :H])
+        else:
+            torch.sum(s["dg"][:n, :, :H], 1, out=self.dg_full[t0 : t0 + n])
+
+    def end(self, s, k):
+        H, HP = self.H, self.HP
+        if self.T:  # dL/dh_0 through step 0's gates: one more launch
+            self._launch(k, s, -1, self.grid(), *self.gate_strides())
+            dh0 = s["dh0"][:, :H].to(self.dtype, copy=True)
+        else:
+            dh0 = s["dc"][:, :H].to(self.dtype, copy=True)
+
+        dwi = self.dwi.view(3, HP, self.D)[:, :H].reshape(3 * H, self.D)
+        dwh = self.dwh.view(3, HP, HP)[:, :H, :H].reshape(3 * H, H)
+        dbi = self.dbi.view(3, HP)[:, :H].reshape(3 * H)
+        dbh = self.dbh.view(3, HP)[:, :H].reshape(3 * H)
+        wd, hd = self.w_ih.dtype, self.w_hh.dtype
+        return (self.dx, dh0, dwi.to(wd), dwh.to(hd), dbi.to(wd), dbh.to(hd),
+                self.dg_full.to(self.gdtype))  # fmt: skip
 
 
 @torch.library.custom_op("surnn::su_gru_fwd", mutates_args=())
@@ -160,142 +392,27 @@ def su_gru_fwd(
     b_ih: torch.Tensor,
     b_hh: torch.Tensor,
     g: torch.Tensor,
-    active: torch.Tensor,
+    act: torch.Tensor,
     lengths: torch.Tensor,
     save: bool,
     graphs: bool = False,
+    precision: str = "ieee",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out [B, T, H], h_T [B, H], saved fp32 [5, B, T, H] (r, z, n, hn, h_prev) or [0]).
-    ``graphs``: replay the step loop as a cached CUDA graph (graphs.py) where it can."""
-    k = _kernels()
-    s = _fwd_inputs(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths)
-    return _graphs.run(
-        ("fwd", save),
-        s,
-        alloc=lambda s: _fwd_alloc(s, save),
-        body=lambda s: _fwd_body(k, s, save),
-        finish=_fwd_finish,
-        graphs=graphs,
-    )
+    """(out [B, T, H], h_T [B, H], the fp32 state [B, T, H] for the backward of a bf16 run
+    (else [0])). ``act``: u8 mask, bit 0 computed, bit 1 gate gradient (see kernels.py).
+    ``graphs``: replay the chunk's launches as a cached CUDA graph (graphs.py) where it can."""
+    c = torch.Tensor.contiguous
+    loop = _Fwd(c(x), c(h0), c(w_ih), c(w_hh), b_ih, b_hh, c(g), c(act), lengths, save, precision)
+    return _graphs.run(loop, graphs, _kernels())
 
 
 @su_gru_fwd.register_fake
-def _(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths, save, graphs=False):
+def _(x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, save, graphs=False, precision="ieee"):
     B, T, _ = x.shape
     H = h0.shape[-1]
-    sv = x.new_empty(5, B, T, H, dtype=torch.float32) if save else x.new_empty(0)
-    return x.new_empty(B, T, H), x.new_empty(B, H), sv
-
-
-def _bwd_inputs(grad_out, grad_h, x, w_ih, w_hh, g, active, lengths, saved) -> dict:
-    """The backward's kernel inputs (contiguous; the step order computed on the device)."""
-    B, T, _ = x.shape
-    H = w_hh.shape[-1]
-    order, cnt = _order(active, H, T)
-    return dict(
-        go=grad_out.contiguous(),
-        grad_h=grad_h,
-        x=x,
-        w_ih=w_ih,
-        w_hh=w_hh.contiguous(),
-        g=g.contiguous(),
-        act=active.to(torch.uint8).contiguous(),
-        lens=lengths.to(device=x.device, dtype=torch.int32).contiguous(),
-        saved=saved,
-        order=order,
-        cnt=cnt,
-    )
-
-
-def _bwd_alloc(s: dict) -> dict:
-    """The backward's buffers: pre-activation grads dgx, dgh [B, T, 3H], gate grad dgs
-    [B, T, H] (zeroed by the body: inactive tiles never write them), dL/dh ping-pong."""
-    x = s["x"]
-    B, T, _ = x.shape
-    H = s["w_hh"].shape[-1]
-    f32 = torch.float32
-    e = x.new_empty
-    return dict(
-        dgx=e(B, T, 3 * H, dtype=f32),
-        dgh=e(B, T, 3 * H, dtype=f32),
-        dgs=e(B, T, H, dtype=f32),
-        dh=e(B, H, dtype=f32),
-        dhn=e(B, H, dtype=f32),
-    )
-
-
-def _bwd_body(k, s: dict) -> None:
-    """The backward's step loop on the tensors of ``s`` (see _fwd_body)."""
-    x = s["x"]
-    B, T, D = x.shape
-    H = s["w_hh"].shape[-1]
-    for name in ("dgx", "dgh", "dgs"):
-        s[name].zero_()
-    dh, dhn = s["dh"], s["dhn"]
-    dh.copy_(s["grad_h"])
-    if T:
-        dh.add_(s["go"][:, T - 1])  # fp32 += (exact upcast of) the output grad at T-1
-    bb, bh, _ = _cfg(B, D, H)
-    grid = (triton_cdiv(H, bh), triton_cdiv(B, bb))
-    ieee = x.dtype == torch.float32
-    g, act, lens, order, cnt = s["g"], s["act"], s["lens"], s["order"], s["cnt"]
-    planes = s["saved"].unbind(0)
-    for t in range(T - 1, -1, -1):
-        k.bwd_point[grid](
-            dh,
-            dhn,
-            *planes,
-            g,
-            act,
-            lens,
-            order,
-            cnt,
-            s["dgx"],
-            s["dgh"],
-            s["dgs"],
-            t,
-            B,
-            T,
-            H,
-            _bstride(g),
-            _bstride(act),
-            BLOCK_B=bb,
-            BLOCK_H=bh,
-        )
-        k.bwd_matmul[grid](
-            dhn,
-            s["dgh"],
-            s["w_hh"],
-            order,
-            cnt,
-            s["go"],
-            t,
-            B,
-            T,
-            H,
-            IEEE=ieee,
-            BLOCK_B=bb,
-            BLOCK_H=bh,
-        )
-        dh, dhn = dhn, dh
-
-
-def _bwd_finish(s: dict, graphed: bool):
-    """(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dg): dense GEMMs over the stored grads; no
-    result aliases a graph's static buffer."""
-    x, w_ih, w_hh, g = s["x"], s["w_ih"], s["w_hh"], s["g"]
-    B, T, D = x.shape
-    H = w_hh.shape[-1]
-    f32 = torch.float32
-    dh = (s["dh"], s["dhn"])[T % 2]  # the loop swapped them T times
-    gx2, gh2 = s["dgx"].view(B * T, 3 * H), s["dgh"].view(B * T, 3 * H)
-    hprev = s["saved"][4].reshape(B * T, H)
-    dx = (gx2 @ w_ih.to(f32)).view(B, T, D).to(x.dtype)
-    dw_ih = (gx2.T @ x.reshape(B * T, D).to(f32)).to(w_ih.dtype)
-    dw_hh = (gh2.T @ hprev).to(w_hh.dtype)
-    db_ih, db_hh = gx2.sum(0).to(w_ih.dtype), gh2.sum(0).to(w_hh.dtype)
-    dg = (s["dgs"] if g.dim() == 3 else s["dgs"].sum(0)).to(g.dtype, copy=graphed)
-    return dx, dh.to(x.dtype, copy=graphed), dw_ih, dw_hh, db_ih, db_hh, dg
+    keep = save and x.dtype != torch.float32
+    plane = x.new_empty((B, T, H) if keep else (0,), dtype=torch.float32)
+    return x.new_empty(B, T, H), x.new_empty(B, H), plane
 
 
 @torch.library.custom_op("surnn::su_gru_bwd", mutates_args=())
@@ -303,31 +420,31 @@ def su_gru_bwd(
     grad_out: torch.Tensor,
     grad_h: torch.Tensor,
     x: torch.Tensor,
+    h0: torch.Tensor,
     w_ih: torch.Tensor,
     w_hh: torch.Tensor,
+    b_ih: torch.Tensor,
+    b_hh: torch.Tensor,
     g: torch.Tensor,
-    active: torch.Tensor,
+    act: torch.Tensor,
     lengths: torch.Tensor,
-    saved: torch.Tensor,
+    out: torch.Tensor,
+    plane: torch.Tensor,
     graphs: bool = False,
+    precision: str = "ieee",
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]:
     """(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dg) of su_gru_fwd."""
-    k = _kernels()
-    s = _bwd_inputs(grad_out, grad_h, x, w_ih, w_hh, g, active, lengths, saved)
-    return _graphs.run(
-        ("bwd",),
-        s,
-        alloc=_bwd_alloc,
-        body=lambda s: _bwd_body(k, s),
-        finish=_bwd_finish,
-        graphs=graphs,
-    )
+    c = torch.Tensor.contiguous
+    loop = _Bwd(c(grad_out), c(grad_h), c(x), c(h0), c(w_ih), c(w_hh), b_ih, b_hh, c(g), c(act),
+                lengths, c(out), c(plane), precision)  # fmt: skip
+    return _graphs.run(loop, graphs, _kernels())
 
 
 @su_gru_bwd.register_fake
-def _(grad_out, grad_h, x, w_ih, w_hh, g, active, lengths, saved, graphs=False):
+def _(grad_out, grad_h, x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, out, plane,
+      graphs=False, precision="ieee"):  # fmt: skip
     B, T, D = x.shape
     H = w_hh.shape[-1]
     return (
@@ -342,61 +459,119 @@ def _(grad_out, grad_h, x, w_ih, w_hh, g, active, lengths, saved, graphs=False):
 
 
 def _setup_context(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths, save, *rest = inputs
+    x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, save, *rest = inputs
     ctx.graphs = bool(rest[0]) if rest else False
-    ctx.save_for_backward(x, w_ih, w_hh, g, active, lengths, output[2])
+    ctx.precision = rest[1] if len(rest) > 1 else "ieee"
+    ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, output[0], output[2])
 
 
-def _backward(ctx, grad_out, grad_h, _grad_saved):
-    x, w_ih, w_hh, g, active, lengths, saved = ctx.saved_tensors
+def _backward(ctx, grad_out, grad_h, _grad_plane):
+    x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, out, plane = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros(*x.shape[:2], w_hh.shape[-1], device=x.device, dtype=x.dtype)
     if grad_h is None:
         grad_h = torch.zeros(x.shape[0], w_hh.shape[-1], device=x.device, dtype=x.dtype)
     dx, dh0, dwi, dwh, dbi, dbh, dg = su_gru_bwd(
-        grad_out, grad_h, x, w_ih, w_hh, g, active, lengths, saved, ctx.graphs
-    )
-    # one None per non-tensor input (lengths, save, graphs); autograd drops a trailing None
-    # when the dispatcher left ``graphs`` out (it omits arguments equal to their default)
-    return dx, dh0, dwi, dwh, dbi, dbh, dg, None, None, None, None
+        grad_out, grad_h, x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, out, plane,
+        ctx.graphs, ctx.precision,
+    )  # fmt: skip
+    # one None per non-tensor input (act, lengths, save, graphs, precision); autograd drops
+    # trailing Nones the dispatcher left out (it omits arguments equal to their default)
+    return dx, dh0, dwi, dwh, dbi, dbh, dg, None, None, None, None, None
 
 
 su_gru_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _executed(x, g, active, lengths) -> int:
-    """Executed (sequence, step, neuron) updates: active and not padding."""
-    B, T = x.shape[:2]
-    valid = valid_mask(lengths.to(active.device), T)
-    a = active if active.dim() == 3 else active[None]
+def _executed(x, act, lengths) -> int:
+    """Executed (sequence, step, neuron) updates: computed and not padding."""
+    T = x.shape[1]
+    valid = valid_mask(lengths.to(act.device), T)
+    a = (act & 1) != 0
+    a = a if a.dim() == 3 else a[None]
     return int((a & valid[:, :, None]).sum())
 
 
 @register_flop_formula(torch.ops.surnn.su_gru_fwd, get_raw=True)
-def _fwd_flops(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths, save, *a, **kw) -> int:
-    """2 * 3 * (D + H) FLOPs per executed update (pointwise work not counted)."""
-    return 6 * (x.shape[-1] + h0.shape[-1]) * _executed(x, g, active, lengths)
+def _fwd_flops(x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, save, *a, **kw) -> int:
+    """2 * 3 * (D + H) FLOPs per executed update (pointwise work not counted; the input
+    projection's GEMM runs dense on the GPU, counted here as the updates that use it)."""
+    return 6 * (x.shape[-1] + h0.shape[-1]) * _executed(x, act, lengths)
 
 
 @register_flop_formula(torch.ops.surnn.su_gru_bwd, get_raw=True)
-def _bwd_flops(grad_out, grad_h, x, w_ih, w_hh, g, active, lengths, saved, *a, **kw) -> int:
+def _bwd_flops(grad_out, grad_h, x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, *a, **kw):
     """Twice the forward: input and weight gradients of each executed update."""
-    return 12 * (x.shape[-1] + w_hh.shape[-1]) * _executed(x, g, active, lengths)
+    return 12 * (x.shape[-1] + w_hh.shape[-1]) * _executed(x, act, lengths)
 
 
-def su_gru_triton(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, graphs=None):
+def call_bytes(B: int, T: int, D: int, H: int, dtype: torch.dtype, train: bool = True,
+               per_sample: bool = False) -> dict:
+    """What one call allocates, measured on meta tensors: the tensors that grow with T
+    (``full``) and the chunk buffers of each direction (launch.memory_bytes states it)."""
+    prec = "ieee"
+
+    def e(*shape, dt=dtype):
+        return torch.empty(*shape, device="meta", dtype=dt)
+
+    def meta(shape, dt, dev):
+        return torch.empty(shape, device="meta", dtype=dt)
+
+    def nbytes(ts) -> int:
+        return sum(t.numel() * t.element_size() for t in {id(t): t for t in ts}.values())
+
+    x, h0, w_ih, w_hh, b = e(B, T, D), e(B, H), e(3 * H, D), e(3 * H, H), e(3 * H)
+    gshape = (B, T, H) if per_sample else (T, H)
+    g, act, lens = e(*gshape), e(*gshape, dt=torch.uint8), e(B, dt=torch.int64)
+    fwd = _Fwd(x, h0, w_ih, w_hh, b, b, g, act, lens, train, prec)
+    full = [fwd.out, fwd.plane, act]
+    out = dict(fwd_chunk=nbytes(fwd.alloc(meta).values()), bwd_chunk=0)
+    if train:
+        bwd = _Bwd(fwd.out, h0, x, h0, w_ih, w_hh, b, b, g, act, lens, fwd.out, fwd.plane, prec)
+        full += [bwd.order, bwd.inv, bwd.cnt, bwd.dx, bwd.dg_full]
+        out["bwd_chunk"] = nbytes(bwd.alloc(meta).values())
+    else:
+        full += [fwd.order, fwd.cnt]
+    out["full"] = nbytes(full)
+    return out
+
+
+def mask_u8(g: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+    """The kernels' mask. The contract of ``active`` (the reference's): the update is computed
+    wherever the gate is open or ``active`` (bit 0), and the gate's gradient exists only where
+    ``active`` (bit 1; default: where the gate is open). An open neuron that ``active`` misses
+    is computed, forward and backward, but its gate gets no gradient."""
+    opened = g != 0
+    grad = opened if active is None else active.to(torch.bool)
+    return (opened | grad).to(torch.uint8) | (grad.to(torch.uint8) << 1)
+
+
+def su_gru_triton(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, graphs=None,
+                  precision=None):  # fmt: skip
     """Same semantics as ``su_gru_reference``; x on CUDA (or CPU with TRITON_INTERPRET=1).
-    ``graphs``: replay the step loops as cached CUDA graphs (graphs.py; not yet run on a
-    GPU); None reads $SURNN_CUDA_GRAPHS (default on); the eager loop is the fallback."""
+    ``graphs``: replay the chunks' launches as cached CUDA graphs (graphs.py; not yet run on a
+    GPU); None reads $SURNN_CUDA_GRAPHS (default on). ``precision`` (fp32): see the module
+    docstring. On a CUDA device the first call per dtype checks the kernels against the
+    reference (selfcheck.py); after a failure this process runs the eager PyTorch path."""
+    from surnn.ops.triton import selfcheck
+
     if x.is_cuda and torch.is_autocast_enabled("cuda"):
         # A custom op is not autocast-aware: run it in the autocast dtype (bf16 storage,
         # fp32 state and accumulators inside the kernels).
         dt = torch.get_autocast_dtype("cuda")
         x, h0, w_ih, w_hh = (t.to(dt) for t in (x, h0, w_ih, w_hh))
         b_ih, b_hh = (t.to(dt) if t is not None else None for t in (b_ih, b_hh))
+    if not selfcheck.passed(x.device, x.dtype):
+        from surnn.ops.cpu import su_gru_cpu
+
+        return su_gru_cpu(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths)
     B, T, _ = x.shape
+    if B == 0 or T == 0:
+        from surnn.ops.reference import su_gru_reference
+
+        return su_gru_reference(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths)
     H = h0.shape[-1]
-    act, _ = compute_mask(g, active, lengths)
+    act = mask_u8(g, active)
     if lengths is None:
         lengths = torch.full((B,), T, dtype=torch.int64, device=x.device)
     zeros = x.new_zeros(3 * H)
@@ -406,6 +581,9 @@ def su_gru_triton(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, g
     save = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, h0, w_ih, w_hh, b_ih, b_hh, g)
     )
-    graphs = _graphs.wanted(x, graphs) and T > 0
-    out, h, _ = su_gru_fwd(x, h0.to(x.dtype), w_ih, w_hh, b_ih, b_hh, g, act, lengths, save, graphs)
+    prec = precision_for(x.dtype, precision)
+    graphs = _graphs.wanted(x, graphs)
+    out, h, _ = su_gru_fwd(
+        x, h0.to(x.dtype), w_ih, w_hh, b_ih, b_hh, g, act, lengths, save, graphs, prec
+    )
     return out, h

@@ -1,0 +1,268 @@
+"""The launch model of the Triton path: tile configuration, split-K, chunk length, and the
+per-step cost estimate (roofline) they imply. Untuned: written without a GPU; every time
+below is an estimate from datasheet numbers and the stated assumptions, for the first GPU
+run (scripts/gpu_check.sh) to be compared with.
+
+Tiles. The forward step computes h_t for a tile of BLOCK_B sequences x BLOCK_H neurons of
+the step's order (active neurons first), reducing over K = H (the recurrent weights only: the
+input projection is one GEMM per chunk of steps, outside the sequential loop). The backward
+step computes dL/dh_{t-1} for a tile of BLOCK_B sequences x BLOCK_H neurons (natural order),
+reducing over K = 3 x the active neurons of step t. ``CFG_TABLE`` picks the tile by batch size.
+
+Split-K (the wave model). A step launches ``n_bt x n_ht x SPLIT`` programs (batch tiles x
+neuron tiles x splits). At a step with ``a`` tiles holding work (forward: the active tiles;
+backward: every tile) each of the ``n_bt * a`` tiles runs its reduction in
+``S = clamp(n_sm // (n_bt * a), 1, min(SPLIT, nkb // MIN_KB))`` programs, each over 1/S of K,
+so that one wave of programs covers the SMs; the last program of a tile to finish adds the
+partial sums in split order (deterministic) and applies the pointwise part. A step's time is
+modelled as the latency of one program: it streams its share of the weights and of the state
+rows from L2 at the bandwidth one SM gets, so spreading a step over more SMs shortens it as
+long as the programs fit in one wave. S is computed on the device from the step's active count
+(kernels._splits, the same formula as ``splits`` here), so a step with 17% of the neurons
+active uses more splits than a step with all of them. Programs beyond S exit at once.
+
+Chunks. Steps run in chunks of C: per chunk the input projection (and, in the backward, the
+recomputed pre-activations and the weight/input gradients) is one GEMM over C*B rows, and C
+step launches follow. C is the smallest power of two with C*B >= GEMM_ROWS (a GEMM size that
+keeps tensor cores busy), between C_MIN and C_MAX, and at most the next power of two >= T. A
+CUDA graph captures one chunk of C launches and serves every sequence length (graphs.py).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+ENV_SPLIT = "SURNN_TRITON_SPLIT"  # caps split-K (1: off); read at each call
+
+
+@dataclass(frozen=True, order=True)
+class Cfg:
+    """Tile sizes and warps of both step kernels; ``block_k`` is for bf16 (see
+    ``block_k_for``)."""
+
+    block_b: int
+    block_h: int
+    block_k: int
+    num_warps: int
+
+
+def block_k_for(cfg: Cfg, prec: str) -> int:
+    """The reduction block of a run: ``cfg.block_k`` for bf16 ("bf16"); half of it for TF32
+    dots (the same bytes per pipeline stage); 16 for IEEE fp32 dots, which run on FMA units
+    with each thread holding its rows and columns of both operands in registers."""
+    if prec == "bf16":
+        return cfg.block_k
+    return max(16, cfg.block_k // 2) if prec.startswith("tf32") else 16
+
+
+# (largest B the row serves, or None for any B; the configuration). The first row that serves
+# B wins. A new configuration goes here: aot.py compiles every row and checks its IR (no
+# spills, no duplicated MMA, async copies), tests/surnn/test_triton_aot.py fails otherwise.
+# The warps tile each dot without repeating an MMA (16 x 8 per mma.sync, 64 rows per sm_90
+# warp group): 16 x 32 with 4 warps side by side along N; 32 x 64 with 8 warps as 2 x 4;
+# 64 x 32 with 8 warps as 4 x 2 (two wgmma groups of 64 x 16 on sm_90). Per thread, a tile of
+# the output holds 4, 8 and 8 elements: the pointwise part keeps about 15 values per element
+# live, which is what fills the registers (16 elements per thread, e.g. 64 x 32 on 4 warps,
+# reach the 255-register cap).
+CFG_TABLE: tuple[tuple[int | None, Cfg], ...] = (
+    (16, Cfg(16, 32, 64, 4)),
+    (32, Cfg(32, 64, 64, 8)),
+    (None, Cfg(64, 32, 64, 8)),
+)
+
+N_SM = 132  # H100 SXM5; on CUDA the device's multi_processor_count replaces it
+SPLIT_MAX = 8  # the grid's split dimension at most
+MIN_KB = 2  # K blocks per split at least (something for the copy pipeline to overlap)
+GEMM_ROWS = 8192  # rows of a chunk's GEMMs at least (C * B)
+C_MIN, C_MAX = 16, 256
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def pow2ceil(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def cfg_for(B: int) -> Cfg:
+    for max_b, cfg in CFG_TABLE:
+        if max_b is None or max_b >= B:
+            return cfg
+    raise AssertionError("CFG_TABLE must end with a row for any B")
+
+
+def cfg_choices() -> list[Cfg]:
+    """Every configuration cfg_for can return (aot.py compiles them all)."""
+    return sorted({cfg for _, cfg in CFG_TABLE})
+
+
+def split_max(H: int, cfg: Cfg, prec: str = "bf16") -> int:
+    """The grid's split dimension: enough splits for one tile to spread its reduction over
+    SPLIT programs, each with MIN_KB K blocks; $SURNN_TRITON_SPLIT caps it (1: no split-K)."""
+    s = max(1, min(SPLIT_MAX, cdiv(H, block_k_for(cfg, prec)) // MIN_KB))
+    cap = os.environ.get(ENV_SPLIT, "").strip()
+    return max(1, min(s, int(cap))) if cap else s
+
+
+def splits(work_tiles: int, nkb: int, n_sm: int, split: int) -> int:
+    """Programs per tile at a step with ``work_tiles`` tiles holding work and ``nkb`` K blocks
+    (the formula of kernels._splits, which evaluates it on the device)."""
+    s = n_sm // max(work_tiles, 1)
+    s = min(s, nkb // MIN_KB, split)
+    return max(s, 1)
+
+
+MAX_ELEMENTS = 2**31 - 1  # the kernels' 32-bit offsets address chunk buffers below this
+
+
+def chunk_len(B: int, T: int, H: int = 1) -> int:
+    """Steps per chunk (see the module docstring); at least 2 (the backward reads step t+1's
+    gradients from the slot after t), and small enough that the largest chunk buffer,
+    [C + 1, B, 4H], stays under 2**31 elements."""
+    c = min(max(pow2ceil(cdiv(GEMM_ROWS, max(B, 1))), C_MIN), C_MAX)
+    c = max(2, min(c, pow2ceil(T)))
+    fit = MAX_ELEMENTS // max(1, B * 4 * H) - 1
+    if fit < 2 or 3 * SPLIT_MAX * B * H > MAX_ELEMENTS:
+        raise ValueError(f"surnn triton: B*H = {B * H} is too large for the kernels' 32-bit "
+                         f"offsets (at most {MAX_ELEMENTS // (4 * 3 * SPLIT_MAX)}); split the "
+                         "batch")  # fmt: skip
+    return min(c, 1 << (fit.bit_length() - 1))
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything the op needs to launch a call of these sizes."""
+
+    cfg: Cfg
+    block_k: int
+    split: int
+    chunk: int
+    n_sm: int
+    n_bt: int
+    n_ht: int
+
+
+def plan(B: int, H: int, T: int, n_sm: int = N_SM, prec: str = "bf16") -> Launch:
+    """``prec``: "bf16" for bf16 storage, else the fp32 dots' precision (op.PRECISIONS)."""
+    cfg = cfg_for(B)
+    return Launch(cfg, block_k_for(cfg, prec), split_max(H, cfg, prec), chunk_len(B, T, H), n_sm,
+                  cdiv(B, cfg.block_b), cdiv(H, cfg.block_h))  # fmt: skip
+
+
+# -- the per-step cost estimate (roofline) ----------------------------------------------------
+# H100 SXM5 (datasheet; dense tensor-core rates) and assumptions, stated: not measured here.
+H100 = dict(
+    name="H100 SXM5 (datasheet numbers + stated assumptions; not a measurement)",
+    n_sm=132,
+    hbm_Bps=3.35e12,  # datasheet
+    tc_bf16_flops=989e12,  # datasheet, dense
+    tc_tf32_flops=495e12,  # datasheet, dense
+    l2_Bps_per_sm=64 * 1.755e9,  # assumption: 64 B/clock per SM from L2 at 1.755 GHz
+    gemm_eff=0.6,  # assumption: cuBLAS reaches 60% of peak on these GEMM shapes
+    step_overhead_s=2.0e-6,  # assumption: one dependent kernel of a CUDA graph, start to end
+    sync_s=1.0e-6,  # assumption: the split-K arrival counter round trip (atomic + reload)
+)
+
+
+def step_cost(B: int, D: int, H: int, rate: float, elt: int = 2, train: bool = True,
+              hw: dict = H100) -> dict:  # fmt: skip
+    """FLOPs, bytes and estimated time of one step at update rate ``rate`` (the fraction of
+    neurons active, time-only gate, full lengths), split into the sequential step kernels and
+    the dense per-chunk work (GEMMs and layout copies). ``elt``: bytes per storage element
+    (2: bf16, 4: fp32). Bytes count what each kernel or GEMM reads and writes once (L2 hits
+    for the weights included in ``l2_bytes`` of the step kernels)."""
+    lp = plan(B, H, 1 << 20, hw["n_sm"], "bf16" if elt == 2 else "tf32")
+    cfg, f32 = lp.cfg, 4
+    act = max(1, round(rate * H))
+    act_tiles = cdiv(act, cfg.block_h)
+    tc = hw["tc_bf16_flops"] if elt == 2 else hw["tc_tf32_flops"]
+
+    def seq(tiles_work: int, nkb: int, prog_l2_bytes_at_s1: float, flops: float) -> dict:
+        s = splits(lp.n_bt * tiles_work, nkb, hw["n_sm"], lp.split)
+        progs = lp.n_bt * tiles_work * s
+        per_prog = prog_l2_bytes_at_s1 / s
+        t = hw["step_overhead_s"] + math.ceil(progs / hw["n_sm"]) * per_prog / hw["l2_Bps_per_sm"]
+        return dict(splits=s, programs=progs, l2_bytes_per_program=per_prog,
+                    time_s=t + (hw["sync_s"] if s > 1 else 0.0), flops=flops)  # fmt: skip
+
+    # forward step: a program streams 3 x BLOCK_H weight rows of H and BLOCK_B state rows of H
+    f_prog = (3 * cfg.block_h * H + cfg.block_b * H) * elt
+    fwd = seq(act_tiles, cdiv(H, lp.block_k), f_prog, 2 * B * 3 * act * H)
+    fwd["l2_bytes"] = lp.n_bt * act_tiles * f_prog
+    fwd["hbm_bytes"] = B * (3 * act * f32 + H * f32 + act * f32 + H * elt
+                            + (H * f32 if train and elt == 2 else 0))  # fmt: skip
+    f_gemm_flops = 2 * B * D * 3 * H
+    f_gemm_bytes = B * (D * elt + 3 * H * f32) + B * D * elt * 2 + B * H * elt * 2
+    if train and elt == 2:
+        f_gemm_bytes += B * H * f32 * 2  # the fp32 state plane copied out
+    out = dict(
+        sizes=dict(B=B, D=D, H=H, rate=rate, active=act, bytes_per_element=elt),
+        launch=dict(cfg=vars(cfg), split_max=lp.split, chunk=lp.chunk, n_bt=lp.n_bt,
+                    n_ht=lp.n_ht),  # fmt: skip
+        fwd_step=fwd,
+        fwd_dense=dict(flops=f_gemm_flops, hbm_bytes=f_gemm_bytes,
+                       time_s=max(f_gemm_flops / (tc * hw["gemm_eff"]),
+                                  f_gemm_bytes / hw["hbm_Bps"])),  # fmt: skip
+    )
+    if train:
+        # backward step: every output tile; K = 3 x active: a program streams 3 x act weight
+        # rows of BLOCK_H and BLOCK_B gradient rows of 3 x act
+        b_prog = (3 * act * cfg.block_h + cfg.block_b * 3 * act) * elt
+        bwd = seq(lp.n_ht, cdiv(act, lp.block_k), b_prog, 2 * B * 3 * act * H)
+        bwd["l2_bytes"] = lp.n_bt * lp.n_ht * b_prog
+        bwd["hbm_bytes"] = B * (7 * act * f32 + H * elt + 2 * H * f32 + 4 * H * elt + H * elt)
+        b_gemm_flops = 2 * B * 3 * H * (3 * D + 2 * H)  # recompute x, h; dW_ih, dW_hh, dx
+        b_gemm_bytes = B * (2 * D * elt + 2 * H * elt + 6 * H * f32 + 4 * H * elt * 3)
+        b_gemm_bytes += B * (D * elt * 2 + H * elt * 2 * 2 + D * elt * 2)  # layout copies
+        if elt == 2:
+            b_gemm_bytes += B * H * f32 * 2
+        out["bwd_step"] = bwd
+        out["bwd_dense"] = dict(flops=b_gemm_flops, hbm_bytes=b_gemm_bytes,
+                                time_s=max(b_gemm_flops / (tc * hw["gemm_eff"]),
+                                           b_gemm_bytes / hw["hbm_Bps"]))  # fmt: skip
+    parts = [v["time_s"] for k, v in out.items() if isinstance(v, dict) and "time_s" in v]
+    out["total_time_s"] = sum(parts)
+    return out
+
+
+def memory_bytes(B: int, T: int, D: int, H: int, elt: int = 2, train: bool = True,
+                 per_sample_gate: bool = False, n_sm: int = N_SM) -> dict:  # fmt: skip
+    """Device memory one layer call of the op allocates (the README's formula; e = ``elt``
+    bytes per storage element, f = 4, P = H rounded up to 16):
+
+    full (grows with T): out B*T*H*e; for bf16 training the fp32 state B*T*H*f; the mask
+    T*H bytes (B*T*H per sample); order, its inverse and counts T*H*f*(1 + train) + T*f;
+    training: dx B*T*D*e, dg B*T*H*e per sample or T*H*f.
+    fwd_chunk, bwd_chunk (chunk buffers, C = chunk length): forward C*B*(D*e + 3P*f) +
+    (C+1)*B*P*e + B*P*f (+ C*B*P*f, bf16 training); backward C*B*(D*e + 2P*e + 6P*f + 4P*e)
+    + (C+1)*B*3P*e + 2*B*P*f + C*P*f + the gate-gradient chunk (C*B*P*e per sample, else
+    C*n_bt*P*f) (+ C*B*P*f, bf16); each plus the shared part: W_hh 3P*P*e, biases 4H*f, the
+    gate and mask chunks C*H*(e+1) (C*B*H*(e+1) per sample), lengths and counts, order
+    (C+1)*P*f, the split-K workspace SPLIT*3*B*P*f and its counters.
+    total = full + fwd_chunk + bwd_chunk: a CUDA graph's static buffers replace the fresh
+    ones (one static set per key, shared by the layers of one shape). Not counted: the
+    caller's inputs and dL/d out (B*T*H*e), the weights' gradients, GEMM temporaries of a
+    chunk (C*B*D*e + 3P*(D + P)*f)."""
+    f32 = 4
+    lp = plan(B, H, T, n_sm, "bf16" if elt == 2 else "ieee")
+    C, per, P = lp.chunk, per_sample_gate, -(-H // 16) * 16
+    bt = B if per else 1
+    full = B * T * H * elt + bt * T * H + T * H * f32 * (1 + train) + T * f32
+    if train:
+        full += B * T * H * f32 if elt == 2 else 0
+        full += B * T * D * elt + (B * T * H * elt if per else T * H * f32)
+    ws = lp.split * 3 * B * P * f32 if lp.split > 1 else f32
+    shared = (3 * P * P * elt + 4 * H * f32 + C * bt * H * (elt + 1) + B * f32 + f32
+              + (C + 1) * P * f32 + (C + 1) * f32 + ws + lp.n_bt * lp.n_ht * f32)  # fmt: skip
+    fwd = shared + C * B * (D * elt + 3 * P * f32) + (C + 1) * B * P * elt + B * P * f32
+    fwd += C * B * P * f32 if train and elt == 2 else f32  # the fp32 state chunk (bf16 training)
+    bwd = 0
+    if train:
+        bwd = shared + C * B * (D * elt + 2 * P * elt + 6 * P * f32 + 4 * P * elt)
+        bwd += (C + 1) * B * 3 * P * elt + 2 * B * P * f32 + C * P * f32
+        bwd += C * B * P * elt if per else C * lp.n_bt * P * f32
+        bwd += C * B * P * f32 if elt == 2 else 0
+    return dict(full=full, fwd_chunk=fwd, bwd_chunk=bwd, chunk=C, total=full + fwd + bwd)
