@@ -35,9 +35,11 @@ def poisoned(monkeypatch):
 
 @pytest.fixture
 def small_machine(monkeypatch):
-    monkeypatch.setattr(launch, "CFG_TABLE", ((None, launch.Cfg(16, 16, 16, 4)),))
+    for table in ("CFG_TABLE", "CFG_TABLE_SM80"):
+        monkeypatch.setattr(launch, table, ((None, launch.Cfg(16, 16, 16, 4)),))
     monkeypatch.setattr(launch, "C_MIN", 2)
     monkeypatch.setattr(launch, "GEMM_ROWS", 1)
+    monkeypatch.setattr(launch, "SPLIT_MIN_BYTES", 0)
     monkeypatch.setattr(op, "N_SM", 6)
 
 

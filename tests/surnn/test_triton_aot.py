@@ -1,7 +1,9 @@
 """Ahead-of-time compilation of the Triton kernels for CUDA targets, without a GPU
 (surnn/ops/triton/aot.py): every kernel the op launches, for every configuration the
-dispatcher can pick, must compile for sm_90 (and sm_80, a representative subset here;
-the committed table results/bench/triton_kernels.md has the whole matrix)."""
+dispatcher can pick, must compile for sm_90 (and sm_80) and pass the IR checks (no spills,
+no MMA repeated by the warps, tensor cores where the dtype asks for them, asynchronous
+copies); CI compiles a representative subset (aot.ci_jobs), the committed table
+results/bench/triton_kernels.md has the whole matrix."""
 
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from surnn.ops.triton import aot  # noqa: E402
-from surnn.ops.triton.op import _CFG_TABLE, _cfg, cfg_choices  # noqa: E402
+from surnn.ops.triton import aot, launch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = ROOT / "results" / "bench" / "triton_kernels.json"
@@ -33,113 +34,118 @@ def _has_ptxas() -> bool:
 needs_ptxas = pytest.mark.skipif(not _has_ptxas(), reason="triton wheel without ptxas/cuobjdump")
 
 
-def test_cfg_choices_are_everything_the_dispatcher_returns():
-    seen = {_cfg(B, D, H) for B in range(1, 1100) for D in (1, 40, 64, 1024) for H in (8, 64, 1024)}
-    assert seen == set(cfg_choices())
-    assert _CFG_TABLE[-1][0] is None  # the last row serves any batch size
+@pytest.mark.parametrize("arch", [80, 90])
+def test_cfg_choices_are_everything_the_dispatcher_returns(arch):
+    seen = {launch.cfg_for(B, arch) for B in range(1, 1100)}
+    assert seen == set(launch.cfg_choices(arch))
+    assert launch.table(arch)[-1][0] is None  # the last row serves any batch size
 
 
-def test_every_kernel_is_launched_by_an_op_body():
-    """aot.py compiles what the op's loop bodies launch: a kernel launched from elsewhere
-    (or not at all) would escape the check."""
+def test_every_kernel_is_launched_by_an_op_loop():
+    """aot.py compiles what the op's loops launch: a kernel launched from elsewhere (or not
+    at all) would escape the check."""
     launched = {name for body in aot.BODIES for name, _, _ in aot.record(body, 3, 5, 40, "bf16")}
-    assert launched == set(aot.public_kernels()) == {"fwd_step", "bwd_point", "bwd_matmul"}
+    assert launched == set(aot.public_kernels()) == {"fwd_step", "bwd_step"}
 
 
 def test_matrix_covers_kernels_configs_dtypes_archs():
     js = aot.jobs()
-    got = {(j.kernel, j.body, j.cfg, j.dtype, j.arch) for j in js}
+    got = {(j.kernel, j.body, j.cfg, j.dtype, j.arch, j.shape) for j in js}
     want = {
-        (k, b, c, d, a)
-        for b, k in [
-            ("fwd", "fwd_step"),
-            ("fwd_save", "fwd_step"),
-            ("bwd", "bwd_point"),
-            ("bwd", "bwd_matmul"),
-        ]
-        for c in cfg_choices()
-        for d in ("fp32", "bf16")
-        for a in (80, 90)
-    }
+        (k, b, c, d, a, sh)
+        for b, k in [("fwd", "fwd_step"), ("fwd_save", "fwd_step"), ("bwd", "bwd_step"),
+                     ("bwd_ps", "bwd_step")]
+        for a in (80, 90) for c in launch.cfg_choices(a) for d in ("fp32", "tf32", "bf16")
+        for sh in ("aligned", "odd") if b != "fwd_save" or d == "bf16"
+    }  # fmt: skip
     assert got == want
     for j in js:  # the recorded batch size really makes the dispatcher pick that config
-        assert _cfg(j.B, j.D, j.H) == j.cfg
+        assert launch.cfg_for(j.B, j.arch) == j.cfg
+    ci = aot.ci_jobs()
+    assert {j.cfg for j in ci if j.arch == 90} == set(launch.cfg_choices())
+    assert {j.dtype for j in ci} == {"fp32", "tf32", "bf16"} and {j.arch for j in ci} == {80, 90}
 
 
 def test_bf16_launch_signature_matches_the_jit():
-    """Spot check of the specialisation: bf16 storage, fp32 state and saved planes, u8
-    mask, i32 order; the step index and length unspecialised."""
-    fwd = aot.record("fwd_save", 16, 64, 64, "bf16")
-    (_, args, kw) = fwd[0]
-    names = [
-        "x_ptr",
-        "wx_ptr",
-        "wh_ptr",
-        "bx_ptr",
-        "bh_ptr",
-        "g_ptr",
-        "a_ptr",
-        "len_ptr",
-        "order_ptr",
-        "cnt_ptr",
-        "hs_ptr",
-        "out_ptr",
-        "sr_ptr",
-        "sz_ptr",
-        "sn_ptr",
-        "shn_ptr",
-        "shp_ptr",
-        "t",
-        "B",
-        "T",
-        "D",
-        "H",
-        "sgb",
-        "sab",
-    ]
-    vals = dict(zip(names, args))
-    assert vals["x_ptr"].dtype.is_floating_point and str(vals["x_ptr"].dtype) == "torch.bfloat16"
-    assert (
-        str(vals["hs_ptr"].dtype) == "torch.float32"
-        and str(vals["sr_ptr"].dtype) == "torch.float32"
-    )
-    assert kw == dict(SAVE=True, IEEE=False, BLOCK_B=16, BLOCK_H=32, BLOCK_K=32)
+    """Spot check of the specialisation: bf16 storage, fp32 state and projections, u8 mask,
+    i32 order; the step slot unspecialised; the row stride a multiple of 16."""
+    (_, args, kw), = aot.record("fwd_save", 16, 64, 40, "bf16")  # fmt: skip
+    names = ["xp_ptr", "a_ptr", "hs_ptr", "wh_ptr", "bias_ptr", "g_ptr", "act_ptr", "lrel_ptr",
+             "nval_ptr", "order_ptr", "cnt_ptr", "plane_ptr", "ws_ptr", "sem_ptr", "j", "B",
+             "H", "HP", "sgt", "sgb", "n_sm"]  # fmt: skip
     assert len(args) == len(names)
+    vals = dict(zip(names, args))
+    assert str(vals["a_ptr"].dtype) == "torch.bfloat16" and str(vals["wh_ptr"].dtype) == "torch.bfloat16"
+    assert str(vals["xp_ptr"].dtype) == str(vals["hs_ptr"].dtype) == "torch.float32"
+    assert str(vals["act_ptr"].dtype) == "torch.uint8" and str(vals["order_ptr"].dtype) == "torch.int32"
+    assert vals["H"] == 40 and vals["HP"] == 48
+    cfg = launch.cfg_for(16)
+    assert kw == dict(SAVE=True, F32=False, PREC="ieee", SPLIT=1, MIN_KB=launch.MIN_KB,
+                      BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
+                      num_warps=cfg.num_warps)  # fmt: skip
+
+
+def _result(**kw) -> aot.Result:
+    job = aot.Job("fwd_step", "fwd", "aligned", 16, 64, 512, launch.cfg_for(16), "bf16", 90)
+    base = dict(job=job, ok=True, regs=100, spill_stores=0, spill_loads=0, stack=0, shared=0,
+                num_warps=4, ir=dict(dots=[dict(M=16, N=32, K=64, elt="bf16", layout="mma",
+                                                tensor_core=True, version=2, warps=[1, 4],
+                                                instr=[16, 8, 16], per_warp=4, ideal=4.0)],
+                                     ptx_mma=4, ptx_cp_async=8))  # fmt: skip
+    base.update(kw)
+    return aot.Result(**base)
+
+
+def test_ir_check_names_what_is_wrong():
+    assert aot.ir_check(_result()) == []
+    assert "spills 8/8" in aot.ir_check(_result(spill_stores=8, spill_loads=8))[0]
+    assert "no asynchronous copies" in aot.ir_check(_result(ir={**_result().ir, "ptx_cp_async": 0}))[0]
+    assert "PTX has 8 MMA" in aot.ir_check(_result(ir={**_result().ir, "ptx_mma": 8}))[0]
+    fma = dict(_result().ir["dots"][0], tensor_core=False, layout="blocked")
+    assert "on FMA" in aot.ir_check(_result(ir={**_result().ir, "dots": [fma], "ptx_mma": 0}))[0]
 
 
 @needs_ptxas
-def test_every_kernel_compiles_for_sm90_and_sm80(tmp_path):
-    """The CI gate: compiles aot.ci_jobs() (all of sm_90 for the usual shapes, sm_80 for the
-    largest tiles) into an empty cache; any compile error fails with its message."""
+def test_every_kernel_compiles_and_passes_the_ir_checks(tmp_path):
+    """The CI gate: compiles aot.ci_jobs() (every configuration's tensor-core kernels on
+    sm_90, the rest at the largest tiles) into an empty cache; any compile error or IR
+    problem fails with its message."""
     jobs = aot.ci_jobs()
-    assert {j.arch for j in jobs} == {80, 90}
     t0 = time.perf_counter()
     workers = min(os.cpu_count() or 1, 8)
     results = aot.compile_all(jobs, workers=workers, cache_dir=str(tmp_path / "triton-cache"))
     wall = time.perf_counter() - t0
-    bad = [
-        f"{r.job.kernel}/{r.job.body} sm_{r.job.arch} {r.job.dtype} {r.job.cfg}: {r.error}"
-        for r in results
-        if not r.ok
-    ]
-    assert not bad, "kernels that do not compile:\n" + "\n\n".join(bad)
+    bad = [f"{r.job.kernel}/{r.job.body} sm_{r.job.arch} {r.job.dtype} {r.job.cfg}: "
+           f"{'; '.join(aot.ir_check(r))}" for r in results if aot.ir_check(r)]  # fmt: skip
+    assert not bad, "kernels that fail:\n" + "\n\n".join(bad)
     for r in results:
-        assert 0 < r.regs <= 255 and r.shared >= 0 and r.spill_stores >= 0
-    print(f"\n{len(results)} kernels compiled in {wall:.1f} s")
+        assert 0 < r.regs <= 255 and r.shared >= 0
+    print(f"\n{len(results)} kernels compiled and checked in {wall:.1f} s")
+
+
+@needs_ptxas
+def test_the_checks_fail_on_the_configuration_table_before(tmp_path):
+    """The check can fail: the table before (BLOCK_B=32 on 4 warps, the launch default) has
+    its warps repeat every MMA of the forward's dots (warps 4 x 1 on 32 rows: 8 mma.sync per
+    dot per warp where 4 would do)."""
+    old = launch.Cfg(32, 32, 32, 4)
+    job = aot.Job("fwd_step", "fwd_save", "aligned", 32, 64, 512, old, "bf16", 90)
+    (r,) = aot.compile_all([job], workers=1, cache_dir=str(tmp_path / "cache"))
+    problems = aot.ir_check(r)
+    assert any("repeat MMAs" in p and "8 per warp where 4" in p for p in problems), problems
 
 
 @needs_ptxas
 def test_a_broken_kernel_fails_the_check(tmp_path):
-    """The check can fail: a copy of kernels.py whose bwd_matmul feeds tl.dot an fp32 and a
-    bf16 operand (the interpreter runs fp32 only, so its tests pass) must be reported."""
+    """The check can fail: a copy of kernels.py whose forward feeds tl.dot an fp32 and a bf16
+    operand (the interpreter runs fp32 only, so its tests pass) must be reported."""
     src = (ROOT / "surnn" / "ops" / "triton" / "kernels.py").read_text()
-    good = "acc += _dot(a.to(w.dtype), w, IEEE)"
+    good = "at = tl.load(a_ptr + a_off + k0, mask=rmask[:, None] & km[None, :], other=0.0)"
     assert good in src
     broken = tmp_path / "kernels_broken.py"
-    broken.write_text(src.replace(good, "acc += _dot(a, w, IEEE)"))
-    job = next(
-        j for j in aot.ci_jobs() if j.kernel == "bwd_matmul" and j.arch == 90 and j.dtype == "bf16"
-    )
+    broken.write_text(src.replace(good, good + ".to(tl.float32)"))
+    job = next(j for j in aot.ci_jobs()
+               if j.kernel == "fwd_step" and j.arch == 90 and j.dtype == "bf16")  # fmt: skip
     job = aot.Job(**{**job.__dict__, "source": str(broken)})
     (r,) = aot.compile_all([job], workers=1, cache_dir=str(tmp_path / "cache"))
     assert not r.ok and "CompilationError" in r.error, r.error
@@ -147,23 +153,14 @@ def test_a_broken_kernel_fails_the_check(tmp_path):
 
 def test_committed_table_lists_the_whole_matrix():
     """results/bench/triton_kernels.{md,json} (python scripts/triton_report.py) must list
-    every kernel x config x dtype x arch x shape of aot.jobs(), all compiled."""
+    every kernel x config x dtype x arch x shape of aot.jobs(), all compiled and checked."""
     assert TABLE.exists(), "run: python scripts/triton_report.py"
     data = json.loads(TABLE.read_text())
-    have = {
-        (
-            r["kernel"],
-            r["variant"],
-            r["arch"],
-            r["dtype"],
-            r["shape"],
-            (r["block_b"], r["block_h"], r["block_k"]),
-        )
-        for r in data["rows"]
-    }
-    want = {
-        (j.kernel, aot._variant(j), f"sm_{j.arch}", j.dtype, j.shape, j.cfg) for j in aot.jobs()
-    }
+    have = {(r["kernel"], r["variant"], r["arch"], r["dtype"], r["shape"],
+             (r["block_b"], r["block_h"], r["block_k"], r["warps"])) for r in data["rows"]}  # fmt: skip
+    want = {(j.kernel, aot._variant(j), f"sm_{j.arch}", j.dtype, j.shape,
+             (j.cfg.block_b, j.cfg.block_h, j.cfg.block_k, j.cfg.num_warps))
+            for j in aot.jobs()}  # fmt: skip
     assert have == want, "stale table: rerun python scripts/triton_report.py"
-    assert all(r["ok"] for r in data["rows"])
+    assert all(r["ok"] and not r["problems"] for r in data["rows"])
     assert TABLE.with_suffix(".md").exists()

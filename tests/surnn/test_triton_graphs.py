@@ -32,10 +32,12 @@ def poisoned_small_machine(monkeypatch):
     """NaN-filled buffers; chunks of 2 steps (so a call spans several chunks and a graph
     replays several times), 16x16x16 tiles, 6 SMs (split-K)."""
     monkeypatch.setattr(op, "FILL", float("nan"))
-    monkeypatch.setattr(launch, "CFG_TABLE", ((None, launch.Cfg(16, 16, 16, 4)),))
+    for table in ("CFG_TABLE", "CFG_TABLE_SM80"):
+        monkeypatch.setattr(launch, table, ((None, launch.Cfg(16, 16, 16, 4)),))
     monkeypatch.setattr(launch, "C_MIN", 2)
     monkeypatch.setattr(launch, "C_MAX", 2)
     monkeypatch.setattr(launch, "GEMM_ROWS", 1)
+    monkeypatch.setattr(launch, "SPLIT_MIN_BYTES", 0)
     monkeypatch.setattr(op, "N_SM", 6)
 
 

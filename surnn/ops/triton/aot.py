@@ -9,7 +9,8 @@ module, and each recorded launch's arguments are specialised exactly as triton.j
 specialises them at a launch (pointer dtypes and 16-byte alignment, integers equal to 1 or
 divisible by 16, do_not_specialize, constexprs, num_warps). This is done for every
 configuration the dispatcher can pick (launch.cfg_choices(), the rows of launch.CFG_TABLE,
-each reached through launch.cfg_for with a batch size that picks it) x fp32 (IEEE dots), fp32
+each reached through launch.cfg_for with a batch size that picks it; sm_80 has its own
+table, launch.CFG_TABLE_SM80) x fp32 (IEEE dots), fp32
 with TF32 dots and bf16 x sm_80 and sm_90 x two shape classes ("aligned": B, D, H multiples of
 16, the usual case; "odd": none of them, the most general code). H is large enough for the
 split-K path to be compiled in. Each compile goes through triton.compile to a cubin (ptxas
@@ -58,9 +59,11 @@ ARCHS = (80, 90)
 # storage dtype and the dots' precision: fp32 with IEEE dots, fp32 with TF32 dots, bf16
 DTYPES = ("fp32", "tf32", "bf16")
 # shape classes: D, H and the candidate batch sizes probed through launch.cfg_for
+# H large enough that every configuration splits (launch.split_max), so that the split-K
+# path is compiled in; odd H has padded rows (HP = 1296)
 SHAPES = {
-    "aligned": dict(D=64, H=512, batches=[16 * i for i in range(1, 65)]),
-    "odd": dict(D=40, H=300, batches=[2 * i + 3 for i in range(512)]),
+    "aligned": dict(D=64, H=1280, batches=[16 * i for i in range(1, 65)]),
+    "odd": dict(D=40, H=1290, batches=[2 * i + 3 for i in range(512)]),
 }
 BODIES = ("fwd", "fwd_save", "bwd", "bwd_ps")
 _TORCH_DTYPE = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
@@ -99,18 +102,18 @@ class Result:
 
 
 # -- enumeration ---------------------------------------------------------------------------
-def cfg_cases(shape: str) -> dict[launch.Cfg, tuple[int, int, int]]:
-    """For each configuration the dispatcher can pick: a (B, D, H) of this shape class for
-    which launch.cfg_for picks it (the first candidate batch size that does)."""
+def cfg_cases(shape: str, arch: int) -> dict[launch.Cfg, tuple[int, int, int]]:
+    """For each configuration the dispatcher can pick for ``arch``: a (B, D, H) of this shape
+    class for which launch.cfg_for picks it (the first candidate batch size that does)."""
     spec = SHAPES[shape]
     D, H = spec["D"], spec["H"]
     found: dict = {}
     for B in spec["batches"]:
-        found.setdefault(launch.cfg_for(B), (B, D, H))
-    missing = [c for c in launch.cfg_choices() if c not in found]
+        found.setdefault(launch.cfg_for(B, arch), (B, D, H))
+    missing = [c for c in launch.cfg_choices(arch) if c not in found]
     if missing:
         raise RuntimeError(f"no {shape} batch size in aot.SHAPES makes cfg_for pick {missing}")
-    return {c: found[c] for c in launch.cfg_choices()}
+    return {c: found[c] for c in launch.cfg_choices(arch)}
 
 
 def _bodies(dtype: str) -> tuple[str, ...]:
@@ -122,11 +125,13 @@ def jobs(archs=ARCHS, dtypes=DTYPES, shapes=tuple(SHAPES)) -> list[Job]:
     """The whole matrix: every launched kernel x configuration x dtype x arch x shape."""
     out = []
     for shape in shapes:
-        for cfg, (B, D, H) in cfg_cases(shape).items():
-            for dtype in dtypes:
-                for body in _bodies(dtype):
-                    for name in dict.fromkeys(n for n, _, _ in record(body, B, D, H, dtype)):
-                        for arch in archs:
+        for arch in archs:
+            for cfg, (B, D, H) in cfg_cases(shape, arch).items():
+                for dtype in dtypes:
+                    for body in _bodies(dtype):
+                        for name in dict.fromkeys(
+                            n for n, _, _ in record(body, B, D, H, dtype, cfg=cfg)
+                        ):
                             out.append(Job(name, body, shape, B, D, H, cfg, dtype, arch))
     return out
 
@@ -139,12 +144,12 @@ def ci_jobs() -> list[Job]:
     matrix."""
     if os.environ.get("SURNN_AOT_FULL", "") not in ("", "0"):
         return jobs()
-    big = max(launch.cfg_choices())
 
     def wanted(j: Job) -> bool:
+        big = j.cfg == max(launch.cfg_choices(j.arch))
         if j.arch == 90 and j.body in ({"bf16": "fwd_save"}.get(j.dtype, "fwd"), "bwd"):
-            return j.dtype != "fp32" or j.cfg == big
-        if j.cfg != big:
+            return j.dtype != "fp32" or big
+        if not big:
             return False
         if j.arch == 90:
             return j.dtype == "bf16" and j.body == "bwd_ps"
@@ -169,8 +174,10 @@ class _Recorder:
         return _K()
 
 
-def record(body: str, B: int, D: int, H: int, dtype: str, T: int = 1):
-    """The launches of one op loop for these sizes, on meta tensors (nothing runs)."""
+def record(body: str, B: int, D: int, H: int, dtype: str, T: int = 1,
+           cfg: launch.Cfg | None = None):  # fmt: skip
+    """The launches of one op loop for these sizes, on meta tensors (nothing runs); ``cfg``
+    replaces the configuration launch.cfg_for picks (to compile one the table lacks)."""
     from surnn.ops.triton import op
 
     dt, m, prec = _TORCH_DTYPE[dtype], "meta", _PREC[dtype]
@@ -191,6 +198,11 @@ def record(body: str, B: int, D: int, H: int, dtype: str, T: int = 1):
     else:
         out, plane = e(B, T, H), e(B, T, H, dtype=torch.float32)
         loop = op._Bwd(out, h0, x, h0, w_ih, w_hh, b, b, g, act, lengths, out, plane, prec)
+    if cfg is not None and cfg != loop.lp.cfg:  # (on meta tensors the op plans for sm_90)
+        kind = "bf16" if dtype == "bf16" else prec
+        loop.lp = launch.Launch(cfg, launch.block_k_for(cfg, kind), launch.split_max(H, cfg, kind),
+                                loop.lp.chunk, loop.lp.n_sm, launch.cdiv(B, cfg.block_b),
+                                launch.cdiv(H, cfg.block_h))  # fmt: skip
     loop.launches(rec, loop.alloc(meta_alloc), 1)
     return rec.launches
 
@@ -320,7 +332,8 @@ def compile_job(job: Job) -> Result:
         k = _real_kernels(job.source)
         fn = getattr(k, job.kernel)
         (name, args, kw), *_ = [
-            r for r in record(job.body, job.B, job.D, job.H, job.dtype) if r[0] == job.kernel
+            r for r in record(job.body, job.B, job.D, job.H, job.dtype, cfg=job.cfg)
+            if r[0] == job.kernel
         ]
         sig, constexprs, attrs = specialise(fn, args, kw)
         src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
@@ -496,7 +509,8 @@ def markdown(table: list[dict], meta: dict) -> str:
         f"`python scripts/triton_report.py` (surnn/ops/triton/aot.py), triton {triton.__version__}, "
         f"commit {meta.get('commit', '?')}. Compiled for CUDA targets on a machine with no GPU: "
         "these numbers come from ptxas/cuobjdump and the compiler's IR, not from a run. Every "
-        "kernel the op launches x every dispatcher configuration (`launch.CFG_TABLE`) x fp32 "
+        "kernel the op launches x every dispatcher configuration (`launch.CFG_TABLE`; sm_80: "
+        "`launch.CFG_TABLE_SM80`) x fp32 "
         "(IEEE dots) / fp32 with TF32 dots / bf16 x sm_80/sm_90 x two shape classes (`aligned`: "
         "B, D, H multiples of 16, the usual case; `odd`: none, the most general code). Arguments "
         "and warps specialised as `triton.jit` does at the op's launch; 3 stages. regs: "

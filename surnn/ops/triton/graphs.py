@@ -161,7 +161,8 @@ def eager(loop, kernels):
     loop.begin(s)
     for i, (t0, n) in enumerate(loop.chunks()):
         loop.load(s, t0, n, i == 0)
-        loop.launches(kernels, s, n)
+        with loop.phase():
+            loop.launches(kernels, s, n)
         loop.store(s, t0, n)
     return loop.end(s, kernels)
 
@@ -267,7 +268,8 @@ class GraphCache:
             if i == 0 and first_done:
                 continue
             loop.load(s, t0, n, i == 0)
-            e.graph.replay()
+            with loop.phase():
+                e.graph.replay()
             loop.store(s, t0, n)
         e.stream = cur
         return loop.end(s, kernels)

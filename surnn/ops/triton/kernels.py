@@ -232,7 +232,12 @@ def bwd_step(
             cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
             cmask = cols < H
             m2 = rmask[:, None] & cmask[None, :]
-            acc = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
+            # one accumulator per gate, as in the forward: a single accumulator chained
+            # through three dots makes Triton put every warp along M (repeating the MMAs of a
+            # 64-row tile on 8 warps)
+            acc_r = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
+            acc_z = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
+            acc_n = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
             per = (nkb + S - 1) // S
             p_lo = pid_s * per * BLOCK_K
             p_hi = tl.minimum(p_lo + per * BLOCK_K, nkb * BLOCK_K)
@@ -245,12 +250,13 @@ def bwd_step(
                 wm = pm[:, None] & cmask[None, :]
                 wp = wh_ptr + nr[:, None] * HP + cols[None, :]
                 ap = dgo_ptr + a_off + p0
-                acc = _dot(tl.load(ap, mask=am, other=0.0), tl.load(wp, mask=wm, other=0.0),
-                           acc, F32, PREC)  # fmt: skip
-                acc = _dot(tl.load(ap + HP, mask=am, other=0.0),
-                           tl.load(wp + HP * HP, mask=wm, other=0.0), acc, F32, PREC)  # fmt: skip
-                acc = _dot(tl.load(ap + 2 * HP, mask=am, other=0.0),
-                           tl.load(wp + 2 * HP * HP, mask=wm, other=0.0), acc, F32, PREC)  # fmt: skip
+                acc_r = _dot(tl.load(ap, mask=am, other=0.0), tl.load(wp, mask=wm, other=0.0),
+                             acc_r, F32, PREC)  # fmt: skip
+                acc_z = _dot(tl.load(ap + HP, mask=am, other=0.0),
+                             tl.load(wp + HP * HP, mask=wm, other=0.0), acc_z, F32, PREC)  # fmt: skip
+                acc_n = _dot(tl.load(ap + 2 * HP, mask=am, other=0.0),
+                             tl.load(wp + 2 * HP * HP, mask=wm, other=0.0), acc_n, F32, PREC)  # fmt: skip
+            acc = acc_r + acc_z + acc_n
             last = S == 1
             if S > 1:
                 ws = ws_ptr + (pid_s * B + rows)[:, None] * HP + cols[None, :]

@@ -60,21 +60,31 @@ def block_k_for(cfg: Cfg, prec: str) -> int:
 # (largest B the row serves, or None for any B; the configuration). The first row that serves
 # B wins. A new configuration goes here: aot.py compiles every row and checks its IR (no
 # spills, no duplicated MMA, async copies), tests/surnn/test_triton_aot.py fails otherwise.
-# The warps tile each dot without repeating an MMA (16 x 8 per mma.sync, 64 rows per sm_90
-# warp group): 16 x 32 with 4 warps side by side along N; 32 x 64 with 8 warps as 2 x 4;
-# 64 x 32 with 8 warps as 4 x 2 (two wgmma groups of 64 x 16 on sm_90). Per thread, a tile of
-# the output holds 4, 8 and 8 elements: the pointwise part keeps about 15 values per element
-# live, which is what fills the registers (16 elements per thread, e.g. 64 x 32 on 4 warps,
-# reach the 255-register cap).
-CFG_TABLE: tuple[tuple[int | None, Cfg], ...] = (
+# The warps must tile each dot without repeating an MMA. The three dots of a step share an
+# operand, and Triton then lays all the warps of an mma.sync dot along its longer side (M
+# when M >= N): 16 x 32 on 4 warps (1 x 4 along N), 32 x 64 on 8 warps (1 x 8 along N). On
+# sm_90 a 64-row tile is one wgmma group of 64 rows, and 8 warps split N (4 x 2); on sm_80 its
+# 8 warps would stack 128 rows of mma.sync on 64 (every MMA twice), so sm_80 stops at the
+# 32-row tile. Per thread the output tile holds 4, 8 and 8 elements: the pointwise part keeps
+# about 15 values per element live, which is what fills the registers (16 elements per thread,
+# e.g. 64 x 32 on 4 warps, reach the 255-register cap).
+CFG_TABLE: tuple[tuple[int | None, Cfg], ...] = (  # sm_90 and newer
     (16, Cfg(16, 32, 64, 4)),
     (32, Cfg(32, 64, 64, 8)),
     (None, Cfg(64, 32, 64, 8)),
+)
+CFG_TABLE_SM80: tuple[tuple[int | None, Cfg], ...] = (  # sm_80 / sm_86 / sm_89
+    (16, Cfg(16, 32, 64, 4)),
+    (None, Cfg(32, 64, 64, 8)),
 )
 
 N_SM = 132  # H100 SXM5; on CUDA the device's multi_processor_count replaces it
 SPLIT_MAX = 8  # the grid's split dimension at most
 MIN_KB = 2  # K blocks per split at least (something for the copy pipeline to overlap)
+# split-K only where a program's share of a step, unsplit, streams more than this many bytes
+# (assumption: about twice what an SM streams from L2 during one split-K synchronisation,
+# ~1 us at ~110 GB/s; below it the partial sums' round trip costs more than it saves)
+SPLIT_MIN_BYTES = 256 * 1024
 GEMM_ROWS = 8192  # rows of a chunk's GEMMs at least (C * B)
 C_MIN, C_MAX = 16, 256
 
@@ -87,21 +97,31 @@ def pow2ceil(n: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(n, 1))))
 
 
-def cfg_for(B: int) -> Cfg:
-    for max_b, cfg in CFG_TABLE:
+def table(arch: int = 90) -> tuple[tuple[int | None, Cfg], ...]:
+    """The configuration table of a compute capability (major * 10 + minor)."""
+    return CFG_TABLE if arch >= 90 else CFG_TABLE_SM80
+
+
+def cfg_for(B: int, arch: int = 90) -> Cfg:
+    for max_b, cfg in table(arch):
         if max_b is None or max_b >= B:
             return cfg
-    raise AssertionError("CFG_TABLE must end with a row for any B")
+    raise AssertionError("a configuration table must end with a row for any B")
 
 
-def cfg_choices() -> list[Cfg]:
-    """Every configuration cfg_for can return (aot.py compiles them all)."""
-    return sorted({cfg for _, cfg in CFG_TABLE})
+def cfg_choices(arch: int = 90) -> list[Cfg]:
+    """Every configuration cfg_for can return for ``arch`` (aot.py compiles them all)."""
+    return sorted({cfg for _, cfg in table(arch)})
 
 
 def split_max(H: int, cfg: Cfg, prec: str = "bf16") -> int:
     """The grid's split dimension: enough splits for one tile to spread its reduction over
-    SPLIT programs, each with MIN_KB K blocks; $SURNN_TRITON_SPLIT caps it (1: no split-K)."""
+    SPLIT programs, each with MIN_KB K blocks, where a program's unsplit stream of a forward
+    step (3 x BLOCK_H weight rows and BLOCK_B state rows of H) exceeds SPLIT_MIN_BYTES, else 1;
+    $SURNN_TRITON_SPLIT caps it (1: no split-K)."""
+    elt = 2 if prec == "bf16" else 4
+    if (3 * cfg.block_h + cfg.block_b) * H * elt < SPLIT_MIN_BYTES:
+        return 1
     s = max(1, min(SPLIT_MAX, cdiv(H, block_k_for(cfg, prec)) // MIN_KB))
     cap = os.environ.get(ENV_SPLIT, "").strip()
     return max(1, min(s, int(cap))) if cap else s
@@ -145,9 +165,10 @@ class Launch:
     n_ht: int
 
 
-def plan(B: int, H: int, T: int, n_sm: int = N_SM, prec: str = "bf16") -> Launch:
-    """``prec``: "bf16" for bf16 storage, else the fp32 dots' precision (op.PRECISIONS)."""
-    cfg = cfg_for(B)
+def plan(B: int, H: int, T: int, n_sm: int = N_SM, prec: str = "bf16", arch: int = 90) -> Launch:
+    """``prec``: "bf16" for bf16 storage, else the fp32 dots' precision (op.PRECISIONS);
+    ``arch``: the compute capability (90 where there is no GPU: the design target)."""
+    cfg = cfg_for(B, arch)
     return Launch(cfg, block_k_for(cfg, prec), split_max(H, cfg, prec), chunk_len(B, T, H), n_sm,
                   cdiv(B, cfg.block_b), cdiv(H, cfg.block_h))  # fmt: skip
 

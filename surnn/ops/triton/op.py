@@ -29,6 +29,8 @@ None follows ``torch.backends.cuda.matmul.allow_tf32``, which also rules the GEM
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
@@ -39,6 +41,13 @@ from surnn.utils import valid_mask
 PRECISIONS = ("ieee", "tf32", "tf32x3")
 FILL: float | None = None  # tests: NaN, so that fresh buffers never read as zeros
 N_SM: int | None = None  # tests: a small machine, so that the interpreter runs split-K
+TIMER = None  # scripts/gpu_check.py: times the phases (``span(name)``, a context manager)
+
+
+def phase(name: str):
+    """A phase of a call, timed when TIMER is set: fwd_gemm, fwd_steps, bwd_gemm_recompute,
+    bwd_steps, bwd_gemm_grads (the rest of a call is copies and bookkeeping)."""
+    return TIMER.span(name) if TIMER is not None else contextlib.nullcontext()
 
 
 def _kernels():
@@ -60,6 +69,15 @@ def _n_sm(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return launch.N_SM
+
+
+def _arch(device: torch.device) -> int:
+    """The compute capability (major * 10 + minor) the kernels are built for: the device's on
+    CUDA, else 90 (the design target, also what the interpreter tests run)."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    return 90
 
 
 def precision_for(dtype: torch.dtype, precision: str | None) -> str:
@@ -133,7 +151,8 @@ class _Loop:
         self.ps = g.dim() == 3
         self.gdtype = g.dtype
         self.f32 = x.dtype == torch.float32
-        self.lp = launch.plan(self.B, H, self.T, _n_sm(x.device), prec if self.f32 else "bf16")
+        self.lp = launch.plan(self.B, H, self.T, _n_sm(x.device), prec if self.f32 else "bf16",
+                              _arch(x.device))  # fmt: skip
         self.C = self.lp.chunk
         self.prec = prec
 
@@ -143,6 +162,10 @@ class _Loop:
 
     def _key_extra(self) -> tuple:
         return ()
+
+    def phase(self):
+        """The step launches' phase (graphs.py times a replay with it)."""
+        return phase(f"{self.kind}_steps")
 
     def chunks(self) -> list[tuple[int, int]]:
         return [(t0, min(self.C, self.T - t0)) for t0 in range(0, self.T, self.C)]
@@ -238,7 +261,8 @@ class _Fwd(_Loop):
         if not first:
             s["a"][0].copy_(s["a"][C])  # h_{t0-1}: the previous (full) chunk's last output
         s["xc"][:n].copy_(_t(self.x[:, t0 : t0 + n]))
-        _mm32(s["xc"][:n].view(n * B, D), self.wi_p.t(), out=s["xp"][:n].view(n * B, 3 * HP))
+        with phase("fwd_gemm"):
+            _mm32(s["xc"][:n].view(n * B, D), self.wi_p.t(), out=s["xp"][:n].view(n * B, 3 * HP))
         self._load_schedule(s, t0, n, self.g, self.act, self.order, self.cnt, self.lens, False)
 
     def launches(self, k, s, n) -> None:
@@ -319,8 +343,9 @@ class _Bwd(_Loop):
         if not self.f32:
             self._prev(s["hp"][:, :, :H], self.plane, self.h0, t0, n)
         rows = n * B
-        _mm32(s["xc"][:n].view(rows, D), self.wi_p.t(), out=s["xp"][:n].view(rows, 3 * HP))
-        _mm32(s["ap"][:n].view(rows, HP), s["wh"].t(), out=s["gh"][:n].view(rows, 3 * HP))
+        with phase("bwd_gemm_recompute"):
+            _mm32(s["xc"][:n].view(rows, D), self.wi_p.t(), out=s["xp"][:n].view(rows, 3 * HP))
+            _mm32(s["ap"][:n].view(rows, HP), s["wh"].t(), out=s["gh"][:n].view(rows, 3 * HP))
         s["go"][:n, :, :H].copy_(_t(self.go[:, t0 : t0 + n]))
         self._load_schedule(s, t0, n, self.g, self.act, self.order, self.cnt, self.lens, True)
         s["inv"][:n, :H].copy_(self.inv[t0 : t0 + n])
@@ -353,13 +378,14 @@ class _Bwd(_Loop):
         B, D, H, HP = self.B, self.D, self.H, self.HP
         G = s["dgp"][:n].view(n * B, 4 * HP)
         xc, ap = s["xc"][:n].view(n * B, D), s["ap"][:n].view(n * B, HP)
-        self.dwi += _mm32(G[:, : 3 * HP].t(), xc)
-        self.dwh[: 2 * HP] += _mm32(G[:, : 2 * HP].t(), ap)
-        self.dwh[2 * HP :] += _mm32(G[:, 3 * HP :].t(), ap)
+        with phase("bwd_gemm_grads"):
+            self.dwi += _mm32(G[:, : 3 * HP].t(), xc)
+            self.dwh[: 2 * HP] += _mm32(G[:, : 2 * HP].t(), ap)
+            self.dwh[2 * HP :] += _mm32(G[:, 3 * HP :].t(), ap)
+            dx = torch.mm(G[:, : 3 * HP], self.wi_p).view(n, B, D)
         self.dbi += G[:, : 3 * HP].sum(0, dtype=torch.float32)
         self.dbh[: 2 * HP] += G[:, : 2 * HP].sum(0, dtype=torch.float32)
         self.dbh[2 * HP :] += G[:, 3 * HP :].sum(0, dtype=torch.float32)
-        dx = torch.mm(G[:, : 3 * HP], self.wi_p).view(n, B, D)
         _t(self.dx[:, t0 : t0 + n]).copy_(dx)
         if self.ps:
             _t(self.dg_full[:, t0 : t0 + n]).copy_(s["dg"][:n, :, :H])
@@ -369,7 +395,8 @@ class _Bwd(_Loop):
     def end(self, s, k):
         H, HP = self.H, self.HP
         if self.T:  # dL/dh_0 through step 0's gates: one more launch
-            self._launch(k, s, -1, self.grid(), *self.gate_strides())
+            with self.phase():
+                self._launch(k, s, -1, self.grid(), *self.gate_strides())
             dh0 = s["dh0"][:, :H].to(self.dtype, copy=True)
         else:
             dh0 = s["dc"][:, :H].to(self.dtype, copy=True)
