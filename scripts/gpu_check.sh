@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# GPU check of the suRNN Triton kernels (what TRITON_INTERPRET=1 cannot show: races, bf16,
-# speed). Run on a machine with one CUDA GPU:   bash scripts/gpu_check.sh   (or make gpu-check)
-#   1. the kernel tests on CUDA: fp32 against the reference, bf16 against the fp32 reference,
-#      FLOP formula, torch.library.opcheck;
-#   2. the benchmark against cuDNN nn.GRU: bf16, B=64, T=1024, D=H=1024, with the staggered
-#      interval schedule, then the learned rhythm with free phases (scattered active neurons,
-#      packed into tiles per step) and in groups of 64 neurons (16 rhythms);
-#   3. the step loops launched eagerly vs replayed as CUDA graphs (surnn/ops/triton/graphs.py):
-#      bf16, B=64, T=4096, D=H=256 (launch-bound), forward and a training step;
-#   4. short tables (printed last). Budget: under 8 minutes (step timeouts sum to 7.5).
-# The CUDA-graph path and its tests (tests/surnn/test_triton_graphs.py) have not run on a GPU yet.
+# GPU check of the suRNN Triton kernels: what the CPU cannot show (races, out-of-bounds and
+# uninitialised reads on the device, bf16, speed). Run on a machine with one CUDA GPU:
+#     bash scripts/gpu_check.sh          (or make gpu-check)
+#   1. the kernel tests on CUDA (tests/surnn/test_triton*.py): fp32 against the reference,
+#      bf16 against the fp32 reference, real CUDA graphs against the eager loop bit for bit;
+#   2. compute-sanitizer memcheck, racecheck and initcheck on tiny odd shapes through every
+#      code path (scripts/gpu_check.py sanitize; skipped, and said so, without the tool);
+#   3. a bf16 run of T=4,096 steps against float64, values and gradients, within
+#      numerics.LONG_TOL (and against the torch emulation of the op's rounding);
+#   4. per-step CUDA-event timings at update rates 1 and 0.17 against nn.GRU (cuDNN), bf16,
+#      B=64, T=1024, D=H=1024: the step kernels, the forward's projection GEMM and the
+#      backward's GEMMs timed apart, CUDA graphs and split-K on and off, next to the launch
+#      model's estimate (launch.step_cost, results/bench/triton_roofline.md);
+#   5. the layer with a learned rhythm (free phases) against nn.GRU (scripts/bench_surnn.py);
+#   6. one JSON, results/bench/surnn_gpu_check.json (scripts/make_tables.py --gpu reads it),
+#      and its tables. Budget: under 8 minutes on an H100 (step timeouts sum to 7.8).
 # Python: the project's .venv when its torch sees a GPU; else a python3 whose torch sees one
-# (GPU images without network access: the kernels and the benchmark need only torch, triton,
+# (GPU images without network access: the kernels and the checks need only torch, triton,
 # numpy, tqdm and pytest, not Hydra); else `make setup` (needs the package registries).
 #   bash scripts/gpu_check.sh --dry-run   runs the same steps on the CPU (Triton interpreter,
-#                                         tiny sizes) to check the script itself; CI does this.
-set -euo pipefail
+#                                         tiny sizes, no sanitizer) to check the script itself;
+#                                         CI does this.
+# Exit status: 0 when every step passed, 1 otherwise (the JSON is written either way).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
 [[ "${1:-}" == "--dry-run" ]] && DRY=1
@@ -30,10 +37,10 @@ elif command -v python3 >/dev/null && cuda_ok python3; then
     PY=python3
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 else
-    make setup >/dev/null
+    make setup >/dev/null || exit 1
     PY=.venv/bin/python
 fi
-$PY - "$DRY" <<'PY'
+$PY - "$DRY" <<'PY' || exit 1
 import importlib.util, sys
 missing = [m for m in ("torch", "triton", "numpy", "tqdm", "pytest") if importlib.util.find_spec(m) is None]
 if missing:
@@ -51,64 +58,90 @@ PY
 if ((DRY)); then
     export TRITON_INTERPRET=1
     OUT=${GPU_CHECK_OUT:-/tmp/surnn_gpu_check_dry.json}
-    BENCH=(--device cpu --dtype fp32 --batch 2 --seq 16 --dim 16 --hidden 16 --reps 1 --rates 1 0.17
-           --impl triton)
-    GRAPHS=(--device cpu --dtype fp32 --batch 2 --seq 4 --dim 8 --hidden 16 --reps 1)
-    # the graph tests' CPU part runs in the normal suite; here one of them checks the step
-    TESTS=(tests/surnn/test_triton.py tests/surnn/test_triton_graphs.py::test_option_and_environment)
-    GROUP=8
+    DEV=(--device cpu --dry-run)
+    LONG=(--batch 2 --seq 8 --dim 4 --hidden 16)
+    TIMING=(--dtype fp32 --batch 2 --seq 4 --dim 8 --hidden 16 --reps 1 --quick)
+    BENCH=(--device cpu --dtype fp32 --batch 2 --seq 4 --dim 8 --hidden 16 --reps 1 --impl triton
+           --no-train)
+    TESTS=("tests/surnn/test_triton.py::test_triton_matches_reference[random-False-True-3-1-6-10]")
     SLOW=4  # the interpreter on a busy CPU: the 8-minute budget is the GPU run's
 else
     unset TRITON_INTERPRET
     OUT=${GPU_CHECK_OUT:-results/bench/surnn_gpu_check.json}
+    DEV=(--device cuda)
+    LONG=(--batch 4 --seq 4096 --dim 64 --hidden 256)
+    TIMING=(--dtype bf16 --batch 64 --seq 1024 --dim 1024 --hidden 1024 --reps 5)
     BENCH=(--device cuda --dtype bf16 --batch 64 --seq 1024 --dim 1024 --hidden 1024 --reps 5
            --impl triton)
-    GRAPHS=(--device cuda --dtype bf16 --batch 64 --seq 4096 --dim 256 --hidden 256 --reps 5)
-    TESTS=(tests/surnn/test_triton.py tests/surnn/test_triton_graphs.py)
-    GROUP=64
+    TESTS=(tests/surnn/test_triton.py tests/surnn/test_triton_graphs.py
+           tests/surnn/test_triton_selfcheck.py)
     SLOW=1
 fi
-OUT_FREE=${OUT%.json}_rhythm.json
-OUT_RHYTHM=${OUT%.json}_rhythm-g$GROUP.json
-OUT_GRAPHS=${OUT%.json}_graphs.json
-LOG=$(mktemp)
-echo "== kernel tests (fp32; bf16 on CUDA); CUDA graphs vs eager, bit for bit =="
-timeout $((165 * SLOW)) $PY -m pytest "${TESTS[@]}" -q -x -p no:cacheprovider
-echo "== benchmark vs nn.GRU (cuDNN on CUDA): ${BENCH[*]} =="
-timeout $((120 * SLOW)) $PY scripts/bench_surnn.py "${BENCH[@]}" --out "$OUT" --label "scripts/gpu_check.sh" \
-    >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }
-echo "== benchmark, learned rhythm with free phases: rates 1 0.17 0.05 =="
+PARTS=$(mktemp -d)
+LOG=$PARTS/log
+OUT_RHYTHM=${OUT%.json}_rhythm.json
+FAILED=()
+json_str() { $PY -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1"; }
+
+echo "== 1. kernel tests on ${DEV[1]} =="
+if timeout $((150 * SLOW)) $PY -m pytest "${TESTS[@]}" -q -x -p no:cacheprovider >"$LOG" 2>&1; then
+    RESULT="passed: $(tail -1 "$LOG")"
+else
+    RESULT="FAILED: $(tail -1 "$LOG")"
+    tail -30 "$LOG"
+    FAILED+=(tests)
+fi
+echo "$RESULT"
+echo "{\"result\": $(json_str "$RESULT")}" >"$PARTS/tests.json"
+
+echo "== 2. compute-sanitizer on tiny odd shapes =="
+SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+if ((DRY)); then  # no sanitizer on the CPU: the step it would watch runs once, alone
+    DRY_SAN="skipped: dry run; scripts/gpu_check.py sanitize alone: ok"
+    $PY scripts/gpu_check.py sanitize "${DEV[@]}" >"$LOG" 2>&1 \
+        || { DRY_SAN="FAILED: scripts/gpu_check.py sanitize: $(tail -1 "$LOG")"; FAILED+=(sanitize); }
+fi
+echo "{" >"$PARTS/sanitizer.json"
+SEP=""
+for tool in memcheck racecheck initcheck; do
+    if ((DRY)); then
+        RESULT=$DRY_SAN
+    elif [[ -z $SAN ]]; then
+        RESULT="skipped: compute-sanitizer not found (install the CUDA toolkit or put it on PATH)"
+        FAILED+=("$tool")
+    elif PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 60 "$SAN" --tool "$tool" --error-exitcode 9 \
+            --kernel-name kns=_step $PY scripts/gpu_check.py sanitize "${DEV[@]}" >"$LOG" 2>&1; then
+        RESULT="ok: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOG" | tail -1)"
+    else
+        RESULT="FAILED (exit $?): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|Error' "$LOG" | tail -1)"
+        grep -B2 -A12 -m3 -E "Invalid|Uninitialized|Race|hazard" "$LOG" | head -60
+        FAILED+=("$tool")
+    fi
+    echo "$tool: $RESULT"
+    echo "$SEP\"$tool\": {\"result\": $(json_str "$RESULT")}" >>"$PARTS/sanitizer.json"
+    SEP=","
+done
+echo "}" >>"$PARTS/sanitizer.json"
+
+echo "== 3. bf16 over 4,096 steps against float64 =="
+timeout $((60 * SLOW)) $PY scripts/gpu_check.py long "${DEV[@]}" "${LONG[@]}" --out "$PARTS/long.json" \
+    >"$LOG" 2>&1 || { tail -20 "$LOG"; FAILED+=(long); }
+
+echo "== 4. per-step timings against nn.GRU: ${TIMING[*]} =="
+timeout $((150 * SLOW)) $PY scripts/gpu_check.py timings "${DEV[@]}" "${TIMING[@]}" \
+    --out "$PARTS/timings.json" || FAILED+=(timings)
+
+echo "== 5. learned rhythm with free phases against nn.GRU: rates 1 0.17 0.05 =="
 timeout $((60 * SLOW)) $PY scripts/bench_surnn.py "${BENCH[@]}" --gate rhythm --rates 1 0.17 0.05 \
-    --out "$OUT_FREE" --label "scripts/gpu_check.sh" >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }
-echo "== benchmark, learned rhythm in groups of $GROUP: rates 1 0.17 0.05 =="
-timeout $((60 * SLOW)) $PY scripts/bench_surnn.py "${BENCH[@]}" --gate rhythm --group-size "$GROUP" \
-    --rates 1 0.17 0.05 --out "$OUT_RHYTHM" --label "scripts/gpu_check.sh" \
-    >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }
-echo "== step loops: eager launches vs CUDA graphs: ${GRAPHS[*]} =="
-timeout $((45 * SLOW)) $PY scripts/bench_graphs.py "${GRAPHS[@]}" --out "$OUT_GRAPHS" \
-    --label "scripts/gpu_check.sh" >"$LOG" 2>&1 || { tail -40 "$LOG"; exit 1; }
-echo "== summary ($OUT, $OUT_FREE, $OUT_RHYTHM, $OUT_GRAPHS) =="
-$PY - "$OUT" "$OUT_FREE" "$OUT_RHYTHM" <<'PY'
-import json, sys
-for path in sys.argv[1:]:
-    r = json.load(open(path))
-    print(f"{r['device']}  {r['dtype']}  B={r['sizes']['B']} T={r['sizes']['T']} H={r['sizes']['H']}"
-          f"  gate {r['gate']}  commit {r['commit']}")
-    print(f"{'case':<22}{'rate':>7}{'median ms':>11}{'vs nn.GRU':>10}{'vs rate1':>9}")
-    for row in r["rows"]:
-        print(f"{row['case']:<22}{row['update_rate']:>7.3f}{row['median_s'] * 1e3:>11.2f}"
-              f"{row['speedup_vs_nn_gru']:>10.2f}{row['speedup_vs_rate1']:>9.2f}")
-PY
-$PY - "$OUT_GRAPHS" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-s = r["sizes"]
-print(f"{r['device']}  {r['dtype']}  B={s['B']} T={s['T']} D={s['D']} H={s['H']}  rate {r['rate']}"
-      f"  CUDA graphs used: {r['graphs_used']}")
-print(f"{'loop':<22}{'launches':>9}{'eager ms':>10}{'graph ms':>10}{'speedup':>9}{'eager us/launch':>17}")
-for row in r["rows"]:
-    print(f"{'graphs ' + row['case']:<22}{row['launches']:>9}{row['eager_ms']:>10.2f}"
-          f"{row['graph_ms']:>10.2f}{row['speedup']:>9.2f}{row['eager_us_per_launch']:>17.2f}")
-for k in r["eager_keys"]:
-    print("  ran eagerly:", k)
-PY
+    --out "$OUT_RHYTHM" --label "scripts/gpu_check.sh" >"$LOG" 2>&1 || { tail -20 "$LOG"; FAILED+=(rhythm); }
+
+echo "== 6. summary ($OUT, $OUT_RHYTHM) =="
+$PY scripts/gpu_check.py summary "${DEV[@]}" --out "$OUT" tests="$PARTS/tests.json" \
+    sanitizer="$PARTS/sanitizer.json" long="$PARTS/long.json" timings="$PARTS/timings.json" \
+    rhythm="$OUT_RHYTHM" || FAILED+=(summary)
+rm -rf "$PARTS"
+if ((${#FAILED[@]})); then
+    echo "gpu_check.sh: FAILED steps: ${FAILED[*]}"
+    exit 1
+fi
+echo "gpu_check.sh: every step passed"

@@ -338,4 +338,3 @@ def test_step_order_packs_the_computed_neurons_first():
     per_sample[0, :, 3] = per_sample[1, :, 60] = 3
     order, cnt = op._order(per_sample, H, T)
     assert cnt.tolist() == [2] * T and order[0, :2].tolist() == [3, 60]
-

@@ -75,9 +75,15 @@ def test_bf16_launch_signature_matches_the_jit():
              "H", "HP", "sgt", "sgb", "n_sm"]  # fmt: skip
     assert len(args) == len(names)
     vals = dict(zip(names, args))
-    assert str(vals["a_ptr"].dtype) == "torch.bfloat16" and str(vals["wh_ptr"].dtype) == "torch.bfloat16"
+    assert (
+        str(vals["a_ptr"].dtype) == "torch.bfloat16"
+        and str(vals["wh_ptr"].dtype) == "torch.bfloat16"
+    )
     assert str(vals["xp_ptr"].dtype) == str(vals["hs_ptr"].dtype) == "torch.float32"
-    assert str(vals["act_ptr"].dtype) == "torch.uint8" and str(vals["order_ptr"].dtype) == "torch.int32"
+    assert (
+        str(vals["act_ptr"].dtype) == "torch.uint8"
+        and str(vals["order_ptr"].dtype) == "torch.int32"
+    )
     assert vals["H"] == 40 and vals["HP"] == 48
     cfg = launch.cfg_for(16)
     assert kw == dict(SAVE=True, F32=False, PREC="ieee", SPLIT=1, MIN_KB=launch.MIN_KB,
@@ -99,7 +105,9 @@ def _result(**kw) -> aot.Result:
 def test_ir_check_names_what_is_wrong():
     assert aot.ir_check(_result()) == []
     assert "spills 8/8" in aot.ir_check(_result(spill_stores=8, spill_loads=8))[0]
-    assert "no asynchronous copies" in aot.ir_check(_result(ir={**_result().ir, "ptx_cp_async": 0}))[0]
+    assert (
+        "no asynchronous copies" in aot.ir_check(_result(ir={**_result().ir, "ptx_cp_async": 0}))[0]
+    )
     assert "PTX has 8 MMA" in aot.ir_check(_result(ir={**_result().ir, "ptx_mma": 8}))[0]
     fma = dict(_result().ir["dots"][0], tensor_core=False, layout="blocked")
     assert "on FMA" in aot.ir_check(_result(ir={**_result().ir, "dots": [fma], "ptx_mma": 0}))[0]
@@ -164,3 +172,23 @@ def test_committed_table_lists_the_whole_matrix():
     assert have == want, "stale table: rerun python scripts/triton_report.py"
     assert all(r["ok"] and not r["problems"] for r in data["rows"])
     assert TABLE.with_suffix(".md").exists()
+
+
+def test_committed_roofline_is_current():
+    """results/bench/triton_roofline.{md,json} (python scripts/triton_roofline.py) hold the
+    launch model's current estimate: a change to the model or the tiles regenerates them."""
+    from tests.fixtures import load_script
+
+    path = ROOT / "results" / "bench" / "triton_roofline.json"
+    assert path.exists(), "run: python scripts/triton_roofline.py"
+    committed = json.loads(path.read_text())
+    now = load_script("triton_roofline").build()
+    for key in ("sizes", "rates", "hardware", "estimate", "memory"):
+        assert json.loads(json.dumps(now[key])) == committed[key], (
+            f"stale {key}: rerun python scripts/triton_roofline.py"
+        )
+    est = committed["estimate"]
+    assert set(est) == {"1.0", "0.17"}
+    for e in est.values():
+        assert {"fwd_step", "fwd_dense", "bwd_step", "bwd_dense"} <= set(e)
+        assert all(e[k]["flops"] > 0 and e[k]["time_s"] > 0 for k in ("fwd_step", "bwd_step"))

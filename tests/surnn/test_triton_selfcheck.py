@@ -44,7 +44,7 @@ def test_first_use_checks_once_per_dtype_and_passes(monkeypatch):
         got = run("triton", case())
         run("triton", case())
     assert calls == [(torch.device("cpu"), torch.float32)]
-    assert selfcheck._STATE == {("cpu", torch.float32): None}
+    assert {("cpu", torch.float32): None} == selfcheck._STATE
     # the check ran the graph path (2 keys per gate kind), the second call captured its own
     assert graphs.CACHE.stats["captured"] == 6
     assert_close(got, run("reference", case()), 2e-4)
@@ -101,6 +101,6 @@ def test_a_graph_replay_that_differs_is_caught_by_its_capture_check(monkeypatch)
     monkeypatch.setattr(graphs, "CACHE", graphs.GraphCache(capture=Corrupting, devices=("cpu",)))
     with pytest.warns(RuntimeWarning, match="bit for bit.*report"):
         got = run("triton", case())
-    assert selfcheck._STATE == {("cpu", torch.float32): None}
+    assert {("cpu", torch.float32): None} == selfcheck._STATE
     assert graphs.CACHE.eager_keys() and len(graphs.CACHE) == 0
     assert_close(got, run("reference", case()), 2e-4)

@@ -332,7 +332,8 @@ def compile_job(job: Job) -> Result:
         k = _real_kernels(job.source)
         fn = getattr(k, job.kernel)
         (name, args, kw), *_ = [
-            r for r in record(job.body, job.B, job.D, job.H, job.dtype, cfg=job.cfg)
+            r
+            for r in record(job.body, job.B, job.D, job.H, job.dtype, cfg=job.cfg)
             if r[0] == job.kernel
         ]
         sig, constexprs, attrs = specialise(fn, args, kw)
@@ -491,7 +492,9 @@ def rows(results: list[Result]) -> list[dict]:
         j = r.job
         row = dict(kernel=j.kernel, variant=_variant(j), arch=f"sm_{j.arch}", dtype=j.dtype,
                    shape=j.shape, B=j.B, D=j.D, H=j.H, block_b=j.cfg.block_b,
-                   block_h=j.cfg.block_h, block_k=j.cfg.block_k, warps=j.cfg.num_warps)  # fmt: skip
+                   block_h=j.cfg.block_h, block_k=j.cfg.block_k, warps=j.cfg.num_warps,
+                   block_k_run=launch.block_k_for(j.cfg, "bf16" if j.dtype == "bf16"
+                                                  else _PREC[j.dtype]))  # fmt: skip
         row.update(ok=r.ok, regs=r.regs, spill_stores=r.spill_stores,
                    spill_loads=r.spill_loads, stack=r.stack, shared=r.shared,
                    num_warps=r.num_warps, compile_s=round(r.compile_s, 2), error=r.error,
@@ -512,7 +515,8 @@ def markdown(table: list[dict], meta: dict) -> str:
         "kernel the op launches x every dispatcher configuration (`launch.CFG_TABLE`; sm_80: "
         "`launch.CFG_TABLE_SM80`) x fp32 "
         "(IEEE dots) / fp32 with TF32 dots / bf16 x sm_80/sm_90 x two shape classes (`aligned`: "
-        "B, D, H multiples of 16, the usual case; `odd`: none, the most general code). Arguments "
+        "B, D, H multiples of 16, the usual case; `odd`: none, the most general code). BLOCK_K is the "
+        "run's (`launch.block_k_for`: the table's for bf16, half for TF32, 16 for IEEE). Arguments "
         "and warps specialised as `triton.jit` does at the op's launch; 3 stages. regs: "
         "registers per thread (of 255); spills: bytes of spill stores/loads per thread; stack: "
         "local memory per thread; smem: shared memory bytes per program; MMA/dot: tensor-core "
@@ -531,7 +535,7 @@ def markdown(table: list[dict], meta: dict) -> str:
         "|---|---|---|---|---|---|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in table:
-        blk = f"{r['block_b']}x{r['block_h']}x{r['block_k']}, {r['warps']}"
+        blk = f"{r['block_b']}x{r['block_h']}x{r['block_k_run']}, {r['warps']}"
         ok = r["ok"]
         sp = f"{r['spill_stores']}/{r['spill_loads']}" if ok else "-"
         check = "ok" if not r["problems"] else "FAIL: " + "; ".join(r["problems"])[:120]

@@ -183,67 +183,96 @@ H100 = dict(
     tc_tf32_flops=495e12,  # datasheet, dense
     l2_Bps_per_sm=64 * 1.755e9,  # assumption: 64 B/clock per SM from L2 at 1.755 GHz
     gemm_eff=0.6,  # assumption: cuBLAS reaches 60% of peak on these GEMM shapes
-    step_overhead_s=2.0e-6,  # assumption: one dependent kernel of a CUDA graph, start to end
-    sync_s=1.0e-6,  # assumption: the split-K arrival counter round trip (atomic + reload)
+    # assumption: a dependent kernel of a CUDA graph, launch to completion, when it does
+    # nothing but its chain of dependent global loads (count, order, operands, epilogue)
+    step_overhead_s=2.0e-6,
+    sync_s=1.0e-6,  # assumption: split-K's partial sums out, the arrival counter, sums in
 )
+
+
+def _prog_time(stream_bytes: float, flops: float, hw: dict, tc: float) -> float:
+    """One program's work: streaming its operands from L2 or its MMAs, whichever is longer."""
+    return max(stream_bytes / hw["l2_Bps_per_sm"], flops / (tc / hw["n_sm"]))
+
+
+def _dense(flops: float, nbytes: float, hw: dict, tc: float) -> dict:
+    t = max(flops / (tc * hw["gemm_eff"]), nbytes / hw["hbm_Bps"])
+    return dict(flops=flops, hbm_bytes=nbytes, time_s=t)
 
 
 def step_cost(B: int, D: int, H: int, rate: float, elt: int = 2, train: bool = True,
               hw: dict = H100) -> dict:  # fmt: skip
-    """FLOPs, bytes and estimated time of one step at update rate ``rate`` (the fraction of
-    neurons active, time-only gate, full lengths), split into the sequential step kernels and
-    the dense per-chunk work (GEMMs and layout copies). ``elt``: bytes per storage element
-    (2: bf16, 4: fp32). Bytes count what each kernel or GEMM reads and writes once (L2 hits
-    for the weights included in ``l2_bytes`` of the step kernels)."""
-    lp = plan(B, H, 1 << 20, hw["n_sm"], "bf16" if elt == 2 else "tf32")
-    cfg, f32 = lp.cfg, 4
+    """FLOPs, bytes and the estimated time of one step at update rate ``rate`` (the fraction of
+    neurons active, time-only gate, full lengths), for the kernels and launch model of this
+    package: the step kernels (one program's share streamed from L2 at one SM's bandwidth,
+    the launch overhead, split-K's synchronisation) and the dense per-chunk work per step
+    (GEMMs at ``gemm_eff`` of the tensor-core peak or HBM-bound, layout copies). ``elt``: 2
+    for bf16, 4 for fp32 with TF32 dots. An estimate for comparing with the first GPU run."""
+    prec = "bf16" if elt == 2 else "tf32"
+    lp = plan(B, H, 1 << 20, hw["n_sm"], prec)
+    cfg, f4, e = lp.cfg, 4, elt
+    P = -(-H // 16) * 16
     act = max(1, round(rate * H))
     act_tiles = cdiv(act, cfg.block_h)
     tc = hw["tc_bf16_flops"] if elt == 2 else hw["tc_tf32_flops"]
+    tile = cfg.block_b * cfg.block_h
 
-    def seq(tiles_work: int, nkb: int, prog_l2_bytes_at_s1: float, flops: float) -> dict:
-        s = splits(lp.n_bt * tiles_work, nkb, hw["n_sm"], lp.split)
-        progs = lp.n_bt * tiles_work * s
-        per_prog = prog_l2_bytes_at_s1 / s
-        t = hw["step_overhead_s"] + math.ceil(progs / hw["n_sm"]) * per_prog / hw["l2_Bps_per_sm"]
-        return dict(splits=s, programs=progs, l2_bytes_per_program=per_prog,
-                    time_s=t + (hw["sync_s"] if s > 1 else 0.0), flops=flops)  # fmt: skip
-
-    # forward step: a program streams 3 x BLOCK_H weight rows of H and BLOCK_B state rows of H
-    f_prog = (3 * cfg.block_h * H + cfg.block_b * H) * elt
-    fwd = seq(act_tiles, cdiv(H, lp.block_k), f_prog, 2 * B * 3 * act * H)
-    fwd["l2_bytes"] = lp.n_bt * act_tiles * f_prog
-    fwd["hbm_bytes"] = B * (3 * act * f32 + H * f32 + act * f32 + H * elt
-                            + (H * f32 if train and elt == 2 else 0))  # fmt: skip
-    f_gemm_flops = 2 * B * D * 3 * H
-    f_gemm_bytes = B * (D * elt + 3 * H * f32) + B * D * elt * 2 + B * H * elt * 2
-    if train and elt == 2:
-        f_gemm_bytes += B * H * f32 * 2  # the fp32 state plane copied out
+    # forward step: the active tiles reduce over K = P
+    nkb = cdiv(P, lp.block_k)
+    s = splits(lp.n_bt * act_tiles, nkb, hw["n_sm"], lp.split)
+    progs = lp.n_bt * act_tiles * s
+    k_share = cdiv(nkb, s) * lp.block_k
+    prog_bytes = (3 * cfg.block_h + cfg.block_b) * k_share * e
+    prog_flops = 2 * cfg.block_b * 3 * cfg.block_h * k_share
+    epi = (
+        lp.n_bt * act_tiles * tile * (3 * f4 + 2 * f4 + e + e + 1 + (f4 if train and e == 2 else 0))
+    )
+    carry = lp.n_bt * (lp.n_ht - act_tiles) * tile * (f4 + e + (f4 if train and e == 2 else 0))
+    part = 2 * s * 3 * tile * f4 * lp.n_bt * act_tiles if s > 1 else 0
+    fwd = dict(
+        splits=s, programs=progs, l2_bytes=progs * prog_bytes, l2_bytes_per_program=prog_bytes,
+        other_bytes=epi + carry + part, flops=2 * B * 3 * act * H,
+        time_s=hw["step_overhead_s"] + math.ceil(progs / hw["n_sm"]) * _prog_time(
+            prog_bytes, prog_flops, hw, tc) + (hw["sync_s"] if s > 1 else 0.0),
+    )  # fmt: skip
+    f_bytes = B * D * e * 3 + 3 * P * D * e / lp.chunk + B * 3 * P * f4 + 2 * B * H * e
+    if train and e == 2:
+        f_bytes += 2 * B * H * f4  # the fp32 state copied out
     out = dict(
-        sizes=dict(B=B, D=D, H=H, rate=rate, active=act, bytes_per_element=elt),
-        launch=dict(cfg=vars(cfg), split_max=lp.split, chunk=lp.chunk, n_bt=lp.n_bt,
-                    n_ht=lp.n_ht),  # fmt: skip
+        sizes=dict(B=B, D=D, H=H, rate=rate, active=act, bytes_per_element=e, train=train),
+        launch=dict(
+            cfg=vars(cfg),
+            block_k=lp.block_k,
+            split_max=lp.split,
+            chunk=lp.chunk,
+            n_bt=lp.n_bt,
+            n_ht=lp.n_ht,
+        ),  # fmt: skip
         fwd_step=fwd,
-        fwd_dense=dict(flops=f_gemm_flops, hbm_bytes=f_gemm_bytes,
-                       time_s=max(f_gemm_flops / (tc * hw["gemm_eff"]),
-                                  f_gemm_bytes / hw["hbm_Bps"])),  # fmt: skip
+        fwd_dense=_dense(2 * B * D * 3 * P, f_bytes, hw, tc),
     )
     if train:
-        # backward step: every output tile; K = 3 x active: a program streams 3 x act weight
-        # rows of BLOCK_H and BLOCK_B gradient rows of 3 x act
-        b_prog = (3 * act * cfg.block_h + cfg.block_b * 3 * act) * elt
-        bwd = seq(lp.n_ht, cdiv(act, lp.block_k), b_prog, 2 * B * 3 * act * H)
-        bwd["l2_bytes"] = lp.n_bt * lp.n_ht * b_prog
-        bwd["hbm_bytes"] = B * (7 * act * f32 + H * elt + 2 * H * f32 + 4 * H * elt + H * elt)
-        b_gemm_flops = 2 * B * 3 * H * (3 * D + 2 * H)  # recompute x, h; dW_ih, dW_hh, dx
-        b_gemm_bytes = B * (2 * D * elt + 2 * H * elt + 6 * H * f32 + 4 * H * elt * 3)
-        b_gemm_bytes += B * (D * elt * 2 + H * elt * 2 * 2 + D * elt * 2)  # layout copies
-        if elt == 2:
-            b_gemm_bytes += B * H * f32 * 2
-        out["bwd_step"] = bwd
-        out["bwd_dense"] = dict(flops=b_gemm_flops, hbm_bytes=b_gemm_bytes,
-                                time_s=max(b_gemm_flops / (tc * hw["gemm_eff"]),
-                                           b_gemm_bytes / hw["hbm_Bps"]))  # fmt: skip
+        # backward step: every tile; K = 3 x the active neurons of step t+1 (whole blocks)
+        nkb = cdiv(act, lp.block_k)
+        s = splits(lp.n_bt * lp.n_ht, nkb, hw["n_sm"], lp.split)
+        progs = lp.n_bt * lp.n_ht * s
+        k_share = cdiv(nkb, s) * lp.block_k
+        prog_bytes = 3 * k_share * (cfg.block_h + cfg.block_b) * e
+        prog_flops = 2 * cfg.block_b * cfg.block_h * 3 * k_share
+        point = B * H * (e + 1 + e + 2 * f4 + 4 * e + 3 * e) + B * act * (6 * f4 + f4)
+        part = 2 * s * tile * f4 * lp.n_bt * lp.n_ht if s > 1 else 0
+        out["bwd_step"] = dict(
+            splits=s, programs=progs, l2_bytes=progs * prog_bytes,
+            l2_bytes_per_program=prog_bytes, other_bytes=point + part, flops=2 * B * 3 * act * H,
+            time_s=hw["step_overhead_s"] + math.ceil(progs / hw["n_sm"]) * _prog_time(
+                prog_bytes, prog_flops, hw, tc) + (hw["sync_s"] if s > 1 else 0.0),
+        )  # fmt: skip
+        b_flops = 2 * B * 3 * P * (3 * D + 2 * P)  # recompute x and h parts; dW_ih, dW_hh, dx
+        b_bytes = B * (2 * 3 * P * f4 + 3 * 4 * P * e + 3 * D * e + 5 * H * e)
+        b_bytes += 3 * P * (D + P) * f4 * 2 / lp.chunk  # weight-gradient accumulators per chunk
+        if e == 2:
+            b_bytes += 2 * B * H * f4
+        out["bwd_dense"] = _dense(b_flops, b_bytes, hw, tc)
     parts = [v["time_s"] for k, v in out.items() if isinstance(v, dict) and "time_s" in v]
     out["total_time_s"] = sum(parts)
     return out

@@ -42,7 +42,7 @@ def emulate(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, grad_ou
     opened = g != 0
     gradm = opened if active is None else active.to(torch.bool)
     comp = opened | gradm
-    valid = (valid_mask(lengths, T) if lengths is not None else torch.ones(B, T, dtype=torch.bool))
+    valid = valid_mask(lengths, T) if lengths is not None else torch.ones(B, T, dtype=torch.bool)
     valid = valid.t()[:, :, None]  # [T, B, 1]
 
     def tm(m):  # [T, H] or [B, T, H] -> [T, B or 1, H]
@@ -69,7 +69,7 @@ def emulate(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, grad_ou
         hp_s.append(h)
         h = torch.where(upd[t], torch.addcmul(h, gf[t], (1 - z) * (n - h)), h)
         a_s.append(a), r_s.append(r), z_s.append(z), n_s.append(n), hn_s.append(hn)
-    out = (torch.stack([s.to(dt) for s in hp_s[1:] + [h]], 1) if T else x.new_zeros(B, 0, H))
+    out = torch.stack([s.to(dt) for s in hp_s[1:] + [h]], 1) if T else x.new_zeros(B, 0, H)
     if grad_out is None and grad_h is None:
         return out, h.to(dt)
     go = (grad_out.float() if grad_out is not None else torch.zeros(B, T, H)).transpose(0, 1)

@@ -296,19 +296,31 @@ class _Bwd(_Loop):
         H = w_hh.shape[-1]
         super().__init__(x, H, g, prec)
         self.go, self.gh_in, self.x, self.h0 = grad_out, grad_h, x, h0
-        self.w_ih, self.w_hh, self.g, self.act, self.out, self.plane = w_ih, w_hh, g, act, out, plane
+        self.w_ih, self.w_hh, self.g, self.act, self.out, self.plane = (
+            w_ih,
+            w_hh,
+            g,
+            act,
+            out,
+            plane,
+        )
         self.wi_p = _pad_rows(w_ih, H, self.HP)
         self.bias = _bias4(b_ih, b_hh, H)
         self.lens = lengths.to(device=x.device, dtype=torch.int32)
         self.order, self.cnt = _order(act, H, self.T)
         self.inv = torch.empty_like(self.order).scatter_(  # each neuron's place in the order
-            1, self.order.long(), torch.arange(H, dtype=torch.int32, device=x.device).expand(self.T, H)
+            1,
+            self.order.long(),
+            torch.arange(H, dtype=torch.int32, device=x.device).expand(self.T, H),
         )
         B, T, D, HP, f32, dev = self.B, self.T, self.D, self.HP, torch.float32, x.device
         self.dx = _empty((B, T, D), x.dtype, dev)
         self.dg_full = _empty(g.shape, g.dtype if self.ps else f32, dev)
         z = torch.zeros
-        self.dwi, self.dwh = z(3 * HP, D, dtype=f32, device=dev), z(3 * HP, HP, dtype=f32, device=dev)
+        self.dwi, self.dwh = (
+            z(3 * HP, D, dtype=f32, device=dev),
+            z(3 * HP, HP, dtype=f32, device=dev),
+        )
         self.dbi, self.dbh = z(3 * HP, dtype=f32, device=dev), z(3 * HP, dtype=f32, device=dev)
 
     def alloc(self, e=_empty) -> dict:
@@ -532,8 +544,9 @@ def _bwd_flops(grad_out, grad_h, x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths,
     return 12 * (x.shape[-1] + w_hh.shape[-1]) * _executed(x, act, lengths)
 
 
-def call_bytes(B: int, T: int, D: int, H: int, dtype: torch.dtype, train: bool = True,
-               per_sample: bool = False) -> dict:
+def call_bytes(
+    B: int, T: int, D: int, H: int, dtype: torch.dtype, train: bool = True, per_sample: bool = False
+) -> dict:
     """What one call allocates, measured on meta tensors: the tensors that grow with T
     (``full``) and the chunk buffers of each direction (launch.memory_bytes states it)."""
     prec = "ieee"

@@ -119,9 +119,9 @@ def compare(got: list, ref: list, dtype: torch.dtype) -> str | None:
 def _check(device: torch.device, dtype: torch.dtype) -> str | None:
     """None when the Triton path agrees with the reference on the case, else why not."""
     try:
-        with torch.inference_mode(False), torch.enable_grad():
-            with torch.autocast(device.type, enabled=False):
-                return _run(device, dtype)
+        with (torch.inference_mode(False), torch.enable_grad(),
+              torch.autocast(device.type, enabled=False)):  # fmt: skip
+            return _run(device, dtype)
     except Exception as err:  # any failure of the kernels or of the launch machinery
         return f"{type(err).__name__}: {err}"
 
