@@ -77,16 +77,24 @@ def sanitize(a) -> dict:
     dev = _dev(a)
     launch.SPLIT_MIN_BYTES, op.N_SM = 0, 6  # split-K at these sizes
     runs = []
-    for dtype in (torch.float32, torch.bfloat16) if dev.type == "cuda" else (torch.float32,):
+    B, T, D, H = a.batch, a.seq, a.dim, a.hidden
+    cuda = dev.type == "cuda"
+    for dtype in (torch.float32, torch.bfloat16) if cuda else (torch.float32,):
         for per_sample in (False, True):
-            for flag in (False, True, True):  # graphs: eager; first use; capture + replay
-                case = _case(5, 7, 3, 37, dtype, dev, per_sample, seed=len(runs))
-                wout = torch.randn(5, 7, 37, device=dev)
-                res = _grads(lambda *c, flag=flag: op.su_gru_triton(*c, graphs=flag), case, wout,
-                             torch.ones(5, 37, device=dev))  # fmt: skip
+            # graphs: eager; first use; capture and replay (the CPU has no graphs: once)
+            for flag in (False, True, True) if cuda else (False,):
+                case = _case(B, T, D, H, dtype, dev, per_sample, seed=len(runs))
+                wout = torch.randn(B, T, H, device=dev)
+                res = _grads(
+                    lambda *c, flag=flag: op.su_gru_triton(*c, graphs=flag),
+                    case,
+                    wout,
+                    torch.ones(B, H, device=dev),
+                )
                 finite = all(bool(torch.isfinite(t.float()).all()) for t in res)
-                runs.append(dict(dtype=str(dtype), per_sample=per_sample, graphs=flag,
-                                 finite=finite))  # fmt: skip
+                runs.append(
+                    dict(dtype=str(dtype), per_sample=per_sample, graphs=flag, finite=finite)
+                )
     if dev.type == "cuda":
         torch.cuda.synchronize()
     out = dict(runs=runs, ok=all(r["finite"] for r in runs), graph_stats=dict(graphs.CACHE.stats))
@@ -110,11 +118,16 @@ def long_run(a) -> dict:
     t_op = time.perf_counter() - t0
     x, h0, w, g, active, lens = case
     f64 = [t.detach().double().requires_grad_() for t in (x, h0, *w, g)]
-    ref = _grads(lambda *c: su_gru(*c, impl="reference"),
-                 (f64[0], f64[1], f64[2:6], f64[6], active, lens), wout, gh)  # fmt: skip
+    ref = _grads(
+        lambda *c: su_gru(*c, impl="reference"),
+        (f64[0], f64[1], f64[2:6], f64[6], active, lens),
+        wout,
+        gh,
+    )
     c = [t.detach().cpu() for t in (x, h0, *w, g)]
-    e_out, e_h, e_grads = numerics.emulate(c[0], c[1], *c[2:6], c[6], active.cpu(), lens.cpu(),
-                                           grad_out=wout.cpu(), grad_h=gh.cpu())  # fmt: skip
+    e_out, e_h, e_grads = numerics.emulate(
+        c[0], c[1], *c[2:6], c[6], active.cpu(), lens.cpu(), grad_out=wout.cpu(), grad_h=gh.cpu()
+    )
     emu = [e_out, e_h, *e_grads]
     got_c, ref_c = [t.cpu() for t in got], [t.detach().cpu() for t in ref]
     names = ["out", "h_T", "dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dg"]
@@ -122,11 +135,20 @@ def long_run(a) -> dict:
     vs_emu = {n: numerics.max_error([p], [q]) for n, p, q in zip(names, got_c, emu)}
     emu_ref = {n: numerics.max_error([p], [q]) for n, p, q in zip(names, emu, ref_c)}
     tol = numerics.LONG_TOL
-    ok = (max(vs_ref["out"], vs_ref["h_T"]) < tol["out"]
-          and max(v for k, v in vs_ref.items() if k not in ("out", "h_T")) < tol["grads"])  # fmt: skip
-    out = dict(sizes=dict(B=B, T=T, D=D, H=H), dtype=str(dt), op_s=round(t_op, 3),
-               error_vs_float64=vs_ref, error_vs_emulation=vs_emu,
-               emulation_vs_float64=emu_ref, tolerance=tol, ok=ok)  # fmt: skip
+    ok = (
+        max(vs_ref["out"], vs_ref["h_T"]) < tol["out"]
+        and max(v for k, v in vs_ref.items() if k not in ("out", "h_T")) < tol["grads"]
+    )
+    out = dict(
+        sizes=dict(B=B, T=T, D=D, H=H),
+        dtype=str(dt),
+        op_s=round(t_op, 3),
+        error_vs_float64=vs_ref,
+        error_vs_emulation=vs_emu,
+        emulation_vs_float64=emu_ref,
+        tolerance=tol,
+        ok=ok,
+    )
     print(json.dumps(out))
     return out
 
@@ -229,8 +251,10 @@ def timings(a) -> dict:
 
         return call
 
-    cases = [("nn.GRU fwd", 1.0, False, None, None, gru_case(False)),
-             ("nn.GRU train", 1.0, True, None, None, gru_case(True))]  # fmt: skip
+    cases = [
+        ("nn.GRU fwd", 1.0, False, None, None, gru_case(False)),
+        ("nn.GRU train", 1.0, True, None, None, gru_case(True)),
+    ]
     for rate in a.rates:
         for train in (False, True):
             variants = ((True, None), (False, None), (True, "1")) if a.variants else ((True, None),)
@@ -256,12 +280,21 @@ def timings(a) -> dict:
                 else:
                     os.environ[launch.ENV_SPLIT] = old
         total = statistics.median(r[0] for r in runs)
-        phases = {k: statistics.median(r[1].get(k, 0.0) for r in runs)
-                  for k in sorted({k for r in runs for k in r[1]})}  # fmt: skip
-        row = dict(case=name, update_rate=rate, train=train, graphs=flag, split_k=split is None,
-                   median_ms=total, per_step_us=1e3 * total / T,
-                   phases_per_step_us={k: 1e3 * v / T for k, v in phases.items()},
-                   times_ms=[r[0] for r in runs])  # fmt: skip
+        phases = {
+            k: statistics.median(r[1].get(k, 0.0) for r in runs)
+            for k in sorted({k for r in runs for k in r[1]})
+        }
+        row = dict(
+            case=name,
+            update_rate=rate,
+            train=train,
+            graphs=flag,
+            split_k=split is None,
+            median_ms=total,
+            per_step_us=1e3 * total / T,
+            phases_per_step_us={k: 1e3 * v / T for k, v in phases.items()},
+            times_ms=[r[0] for r in runs],
+        )
         if name.startswith("su") and flag and split is None:
             est = launch.step_cost(B, D, H, rate, 2 if dt == torch.bfloat16 else 4, train)
             row["estimate_per_step_us"] = 1e6 * est["total_time_s"]
@@ -270,11 +303,18 @@ def timings(a) -> dict:
     base = {r["train"]: r["median_ms"] for r in rows if r["case"].startswith("nn.GRU")}
     for r in rows:
         r["speedup_vs_nn_gru"] = base[r["train"]] / r["median_ms"]
-    out = dict(device=device_name(dev), dtype=a.dtype, sizes=dict(B=B, T=T, D=D, H=H),
-               reps=a.reps, rows=rows, graph_stats=dict(graphs.CACHE.stats),
-               eager_keys=[str(k[:5]) + ": " + v for k, v in graphs.CACHE.eager_keys().items()],
-               roofline={str(r): launch.step_cost(B, D, H, r, 2 if dt == torch.bfloat16 else 4)
-                         for r in a.rates})  # fmt: skip
+    out = dict(
+        device=device_name(dev),
+        dtype=a.dtype,
+        sizes=dict(B=B, T=T, D=D, H=H),
+        reps=a.reps,
+        rows=rows,
+        graph_stats=dict(graphs.CACHE.stats),
+        eager_keys=[str(k[:5]) + ": " + v for k, v in graphs.CACHE.eager_keys().items()],
+        roofline={
+            str(r): launch.step_cost(B, D, H, r, 2 if dt == torch.bfloat16 else 4) for r in a.rates
+        },
+    )
     return out
 
 
@@ -287,8 +327,15 @@ def summary(a) -> dict:
         parts[name] = json.loads(f.read_text()) if f.exists() else dict(missing=str(f))
     import triton
 
-    res = dict(kind=KIND, device=device_name(torch.device(a.device)), commit=commit(ROOT),
-               torch=torch.__version__, triton=triton.__version__, dry_run=a.dry_run, **parts)  # fmt: skip
+    res = dict(
+        kind=KIND,
+        device=device_name(torch.device(a.device)),
+        commit=commit(ROOT),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        dry_run=a.dry_run,
+        **parts,
+    )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     print_tables(res)
@@ -296,8 +343,10 @@ def summary(a) -> dict:
 
 
 def print_tables(r: dict) -> None:
-    print(f"{r['device']}  commit {r['commit']}  torch {r['torch']}  triton {r['triton']}"
-          + ("  (DRY RUN: CPU interpreter, tiny sizes)" if r.get("dry_run") else ""))  # fmt: skip
+    print(
+        f"{r['device']}  commit {r['commit']}  torch {r['torch']}  triton {r['triton']}"
+        + ("  (DRY RUN: CPU interpreter, tiny sizes)" if r.get("dry_run") else "")
+    )
     t = r.get("tests", {})
     print(f"kernel tests: {t.get('result', '?')}")
     for tool, v in r.get("sanitizer", {}).items():

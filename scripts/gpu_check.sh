@@ -59,6 +59,7 @@ if ((DRY)); then
     export TRITON_INTERPRET=1
     OUT=${GPU_CHECK_OUT:-/tmp/surnn_gpu_check_dry.json}
     DEV=(--device cpu --dry-run)
+    SANITIZE=(--batch 3 --seq 3 --dim 3 --hidden 19)
     LONG=(--batch 2 --seq 8 --dim 4 --hidden 16)
     TIMING=(--dtype fp32 --batch 2 --seq 4 --dim 8 --hidden 16 --reps 1 --quick)
     BENCH=(--device cpu --dtype fp32 --batch 2 --seq 4 --dim 8 --hidden 16 --reps 1 --impl triton
@@ -69,6 +70,7 @@ else
     unset TRITON_INTERPRET
     OUT=${GPU_CHECK_OUT:-results/bench/surnn_gpu_check.json}
     DEV=(--device cuda)
+    SANITIZE=(--batch 5 --seq 7 --dim 3 --hidden 37)  # multiples of nothing
     LONG=(--batch 4 --seq 4096 --dim 64 --hidden 256)
     TIMING=(--dtype bf16 --batch 64 --seq 1024 --dim 1024 --hidden 1024 --reps 5)
     BENCH=(--device cuda --dtype bf16 --batch 64 --seq 1024 --dim 1024 --hidden 1024 --reps 5
@@ -98,7 +100,7 @@ echo "== 2. compute-sanitizer on tiny odd shapes =="
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if ((DRY)); then  # no sanitizer on the CPU: the step it would watch runs once, alone
     DRY_SAN="skipped: dry run; scripts/gpu_check.py sanitize alone: ok"
-    $PY scripts/gpu_check.py sanitize "${DEV[@]}" >"$LOG" 2>&1 \
+    $PY scripts/gpu_check.py sanitize "${DEV[@]}" "${SANITIZE[@]}" >"$LOG" 2>&1 \
         || { DRY_SAN="FAILED: scripts/gpu_check.py sanitize: $(tail -1 "$LOG")"; FAILED+=(sanitize); }
 fi
 echo "{" >"$PARTS/sanitizer.json"
@@ -110,7 +112,8 @@ for tool in memcheck racecheck initcheck; do
         RESULT="skipped: compute-sanitizer not found (install the CUDA toolkit or put it on PATH)"
         FAILED+=("$tool")
     elif PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 60 "$SAN" --tool "$tool" --error-exitcode 9 \
-            --kernel-name kns=_step $PY scripts/gpu_check.py sanitize "${DEV[@]}" >"$LOG" 2>&1; then
+            --kernel-name kns=_step $PY scripts/gpu_check.py sanitize "${DEV[@]}" "${SANITIZE[@]}" \
+            >"$LOG" 2>&1; then
         RESULT="ok: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOG" | tail -1)"
     else
         RESULT="FAILED (exit $?): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|Error' "$LOG" | tail -1)"

@@ -334,8 +334,10 @@ def find_gpu_checks(paths: list[Path]) -> list[dict]:
         if isinstance(d, dict) and d.get("kind") == "gpu_check":
             out.append(d)
     if not out:
-        raise SystemExit(f"error: no scripts/gpu_check.sh JSON in {', '.join(map(str, paths))}; "
-                         "run bash scripts/gpu_check.sh on a GPU machine first")  # fmt: skip
+        raise SystemExit(
+            f"error: no scripts/gpu_check.sh JSON in {', '.join(map(str, paths))}; "
+            "run bash scripts/gpu_check.sh on a GPU machine first"
+        )
     return out
 
 
@@ -350,10 +352,22 @@ def _gpu_table(checks: list[dict]) -> Table:
         for r in tm.get("rows", []):
             est = r.get("estimate_per_step_us")
             ph = ", ".join(f"{k} {v:.2f}" for k, v in r.get("phases_per_step_us", {}).items())
-            rows.append([dev, r["case"], f"{r['median_ms']:.2f}", f"{r['per_step_us']:.2f}",
-                         f"{est:.1f}" if est else "–", f"{r['speedup_vs_nn_gru']:.2f}x", ph or "–"])  # fmt: skip
-    sizes = "; ".join(f"{c['timings']['dtype']} B={s['B']} T={s['T']} D={s['D']} H={s['H']}"
-                      for c in checks if (s := (c.get("timings") or {}).get("sizes")))  # fmt: skip
+            rows.append(
+                [
+                    dev,
+                    r["case"],
+                    f"{r['median_ms']:.2f}",
+                    f"{r['per_step_us']:.2f}",
+                    f"{est:.1f}" if est else "–",
+                    f"{r['speedup_vs_nn_gru']:.2f}x",
+                    ph or "–",
+                ]
+            )
+    sizes = "; ".join(
+        f"{c['timings']['dtype']} B={s['B']} T={s['T']} D={s['D']} H={s['H']}"
+        for c in checks
+        if (s := (c.get("timings") or {}).get("sizes"))
+    )
     note = (
         f"scripts/gpu_check.sh ({sizes}): medians of CUDA-event timings; the estimate is the "
         "launch model's (surnn/ops/triton/launch.py step_cost), not a measurement."

@@ -37,10 +37,19 @@ def build() -> dict:
     est = {str(r): launch.step_cost(B, D, H, r, 2, True) for r in RATES}
     mem = {
         "these sizes, bf16 training": launch.memory_bytes(B, T, D, H, 2, True),
-        "Path-X training (B=256, T=16384, D=H=512, bf16)": launch.memory_bytes(256, 16384, 512, 512, 2),
-    }  # fmt: skip
-    return dict(kind="triton_roofline", sizes=SIZES, rates=list(RATES), hardware=launch.H100,
-                estimate=est, memory=mem, commit=commit(ROOT))  # fmt: skip
+        "Path-X training (B=256, T=16384, D=H=512, bf16)": launch.memory_bytes(
+            256, 16384, 512, 512, 2
+        ),
+    }
+    return dict(
+        kind="triton_roofline",
+        sizes=SIZES,
+        rates=list(RATES),
+        hardware=launch.H100,
+        estimate=est,
+        memory=mem,
+        commit=commit(ROOT),
+    )
 
 
 def markdown(d: dict) -> str:
@@ -59,7 +68,7 @@ def markdown(d: dict) -> str:
         + "; ".join(
             f"{k} = {v:g}" if isinstance(v, (int, float)) else f"{v}" for k, v in hw.items()
         )
-        + ".",  # fmt: skip
+        + ".",
         "",
     ]
     for r, e in d["estimate"].items():
@@ -79,8 +88,10 @@ def markdown(d: dict) -> str:
             l2 = _mb(p["l2_bytes"]) if "l2_bytes" in p else "-"
             other = _mb(p.get("other_bytes", p.get("hbm_bytes", 0)))
             prog = f"{p['programs'] // p['splits']} x {p['splits']}" if "programs" in p else "GEMMs"
-            lines.append(f"| {name} | {p['flops'] / 1e6:.0f} M | {l2} | {other} | {prog} | "
-                         f"{p['time_s'] * 1e6:.2f} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {p['flops'] / 1e6:.0f} M | {l2} | {other} | {prog} | "
+                f"{p['time_s'] * 1e6:.2f} |"
+            )
         fwd = (e["fwd_step"]["time_s"] + e["fwd_dense"]["time_s"]) * 1e6
         lines += [
             "",
@@ -90,11 +101,15 @@ def markdown(d: dict) -> str:
             "",
         ]
     lines += ["## Memory (launch.memory_bytes, the README's formula)", ""]
-    lines += ["| case | T-sized tensors GB | forward chunk GB | backward chunk GB | total GB |",
-              "|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "| case | T-sized tensors GB | forward chunk GB | backward chunk GB | total GB |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, m in d["memory"].items():
-        lines.append(f"| {name} | {m['full'] / 1e9:.2f} | {m['fwd_chunk'] / 1e9:.3f} | "
-                     f"{m['bwd_chunk'] / 1e9:.3f} | {m['total'] / 1e9:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {m['full'] / 1e9:.2f} | {m['fwd_chunk'] / 1e9:.3f} | "
+            f"{m['bwd_chunk'] / 1e9:.3f} | {m['total'] / 1e9:.2f} |"
+        )
     e1, e2 = d["estimate"][str(RATES[0])], d["estimate"][str(RATES[-1])]
     cut = 1 - e2["fwd_step"]["time_s"] / e1["fwd_step"]["time_s"]
     fixed = hw["step_overhead_s"] / e1["fwd_step"]["time_s"]

@@ -88,8 +88,9 @@ def _loops(case):
     act = op.mask_u8(g, active)
     lens = lens if lens is not None else torch.full((x.shape[0],), x.shape[1])
     k = op._kernels()
-    fwd = op._Fwd(x.detach(), h0.detach(), *[t.detach() for t in w], g.detach(), act, lens,
-                  True, "ieee")  # fmt: skip
+    fwd = op._Fwd(
+        x.detach(), h0.detach(), *[t.detach() for t in w], g.detach(), act, lens, True, "ieee"
+    )
     fs = fwd.alloc()
     fwd.begin(fs)
     for i, (t0, n) in enumerate(fwd.chunks()):
@@ -98,8 +99,19 @@ def _loops(case):
         fwd.store(fs, t0, n)
     out, hT, plane = fwd.end(fs, k)
     go = torch.randn_like(out)
-    bwd = op._Bwd(go, hT, x.detach(), h0.detach(), *[t.detach() for t in w], g.detach(), act,
-                  lens, out, plane, "ieee")  # fmt: skip
+    bwd = op._Bwd(
+        go,
+        hT,
+        x.detach(),
+        h0.detach(),
+        *[t.detach() for t in w],
+        g.detach(),
+        act,
+        lens,
+        out,
+        plane,
+        "ieee",
+    )
     bs = bwd.alloc()
     bwd.begin(bs)
     for i, (t0, n) in enumerate(bwd.chunks()):
@@ -168,6 +180,27 @@ def test_active_that_misses_open_neurons_has_the_reference_semantics():
     assert (dg[(~active).to(dg.device)] == 0).all()
 
 
+def test_steps_past_the_longest_sequence_are_not_run(monkeypatch):
+    """Lengths on the CPU: the steps after the longest sequence are closed for every sequence,
+    so the op runs only up to it (no launches, no GEMM rows for the rest) and autograd routes
+    the padding outputs' gradients into dL/dh_T: the same values and gradients."""
+    runs = []
+    real = op._Fwd.__init__
+
+    def spy(self, x, *a, **kw):
+        runs.append(x.shape[1])
+        real(self, x, *a, **kw)
+
+    monkeypatch.setattr(op._Fwd, "__init__", spy)
+    for per_sample in (False, True):
+        x, h0, w, g, active, _ = make_case(3, 7, 5, 20, "random", per_sample, dtype=torch.float32)
+        lens = torch.tensor([4, 2, 4])
+        case = to_dev((x, h0, w, g, active, lens))
+        case = (*case[:5], lens)  # the lengths stay on the CPU
+        assert_close(run("triton", case), run("reference", case), 2e-4)
+    assert runs == [4, 4]
+
+
 def test_precision_choice():
     assert op.precision_for(torch.float32, "tf32") == "tf32"
     with pytest.raises(ValueError, match="precision='fast'"):
@@ -198,8 +231,9 @@ def test_numerics_emulation_is_the_kernels():
     loss = (out * wout.to(DEV)).sum() + (h * h).sum()
     got = [out, h, *torch.autograd.grad(loss, [cx, ch0, *cw, cg])]
     d = [t.detach() for t in (x, h0, *w, g)]
-    e_out, e_h, grads = numerics.emulate(d[0], d[1], *d[2:6], d[6], active, lens, grad_out=wout,
-                                         grad_h=2 * h.detach().cpu())  # fmt: skip
+    e_out, e_h, grads = numerics.emulate(
+        d[0], d[1], *d[2:6], d[6], active, lens, grad_out=wout, grad_h=2 * h.detach().cpu()
+    )
     assert numerics.max_error([t.cpu() for t in got], [e_out, e_h, *grads]) < 1e-5
 
 
@@ -234,8 +268,9 @@ def test_bf16_numerics_hold_over_4096_steps(one_thread):
     wout = torch.randn(B, T, H, generator=torch.Generator().manual_seed(2)) / T**0.5
     gh = torch.randn(B, H, generator=torch.Generator().manual_seed(3))
     ref = _f64_reference([t.float() for t in bf], active, lens, wout, gh)
-    out, h, grads = numerics.emulate(bf[0], bf[1], *bf[2:6], bf[6], active, lens,
-                                     grad_out=wout.bfloat16(), grad_h=gh.bfloat16())  # fmt: skip
+    out, h, grads = numerics.emulate(
+        bf[0], bf[1], *bf[2:6], bf[6], active, lens, grad_out=wout.bfloat16(), grad_h=gh.bfloat16()
+    )
     assert numerics.max_error([out, h], ref[:2]) < numerics.LONG_TOL["out"]
     assert numerics.max_error(grads, ref[2:]) < numerics.LONG_TOL["grads"]
 

@@ -53,11 +53,18 @@ def test_matrix_covers_kernels_configs_dtypes_archs():
     got = {(j.kernel, j.body, j.cfg, j.dtype, j.arch, j.shape) for j in js}
     want = {
         (k, b, c, d, a, sh)
-        for b, k in [("fwd", "fwd_step"), ("fwd_save", "fwd_step"), ("bwd", "bwd_step"),
-                     ("bwd_ps", "bwd_step")]
-        for a in (80, 90) for c in launch.cfg_choices(a) for d in ("fp32", "tf32", "bf16")
-        for sh in ("aligned", "odd") if b != "fwd_save" or d == "bf16"
-    }  # fmt: skip
+        for b, k in [
+            ("fwd", "fwd_step"),
+            ("fwd_save", "fwd_step"),
+            ("bwd", "bwd_step"),
+            ("bwd_ps", "bwd_step"),
+        ]
+        for a in (80, 90)
+        for c in launch.cfg_choices(a)
+        for d in ("fp32", "tf32", "bf16")
+        for sh in ("aligned", "odd")
+        if b != "fwd_save" or d == "bf16"
+    }
     assert got == want
     for j in js:  # the recorded batch size really makes the dispatcher pick that config
         assert launch.cfg_for(j.B, j.arch) == j.cfg
@@ -69,10 +76,30 @@ def test_matrix_covers_kernels_configs_dtypes_archs():
 def test_bf16_launch_signature_matches_the_jit():
     """Spot check of the specialisation: bf16 storage, fp32 state and projections, u8 mask,
     i32 order; the step slot unspecialised; the row stride a multiple of 16."""
-    (_, args, kw), = aot.record("fwd_save", 16, 64, 40, "bf16")  # fmt: skip
-    names = ["xp_ptr", "a_ptr", "hs_ptr", "wh_ptr", "bias_ptr", "g_ptr", "act_ptr", "lrel_ptr",
-             "nval_ptr", "order_ptr", "cnt_ptr", "plane_ptr", "ws_ptr", "sem_ptr", "j", "B",
-             "H", "HP", "sgt", "sgb", "n_sm"]  # fmt: skip
+    ((_, args, kw),) = aot.record("fwd_save", 16, 64, 40, "bf16")
+    names = [
+        "xp_ptr",
+        "a_ptr",
+        "hs_ptr",
+        "wh_ptr",
+        "bias_ptr",
+        "g_ptr",
+        "act_ptr",
+        "lrel_ptr",
+        "nval_ptr",
+        "order_ptr",
+        "cnt_ptr",
+        "plane_ptr",
+        "ws_ptr",
+        "sem_ptr",
+        "j",
+        "B",
+        "H",
+        "HP",
+        "sgt",
+        "sgb",
+        "n_sm",
+    ]
     assert len(args) == len(names)
     vals = dict(zip(names, args))
     assert (
@@ -86,18 +113,50 @@ def test_bf16_launch_signature_matches_the_jit():
     )
     assert vals["H"] == 40 and vals["HP"] == 48
     cfg = launch.cfg_for(16)
-    assert kw == dict(SAVE=True, F32=False, PREC="ieee", SPLIT=1, MIN_KB=launch.MIN_KB,
-                      BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-                      num_warps=cfg.num_warps)  # fmt: skip
+    assert kw == dict(
+        SAVE=True,
+        F32=False,
+        PREC="ieee",
+        SPLIT=1,
+        MIN_KB=launch.MIN_KB,
+        BLOCK_B=cfg.block_b,
+        BLOCK_H=cfg.block_h,
+        BLOCK_K=cfg.block_k,
+        num_warps=cfg.num_warps,
+    )
 
 
 def _result(**kw) -> aot.Result:
     job = aot.Job("fwd_step", "fwd", "aligned", 16, 64, 512, launch.cfg_for(16), "bf16", 90)
-    base = dict(job=job, ok=True, regs=100, spill_stores=0, spill_loads=0, stack=0, shared=0,
-                num_warps=4, ir=dict(dots=[dict(M=16, N=32, K=64, elt="bf16", layout="mma",
-                                                tensor_core=True, version=2, warps=[1, 4],
-                                                instr=[16, 8, 16], per_warp=4, ideal=4.0)],
-                                     ptx_mma=4, ptx_cp_async=8))  # fmt: skip
+    base = dict(
+        job=job,
+        ok=True,
+        regs=100,
+        spill_stores=0,
+        spill_loads=0,
+        stack=0,
+        shared=0,
+        num_warps=4,
+        ir=dict(
+            dots=[
+                dict(
+                    M=16,
+                    N=32,
+                    K=64,
+                    elt="bf16",
+                    layout="mma",
+                    tensor_core=True,
+                    version=2,
+                    warps=[1, 4],
+                    instr=[16, 8, 16],
+                    per_warp=4,
+                    ideal=4.0,
+                )
+            ],
+            ptx_mma=4,
+            ptx_cp_async=8,
+        ),
+    )
     base.update(kw)
     return aot.Result(**base)
 
@@ -123,8 +182,12 @@ def test_every_kernel_compiles_and_passes_the_ir_checks(tmp_path):
     workers = min(os.cpu_count() or 1, 8)
     results = aot.compile_all(jobs, workers=workers, cache_dir=str(tmp_path / "triton-cache"))
     wall = time.perf_counter() - t0
-    bad = [f"{r.job.kernel}/{r.job.body} sm_{r.job.arch} {r.job.dtype} {r.job.cfg}: "
-           f"{'; '.join(aot.ir_check(r))}" for r in results if aot.ir_check(r)]  # fmt: skip
+    bad = [
+        f"{r.job.kernel}/{r.job.body} sm_{r.job.arch} {r.job.dtype} {r.job.cfg}: "
+        f"{'; '.join(aot.ir_check(r))}"
+        for r in results
+        if aot.ir_check(r)
+    ]
     assert not bad, "kernels that fail:\n" + "\n\n".join(bad)
     for r in results:
         assert 0 < r.regs <= 255 and r.shared >= 0
@@ -152,8 +215,9 @@ def test_a_broken_kernel_fails_the_check(tmp_path):
     assert good in src
     broken = tmp_path / "kernels_broken.py"
     broken.write_text(src.replace(good, good + ".to(tl.float32)"))
-    job = next(j for j in aot.ci_jobs()
-               if j.kernel == "fwd_step" and j.arch == 90 and j.dtype == "bf16")  # fmt: skip
+    job = next(
+        j for j in aot.ci_jobs() if j.kernel == "fwd_step" and j.arch == 90 and j.dtype == "bf16"
+    )
     job = aot.Job(**{**job.__dict__, "source": str(broken)})
     (r,) = aot.compile_all([job], workers=1, cache_dir=str(tmp_path / "cache"))
     assert not r.ok and "CompilationError" in r.error, r.error
@@ -164,11 +228,28 @@ def test_committed_table_lists_the_whole_matrix():
     every kernel x config x dtype x arch x shape of aot.jobs(), all compiled and checked."""
     assert TABLE.exists(), "run: python scripts/triton_report.py"
     data = json.loads(TABLE.read_text())
-    have = {(r["kernel"], r["variant"], r["arch"], r["dtype"], r["shape"],
-             (r["block_b"], r["block_h"], r["block_k"], r["warps"])) for r in data["rows"]}  # fmt: skip
-    want = {(j.kernel, aot._variant(j), f"sm_{j.arch}", j.dtype, j.shape,
-             (j.cfg.block_b, j.cfg.block_h, j.cfg.block_k, j.cfg.num_warps))
-            for j in aot.jobs()}  # fmt: skip
+    have = {
+        (
+            r["kernel"],
+            r["variant"],
+            r["arch"],
+            r["dtype"],
+            r["shape"],
+            (r["block_b"], r["block_h"], r["block_k"], r["warps"]),
+        )
+        for r in data["rows"]
+    }
+    want = {
+        (
+            j.kernel,
+            aot._variant(j),
+            f"sm_{j.arch}",
+            j.dtype,
+            j.shape,
+            (j.cfg.block_b, j.cfg.block_h, j.cfg.block_k, j.cfg.num_warps),
+        )
+        for j in aot.jobs()
+    }
     assert have == want, "stale table: rerun python scripts/triton_report.py"
     assert all(r["ok"] and not r["problems"] for r in data["rows"])
     assert TABLE.with_suffix(".md").exists()

@@ -86,19 +86,19 @@ needs_cpu = pytest.mark.skipif(HAS_CUDA, reason="the stand-in runs on the CPU in
 
 
 @needs_cpu
-@pytest.mark.parametrize("per_sample,B", [(False, 5), (True, 17)])
-def test_one_graph_serves_every_length(cpu_cache, per_sample, B):
+@pytest.mark.parametrize("per_sample,B,Ts", [(False, 17, (3, 2, 4)), (True, 5, (5, 3, 6, 1))])
+def test_one_graph_serves_every_length(cpu_cache, per_sample, B, Ts):
     """First call of a key: eager. Second: capture (checked against its eager warm-up) and
     replay. Then every other T, schedule and set of lengths of the same shapes replays the
     same two graphs (forward with saving, backward), bit for bit equal to the eager loop."""
-    D, H = 5, 40
-    for i, T in enumerate((5, 3, 6, 1, 4)):
+    D, H = 3, 24
+    for i, T in enumerate(Ts):
         case = make_case(B, T, D, H, per_sample, seed=i, rate=0.2 + 0.15 * i)
         assert_same_bits(run(case, True), run(case, False))
         if i == 0:
             assert cpu_cache.stats["captured"] == 0 and cpu_cache.stats["first_use"] == 2
     assert cpu_cache.stats["captured"] == 2 and len(cpu_cache) == 2
-    assert cpu_cache.stats["replayed"] == 6 and not cpu_cache.eager_keys()
+    assert cpu_cache.stats["replayed"] == 2 * (len(Ts) - 2) and not cpu_cache.eager_keys()
 
 
 @needs_cpu

@@ -22,10 +22,11 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CP
 @pytest.fixture(autouse=True)
 def checked_cpu(monkeypatch):
     monkeypatch.setattr(selfcheck, "DEVICES", ("cpu",))
-    monkeypatch.setattr(selfcheck, "CASE", dict(B=3, T=4, D=5, H=20))
+    monkeypatch.setattr(selfcheck, "CASE", dict(B=3, T=3, D=4, H=16))
     monkeypatch.setattr(op, "FILL", float("nan"))
-    monkeypatch.setattr(graphs, "CACHE", graphs.GraphCache(capture=graphs.Recorder,
-                                                           devices=("cpu",)))  # fmt: skip
+    monkeypatch.setattr(
+        graphs, "CACHE", graphs.GraphCache(capture=graphs.Recorder, devices=("cpu",))
+    )
     selfcheck.reset()
     yield
     selfcheck.reset()
@@ -38,7 +39,7 @@ def case():
 def test_first_use_checks_once_per_dtype_and_passes(monkeypatch):
     calls = []
     real = selfcheck._check
-    monkeypatch.setattr(selfcheck, "_check", lambda d, t: calls.append((d, t)) or real(d, t))
+    monkeypatch.setattr(selfcheck, "_check", lambda d, t, f: calls.append((d, t)) or real(d, t, f))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning on a pass
         got = run("triton", case())

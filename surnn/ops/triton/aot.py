@@ -174,8 +174,9 @@ class _Recorder:
         return _K()
 
 
-def record(body: str, B: int, D: int, H: int, dtype: str, T: int = 1,
-           cfg: launch.Cfg | None = None):  # fmt: skip
+def record(
+    body: str, B: int, D: int, H: int, dtype: str, T: int = 1, cfg: launch.Cfg | None = None
+):
     """The launches of one op loop for these sizes, on meta tensors (nothing runs); ``cfg``
     replaces the configuration launch.cfg_for picks (to compile one the table lacks)."""
     from surnn.ops.triton import op
@@ -200,9 +201,15 @@ def record(body: str, B: int, D: int, H: int, dtype: str, T: int = 1,
         loop = op._Bwd(out, h0, x, h0, w_ih, w_hh, b, b, g, act, lengths, out, plane, prec)
     if cfg is not None and cfg != loop.lp.cfg:  # (on meta tensors the op plans for sm_90)
         kind = "bf16" if dtype == "bf16" else prec
-        loop.lp = launch.Launch(cfg, launch.block_k_for(cfg, kind), launch.split_max(H, cfg, kind),
-                                loop.lp.chunk, loop.lp.n_sm, launch.cdiv(B, cfg.block_b),
-                                launch.cdiv(H, cfg.block_h))  # fmt: skip
+        loop.lp = launch.Launch(
+            cfg,
+            launch.block_k_for(cfg, kind),
+            launch.split_max(H, cfg, kind),
+            loop.lp.chunk,
+            loop.lp.n_sm,
+            launch.cdiv(B, cfg.block_b),
+            launch.cdiv(H, cfg.block_h),
+        )
     loop.launches(rec, loop.alloc(meta_alloc), 1)
     return rec.launches
 
@@ -310,10 +317,20 @@ def _spills(log: str, ptx: str, arch: int) -> tuple[int, int]:
             p = Path(d) / "k.ptx"
             p.write_text(ptx)
             r = subprocess.run(
-                [get_ptxas(arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
-                 f"--gpu-name={sm_arch_from_capability(arch)}", str(p), "-o", str(p) + ".o"],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
+                [
+                    get_ptxas(arch).path,
+                    "-lineinfo",
+                    "-v",
+                    "--regAllocOptLevel=2",
+                    f"--gpu-name={sm_arch_from_capability(arch)}",
+                    str(p),
+                    "-o",
+                    str(p) + ".o",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
         m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", r.stderr + r.stdout)
     return int(m[1]), int(m[2])
 
@@ -356,7 +373,7 @@ def compile_job(job: Job) -> Result:
             compile_s=time.perf_counter() - t0,
             signature={n: str(v) for n, v in sig.items()},
             ir=ir_scan(ck.asm["ttgir"], ck.asm["ptx"]),
-        )  # fmt: skip
+        )
     except Exception as err:
         msg, seen, e = "", set(), err
         while e is not None and id(e) not in seen:  # the compiler's reason is often a cause
@@ -388,9 +405,12 @@ def ir_scan(ttgir: str, ptx: str) -> dict:
     """The dots of a compiled kernel (TTGIR: shape, element type, layout, and for tensor-core
     layouts the MMA instructions each warp issues per dot and the ideal count) and the PTX's
     MMA and cp.async instruction counts."""
-    layouts = {m[1]: dict(version=int(m[2]), warps=[int(m[3]), int(m[4])],
-                          instr=[int(v) for v in m[5].split(",")])
-               for m in _MMA_LAYOUT.finditer(ttgir)}  # fmt: skip
+    layouts = {
+        m[1]: dict(
+            version=int(m[2]), warps=[int(m[3]), int(m[4])], instr=[int(v) for v in m[5].split(",")]
+        )
+        for m in _MMA_LAYOUT.finditer(ttgir)
+    }
     dots = []
     for m in _DOT.finditer(ttgir):
         M, K, elt, N, layout = int(m[2]), int(m[3]), m[4], int(m[6]), m[7]
@@ -400,12 +420,17 @@ def ir_scan(ttgir: str, ptx: str) -> dict:
             im, inn = lay["instr"][0], lay["instr"][1]
             ik = 8 if elt == "f32" else 16
             wm, wn = lay["warps"]
-            d.update(version=lay["version"], warps=lay["warps"], instr=[im, inn, ik],
-                     per_warp=math.ceil(M / (im * wm)) * math.ceil(N / (inn * wn)) * (K // ik),
-                     ideal=M * N * K / (im * inn * ik) / (wm * wn))  # fmt: skip
+            d.update(
+                version=lay["version"],
+                warps=lay["warps"],
+                instr=[im, inn, ik],
+                per_warp=math.ceil(M / (im * wm)) * math.ceil(N / (inn * wn)) * (K // ik),
+                ideal=M * N * K / (im * inn * ik) / (wm * wn),
+            )
         dots.append(d)
-    return dict(dots=dots, ptx_mma=len(_PTX_MMA.findall(ptx)),
-                ptx_cp_async=len(_PTX_CP_ASYNC.findall(ptx)))  # fmt: skip
+    return dict(
+        dots=dots, ptx_mma=len(_PTX_MMA.findall(ptx)), ptx_cp_async=len(_PTX_CP_ASYNC.findall(ptx))
+    )
 
 
 def ir_check(r: Result) -> list[str]:
@@ -428,8 +453,10 @@ def ir_check(r: Result) -> list[str]:
         elif not ieee and not d["tensor_core"]:
             bad.append(f"dot {shape} on FMA, not tensor cores ({d['layout']})")
         elif d["tensor_core"] and d["per_warp"] > d["ideal"]:
-            bad.append(f"dot {shape}: warps {d['warps']} x instruction {d['instr']} repeat MMAs: "
-                       f"{d['per_warp']} per warp where {d['ideal']:g} would do")  # fmt: skip
+            bad.append(
+                f"dot {shape}: warps {d['warps']} x instruction {d['instr']} repeat MMAs: "
+                f"{d['per_warp']} per warp where {d['ideal']:g} would do"
+            )
     want = sum(d.get("per_warp", 0) for d in dots)
     if r.ir.get("ptx_mma") != want:
         bad.append(f"PTX has {r.ir.get('ptx_mma')} MMA instructions, the dots need {want}")
@@ -471,8 +498,9 @@ def compile_all(
 
 # -- the table ---------------------------------------------------------------------------
 def _variant(job: Job) -> str:
-    return {"fwd": "SAVE=0", "fwd_save": "SAVE=1", "bwd": "time-only g",
-            "bwd_ps": "per-sample g"}[job.body]  # fmt: skip
+    return {"fwd": "SAVE=0", "fwd_save": "SAVE=1", "bwd": "time-only g", "bwd_ps": "per-sample g"}[
+        job.body
+    ]
 
 
 def _mma_cell(ir: dict) -> str:
@@ -480,8 +508,10 @@ def _mma_cell(ir: dict) -> str:
     tc = [d for d in ir.get("dots", []) if d["tensor_core"]]
     if not tc:
         return "FMA" if ir.get("dots") else "-"
-    cells = {f"{d['per_warp']}" + ("" if d["per_warp"] <= d["ideal"] else f" (ideal {d['ideal']:g})")
-             for d in tc}  # fmt: skip
+    cells = {
+        f"{d['per_warp']}" + ("" if d["per_warp"] <= d["ideal"] else f" (ideal {d['ideal']:g})")
+        for d in tc
+    }
     v = tc[0]["version"]
     return f"{'/'.join(sorted(cells))} {'wgmma' if v == 3 else 'mma.sync'}"
 
@@ -490,15 +520,35 @@ def rows(results: list[Result]) -> list[dict]:
     out = []
     for r in results:
         j = r.job
-        row = dict(kernel=j.kernel, variant=_variant(j), arch=f"sm_{j.arch}", dtype=j.dtype,
-                   shape=j.shape, B=j.B, D=j.D, H=j.H, block_b=j.cfg.block_b,
-                   block_h=j.cfg.block_h, block_k=j.cfg.block_k, warps=j.cfg.num_warps,
-                   block_k_run=launch.block_k_for(j.cfg, "bf16" if j.dtype == "bf16"
-                                                  else _PREC[j.dtype]))  # fmt: skip
-        row.update(ok=r.ok, regs=r.regs, spill_stores=r.spill_stores,
-                   spill_loads=r.spill_loads, stack=r.stack, shared=r.shared,
-                   num_warps=r.num_warps, compile_s=round(r.compile_s, 2), error=r.error,
-                   signature=r.signature, ir=r.ir, problems=ir_check(r))  # fmt: skip
+        row = dict(
+            kernel=j.kernel,
+            variant=_variant(j),
+            arch=f"sm_{j.arch}",
+            dtype=j.dtype,
+            shape=j.shape,
+            B=j.B,
+            D=j.D,
+            H=j.H,
+            block_b=j.cfg.block_b,
+            block_h=j.cfg.block_h,
+            block_k=j.cfg.block_k,
+            warps=j.cfg.num_warps,
+            block_k_run=launch.block_k_for(j.cfg, "bf16" if j.dtype == "bf16" else _PREC[j.dtype]),
+        )
+        row.update(
+            ok=r.ok,
+            regs=r.regs,
+            spill_stores=r.spill_stores,
+            spill_loads=r.spill_loads,
+            stack=r.stack,
+            shared=r.shared,
+            num_warps=r.num_warps,
+            compile_s=round(r.compile_s, 2),
+            error=r.error,
+            signature=r.signature,
+            ir=r.ir,
+            problems=ir_check(r),
+        )
         out.append(row)
     return out
 
@@ -563,10 +613,14 @@ def _findings(table: list[dict]) -> list[str]:
         return ": " + "; ".join(name(r) + extra(r) for r in rs) if rs else ""
 
     out = [f"- at the 255-register cap: {len(capped)} of {len(ok)}{listed(capped)}"]
-    out.append(f"- spilling: {len(spill)} of {len(ok)}"
-               + listed(spill, lambda r: f" ({r['spill_stores']}/{r['spill_loads']} B)"))  # fmt: skip
-    out.append(f"- failing an IR check: {len(bad)} of {len(table)}"
-               + listed(bad, lambda r: f" ({'; '.join(r['problems'])})"))  # fmt: skip
+    out.append(
+        f"- spilling: {len(spill)} of {len(ok)}"
+        + listed(spill, lambda r: f" ({r['spill_stores']}/{r['spill_loads']} B)")
+    )
+    out.append(
+        f"- failing an IR check: {len(bad)} of {len(table)}"
+        + listed(bad, lambda r: f" ({'; '.join(r['problems'])})")
+    )
     if ok:
         big = max(ok, key=lambda r: r["shared"])
         out.append(f"- most shared memory: {big['shared']} B ({name(big)})")
@@ -581,7 +635,7 @@ def summary(table: list[dict]) -> dict:
         max_regs=max((r["regs"] for r in ok), default=None),
         n_spill=sum(1 for r in ok if r["spill_stores"] or r["spill_loads"]),
         n_bad=sum(1 for r in table if r["problems"]),
-    )  # fmt: skip
+    )
 
 
 def _commit() -> str:
@@ -619,14 +673,18 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(markdown(table, meta))
     out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=table), indent=1) + "\n")
-    print(f"{meta['n_ok']}/{meta['n']} kernels compiled in {wall:.1f} s; max regs "
-          f"{meta['max_regs']}; spilling: {meta['n_spill']}; failing an IR check: "
-          f"{meta['n_bad']} -> {out}.md, .json")  # fmt: skip
+    print(
+        f"{meta['n_ok']}/{meta['n']} kernels compiled in {wall:.1f} s; max regs "
+        f"{meta['max_regs']}; spilling: {meta['n_spill']}; failing an IR check: "
+        f"{meta['n_bad']} -> {out}.md, .json"
+    )
     for r in table:
         if r["problems"]:
-            print(f"FAILED {r['kernel']} {r['variant']} {r['arch']} {r['dtype']} {r['shape']} "
-                  f"{r['block_b']}x{r['block_h']}: {'; '.join(r['problems'])}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"FAILED {r['kernel']} {r['variant']} {r['arch']} {r['dtype']} {r['shape']} "
+                f"{r['block_b']}x{r['block_h']}: {'; '.join(r['problems'])}",
+                file=sys.stderr,
+            )
     return 0 if meta["n_ok"] == meta["n"] and not meta["n_bad"] else 1
 
 

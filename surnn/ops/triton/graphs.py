@@ -94,8 +94,10 @@ class _NoOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not func.is_view:
-            raise RuntimeError(f"tensor operation {func} during a graph capture (it would "
-                               "allocate or run once at capture, not at each replay)")  # fmt: skip
+            raise RuntimeError(
+                f"tensor operation {func} during a graph capture (it would "
+                "allocate or run once at capture, not at each replay)"
+            )
         return func(*args, **(kwargs or {}))
 
 
@@ -231,8 +233,11 @@ class GraphCache:
             self._eager.popitem(last=False)
         self.stats["eager_keys"] += 1
         tail = f"; {REPORT}" if report else ""
-        warnings.warn(f"surnn: CUDA graph not used for {k[:5]}: {why}; eager launch loop{tail}",
-                      RuntimeWarning, stacklevel=4)  # fmt: skip
+        warnings.warn(
+            f"surnn: CUDA graph not used for {k[:5]}: {why}; eager launch loop{tail}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     # -- the call ----------------------------------------------------------------------
     def run(self, loop, kernels):
@@ -276,8 +281,9 @@ class GraphCache:
 
     def _build(self, k, loop, kernels):
         device = loop.dev
-        nbytes = _nbytes(loop.alloc(lambda shape, dtype, dev: torch.empty(shape, dtype=dtype,
-                                                                          device="meta")))  # fmt: skip
+        nbytes = _nbytes(
+            loop.alloc(lambda shape, dtype, dev: torch.empty(shape, dtype=dtype, device="meta"))
+        )
         limit = self.max_bytes(device)
         if nbytes > limit:
             self._mark_eager(
@@ -314,8 +320,9 @@ class GraphCache:
             self._mark_eager(k, f"capture failed ({type(err).__name__}: {err})", report=True)
             return None
         if not same:
-            self._mark_eager(k, "the replay did not reproduce the eager run bit for bit",
-                             report=True)  # fmt: skip
+            self._mark_eager(
+                k, "the replay did not reproduce the eager run bit for bit", report=True
+            )
             return None
         e = _Entry(static, graph, nbytes, None)
         self._entries[k] = e
@@ -332,8 +339,11 @@ def run(loop, graphs: bool, kernels):
     fresh buffers (the CPU / interpreter path, and the fallback)."""
     cache = CACHE
     dev = loop.dev
-    if (graphs and dev.type in cache.devices
-            and not (dev.type == "cuda" and torch.cuda.is_current_stream_capturing())):  # fmt: skip
+    if (
+        graphs
+        and dev.type in cache.devices
+        and not (dev.type == "cuda" and torch.cuda.is_current_stream_capturing())
+    ):
         res = cache.run(loop, kernels)
         if res is not None:
             return res

@@ -96,12 +96,36 @@ def _arrive(sem_ptr, tile, S):
 
 @triton.jit(do_not_specialize=["j"])
 def fwd_step(
-    xp_ptr, a_ptr, hs_ptr, wh_ptr, bias_ptr, g_ptr, act_ptr, lrel_ptr, nval_ptr, order_ptr,
-    cnt_ptr, plane_ptr, ws_ptr, sem_ptr,
-    j, B, H, HP, sgt, sgb, n_sm,
-    SAVE: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
-    MIN_KB: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+    xp_ptr,
+    a_ptr,
+    hs_ptr,
+    wh_ptr,
+    bias_ptr,
+    g_ptr,
+    act_ptr,
+    lrel_ptr,
+    nval_ptr,
+    order_ptr,
+    cnt_ptr,
+    plane_ptr,
+    ws_ptr,
+    sem_ptr,
+    j,
+    B,
+    H,
+    HP,
+    sgt,
+    sgb,
+    n_sm,
+    SAVE: tl.constexpr,
+    F32: tl.constexpr,
+    PREC: tl.constexpr,
+    SPLIT: tl.constexpr,
+    MIN_KB: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """Step t0 + j. xp [C, B, 3HP] fp32: x W_ih^T (no bias); a [C+1, B, HP] (storage dtype):
     slot j holds h_{t-1}, slot j+1 receives h_t; hs [B, HP] fp32 state; wh [3HP, HP]; bias
     [4, H] fp32 (b_ir+b_hr, b_iz+b_hz, b_in, b_hn); g, act: the chunk's gate and mask
@@ -140,8 +164,9 @@ def fwd_step(
                     wp = wh_ptr + w_off + k0
                     acc_r = _dot(at, tl.load(wp, mask=wm, other=0.0), acc_r, F32, PREC)
                     acc_z = _dot(at, tl.load(wp + HP * HP, mask=wm, other=0.0), acc_z, F32, PREC)
-                    acc_n = _dot(at, tl.load(wp + 2 * HP * HP, mask=wm, other=0.0), acc_n, F32,
-                                 PREC)  # fmt: skip
+                    acc_n = _dot(
+                        at, tl.load(wp + 2 * HP * HP, mask=wm, other=0.0), acc_n, F32, PREC
+                    )
                 last = S == 1
                 if S > 1:
                     ws = ws_ptr + (pid_s * 3 * B + rows)[:, None] * HP + pos[None, :]
@@ -157,12 +182,35 @@ def fwd_step(
                             p = ws_ptr + (s2 * 3 * B + rows)[:, None] * HP + pos[None, :]
                             acc_r += tl.load(p, mask=m2, other=0.0, cache_modifier=".cg")
                             acc_z += tl.load(p + B * HP, mask=m2, other=0.0, cache_modifier=".cg")
-                            acc_n += tl.load(p + 2 * B * HP, mask=m2, other=0.0,
-                                             cache_modifier=".cg")  # fmt: skip
+                            acc_n += tl.load(
+                                p + 2 * B * HP, mask=m2, other=0.0, cache_modifier=".cg"
+                            )
                 if last:
-                    _fwd_point(acc_r, acc_z, acc_n, rows, cols, rmask, cmask, m2, xp_ptr, a_ptr,
-                               hs_ptr, bias_ptr, g_ptr, act_ptr, lrel_ptr, plane_ptr, j, B, H,
-                               HP, sgt, sgb, SAVE)  # fmt: skip
+                    _fwd_point(
+                        acc_r,
+                        acc_z,
+                        acc_n,
+                        rows,
+                        cols,
+                        rmask,
+                        cmask,
+                        m2,
+                        xp_ptr,
+                        a_ptr,
+                        hs_ptr,
+                        bias_ptr,
+                        g_ptr,
+                        act_ptr,
+                        lrel_ptr,
+                        plane_ptr,
+                        j,
+                        B,
+                        H,
+                        HP,
+                        sgt,
+                        sgb,
+                        SAVE,
+                    )
         else:
             if pid_s == 0:  # a closed tile: the state carries over into the output
                 cols = tl.load(order_ptr + j * HP + pos, mask=cmask, other=0)
@@ -174,18 +222,49 @@ def fwd_step(
 
 
 @triton.jit
-def _fwd_point(acc_r, acc_z, acc_n, rows, cols, rmask, cmask, m2, xp_ptr, a_ptr, hs_ptr,
-               bias_ptr, g_ptr, act_ptr, lrel_ptr, plane_ptr, j, B, H, HP, sgt, sgb,
-               SAVE: tl.constexpr):  # fmt: skip
+def _fwd_point(
+    acc_r,
+    acc_z,
+    acc_n,
+    rows,
+    cols,
+    rmask,
+    cmask,
+    m2,
+    xp_ptr,
+    a_ptr,
+    hs_ptr,
+    bias_ptr,
+    g_ptr,
+    act_ptr,
+    lrel_ptr,
+    plane_ptr,
+    j,
+    B,
+    H,
+    HP,
+    sgt,
+    sgb,
+    SAVE: tl.constexpr,
+):
     """The GRU update of a tile of step t0 + j, given its three recurrent dot products."""
     xb = xp_ptr + (j * B + rows)[:, None] * (3 * HP) + cols[None, :]
-    r = _sigmoid(acc_r + tl.load(xb, mask=m2, other=0.0)
-                 + tl.load(bias_ptr + cols, mask=cmask, other=0.0)[None, :])  # fmt: skip
-    z = _sigmoid(acc_z + tl.load(xb + HP, mask=m2, other=0.0)
-                 + tl.load(bias_ptr + H + cols, mask=cmask, other=0.0)[None, :])  # fmt: skip
+    r = _sigmoid(
+        acc_r
+        + tl.load(xb, mask=m2, other=0.0)
+        + tl.load(bias_ptr + cols, mask=cmask, other=0.0)[None, :]
+    )
+    z = _sigmoid(
+        acc_z
+        + tl.load(xb + HP, mask=m2, other=0.0)
+        + tl.load(bias_ptr + H + cols, mask=cmask, other=0.0)[None, :]
+    )
     hn = acc_n + tl.load(bias_ptr + 3 * H + cols, mask=cmask, other=0.0)[None, :]
-    n = _tanh(tl.load(xb + 2 * HP, mask=m2, other=0.0)
-              + tl.load(bias_ptr + 2 * H + cols, mask=cmask, other=0.0)[None, :] + r * hn)  # fmt: skip
+    n = _tanh(
+        tl.load(xb + 2 * HP, mask=m2, other=0.0)
+        + tl.load(bias_ptr + 2 * H + cols, mask=cmask, other=0.0)[None, :]
+        + r * hn
+    )
     hst = rows[:, None] * HP + cols[None, :]
     hp = tl.load(hs_ptr + hst, mask=m2, other=0.0)
     gat = j * sgt + rows[:, None] * sgb + cols[None, :]
@@ -202,12 +281,42 @@ def _fwd_point(acc_r, acc_z, acc_n, rows, cols, rmask, cmask, m2, xp_ptr, a_ptr,
 
 @triton.jit(do_not_specialize=["j"])
 def bwd_step(
-    dgp_ptr, dgo_ptr, wh_ptr, order_ptr, inv_ptr, cnt_ptr, xp_ptr, gh_ptr, hp_ptr, bias_ptr,
-    g_ptr, act_ptr, lrel_ptr, nval_ptr, go_ptr, dc_ptr, dg_ptr, dh0_ptr, ws_ptr, sem_ptr,
-    j, B, H, HP, sgt, sgb, n_sm,
-    PER_SAMPLE: tl.constexpr, F32: tl.constexpr, PREC: tl.constexpr, SPLIT: tl.constexpr,
-    MIN_KB: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+    dgp_ptr,
+    dgo_ptr,
+    wh_ptr,
+    order_ptr,
+    inv_ptr,
+    cnt_ptr,
+    xp_ptr,
+    gh_ptr,
+    hp_ptr,
+    bias_ptr,
+    g_ptr,
+    act_ptr,
+    lrel_ptr,
+    nval_ptr,
+    go_ptr,
+    dc_ptr,
+    dg_ptr,
+    dh0_ptr,
+    ws_ptr,
+    sem_ptr,
+    j,
+    B,
+    H,
+    HP,
+    sgt,
+    sgb,
+    n_sm,
+    PER_SAMPLE: tl.constexpr,
+    F32: tl.constexpr,
+    PREC: tl.constexpr,
+    SPLIT: tl.constexpr,
+    MIN_KB: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """Step t0 + j backwards (j = -1: dL/dh_0 only). dgp [C, B, 4HP] (storage dtype): slot j
     receives step t's pre-activation gradients in neuron order for the GEMMs (r, z, n input
     side, n hidden side = n input side * r); dgo [C+1, B, 3HP]: the same hidden-side ones
@@ -250,12 +359,27 @@ def bwd_step(
                 wm = pm[:, None] & cmask[None, :]
                 wp = wh_ptr + nr[:, None] * HP + cols[None, :]
                 ap = dgo_ptr + a_off + p0
-                acc_r = _dot(tl.load(ap, mask=am, other=0.0), tl.load(wp, mask=wm, other=0.0),
-                             acc_r, F32, PREC)  # fmt: skip
-                acc_z = _dot(tl.load(ap + HP, mask=am, other=0.0),
-                             tl.load(wp + HP * HP, mask=wm, other=0.0), acc_z, F32, PREC)  # fmt: skip
-                acc_n = _dot(tl.load(ap + 2 * HP, mask=am, other=0.0),
-                             tl.load(wp + 2 * HP * HP, mask=wm, other=0.0), acc_n, F32, PREC)  # fmt: skip
+                acc_r = _dot(
+                    tl.load(ap, mask=am, other=0.0),
+                    tl.load(wp, mask=wm, other=0.0),
+                    acc_r,
+                    F32,
+                    PREC,
+                )
+                acc_z = _dot(
+                    tl.load(ap + HP, mask=am, other=0.0),
+                    tl.load(wp + HP * HP, mask=wm, other=0.0),
+                    acc_z,
+                    F32,
+                    PREC,
+                )
+                acc_n = _dot(
+                    tl.load(ap + 2 * HP, mask=am, other=0.0),
+                    tl.load(wp + 2 * HP * HP, mask=wm, other=0.0),
+                    acc_n,
+                    F32,
+                    PREC,
+                )
             acc = acc_r + acc_z + acc_n
             last = S == 1
             if S > 1:
@@ -273,16 +397,71 @@ def bwd_step(
                 if j < 0:
                     tl.store(dh0_ptr + tile, dlt, mask=m2)
                 else:
-                    _bwd_point(dlt, tile, rows, cols, rmask, cmask, m2, dgp_ptr, dgo_ptr, inv_ptr,
-                               xp_ptr, gh_ptr, hp_ptr, bias_ptr, g_ptr, act_ptr, lrel_ptr,
-                               go_ptr, dc_ptr, dg_ptr, j, B, H, HP, sgt, sgb, pid_b,
-                               tl.num_programs(1), PER_SAMPLE)  # fmt: skip
+                    _bwd_point(
+                        dlt,
+                        tile,
+                        rows,
+                        cols,
+                        rmask,
+                        cmask,
+                        m2,
+                        dgp_ptr,
+                        dgo_ptr,
+                        inv_ptr,
+                        xp_ptr,
+                        gh_ptr,
+                        hp_ptr,
+                        bias_ptr,
+                        g_ptr,
+                        act_ptr,
+                        lrel_ptr,
+                        go_ptr,
+                        dc_ptr,
+                        dg_ptr,
+                        j,
+                        B,
+                        H,
+                        HP,
+                        sgt,
+                        sgb,
+                        pid_b,
+                        tl.num_programs(1),
+                        PER_SAMPLE,
+                    )
 
 
 @triton.jit
-def _bwd_point(dlt, tile, rows, cols, rmask, cmask, m2, dgp_ptr, dgo_ptr, inv_ptr, xp_ptr,
-               gh_ptr, hp_ptr, bias_ptr, g_ptr, act_ptr, lrel_ptr, go_ptr, dc_ptr, dg_ptr, j, B,
-               H, HP, sgt, sgb, pid_b, n_bt, PER_SAMPLE: tl.constexpr):  # fmt: skip
+def _bwd_point(
+    dlt,
+    tile,
+    rows,
+    cols,
+    rmask,
+    cmask,
+    m2,
+    dgp_ptr,
+    dgo_ptr,
+    inv_ptr,
+    xp_ptr,
+    gh_ptr,
+    hp_ptr,
+    bias_ptr,
+    g_ptr,
+    act_ptr,
+    lrel_ptr,
+    go_ptr,
+    dc_ptr,
+    dg_ptr,
+    j,
+    B,
+    H,
+    HP,
+    sgt,
+    sgb,
+    pid_b,
+    n_bt,
+    PER_SAMPLE: tl.constexpr,
+):
     """The pointwise backward of step t0 + j on a tile, given dL/dh_t less dL/d out_t."""
     at = tile + j * B * HP
     dlt += tl.load(go_ptr + at, mask=m2, other=0.0).to(tl.float32)

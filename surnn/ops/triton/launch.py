@@ -146,9 +146,11 @@ def chunk_len(B: int, T: int, H: int = 1) -> int:
     c = max(2, min(c, pow2ceil(T)))
     fit = MAX_ELEMENTS // max(1, B * 4 * H) - 1
     if fit < 2 or 3 * SPLIT_MAX * B * H > MAX_ELEMENTS:
-        raise ValueError(f"surnn triton: B*H = {B * H} is too large for the kernels' 32-bit "
-                         f"offsets (at most {MAX_ELEMENTS // (4 * 3 * SPLIT_MAX)}); split the "
-                         "batch")  # fmt: skip
+        raise ValueError(
+            f"surnn triton: B*H = {B * H} is too large for the kernels' 32-bit "
+            f"offsets (at most {MAX_ELEMENTS // (4 * 3 * SPLIT_MAX)}); split the "
+            "batch"
+        )
     return min(c, 1 << (fit.bit_length() - 1))
 
 
@@ -169,8 +171,15 @@ def plan(B: int, H: int, T: int, n_sm: int = N_SM, prec: str = "bf16", arch: int
     """``prec``: "bf16" for bf16 storage, else the fp32 dots' precision (op.PRECISIONS);
     ``arch``: the compute capability (90 where there is no GPU: the design target)."""
     cfg = cfg_for(B, arch)
-    return Launch(cfg, block_k_for(cfg, prec), split_max(H, cfg, prec), chunk_len(B, T, H), n_sm,
-                  cdiv(B, cfg.block_b), cdiv(H, cfg.block_h))  # fmt: skip
+    return Launch(
+        cfg,
+        block_k_for(cfg, prec),
+        split_max(H, cfg, prec),
+        chunk_len(B, T, H),
+        n_sm,
+        cdiv(B, cfg.block_b),
+        cdiv(H, cfg.block_h),
+    )
 
 
 # -- the per-step cost estimate (roofline) ----------------------------------------------------
@@ -200,8 +209,9 @@ def _dense(flops: float, nbytes: float, hw: dict, tc: float) -> dict:
     return dict(flops=flops, hbm_bytes=nbytes, time_s=t)
 
 
-def step_cost(B: int, D: int, H: int, rate: float, elt: int = 2, train: bool = True,
-              hw: dict = H100) -> dict:  # fmt: skip
+def step_cost(
+    B: int, D: int, H: int, rate: float, elt: int = 2, train: bool = True, hw: dict = H100
+) -> dict:
     """FLOPs, bytes and the estimated time of one step at update rate ``rate`` (the fraction of
     neurons active, time-only gate, full lengths), for the kernels and launch model of this
     package: the step kernels (one program's share streamed from L2 at one SM's bandwidth,
@@ -230,11 +240,16 @@ def step_cost(B: int, D: int, H: int, rate: float, elt: int = 2, train: bool = T
     carry = lp.n_bt * (lp.n_ht - act_tiles) * tile * (f4 + e + (f4 if train and e == 2 else 0))
     part = 2 * s * 3 * tile * f4 * lp.n_bt * act_tiles if s > 1 else 0
     fwd = dict(
-        splits=s, programs=progs, l2_bytes=progs * prog_bytes, l2_bytes_per_program=prog_bytes,
-        other_bytes=epi + carry + part, flops=2 * B * 3 * act * H,
-        time_s=hw["step_overhead_s"] + math.ceil(progs / hw["n_sm"]) * _prog_time(
-            prog_bytes, prog_flops, hw, tc) + (hw["sync_s"] if s > 1 else 0.0),
-    )  # fmt: skip
+        splits=s,
+        programs=progs,
+        l2_bytes=progs * prog_bytes,
+        l2_bytes_per_program=prog_bytes,
+        other_bytes=epi + carry + part,
+        flops=2 * B * 3 * act * H,
+        time_s=hw["step_overhead_s"]
+        + math.ceil(progs / hw["n_sm"]) * _prog_time(prog_bytes, prog_flops, hw, tc)
+        + (hw["sync_s"] if s > 1 else 0.0),
+    )
     f_bytes = B * D * e * 3 + 3 * P * D * e / lp.chunk + B * 3 * P * f4 + 2 * B * H * e
     if train and e == 2:
         f_bytes += 2 * B * H * f4  # the fp32 state copied out
@@ -247,7 +262,7 @@ def step_cost(B: int, D: int, H: int, rate: float, elt: int = 2, train: bool = T
             chunk=lp.chunk,
             n_bt=lp.n_bt,
             n_ht=lp.n_ht,
-        ),  # fmt: skip
+        ),
         fwd_step=fwd,
         fwd_dense=_dense(2 * B * D * 3 * P, f_bytes, hw, tc),
     )
@@ -262,11 +277,16 @@ def step_cost(B: int, D: int, H: int, rate: float, elt: int = 2, train: bool = T
         point = B * H * (e + 1 + e + 2 * f4 + 4 * e + 3 * e) + B * act * (6 * f4 + f4)
         part = 2 * s * tile * f4 * lp.n_bt * lp.n_ht if s > 1 else 0
         out["bwd_step"] = dict(
-            splits=s, programs=progs, l2_bytes=progs * prog_bytes,
-            l2_bytes_per_program=prog_bytes, other_bytes=point + part, flops=2 * B * 3 * act * H,
-            time_s=hw["step_overhead_s"] + math.ceil(progs / hw["n_sm"]) * _prog_time(
-                prog_bytes, prog_flops, hw, tc) + (hw["sync_s"] if s > 1 else 0.0),
-        )  # fmt: skip
+            splits=s,
+            programs=progs,
+            l2_bytes=progs * prog_bytes,
+            l2_bytes_per_program=prog_bytes,
+            other_bytes=point + part,
+            flops=2 * B * 3 * act * H,
+            time_s=hw["step_overhead_s"]
+            + math.ceil(progs / hw["n_sm"]) * _prog_time(prog_bytes, prog_flops, hw, tc)
+            + (hw["sync_s"] if s > 1 else 0.0),
+        )
         b_flops = 2 * B * 3 * P * (3 * D + 2 * P)  # recompute x and h parts; dW_ih, dW_hh, dx
         b_bytes = B * (2 * 3 * P * f4 + 3 * 4 * P * e + 3 * D * e + 5 * H * e)
         b_bytes += 3 * P * (D + P) * f4 * 2 / lp.chunk  # weight-gradient accumulators per chunk
@@ -278,8 +298,16 @@ def step_cost(B: int, D: int, H: int, rate: float, elt: int = 2, train: bool = T
     return out
 
 
-def memory_bytes(B: int, T: int, D: int, H: int, elt: int = 2, train: bool = True,
-                 per_sample_gate: bool = False, n_sm: int = N_SM) -> dict:  # fmt: skip
+def memory_bytes(
+    B: int,
+    T: int,
+    D: int,
+    H: int,
+    elt: int = 2,
+    train: bool = True,
+    per_sample_gate: bool = False,
+    n_sm: int = N_SM,
+) -> dict:
     """Device memory one layer call of the op allocates (the README's formula; e = ``elt``
     bytes per storage element, f = 4, P = H rounded up to 16):
 
@@ -305,8 +333,17 @@ def memory_bytes(B: int, T: int, D: int, H: int, elt: int = 2, train: bool = Tru
         full += B * T * H * f32 if elt == 2 else 0
         full += B * T * D * elt + (B * T * H * elt if per else T * H * f32)
     ws = lp.split * 3 * B * P * f32 if lp.split > 1 else f32
-    shared = (3 * P * P * elt + 4 * H * f32 + C * bt * H * (elt + 1) + B * f32 + f32
-              + (C + 1) * P * f32 + (C + 1) * f32 + ws + lp.n_bt * lp.n_ht * f32)  # fmt: skip
+    shared = (
+        3 * P * P * elt
+        + 4 * H * f32
+        + C * bt * H * (elt + 1)
+        + B * f32
+        + f32
+        + (C + 1) * P * f32
+        + (C + 1) * f32
+        + ws
+        + lp.n_bt * lp.n_ht * f32
+    )
     fwd = shared + C * B * (D * elt + 3 * P * f32) + (C + 1) * B * P * elt + B * P * f32
     fwd += C * B * P * f32 if train and elt == 2 else f32  # the fp32 state chunk (bf16 training)
     bwd = 0

@@ -30,8 +30,9 @@ from surnn.utils import valid_mask
 LONG_TOL = dict(out=1e-2, grads=2e-2)
 
 
-def emulate(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, grad_out=None,
-            grad_h=None):  # fmt: skip
+def emulate(
+    x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, grad_out=None, grad_h=None
+):
     """(out, h_T) as the op computes them, and with ``grad_out`` / ``grad_h`` (dL/d out, dL/dh_T)
     also (dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dg). CPU tensors, dtype = x's (bf16 or fp32).
     Sums over steps (weight gradients, dx) are formed after the loop: only their order of
@@ -97,8 +98,15 @@ def emulate(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, grad_ou
     dx = (gx @ wi).to(dt).transpose(0, 1)
     dgt = torch.stack(dg_s)  # [T, B, H]
     dg = dgt.transpose(0, 1) if g.dim() == 3 else dgt.sum(1)
-    grads = (dx, dh0.to(dt), dwi.to(w_ih.dtype), dwh.to(w_hh.dtype), gx.sum((0, 1)).to(w_ih.dtype),
-             ghh.sum((0, 1)).to(w_hh.dtype), dg.to(g.dtype))  # fmt: skip
+    grads = (
+        dx,
+        dh0.to(dt),
+        dwi.to(w_ih.dtype),
+        dwh.to(w_hh.dtype),
+        gx.sum((0, 1)).to(w_ih.dtype),
+        ghh.sum((0, 1)).to(w_hh.dtype),
+        dg.to(g.dtype),
+    )
     return out, h.to(dt), grads
 
 

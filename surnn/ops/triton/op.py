@@ -151,14 +151,27 @@ class _Loop:
         self.ps = g.dim() == 3
         self.gdtype = g.dtype
         self.f32 = x.dtype == torch.float32
-        self.lp = launch.plan(self.B, H, self.T, _n_sm(x.device), prec if self.f32 else "bf16",
-                              _arch(x.device))  # fmt: skip
+        self.lp = launch.plan(
+            self.B, H, self.T, _n_sm(x.device), prec if self.f32 else "bf16", _arch(x.device)
+        )
         self.C = self.lp.chunk
         self.prec = prec
 
     def key(self) -> tuple:
-        return (self.kind, str(self.dev), self.B, self.D, self.H, self.dtype, self.gdtype,
-                self.ps, self.C, self.lp, self.prec, *self._key_extra())  # fmt: skip
+        return (
+            self.kind,
+            str(self.dev),
+            self.B,
+            self.D,
+            self.H,
+            self.dtype,
+            self.gdtype,
+            self.ps,
+            self.C,
+            self.lp,
+            self.prec,
+            *self._key_extra(),
+        )
 
     def _key_extra(self) -> tuple:
         return ()
@@ -175,9 +188,16 @@ class _Loop:
 
     def consts(self) -> dict:
         c = self.lp.cfg
-        return dict(F32=self.f32, PREC=self.prec, SPLIT=self.lp.split, MIN_KB=launch.MIN_KB,
-                    BLOCK_B=c.block_b, BLOCK_H=c.block_h, BLOCK_K=self.lp.block_k,
-                    num_warps=c.num_warps)  # fmt: skip
+        return dict(
+            F32=self.f32,
+            PREC=self.prec,
+            SPLIT=self.lp.split,
+            MIN_KB=launch.MIN_KB,
+            BLOCK_B=c.block_b,
+            BLOCK_H=c.block_h,
+            BLOCK_K=self.lp.block_k,
+            num_warps=c.num_warps,
+        )
 
     def gate_strides(self) -> tuple[int, int]:
         """(per step, per sequence) element strides of the chunk's gate and mask."""
@@ -192,11 +212,17 @@ class _Loop:
             wh[:, H:].zero_()
             wh[:, :, H:].zero_()
         return dict(
-            wh=wh.view(3 * HP, HP), bias=e((4, H), f32), g=e(gshape, self.dtype),
-            act=e(gshape, torch.uint8), lrel=e((B,), torch.int32), nval=e((1,), torch.int32),
-            order=_zero_pads(e((C + 1, HP), torch.int32), H, HP), cnt=e((C + 1,), torch.int32),
-            ws=e(ws, f32), sem=e((self.lp.n_bt * self.lp.n_ht,), torch.int32).zero_(),
-        )  # fmt: skip
+            wh=wh.view(3 * HP, HP),
+            bias=e((4, H), f32),
+            g=e(gshape, self.dtype),
+            act=e(gshape, torch.uint8),
+            lrel=e((B,), torch.int32),
+            nval=e((1,), torch.int32),
+            order=_zero_pads(e((C + 1, HP), torch.int32), H, HP),
+            cnt=e((C + 1,), torch.int32),
+            ws=e(ws, f32),
+            sem=e((self.lp.n_bt * self.lp.n_ht,), torch.int32).zero_(),
+        )
 
     def _begin_common(self, s) -> None:
         H, HP = self.H, self.HP
@@ -244,10 +270,12 @@ class _Fwd(_Loop):
         dev = self.dev
         s = self._common(lambda shape, dtype: e(shape, dtype, dev))
         s.update(
-            xc=e((C, B, D), dt, dev), xp=e((C, B, 3 * HP), f32, dev),
-            a=_zero_pads(e((C + 1, B, HP), dt, dev), H, HP), hs=e((B, HP), f32, dev),
+            xc=e((C, B, D), dt, dev),
+            xp=e((C, B, 3 * HP), f32, dev),
+            a=_zero_pads(e((C + 1, B, HP), dt, dev), H, HP),
+            hs=e((B, HP), f32, dev),
             plane=e((C, B, HP) if self.save_plane else (1,), f32, dev),
-        )  # fmt: skip
+        )
         return s
 
     def begin(self, s) -> None:
@@ -270,11 +298,30 @@ class _Fwd(_Loop):
         grid = self.grid()
         for j in range(n):
             k.fwd_step[grid](
-                s["xp"], s["a"], s["hs"], s["wh"], s["bias"], s["g"], s["act"], s["lrel"],
-                s["nval"], s["order"], s["cnt"], s["plane"], s["ws"], s["sem"],
-                j, self.B, self.H, self.HP, sgt, sgb, self.lp.n_sm, SAVE=self.save_plane,
+                s["xp"],
+                s["a"],
+                s["hs"],
+                s["wh"],
+                s["bias"],
+                s["g"],
+                s["act"],
+                s["lrel"],
+                s["nval"],
+                s["order"],
+                s["cnt"],
+                s["plane"],
+                s["ws"],
+                s["sem"],
+                j,
+                self.B,
+                self.H,
+                self.HP,
+                sgt,
+                sgb,
+                self.lp.n_sm,
+                SAVE=self.save_plane,
                 **self.consts(),
-            )  # fmt: skip
+            )
 
     def store(self, s, t0, n) -> None:
         H = self.H
@@ -291,8 +338,9 @@ class _Bwd(_Loop):
     written = ("dgp", "dgo", "dc", "dg", "ws", "sem")
     compared = ("dgp", "dgo", "dc", "dg")
 
-    def __init__(self, grad_out, grad_h, x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths,
-                 out, plane, prec):  # fmt: skip
+    def __init__(
+        self, grad_out, grad_h, x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, out, plane, prec
+    ):
         H = w_hh.shape[-1]
         super().__init__(x, H, g, prec)
         self.go, self.gh_in, self.x, self.h0 = grad_out, grad_h, x, h0
@@ -329,13 +377,18 @@ class _Bwd(_Loop):
         s = self._common(lambda shape, dtype: e(shape, dtype, dev))
         dg = (C, B, HP) if self.ps else (C, self.lp.n_bt, HP)
         s.update(
-            xc=e((C, B, D), dt, dev), ap=_zero_pads(e((C, B, HP), dt, dev), H, HP),
-            xp=e((C, B, 3 * HP), f32, dev), gh=e((C, B, 3 * HP), f32, dev),
-            go=e((C, B, HP), dt, dev), inv=e((C, HP), torch.int32, dev),
+            xc=e((C, B, D), dt, dev),
+            ap=_zero_pads(e((C, B, HP), dt, dev), H, HP),
+            xp=e((C, B, 3 * HP), f32, dev),
+            gh=e((C, B, 3 * HP), f32, dev),
+            go=e((C, B, HP), dt, dev),
+            inv=e((C, HP), torch.int32, dev),
             dgp=_zero_pads(e((C, B, 4 * HP), dt, dev), H, HP),
-            dgo=_zero_pads(e((C + 1, B, 3 * HP), dt, dev), H, HP), dc=e((B, HP), f32, dev),
-            dg=e(dg, self.gdtype if self.ps else f32, dev), dh0=e((B, HP), f32, dev),
-        )  # fmt: skip
+            dgo=_zero_pads(e((C + 1, B, 3 * HP), dt, dev), H, HP),
+            dc=e((B, HP), f32, dev),
+            dg=e(dg, self.gdtype if self.ps else f32, dev),
+            dh0=e((B, HP), f32, dev),
+        )
         s["hp"] = s["ap"] if self.f32 else e((C, B, HP), f32, dev)  # fp32: the same values
         return s
 
@@ -380,11 +433,36 @@ class _Bwd(_Loop):
 
     def _launch(self, k, s, j, grid, sgt, sgb) -> None:
         k.bwd_step[grid](
-            s["dgp"], s["dgo"], s["wh"], s["order"], s["inv"], s["cnt"], s["xp"], s["gh"],
-            s["hp"], s["bias"], s["g"], s["act"], s["lrel"], s["nval"], s["go"], s["dc"],
-            s["dg"], s["dh0"], s["ws"], s["sem"], j, self.B, self.H, self.HP, sgt, sgb,
-            self.lp.n_sm, PER_SAMPLE=self.ps, **self.consts(),
-        )  # fmt: skip
+            s["dgp"],
+            s["dgo"],
+            s["wh"],
+            s["order"],
+            s["inv"],
+            s["cnt"],
+            s["xp"],
+            s["gh"],
+            s["hp"],
+            s["bias"],
+            s["g"],
+            s["act"],
+            s["lrel"],
+            s["nval"],
+            s["go"],
+            s["dc"],
+            s["dg"],
+            s["dh0"],
+            s["ws"],
+            s["sem"],
+            j,
+            self.B,
+            self.H,
+            self.HP,
+            sgt,
+            sgb,
+            self.lp.n_sm,
+            PER_SAMPLE=self.ps,
+            **self.consts(),
+        )
 
     def store(self, s, t0, n) -> None:
         B, D, H, HP = self.B, self.D, self.H, self.HP
@@ -418,8 +496,15 @@ class _Bwd(_Loop):
         dbi = self.dbi.view(3, HP)[:, :H].reshape(3 * H)
         dbh = self.dbh.view(3, HP)[:, :H].reshape(3 * H)
         wd, hd = self.w_ih.dtype, self.w_hh.dtype
-        return (self.dx, dh0, dwi.to(wd), dwh.to(hd), dbi.to(wd), dbh.to(hd),
-                self.dg_full.to(self.gdtype))  # fmt: skip
+        return (
+            self.dx,
+            dh0,
+            dwi.to(wd),
+            dwh.to(hd),
+            dbi.to(wd),
+            dbh.to(hd),
+            self.dg_full.to(self.gdtype),
+        )
 
 
 @torch.library.custom_op("surnn::su_gru_fwd", mutates_args=())
@@ -476,14 +561,43 @@ def su_gru_bwd(
 ]:
     """(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dg) of su_gru_fwd."""
     c = torch.Tensor.contiguous
-    loop = _Bwd(c(grad_out), c(grad_h), c(x), c(h0), c(w_ih), c(w_hh), b_ih, b_hh, c(g), c(act),
-                lengths, c(out), c(plane), precision)  # fmt: skip
+    loop = _Bwd(
+        c(grad_out),
+        c(grad_h),
+        c(x),
+        c(h0),
+        c(w_ih),
+        c(w_hh),
+        b_ih,
+        b_hh,
+        c(g),
+        c(act),
+        lengths,
+        c(out),
+        c(plane),
+        precision,
+    )
     return _graphs.run(loop, graphs, _kernels())
 
 
 @su_gru_bwd.register_fake
-def _(grad_out, grad_h, x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, out, plane,
-      graphs=False, precision="ieee"):  # fmt: skip
+def _(
+    grad_out,
+    grad_h,
+    x,
+    h0,
+    w_ih,
+    w_hh,
+    b_ih,
+    b_hh,
+    g,
+    act,
+    lengths,
+    out,
+    plane,
+    graphs=False,
+    precision="ieee",
+):
     B, T, D = x.shape
     H = w_hh.shape[-1]
     return (
@@ -511,9 +625,22 @@ def _backward(ctx, grad_out, grad_h, _grad_plane):
     if grad_h is None:
         grad_h = torch.zeros(x.shape[0], w_hh.shape[-1], device=x.device, dtype=x.dtype)
     dx, dh0, dwi, dwh, dbi, dbh, dg = su_gru_bwd(
-        grad_out, grad_h, x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, out, plane,
-        ctx.graphs, ctx.precision,
-    )  # fmt: skip
+        grad_out,
+        grad_h,
+        x,
+        h0,
+        w_ih,
+        w_hh,
+        b_ih,
+        b_hh,
+        g,
+        act,
+        lengths,
+        out,
+        plane,
+        ctx.graphs,
+        ctx.precision,
+    )
     # one None per non-tensor input (act, lengths, save, graphs, precision); autograd drops
     # trailing Nones the dispatcher left out (it omits arguments equal to their default)
     return dx, dh0, dwi, dwh, dbi, dbh, dg, None, None, None, None, None
@@ -586,8 +713,9 @@ def mask_u8(g: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
     return (opened | grad).to(torch.uint8) | (grad.to(torch.uint8) << 1)
 
 
-def su_gru_triton(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, graphs=None,
-                  precision=None):  # fmt: skip
+def su_gru_triton(
+    x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, graphs=None, precision=None
+):
     """Same semantics as ``su_gru_reference``; x on CUDA (or CPU with TRITON_INTERPRET=1).
     ``graphs``: replay the chunks' launches as cached CUDA graphs (graphs.py; not yet run on a
     GPU); None reads $SURNN_CUDA_GRAPHS (default on). ``precision`` (fp32): see the module
@@ -601,7 +729,7 @@ def su_gru_triton(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, g
         dt = torch.get_autocast_dtype("cuda")
         x, h0, w_ih, w_hh = (t.to(dt) for t in (x, h0, w_ih, w_hh))
         b_ih, b_hh = (t.to(dt) if t is not None else None for t in (b_ih, b_hh))
-    if not selfcheck.passed(x.device, x.dtype):
+    if not selfcheck.passed(x.device, x.dtype, su_gru_triton):
         from surnn.ops.cpu import su_gru_cpu
 
         return su_gru_cpu(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths)
@@ -610,6 +738,28 @@ def su_gru_triton(x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, g
         from surnn.ops.reference import su_gru_reference
 
         return su_gru_reference(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths)
+    t_run = int(lengths.max()) if lengths is not None and not lengths.is_cuda else T
+    if t_run < T:
+        # Steps past the longest sequence are closed for everyone: none of them is run (no
+        # launches, no GEMM rows); their outputs repeat h_T, and autograd sums their output
+        # gradients into dL/dh_T. Lengths on the GPU would need a synchronisation to know it.
+        def cut(m):
+            return None if m is None else (m[:, :t_run] if m.dim() == 3 else m[:t_run])
+
+        out, h = su_gru_triton(
+            x[:, :t_run],
+            h0,
+            w_ih,
+            w_hh,
+            b_ih,
+            b_hh,
+            cut(g),
+            cut(active),
+            lengths,
+            graphs,
+            precision,
+        )
+        return torch.cat([out, h[:, None].expand(B, T - t_run, -1)], 1), h
     H = h0.shape[-1]
     act = mask_u8(g, active)
     if lengths is None:

@@ -29,9 +29,10 @@ REPORT = (
 )
 
 
-def passed(device: torch.device, dtype: torch.dtype) -> bool:
-    """True when the Triton path may run on ``device`` for ``dtype`` (checked on first use;
-    other threads wait for the check, the checking thread itself runs the Triton path)."""
+def passed(device: torch.device, dtype: torch.dtype, triton_op) -> bool:
+    """True when the Triton path may run on ``device`` for ``dtype`` (checked on first use,
+    by running ``triton_op``, op.su_gru_triton; other threads wait for the check, the checking
+    thread itself runs the Triton path)."""
     if device.type not in DEVICES:
         return True
     key = (str(device), dtype)
@@ -46,7 +47,7 @@ def passed(device: torch.device, dtype: torch.dtype) -> bool:
             return True
         if st is _UNSET:
             _STATE[key] = _CHECKING
-            why = _check(device, dtype)
+            why = _check(device, dtype, triton_op)
             _STATE[key] = why
             if why is not None:
                 warnings.warn(
@@ -98,8 +99,11 @@ def _grads(fn, args, wout):
     x, h0, w, g, active, lens = args
     out, h = fn(x, h0, *w, g, active, lens)
     loss = (out.float() * wout.float()).sum() + (h.float() ** 2).sum()
-    return [out.detach().float(), h.detach().float(),
-            *[t.float() for t in torch.autograd.grad(loss, [x, h0, *w, g])]]  # fmt: skip
+    return [
+        out.detach().float(),
+        h.detach().float(),
+        *[t.float() for t in torch.autograd.grad(loss, [x, h0, *w, g])],
+    ]
 
 
 def compare(got: list, ref: list, dtype: torch.dtype) -> str | None:
@@ -116,20 +120,22 @@ def compare(got: list, ref: list, dtype: torch.dtype) -> str | None:
     return None
 
 
-def _check(device: torch.device, dtype: torch.dtype) -> str | None:
+def _check(device: torch.device, dtype: torch.dtype, triton_op) -> str | None:
     """None when the Triton path agrees with the reference on the case, else why not."""
     try:
-        with (torch.inference_mode(False), torch.enable_grad(),
-              torch.autocast(device.type, enabled=False)):  # fmt: skip
-            return _run(device, dtype)
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            torch.autocast(device.type, enabled=False),
+        ):
+            return _run(device, dtype, triton_op)
     except Exception as err:  # any failure of the kernels or of the launch machinery
         return f"{type(err).__name__}: {err}"
 
 
-def _run(device: torch.device, dtype: torch.dtype) -> str | None:
+def _run(device: torch.device, dtype: torch.dtype, su_gru_triton) -> str | None:
     from surnn.ops.reference import su_gru_reference
     from surnn.ops.triton import graphs as _graphs
-    from surnn.ops.triton.op import su_gru_triton
 
     for per_sample in (False, True):
         x, h0, w, g, active, lens, wout = case(device, dtype, per_sample)
