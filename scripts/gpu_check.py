@@ -5,9 +5,9 @@
     python scripts/gpu_check.py timings --out timings.json   # per-step event timings
     python scripts/gpu_check.py summary --out results/bench/surnn_gpu_check.json PART.json ...
 
-``sanitize`` runs the op forward and backward on tiny shapes that are multiples of nothing
-(time-only and per-sample gates, ragged lengths, split-K forced by a small machine model,
-CUDA graphs on and off), for compute-sanitizer's memcheck, racecheck and initcheck to watch.
+``sanitize`` runs the op forward and backward on small shapes that are multiples of nothing
+(time-only and per-sample gates, ragged lengths, split-K in both directions, CUDA graphs on
+and off), for compute-sanitizer's memcheck, racecheck and initcheck to watch.
 ``long`` compares a bf16 run of T=4,096 steps (values and gradients) with float64 on the same
 (bf16) inputs, and with numerics.emulate (the op's rounding in torch), against
 numerics.LONG_TOL. ``timings`` times, with CUDA events, the op's phases per step (the step
@@ -75,15 +75,17 @@ def _grads(fn, case, wout, gh):
 def sanitize(a) -> dict:
     """Every code path on tiny odd shapes (the sanitizers slow kernels by 10-100x)."""
     dev = _dev(a)
-    launch.SPLIT_MIN_BYTES, op.N_SM = 0, 6  # split-K at these sizes
+    launch.SPLIT_MIN_BYTES, op.N_SM = 0, 1000  # split-K wherever a step has the K blocks
     runs = []
     B, T, D, H = a.batch, a.seq, a.dim, a.hidden
     cuda = dev.type == "cuda"
     for dtype in (torch.float32, torch.bfloat16) if cuda else (torch.float32,):
-        for per_sample in (False, True):
+        # a sparse time-only gate; every neuron open with a per-sample gate (the backward's
+        # reduction then spans all of H: split-K in both directions)
+        for per_sample, rate in ((False, 0.35), (True, 1.0)):
             # graphs: eager; first use; capture and replay (the CPU has no graphs: once)
             for flag in (False, True, True) if cuda else (False,):
-                case = _case(B, T, D, H, dtype, dev, per_sample, seed=len(runs))
+                case = _case(B, T, D, H, dtype, dev, per_sample, rate=rate, seed=len(runs))
                 wout = torch.randn(B, T, H, device=dev)
                 res = _grads(
                     lambda *c, flag=flag: op.su_gru_triton(*c, graphs=flag),

@@ -55,10 +55,9 @@ def to_dev(case, dtype=torch.float32):
 
 CASES = [
     ("random", False, True, 5, 6, 20, 37),
-    ("random", True, False, 3, 5, 7, 33),  # per-sample gate
-    ("open", False, False, 4, 5, 8, 40),
-    ("closed", False, True, 4, 5, 8, 40),
-    ("slab", False, True, 17, 6, 9, 70),  # B > one batch tile, H not a multiple of the block
+    ("random", True, False, 3, 4, 7, 33),  # per-sample gate
+    ("closed", False, True, 4, 4, 8, 40),
+    ("slab", False, True, 17, 4, 9, 70),  # B > one batch tile, H not a multiple of the block
     ("random", False, True, 3, 1, 6, 10),  # T = 1
 ]
 
@@ -72,7 +71,6 @@ def test_triton_matches_reference(kind, per_sample, lengths, B, T, D, H):
 SMALL_CASES = [
     ("random", False, True, 5, 7, 20, 70),  # 4 chunks, the last one partial; split-K
     ("sparse", True, True, 17, 4, 9, 35),  # two batch tiles, per-sample gate
-    ("closed", False, True, 4, 5, 8, 33),
 ]
 
 
@@ -340,7 +338,7 @@ def test_triton_flop_formula_counts_executed_updates():
 
 
 def test_opcheck():
-    B, T, D, H = 2, 3, 4, 16
+    B, T, D, H = 2, 2, 3, 8
     x, h0, w, g, active, lens = to_dev(make_case(B, T, D, H, "random", lengths=True))
     args = (x, h0, *w, g, op.mask_u8(g, active), lens, True)
     torch.library.opcheck(

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CP
 @pytest.fixture(autouse=True)
 def checked_cpu(monkeypatch):
     monkeypatch.setattr(selfcheck, "DEVICES", ("cpu",))
-    monkeypatch.setattr(selfcheck, "CASE", dict(B=3, T=3, D=4, H=16))
+    monkeypatch.setattr(selfcheck, "CASE", dict(B=2, T=2, D=3, H=16))
     monkeypatch.setattr(op, "FILL", float("nan"))
     monkeypatch.setattr(
         graphs, "CACHE", graphs.GraphCache(capture=graphs.Recorder, devices=("cpu",))

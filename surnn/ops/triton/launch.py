@@ -7,7 +7,8 @@ Tiles. The forward step computes h_t for a tile of BLOCK_B sequences x BLOCK_H n
 the step's order (active neurons first), reducing over K = H (the recurrent weights only: the
 input projection is one GEMM per chunk of steps, outside the sequential loop). The backward
 step computes dL/dh_{t-1} for a tile of BLOCK_B sequences x BLOCK_H neurons (natural order),
-reducing over K = 3 x the active neurons of step t. ``CFG_TABLE`` picks the tile by batch size.
+reducing over K = 3 x the active neurons of step t+1. ``CFG_TABLE`` picks the tile by batch
+size (``CFG_TABLE_SM80`` before sm_90); ``block_k_for`` the reduction block by precision.
 
 Split-K (the wave model). A step launches ``n_bt x n_ht x SPLIT`` programs (batch tiles x
 neuron tiles x splits). At a step with ``a`` tiles holding work (forward: the active tiles;
@@ -19,7 +20,10 @@ modelled as the latency of one program: it streams its share of the weights and 
 rows from L2 at the bandwidth one SM gets, so spreading a step over more SMs shortens it as
 long as the programs fit in one wave. S is computed on the device from the step's active count
 (kernels._splits, the same formula as ``splits`` here), so a step with 17% of the neurons
-active uses more splits than a step with all of them. Programs beyond S exit at once.
+active uses more splits than a step with all of them. Programs beyond S exit at once. The
+partial sums' round trip costs about a microsecond (an assumption), so the grid splits only
+where one program's unsplit share of a step streams more than SPLIT_MIN_BYTES (``split_max``):
+at bf16 that is H >= ~1,200 for 16-row tiles and H >= ~800 for 64-row tiles.
 
 Chunks. Steps run in chunks of C: per chunk the input projection (and, in the backward, the
 recomputed pre-activations and the weight/input gradients) is one GEMM over C*B rows, and C
