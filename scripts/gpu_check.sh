@@ -22,26 +22,33 @@
 #   bash scripts/gpu_check.sh --dry-run   runs the same steps on the CPU (Triton interpreter,
 #                                         tiny sizes, no sanitizer) to check the script itself;
 #                                         CI does this.
-# Exit status: 0 when every step passed, 1 otherwise (the JSON is written either way).
+# Exit status: 0 when every step passed, 1 otherwise (the JSON is written either way), 2
+# when no CUDA GPU is seen (one line says so). The run is bounded: every step has a timeout,
+# cut to what is left of 7.6 minutes; then the summary prints what to commit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
 [[ "${1:-}" == "--dry-run" ]] && DRY=1
 
 cuda_ok() { "$1" -c "import torch, triton; assert torch.cuda.is_available()" >/dev/null 2>&1; }
+has_torch() { command -v "$1" >/dev/null && "$1" -c "import torch" >/dev/null 2>&1; }
 if ((DRY)); then
     PY=.venv/bin/python
     [[ -x $PY ]] || { make setup >/dev/null; }
 elif [[ -x .venv/bin/python ]] && cuda_ok .venv/bin/python; then
     PY=.venv/bin/python
-elif command -v python3 >/dev/null && cuda_ok python3; then
+elif has_torch python3 && cuda_ok python3; then
     PY=python3
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+elif [[ -x .venv/bin/python ]]; then
+    PY=.venv/bin/python  # no GPU seen: the check below says so
+elif has_torch python3; then
+    PY=python3
 else
     make setup >/dev/null || exit 1
     PY=.venv/bin/python
 fi
-$PY - "$DRY" <<'PY' || exit 1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this tree's code, whatever is installed
+$PY - "$DRY" <<'PY' || exit 2
 import importlib.util, sys
 missing = [m for m in ("torch", "triton", "numpy", "tqdm", "pytest") if importlib.util.find_spec(m) is None]
 if missing:
@@ -85,9 +92,26 @@ LOG=$PARTS/log
 OUT_RHYTHM=${OUT%.json}_rhythm.json
 FAILED=()
 json_str() { $PY -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1"; }
+# The whole run is bounded: each step has its own timeout (seconds, x SLOW), cut to what is
+# left before DEADLINE (seconds since the script started); the summary runs after it.
+DEADLINE=$((455 * SLOW))
+secs() {
+    local own=$(($1 * SLOW)) left=$((DEADLINE - SECONDS))
+    ((left < 1)) && left=1
+    echo $((own < left ? own : left))
+}
+# bounded NAME SECONDS CMD...: CMD under timeout; says so in one line when it runs out of time
+bounded() {
+    local name=$1 t=$2 rc
+    shift 2
+    timeout "$t" "$@"
+    rc=$?
+    ((rc == 124)) && echo "gpu_check.sh: $name ran past its $t s and was stopped" >&2
+    return $rc
+}
 
 echo "== 1. kernel tests on ${DEV[1]} =="
-if timeout $((120 * SLOW)) $PY -m pytest "${TESTS[@]}" -q -x -p no:cacheprovider >"$LOG" 2>&1; then
+if bounded tests "$(secs 120)" $PY -m pytest "${TESTS[@]}" -q -x -p no:cacheprovider >"$LOG" 2>&1; then
     RESULT="passed: $(tail -1 "$LOG")"
 else
     RESULT="FAILED: $(tail -1 "$LOG")"
@@ -97,11 +121,12 @@ fi
 echo "$RESULT"
 echo "{\"result\": $(json_str "$RESULT")}" >"$PARTS/tests.json"
 
-echo "== 2. compute-sanitizer on tiny odd shapes =="
+echo "== 2. compute-sanitizer on small odd shapes =="
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 if ((DRY)); then  # no sanitizer on the CPU: the step it would watch runs once, alone
     DRY_SAN="skipped: dry run; scripts/gpu_check.py sanitize alone: ok"
-    $PY scripts/gpu_check.py sanitize "${DEV[@]}" "${SANITIZE[@]}" >"$LOG" 2>&1 \
+    bounded sanitize "$(secs 45)" $PY scripts/gpu_check.py sanitize "${DEV[@]}" "${SANITIZE[@]}" \
+        >"$LOG" 2>&1 \
         || { DRY_SAN="FAILED: scripts/gpu_check.py sanitize: $(tail -1 "$LOG")"; FAILED+=(sanitize); }
 fi
 echo "{" >"$PARTS/sanitizer.json"
@@ -112,9 +137,9 @@ for tool in memcheck racecheck initcheck; do
     elif [[ -z $SAN ]]; then
         RESULT="skipped: compute-sanitizer not found (install the CUDA toolkit or put it on PATH)"
         FAILED+=("$tool")
-    elif PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 45 "$SAN" --tool "$tool" --error-exitcode 9 \
-            --kernel-name kns=_step $PY scripts/gpu_check.py sanitize "${DEV[@]}" "${SANITIZE[@]}" \
-            >"$LOG" 2>&1; then
+    elif PYTORCH_NO_CUDA_MEMORY_CACHING=1 bounded "$tool" "$(secs 45)" "$SAN" --tool "$tool" \
+            --error-exitcode 9 --kernel-name kns=_step \
+            $PY scripts/gpu_check.py sanitize "${DEV[@]}" "${SANITIZE[@]}" >"$LOG" 2>&1; then
         RESULT="ok: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOG" | tail -1)"
     else
         RESULT="FAILED (exit $?): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|Error' "$LOG" | tail -1)"
@@ -128,22 +153,31 @@ done
 echo "}" >>"$PARTS/sanitizer.json"
 
 echo "== 3. bf16 over 4,096 steps against float64 =="
-timeout $((45 * SLOW)) $PY scripts/gpu_check.py long "${DEV[@]}" "${LONG[@]}" --out "$PARTS/long.json" \
-    >"$LOG" 2>&1 || { tail -20 "$LOG"; FAILED+=(long); }
+bounded long "$(secs 45)" $PY scripts/gpu_check.py long "${DEV[@]}" "${LONG[@]}" \
+    --out "$PARTS/long.json" >"$LOG" 2>&1 || { tail -20 "$LOG"; FAILED+=(long); }
 
 echo "== 4. per-step timings against nn.GRU: ${TIMING[*]} =="
-timeout $((120 * SLOW)) $PY scripts/gpu_check.py timings "${DEV[@]}" "${TIMING[@]}" \
+bounded timings "$(secs 120)" $PY scripts/gpu_check.py timings "${DEV[@]}" "${TIMING[@]}" \
     --out "$PARTS/timings.json" || FAILED+=(timings)
 
 echo "== 5. learned rhythm with free phases against nn.GRU: rates 1 0.17 0.05 =="
-timeout $((45 * SLOW)) $PY scripts/bench_surnn.py "${BENCH[@]}" --gate rhythm --rates 1 0.17 0.05 \
-    --out "$OUT_RHYTHM" --label "scripts/gpu_check.sh" >"$LOG" 2>&1 || { tail -20 "$LOG"; FAILED+=(rhythm); }
+bounded rhythm "$(secs 45)" $PY scripts/bench_surnn.py "${BENCH[@]}" --gate rhythm \
+    --rates 1 0.17 0.05 --out "$OUT_RHYTHM" --label "scripts/gpu_check.sh" >"$LOG" 2>&1 \
+    || { tail -20 "$LOG"; FAILED+=(rhythm); }
 
 echo "== 6. summary ($OUT, $OUT_RHYTHM) =="
-$PY scripts/gpu_check.py summary "${DEV[@]}" --out "$OUT" tests="$PARTS/tests.json" \
-    sanitizer="$PARTS/sanitizer.json" long="$PARTS/long.json" timings="$PARTS/timings.json" \
-    rhythm="$OUT_RHYTHM" || FAILED+=(summary)
+bounded summary $((20 * SLOW)) $PY scripts/gpu_check.py summary "${DEV[@]}" --out "$OUT" \
+    tests="$PARTS/tests.json" sanitizer="$PARTS/sanitizer.json" long="$PARTS/long.json" \
+    timings="$PARTS/timings.json" rhythm="$OUT_RHYTHM" || FAILED+=(summary)
 rm -rf "$PARTS"
+echo "gpu_check.sh: ${SECONDS} s"
+if ((!DRY)); then
+    echo "to commit (with the device name and this output in the message; copy the two files"
+    echo "into results/bench/ first if GPU_CHECK_OUT put them elsewhere):"
+    echo "    git add results/bench/$(basename "$OUT") results/bench/$(basename "$OUT_RHYTHM")"
+    echo "    the README's GPU paragraphs: the measured per-step times beside the estimate of"
+    echo "    results/bench/triton_roofline.md (python scripts/make_tables.py RUNS --gpu $OUT)"
+fi
 if ((${#FAILED[@]})); then
     echo "gpu_check.sh: FAILED steps: ${FAILED[*]}"
     exit 1

@@ -49,3 +49,27 @@ def test_gpu_check_dry_run_runs_every_step_and_writes_one_json(tmp_path):
     gpu = mt.find_gpu_checks([tmp_path])
     md = "\n".join(mt._gpu_table(gpu).markdown())
     assert "su rate 0.17 train" in md and "DRY RUN" in md
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="needs make setup")
+def test_gpu_check_without_a_gpu_stops_with_one_line(tmp_path):
+    """A GPU run on a machine whose torch sees no CUDA GPU: exit 2, one line, no step run."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    env = {**os.environ, "GPU_CHECK_OUT": str(tmp_path / "check.json")}
+    p = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2, (p.stdout + p.stderr)[-2000:]
+    assert p.stdout == "" and p.stderr.strip().splitlines() == [
+        "gpu_check.sh needs a CUDA GPU (torch.cuda.is_available() is False); "
+        "--dry-run checks the script on the CPU"
+    ]
+    assert not (tmp_path / "check.json").exists()
