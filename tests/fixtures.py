@@ -1,11 +1,14 @@
-"""What the tests share: a tiny in-memory task (no files, no registry), the loader of
-the scripts under test, a read-only folder as a mount makes one, the selective-update GRU
-op cases and the Triton set-up. Writers of the real data formats live in tasks/formats.py."""
+"""The plain helpers the tests share (their pytest fixtures are in conftest.py): a tiny
+in-memory task (no files, no registry), run.py in a subprocess, a function run on several
+processes joined by a gloo process group (DDP on CPU), the loader of the scripts under
+test, a read-only folder as a mount makes one, the selective-update GRU op cases and the
+Triton set-up. Writers of the real data formats live in tasks/formats.py."""
 
 from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,6 +62,47 @@ class ToyTask(Task):
 
     def splits(self) -> Splits:
         return self._splits
+
+
+def run_py(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python run.py *args`` in ``cwd`` as a user runs it (this checkout's packages on the
+    path, wandb offline); flags (``-m``) go before the overrides."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    flags = [a for a in args if a.startswith("-")]
+    rest = [a for a in args if not a.startswith("-")]
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *flags, *rest],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_ranks(fn, world: int, folder: Path, *args) -> list:
+    """``fn(rank, world, *args)`` on ``world`` processes joined by a gloo process group:
+    what each returned, by rank; ``folder`` holds the rendezvous file and the results. The
+    processes are forked (no imports to repeat: a spawned one costs seconds of start-up)
+    and run torch on one thread, as DataLoader workers do (OpenMP's pool does not survive
+    a fork)."""
+    import torch.multiprocessing as mp
+
+    args = (world, str(folder), fn, args)
+    mp.start_processes(_rank, args=args, nprocs=world, join=True, start_method="fork")
+    return [torch.load(Path(folder) / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def _rank(rank: int, world: int, folder: str, fn, args) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    init = f"file://{folder}/rendezvous"
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.save(fn(rank, world, *args), Path(folder) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
 
 
 def load_script(name: str):

@@ -2,7 +2,9 @@
 dropped partial batch; a stream: every token, with the state carried across its windows),
 the mixers' per-layer rates weighted by valid tokens, gate statistics where the task says
 where its information sits (``memory_windows``: neurons open at the input and closed through
-the delay), and forward FLOPs per sequence over the validation set. Under DDP each rank reads its share and the totals are global.
+the delay), and forward FLOPs per sequence over the validation set. The metrics are torchmetrics
+metrics (the objective's, and a weighted mean per rate): under DDP each rank reads its share
+and torchmetrics sums the states of every rank when they are computed.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from collections import defaultdict
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import Subset
 
 from surnn.harness.config import TrainerConfig
 from surnn.harness.data import eval_loader, to_device
 from surnn.harness.flops import count_flops
+from surnn.harness.metrics import WeightedMean
 from surnn.harness.preemption import StopSignals
 from surnn.harness.streams import detached_rows, eval_windows, is_stream
 
@@ -108,9 +110,8 @@ class Evaluator:
 
     def _evaluate(self, split: str, ds, model: torch.nn.Module, carry: bool) -> dict[str, Any]:
         obj = self.objective
-        sums = obj.init(self.device)
-        aux_sum: dict[str, torch.Tensor] = {}  # rates weighted by valid tokens
-        tokens = torch.zeros((), dtype=torch.float64, device=self.device)
+        metrics = obj.metrics().to(self.device)
+        rates: dict[str, WeightedMean] = {}  # each rate's mean over the valid tokens
         state = None
         for batch in self.batches(split, ds):
             self.signals.check()
@@ -125,22 +126,19 @@ class Evaluator:
                     out, aux, state = model(batch, state, carry=True)
                 else:
                     out, aux = model(batch)
-            obj.update(sums, out, batch["y"])
+            obj.update(metrics, out, batch["y"])
             n_tok = batch["lengths"].sum().double()
             if "lengths2" in batch:
                 n_tok = n_tok + batch["lengths2"].sum().double()
-            tokens += n_tok
             for k, v in aux.items():
-                if k.endswith(RATE_KEYS):
-                    aux_sum.setdefault(k, torch.zeros((), dtype=torch.float64, device=self.device))
-                    aux_sum[k] += v.detach().double() * n_tok  # a mean over this batch's tokens
+                if k.endswith(RATE_KEYS):  # a mean over this batch's tokens
+                    if k not in rates:
+                        rates[k] = WeightedMean().to(self.device)
+                    rates[k].update(v.detach(), n_tok)
         self.signals.interruptible = False
-        if self.world > 1:  # every rank sums its share; the totals are global
-            for t in (*sums.values(), tokens, *aux_sum.values()):
-                dist.all_reduce(t)
-        out = {f"{split}/{k}": v for k, v in obj.compute(sums).items()}
-        n_tokens = max(float(tokens), 1.0)
-        out.update({f"{split}/{k}": v / n_tokens for k, v in floats(aux_sum).items()})
+        out = {f"{split}/{k}": v for k, v in obj.compute(metrics).items()}
+        rate_values = floats({k: m.compute() for k, m in rates.items()})
+        out.update({f"{split}/{k}": v for k, v in rate_values.items()})
         windows = getattr(self.task, "memory_windows", None)  # a memory task's layout
         if windows and hasattr(model, "gate_stats"):
             stats = model.gate_stats(self.task.max_len, windows)

@@ -1,8 +1,9 @@
-"""Evaluation metrics and the facts a run records about where and how it ran."""
+"""Evaluation metrics (torchmetrics) and the facts a run records about where and how it ran."""
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import platform
 import resource
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchmetrics import MeanSquaredError, Metric
+from torchmetrics.aggregation import SumMetric
 
 
 def git_commit(path: Path | None = None) -> str:
@@ -104,3 +107,175 @@ def command_line() -> str:
         return " ".join(parent)
     nproc = os.environ.get("LOCAL_WORLD_SIZE", "?")
     return f"torchrun --nproc_per_node={nproc} " + " ".join(sys.argv)
+
+
+# ------------------------------------------------------------------ evaluation metrics
+# torchmetrics metrics whose states are float64 sums over every example (counts exact), summed
+# across DDP ranks by torchmetrics when computed. The objectives (objectives.py) and the
+# evaluation's per-layer rates (evaluation.py) are scored with them.
+
+
+class _Sums(Metric):
+    """States: float64 sums (scalars, or vectors of ``size``), summed across ranks."""
+
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(self, *names: str, size: int | None = None):
+        super().__init__()
+        for name in names:
+            zeros = torch.zeros(() if size is None else (size,), dtype=torch.float64)
+            self.add_state(name, default=zeros, dist_reduce_fx="sum")
+
+
+class Accuracy(_Sums):
+    """Fraction of the scored targets predicted right: ``update(pred, target, keep)`` with
+    predicted and true classes of one shape; ``keep`` (bool, that shape) marks the targets
+    that count (default: all)."""
+
+    higher_is_better = True
+
+    def __init__(self):
+        super().__init__("right", "total")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, keep=None) -> None:
+        right = pred == target
+        if keep is None:
+            self.right += right.sum()
+            self.total += right.numel()
+        else:
+            self.right += (right & keep).sum()
+            self.total += keep.sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.right / self.total.clamp(min=1)
+
+
+class SequenceAccuracy(_Sums):
+    """Whole-sequence accuracy: the fraction of sequences with every scored target right.
+    ``update(pred, target, keep)``: ``[B, L]`` each; a sequence with no target counts
+    nowhere."""
+
+    higher_is_better = True
+
+    def __init__(self):
+        super().__init__("right", "total")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> None:
+        has = keep.any(1)
+        self.total += has.sum()
+        self.right += (has & ((pred == target) | ~keep).all(1)).sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.right / self.total.clamp(min=1)
+
+
+class PositionAccuracy(_Sums):
+    """The accuracy of each sequence's k-th scored target, for k < ``n``: which of the
+    recalled symbols a model gets right. ``update(pred, target, keep)``: ``[B, L]`` each;
+    ``compute()``: ``[n]``, NaN where no sequence has a k-th target."""
+
+    higher_is_better = True
+
+    def __init__(self, n: int):
+        super().__init__("right", "total", size=n)
+        self.n = n
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> None:
+        rank = keep.long().cumsum(1) - 1  # the k of each target within its sequence
+        first = keep & (rank < self.n)
+        k = rank[first]
+        self.total += torch.bincount(k, minlength=self.n)
+        right = (pred == target)[first].double()
+        self.right += torch.bincount(k, weights=right, minlength=self.n)
+
+    def compute(self) -> torch.Tensor:
+        return self.right / self.total
+
+
+class MeanNLL(_Sums):
+    """Mean negative log-likelihood per scored target (nats), the cross-entropy loss:
+    ``update(nll, n)``: the batch's per-target values, or their sum, and the number of
+    targets."""
+
+    higher_is_better = False
+
+    def __init__(self):
+        super().__init__("total", "count")
+
+    def update(self, nll: torch.Tensor, n) -> None:
+        self.total += nll.double().sum()
+        self.count += n
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count.clamp(min=1)
+
+
+class Perplexity(MeanNLL):
+    """exp(mean NLL per target), the mean capped at 700 nats (float64's exp overflows past
+    about 709); computed by ``math.exp``, as the harness reports it."""
+
+    def compute(self) -> torch.Tensor:
+        mean = float(self.total / self.count.clamp(min=1))
+        return torch.tensor(math.exp(min(mean, 700.0)), dtype=torch.float64)
+
+
+class ClassPrior(_Sums):
+    """The majority class's share of the targets (``update(target)``, classes < ``n``): the
+    accuracy of always answering the most frequent class."""
+
+    def __init__(self, n: int):
+        super().__init__("count", size=n)
+        self.n = n
+
+    def update(self, target: torch.Tensor) -> None:
+        self.count += torch.bincount(target, minlength=self.n)
+
+    def compute(self) -> torch.Tensor:
+        return self.count.max() / self.count.sum().clamp(min=1)
+
+
+class TargetVariance(_Sums):
+    """The variance of real targets (``update(target)``): the mean squared error of always
+    predicting their mean, the trivial baseline of a regression."""
+
+    higher_is_better = False
+
+    def __init__(self):
+        super().__init__("total", "total_sq", "count")
+
+    def update(self, target: torch.Tensor) -> None:
+        y = target.float()
+        self.total += y.sum().double()
+        self.total_sq += (y.double() ** 2).sum()
+        self.count += y.numel()
+
+    def compute(self) -> torch.Tensor:
+        n = self.count.clamp(min=1)
+        return (self.total_sq / n - (self.total / n) ** 2).clamp(min=0.0)
+
+
+def count() -> SumMetric:
+    """A float64 running count (``update(n)``), summed across ranks."""
+    return SumMetric(nan_strategy="disable").set_dtype(torch.float64)
+
+
+def mse() -> MeanSquaredError:
+    """Mean squared error with float64 sums."""
+    return MeanSquaredError().set_dtype(torch.float64)
+
+
+class WeightedMean(_Sums):
+    """A weighted mean, ``update(value, weight)``: the evaluation's per-layer rates, each
+    batch's weighted by its valid tokens. (torchmetrics' MeanMetric drops the weights when
+    its NaN check is off, and its check reads each value back from the device.)"""
+
+    def __init__(self):
+        super().__init__("total", "weight")
+
+    def update(self, value: torch.Tensor, weight: torch.Tensor) -> None:
+        self.total += value.double() * weight
+        self.weight += weight
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight.clamp(min=1)

@@ -17,8 +17,9 @@ A task declares ``objective`` (``Task.objective``):
 - ``regress``: a real target per sequence (``y: [B]`` float), read at the last valid
   position; loss and metric: mean squared error ``mse`` (lower is better).
 
-Each objective builds its head, gives the training loss and keeps the sums an evaluation
-needs (summed over every example, all-reduced under DDP, then ``compute``).
+Each objective builds its head, gives the training loss and scores an evaluation with
+torchmetrics metrics (``surnn/harness/metrics.py``): summed over every example of the split,
+across DDP ranks when computed.
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MetricCollection
 
 from surnn.errors import ConfigError
+from surnn.harness import metrics as tm
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +69,16 @@ class Objective:
         """(correct, count) for the running train accuracy of one micro-batch."""
         return torch.zeros(()), 0
 
-    # ---- evaluation sums
-    def init(self, device) -> dict[str, torch.Tensor]:
+    # ---- evaluation
+    def metrics(self) -> MetricCollection:
+        """The evaluation's metrics, fresh (``update`` feeds them a batch)."""
         raise NotImplementedError
 
-    def update(self, s: dict[str, torch.Tensor], out: Any, y: torch.Tensor) -> None:
+    def update(self, metrics: MetricCollection, out: Any, y: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def compute(self, s: dict[str, torch.Tensor]) -> dict[str, float]:
+    def compute(self, metrics: MetricCollection) -> dict[str, float]:
+        """The split's numbers, over every example (and every rank)."""
         raise NotImplementedError
 
     def better(self, a: float, b: float | None) -> bool:
@@ -87,8 +92,13 @@ class Objective:
         return int(y.shape[0])
 
 
-def _zeros(device, *names):
-    return {n: torch.zeros((), dtype=torch.float64, device=device) for n in names}
+def _collection(**metrics) -> MetricCollection:
+    return MetricCollection(metrics, compute_groups=False)
+
+
+def _values(metrics: MetricCollection) -> dict[str, Any]:
+    """Each metric's value over every example and rank: a float, or a list for a vector."""
+    return {k: v.tolist() if v.dim() else v.item() for k, v in metrics.compute().items()}
 
 
 class Classify(Objective):
@@ -100,26 +110,24 @@ class Classify(Objective):
     def train_stats(self, out, y):
         return (out.argmax(-1) == y).sum(), len(y)
 
-    def init(self, device):
-        s = _zeros(device, "loss", "n", "correct")
-        s["hist"] = torch.zeros(self.n_classes, dtype=torch.float64, device=device)
-        return s
+    def metrics(self):
+        return _collection(
+            acc=tm.Accuracy(),
+            loss=tm.MeanNLL(),
+            n=tm.count(),
+            majority=tm.ClassPrior(self.n_classes),
+        )
 
-    def update(self, s, out, y):
+    def update(self, metrics, out, y):
         logits = out.float()
-        s["loss"] += F.cross_entropy(logits, y, reduction="sum").double()
-        s["n"] += len(y)
-        s["correct"] += (logits.argmax(-1) == y).sum().double()
-        s["hist"] += torch.bincount(y, minlength=self.n_classes).double()
+        metrics["acc"].update(logits.argmax(-1), y)
+        metrics["loss"].update(F.cross_entropy(logits, y, reduction="sum"), len(y))
+        metrics["n"].update(len(y))
+        metrics["majority"].update(y)
 
-    def compute(self, s):
-        n = max(float(s["n"]), 1.0)
-        return {
-            "acc": float(s["correct"]) / n,
-            "loss": float(s["loss"]) / n,
-            "n": int(s["n"]),
-            "majority": float(s["hist"].max()) / n,
-        }
+    def compute(self, metrics):
+        v = _values(metrics)
+        return {"acc": v["acc"], "loss": v["loss"], "n": int(v["n"]), "majority": v["majority"]}
 
 
 class Tokens(Objective):
@@ -138,43 +146,41 @@ class Tokens(Objective):
         keep = y != IGNORE_INDEX
         return ((out.argmax(-1) == y) & keep).sum(), int(keep.sum())
 
-    def init(self, device):
-        s = _zeros(device, "loss", "n", "correct", "seqs", "seqs_right")
-        for name in ("pos_n", "pos_right"):
-            s[name] = torch.zeros(self.N_POS, dtype=torch.float64, device=device)
-        return s
+    def metrics(self):
+        return _collection(
+            acc=tm.Accuracy(),
+            seq_acc=tm.SequenceAccuracy(),
+            acc_pos=tm.PositionAccuracy(self.N_POS),
+            loss=tm.MeanNLL(),
+            n=tm.count(),  # sequences with a target
+            targets=tm.count(),
+        )
 
-    def update(self, s, out, y):
+    def update(self, metrics, out, y):
         keep = y != IGNORE_INDEX
         logits = out.float()
-        right = (logits.argmax(-1) == y) & keep
-        s["loss"] += F.cross_entropy(
+        pred = logits.argmax(-1)
+        n = keep.sum()
+        metrics["acc"].update(pred, y, keep)
+        metrics["seq_acc"].update(pred, y, keep)
+        metrics["acc_pos"].update(pred, y, keep)
+        nll = F.cross_entropy(
             logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        ).double()
-        s["n"] += keep.sum().double()
-        s["correct"] += right.sum().double()
-        has = keep.any(1)
-        s["seqs"] += has.sum().double()
-        s["seqs_right"] += (has & ((right | ~keep).all(1))).sum().double()
-        rank = keep.long().cumsum(1) - 1  # the k of each target within its sequence
-        first = keep & (rank < self.N_POS)
-        k = rank[first]
-        s["pos_n"] += torch.bincount(k, minlength=self.N_POS).double()
-        s["pos_right"] += torch.bincount(k, weights=right[first].double(), minlength=self.N_POS)
+        )
+        metrics["loss"].update(nll, n)
+        metrics["n"].update(keep.any(1).sum())
+        metrics["targets"].update(n)
 
-    def compute(self, s):
-        n = max(float(s["n"]), 1.0)
+    def compute(self, metrics):
+        v = _values(metrics)
         out = {
-            "acc": float(s["correct"]) / n,
-            "seq_acc": float(s["seqs_right"]) / max(float(s["seqs"]), 1.0),
-            "loss": float(s["loss"]) / n,
-            "n": int(s["seqs"]),
-            "targets": int(s["n"]),
+            "acc": v["acc"],
+            "seq_acc": v["seq_acc"],
+            "loss": v["loss"],
+            "n": int(v["n"]),
+            "targets": int(v["targets"]),
         }
-        counts, rights = s["pos_n"].tolist(), s["pos_right"].tolist()
-        for k, (c, r) in enumerate(zip(counts, rights)):
-            if c:
-                out[f"acc_pos{k}"] = r / c
+        out.update({f"acc_pos{k}": a for k, a in enumerate(v["acc_pos"]) if not math.isnan(a)})
         return out
 
     def tokens(self, y):
@@ -233,25 +239,29 @@ class LanguageModel(Objective):
             return torch.zeros(()), 0
         return (out["pred"] == y[y != IGNORE_INDEX]).sum(), int(out["pred"].numel())
 
-    def init(self, device):
-        return _zeros(device, "loss", "n", "correct")
+    def metrics(self):
+        return _collection(
+            loss=tm.MeanNLL(), ppl=tm.Perplexity(), acc=tm.Accuracy(), targets=tm.count()
+        )
 
-    def update(self, s, out, y):
+    def update(self, metrics, out, y):
         t = y[y != IGNORE_INDEX]
-        s["loss"] += out["nll"].double().sum()
-        s["n"] += len(t)
-        s["correct"] += (out["pred"] == t).sum().double()
+        metrics["loss"].update(out["nll"], len(t))
+        metrics["ppl"].update(out["nll"], len(t))
+        metrics["acc"].update(out["pred"], t)
+        metrics["targets"].update(len(t))
 
-    def compute(self, s):
-        n = max(float(s["n"]), 1.0)
-        loss = float(s["loss"]) / n
+    def compute(self, metrics):
+        v = _values(metrics)
+        n = int(v["targets"])
+        loss = v["loss"]
         return {
             "loss": loss,
-            "ppl": math.exp(min(loss, 700.0)),
+            "ppl": v["ppl"],
             "bpt": loss / math.log(2),
-            "acc": float(s["correct"]) / n,
-            "n": int(s["n"]),
-            "targets": int(s["n"]),
+            "acc": v["acc"],
+            "n": n,
+            "targets": n,
         }
 
     def tokens(self, y):
@@ -279,26 +289,22 @@ class Regress(Objective):
     def loss(self, out, y):
         return F.mse_loss(out.float(), y.float())
 
-    def init(self, device):
-        return _zeros(device, "sse", "n", "y_sum", "y_sq")
+    def metrics(self):
+        # baseline_mse: what always predicting the split's mean target scores
+        return _collection(mse=tm.mse(), baseline_mse=tm.TargetVariance(), n=tm.count())
 
-    def update(self, s, out, y):
-        yf = y.float()
-        s["sse"] += ((out.float() - yf) ** 2).sum().double()
-        s["n"] += yf.numel()
-        s["y_sum"] += yf.sum().double()
-        s["y_sq"] += (yf.double() ** 2).sum()
+    def update(self, metrics, out, y):
+        metrics["mse"].update(out.float(), y.float())
+        metrics["baseline_mse"].update(y)
+        metrics["n"].update(y.numel())
 
-    def compute(self, s):
-        n = max(float(s["n"]), 1.0)
-        mse = float(s["sse"]) / n
-        var = float(s["y_sq"]) / n - (float(s["y_sum"]) / n) ** 2
+    def compute(self, metrics):
+        v = _values(metrics)
         return {
-            "mse": mse,
-            "loss": mse,
-            # what always predicting the split's mean target scores (the trivial baseline)
-            "baseline_mse": max(var, 0.0),
-            "n": int(s["n"]),
+            "mse": v["mse"],
+            "loss": v["mse"],
+            "baseline_mse": v["baseline_mse"],
+            "n": int(v["n"]),
         }
 
 

@@ -45,7 +45,7 @@ def test_token_metrics_per_token_and_whole_sequence():
     y = torch.tensor([[IGNORE_INDEX, 0, 1], [2, IGNORE_INDEX, 0], [IGNORE_INDEX] * 3])
     pred = torch.tensor([[2, 0, 1], [2, 1, 1], [0, 0, 0]])  # row 0 right, row 1 one wrong
     logits = torch.nn.functional.one_hot(pred, 3).float() * 5
-    s = obj.init("cpu")
+    s = obj.metrics()
     obj.update(s, logits, y)
     m = obj.compute(s)
     assert m["acc"] == pytest.approx(3 / 4)  # 4 scored targets, 3 right
@@ -65,7 +65,7 @@ def test_token_accuracy_by_position_matches_a_direct_count():
     y = torch.randint(0, C, (B, L))
     y[torch.rand(B, L) < 0.6] = IGNORE_INDEX
     logits = torch.randn(B, L, C)
-    s = obj.init("cpu")
+    s = obj.metrics()
     for rows in (slice(0, 17), slice(17, B)):  # sums over batches
         obj.update(s, logits[rows], y[rows])
     m = obj.compute(s)
@@ -98,7 +98,7 @@ def test_lm_loss_perplexity_bits(cutoffs):
         nll = -logp.gather(1, y[keep][:, None]).squeeze(1)
         assert torch.allclose(out["nll"], nll, atol=1e-5)
         assert torch.equal(out["pred"], logp.argmax(-1))
-    s = obj.init("cpu")
+    s = obj.metrics()
     obj.update(s, out, y)
     m = obj.compute(s)
     loss = float(nll.mean())
@@ -112,7 +112,7 @@ def test_regression_mse_and_its_baseline():
     obj = Regress()
     y = torch.tensor([1.0, 0.5, 1.5])
     out = torch.tensor([1.0, 1.0, 1.0])
-    s = obj.init("cpu")
+    s = obj.metrics()
     obj.update(s, out, y)
     m = obj.compute(s)
     assert m["mse"] == pytest.approx((0 + 0.25 + 0.25) / 3)

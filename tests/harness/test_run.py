@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import TINY_LISTOPS
+from tests.fixtures import TINY_LISTOPS, run_py
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [*TINY_LISTOPS, "logger=none"]
@@ -45,20 +45,10 @@ RESULT_FIELDS = {
 
 
 def run(args, tmp, **kw):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    return subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "run.py"),
-            f"data_dir={tmp / 'data'}",
-            f"output_dir={tmp / 'out'}",
-            *args,
-        ],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=kw.get("timeout", 300),
+    return run_py(
+        [f"data_dir={tmp / 'data'}", f"output_dir={tmp / 'out'}", *args],
+        tmp,
+        kw.get("timeout", 300),
     )
 
 

@@ -17,6 +17,7 @@ from surnn.harness.cli import CONFIG_DIR, choices
 from surnn.harness.config import BackboneConfig, TrainerConfig, checked
 from surnn.harness.registry import MIXERS
 from tasks.formats import write_wikitext
+from tests.fixtures import run_py
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
@@ -29,24 +30,7 @@ SMALL = [
 
 
 def run(args, tmp):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    flags = [a for a in args if a.startswith("-")]  # -m before the overrides
-    rest = [a for a in args if not a.startswith("-")]
-    return subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "run.py"),
-            *flags,
-            f"data_dir={tmp / 'data'}",
-            f"output_dir={tmp / 'out'}",
-            *rest,
-        ],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_py([f"data_dir={tmp / 'data'}", f"output_dir={tmp / 'out'}", *args], tmp, 600)
 
 
 def results(tmp) -> dict[str, dict]:

@@ -4,7 +4,6 @@ folder, and run.py end to end on generated Pathfinder data."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from tasks.formats import (
     write_pathfinder_pngs,
 )
 from tasks.generators import pathfinder as gen
-from tests.fixtures import load_script
+from tests.fixtures import load_script, run_py
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,22 +134,11 @@ def test_prepare_data_counts_and_builds_caches(data):
     assert "train 12 / test 4 (release: 60,000 / 10,000)" in r.stdout
 
 
-def run_py(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), f"output_dir={tmp / 'out'}", "logger=none", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp,
-    )
-
-
 @pytest.mark.slow
 def test_run_py_smoke_on_generated_pathfinder(data, tmp_path):
     args = ["task=pathfinder", "model=lstm", "model.d_model=16", "model.n_layers=1"]
-    r = run_py([*args, "trainer=smoke", f"data_dir={data}"], tmp_path)
+    out = [f"output_dir={tmp_path / 'out'}", "logger=none"]
+    r = run_py([*out, *args, "trainer=smoke", f"data_dir={data}"], tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (res_file,) = (tmp_path / "out").rglob("results.json")
     res = json.loads(res_file.read_text())

@@ -29,7 +29,7 @@ from tasks.formats import (
     write_wikitext,
 )
 from tasks.npy import NpyStream
-from tests.fixtures import TINY_LISTOPS, load_script, read_only, tree_state
+from tests.fixtures import TINY_LISTOPS, load_script, tree_state
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = {"format": 1, "option": "a"}
@@ -55,21 +55,6 @@ def builder(calls: list):
 
 def built(data_dir: Path) -> cache.Cache:
     return load_or_build(Toy(data_dir), "toy", KEY, NAMES, builder([]))
-
-
-@pytest.fixture
-def frozen(monkeypatch):
-    """freeze(folder): the folder read-only for the rest of the test (see read_only)."""
-    roots, real_chmod = [], os.chmod
-
-    def freeze(root: Path) -> None:
-        roots.append(root)
-        read_only(root, setattr=monkeypatch.setattr)
-
-    yield freeze
-    for root in roots:  # writable again, so pytest can remove it
-        for p in [root, *root.rglob("*")]:
-            real_chmod(p, p.stat().st_mode | stat.S_IWUSR)
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
