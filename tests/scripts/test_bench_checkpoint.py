@@ -76,6 +76,10 @@ def test_rates_are_the_trainers_and_every_open_gate_has_rate_1(tiny_run, measure
         assert p["speedup_model"] > 0 and p["speedup_mixer"] > 0
     for v in c.values():
         assert 0 < v["mixer_min_s"] < v["min_s"]  # recurrent layers: part of the model
+        # the dense parts: the rest of the same pass, at its fastest
+        rest = [t - m for t, m in zip(v["times_s"], v["mixer_times_s"])]
+        assert v["dense_min_s"] == min(rest) > 0
+        assert v["dense_ms_per_seq"] == pytest.approx(1e3 * min(rest) / b["examples"])
     # every raw time kept: the learned gate runs once after each of its two baselines
     assert len(c["learned"]["times_s"]) == len(c["learned"]["cpu_times_s"]) == 2
     assert len(c["open"]["mixer_times_s"]) == len(c["nn_gru"]["times_s"]) == 1
@@ -83,7 +87,7 @@ def test_rates_are_the_trainers_and_every_open_gate_has_rate_1(tiny_run, measure
     assert b["scale"] == "smoke" and "smoke" in b["setting"] and not b["paper_setting"]
     md = (out / "checkpoint_tiny_B256.md").read_text()
     assert "NOT the paper's sMNIST setting" in md and "recurrent layers" in md
-    assert "run dense in every case" in md
+    assert "run dense in every case" in md and "| dense parts ms/seq |" in md
 
 
 def test_streaming_batch_1_on_a_few_examples(tiny_run, tmp_path):
