@@ -14,8 +14,10 @@ numerics.LONG_TOL. ``timings`` times, with CUDA events, the op's phases per step
 kernels, the forward's input-projection GEMM, the backward's recompute GEMMs and gradient GEMMs
 apart) at update rates 1 and 0.17 (staggered slab schedule), forward and training, with CUDA
 graphs and split-K on and off, and nn.GRU (cuDNN) at the same sizes, next to the launch
-model's estimate (launch.step_cost). ``summary`` merges the parts into one JSON (kind
-"gpu_check", read by scripts/make_tables.py --gpu) and prints the tables.
+model's estimate (launch.step_cost); and training at 0.17 with every other step closed
+("closed/2"), the backward's gradient GEMMs over the open steps only and dense
+(launch.COMPACT_MIN_CLOSED). ``summary`` merges the parts into one JSON (kind "gpu_check",
+read by scripts/make_tables.py --gpu) and prints the tables.
 
 On the CPU (gpu_check.sh --dry-run) the same steps run with the Triton interpreter at tiny
 sizes and wall-clock timings: they check this script, not the kernels' speed.
@@ -225,17 +227,24 @@ def timings(a) -> dict:
     params = [t.clone().requires_grad_() for t in (x, h0, *w)]
     rows = []
 
-    def su_case(rate, train, flag, split):
+    def su_case(rate, train, flag, split, closed_half=False, compact=True):
         g = _slab(T, H, rate, dev, dt)
+        if closed_half:  # every other step computes no neuron
+            g = g * (torch.arange(T, device=dev) % 2 == 0).to(dt)[:, None]
 
         def call():
-            if train:
-                xp, hp, *wp = params
-                out, h = op.su_gru_triton(xp, hp, *wp, g, g != 0, graphs=flag)
-                (out.float().sum() + h.float().sum()).backward()
-            else:
-                with torch.no_grad():
-                    op.su_gru_triton(x, h0, *w, g, g != 0, graphs=flag)
+            old = launch.COMPACT_MIN_CLOSED
+            launch.COMPACT_MIN_CLOSED = old if compact else 2.0  # 2: never compact
+            try:
+                if train:
+                    xp, hp, *wp = params
+                    out, h = op.su_gru_triton(xp, hp, *wp, g, g != 0, graphs=flag)
+                    (out.float().sum() + h.float().sum()).backward()
+                else:
+                    with torch.no_grad():
+                        op.su_gru_triton(x, h0, *w, g, g != 0, graphs=flag)
+            finally:
+                launch.COMPACT_MIN_CLOSED = old
 
         return call
 
@@ -265,6 +274,12 @@ def timings(a) -> dict:
                 name += "" if flag else " eager"
                 name += "" if split is None else " no split-K"
                 cases.append((name, rate, train, flag, split, su_case(rate, train, flag, split)))
+    if a.variants:  # the backward's gradient GEMMs over the open steps only, and dense
+        for compact in (True, False):
+            name = "su rate 0.17 train closed/2" + ("" if compact else " dense")
+            cases.append(
+                (name, 0.17, True, True, None, su_case(0.17, True, True, None, True, compact))
+            )
     for name, rate, train, flag, split, fn in cases:
         old = os.environ.get(launch.ENV_SPLIT)
         if split is not None:
@@ -297,7 +312,7 @@ def timings(a) -> dict:
             phases_per_step_us={k: 1e3 * v / T for k, v in phases.items()},
             times_ms=[r[0] for r in runs],
         )
-        if name.startswith("su") and flag and split is None:
+        if name.startswith("su") and flag and split is None and "closed" not in name:
             est = launch.step_cost(B, D, H, rate, 2 if dt == torch.bfloat16 else 4, train)
             row["estimate_per_step_us"] = 1e6 * est["total_time_s"]
         rows.append(row)

@@ -11,7 +11,8 @@
 #   4. per-step CUDA-event timings at update rates 1 and 0.17 against nn.GRU (cuDNN), bf16,
 #      B=64, T=1024, D=H=1024: the step kernels, the forward's projection GEMM and the
 #      backward's GEMMs timed apart, CUDA graphs and split-K on and off, next to the launch
-#      model's estimate (launch.step_cost, results/bench/triton_roofline.md);
+#      model's estimate (launch.step_cost, results/bench/triton_roofline.md); training with
+#      every other step closed, gradient GEMMs over the open steps and dense;
 #   5. the layer with a learned rhythm (free phases) against nn.GRU (scripts/bench_surnn.py);
 #   6. one JSON, results/bench/surnn_gpu_check.json (scripts/make_tables.py --gpu reads it),
 #      and its tables. Budget: under 8 minutes on an H100 (the step timeouts sum to 7.75;

@@ -120,6 +120,27 @@ def _loops(case):
     return fwd, fs, bwd, bs, grads
 
 
+def test_closed_steps_leave_the_gradient_gemms(small_machine, monkeypatch):
+    """Chunks of 2 steps, run from the last: the first one run is dense; of the others, a
+    chunk with every step closed runs no gradient GEMM, and one with half of them closed runs
+    them over its open step only (dx zero at the closed ones, NaN-filled otherwise)."""
+    x, h0, w, g, active, lens = make_case(3, 6, 5, 20, "random", lengths=True)
+    g, active = g.detach().clone(), active.clone()
+    g[1:4], active[1:4] = 0, False  # steps 1, 2, 3 closed
+    lens[0] = 6
+    case = to_dev((x, h0, w, g.requires_grad_(), active, lens))
+    seen, real = [], op._Bwd._compact
+
+    def spy(self, t0, n, first):
+        idx = real(self, t0, n, first)
+        seen.append((t0, None if idx is None else idx.tolist()))
+        return idx
+
+    monkeypatch.setattr(op._Bwd, "_compact", spy)
+    assert_close(run("triton", case), run("reference", case), 2e-4)
+    assert seen == [(4, None), (2, []), (0, [0])]
+
+
 def test_split_k_really_runs(small_machine, monkeypatch):
     """With 16 SMs, 4 neuron tiles and 4 K blocks, a step spreads each tile's reduction over
     2 programs: the split-K workspace is written (it stays NaN when no step splits)."""

@@ -30,6 +30,17 @@ recomputed pre-activations and the weight/input gradients) is one GEMM over C*B 
 step launches follow. C is the smallest power of two with C*B >= GEMM_ROWS (a GEMM size that
 keeps tensor cores busy), between C_MIN and C_MAX, and at most the next power of two >= T. A
 CUDA graph captures one chunk of C launches and serves every sequence length (graphs.py).
+
+Closed steps. A step at which no neuron is computed (a time-only gate closed everywhere, or a
+per-sample gate closed for every sequence) has all-zero gradient rows, so the backward's
+gradient GEMMs of a chunk (dW_ih, dW_hh, dx: 3 of its 5 GEMMs) may run over the open steps
+only: their rows of G, x and h_{t-1} gathered into a compact block, dx scattered back (zero
+at closed steps). At B=64, D=H=1024, bf16 those GEMMs take ~2.0 us per step (``step_cost``'s
+GEMM model) and the gathers and the scatter of an open step move ~1.9 MB (~0.6 us at HBM
+bandwidth): compacting pays once about a fifth of the chunk's steps are closed, and a chunk
+is compacted where at least COMPACT_MIN_CLOSED of its steps are (an estimate, for the first
+GPU run to check). The recompute GEMMs stay dense: the step kernel reads their results at
+per-step slots, and scattering them back would cost about what it saves.
 """
 
 from __future__ import annotations
@@ -90,6 +101,7 @@ MIN_KB = 2  # K blocks per split at least (something for the copy pipeline to ov
 # ~1 us at ~110 GB/s; below it the partial sums' round trip costs more than it saves)
 SPLIT_MIN_BYTES = 256 * 1024
 GEMM_ROWS = 8192  # rows of a chunk's GEMMs at least (C * B)
+COMPACT_MIN_CLOSED = 0.25  # the backward's GEMMs skip closed steps from this fraction on
 C_MIN, C_MAX = 16, 256
 
 
@@ -327,7 +339,8 @@ def memory_bytes(
     total = full + fwd_chunk + bwd_chunk: a CUDA graph's static buffers replace the fresh
     ones (one static set per key, shared by the layers of one shape). Not counted: the
     caller's inputs and dL/d out (B*T*H*e), the weights' gradients, GEMM temporaries of a
-    chunk (C*B*D*e + 3P*(D + P)*f)."""
+    chunk (C*B*D*e + 3P*(D + P)*f; a compacted chunk's gathered rows, fewer than
+    C*B*(5P + D)*e)."""
     f32 = 4
     lp = plan(B, H, T, n_sm, "bf16" if elt == 2 else "ieee")
     C, per, P = lp.chunk, per_sample_gate, -(-H // 16) * 16

@@ -13,7 +13,9 @@ recomputed).
 backward, per chunk from the last: the recomputed pre-activations x W_ih^T and h_{t-1} W_hh^T
 as two GEMMs, C launches of ``bwd_step`` (dL/dh through the active neurons only, pointwise
 gradients), then the weight and input gradients of the chunk as GEMMs over its C*B rows
-(bf16 GEMMs with fp32 outputs accumulated in fp32 for bf16 runs).
+(bf16 GEMMs with fp32 outputs accumulated in fp32 for bf16 runs), or over the rows of its open
+steps only where at least a quarter of its steps compute no neuron (launch.py, closed steps;
+the host learns which steps those are from one copy queued before the first chunk's work).
 
 Memory of a training call (launch.memory_bytes; the README states the formula): the
 [B, T, H] output, the fp32 state for bf16, dx, and chunk buffers independent of T; Path-X
@@ -356,6 +358,8 @@ class _Bwd(_Loop):
         self.bias = _bias4(b_ih, b_hh, H)
         self.lens = lengths.to(device=x.device, dtype=torch.int32)
         self.order, self.cnt = _order(act, H, self.T)
+        self.opened, self.ready = self._open_steps()
+        self.idx = None  # the open steps of the chunk being run, when compacted
         self.inv = torch.empty_like(self.order).scatter_(  # each neuron's place in the order
             1,
             self.order.long(),
@@ -395,12 +399,46 @@ class _Bwd(_Loop):
     def chunks(self):
         return super().chunks()[::-1]
 
+    def _open_steps(self):
+        """Which steps compute a neuron (host bool [T]), copied without waiting (pinned memory
+        and an event on CUDA), and the event. The gradient GEMMs of every chunk after the first
+        one run may be compacted with it (launch.py, closed steps); the copy was queued before
+        the first chunk's work, so waiting for it at the second never idles the GPU. Inside a
+        CUDA-graph capture, and on meta tensors: (None, None), every chunk dense."""
+        dev = self.dev
+        if dev.type == "meta" or (dev.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            return None, None
+        opened = self.cnt > 0
+        if dev.type != "cuda":
+            return opened.cpu(), None
+        host = torch.empty(opened.shape, dtype=torch.bool, pin_memory=True)
+        host.copy_(opened, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return host, ready
+
+    def _compact(self, t0, n, first):
+        """The chunk's open steps (int64 offsets on the device) where its gradient GEMMs run
+        over them only (at least launch.COMPACT_MIN_CLOSED of its steps closed), else None."""
+        if first or self.opened is None:
+            return None
+        if self.ready is not None:
+            self.ready.synchronize()
+        o = self.opened[t0 : t0 + n]
+        if n - int(o.sum()) < launch.COMPACT_MIN_CLOSED * n:
+            return None
+        idx = o.nonzero().flatten()
+        if self.dev.type == "cuda":
+            return idx.pin_memory().to(self.dev, non_blocking=True)
+        return idx.to(self.dev)
+
     def begin(self, s) -> None:
         self._begin_common(s)
         s["dc"][:, : self.H].copy_(self.gh_in)
 
     def load(self, s, t0, n, first) -> None:
         B, D, H, HP, C = self.B, self.D, self.H, self.HP, self.C
+        self.idx = self._compact(t0, n, first)
         if not first:
             s["dgo"][C].copy_(s["dgo"][0])  # step t0+C's gradients, from the later chunk
         s["xc"][:n].copy_(_t(self.x[:, t0 : t0 + n]))
@@ -465,18 +503,28 @@ class _Bwd(_Loop):
         )
 
     def store(self, s, t0, n) -> None:
-        B, D, H, HP = self.B, self.D, self.H, self.HP
-        G = s["dgp"][:n].view(n * B, 4 * HP)
-        xc, ap = s["xc"][:n].view(n * B, D), s["ap"][:n].view(n * B, HP)
+        B, D, H, HP, idx = self.B, self.D, self.H, self.HP, self.idx
+        dxv = _t(self.dx[:, t0 : t0 + n])
         with phase("bwd_gemm_grads"):
-            self.dwi += _mm32(G[:, : 3 * HP].t(), xc)
-            self.dwh[: 2 * HP] += _mm32(G[:, : 2 * HP].t(), ap)
-            self.dwh[2 * HP :] += _mm32(G[:, 3 * HP :].t(), ap)
-            dx = torch.mm(G[:, : 3 * HP], self.wi_p).view(n, B, D)
-        self.dbi += G[:, : 3 * HP].sum(0, dtype=torch.float32)
-        self.dbh[: 2 * HP] += G[:, : 2 * HP].sum(0, dtype=torch.float32)
-        self.dbh[2 * HP :] += G[:, 3 * HP :].sum(0, dtype=torch.float32)
-        _t(self.dx[:, t0 : t0 + n]).copy_(dx)
+            if idx is None:  # every step's rows
+                k, G, xc, ap = n, s["dgp"][:n], s["xc"][:n], s["ap"][:n]
+            else:  # the open steps' rows only: the closed ones are zeros
+                k = idx.numel()
+                G, xc, ap = (s[m][:n].index_select(0, idx) for m in ("dgp", "xc", "ap"))
+                dxv.zero_()
+            if k:
+                G, xc, ap = G.view(k * B, 4 * HP), xc.view(k * B, D), ap.view(k * B, HP)
+                self.dwi += _mm32(G[:, : 3 * HP].t(), xc)
+                self.dwh[: 2 * HP] += _mm32(G[:, : 2 * HP].t(), ap)
+                self.dwh[2 * HP :] += _mm32(G[:, 3 * HP :].t(), ap)
+                dx = torch.mm(G[:, : 3 * HP], self.wi_p).view(k, B, D)
+                if idx is None:
+                    dxv.copy_(dx)
+                else:
+                    dxv.index_copy_(0, idx, dx)
+                self.dbi += G[:, : 3 * HP].sum(0, dtype=torch.float32)
+                self.dbh[: 2 * HP] += G[:, : 2 * HP].sum(0, dtype=torch.float32)
+                self.dbh[2 * HP :] += G[:, 3 * HP :].sum(0, dtype=torch.float32)
         if self.ps:
             _t(self.dg_full[:, t0 : t0 + n]).copy_(s["dg"][:n, :, :H])
         else:
