@@ -51,12 +51,12 @@ from surnn.harness import checkpoint
 from surnn.harness.config import BackboneConfig, OptimConfig, TrainerConfig, checked
 from surnn.harness.data import eval_loader
 from surnn.harness.loggers import Loggers
-from surnn.harness.metrics import device_name, git_commit, now_iso
 from surnn.harness.run_setting import experiment_of, scale_of, setting_of
 from surnn.harness.trainer import Trainer, is_stream
 from surnn.harness.validate import build_model, build_task
 from surnn.layer import SelectiveUpdateGRU
 from surnn.ops import IMPLS, resolve_impl
+from surnn.provenance import device_name, git_commit, now_iso
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_TASK = "smnist"
@@ -353,7 +353,7 @@ def bench_run(run: Path, args) -> dict:
         "batch": bs,
         "reps": args.reps,
         "threads": torch.get_num_threads(),
-        "device": device_name(device),
+        "device": device_name(device, threads=True),
         "impl": ran,
         "torch": torch.__version__,
         "commit": git_commit(),

@@ -17,12 +17,10 @@ their labels).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from surnn.provenance import git_commit, now_iso
 from tasks.formats import write_cifar, write_pathfinder_pngs
 from tasks.generators import pathfinder as gen
 
@@ -198,18 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.figure:
         figure(ROOT / "results" / "figures" / "pathfinder_samples.png")
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        commit = None
     res = {
         "command": " ".join(
             [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
         ),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git_commit": commit,
+        "date": now_iso(),
+        "git_commit": git_commit(ROOT, short=True),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),

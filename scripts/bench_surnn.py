@@ -38,7 +38,6 @@ repetitions (noise only ever adds time); the JSON keeps every raw time.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import statistics
@@ -49,7 +48,8 @@ import torch
 
 from surnn.gates import build_gate
 from surnn.ops import resolve_impl, su_gru
-from surnn.ops.bench import command_args, commit, device_name, surrogate_name, targets
+from surnn.ops.bench import surrogate_name, targets
+from surnn.provenance import command_line, device_name, git_commit, now_iso
 
 ROOT = Path(__file__).resolve().parents[1]
 RATES = (1.0, 0.5, 0.25, 0.17, 0.1, 0.05)
@@ -263,7 +263,7 @@ def main() -> None:
         f"({empty * 1e3:.1f} ms for T={T}); the sparse forward cannot beat it"
     )
     meta = {
-        "command": "python scripts/bench_surnn.py " + command_args(args),
+        "command": command_line(),
         "label": args.label,
         "sizes": {"B": B, "T": T, "D": D, "H": H},
         "dtype": args.dtype,
@@ -273,8 +273,8 @@ def main() -> None:
         "gate": gate_name(args),
         "surrogate": surrogate or "none (a fixed schedule: training computes the open updates)",
         "torch": torch.__version__,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "commit": commit(ROOT),
+        "date": now_iso(),
+        "commit": git_commit(ROOT, short=True),
         "reps": args.reps,
         "empty_step_us": empty / T * 1e6,
         "rows": rows,

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             f"error: no committed results under {', '.join(map(str, args.paths))}", file=sys.stderr
         )
         return 2
-    from surnn.harness.metrics import git_commit
+    from surnn.provenance import git_commit
 
     head = git_commit()
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="check_results-"))

@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 
 from surnn.ops import su_gru
-from surnn.ops.bench import commit, device_name
 from surnn.ops.triton import graphs, launch, numerics, op
+from surnn.provenance import device_name, git_commit
 
 KIND = "gpu_check"
 ROOT = Path(__file__).resolve().parents[1]
@@ -347,7 +347,7 @@ def summary(a) -> dict:
     res = dict(
         kind=KIND,
         device=device_name(torch.device(a.device)),
-        commit=commit(ROOT),
+        commit=git_commit(ROOT, short=True),
         torch=torch.__version__,
         triton=triton.__version__,
         dry_run=a.dry_run,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import subprocess
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from surnn.harness.backbone import Model
 from surnn.harness.flops import count_flops
 from surnn.harness.registry import MIXERS
+from surnn.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,6 @@ def model_config(name: str) -> dict[str, Any]:
     """configs/model/<name>.yaml composed by Hydra (so alias defaults resolve)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
-
     with initialize_config_dir(str(ROOT / "configs"), version_base=None):
         cfg = compose("config", overrides=[f"model={name}", "logger=none"])
     return OmegaConf.to_container(cfg.model, resolve=True)
@@ -195,15 +194,6 @@ def fmt_g(flops: int) -> str:
     return f"{flops / 1e9:.3f}"
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:  # pragma: no cover
-        return "unknown"
-
-
 def render(rows: dict[str, dict[str, dict[str, Any]]], cfgs: dict[str, dict]) -> str:
     names = list(rows)
     head = "| Model | " + " | ".join(f"{t.name} ({t.max_len})" for t in LRA) + " |"
@@ -212,7 +202,7 @@ def render(rows: dict[str, dict[str, dict[str, Any]]], cfgs: dict[str, dict]) ->
         "# Models: parameters and forward FLOPs per sequence",
         "",
         f"Produced by `python scripts/model_table.py` on {datetime.date.today()} at commit "
-        f"{git_commit()} (torch {torch.__version__}, CPU). Every registered model with its "
+        f"{git_commit(ROOT, short=True)} (torch {torch.__version__}, CPU). Every registered model with its "
         "default config (`configs/model/<name>.yaml`; aliases omitted), around a stand-in "
         "for each LRA task (length, vocabulary and classes of `LRA_DATA.md`; image and "
         "pathfinder as 257-token pixel inputs, the task configs' default).",

@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from surnn.ops.bench import commit
 from surnn.ops.triton import launch
+from surnn.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = dict(B=64, T=1024, D=1024, H=1024)
@@ -48,7 +48,7 @@ def build() -> dict:
         hardware=launch.H100,
         estimate=est,
         memory=mem,
-        commit=commit(ROOT),
+        commit=git_commit(ROOT, short=True),
     )
 
 

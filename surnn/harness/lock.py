@@ -12,7 +12,6 @@ says whose it was).
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import fcntl
 import json
 import logging
@@ -21,6 +20,7 @@ import socket
 from pathlib import Path
 
 from surnn.errors import ConfigError
+from surnn.provenance import now_iso
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class RunLock:
                 {
                     "pid": os.getpid(),
                     "host": socket.gethostname(),
-                    "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                    "started": now_iso(),
                 }
             )
             + "\n"

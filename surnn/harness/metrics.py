@@ -1,47 +1,20 @@
-"""Evaluation metrics (torchmetrics) and the facts a run records about where and how it ran."""
+"""Evaluation metrics (torchmetrics), and what a run records of its timing, memory and command
+(the commit, device and date come from ``surnn.provenance``)."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
-import os
-import platform
 import resource
 import shlex
 import statistics
-import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
 from torchmetrics import MeanSquaredError, Metric
 from torchmetrics.aggregation import SumMetric
 
-
-def git_commit(path: Path | None = None) -> str:
-    """Commit of the code that ran, with ``-dirty`` when the tree has changes."""
-    cwd = str(path or Path(__file__).resolve().parents[2])
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+from surnn.provenance import command_line
 
 
 def peak_memory_bytes(device: torch.device) -> tuple[int, str]:
@@ -66,10 +39,6 @@ def run_summary(timers: dict[str, float], step_times: list[float], device) -> di
     return out
 
 
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
 def multirun_job_command() -> str | None:
     """In a job of a Hydra multirun, the command of that one run: run.py with the job's own
     overrides (the sweep's command line names every job, and a submitit job's process is
@@ -85,28 +54,10 @@ def multirun_job_command() -> str | None:
     return shlex.join(["python", script, *HydraConfig.get().overrides.task])
 
 
-def command_line() -> str:
-    """The command that started the run (a multirun's job: its own, as if run alone). Under
-    torchrun the workers see only ``run.py ...``: the launcher's own command line (the
-    workers' parent) is recorded, so the run can be repeated as it was started."""
-    job = multirun_job_command()
-    if job is not None:
-        return job
-    own = " ".join(["python", *sys.argv])
-    if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_WORLD_SIZE" not in os.environ:
-        return own
-    try:
-        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
-        parent = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-    except OSError:
-        parent = []
-    if any("torchrun" in a or "torch.distributed.run" in a for a in parent[:3]):
-        exe = Path(parent[0]).name
-        if exe.startswith("python"):
-            parent[0] = "python"
-        return " ".join(parent)
-    nproc = os.environ.get("LOCAL_WORLD_SIZE", "?")
-    return f"torchrun --nproc_per_node={nproc} " + " ".join(sys.argv)
+def run_command() -> str:
+    """The command of this run: in a job of a Hydra multirun the job's own (as if run
+    alone), else the command that started the process (``surnn.provenance.command_line``)."""
+    return multirun_job_command() or command_line()
 
 
 # ------------------------------------------------------------------ evaluation metrics

@@ -25,9 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 from surnn.errors import ConfigError, DataError
 from surnn.harness.lock import RunLock
 from surnn.harness.loggers import JsonlLog, Loggers, WandbLog
-from surnn.harness.metrics import command_line, device_name, git_commit, now_iso
+from surnn.harness.metrics import run_command
 from surnn.harness.trainer import Trainer
 from surnn.harness.validate import build_model, build_task, check_config  # noqa: F401
+from surnn.provenance import device_name, git_commit, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "gate_holders": _layer_rates(test, "holders") or None,
             "params": n_params,
             **trainer.summary(),
-            "device": device_name(device),
+            "device": device_name(device, threads=True),
             "threads": torch.get_num_threads(),
             "world_size": world,
             "precision": "bf16" if trainer.amp else "fp32",
@@ -261,7 +262,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "torch": torch.__version__,
             "date": now_iso(),
             "variant": cfg.get("variant"),
-            "command": command_line(),
+            "command": run_command(),
             "data": task.describe(),
             "split_sizes": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
         }

@@ -1,5 +1,4 @@
-"""Timing for scripts/bench_surnn.py: the facts its JSON files record (commit, processor,
-the command) and its ``--suite targets``: the compiled CPU kernel's speed targets, and
+"""Timing for scripts/bench_surnn.py: its ``--suite targets``: the compiled CPU kernel's speed targets, and
 streaming through the public layer.
 
 Each target is a pair: a case and its baseline, run back to back in every repetition
@@ -19,11 +18,8 @@ shapes of ``SURROGATE_SHAPES``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -32,51 +28,7 @@ import torch
 from surnn.gates import all_open, build_gate
 from surnn.layer import SelectiveUpdateGRU
 from surnn.ops import resolve_impl, su_gru
-
-
-def commit(root: Path) -> str:
-    """The short commit of the checkout at ``root``, with ``-dirty`` for uncommitted changes
-    to tracked files (the method layer does not import the harness's ``git_commit``)."""
-    try:
-        sha = subprocess.check_output(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True
-        ).strip()
-        dirty = subprocess.check_output(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, text=True
-        ).strip()
-    except Exception:  # noqa: BLE001 - not a git checkout
-        return "unknown"
-    return sha + ("-dirty" if dirty else "")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def command_args(args: argparse.Namespace) -> str:
-    parts = []
-    for k, v in vars(args).items():
-        if v in (None, False, ""):
-            continue
-        flag = "--" + k.replace("_", "-")
-        if v is True:
-            parts.append(flag)
-        elif isinstance(v, list):
-            parts.append(
-                flag + " " + " ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
-            )
-        else:
-            parts.append(f"{flag} {v!r}" if isinstance(v, str) and " " in v else f"{flag} {v}")
-    return " ".join(parts)
-
+from surnn.provenance import command_line, device_name, git_commit, now_iso
 
 # ------------------------------------------------------------------ the CPU targets
 TARGET_RATE = 0.17
@@ -573,16 +525,16 @@ def targets(args: argparse.Namespace, root: Path) -> None:
             print(f"{'':<20}  per call: {row['overhead_us_per_call']:.1f} us")
     surrogate_rows(rows)  # each surrogate row's vs_ste, before the JSON is written
     meta = {
-        "command": "python scripts/bench_surnn.py " + command_args(args),
+        "command": command_line(),
         "label": args.label,
         "method": "per repetition each case runs right after its baseline; ratio = min(baseline) / min(case)",
         "gate": f"rhythm, free per-neuron phases, 4 frequencies, bias shifted to {TARGET_RATE} open; training rows of the op: the triangle surrogate of half-width {width:g} (computed in training: open or |a| < {width:g}); the surrogate setting: the layer with the presets' gate under each surrogate it names",
-        "device": device_name(torch.device("cpu")),
+        "device": device_name("cpu"),
         "threads": args.threads,
         "impl": impl,
         "torch": torch.__version__,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "commit": commit(root),
+        "date": now_iso(),
+        "commit": git_commit(root, short=True),
         "reps": args.reps,
         "loadavg_before_after": [load_before, load_after],
         "settings": info,

@@ -11,7 +11,7 @@ import pytest
 from surnn.errors import ConfigError
 from surnn.harness.lock import LOCK_NAME, RunLock
 from surnn.harness.loggers import WandbLog
-from surnn.harness.metrics import command_line
+from surnn.provenance import command_line
 
 
 def test_second_holder_is_refused_naming_the_first(tmp_path):

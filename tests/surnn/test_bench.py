@@ -1,11 +1,13 @@
 """surnn.ops.bench (scripts/bench_surnn.py --suite targets): every training row names its
-surrogate, and the surrogate setting times the public layer as the presets train it under
-straight-through and the triangle of each width. Structure only, never timings."""
+surrogate, the surrogate setting times the public layer as the presets train it under
+straight-through and the triangle of each width, the JSON records the command as typed.
+Structure only, never timings."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import pytest
 
@@ -52,7 +54,10 @@ def test_surrogate_rows_name_the_presets_and_the_layers_default(tmp_path, tiny_s
 
 def test_the_ops_training_rows_name_their_triangle_width(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "CROSSOVER_SHAPES", [((2, 24, 8, 8), (0.5,))])
+    typed = ["scripts/bench_surnn.py", "--suite", "targets", "--settings", "crossover"]
+    monkeypatch.setattr(sys, "argv", typed)
     meta = _run(tmp_path, ["crossover"], width=0.3)
+    assert meta["command"] == "python " + " ".join(typed)  # as typed, not argparse's defaults
     train = [r for r in meta["rows"] if "train" in r["case"]]
     fwd = [r for r in meta["rows"] if "train" not in r["case"]]
     assert train and all(r["surrogate"] == "triangle w=0.3" for r in train)

@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 
 from surnn.ops.triton import launch
+from surnn.provenance import git_commit
 
 ARCHS = (80, 90)
 # storage dtype and the dots' precision: fp32 with IEEE dots, fp32 with TF32 dots, bf16
@@ -638,15 +639,6 @@ def summary(table: list[dict]) -> dict:
     )
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except Exception:
-        return "?"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -668,7 +660,7 @@ def main(argv=None) -> int:
         )
     wall = time.perf_counter() - t0
     table = rows(results)
-    meta = dict(summary(table), commit=_commit(), wall_s=round(wall, 1))
+    meta = dict(summary(table), commit=git_commit(short=True), wall_s=round(wall, 1))
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(markdown(table, meta))

@@ -1,0 +1,50 @@
+"""surnn.provenance: the commit with its dirty flag (a real git checkout made here), the device
+as results and benchmarks record it, the command line as typed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import torch
+
+from surnn.provenance import command_line, cpu_model, device_name, git_commit
+
+
+def _git(cwd, *args):
+    who = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t"}
+    env = {**who, "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
+
+
+def test_the_commit_carries_a_dirty_flag_for_changed_tracked_files(tmp_path):
+    assert git_commit(tmp_path) == "unknown"  # not a checkout
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "a.txt").write_text("1")
+    _git(tmp_path, "add", "a.txt")
+    _git(tmp_path, "commit", "-q", "-m", "one")
+    sha = _git(tmp_path, "rev-parse", "HEAD").stdout.decode().strip()
+    assert git_commit(tmp_path) == sha
+    short = git_commit(tmp_path, short=True)
+    assert sha.startswith(short) and 7 <= len(short) < len(sha)
+    (tmp_path / "new.txt").write_text("untracked files leave the tree clean")
+    assert git_commit(tmp_path) == sha
+    (tmp_path / "a.txt").write_text("2")
+    assert git_commit(tmp_path) == sha + "-dirty"
+    assert git_commit(tmp_path, short=True) == short + "-dirty"
+
+
+def test_the_device_as_runs_and_benchmarks_record_it():
+    assert device_name("cpu") == device_name(torch.device("cpu")) == cpu_model() != ""
+    with_threads = device_name("cpu", threads=True)
+    assert with_threads == f"cpu ({cpu_model()}, {torch.get_num_threads()} threads)"
+    # scripts/check_results.py reads a result's thread count from it
+    assert int(re.search(r"(\d+) threads", with_threads).group(1)) == torch.get_num_threads()
+
+
+def test_the_command_line_as_typed(monkeypatch):
+    for var in ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(sys, "argv", ["scripts/bench_surnn.py", "--suite", "targets"])
+    assert command_line() == "python scripts/bench_surnn.py --suite targets"
