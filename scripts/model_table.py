@@ -70,6 +70,10 @@ def model_config(name: str) -> dict[str, Any]:
     """configs/model/<name>.yaml composed by Hydra (so alias defaults resolve)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
+
+    from surnn.harness.config import register_schemas
+
+    register_schemas()  # the <group>/_schema every YAML file extends
     with initialize_config_dir(str(ROOT / "configs"), version_base=None):
         cfg = compose("config", overrides=[f"model={name}", "logger=none"])
     return OmegaConf.to_container(cfg.model, resolve=True)
