@@ -1,4 +1,4 @@
-"""Trainer behaviour: schedule, parameter groups, full-coverage eval, exact resume, NaN stop."""
+"""Trainer behaviour: the sampler, full-coverage eval, exact resume, NaN stop."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from surnn.harness.backbone import Model
 from surnn.harness.config import BackboneConfig, OptimConfig, TrainerConfig, checked
 from surnn.harness.data import ResumableBatchSampler
 from surnn.harness.loggers import JsonlLog, Loggers
-from surnn.harness.trainer import Trainer, param_groups, warmup_cosine
-from surnn.utils import optim_hint
+from surnn.harness.trainer import Trainer
 from tests.fixtures import ToyTask
 
 
@@ -54,23 +53,6 @@ def make_trainer(tmp_path, mixer="lstm", seed=0, init_seed=None, **tkw):
         torch.device("cpu"),
         seed=seed,
     )
-
-
-def test_warmup_cosine_shape():
-    assert warmup_cosine(0, 10, 100, 0.0) == pytest.approx(0.1)
-    assert warmup_cosine(9, 10, 100, 0.0) == pytest.approx(1.0)
-    assert warmup_cosine(55, 10, 100, 0.0) == pytest.approx(0.5)
-    assert warmup_cosine(100, 10, 100, 0.1) == pytest.approx(0.1)
-
-
-def test_param_groups_follow_hints_and_no_decay_for_1d():
-    lin = torch.nn.Linear(4, 4)
-    special = optim_hint(torch.nn.Parameter(torch.zeros(3, 3)), lr=1e-4, weight_decay=0.0)
-    m = torch.nn.Module()
-    m.lin, m.special = lin, special
-    groups = param_groups(m, OptimConfig(lr=1e-3, weight_decay=0.1))
-    by = {(g["lr"], g["weight_decay"]): sum(p.numel() for p in g["params"]) for g in groups}
-    assert by == {(1e-3, 0.1): 16, (1e-3, 0.0): 4, (1e-4, 0.0): 9}
 
 
 def test_sampler_is_seeded_and_resumes_at_any_batch():
