@@ -1,11 +1,12 @@
 """Stop signals (SIGTERM, SIGUSR1, SIGUSR2: SLURM preemption, scancel, timeout).
 
-A signal is noted at once; inside an interruptible section (a training step's forward and
-backward on one process, an evaluation) it also cuts the section short by raising
+A signal is noted at once; on one process, inside an interruptible section (a training
+step's forward and backward, an evaluation) it also cuts the section short by raising
 ``Preempted``, since a step of the main job on CPU takes ~16 s and waiting for its end let
-SLURM's grace period run out. The trainer then saves ``last.pt`` and ``hand_on`` gives the
-signal to the handler installed before (the default action, or e.g. submitit's requeue
-handler).
+SLURM's grace period run out. Under DDP the ranks must stop together: the trainer reduces
+a stop flag with each step's numbers, and every rank abandons the same step when any rank
+has a signal. The trainer then saves ``last.pt`` and ``hand_on`` gives the signal to the
+handler installed before (the default action, or e.g. submitit's requeue handler).
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ class StopSignals:
             raise Preempted
 
     def check(self) -> None:
-        """Raise ``Preempted`` if a stop signal has arrived."""
-        if self.signum is not None:
+        """Raise ``Preempted`` if a stop signal has arrived (one process only: under DDP
+        the ranks stop together, at a step they agree on, never alone in an evaluation
+        whose totals every rank must reduce)."""
+        if self.interrupts and self.signum is not None:
             raise Preempted
 
     def hand_on(self) -> NoReturn:

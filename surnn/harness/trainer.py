@@ -165,6 +165,7 @@ class Trainer:
         }
 
     def save_last(self) -> None:
+        self._check_finite_weights()  # on every rank: the same weights, the same decision
         if self.is_main:
             ckpt.save(self.ckpt_dir / "last.pt", self._state())
 
@@ -245,6 +246,8 @@ class Trainer:
         if self._step_start is not None:  # a step was cut short: save as of its start
             self._abandon_step()
         self.save_last()
+        if self.world > 1:
+            dist.barrier()  # rank 0 has written last.pt before any rank exits
         if self.is_main:
             log.warning("saved last.pt at step %d; exiting", self.step)
         self.loggers.close()
@@ -275,7 +278,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         losses, correct, count, rates = 0.0, 0, 0, {}
         self._begin_step()
-        if self.signals.signum is not None:
+        if self.world == 1 and self.signals.signum is not None:
             self.signals.interruptible = False
             raise Preempted
         for micro in range(self.tcfg.grad_accum):
@@ -303,24 +306,14 @@ class Trainer:
             False  # from here on the step completes: signals wait for its end
         )
         loss = losses / self.tcfg.grad_accum
-        bad = torch.tensor([0.0 if math.isfinite(loss) else 1.0], device=self.device)
+        bad = not math.isfinite(loss)
+        rates = floats(rates)
         if self.world > 1:
-            dist.all_reduce(bad)
-        if bad.item() > 0:
-            last = self.ckpt_dir / "last.pt"
-            kept = (
-                f"the last good checkpoint is {last} (step {self._last_saved_step})"
-                if last.exists()
-                else "no checkpoint had been saved yet"
-            )
-            fix = (
-                f"Lower optim.lr or trainer.clip_grad (now {self.tcfg.clip_grad})"
-                if self.tcfg.clip_grad
-                else "Lower optim.lr or set trainer.clip_grad (e.g. 1.0)"
-            )
+            bad, loss, correct, count, rates = self._agree(bad, loss, correct, count, rates)
+        if bad:
             raise TrainingError(
                 f"non-finite training loss ({loss}) at step {self.step + 1}; stopped before "
-                f"updating the weights, {kept}. {fix}, or check the data."
+                f"updating the weights, {self._kept()}. {self._fix()}, or check the data."
             )
         if self.tcfg.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.model_raw.parameters(), self.tcfg.clip_grad)
@@ -328,10 +321,58 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         self._step_start = None
-        m = {"loss": loss, **floats(rates)}
+        m = {"loss": loss, **rates}
         if count:
             m["acc"] = correct / count
         return m
+
+    def _agree(self, bad: bool, loss: float, correct: int, count: int, rates: dict[str, float]):
+        """Under DDP, after the step's backward: one all-reduce makes every rank take the
+        same decisions (a non-finite loss anywhere stops every rank; a stop signal received
+        by any rank stops every rank at this step, which is abandoned) and gives the step's
+        loss, accuracy and rates as the means over every rank's share of the batch (the
+        numbers one process would log for the whole batch)."""
+        keys = sorted(rates)
+        stop = self.signals.signum is not None
+        vals = [float(bad), float(stop), loss if not bad else 0.0, correct, count]
+        t = torch.tensor([*vals, *(rates[k] for k in keys)], dtype=torch.float64)
+        t = t.to(self.device)
+        dist.all_reduce(t)
+        out = t.tolist()
+        if out[1] > 0:  # some rank received a stop signal: all stop, at the same step
+            sig = torch.tensor([self.signals.signum or 0], device=self.device)
+            dist.all_reduce(sig, op=dist.ReduceOp.MAX)
+            if self.signals.signum is None:
+                self.signals.signum = int(sig.item())
+            raise Preempted
+        w = self.world
+        mean_rates = {k: v / w for k, v in zip(keys, out[5:])}
+        bad = out[0] > 0
+        return bad, float("nan") if bad else out[2] / w, int(out[3]), int(out[4]), mean_rates
+
+    def _kept(self) -> str:
+        """Where the run can go back to: the last checkpoint written (every last.pt is
+        checked finite, weights and validation, before it is written)."""
+        last = self.ckpt_dir / "last.pt"
+        if last.exists():
+            return f"the last good checkpoint is {last} (step {self._last_saved_step})"
+        return "no checkpoint had been saved yet"
+
+    def _fix(self) -> str:
+        if self.tcfg.clip_grad:
+            return f"Lower optim.lr or trainer.clip_grad (now {self.tcfg.clip_grad})"
+        return "Lower optim.lr or set trainer.clip_grad (e.g. 1.0)"
+
+    def _check_finite_weights(self) -> None:
+        """A checkpoint is written only of finite weights: a step whose loss was finite
+        can still leave inf/NaN weights behind (a huge learning rate), and saving them
+        would make last.pt a run that resumes into NaN."""
+        if all(bool(torch.isfinite(p).all()) for p in self.model_raw.parameters()):
+            return
+        raise TrainingError(
+            f"the weights became non-finite at step {self.step}; stopped without saving "
+            f"them, {self._kept()}. {self._fix()}."
+        )
 
     def _train_batches(self):
         """Endless training batches from ``batches_done`` on (this rank's share).
@@ -379,6 +420,13 @@ class Trainer:
         self.timers["eval_s"] += time.perf_counter() - t0
         self.last_eval_step = self.step
         metric = self.objective.metric
+        if not (math.isfinite(res["val/loss"]) and math.isfinite(res[f"val/{metric}"])):
+            # every rank sees the same (reduced) numbers: all stop here
+            raise TrainingError(
+                f"non-finite validation loss ({res['val/loss']}) at step {self.step}: the "
+                f"weights diverged; stopped without saving them (best.pt stays at step "
+                f"{self.best['step']}), {self._kept()}. {self._fix()}."
+            )
         if self.objective.better(res[f"val/{metric}"], self.best["value"]):
             self.best = {
                 "metric": metric,
@@ -463,7 +511,7 @@ class Trainer:
                 if self.step % self.tcfg.ckpt_every == 0 or self.step == self.tcfg.max_steps:
                     self.save_last()
                     self._last_saved_step = self.step
-                if self.signals.signum is not None:
+                if self.world == 1 and self.signals.signum is not None:
                     self._exit_for_signal()
         except Preempted:
             self._exit_for_signal()
@@ -475,8 +523,14 @@ class Trainer:
     def test(self) -> dict[str, Any]:
         """Test at the best-validation weights (the last ones if no validation ran)."""
         best_path = self.ckpt_dir / "best.pt"
-        if best_path.exists():
+        if self.is_main and best_path.exists():
             self.model_raw.load_state_dict(ckpt.load(best_path)["model"])
+        if self.world > 1:
+            # Rank 0 wrote best.pt (it may have done so a moment ago, at the last
+            # validation): its weights go to every rank, which reads no file another rank
+            # writes. Without this a rank could test an older best.pt than rank 0.
+            for t in self.model_raw.state_dict().values():
+                dist.broadcast(t, src=0)
         t0 = time.perf_counter()
         try:
             res = self.evaluate("test")

@@ -254,10 +254,17 @@ def test_sigterm_to_the_process_group_with_loader_workers_still_saves(tmp, strai
     _assert_same(straight, json.loads((tmp / "out" / "group" / "results.json").read_text()))
 
 
-def test_torchrun_ddp_on_cpu_evaluates_every_example_once_with_the_single_process_rates(tmp):
+def _train_losses(folder: Path) -> list[float]:
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(l)["train/loss"] for l in lines if "train/loss" in l]
+
+
+def test_torchrun_ddp_on_cpu_gives_the_single_process_numbers(tmp):
     """DDP (2 ranks on CPU) against one process on the same data and global batch: one run
-    folder, every test example once, and the same per-layer update/active rates (each rank
-    sums its share weighted by its tokens; the sums are reduced before dividing)."""
+    folder, every test example once, the same best step and test accuracy, train/loss the
+    mean over the whole batch (not rank 0's half), and the same per-layer update/active
+    rates (each rank sums its share weighted by its tokens; the sums are reduced before
+    dividing)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     same = ["task=listops", "model=surnn", "trainer=smoke", "model.dropout=0.0", *TINY]
     single = run([*same, "run_id=ddp-ref"], tmp)
@@ -290,6 +297,11 @@ def test_torchrun_ddp_on_cpu_evaluates_every_example_once_with_the_single_proces
             assert ddp[key][layer] == pytest.approx(v, abs=1e-4), (key, ddp[key], ref[key])
     assert 0.0 < ddp["update_rate"]["layer0"] < 1.0
     assert "torch.distributed.run --nproc_per_node=2" in ddp["command"], ddp["command"]
+    for key in ("best_step", "best_val_acc", "test_acc", "test_examples", "steps"):
+        assert ddp[key] == ref[key], (key, ddp[key], ref[key])
+    assert ddp["test_loss"] == pytest.approx(ref["test_loss"], rel=1e-6)
+    one, two = _train_losses(tmp / "out" / "ddp-ref"), _train_losses(tmp / "out" / "ddp-2")
+    assert len(one) == ref["steps"] and two == pytest.approx(one, rel=1e-5)
 
 
 def test_sweep_through_submitit_launcher_then_tables(tmp):

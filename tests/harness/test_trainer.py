@@ -18,11 +18,13 @@ from surnn.harness.trainer import Trainer
 from tests.fixtures import ToyTask
 
 
-def make_trainer(tmp_path, mixer="lstm", seed=0, init_seed=None, **tkw):
+def make_trainer(
+    tmp_path, mixer="lstm", seed=0, init_seed=None, rank=0, world=1, dropout=0.1, **tkw
+):
     tmp_path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed if init_seed is None else init_seed)
     task = ToyTask()
-    model = Model(task, mixer=mixer, mixer_options={}, d_model=16, n_layers=1, dropout=0.1)
+    model = Model(task, mixer=mixer, mixer_options={}, d_model=16, n_layers=1, dropout=dropout)
     tcfg = TrainerConfig(
         max_steps=tkw.pop("max_steps", 8),
         batch_size=8,
@@ -41,6 +43,8 @@ def make_trainer(tmp_path, mixer="lstm", seed=0, init_seed=None, **tkw):
                 resume_step=None if not (tmp_path / "checkpoints" / "last.pt").exists() else 10**9,
             )
         ]
+        if rank == 0
+        else []
     )
     return Trainer(
         model,
@@ -52,6 +56,8 @@ def make_trainer(tmp_path, mixer="lstm", seed=0, init_seed=None, **tkw):
         log,
         torch.device("cpu"),
         seed=seed,
+        rank=rank,
+        world=world,
     )
 
 
@@ -120,6 +126,43 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path):
     saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
     assert saved["step"] == 3
     assert all(torch.isfinite(p).all() for p in tr.model_raw.parameters())
+
+
+def _poison_weights_at(tr, step: int) -> None:
+    """Make the update of ``step`` leave NaN weights behind (its loss, computed before the
+    update, is finite): what a huge learning rate does."""
+
+    def poison(optimizer, args, kwargs):
+        if tr.step + 1 == step:
+            with torch.no_grad():
+                next(tr.model_raw.parameters()).fill_(float("nan"))
+
+    tr.optimizer.register_step_post_hook(poison)
+
+
+def test_non_finite_validation_is_never_best_nor_the_last_good_checkpoint(tmp_path):
+    tr = make_trainer(tmp_path, max_steps=6)  # validation and last.pt at steps 3 and 6
+    _poison_weights_at(tr, 6)
+    with pytest.raises(
+        TrainingError,
+        match=r"validation loss \(nan\) at step 6.*best\.pt stays at "
+        r"step 3.*last\.pt \(step 3\)",
+    ):
+        tr.fit()
+    assert tr.best["step"] == 3 and math.isfinite(tr.best["val_loss"])
+    for name in ("best.pt", "last.pt"):
+        saved = torch.load(tmp_path / "checkpoints" / name, weights_only=False)
+        assert saved["step"] == 3, name
+        assert all(torch.isfinite(v).all() for v in saved["model"].values()), name
+
+
+def test_non_finite_weights_are_never_saved_as_last_pt(tmp_path):
+    tr = make_trainer(tmp_path, max_steps=6, ckpt_every=2)  # validation at 3, last.pt at 2, 4
+    _poison_weights_at(tr, 4)
+    with pytest.raises(TrainingError, match=r"non-finite at step 4.*last\.pt \(step 2\)"):
+        tr.fit()
+    saved = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    assert saved["step"] == 2
 
 
 def test_metrics_jsonl_drops_lines_past_resume_step(tmp_path):
@@ -260,3 +303,61 @@ def test_long_cpu_run_warns_after_the_first_step(tmp_path, caplog):
     ):
         tr.fit()
     assert any("more hours on CPU" in r.getMessage() for r in caplog.records)
+
+
+def _ddp_rank(rank: int, tmp: str) -> None:
+    """One rank of a 2-process gloo run of the toy trainer (spawned by the test below).
+    Rank 0 writes the last best.pt a second late: a rank that read best.pt itself would
+    test the previous best weights."""
+    import hashlib
+    import time
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from surnn.harness import checkpoint
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=2)
+    save = checkpoint.save
+
+    def late_best(path, payload):
+        if Path(path).name == "best.pt" and payload["step"] == 8:
+            time.sleep(1.0)
+        save(path, payload)
+
+    checkpoint.save = late_best
+    tr = make_trainer(Path(tmp) / "ddp", rank=rank, world=2, dropout=0.0)
+    tr.fit()
+    res = tr.test()
+    weights = hashlib.sha1(
+        b"".join(p.detach().numpy().tobytes() for p in tr.model_raw.parameters())
+    ).hexdigest()
+    out = {"test": res, "best": tr.best, "weights": weights}
+    (Path(tmp) / f"rank{rank}.json").write_text(json.dumps(out))
+    dist.destroy_process_group()
+
+
+def test_ddp_tests_the_best_weights_of_rank_0_and_matches_one_process(tmp_path):
+    """2-process DDP (gloo) against one process on the same data and global batch: the
+    same best step and test accuracy, and every rank tests the same (best) weights even
+    when rank 0 writes best.pt late; train/loss is the mean over the whole batch."""
+    import torch.multiprocessing as mp
+
+    torch.set_num_threads(1)
+    one = make_trainer(tmp_path / "one", dropout=0.0)
+    one.fit()
+    ref = one.test()
+    assert one.best["step"] == 8  # the best is the last validation: the case that raced
+    mp.spawn(_ddp_rank, args=(str(tmp_path),), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    for r in ranks:
+        assert r["best"]["step"] == one.best["step"]
+        assert r["test"]["test/acc"] == ref["test/acc"] and r["test"]["test/n"] == 31
+        assert r["test"]["test/loss"] == pytest.approx(ref["test/loss"], rel=1e-5)
+    lines = [json.loads(l) for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    ddp = [json.loads(l) for l in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    one_loss = [r["train/loss"] for r in lines if "train/loss" in r]
+    ddp_loss = [r["train/loss"] for r in ddp if "train/loss" in r]
+    assert ddp_loss == pytest.approx(one_loss, rel=1e-5)
