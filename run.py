@@ -18,10 +18,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from surnn.errors import HarnessError
-from surnn.harness.cli import precheck, variant_from_overrides
+from surnn.harness.cli import precheck, sweep_job_location, variant_from_overrides
 
 log = logging.getLogger("run")
 
@@ -33,22 +34,40 @@ def _fail(e: HarnessError) -> None:
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from surnn.harness.run import RunNotStarted, remove_if_only_hydra, train
+    from surnn.harness.metrics import multirun_job_command
+    from surnn.harness.run import RunNotStarted, remove_if_only_hydra, submitit_tasks, train
 
+    hc = HydraConfig.get()
     variant = cfg.get("variant")
     if variant is None:  # the model.* overrides name the variant
-        variant = variant_from_overrides(list(HydraConfig.get().overrides.task))
+        variant = variant_from_overrides(list(hc.overrides.task))
     elif str(variant).strip().lower() in ("", "none"):
         variant = None
     cfg.variant = variant
-    run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = hc.runtime.output_dir
+    command = None
+    sweep = hc.mode == RunMode.MULTIRUN
+    if sweep:  # a job of a sweep: its run_id and command name its own folder
+        where = sweep_job_location(run_dir, cfg.output_dir)
+        cfg.run_id = where["run_id"]
+        command = multirun_job_command(where, submitit_tasks())
     try:
-        results = train(cfg, run_dir)
+        results = train(cfg, run_dir, command)
     except RunNotStarted as e:  # nothing of the run was written: leave no folder behind
-        remove_if_only_hydra(Path(run_dir))
-        _fail(e.cause)
+        if not sweep:
+            remove_if_only_hydra(Path(run_dir))
+            _fail(e.cause)
+        log.error("error: %s", e.cause)  # the sweep goes on; it reports this job at its end
+        raise e.cause from None
     except HarnessError as e:
-        _fail(e)
+        if not sweep:
+            _fail(e)
+        log.error("error: %s", e)
+        raise
+    except Exception:
+        if sweep:  # the job's log keeps the traceback; the sweep reports the job failed
+            log.exception("the run failed")
+        raise
     metric = results["metric_name"]
     log.info(
         "done: best val %s %.4f (step %d), test %s %.4f -> %s/results.json",
@@ -70,5 +89,5 @@ if __name__ == "__main__":
     if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
         from surnn.harness.sweep import report_sweep_progress
 
-        report_sweep_progress()
+        report_sweep_progress()  # a line per job as it ends; failed jobs, one line each
     main()

@@ -4,19 +4,22 @@ today's code?
 
     python scripts/check_results.py                      # every run in results/demo/
     python scripts/check_results.py results/demo/surnn.json results/ablations/rhythm_groups
+    python scripts/check_results.py outputs/sweeps/<date>/<job>/results.json   # one sweep job
     python scripts/check_results.py --update             # rerun and rewrite the committed files
     make check-results                                   # the same (not part of the CI suite)
 
 Each committed ``<name>.json`` is a run's results.json: it names the command that made it
-(``command``), the commit (``git_commit``) and the CPU threads it ran with (``threads``,
-or the count in ``device``). The command is rerun here with the same thread count
-(OMP_NUM_THREADS / MKL_NUM_THREADS, PYTHONHASHSEED=0) into a fresh output folder, and
-every outcome field (accuracies, losses, best step, update rates, FLOPs, sizes) must be
-equal: training on CPU is deterministic for a given commit, seed and thread count.
-Timings and dates are reported, never compared. The rerun uses the CPU kernel the result
-records (``kernel``; none recorded: the eager ``cpu`` path, which ``impl=auto`` ran before the
-compiled kernel became its CPU choice); ``--update`` reruns with today's defaults.
-Exit status 0 when all match, 1 otherwise.
+(``command``; a sweep job records the command that reruns that job alone), the commit
+(``git_commit``) and the CPU threads it ran with (``threads``, or the count in ``device``).
+The command is rerun here with the same thread count (OMP_NUM_THREADS / MKL_NUM_THREADS,
+PYTHONHASHSEED=0) and launcher (``torchrun --nproc_per_node=N``: N processes again) into a
+fresh output folder, and every outcome field (accuracies, losses, best step, update rates,
+FLOPs, sizes) must be equal: training on CPU is deterministic for a given commit, seed,
+thread count and number of processes. Timings and dates are reported, never compared. The
+rerun uses the CPU kernel the result records (``kernel``; none recorded: the eager ``cpu``
+path, which ``impl=auto`` ran before the compiled kernel became its CPU choice);
+``--update`` reruns with today's defaults. The end says, per folder, how many results
+reproduce and which do not. Exit status 0 when all match, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 COMPARED = (
     "steps",
+    "best_val_metric",
     "best_val_acc",
     "best_val_loss",
     "best_step",
@@ -41,6 +45,7 @@ COMPARED = (
     "test_loss",
     "test_examples",
     "test_majority_class",
+    "test_metrics",
     "update_rate",
     "active_rate",
     "params",
@@ -68,6 +73,24 @@ def run_args(res: dict) -> list[str]:
     raise ValueError(f"command {res.get('command')!r} does not run run.py")
 
 
+def launcher(res: dict) -> list[str]:
+    """How the result's command started run.py: ``python``, or torchrun with its process
+    count (rerun as ``python -m torch.distributed.run --standalone --nproc_per_node=N``:
+    a free port, the same number of processes)."""
+    words = shlex.split(str(res.get("command", "")))
+    head = words[: next((i for i, w in enumerate(words) if w.endswith("run.py")), 0)]
+    if not any("torchrun" in w or "torch.distributed.run" in w for w in head):
+        return [sys.executable]
+    nproc = next((w.split("=", 1)[1] for w in head if w.startswith("--nproc_per_node=")), "1")
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+    ]
+
+
 def find(paths: list[Path]) -> list[Path]:
     out = []
     for p in paths:
@@ -77,7 +100,11 @@ def find(paths: list[Path]) -> list[Path]:
                 res = json.loads(f.read_text())
             except (OSError, ValueError):
                 continue
-            if isinstance(res, dict) and "command" in res and "test_acc" in res:
+            if (
+                isinstance(res, dict)
+                and "command" in res
+                and ("test_acc" in res or "metric_name" in res)
+            ):
                 out.append(f)
     return out
 
@@ -110,7 +137,7 @@ def rerun(res: dict, out_dir: Path, data_dir: str | None, pin_kernel: bool = Tru
     extra = [f"output_dir={out_dir}"]
     if data_dir:
         extra.append(f"data_dir={data_dir}")
-    cmd = [sys.executable, str(ROOT / "run.py"), *args, *extra, "trainer.progress=false"]
+    cmd = [*launcher(res), str(ROOT / "run.py"), *args, *extra, "trainer.progress=false"]
     print(f"  rerun: {' '.join(cmd[1:])}  (threads={threads or 'default'})", flush=True)
     p = subprocess.run(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     if p.returncode != 0:
@@ -143,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     head = git_commit()
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="check_results-"))
     bad = 0
+    outcome: dict[Path, dict[str, list[str]]] = {}  # folder -> {"same": [...], "not": [...]}
     for i, f in enumerate(files):
+        per = outcome.setdefault(f.parent, {"same": [], "not": []})
         old = json.loads(f.read_text())
         print(
             f"[{i + 1}/{len(files)}] {f} (made at {str(old.get('git_commit'))[:12]}, now {head[:12]})"
@@ -153,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, ValueError) as e:
             print(f"  FAILED: {e}")
             bad += 1
+            per["not"].append(f"{f.name} (rerun failed)")
             continue
         diff = compare(old, new)
         if args.update:
@@ -161,16 +191,25 @@ def main(argv: list[str] | None = None) -> int:
             f.write_text(json.dumps(keep, indent=2, default=str) + "\n")
             print(f"  updated {f} ({len(diff)} field(s) changed)")
             continue
+        metric = new.get("metric_name", "acc")
         if diff:
             bad += 1
             print("  DIFFERENT:")
             for k, a, b in diff:
                 print(f"    {k}: committed {a} / rerun {b}")
+            test = f"test_{metric} {old.get(f'test_{metric}')} -> {new.get(f'test_{metric}')}"
+            per["not"].append(f"{f.name} ({test})")
         else:
-            best = new.get("best_val_acc", new.get("best_val_metric"))  # per-position runs
-            print(f"  same: test_acc {new['test_acc']:.4f}, best validation {best:.4f}")
+            best = new.get("best_val_metric", new.get("best_val_acc"))
+            print(f"  same: test_{metric} {new[f'test_{metric}']:.4f}, best validation {best:.4f}")
+            per["same"].append(f.name)
     if args.update:
         return 0
+    for folder, per in outcome.items():
+        n = len(per["same"]) + len(per["not"])
+        status = "reproduces" if not per["not"] else "does NOT reproduce"
+        line = f"{folder}: {status} ({len(per['same'])} of {n} result(s) the same"
+        print(line + (f"; different: {', '.join(per['not'])})" if per["not"] else ")"))
     print(f"{len(files) - bad} of {len(files)} result(s) reproduced")
     return 1 if bad else 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -61,10 +62,12 @@ def device_name(device: torch.device | str, threads: bool = False) -> str:
 
 
 def command_line() -> str:
-    """The command that started this process, as typed (``python <script> <args>``). Under
-    torchrun the workers see only ``<script> <args>``: the launcher's own command line (the
-    workers' parent) is recorded, so the run can be repeated as it was started."""
-    own = " ".join(["python", *sys.argv])
+    """The command that started this process (``python <script> <args>``), each word quoted
+    where a shell needs it, so that it runs again as it is (and ``shlex.split`` reads it
+    back). Under torchrun the workers see only ``<script> <args>``: the launcher's own
+    command line (the workers' parent) is recorded, so the run can be repeated as it was
+    started."""
+    own = shlex.join(["python", *sys.argv])
     if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_WORLD_SIZE" not in os.environ:
         return own
     try:
@@ -75,9 +78,9 @@ def command_line() -> str:
     if any("torchrun" in a or "torch.distributed.run" in a for a in parent[:3]):
         if Path(parent[0]).name.startswith("python"):
             parent[0] = "python"
-        return " ".join(parent)
+        return shlex.join(parent)
     nproc = os.environ.get("LOCAL_WORLD_SIZE", "?")
-    return f"torchrun --nproc_per_node={nproc} " + " ".join(sys.argv)
+    return f"torchrun --nproc_per_node={nproc} " + shlex.join(sys.argv)
 
 
 def now_iso() -> str:

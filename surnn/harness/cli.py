@@ -104,18 +104,89 @@ def check_keys(argv: list[str], config_dir: Path = CONFIG_DIR) -> DictConfig | N
 
 
 def precheck(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
-    """Everything checked before Hydra starts (and makes a run folder): config-group
-    choices, key names, and every value of the composed config (a sweep with its first
-    values; each job checks its own again). Raises ConfigError."""
+    """Everything checked before Hydra starts (and makes a run folder or queues a job):
+    config-group choices, key names, and every value of the composed config; for a sweep
+    (``-m``), of every job's config. Raises ConfigError."""
     from surnn.harness.validate import check_config
 
     check_overrides(argv, config_dir)
     cfg = check_keys(argv, config_dir)
-    if cfg is not None:
-        try:
-            check_config(cfg)
-        except InterpolationResolutionError as e:
-            raise ConfigError(f"the config cannot be resolved: {str(e).splitlines()[0]}") from None
+    if cfg is None:
+        return
+    try:
+        check_config(cfg)
+    except InterpolationResolutionError as e:
+        raise ConfigError(f"the config cannot be resolved: {str(e).splitlines()[0]}") from None
+    if any(a in ("-m", "--multirun") for a in argv):
+        check_sweep(argv, config_dir)
+
+
+def sweep_jobs(argv: list[str]) -> list[list[str]] | None:
+    """The overrides of each job of a sweep (``a=1,2 b=x,y``: four jobs), expanded as
+    Hydra's sweeper expands them; ``hydra...`` overrides set the launcher, not the jobs.
+    None when Hydra cannot parse them (Hydra then reports it)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = [a for a in args if not a.split("=", 1)[0].lstrip("+~").startswith("hydra")]
+    try:
+        return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)[0]
+    except (HydraException, AssertionError):
+        return None
+
+
+def check_sweep(argv: list[str], config_dir: Path = CONFIG_DIR) -> int:
+    """Check every job of a sweep before the first one starts or is queued: each job's
+    config is composed and checked as the job itself will check it (the model is built
+    once per distinct task and model). The first bad job raises ConfigError naming the
+    job's swept values, so one bad value no longer fails after the jobs before it ran (or
+    after its queue time on SLURM). Returns the number of jobs checked."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from surnn.harness.validate import check_config
+
+    jobs = sweep_jobs(argv)
+    if not jobs:
+        return 0
+    varies = {
+        key
+        for key in {o.split("=", 1)[0] for job in jobs for o in job}
+        if len({o for job in jobs for o in job if o.split("=", 1)[0] == key}) > 1
+    }
+    built: set[str] = set()
+    with initialize_config_dir(str(config_dir.resolve()), version_base="1.3"):
+        for i, job in enumerate(jobs):
+            label = " ".join(o for o in job if o.split("=", 1)[0] in varies) or " ".join(job)
+            where = f"sweep job #{i} of {len(jobs)} ({label})"
+            try:
+                cfg = compose("config", overrides=job)
+                parts = [OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "model")]
+                shape = json.dumps(parts, sort_keys=True, default=str)
+                check_config(cfg, model=shape not in built)
+                built.add(shape)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
+            except (HydraException, InterpolationResolutionError) as e:
+                raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
+    return len(jobs)
+
+
+def sweep_job_location(run_dir: str | Path, output_dir: str) -> dict[str, str]:
+    """The overrides that name a sweep job's folder as a run of its own: ``run_id`` (the
+    folder below ``output_dir``, e.g. ``sweeps/<date>/<job>``), and ``output_dir`` too
+    when the sweep's folder is elsewhere (``hydra.sweep.dir=...``)."""
+    run_dir = Path(run_dir).resolve()
+    try:
+        return {
+            "run_id": run_dir.relative_to(Path(str(output_dir)).expanduser().resolve()).as_posix()
+        }
+    except ValueError:
+        return {"output_dir": str(run_dir.parent), "run_id": run_dir.name}
 
 
 def variant_from_overrides(overrides: list[str]) -> str | None:

@@ -9,6 +9,8 @@ or a value of the wrong type ends in one line naming the key.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -85,13 +87,33 @@ def checked(schema: type, cfg: DictConfig | dict, group: str):
     return obj
 
 
+# Trainer keys that do not change the computation: a resumed run may differ in these.
+RESUME_FREE = ("progress", "num_workers", "eval_batch_size", "log_every", "ckpt_every", "flops")
+
+
+def config_key(cfg: DictConfig) -> str:
+    """Hash of every value that changes the computation (task, model, optimizer, trainer
+    but RESUME_FREE, seed): last.pt records it, so a run resumes only into the same
+    configuration, and the default run_id ends with it (``${config_key:}``), so rerunning
+    a command resumes its run."""
+    keep = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "model", "optim")}
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    keep["trainer"] = {k: v for k, v in trainer.items() if k not in RESUME_FREE}
+    keep["seed"] = cfg.seed
+    return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def register_schemas() -> None:
-    """Make ``trainer/_schema``, ``optim/_schema`` and ``model/_schema`` known to Hydra
-    (done on import: whatever composes the configs imports this module first)."""
+    """Make ``trainer/_schema``, ``optim/_schema`` and ``model/_schema`` known to Hydra,
+    and ``${config_key:}`` to OmegaConf (done on import: whatever composes the configs
+    imports this module first)."""
     cs = ConfigStore.instance()
     cs.store(group="trainer", name="_schema", node=TrainerConfig)
     cs.store(group="optim", name="_schema", node=OptimConfig)
     cs.store(group="model", name="_schema", node=BackboneConfig)
+    OmegaConf.register_new_resolver(
+        "config_key", lambda *, _root_: config_key(_root_)[:8], replace=True
+    )
 
 
 register_schemas()

@@ -83,12 +83,19 @@ class RunLock:
         return self
 
     def release(self, remove: bool = False) -> None:
-        """Drop the lock; ``remove`` also deletes the file (a run that never started)."""
+        """Drop the lock; ``remove`` also deletes the file (a run that never started).
+        The holder's line is cleared first, so only a process that died holding the lock
+        leaves one for the next run to report."""
         if self._f is None:
             return
         if remove:
             with contextlib.suppress(OSError):
                 self.path.unlink()
+        else:
+            with contextlib.suppress(OSError):
+                self._f.seek(0)
+                self._f.truncate()
+                self._f.flush()
         with contextlib.suppress(OSError):
             fcntl.flock(self._f, fcntl.LOCK_UN)
         self._f.close()

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import math
+import os
 import resource
 import shlex
 import statistics
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,10 +41,13 @@ def run_summary(timers: dict[str, float], step_times: list[float], device) -> di
     return out
 
 
-def multirun_job_command() -> str | None:
-    """In a job of a Hydra multirun, the command of that one run: run.py with the job's own
-    overrides (the sweep's command line names every job, and a submitit job's process is
-    submitit's). None outside a multirun."""
+def multirun_job_command(overrides: dict[str, str] | None = None, world: int = 1) -> str | None:
+    """In a job of a Hydra multirun, the command that reruns that one job alone: run.py
+    with the job's own overrides (the sweep's command line names every job, and a
+    submitit job's process is submitit's), with ``overrides`` set (run.py sets the job's
+    ``run_id``, its folder, so the command reruns and resumes it there), under
+    ``torchrun --nproc_per_node=<world>`` for a job of several processes. run.py is named
+    as seen from the working folder. None outside a multirun."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -50,8 +55,18 @@ def multirun_job_command() -> str | None:
         return None
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    script = next((a for a in sys.argv if a.endswith("run.py")), "run.py")
-    return shlex.join(["python", script, *HydraConfig.get().overrides.task])
+    overrides = overrides or {}
+    job = [
+        o
+        for o in HydraConfig.get().overrides.task
+        if o.split("=", 1)[0].lstrip("+~") not in overrides
+    ]
+    job += [f"{k}={v}" for k, v in overrides.items()]
+    script = Path(__file__).resolve().parents[2] / "run.py"
+    here = Path.cwd()
+    shown = os.path.relpath(script, here) if script.is_relative_to(here) else str(script)
+    launcher = ["torchrun", f"--nproc_per_node={world}"] if world > 1 else ["python"]
+    return shlex.join([*launcher, shown, *job])
 
 
 def run_command() -> str:

@@ -9,11 +9,11 @@ Writes ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoints/{last,best}.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import random
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from surnn.errors import ConfigError, DataError
+from surnn.harness.config import config_key
 from surnn.harness.lock import RunLock
 from surnn.harness.loggers import JsonlLog, Loggers, WandbLog
 from surnn.harness.metrics import run_command
@@ -31,9 +32,6 @@ from surnn.harness.validate import build_model, build_task, check_config  # noqa
 from surnn.provenance import device_name, git_commit, now_iso
 
 log = logging.getLogger(__name__)
-
-# Trainer keys that do not change the computation: a resumed run may differ in these.
-_RESUME_FREE = ("progress", "num_workers", "eval_batch_size", "log_every", "ckpt_every", "flops")
 
 
 def seed_everything(seed: int) -> None:
@@ -44,7 +42,10 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        # one GPU per local rank: SLURM may show each task all the node's GPUs or its own
+        return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}")
     try:
         dev = torch.device(name)
     except RuntimeError:
@@ -54,21 +55,38 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return dev
 
 
-def fingerprint(cfg: DictConfig) -> str:
-    """Hash of everything that changes the computation (for safe resume)."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    trainer = {k: v for k, v in c["trainer"].items() if k not in _RESUME_FREE}
-    keep = {
-        "task": c["task"],
-        "model": c["model"],
-        "optim": c["optim"],
-        "trainer": trainer,
-        "seed": c["seed"],
-    }
-    return hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def submitit_tasks() -> int:
+    """How many tasks the submitit job this process belongs to has (1 outside one)."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return 1
+    try:
+        import submitit
+
+        return submitit.JobEnvironment().num_tasks
+    except (ImportError, RuntimeError, KeyError):
+        return 1
+
+
+def export_slurm_ddp_env() -> bool:
+    """In a submitit job of several tasks (``hydra/launcher=slurm
+    hydra.launcher.tasks_per_node=8``, ``nodes=2``), set the variables torch.distributed
+    reads (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) from SLURM's, through
+    submitit's TorchDistributedEnvironment: the master is the job's first node, the port is
+    drawn from the job id (the same after a requeue) unless MASTER_PORT is set. Returns
+    whether it did (torchrun's variables, when set, are left alone)."""
+    if "WORLD_SIZE" in os.environ or submitit_tasks() <= 1:
+        return False
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return True
 
 
 def _ddp() -> tuple[int, int, int]:
+    """This process's rank, local rank and the world size; the process group when the
+    world has more than one process (torchrun's variables, or SLURM's through
+    ``export_slurm_ddp_env``)."""
+    export_slurm_ddp_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 0, 1
@@ -76,9 +94,21 @@ def _ddp() -> tuple[int, int, int]:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
-            torch.cuda.set_device(local)
+            torch.cuda.set_device(local % torch.cuda.device_count())
         dist.init_process_group(backend)
     return rank, local, world
+
+
+def resume_command(command: str, run_id: str) -> str:
+    """``command`` with ``run_id=...`` (the run it started) when it does not name one: the
+    command that resumes this run whatever the defaults."""
+    try:
+        words = shlex.split(command)
+    except ValueError:  # not shell syntax: say it as it is
+        words = command.split()
+    if any(w.startswith("run_id=") for w in words):
+        return command
+    return f"{command} {shlex.quote(f'run_id={run_id}')}"
 
 
 class RunNotStarted(Exception):
@@ -128,13 +158,15 @@ def _take_lock(run_dir: Path, rank: int, world: int) -> RunLock | None:
     return lock
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def train(cfg: DictConfig, run_dir: Path, command: str | None = None) -> dict[str, Any]:
     """Train and test one configuration; returns (and writes) results.json.
 
     Every value is checked, the run folder is locked (one process per folder), the data
     are loaded and checked, and only then is anything written into the folder. An error
-    before that point is raised as RunNotStarted."""
+    before that point is raised as RunNotStarted. ``command``: the command that reruns
+    this run alone (results.json's ``command``; default: this process's command line)."""
     rank, local, world = _ddp()
+    command = command or run_command()
     if world > 1 and rank != 0:
         # Ranks may resolve a time-stamped run_id a second apart: rank 0's folder wins,
         # and this rank's own (empty) Hydra folder is removed below.
@@ -220,7 +252,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             seed,
             rank,
             world,
-            fingerprint(cfg),
+            config_key(cfg),
+            resume_command(command, str(cfg.run_id)),
         )
         trainer.fit()
         test = trainer.test()
@@ -262,7 +295,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "torch": torch.__version__,
             "date": now_iso(),
             "variant": cfg.get("variant"),
-            "command": run_command(),
+            "command": command,
             "data": task.describe(),
             "split_sizes": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
         }

@@ -63,6 +63,7 @@ class Trainer:
         rank: int = 0,
         world: int = 1,
         fingerprint: str = "",
+        resume_command: str | None = None,
     ):
         self.task, self.splits, self.tcfg, self.ocfg = task, splits, tcfg, ocfg
         self.objective = getattr(model, "objective", None)
@@ -73,6 +74,7 @@ class Trainer:
         self.run_dir, self.ckpt_dir = Path(run_dir), Path(run_dir) / "checkpoints"
         self.loggers, self.device, self.seed = loggers, device, seed
         self.rank, self.world, self.fingerprint = rank, world, fingerprint
+        self.resume_command = resume_command  # said when a stop signal ends the run
         self.is_main = rank == 0
 
         if tcfg.batch_size % (tcfg.grad_accum * world):
@@ -249,7 +251,11 @@ class Trainer:
         if self.world > 1:
             dist.barrier()  # rank 0 has written last.pt before any rank exits
         if self.is_main:
-            log.warning("saved last.pt at step %d; exiting", self.step)
+            log.warning(
+                "saved last.pt at step %d; exiting. To resume this run: %s",
+                self.step,
+                self.resume_command or f"rerun it with the same run_id (run folder {self.run_dir})",
+            )
         self.loggers.close()
         self.signals.hand_on()
 

@@ -152,6 +152,25 @@ def check_folder(key: str, value: Any, must_exist: bool = False) -> Path:
     return p
 
 
+def check_writable(key: str, value: Any, path: Path) -> None:
+    """The run writes into ``path``: it, or the nearest folder above it that exists, must
+    take a new file. Tried, not inferred from permission bits (a read-only file system
+    refuses root too): a refusal is one line here, before Hydra makes anything."""
+    import tempfile
+
+    p = path.absolute()
+    while not p.exists():
+        p = p.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=p)
+    except OSError as e:
+        raise ConfigError(
+            f"{key}={value}: cannot write into {p} ({e.strerror or e}); choose a writable {key}"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_run_id(value: Any) -> str:
     s = "" if value is None else str(value)
     parts = Path(s).parts
@@ -366,6 +385,7 @@ def check_config(cfg: DictConfig, world: int = 1, model: bool = True) -> Checked
     run_dir = out / run_id
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"run_id={run_id}: {run_dir} is a file, not a run folder")
+    check_writable("output_dir", cfg.output_dir, run_dir)
 
     check_task_options(cfg)
     task = build_task(cfg)

@@ -22,6 +22,7 @@ def test_second_holder_is_refused_naming_the_first(tmp_path):
     assert f"pid {os.getpid()}" in msg and socket.gethostname() in msg and "\n" not in msg
     a.release()
     b = RunLock(tmp_path / "run").acquire()  # free again
+    assert b.previous is None  # a released lock names no holder: none to "take over"
     b.release()
 
 

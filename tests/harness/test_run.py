@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -180,7 +181,7 @@ def _interrupt(
         cmd,
         cwd=tmp,
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if group else subprocess.DEVNULL,
         stderr=subprocess.PIPE if group else subprocess.DEVNULL,
         start_new_session=group,
     )
@@ -197,7 +198,9 @@ def _interrupt(
     assert proc.poll() is None, "run finished before it could be interrupted"
     if group:
         os.killpg(proc.pid, sig)
-        proc.stderr_text = proc.communicate(timeout=120)[1].decode(errors="replace")
+        out, err = proc.communicate(timeout=120)
+        proc.stdout_text = out.decode(errors="replace")  # the log (Hydra's console handler)
+        proc.stderr_text = err.decode(errors="replace")
     else:
         os.kill(proc.pid, sig)
         proc.wait(timeout=120)
@@ -249,9 +252,39 @@ def test_sigterm_to_the_process_group_with_loader_workers_still_saves(tmp, strai
     assert proc.returncode == -signal.SIGTERM, proc.stderr_text[-3000:]
     saved = torch.load(tmp / "out" / "group" / "checkpoints" / "last.pt", weights_only=False)
     assert 5 <= saved["step"] < 16
-    resumed = run([*COMMON, *workers, "run_id=group"], tmp)
+    said = [l for l in proc.stdout_text.splitlines() if "To resume this run: " in l]
+    assert len(said) == 1, proc.stdout_text[-3000:]
+    words = shlex.split(said[0].split("To resume this run: ", 1)[1])
+    assert words[0] == "python" and words[-1] == "run_id=group", words
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    resumed = subprocess.run(  # the command the message gives, as it gives it
+        [sys.executable, *words[1:]], cwd=tmp, env=env, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(resuming)" in resumed.stdout, resumed.stdout[-3000:]
     _assert_same(straight, json.loads((tmp / "out" / "group" / "results.json").read_text()))
+
+
+def test_the_default_run_id_names_the_configuration_so_a_rerun_resumes():
+    """`python run.py task=listops model=surnn` twice: the same folder (the second run
+    resumes); a value that changes the computation gets another, one that does not
+    (progress, workers, cadence of logs and checkpoints) the same."""
+    import re
+
+    from hydra import compose, initialize_config_dir
+
+    from surnn.harness.cli import CONFIG_DIR
+    from surnn.harness.config import config_key
+
+    def run_id(*extra):
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=["task=listops", "model=surnn", *extra])
+            return cfg.run_id, config_key(cfg)
+
+    (a, key), (b, _) = run_id(), run_id()
+    assert a == b and re.fullmatch(r"listops-surnn-s0-[0-9a-f]{8}", a) and a.endswith(key[:8])
+    assert run_id("trainer.progress=false", "trainer.ckpt_every=7")[0] == a
+    assert run_id("optim.lr=0.01")[0] != a and run_id("seed=1")[0].startswith("listops-surnn-s1-")
 
 
 def _train_losses(folder: Path) -> list[float]:
@@ -275,6 +308,7 @@ def test_torchrun_ddp_on_cpu_gives_the_single_process_numbers(tmp):
             "-m",
             "torch.distributed.run",
             "--nproc_per_node=2",
+            "--standalone",  # a free port: another test run on this machine may hold 29500
             str(ROOT / "run.py"),
             f"data_dir={tmp / 'data'}",
             f"output_dir={tmp / 'out'}",
@@ -304,6 +338,38 @@ def test_torchrun_ddp_on_cpu_gives_the_single_process_numbers(tmp):
     assert len(one) == ref["steps"] and two == pytest.approx(one, rel=1e-5)
 
 
+def test_a_failed_sweep_job_is_one_line_the_others_run_and_each_job_reruns_alone(tmp):
+    """Hydra's basic launcher (jobs one after another in this process): job #0 fails, job
+    #1 still runs; the sweep ends with one line naming job #0's log (exit 1), and job #1's
+    results.json holds the command that reruns it alone, which check_results.py reruns."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "run.py"), "-m", f"data_dir={tmp / 'data'}",
+           f"output_dir={tmp / 'out-fail'}", "task=listops", "model=lstm", "trainer=smoke",
+           *TINY, "optim.lr=1e9,3e-3"]  # fmt: skip
+    p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stderr[-3000:]
+    err = [l for l in p.stderr.splitlines() if not l.startswith("[")]
+    assert err[0] == "error: 1 of 2 sweep job(s) failed:" and len(err) == 2, p.stderr[-3000:]
+    assert err[1].startswith("  sweep job #0 (optim.lr=1000000000.0): FAILED: TrainingError: ")
+    sweep = next((tmp / "out-fail" / "sweeps").iterdir())
+    log_file = sweep / "listops-lstm-s0-0" / "run.log"
+    assert f"(log: {log_file})" in err[1] and "non-finite" in log_file.read_text()
+    job = sweep / "listops-lstm-s0-1"
+    assert "sweep job 2/2 (#1 optim.lr=0.003): best val" in p.stdout + p.stderr
+    res = json.loads((job / "results.json").read_text())
+    assert (
+        res["command"].startswith(f"python {ROOT / 'run.py'} ")
+        and "optim.lr=0.003" in res["command"]
+    )
+    assert res["command"].endswith(f"run_id=sweeps/{sweep.name}/{job.name}")
+    assert res["run_id"] == f"sweeps/{sweep.name}/{job.name}"
+    check = [sys.executable, str(ROOT / "scripts" / "check_results.py"), str(job / "results.json"),
+             "--runs-dir", str(tmp / "rerun-job")]  # fmt: skip
+    c = subprocess.run(check, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert c.returncode == 0, c.stdout[-3000:] + c.stderr[-2000:]
+    assert f"{job}: reproduces (1 of 1 result(s) the same)" in c.stdout, c.stdout
+
+
 def test_sweep_through_submitit_launcher_then_tables(tmp):
     """The SLURM path minus SLURM: Hydra multirun through submitit's local executor."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -324,6 +390,8 @@ def test_sweep_through_submitit_launcher_then_tables(tmp):
     said = p.stdout + p.stderr
     assert "sweep job 1/2" in said and "sweep job 2/2" in said, said[-3000:]
     found = sorted((tmp / "out" / "sweeps").glob("*/listops-*-s0-*/results.json"))
+    for f in found:  # each progress line names the job's run folder
+        assert f"-> {f.parent}" in said, said[-3000:]
     assert [f.parent.name.split("-")[1] for f in found] == ["gru", "lstm"]
     out = tmp / "tables"
     t = subprocess.run(
@@ -358,6 +426,47 @@ def test_the_surnn_lra_preset_runs_a_smoke_step_and_holds_its_target_rate(tmp):
 
 
 # ------------------------------------------------------------- checked before anything runs
+
+
+def test_unwritable_output_dir_is_one_line_exit_2_and_nothing_made(tmp_path):
+    """/proc takes no new folder, even from root (as a read-only file system)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for out in ("/proc", "/proc/surnn-runs"):
+        p = subprocess.run(
+            [sys.executable, str(ROOT / "run.py"), f"data_dir={tmp_path / 'data'}",
+             f"output_dir={out}", "task=listops", "model=lstm", "trainer=smoke", *TINY],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert p.returncode == 2, p.stderr[-2000:]
+        err = p.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: output_dir={out}: cannot write"), err
+        assert not Path("/proc/surnn-runs").exists()
+    assert not (tmp_path / "outputs").exists()  # Hydra made nothing in the working folder
+
+
+def test_read_only_output_dir_is_refused_naming_the_folder(tmp_path, monkeypatch):
+    """A read-only file system (EROFS) or a folder without write permission: the probe
+    file cannot be made, and the message says where."""
+    import errno
+    import tempfile
+
+    from surnn.errors import ConfigError
+    from surnn.harness.validate import check_writable
+
+    def refuse(*a, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    run_dir = tmp_path / "out" / "some-run"
+    with pytest.raises(ConfigError) as e:
+        check_writable("output_dir", str(tmp_path / "out"), run_dir)
+    assert str(e.value) == (
+        f"output_dir={tmp_path / 'out'}: cannot write into {tmp_path} (Read-only file system); "
+        "choose a writable output_dir"
+    )
+    monkeypatch.undo()
+    check_writable("output_dir", str(tmp_path / "out"), run_dir)  # writable: no error
+    assert list(tmp_path.iterdir()) == []  # the probe leaves nothing
 
 
 @pytest.mark.parametrize(
@@ -463,6 +572,7 @@ def test_check_results_reruns_a_committed_result_and_compares(tmp, straight):
     p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
     assert "1 of 1 result(s) reproduced" in p.stdout
+    assert f"{committed}: reproduces (1 of 1 result(s) the same)" in p.stdout, p.stdout
     res["test_acc"] += 0.01
     (committed / "straight.json").write_text(json.dumps(res))
     p = subprocess.run(
@@ -474,6 +584,8 @@ def test_check_results_reruns_a_committed_result_and_compares(tmp, straight):
         timeout=300,
     )
     assert p.returncode == 1 and "test_acc: committed" in p.stdout, p.stdout[-3000:]
+    said = f"{committed}: does NOT reproduce (0 of 1 result(s) the same; different: straight.json"
+    assert said in p.stdout, p.stdout[-3000:]
 
 
 def test_check_results_reruns_with_the_kernel_a_result_records(monkeypatch):
