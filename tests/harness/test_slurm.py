@@ -1,7 +1,7 @@
 """Sweeps through the SLURM launcher against stub SLURM commands that run the jobs here
 (tests/harness/slurm_stub.py): a 2-task DDP job that is preempted, requeued and resumed
-gives the single-process numbers; a failed job ends the sweep in one line naming its log
-while the other jobs run; a bad value stops the sweep before anything is queued."""
+gives the single-process numbers; a bad value stops the sweep before anything is queued;
+a multi-node job's ranks and master come from SLURM's variables."""
 
 from __future__ import annotations
 
@@ -82,32 +82,24 @@ def _train_losses(folder: Path) -> list[float]:
 def test_ddp_job_on_slurm_is_preempted_requeued_and_gives_the_single_process_numbers(
     tmp_path, cluster
 ):
-    """Job #0: 2 tasks (one DDP run of 2 gloo ranks), rank 0 has SLURM signal the job
+    """A job of 2 tasks (one DDP run of 2 gloo ranks): rank 0 has SLURM signal the job
     (USR2) after step 3; every rank stops at one step, last.pt is saved, submitit requeues
-    (scontrol), the job runs again and resumes. Job #1 fails (a non-finite loss) while
-    job #0 runs to its end; the sweep ends with one line naming job #1's log."""
+    (scontrol), the job runs again as one job and resumes at step 3."""
     env = {
         **cluster,
         "PYTHONPATH": f"{HOOK}{os.pathsep}{ROOT}",
         "SURNN_TEST_PREEMPT_AT_STEP": "3",
     }
-    p = _run_py(["-m", *SLURM, "task=listops", *STEPS, *TINY, "optim.lr=3e-3,1e9"], tmp_path, env)
-    assert p.returncode == 1, p.stderr[-4000:]
-    err = [l for l in p.stderr.splitlines() if not l.startswith("[")]
-    assert err[0] == "error: 1 of 2 sweep job(s) failed:", p.stderr[-3000:]
-    assert len(err) == 2 and err[1].strip().startswith("sweep job #1 (optim.lr=1000000000.0)")
-    assert "non-finite training loss" in err[1] and "1000_1_0_log.err" in err[1], err[1]
-
+    p = _run_py(["-m", *SLURM, "task=listops", *STEPS, *TINY, "optim.lr=3e-3"], tmp_path, env)
+    assert p.returncode == 0, p.stderr[-4000:]
     sweep = next((tmp_path / "out" / "sweeps").iterdir())
     job = sweep / "listops-lstm-s0-0"
     said = p.stdout + p.stderr
-    assert "sweep job 1/2 (#0 optim.lr=0.003): best val" in said and f"-> {job}" in said
+    assert "sweep job 1/1 (#0 " in said and f"-> {job}" in said, said[-3000:]
 
-    state = _ended(tmp_path / "slurm" / "job-1000_0.json")
+    state = _ended(tmp_path / "slurm" / "job-1000.json")
     assert state["restarts"] == 1 and state["state"] == "COMPLETED"  # requeued once, as one job
-    log0 = "".join(
-        (tmp_path / "submitit" / f"1000_0_0_log.{x}").read_text() for x in ("out", "err")
-    )
+    log0 = "".join((tmp_path / "submitit" / f"1000_0_log.{x}").read_text() for x in ("out", "err"))
     assert "saved last.pt at step 3" in log0 and "resumed from" in log0 and "at step 3" in log0
     assert "To resume this run: torchrun --nproc_per_node=2" in log0
 
@@ -126,10 +118,11 @@ def test_ddp_job_on_slurm_is_preempted_requeued_and_gives_the_single_process_num
     assert _train_losses(job) == pytest.approx(_train_losses(tmp_path / "out" / "single"), rel=1e-5)
 
 
-@pytest.mark.parametrize("launcher", [[], SLURM])
-def test_a_bad_value_in_a_sweep_stops_it_before_any_job_runs_or_queues(tmp_path, cluster, launcher):
+def test_a_bad_value_in_a_sweep_stops_it_before_any_job_runs_or_queues(tmp_path, cluster):
+    """Every job's config is checked before the first is queued (the same check runs
+    before Hydra's basic launcher runs the first job in this process)."""
     p = _run_py(
-        ["-m", *launcher, "task=listops", "model=surnn", "trainer=smoke", "logger=none",
+        ["-m", *SLURM, "task=listops", "model=surnn", "trainer=smoke", "logger=none",
          "model.options.gate.init_rate=0.5,2,0.3"],
         tmp_path, cluster, timeout=300,
     )  # fmt: skip
