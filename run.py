@@ -49,7 +49,8 @@ def main(cfg: DictConfig) -> float | None:
     sweep = hc.mode == RunMode.MULTIRUN
     if sweep:  # a job of a sweep: its run_id and command name its own folder
         where = sweep_job_location(run_dir, cfg.output_dir)
-        cfg.run_id = where["run_id"]
+        for key, value in where.items():
+            cfg[key] = value
         command = multirun_job_command(where, submitit_tasks())
     try:
         results = train(cfg, run_dir, command)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from tests.fixtures import TINY_LISTOPS, run_py
 
@@ -340,7 +341,8 @@ def test_torchrun_ddp_on_cpu_gives_the_single_process_numbers(tmp):
 
 @pytest.fixture(scope="module")
 def sweep(tmp):
-    """The SLURM path minus SLURM: Hydra multirun through submitit's local executor."""
+    """The SLURM path minus SLURM: Hydra multirun through submitit's local executor, into
+    a sweep folder outside output_dir (as scripts/reproduce.py sweeps)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [
         sys.executable,
@@ -349,6 +351,7 @@ def sweep(tmp):
         "hydra/launcher=local",
         f"data_dir={tmp / 'data'}",
         f"output_dir={tmp / 'out'}",
+        f"hydra.sweep.dir={tmp / 'swept'}",
         "task=listops",
         "model=lstm,gru",
         "trainer=smoke",
@@ -356,7 +359,7 @@ def sweep(tmp):
     ]
     p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    return p.stdout + p.stderr, sorted((tmp / "out" / "sweeps").glob("*/listops-*-s0-*"))
+    return p.stdout + p.stderr, sorted((tmp / "swept").glob("listops-*-s0-*"))
 
 
 def test_sweep_through_submitit_launcher_then_tables(sweep):
@@ -366,11 +369,14 @@ def test_sweep_through_submitit_launcher_then_tables(sweep):
     for job in jobs:  # each progress line names the job's run folder, its command reruns it
         assert f"-> {job}" in said, said[-3000:]
         res = json.loads((job / "results.json").read_text())
-        run_id = f"sweeps/{job.parent.name}/{job.name}"
-        assert res["run_id"] == run_id and res["command"].endswith(f" run_id={run_id}")
+        # the job's folder is output_dir/run_id, in its command and its saved config alike
+        assert res["run_id"] == job.name, res["run_id"]
+        assert res["command"].endswith(f" output_dir={job.parent} run_id={job.name}")
+        saved = OmegaConf.load(job / "config.yaml")
+        assert (saved.output_dir, saved.run_id) == (str(job.parent), job.name)
         assert res["command"].startswith(f"python {ROOT / 'run.py'} data_dir=")
         assert f" model={job.name.split('-')[1]} " in res["command"], res["command"]
-    out = jobs[0].parents[2] / "tables"
+    out = jobs[0].parents[1] / "tables"
     t = subprocess.run(
         [
             sys.executable,
