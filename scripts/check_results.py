@@ -129,15 +129,20 @@ def rerun_env(res: dict, pin_kernel: bool = True) -> dict[str, str]:
     return env
 
 
-def rerun(res: dict, out_dir: Path, data_dir: str | None, pin_kernel: bool = True) -> dict:
-    drop = ("output_dir=", "data_dir=") if data_dir else ("output_dir=",)
+def rerun_args(res: dict, out_dir: Path, data_dir: str | None) -> list[str]:
+    """The run.py overrides of a rerun: the recorded ones, the run folder under ``out_dir``
+    (a recorded ``hydra.run.dir`` would put the run back where it first ran) and
+    ``data_dir`` when given."""
+    drop = ("output_dir=", "hydra.run.dir=") + (("data_dir=",) if data_dir else ())
     args = [a for a in run_args(res) if not a.startswith(drop)]
+    extra = [f"output_dir={out_dir}"] + ([f"data_dir={data_dir}"] if data_dir else [])
+    return [*args, *extra, "trainer.progress=false"]
+
+
+def rerun(res: dict, out_dir: Path, data_dir: str | None, pin_kernel: bool = True) -> dict:
     env = rerun_env(res, pin_kernel)
     threads = threads_of(res)
-    extra = [f"output_dir={out_dir}"]
-    if data_dir:
-        extra.append(f"data_dir={data_dir}")
-    cmd = [*launcher(res), str(ROOT / "run.py"), *args, *extra, "trainer.progress=false"]
+    cmd = [*launcher(res), str(ROOT / "run.py"), *rerun_args(res, out_dir, data_dir)]
     print(f"  rerun: {' '.join(cmd[1:])}  (threads={threads or 'default'})", flush=True)
     p = subprocess.run(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     if p.returncode != 0:

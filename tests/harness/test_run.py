@@ -576,3 +576,9 @@ def test_check_results_reruns_with_the_kernel_a_result_records(monkeypatch):
     assert mod.rerun_env({"kernel": "cpu"})["SURNN_AUTO_COMPILED"] == "0"
     assert "SURNN_AUTO_COMPILED" not in mod.rerun_env({"kernel": None})  # a baseline
     assert "SURNN_AUTO_COMPILED" not in mod.rerun_env({}, pin_kernel=False)
+    res = {"command": "python run.py experiment=demo_listops hydra.run.dir=/tmp/g8 output_dir=o"}
+    assert mod.rerun_args(res, Path("/r"), None) == [
+        "experiment=demo_listops",
+        "output_dir=/r",
+        "trainer.progress=false",
+    ]  # the rerun's folder, not the recorded hydra.run.dir
