@@ -109,8 +109,19 @@ def load_bench(path: Path | None) -> dict | None:
     }
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+def _mean_std(xs: list[float]) -> tuple[float, float | None]:
+    """Mean and sample std; no std of one seed (None)."""
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def _seeds(rows: list[dict]) -> str:
+    """``Seeds 0, 1, 2`` when every arm ran the same seeds, else each arm's."""
+    by = {r["surrogate"]: ", ".join(map(str, r["seeds"])) for r in rows}
+    if len(set(by.values())) == 1:
+        return f"Seeds {next(iter(by.values()))}"
+    return "Seeds per arm (not every arm ran every seed): " + "; ".join(
+        f"{k} {v}" for k, v in by.items()
+    )
 
 
 def table(runs: list[dict], bench: dict | None) -> list[dict]:
@@ -176,7 +187,7 @@ def markdown(rows: list[dict], runs: list[dict], bench: dict | None, argv: list[
         f"{rows[0]['steps']} steps of batch 64) with the gate as the LRA suRNN presets set it "
         "(learned rhythm, 4 fixed frequencies with periods 2 .. 160, the sequence length; "
         "init and target rate 0.17 held by rate control); the arms differ only in the "
-        f"surrogate. Seeds {', '.join(map(str, sorted({r['seed'] for r in runs})))}; "
+        f"surrogate. {_seeds(rows)}; "
         f"{r0['threads']} thread per run; kernel {', '.join(rows[0]['kernel'])}. Test majority "
         f"class {100 * r0['test_majority_class']:.1f}%.",
         "",
@@ -201,8 +212,10 @@ def markdown(rows: list[dict], runs: list[dict], bench: dict | None, argv: list[
         vs = " / ".join(
             f"{r[f'bench_{s}']['vs_ste']:.2f}x" if f"bench_{s}" in r else "–" for s in SHAPES
         )
+        std = r["test_acc_std"]
+        spread = "(1 seed)" if std is None else f"± {std:.2f}"
         lines.append(
-            f"| {r['surrogate']} | {per_seed} | {r['test_acc_mean']:.2f} ± {r['test_acc_std']:.2f} "
+            f"| {r['surrogate']} | {per_seed} | {r['test_acc_mean']:.2f} {spread} "
             f"| {rate} | {act} | {step} | {total} | {vs} |"
         )
     lines += [

@@ -86,6 +86,7 @@ def test_the_table_groups_by_surrogate_and_times_from_the_bench(tmp_path, capsys
     assert tri["recurrent_train_time_s"] == pytest.approx(2 * 1000 * 0.01)
     md = (out / "surrogate.md").read_text()
     assert "| triangle w=1 | 38.0 / 40.0 | 39.00 ± 1.41 |" in md
+    assert "Seeds 0, 1;" in md  # every arm ran both
     assert "2.00x / – / 2.00x" in md and "Warning" not in md and "DEMO SCALE" in md
     assert sorted(p.name for p in (out / "runs").iterdir())[0] == "surrogate=ste-s0.json"
     # the copied summaries rebuild the same table
@@ -101,9 +102,14 @@ def test_the_table_groups_by_surrogate_and_times_from_the_bench(tmp_path, capsys
 def test_without_a_quiet_bench_the_table_says_what_fills_it(tmp_path):
     runs = tmp_path / "runs"
     _run(runs, "surrogate=ste", 0, 0.4, [(50, 1.0)])
+    _run(runs, "surrogate=ste", 1, 0.42, [(50, 1.0)])
+    _run(runs, "surrogate=triangle,width=0.1", 0, 0.4, [(50, 0.2)])
     assert st.main([str(runs), "--out", str(tmp_path / "a")]) == 0
     md = (tmp_path / "a" / "surrogate.md").read_text()
     assert "No benchmark yet" in md and "--settings surrogate" in md
+    # one seed has no spread; arms that ran different seeds say which
+    assert "| triangle w=0.1 | 40.0 | 40.00 (1 seed) |" in md
+    assert "Seeds per arm (not every arm ran every seed): ste 0, 1; triangle w=0.1 0;" in md
     _bench(tmp_path / "loaded.json", loadavg=7.0)
     assert (
         st.main([str(runs), "--bench", str(tmp_path / "loaded.json"), "--out", str(tmp_path / "b")])
