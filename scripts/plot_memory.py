@@ -51,7 +51,7 @@ def find_runs(roots: list[Path]) -> list[dict]:
             if r.get("objective", "classify") == "classify":
                 continue
             r["_dir"] = p.parent
-            r["_curve"], r["_holders"] = [], []
+            r["_curve"], r["_holders"], r["_late"] = [], [], []
             mfile = p.parent / "metrics.jsonl"
             if mfile.exists():
                 key = f"val/{r['metric_name']}"
@@ -61,6 +61,8 @@ def find_runs(roots: list[Path]) -> list[dict]:
                         r["_curve"].append((rec["step"], rec[key]))
                     if "val/layer0/holders" in rec:
                         r["_holders"].append((rec["step"], rec["val/layer0/holders"]))
+                    if "val/layer0/late_holders" in rec:
+                        r["_late"].append((rec["step"], rec["val/layer0/late_holders"]))
             runs.append(r)
     if not runs:
         raise SystemExit(f"error: no memory/LM results.json under {', '.join(map(str, roots))}")
@@ -165,7 +167,16 @@ def table(runs: list[dict]) -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
-def _panels(runs: list[dict], key: str, ylabel: str, path: Path, only_gated: bool = False):
+def _panels(
+    runs: list[dict],
+    key: str,
+    ylabel: str,
+    path: Path,
+    only_gated: bool = False,
+    dashed: str | None = None,
+):
+    """One panel per setting, one line per arm (mean over seeds, min-max band); ``dashed``:
+    a second series of the same runs drawn dashed in the arm's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,6 +199,13 @@ def _panels(runs: list[dict], key: str, ylabel: str, path: Path, only_gated: boo
             ax.fill_between(
                 steps, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2
             )
+            if dashed and any(r[dashed] for r in rs):
+                ds = sorted({s for r in rs for s, _ in r[dashed]})
+                dm = [
+                    statistics.fmean(v for r in rs if (v := dict(r[dashed]).get(s)) is not None)
+                    for s in ds
+                ]
+                ax.plot(ds, dm, ls="--", color=line.get_color())
         ax.set_title(where, fontsize=10)
         ax.set_xlabel("training step")
         ax.set_ylabel(ylabel)
@@ -238,12 +256,15 @@ def _longest_closed(col) -> int:
     return best
 
 
-def _holding(task, g):
-    """Bool per neuron: open at the input and closed through the delay (copy memory)."""
+def _holding(task, g, late: bool = False):
+    """Bool per neuron: open at the input and closed through the delay (copy memory); with
+    ``late``, closed through its last 90% (as ``surnn.gates.hold_stats``' late holders)."""
     win = getattr(task, "memory_windows", None)
     if not win:
         return None
     (a0, a1), (b0, b1) = win["input"], win["hold"]
+    if late:
+        b0 = b1 - (b1 - b0) * 9 // 10
     return g[a0:a1].any(0) & ~g[b0:b1].any(0)
 
 
@@ -279,7 +300,8 @@ def gate_stats(run_dir: Path) -> dict:
 
 def gate_raster(run_dir: Path, path: Path) -> dict:
     """The trained gates of a suRNN run (best checkpoint) over one sequence of its task,
-    the holding neurons marked in red on the left."""
+    the holding neurons marked on the left: red, open at the input and closed through the
+    whole delay; orange, the others closed through its last 90%."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -299,20 +321,28 @@ def gate_raster(run_dir: Path, path: Path) -> dict:
             ax.axvline(m - 0.5, color="red", lw=0.8)
         held = _holding(task, g > 0)
         rows = [] if held is None else [int(h) for h in held.nonzero()[0]]
+        late = _holding(task, g > 0, late=True)
+        late_rows = [] if late is None else [int(h) for h in late.nonzero()[0] if h not in rows]
         for h in rows:
             ax.plot([-0.01 * g.shape[0]], [h], marker=">", color="red", ms=4, clip_on=False)
+        for h in late_rows:
+            ax.plot([-0.01 * g.shape[0]], [h], marker=">", color="orange", ms=4, clip_on=False)
         rate = float(g.mean())
         info[f"layer{i}"] = {
             "update_rate": rate,
             "never_open": int((g.sum(0) == 0).sum()),
             "always_open": int((g.sum(0) == g.shape[0]).sum()),
             "holders": rows,
+            "late_holders": late_rows,
         }
         title = f"{run_dir.name}: layer {i} gate (white = update), rate {rate:.3f}"
         if marks:
             title += "; red lines: the symbols end, the recall cue"
         if held is not None:
-            title += f"; red ticks: {len(rows)} holding neurons"
+            title += (
+                f"; ticks: {len(rows)} holding through the delay (red), {len(late_rows)} more"
+                " through its last 90% (orange)"
+            )
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.set_ylabel("neuron")
@@ -379,7 +409,14 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out / args.name
     md, rows = table(runs)
     _panels(runs, "_curve", "validation accuracy", Path(f"{out}-curves.png"))
-    _panels(runs, "_holders", "holding neurons", Path(f"{out}-holders.png"), only_gated=True)
+    _panels(
+        runs,
+        "_holders",
+        "holders (solid), late holders (dashed)",
+        Path(f"{out}-holders.png"),
+        only_gated=True,
+        dashed="_late",
+    )
     raster = args.raster or default_raster(runs)
     if raster is not None:
         info = gate_raster(Path(raster), Path(f"{out}-raster.png"))
