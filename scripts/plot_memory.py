@@ -6,7 +6,9 @@ memory-long, memory-selective) from its run folders.
 
 Reads every run folder below the roots (``results.json`` + ``metrics.jsonl``), groups them
 by setting (task; copy memory's delay, offset and step budget; selective copy's length) and
-arm (model and ``variant``: the gate initialisation), and writes into ``--out``:
+arm (model and ``variant``: the gate initialisation; a ``model.*`` override on a run's
+command line, e.g. ``model.options.gate.rate_min=0.000245``, is part of its arm's name, so
+such runs never pool with the preset's), and writes into ``--out``:
 
 - ``<name>.md`` / ``<name>.json``: per setting and arm, the test accuracy per symbol (mean
   +- std over seeds, and each seed's), the accuracy at each recall position (mean over
@@ -20,6 +22,8 @@ arm (model and ``variant``: the gate initialisation), and writes into ``--out``:
 - ``<name>-raster.png`` / ``.json``: the trained gate of one run (``--raster RUN``, default
   the learned suRNN run with the best test accuracy at the longest delay), neurons x time
   over one sequence, white = update, the holding neurons marked;
+- a comparison of every two arms of a setting that have at least 2 seeds each: the
+  difference of their mean test metric and Welch's t-test (two-sided; unequal variances);
 - ``<name>-gate_stats.json``: for every trained suRNN run, each layer's longest closed
   stretch per neuron and (copy memory) the neurons open at the input and closed through the
   delay;
@@ -32,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import shlex
 import statistics
 import sys
 from collections import defaultdict
@@ -69,9 +75,112 @@ def find_runs(roots: list[Path]) -> list[dict]:
     return runs
 
 
+def model_overrides(r: dict) -> list[str]:
+    """The ``model.*`` overrides on the run's command line (``gate.rate_min=0.000245`` for
+    ``model.options.gate.rate_min=0.000245``): what the run changed beyond its preset."""
+    cmd = r.get("command") or ""
+    try:
+        words = shlex.split(cmd)
+    except ValueError:
+        words = cmd.split()
+    return [
+        w.removeprefix("model.").removeprefix("options.")
+        for w in words
+        if w.startswith("model.") and "=" in w
+    ]
+
+
 def label(r: dict) -> str:
     v = r.get("variant")
-    return f"{r['model']} [{v}]" if v and v != "none" else r["model"]
+    parts = ([v] if v and v != "none" else []) + model_overrides(r)
+    return f"{r['model']} [{', '.join(parts)}]" if parts else r["model"]
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b), by its continued fraction
+    (modified Lentz), on the side of x where it converges fast."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 500):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front * f / a
+
+
+def welch(a: list[float], b: list[float]) -> dict:
+    """Welch's t-test of mean(a) = mean(b) (unequal variances), two-sided: the difference
+    of the means, t, the Welch-Satterthwaite degrees of freedom and p. Needs 2 values in
+    each; p is 0 when both samples are constant and differ, 1 when they are equal."""
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        raise ValueError("Welch's t-test needs at least 2 values per sample")
+    ma, mb = statistics.fmean(a), statistics.fmean(b)
+    va, vb = statistics.variance(a) / na, statistics.variance(b) / nb
+    diff = ma - mb
+    if va + vb == 0.0:
+        return {
+            "diff": diff,
+            "t": math.copysign(math.inf, diff) if diff else 0.0,
+            "df": float(na + nb - 2),
+            "p": 0.0 if diff else 1.0,
+        }
+    t = diff / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+    p = _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return {"diff": diff, "t": t, "df": df, "p": p}
+
+
+def comparisons(rows: list[dict]) -> tuple[str, list[dict]]:
+    """Every two arms of a setting with at least 2 seeds each: Welch's t-test on the test
+    metric (the table's rows; ``test`` holds one value per seed)."""
+    out = []
+    for where in dict.fromkeys(w["setting"] for w in rows):
+        arms = [w for w in rows if w["setting"] == where and len(w["test"]) >= 2]
+        for i, x in enumerate(arms):
+            for y in arms[i + 1 :]:
+                w = welch(x["test"], y["test"])
+                out.append(
+                    {
+                        "setting": where,
+                        "a": x["arm"],
+                        "b": y["arm"],
+                        "seeds": [len(x["test"]), len(y["test"])],
+                        **w,
+                    }
+                )
+    if not out:
+        return "", out
+    lines = [
+        "### Comparisons (Welch's t-test, two-sided, on the test metric per seed)",
+        "",
+        "| setting | arm a | arm b | seeds a / b | mean a - b (points) | t | df | p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in out:
+        f = 100 if next(w for w in rows if w["arm"] == c["a"])["metric"] == "acc" else 1
+        lines.append(
+            f"| {c['setting']} | {c['a']} | {c['b']} | {c['seeds'][0]} / {c['seeds'][1]} | "
+            f"{f * c['diff']:+.1f} | {c['t']:.2f} | {c['df']:.1f} | {c['p']:.3g} |"
+        )
+    return "\n".join(lines) + "\n", out
 
 
 def setting(r: dict) -> str:
@@ -408,6 +517,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / args.name
     md, rows = table(runs)
+    cmp_md, cmp_rows = comparisons(rows)
+    if cmp_md:
+        md += "\n" + cmp_md
     _panels(runs, "_curve", "validation accuracy", Path(f"{out}-curves.png"))
     _panels(
         runs,
@@ -433,6 +545,8 @@ def main(argv: list[str] | None = None) -> None:
         (keep / f"{d.name}.json").write_text((d / "results.json").read_text())
         if (d / "metrics.jsonl").exists():
             (keep / f"{d.name}.metrics.jsonl").write_text((d / "metrics.jsonl").read_text())
+    if cmp_rows:
+        Path(f"{out}-comparisons.json").write_text(json.dumps(cmp_rows, indent=2) + "\n")
     (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     sys.stdout.write(md)
 

@@ -115,6 +115,46 @@ def test_longest_closed_stretch():
     assert pm._longest_closed([1, 1]) == 0 and pm._longest_closed([0, 0]) == 2
 
 
+def test_welch_t_test_and_arm_names():
+    """plot_memory's comparisons: Welch's t-test against textbook values (t critical values
+    of the t distribution; the equal-variance case where Welch equals Student), and a run
+    whose command overrides a model option is its own arm."""
+    from tests.fixtures import load_script
+
+    pm = load_script("plot_memory")
+    for df, t in ((1, 12.7062), (4, 2.776445), (30, 2.042272)):  # two-sided p = 0.05
+        assert pm._betainc(df / 2, 0.5, df / (df + t * t)) == pytest.approx(0.05, abs=1e-6)
+    assert pm._betainc(2.5, 1, 0.4) == pytest.approx(0.4**2.5, rel=1e-12)  # I_x(a, 1) = x^a
+    w = pm.welch([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    assert w["diff"] == -3.0 and w["df"] == pytest.approx(4.0)
+    assert w["t"] == pytest.approx(-3.674235, rel=1e-6) and w["p"] == pytest.approx(
+        0.021312, rel=1e-4
+    )
+    assert (
+        pm.welch([1.0, 1.0], [2.0, 2.0])["p"] == 0.0
+        and pm.welch([1.0, 1.0], [1.0, 1.0])["p"] == 1.0
+    )
+    with pytest.raises(ValueError):
+        pm.welch([1.0], [2.0, 3.0])
+    run = {
+        "model": "surnn",
+        "variant": "clockwork",
+        "command": "python run.py seed=0 "
+        "experiment=memory/copy/clockwork model.options.gate.rate_min=0.000245 logger=none",
+    }
+    assert pm.label(run) == "surnn [clockwork, gate.rate_min=0.000245]"
+    assert pm.label({**run, "command": "python run.py experiment=memory/copy/clockwork"}) == (
+        "surnn [clockwork]"
+    )
+    rows = [
+        {"setting": "s", "arm": "x", "metric": "acc", "test": [0.30, 0.35, 0.32]},
+        {"setting": "s", "arm": "y", "metric": "acc", "test": [0.40, 0.45, 0.43]},
+        {"setting": "s", "arm": "z", "metric": "acc", "test": [0.5]},  # 1 seed: not compared
+    ]
+    md, cmp = pm.comparisons(rows)
+    assert [(c["a"], c["b"]) for c in cmp] == [("x", "y")] and "| s | x | y | 3 / 3 |" in md
+
+
 @pytest.mark.slow
 def test_adding_and_selective_copy_smoke(tmp_path):
     # (one process per task: Hydra composes a task sweep's base config with the default
