@@ -69,17 +69,16 @@ def main(cfg: DictConfig) -> float | None:
         if sweep:  # the job's log keeps the traceback; the sweep reports the job failed
             log.exception("the run failed")
         raise
-    metric = results["metric_name"]
     log.info(
         "done: best val %s %.4f (step %d), test %s %.4f -> %s/results.json",
-        metric,
-        results["best_val_metric"],
-        results["best_step"],
-        metric,
-        results[f"test_{metric}"],
+        results.metric_name,
+        results.best_val_metric,
+        results.best_step,
+        results.metric_name,
+        results.test_metric,
         HydraConfig.get().runtime.output_dir,
     )
-    return results["best_val_metric"]
+    return results.best_val_metric
 
 
 if __name__ == "__main__":

@@ -9,11 +9,12 @@ Writes ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoints/{last,best}.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
 import random
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from surnn.harness.config import config_key
 from surnn.harness.lock import RunLock
 from surnn.harness.loggers import JsonlLog, Loggers, WandbLog
 from surnn.harness.metrics import run_command
+from surnn.harness.results import RunResult
 from surnn.harness.trainer import Trainer
 from surnn.harness.validate import build_model, build_task, check_config  # noqa: F401
 from surnn.provenance import device_name, git_commit, now_iso
@@ -158,13 +160,55 @@ def _take_lock(run_dir: Path, rank: int, world: int) -> RunLock | None:
     return lock
 
 
-def train(cfg: DictConfig, run_dir: Path, command: str | None = None) -> dict[str, Any]:
+@dataclass
+class Setup:
+    """A checked run about to start: its processes, checked config, device, locked folder."""
+
+    rank: int
+    local: int
+    world: int
+    command: str  # the command that reruns this run alone
+    checked: Any  # check_config's composed config (trainer, optim, model, task)
+    device: torch.device
+    run_dir: Path
+    lock: RunLock | None
+
+
+def train(cfg: DictConfig, run_dir: Path, command: str | None = None) -> RunResult:
     """Train and test one configuration; returns (and writes) results.json.
 
     Every value is checked, the run folder is locked (one process per folder), the data
     are loaded and checked, and only then is anything written into the folder. An error
     before that point is raised as RunNotStarted. ``command``: the command that reruns
-    this run alone (results.json's ``command``; default: this process's command line)."""
+    this run alone (results.json's ``command``; default: this process's command line).
+
+    Four steps: ``setup`` (processes, config, device, lock), ``build`` (data, model),
+    ``fit`` (train, then test at the best validation step) and ``report`` (the RunResult)."""
+    s = setup(cfg, run_dir, command)
+    loggers = Loggers([])
+    started = False
+    try:
+        commit = git_commit()  # the code that starts the run, not what the tree holds at its end
+        task, splits, model = build(cfg, s)
+        n_params = sum(p.numel() for p in model.parameters())
+        started = True
+        loggers = open_run_folder(cfg, s)
+        trainer, test = fit(cfg, s, task, splits, model, n_params, loggers)
+        result = report(cfg, s, task, splits, model, n_params, trainer, test, commit)
+        if s.rank == 0:
+            result.save(s.run_dir / "results.json")
+            loggers.log({"step": trainer.step, **test})
+            loggers.summary(result.to_dict())
+        return result
+    finally:
+        loggers.close()
+        if s.lock is not None:
+            s.lock.release(remove=not started)
+
+
+def setup(cfg: DictConfig, run_dir: Path, command: str | None) -> Setup:
+    """The process group, the checked config and device, and the locked run folder (rank
+    0's when ranks disagree); RunNotStarted on an error, with nothing written."""
     rank, local, world = _ddp()
     command = command or run_command()
     if world > 1 and rank != 0:
@@ -175,10 +219,9 @@ def train(cfg: DictConfig, run_dir: Path, command: str | None = None) -> dict[st
 
         warnings.simplefilter("ignore")
     try:
-        checked_cfg = check_config(cfg, world=world, model=False)
+        checked = check_config(cfg, world=world, model=False)
     except ConfigError as e:
         raise RunNotStarted(e) from None
-    tcfg, ocfg, mcfg = checked_cfg.trainer, checked_cfg.optim, checked_cfg.model
     try:
         device = resolve_device(str(cfg.device), local)
     except ConfigError as e:
@@ -194,126 +237,154 @@ def train(cfg: DictConfig, run_dir: Path, command: str | None = None) -> dict[st
         lock = _take_lock(run_dir, rank, world)
     except ConfigError as e:
         raise RunNotStarted(e) from None
-    loggers = Loggers([])
-    started = False
-    try:
-        commit = git_commit()  # the code that starts the run, not what the tree holds at its end
-        seed = int(cfg.seed)
-        task = checked_cfg.task
-        try:
-            splits = task.splits()
-            check_splits(splits, task, tcfg, tcfg.batch_size // (tcfg.grad_accum * world), world)
-            seed_everything(seed)
-            model = build_model(task, mcfg)
-        except (ConfigError, DataError) as e:
-            raise RunNotStarted(e) from None
-        n_params = sum(p.numel() for p in model.parameters())
+    return Setup(rank, local, world, command, checked, device, run_dir, lock)
 
-        started = True
-        resumed = (run_dir / "checkpoints" / "last.pt").exists()
-        sinks: list = []
-        if rank == 0:
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+
+def build(cfg: DictConfig, s: Setup) -> tuple[Any, Any, torch.nn.Module]:
+    """(task, splits, model): the data loaded and checked, the model built from the seed;
+    RunNotStarted on a config or data error."""
+    task, tcfg = s.checked.task, s.checked.trainer
+    try:
+        splits = task.splits()
+        check_splits(splits, task, tcfg, tcfg.batch_size // (tcfg.grad_accum * s.world), s.world)
+        seed_everything(int(cfg.seed))
+        model = build_model(task, s.checked.model)
+    except (ConfigError, DataError) as e:
+        raise RunNotStarted(e) from None
+    return task, splits, model
+
+
+def open_run_folder(cfg: DictConfig, s: Setup) -> Loggers:
+    """Rank 0 writes config.yaml and opens the loggers (metrics.jsonl, wandb)."""
+    sinks: list = []
+    if s.rank == 0:
+        OmegaConf.save(cfg, s.run_dir / "config.yaml", resolve=True)
+        resumed = _resumed(s.run_dir)
+        sinks.append(
+            JsonlLog(
+                s.run_dir / "metrics.jsonl", resume_step=_ckpt_step(s.run_dir) if resumed else None
+            )
+        )
+        lcfg = (
+            OmegaConf.to_container(cfg.logger, resolve=True)
+            if "logger" in cfg
+            else {"name": "none"}
+        )
+        if lcfg.get("name") == "wandb":
             sinks.append(
-                JsonlLog(
-                    run_dir / "metrics.jsonl", resume_step=_ckpt_step(run_dir) if resumed else None
+                WandbLog(
+                    lcfg, s.run_dir, str(cfg.run_id), OmegaConf.to_container(cfg, resolve=True)
                 )
             )
-            lcfg = (
-                OmegaConf.to_container(cfg.logger, resolve=True)
-                if "logger" in cfg
-                else {"name": "none"}
-            )
-            if lcfg.get("name") == "wandb":
-                sinks.append(
-                    WandbLog(
-                        lcfg, run_dir, str(cfg.run_id), OmegaConf.to_container(cfg, resolve=True)
-                    )
-                )
-        loggers = Loggers(sinks)
-        log.info(
-            "task=%s model=%s params=%d device=%s run_dir=%s%s",
-            task.name,
-            mcfg.name,
-            n_params,
-            device,
-            run_dir,
-            " (resuming)" if resumed else "",
-        )
-        trainer = Trainer(
-            model,
-            task,
-            splits,
-            tcfg,
-            ocfg,
-            run_dir,
-            loggers,
-            device,
-            seed,
-            rank,
-            world,
-            config_key(cfg),
-            resume_command(command, str(cfg.run_id)),
-        )
-        trainer.fit()
-        test = trainer.test()
-        obj = trainer.objective
-        metric = obj.metric
-        test_metrics = {
-            k.split("/", 1)[1]: v
-            for k, v in test.items()
-            if "/" in k and not k.split("/", 1)[1].startswith("layer")
-        }
-        results: dict[str, Any] = {
-            "task": task.name,
-            "model": mcfg.name,
-            "seed": seed,
-            "run_id": str(cfg.run_id),
-            "steps": trainer.step,
-            "objective": obj.name,
-            "metric_name": metric,
-            "metric_higher_is_better": obj.higher_is_better,
-            "best_val_metric": trainer.best["value"],
-            "best_val_loss": trainer.best["val_loss"],
-            "best_step": trainer.best["step"],
-            f"test_{metric}": test[f"test/{metric}"],
-            "test_metrics": test_metrics,
-            "test_loss": test["test/loss"],
-            "test_examples": test["test/n"],
-            "carry_state": trainer.carry if trainer.stream else None,
-            "update_rate": _layer_rates(test, "update_rate"),
-            "active_rate": _layer_rates(test, "active_rate"),
-            "gate_holders": _layer_rates(test, "holders") or None,
-            "params": n_params,
-            **trainer.summary(),
-            "device": device_name(device, threads=True),
-            "threads": torch.get_num_threads(),
-            "world_size": world,
-            "precision": "bf16" if trainer.amp else "fp32",
-            "kernel": _kernel(model, device),
-            "git_commit": commit,
-            "torch": torch.__version__,
-            "date": now_iso(),
-            "variant": cfg.get("variant"),
-            "command": command,
-            "data": task.describe(),
-            "split_sizes": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
-        }
-        if obj.name == "classify":  # the fields the LRA tables read
-            results["best_val_acc"] = trainer.best["val_acc"]
-            results["test_acc"] = test["test/acc"]
-            results["test_majority_class"] = test["test/majority"]
-        if tcfg.flops and rank == 0:
-            results.update(trainer.flops())
-        if rank == 0:
-            (run_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-            loggers.log({"step": trainer.step, **test})
-            loggers.summary(results)
-        return results
-    finally:
-        loggers.close()
-        if lock is not None:
-            lock.release(remove=not started)
+    return Loggers(sinks)
+
+
+def fit(
+    cfg: DictConfig,
+    s: Setup,
+    task,
+    splits,
+    model: torch.nn.Module,
+    n_params: int,
+    loggers: Loggers,
+) -> tuple[Trainer, dict[str, Any]]:
+    """Train (resuming from checkpoints/last.pt when there is one), then test at the best
+    validation weights: (the trainer, the test split's metrics as ``test/<name>``)."""
+    log.info(
+        "task=%s model=%s params=%d device=%s run_dir=%s%s",
+        task.name,
+        s.checked.model.name,
+        n_params,
+        s.device,
+        s.run_dir,
+        " (resuming)" if _resumed(s.run_dir) else "",
+    )
+    trainer = Trainer(
+        model,
+        task,
+        splits,
+        s.checked.trainer,
+        s.checked.optim,
+        s.run_dir,
+        loggers,
+        s.device,
+        int(cfg.seed),
+        s.rank,
+        s.world,
+        config_key(cfg),
+        resume_command(s.command, str(cfg.run_id)),
+    )
+    trainer.fit()
+    return trainer, trainer.test()
+
+
+def report(
+    cfg: DictConfig,
+    s: Setup,
+    task,
+    splits,
+    model: torch.nn.Module,
+    n_params: int,
+    trainer: Trainer,
+    test: dict[str, Any],
+    commit: str,
+) -> RunResult:
+    """The run's RunResult (results.json) from the trainer and its test metrics; FLOPs
+    counted on rank 0 when ``trainer.flops`` is set (last: the timings and peak memory
+    before it are the run's own)."""
+    obj = trainer.objective
+    metric = obj.metric
+    test_metrics = {
+        k.split("/", 1)[1]: v
+        for k, v in test.items()
+        if "/" in k and not k.split("/", 1)[1].startswith("layer")
+    }
+    classify = obj.name == "classify"  # the fields the LRA tables read
+    result = RunResult(
+        task=task.name,
+        model=s.checked.model.name,
+        seed=int(cfg.seed),
+        run_id=str(cfg.run_id),
+        steps=trainer.step,
+        objective=obj.name,
+        metric_name=metric,
+        metric_higher_is_better=obj.higher_is_better,
+        best_val_metric=trainer.best["value"],
+        best_val_loss=trainer.best["val_loss"],
+        best_step=trainer.best["step"],
+        test_metric=test[f"test/{metric}"],
+        test_metrics=test_metrics,
+        test_loss=test["test/loss"],
+        test_examples=test["test/n"],
+        carry_state=trainer.carry if trainer.stream else None,
+        update_rate=_layer_rates(test, "update_rate"),
+        active_rate=_layer_rates(test, "active_rate"),
+        gate_holders=_layer_rates(test, "holders") or None,
+        params=n_params,
+        **trainer.summary(),
+        device=device_name(s.device, threads=True),
+        threads=torch.get_num_threads(),
+        world_size=s.world,
+        precision="bf16" if trainer.amp else "fp32",
+        kernel=_kernel(model, s.device),
+        git_commit=commit,
+        torch=torch.__version__,
+        date=now_iso(),
+        variant=cfg.get("variant"),
+        command=s.command,
+        data=task.describe(),
+        split_sizes={k: len(getattr(splits, k)) for k in ("train", "val", "test")},
+        best_val_acc=trainer.best["val_acc"] if classify else None,
+        test_majority_class=test["test/majority"] if classify else None,
+    )
+    if s.checked.trainer.flops and s.rank == 0:
+        result = dataclasses.replace(result, **trainer.flops())
+    return result
+
+
+def _resumed(run_dir: Path) -> bool:
+    """Whether the run resumes from a checkpoint (its folder holds checkpoints/last.pt)."""
+    return (run_dir / "checkpoints" / "last.pt").exists()
 
 
 def _kernel(model: torch.nn.Module, device: torch.device) -> str | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from surnn.harness.results import RunResult
 from tests.fixtures import TINY_LISTOPS, load_script
 
 GOLDEN = Path(__file__).with_name("golden.json")
@@ -47,9 +48,10 @@ def environment() -> dict:
     }
 
 
-def outcome(res: dict) -> dict:
+def outcome(res: RunResult) -> dict:
     fields = (*load_script("check_results").COMPARED, *EXTRA_FIELDS)
-    return {k: res[k] for k in fields if k in res}
+    saved = res.to_dict()  # the values as results.json holds them
+    return {k: saved[k] for k in fields if k in saved}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def run_kind(kind: str, data_dir: Path, out: Path) -> dict:
+def run_kind(kind: str, data_dir: Path, out: Path) -> RunResult:
     """The golden run of one model kind, in this process (through harness.run.train,
     as run.py runs it)."""
     from hydra import compose, initialize_config_dir
