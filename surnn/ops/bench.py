@@ -80,6 +80,9 @@ SURROGATE_SHAPES = {
     "demo": (64, 150, 64, 64, (20, 150)),
 }
 
+#: The ``stream`` setting's one sequence (B, T, D, H): the paper's sMNIST shape.
+STREAM_SHAPE = (1, 784, 1, 256)
+
 
 #: The ``crossover`` setting: ((B, T, D, H), update rates) where the compiled kernel and
 #: the eager path are compared.
@@ -331,7 +334,7 @@ def targets(args: argparse.Namespace, root: Path) -> None:
                 )
     if "stream" in args.settings:
         # One sequence through the public layer (eval, no gradients), its gate the op's g.
-        B, T, D, H = 1, 784, 1, 256
+        B, T, D, H = STREAM_SHAPE
         gru, w, x, xg, h0 = layer(B, T, D, H)
         g, a_ev, a_tr = rhythm_at(TARGET_RATE, T, H, width)
         ones, all_on = torch.ones(T, H), torch.ones(T, H, dtype=torch.bool)
@@ -396,7 +399,7 @@ def targets(args: argparse.Namespace, root: Path) -> None:
             repeat(lambda: su_gru(x1, h0, *w, g1, a1, impl=impl)),
             "SelectiveUpdateGRU",
             repeat(lambda: su(x1)),
-            0.0,
+            None,  # reported, not a target: the row measures the layer's overhead per call
             {"overhead_calls": calls},
         )
 
@@ -493,7 +496,7 @@ def targets(args: argparse.Namespace, root: Path) -> None:
             base_min_s=bmin,
             case_min_s=cmin,
             ratio_of_min=ratio,
-            met=ratio >= p["target"],
+            met=None if p["target"] is None else ratio >= p["target"],
             base_times_s=p["base_times"],
             case_times_s=p["case_times"],
             sizes=info[p["setting"]],
@@ -512,7 +515,11 @@ def targets(args: argparse.Namespace, root: Path) -> None:
         rows.append(row)
         print(
             f"{p['setting']:<20}{p['name']:<42}{bmin:>11.4f}{cmin:>11.4f}{ratio:>7.2f}"
-            f"{p['target']:>7.1f}  {'yes' if row['met'] else 'NO'}"
+            + (
+                f"{p['target']:>7.1f}  {'yes' if row['met'] else 'NO'}"
+                if p["target"] is not None
+                else f"{'–':>7}  (reported)"
+            )
         )
         if "case_train_active_rate" in row:
             print(f"{'':<20}  computed in training: {row['case_train_active_rate']:.3f}")
@@ -614,7 +621,11 @@ def targets_md(meta: dict) -> str:
             f"| {r['setting']} | {z['B']} | {z['T']} | {z['D']} | {z['H']} | {z['rate']:.3f} "
             f"| {r['name']} | {r['baseline']} | {r['case']} | {r.get('surrogate') or '–'} "
             f"| {r['base_min_s']:.4f} | {r['case_min_s']:.4f} | {r['ratio_of_min']:.2f}x "
-            f"| >= {r['target']:g}x | {'yes' if r['met'] else 'no'} |"
+            + (
+                f"| >= {r['target']:g}x | {'yes' if r['met'] else 'no'} |"
+                if r["target"] is not None
+                else "| – | (reported) |"
+            )
         )
     lines += surrogate_md(meta["rows"])
     overhead = [r for r in meta["rows"] if "overhead_us_per_call" in r]
