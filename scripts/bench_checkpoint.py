@@ -51,6 +51,7 @@ from surnn.harness import checkpoint
 from surnn.harness.config import BackboneConfig, OptimConfig, TrainerConfig, checked
 from surnn.harness.data import eval_loader
 from surnn.harness.loggers import Loggers
+from surnn.harness.results import RunResult
 from surnn.harness.run_setting import experiment_of, scale_of, setting_of
 from surnn.harness.trainer import Trainer, is_stream
 from surnn.harness.validate import build_model, build_task
@@ -110,7 +111,7 @@ def load_run(run: Path, args) -> dict:
     if args.data_dir:
         cfg.data_dir = args.data_dir
     res_path = run / "results.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else {}
+    results = RunResult.load(res_path) if res_path.exists() else None
     try:
         task = build_task(cfg)
         splits = task.splits()
@@ -324,7 +325,7 @@ def bench_run(run: Path, args) -> dict:
     sett = setting_of(res, run) if res else "unfinished run (no results.json)"
     paper = task.name == PAPER_TASK and res and sett is None
     mean_rate = statistics.fmean(rates.values()) if rates else None
-    mname = res.get("metric_name", "acc")
+    recorded = res or RunResult()  # an unfinished run (no results.json) records nothing
     return {
         "kind": "checkpoint_efficiency",
         "command": "python scripts/bench_checkpoint.py " + " ".join(sys.argv[1:]),
@@ -334,7 +335,7 @@ def bench_run(run: Path, args) -> dict:
         "checkpoint_step": r["checkpoint_step"],
         "task": task.name,
         "model": cfg.model.name,
-        "variant": res.get("variant"),
+        "variant": recorded.variant,
         "seed": cfg.get("seed"),
         "setting": sett,
         "scale": scale_of(res, run) if res else "unfinished",
@@ -347,7 +348,7 @@ def bench_run(run: Path, args) -> dict:
         ),
         "data_dir": str(cfg.data_dir),
         "split_sizes": r["split_sizes"],
-        "data_matches_run": not res.get("split_sizes") or res["split_sizes"] == r["split_sizes"],
+        "data_matches_run": not recorded.split_sizes or recorded.split_sizes == r["split_sizes"],
         "examples": n,
         "test_examples_total": n_all,
         "batch": bs,
@@ -372,10 +373,10 @@ def bench_run(run: Path, args) -> dict:
         "skipped": None if mean_rate is None else 1 - mean_rate,
         "test_metrics": metric,
         "results_json": {  # what the run recorded (its whole test set, or max_eval_examples)
-            "update_rate": res.get("update_rate"),
-            "test_examples": res.get("test_examples"),
-            "metric": mname,
-            "test_metric": res.get(f"test_{mname}"),
+            "update_rate": recorded.update_rate,
+            "test_examples": recorded.test_examples,
+            "metric": recorded.metric_name or "acc",
+            "test_metric": recorded.test_metric,
         },
         "cases": out_cases,
         "pairs": out_pairs,

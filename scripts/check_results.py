@@ -25,6 +25,7 @@ reproduce and which do not. Exit status 0 when all match, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -34,8 +35,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from surnn.harness.results import RunResult
+
 ROOT = Path(__file__).resolve().parents[1]
-COMPARED = (
+COMPARED = (  # RunResult fields (test_acc: test_metric when the metric is accuracy)
     "steps",
     "best_val_metric",
     "best_val_acc",
@@ -57,27 +60,27 @@ COMPARED = (
 LOCAL = ("data",)  # machine-local paths, left out of committed files
 
 
-def threads_of(res: dict) -> int | None:
-    if isinstance(res.get("threads"), int):
-        return res["threads"]
-    m = re.search(r"(\d+) threads", str(res.get("device", "")))
+def threads_of(res: RunResult) -> int | None:
+    if isinstance(res.threads, int):
+        return res.threads
+    m = re.search(r"(\d+) threads", str(res.device or ""))
     return int(m.group(1)) if m else None
 
 
-def run_args(res: dict) -> list[str]:
+def run_args(res: RunResult) -> list[str]:
     """The run.py overrides of the command that made a result."""
-    words = shlex.split(str(res.get("command", "")))
+    words = shlex.split(str(res.command or ""))
     for i, w in enumerate(words):
         if w.endswith("run.py"):
             return words[i + 1 :]
-    raise ValueError(f"command {res.get('command')!r} does not run run.py")
+    raise ValueError(f"command {res.command!r} does not run run.py")
 
 
-def launcher(res: dict) -> list[str]:
+def launcher(res: RunResult) -> list[str]:
     """How the result's command started run.py: ``python``, or torchrun with its process
     count (rerun as ``python -m torch.distributed.run --standalone --nproc_per_node=N``:
     a free port, the same number of processes)."""
-    words = shlex.split(str(res.get("command", "")))
+    words = shlex.split(str(res.command or ""))
     head = words[: next((i for i, w in enumerate(words) if w.endswith("run.py")), 0)]
     if not any("torchrun" in w or "torch.distributed.run" in w for w in head):
         return [sys.executable]
@@ -109,18 +112,22 @@ def find(paths: list[Path]) -> list[Path]:
     return out
 
 
-def compare(old: dict, new: dict) -> list[tuple[str, object, object]]:
-    """The compared fields that differ: (field, committed, rerun)."""
-    return [(k, old.get(k), new.get(k)) for k in COMPARED if k in old and old.get(k) != new.get(k)]
+def compare(old: RunResult, new: RunResult) -> list[tuple[str, object, object]]:
+    """The compared fields the committed file holds that differ: (field, committed, rerun)."""
+    return [
+        (k, getattr(old, k), getattr(new, k))
+        for k in COMPARED
+        if old.has(k) and getattr(old, k) != getattr(new, k)
+    ]
 
 
-def rerun_env(res: dict, pin_kernel: bool = True) -> dict[str, str]:
+def rerun_env(res: RunResult, pin_kernel: bool = True) -> dict[str, str]:
     """The environment a result is rerun in: its thread count, a fixed hash seed and, with
     ``pin_kernel``, the CPU kernel ``impl=auto`` ran for it (``kernel``; a result without
     one was made when auto ran the eager path on CPU). Without it: today's auto."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     env.pop("SURNN_AUTO_COMPILED", None)
-    kernel = res.get("kernel", "cpu")
+    kernel = res.kernel if res.has("kernel") else "cpu"
     if pin_kernel and kernel in ("cpu", "compiled"):
         env["SURNN_AUTO_COMPILED"] = "0" if kernel == "cpu" else "1"
     threads = threads_of(res)
@@ -129,7 +136,7 @@ def rerun_env(res: dict, pin_kernel: bool = True) -> dict[str, str]:
     return env
 
 
-def rerun_args(res: dict, out_dir: Path, data_dir: str | None) -> list[str]:
+def rerun_args(res: RunResult, out_dir: Path, data_dir: str | None) -> list[str]:
     """The run.py overrides of a rerun: the recorded ones, the run folder under ``out_dir``
     (a recorded ``hydra.run.dir`` would put the run back where it first ran) and
     ``data_dir`` when given."""
@@ -139,7 +146,9 @@ def rerun_args(res: dict, out_dir: Path, data_dir: str | None) -> list[str]:
     return [*args, *extra, "trainer.progress=false"]
 
 
-def rerun(res: dict, out_dir: Path, data_dir: str | None, pin_kernel: bool = True) -> dict:
+def rerun(
+    res: RunResult, out_dir: Path, data_dir: str | None, pin_kernel: bool = True
+) -> RunResult:
     env = rerun_env(res, pin_kernel)
     threads = threads_of(res)
     cmd = [*launcher(res), str(ROOT / "run.py"), *rerun_args(res, out_dir, data_dir)]
@@ -151,7 +160,7 @@ def rerun(res: dict, out_dir: Path, data_dir: str | None, pin_kernel: bool = Tru
     found = sorted(out_dir.rglob("results.json"), key=lambda f: f.stat().st_mtime)
     if not found:
         raise RuntimeError(f"the rerun wrote no results.json under {out_dir}")
-    return json.loads(found[-1].read_text())
+    return RunResult.load(found[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,10 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     outcome: dict[Path, dict[str, list[str]]] = {}  # folder -> {"same": [...], "not": [...]}
     for i, f in enumerate(files):
         per = outcome.setdefault(f.parent, {"same": [], "not": []})
-        old = json.loads(f.read_text())
-        print(
-            f"[{i + 1}/{len(files)}] {f} (made at {str(old.get('git_commit'))[:12]}, now {head[:12]})"
-        )
+        old = RunResult.load(f)
+        print(f"[{i + 1}/{len(files)}] {f} (made at {str(old.git_commit)[:12]}, now {head[:12]})")
         try:
             new = rerun(old, runs_dir / f"{i}-{f.stem}", args.data_dir, not args.update)
         except (RuntimeError, ValueError) as e:
@@ -191,22 +198,22 @@ def main(argv: list[str] | None = None) -> int:
             continue
         diff = compare(old, new)
         if args.update:
-            keep = {k: v for k, v in new.items() if k not in LOCAL}
-            keep["command"] = old["command"]  # the reruns' output_dir/data_dir change nothing
-            f.write_text(json.dumps(keep, indent=2, default=str) + "\n")
+            # the reruns' output_dir/data_dir change nothing: the committed command stays
+            keep = dataclasses.replace(new, command=old.command, omitted=new.omitted | set(LOCAL))
+            keep.save(f)
             print(f"  updated {f} ({len(diff)} field(s) changed)")
             continue
-        metric = new.get("metric_name", "acc")
+        metric = new.metric_name or "acc"
         if diff:
             bad += 1
             print("  DIFFERENT:")
             for k, a, b in diff:
                 print(f"    {k}: committed {a} / rerun {b}")
-            test = f"test_{metric} {old.get(f'test_{metric}')} -> {new.get(f'test_{metric}')}"
+            test = f"test_{metric} {old.test_metric} -> {new.test_metric}"
             per["not"].append(f"{f.name} ({test})")
         else:
-            best = new.get("best_val_metric", new.get("best_val_acc"))
-            print(f"  same: test_{metric} {new[f'test_{metric}']:.4f}, best validation {best:.4f}")
+            best = new.best_val_metric if new.has("best_val_metric") else new.best_val_acc
+            print(f"  same: test_{metric} {new.test_metric:.4f}, best validation {best:.4f}")
             per["same"].append(f.name)
     if args.update:
         return 0

@@ -27,6 +27,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from surnn.harness.results import RunResult  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,9 +36,10 @@ def _fail(msg: str):
     raise SystemExit(f"error: {msg}")
 
 
-def _results(run: Path) -> dict:
+def _results(run: Path) -> RunResult:
+    """The run's results.json (an empty record while the run has not finished)."""
     p = run / "results.json"
-    return json.loads(p.read_text()) if p.exists() else {}
+    return RunResult.load(p) if p.exists() else RunResult()
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -57,9 +60,8 @@ def _runs(roots: list[Path]) -> list[Path]:
     return runs
 
 
-def _label(r: dict) -> str:
-    v = r.get("variant")
-    return f"{r.get('task', '?')} {r.get('model', '?')}" + (f" [{v}]" if v else "")
+def _label(r: RunResult) -> str:
+    return f"{r.task or '?'} {r.model or '?'}" + (f" [{r.variant}]" if r.variant else "")
 
 
 # ------------------------------------------------------------------------------ gate
@@ -106,7 +108,7 @@ def fig_gate(run: Path, out: Path, name: str | None = None, length: int | None =
     if not layers:
         _fail(f"{ck} holds no rhythm gate (gate kinds rhythm, soft, random have one)")
     res = _results(run)
-    T = length or int((res.get("data") or {}).get("max_len") or 1024)
+    T = length or int((res.data or {}).get("max_len") or 1024)
     fig, axes = plt.subplots(2, len(layers), figsize=(4.5 * len(layers), 6.5), squeeze=False)
     for j, p in enumerate(layers.values()):
         g, periods = rhythm(p, T)
@@ -165,9 +167,9 @@ def fig_acc_rate(roots: list[Path], out: Path, name: str | None = None) -> Path:
     pts: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for run in _runs(roots):
         r = _results(run)
-        rates = list((r.get("update_rate") or {}).values())
+        rates = list((r.update_rate or {}).values())
         rate = sum(rates) / len(rates) if rates else 1.0  # no gate: every update computed
-        pts[_label(r)].append((rate, 100 * r["test_acc"]))
+        pts[_label(r)].append((rate, 100 * r.test_acc))
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for i, (lab, xy) in enumerate(sorted(pts.items())):
         xs, ys = zip(*xy)
@@ -191,7 +193,8 @@ def fig_acc_rate(roots: list[Path], out: Path, name: str | None = None) -> Path:
 def fig_curves(roots: list[Path], out: Path, name: str | None = None) -> Path:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, run in enumerate(_runs(roots)):
-        rows, lab = _metrics(run), f"{_label(_results(run))} s{_results(run).get('seed', '?')}"
+        res = _results(run)
+        rows, lab = _metrics(run), f"{_label(res)} s{'?' if res.seed is None else res.seed}"
         tr = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
         va = [(r["step"], 100 * r["val/acc"]) for r in rows if "val/acc" in r and "step" in r]
         if tr:

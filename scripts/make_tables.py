@@ -22,6 +22,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from surnn.harness.results import RunResult
 from surnn.harness.run_setting import generated_data, setting_of
 from surnn.harness.tables import GEN_MARK, Table
 
@@ -32,7 +33,7 @@ PIXEL_TASKS = ["smnist", "psmnist", "scifar"]  # the paper's pixel-level table
 TITLE = "Long Range Arena: test accuracy (%) at the best validation step"
 
 
-def find_runs(roots: list[Path]) -> list[dict]:
+def find_runs(roots: list[Path]) -> list[RunResult]:
     runs = []
     for root in roots:
         if not root.exists():
@@ -41,19 +42,18 @@ def find_runs(roots: list[Path]) -> list[dict]:
             )
         for p in sorted(root.rglob("results.json")):
             try:
-                r = json.loads(p.read_text())
+                r = RunResult.load(p)
             except json.JSONDecodeError as e:
                 raise SystemExit(
                     f"error: {p} is not valid JSON ({e}); rerun that run or delete the file"
                 ) from None
-            if r.get("objective", "classify") != "classify":
+            if (r.objective or "classify") != "classify":
                 continue  # memory and language runs: results/memory/ has their own scripts
-            missing = [k for k in ("task", "model", "seed", "test_acc") if k not in r]
+            missing = [k for k in ("task", "model", "seed", "test_acc") if not r.has(k)]
             if missing:
                 raise SystemExit(
                     f"error: {p} lacks {', '.join(missing)}; it was not written by run.py"
                 )
-            r["_path"] = str(p.parent)
             runs.append(r)
     return runs
 
@@ -75,72 +75,76 @@ def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def label(r: dict) -> str:
+def label(r: RunResult) -> str:
     """Row label: the model, and its variant (an ablation) when the run has one."""
-    v = r.get("variant")
-    return f"{r['model']} [{v}]" if v else r["model"]
+    return f"{r.model} [{r.variant}]" if r.variant else r.model
 
 
-def _mean(rs: list[dict], key: str) -> float | None:
-    vals = [r[key] for r in rs if r.get(key) is not None]
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
     return statistics.fmean(vals) if vals else None
 
 
-def aggregate(runs: list[dict], setting: str | None = None) -> dict:
+def aggregate(runs: list[RunResult], setting: str | None = None) -> dict:
     """Cells keyed by (setting, task, row label); ``setting`` forces one for every run."""
-    by: dict[tuple, list[dict]] = defaultdict(list)
+    by: dict[tuple, list[RunResult]] = defaultdict(list)
     for r in runs:
-        by[(setting or setting_of(r), r["task"], label(r))].append(r)
+        by[(setting or setting_of(r), r.task, label(r))].append(r)
     cells = {}
     for (sett, task, model), rs in sorted(by.items(), key=lambda kv: (kv[0][0] or "", *kv[0][1:])):
-        seeds = sorted({r["seed"] for r in rs})
+        seeds = sorted({r.seed for r in rs})
         if len(seeds) != len(rs):
             raise SystemExit(
                 f"error: {len(rs)} runs of task={task} model={model} share seeds {seeds}: "
                 "pass one run folder per seed (e.g. the sweep folder of one experiment), or "
                 "tell variants apart with variant=<label> on their command lines"
             )
-        acc = [100 * r["test_acc"] for r in rs]
+        acc = [100 * r.test_acc for r in rs]
         m, s = mean_std(acc)
         cells[(sett, task, model)] = {
             "task": task,
             "model": model,
             "setting": sett,
-            "variant": rs[0].get("variant"),
+            "variant": rs[0].variant,
             "generated_data": any(generated_data(r) for r in rs),
             "test_acc_mean": m,
             "test_acc_std": s,
             "n_seeds": len(rs),
             "seeds": seeds,
-            "best_val_acc_mean": 100 * statistics.fmean(r["best_val_acc"] for r in rs),
-            "majority_class": 100 * rs[0].get("test_majority_class", float("nan")),
-            "params": rs[0].get("params"),
-            "flops_per_seq": _mean(rs, "flops_per_seq"),
-            "flops_per_seq_dense": _mean(rs, "flops_per_seq_dense"),
-            "mixer_flops_per_seq": _mean(rs, "mixer_flops_per_seq"),
-            "mixer_flops_per_seq_dense": _mean(rs, "mixer_flops_per_seq_dense"),
-            "flops_examples": rs[0].get("flops_examples"),
+            "best_val_acc_mean": 100 * statistics.fmean(r.best_val_acc for r in rs),
+            "majority_class": 100 * _or(rs[0].test_majority_class, float("nan")),
+            "params": rs[0].params,
+            "flops_per_seq": _mean([r.flops_per_seq for r in rs]),
+            "flops_per_seq_dense": _mean([r.flops_per_seq_dense for r in rs]),
+            "mixer_flops_per_seq": _mean([r.mixer_flops_per_seq for r in rs]),
+            "mixer_flops_per_seq_dense": _mean([r.mixer_flops_per_seq_dense for r in rs]),
+            "flops_examples": rs[0].flops_examples,
             "update_rate": _mean_rate(rs),
             "update_rate_per_layer": _layer_rates(rs),
-            "step_time_s": _mean(rs, "step_time_s"),
-            "tokens_per_s": _mean(rs, "tokens_per_s"),
-            "devices": sorted({r.get("device", "?") for r in rs}),
-            "commits": sorted({r.get("git_commit", "?") for r in rs}),
-            "data": rs[0].get("data", {}),
-            "runs": [r["_path"] for r in rs],
+            "step_time_s": _mean([r.step_time_s for r in rs]),
+            "tokens_per_s": _mean([r.tokens_per_s for r in rs]),
+            "devices": sorted({_or(r.device, "?") for r in rs}),
+            "commits": sorted({_or(r.git_commit, "?") for r in rs}),
+            "data": _or(rs[0].data, {}),
+            "runs": [str(r.run_dir) for r in rs],
         }
     return cells
 
 
-def _mean_rate(rs: list[dict]) -> float | None:
-    vals = [statistics.fmean(r["update_rate"].values()) for r in rs if r.get("update_rate")]
+def _or(value, missing):
+    """``value``, or ``missing`` when the run's file lacks it."""
+    return missing if value is None else value
+
+
+def _mean_rate(rs: list[RunResult]) -> float | None:
+    vals = [statistics.fmean(r.update_rate.values()) for r in rs if r.update_rate]
     return statistics.fmean(vals) if vals else None
 
 
-def _layer_rates(rs: list[dict]) -> dict[str, float]:
-    layers = sorted({k for r in rs for k in (r.get("update_rate") or {})})
+def _layer_rates(rs: list[RunResult]) -> dict[str, float]:
+    layers = sorted({k for r in rs for k in (r.update_rate or {})})
     return {
-        k: statistics.fmean(r["update_rate"][k] for r in rs if k in (r.get("update_rate") or {}))
+        k: statistics.fmean(r.update_rate[k] for r in rs if k in (r.update_rate or {}))
         for k in layers
     }
 

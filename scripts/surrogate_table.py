@@ -30,8 +30,10 @@ import json
 import shutil
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+from surnn.harness.results import RunResult
 from surnn.ops.bench import SURROGATES, surrogate_name, surrogate_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +60,18 @@ def surrogate_of(variant: str | None) -> str:
     return surrogate_name(kind, width)
 
 
-def find_runs(roots: list[Path]) -> list[dict]:
+@dataclass
+class Run:
+    """One run of the study: its results.json, where it was read and what it trained."""
+
+    name: str  # the run folder's name (or the copy's stem)
+    result: RunResult
+    metrics: Path  # its metrics.jsonl (or the copy's <run>.metrics.jsonl)
+    surrogate: str  # the bench's row name of its surrogate (surrogate_of)
+    train_active: float | None  # fraction of updates its training steps computed
+
+
+def find_runs(roots: list[Path]) -> list[Run]:
     """Every run below ``roots``: run folders (results.json) or copied summaries."""
     runs = []
     for root in roots:
@@ -71,11 +84,8 @@ def find_runs(roots: list[Path]) -> list[dict]:
             if p.name != "results.json" and p.with_suffix(".metrics.jsonl").exists()
         ]
         for res, metrics, name in sorted(found):
-            r = json.loads(res.read_text())
-            r["_name"], r["_results"], r["_metrics"] = name, res, metrics
-            r["_surrogate"] = surrogate_of(r.get("variant"))
-            r["_train_active"] = train_active(metrics)
-            runs.append(r)
+            r = RunResult.load(res)
+            runs.append(Run(name, r, metrics, surrogate_of(r.variant), train_active(metrics)))
     if not runs:
         raise SystemExit(f"error: no results.json under {', '.join(map(str, roots))}")
     return runs
@@ -124,36 +134,37 @@ def _seeds(rows: list[dict]) -> str:
     )
 
 
-def table(runs: list[dict], bench: dict | None) -> list[dict]:
-    groups: dict[str, list[dict]] = {}
-    for r in runs:
-        groups.setdefault(r["_surrogate"], []).append(r)
+def table(runs: list[Run], bench: dict | None) -> list[dict]:
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.surrogate, []).append(run)
     rows = []
     for name in sorted(groups, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
-        rs = sorted(groups[name], key=lambda r: r["seed"])
-        acc = [100 * r["test_acc"] for r in rs]
-        rate = [statistics.fmean(r["update_rate"].values()) for r in rs]
-        act = [r["_train_active"] for r in rs if r["_train_active"] is not None]
-        steps = {r["steps"] for r in rs}
-        layers = {len(r["update_rate"]) for r in rs}
+        arm = sorted(groups[name], key=lambda run: run.result.seed)
+        rs = [run.result for run in arm]
+        acc = [100 * r.test_acc for r in rs]
+        rate = [statistics.fmean(r.update_rate.values()) for r in rs]
+        act = [run.train_active for run in arm if run.train_active is not None]
+        steps = {r.steps for r in rs}
+        layers = {len(r.update_rate) for r in rs}
         row = {
             "surrogate": name,
-            "seeds": [r["seed"] for r in rs],
-            "runs": [r["_name"] for r in rs],
+            "seeds": [r.seed for r in rs],
+            "runs": [run.name for run in arm],
             "test_acc": acc,
             "test_acc_mean": _mean_std(acc)[0],
             "test_acc_std": _mean_std(acc)[1],
-            "best_val_acc": [100 * r["best_val_acc"] for r in rs],
+            "best_val_acc": [100 * r.best_val_acc for r in rs],
             "test_update_rate": rate,
             "train_computed": act,
             "train_computed_mean": statistics.fmean(act) if act else None,
             "steps": steps.pop() if len(steps) == 1 else sorted(steps),
             "suRNN_layers": layers.pop() if len(layers) == 1 else sorted(layers),
             # a shared machine's timings (1 thread each, others' jobs beside): not the table's
-            "shared_machine_train_time_s": [r["train_time_s"] for r in rs],
-            "shared_machine_step_time_s": [r["step_time_s"] for r in rs],
-            "git_commit": sorted({r["git_commit"] for r in rs}),
-            "kernel": sorted({str(r.get("kernel")) for r in rs}),
+            "shared_machine_train_time_s": [r.train_time_s for r in rs],
+            "shared_machine_step_time_s": [r.step_time_s for r in rs],
+            "git_commit": sorted({r.git_commit for r in rs}),
+            "kernel": sorted({str(r.kernel) for r in rs}),
         }
         if bench is not None:
             for shape, by in bench["rows"].items():
@@ -176,8 +187,8 @@ def table(runs: list[dict], bench: dict | None) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], runs: list[dict], bench: dict | None, argv: list[str]) -> str:
-    r0 = runs[0]
+def markdown(rows: list[dict], runs: list[Run], bench: dict | None, argv: list[str]) -> str:
+    r0 = runs[0].result
     lines = [
         "# The surrogate gradient on the demo ListOps: accuracy and training time",
         "",
@@ -188,8 +199,8 @@ def markdown(rows: list[dict], runs: list[dict], bench: dict | None, argv: list[
         "(learned rhythm, 4 fixed frequencies with periods 2 .. 160, the sequence length; "
         "init and target rate 0.17 held by rate control); the arms differ only in the "
         f"surrogate. {_seeds(rows)}; "
-        f"{r0['threads']} thread per run; kernel {', '.join(rows[0]['kernel'])}. Test majority "
-        f"class {100 * r0['test_majority_class']:.1f}%.",
+        f"{r0.threads} thread per run; kernel {', '.join(rows[0]['kernel'])}. Test majority "
+        f"class {100 * r0.test_majority_class:.1f}%.",
         "",
         "Accuracy and the work computed come from the runs; time from the benchmark "
         "(a training step of one suRNN layer, `SelectiveUpdateGRU`, with the presets' gate "
@@ -275,7 +286,7 @@ def markdown(rows: list[dict], runs: list[dict], bench: dict | None, argv: list[
         "",
         "```",
         "python scripts/reproduce.py surrogate",
-        _rel(r0["command"]),
+        _rel(r0.command),
         _rel("python scripts/surrogate_table.py " + " ".join(argv)),
         "```",
         "",
@@ -308,10 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.copy_runs:
         dest = args.out / "runs"
         dest.mkdir(exist_ok=True)
-        for r in runs:
-            shutil.copyfile(r["_results"], dest / f"{r['_name']}.json")
-            if r["_metrics"].exists():
-                shutil.copyfile(r["_metrics"], dest / f"{r['_name']}.metrics.jsonl")
+        for run in runs:
+            shutil.copyfile(run.result.path, dest / f"{run.name}.json")
+            if run.metrics.exists():
+                shutil.copyfile(run.metrics, dest / f"{run.name}.metrics.jsonl")
     rows = table(runs, bench)
     md = markdown(rows, runs, bench, [str(a) for a in argv])
     (args.out / f"{args.name}.md").write_text(md)

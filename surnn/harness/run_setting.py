@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from surnn.harness.results import RunResult
+
 STANDARD_SPLITS = {  # (train, val, test) of each task's standard data
     "listops": (96000, 2000, 2000),
     "text": (25000, 25000, 25000),
@@ -39,15 +41,16 @@ def run_config(run_dir: str | Path | None) -> dict:
         return {}
 
 
-def setting_of(r: dict, run_dir: str | Path | None = None) -> str | None:
+def setting_of(r: RunResult, run_dir: str | Path | None = None) -> str | None:
     """None for a run (its results.json ``r``) in its task's standard setting, else a label
-    saying what differs (such runs never sit unmarked beside published numbers).
-    ``run_dir`` (default ``r["_path"]``) is where its config.yaml is read from."""
-    if r.get("setting"):
-        return str(r["setting"])
+    saying what differs (such runs never sit unmarked beside published numbers): the
+    file's own ``setting`` key when it has one. ``run_dir`` (default: the folder ``r`` was
+    loaded from) is where its config.yaml is read from."""
+    if r.extra.get("setting"):
+        return str(r.extra["setting"])
     marks = []
-    cfg = run_config(run_dir if run_dir is not None else r.get("_path"))
-    cmd = r.get("command") or ""
+    cfg = run_config(run_dir if run_dir is not None else r.run_dir)
+    cmd = r.command or ""
     if (cfg.get("trainer") or {}).get("name") == "smoke" or "trainer=smoke" in cmd:
         marks.append("smoke")
     if "experiment=demo_" in cmd:
@@ -56,16 +59,16 @@ def setting_of(r: dict, run_dir: str | Path | None = None) -> str | None:
     cpu_sized = exp.endswith("_cpu") or exp.startswith(("memory/copy/", "memory/selective/"))
     if cpu_sized:  # memory/copy_memory_cpu, the memory study's arms: sized for a CPU
         marks.append(f"CPU-sized preset ({exp})")
-    sizes = r.get("split_sizes") or {}
-    n_test, full = r.get("test_examples"), sizes.get("test")
+    sizes = r.split_sizes or {}
+    n_test, full = r.test_examples, sizes.get("test")
     if n_test is not None and full and n_test < full:
         marks.append(f"test scored on {n_test} of {full} examples")
-    std = STANDARD_SPLITS.get(r["task"])
+    std = STANDARD_SPLITS.get(r.task)
     if std and sizes and tuple(sizes.get(k) for k in ("train", "val", "test")) != std:
         marks.append("data of another size ({train}/{val}/{test})".format(**sizes))
-    gen = (r.get("data") or {}).get("generate")
+    gen = (r.data or {}).get("generate")
     lra_like = isinstance(gen, dict) and all(gen.get(k, v) == v for k, v in LRA_LISTOPS.items())
-    if r["task"] == "listops" and isinstance(gen, dict) and not lra_like:
+    if r.task == "listops" and isinstance(gen, dict) and not lra_like:
         marks.append(
             f"ListOps generated with lengths {gen.get('min_length')}-"
             f"{gen.get('max_length')}, depth <= {gen.get('max_depth')}"
@@ -73,19 +76,19 @@ def setting_of(r: dict, run_dir: str | Path | None = None) -> str | None:
     return "; ".join(marks) or None
 
 
-def generated_data(r: dict) -> bool:
+def generated_data(r: RunResult) -> bool:
     """The run read data this harness generated (ListOps, Pathfinder), not a release."""
-    src = str((r.get("data") or {}).get("source") or "")
+    src = str((r.data or {}).get("source") or "")
     return src.startswith("generated")
 
 
-def experiment_of(r: dict) -> str | None:
+def experiment_of(r: RunResult) -> str | None:
     """The preset the run was started with (``experiment=...`` on its command line)."""
-    cmd = r.get("command") or ""
+    cmd = r.command or ""
     return cmd.split("experiment=")[1].split()[0] if "experiment=" in cmd else None
 
 
-def scale_of(r: dict, run_dir: str | Path | None = None) -> str:
+def scale_of(r: RunResult, run_dir: str | Path | None = None) -> str:
     """One word for the run's size: smoke, demo, mini (the mini presets), full (the
     standard setting) or other (any other non-standard setting)."""
     exp = experiment_of(r) or ""

@@ -601,14 +601,15 @@ def test_check_results_reruns_with_the_kernel_a_result_records(monkeypatch):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     monkeypatch.setenv("SURNN_AUTO_COMPILED", "0")
-    old = mod.rerun_env({"threads": 2})
+    saved = RunResult.from_json  # a results.json's content
+    old = mod.rerun_env(saved({"threads": 2}))
     assert old["SURNN_AUTO_COMPILED"] == "0" and old["OMP_NUM_THREADS"] == "2"
-    assert mod.rerun_env({"kernel": "compiled"})["SURNN_AUTO_COMPILED"] == "1"
-    assert mod.rerun_env({"kernel": "cpu"})["SURNN_AUTO_COMPILED"] == "0"
-    assert "SURNN_AUTO_COMPILED" not in mod.rerun_env({"kernel": None})  # a baseline
-    assert "SURNN_AUTO_COMPILED" not in mod.rerun_env({}, pin_kernel=False)
-    res = {"command": "python run.py experiment=demo_listops hydra.run.dir=/tmp/g8 output_dir=o"}
-    assert mod.rerun_args(res, Path("/r"), None) == [
+    assert mod.rerun_env(saved({"kernel": "compiled"}))["SURNN_AUTO_COMPILED"] == "1"
+    assert mod.rerun_env(saved({"kernel": "cpu"}))["SURNN_AUTO_COMPILED"] == "0"
+    assert "SURNN_AUTO_COMPILED" not in mod.rerun_env(saved({"kernel": None}))  # a baseline
+    assert "SURNN_AUTO_COMPILED" not in mod.rerun_env(saved({}), pin_kernel=False)
+    cmd = "python run.py experiment=demo_listops hydra.run.dir=/tmp/g8 output_dir=o"
+    assert mod.rerun_args(RunResult(command=cmd), Path("/r"), None) == [
         "experiment=demo_listops",
         "output_dir=/r",
         "trainer.progress=false",

@@ -3,6 +3,7 @@ standard setting."""
 
 from __future__ import annotations
 
+from surnn.harness.results import RunResult
 from surnn.harness.run_setting import scale_of, setting_of
 
 
@@ -10,10 +11,10 @@ def test_cpu_sized_presets_are_labelled_not_standard():
     """A run of a CPU-sized preset (the memory evidence) never reads as the standard
     setting, in tables or in the checkpoint benchmark."""
     cmd = "python run.py experiment=memory/copy_memory_cpu model=surnn seed=0"
-    r = {"task": "copy_memory", "command": cmd}
+    r = RunResult(task="copy_memory", command=cmd)
     assert setting_of(r, run_dir=None) == "CPU-sized preset (memory/copy_memory_cpu)"
     assert scale_of(r, run_dir=None) == "other"
-    arm = {"task": "copy_memory", "command": "python run.py experiment=memory/copy/gru seed=1"}
+    arm = RunResult(task="copy_memory", command="python run.py experiment=memory/copy/gru seed=1")
     assert setting_of(arm, run_dir=None) == "CPU-sized preset (memory/copy/gru)"
-    std = {"task": "copy_memory", "command": "python run.py task=copy_memory model=surnn"}
+    std = RunResult(task="copy_memory", command="python run.py task=copy_memory model=surnn")
     assert setting_of(std, run_dir=None) is None and scale_of(std, run_dir=None) == "full"
