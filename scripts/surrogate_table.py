@@ -204,8 +204,9 @@ def markdown(rows: list[dict], runs: list[Run], bench: dict | None, argv: list[s
         "",
         "Accuracy and the work computed come from the runs; time from the benchmark "
         "(a training step of one suRNN layer, `SelectiveUpdateGRU`, with the presets' gate "
-        "under each surrogate, on a quiet machine): the runs ran one at a time on a shared "
-        "machine, so their wall-clock (in the JSON) is not comparable across arms.",
+        "under each surrogate, every case right after its baseline; the machine's state is "
+        "in the benchmark's label below): the runs ran one at a time on a shared machine, so "
+        "their wall-clock (in the JSON) is not comparable across arms.",
         "",
         "| surrogate | test acc (%) per seed | mean ± std | update rate (test) "
         "| computed in training | layer step, demo shape (ms) | recurrent layers' training "
