@@ -41,44 +41,60 @@ import shlex
 import statistics
 import sys
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from surnn.harness.results import RunResult
 
 #: arms whose gate is not learned (excluded from the default raster)
 NOT_LEARNED = ("handset", "random")
 
 
-def find_runs(roots: list[Path]) -> list[dict]:
+@dataclass
+class Run:
+    """One run folder: its results.json and, from its metrics.jsonl, (step, value) series of
+    the validation metric and of layer 0's holders and late holders."""
+
+    res: RunResult
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    holders: list[tuple[int, float]] = field(default_factory=list)
+    late: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def dir(self) -> Path:
+        return self.res.run_dir
+
+
+def find_runs(roots: list[Path]) -> list[Run]:
     runs = []
     for root in roots:
         if not root.exists():
             raise SystemExit(f"error: run folder {root} does not exist")
         for p in sorted(root.rglob("results.json")):
-            r = json.loads(p.read_text())
-            if r.get("objective", "classify") == "classify":
+            r = Run(RunResult.load(p))
+            if (r.res.objective or "classify") == "classify":
                 continue
-            r["_dir"] = p.parent
-            r["_curve"], r["_holders"], r["_late"] = [], [], []
             mfile = p.parent / "metrics.jsonl"
             if mfile.exists():
-                key = f"val/{r['metric_name']}"
+                key = f"val/{r.res.metric_name}"
                 for line in mfile.read_text().splitlines():
                     rec = json.loads(line)
                     if key in rec:
-                        r["_curve"].append((rec["step"], rec[key]))
+                        r.curve.append((rec["step"], rec[key]))
                     if "val/layer0/holders" in rec:
-                        r["_holders"].append((rec["step"], rec["val/layer0/holders"]))
+                        r.holders.append((rec["step"], rec["val/layer0/holders"]))
                     if "val/layer0/late_holders" in rec:
-                        r["_late"].append((rec["step"], rec["val/layer0/late_holders"]))
+                        r.late.append((rec["step"], rec["val/layer0/late_holders"]))
             runs.append(r)
     if not runs:
         raise SystemExit(f"error: no memory/LM results.json under {', '.join(map(str, roots))}")
     return runs
 
 
-def model_overrides(r: dict) -> list[str]:
+def model_overrides(r: RunResult) -> list[str]:
     """The ``model.*`` overrides on the run's command line (``gate.rate_min=0.000245`` for
     ``model.options.gate.rate_min=0.000245``): what the run changed beyond its preset."""
-    cmd = r.get("command") or ""
+    cmd = r.command or ""
     try:
         words = shlex.split(cmd)
     except ValueError:
@@ -90,10 +106,10 @@ def model_overrides(r: dict) -> list[str]:
     ]
 
 
-def label(r: dict) -> str:
-    v = r.get("variant")
+def label(r: RunResult) -> str:
+    v = r.variant
     parts = ([v] if v and v != "none" else []) + model_overrides(r)
-    return f"{r['model']} [{', '.join(parts)}]" if parts else r["model"]
+    return f"{r.model} [{', '.join(parts)}]" if parts else r.model
 
 
 def _betainc(a: float, b: float, x: float) -> float:
@@ -183,20 +199,24 @@ def comparisons(rows: list[dict]) -> tuple[str, list[dict]]:
     return "\n".join(lines) + "\n", out
 
 
-def setting(r: dict) -> str:
+def _options(r: RunResult) -> dict:
+    return (r.data or {}).get("options") or {}
+
+
+def setting(r: RunResult) -> str:
     """The task and the options that make runs comparable, in words."""
-    o = (r.get("data") or {}).get("options") or {}
-    if r["task"] == "copy_memory":
+    o = _options(r)
+    if r.task == "copy_memory":
         s = f"copy memory, delay {o.get('delay')}"
         if o.get("offset"):
             s += f", offset < {o['offset']}"
-        return s + f", {r['steps']} steps"
-    if r["task"] == "selective_copy":
+        return s + f", {r.steps} steps"
+    if r.task == "selective_copy":
         return (
             f"selective copy, length {o.get('length')}, {o.get('n_tokens')} of "
-            f"{o.get('vocab')} symbols, {r['steps']} steps"
+            f"{o.get('vocab')} symbols, {r.steps} steps"
         )
-    return f"{r['task']}, {r['steps']} steps"
+    return f"{r.task}, {r.steps} steps"
 
 
 def _ms(xs: list[float]) -> tuple[float, float]:
@@ -206,36 +226,37 @@ def _ms(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def _positions(r: dict) -> list[float]:
-    m = r["test_metrics"]
+def _positions(r: RunResult) -> list[float]:
+    m = r.test_metrics
     return [m[f"acc_pos{k}"] for k in range(64) if f"acc_pos{k}" in m]
 
 
-def grouped(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    by: dict[tuple[str, str], list[dict]] = defaultdict(list)
+def grouped(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
+    by: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for r in runs:
-        by[(setting(r), label(r))].append(r)
+        by[(setting(r.res), label(r.res))].append(r)
     return dict(sorted(by.items()))
 
 
-def table(runs: list[dict]) -> tuple[str, list[dict]]:
+def table(runs: list[Run]) -> tuple[str, list[dict]]:
     rows = []
-    for (where, arm), rs in grouped(runs).items():
-        rs = sorted(rs, key=lambda r: r["seed"])
-        metric = rs[0]["metric_name"]
-        vals = [r["test_metrics"].get(metric) for r in rs]
+    for (where, arm), group in grouped(runs).items():
+        group = sorted(group, key=lambda r: r.res.seed)
+        rs = [r.res for r in group]
+        metric = rs[0].metric_name
+        vals = [r.test_metrics.get(metric) for r in rs]
         m, s = _ms(vals)
-        sm, ss = _ms([r["test_metrics"].get("seq_acc") for r in rs])
+        sm, ss = _ms([r.test_metrics.get("seq_acc") for r in rs])
         pos = [_positions(r) for r in rs]
         pos_mean = [statistics.fmean(p[k] for p in pos) for k in range(min(map(len, pos)))]
-        rates = [statistics.fmean(r["update_rate"].values()) for r in rs if r.get("update_rate")]
-        holders = [sum(r["gate_holders"].values()) for r in rs if r.get("gate_holders") is not None]
+        rates = [statistics.fmean(r.update_rate.values()) for r in rs if r.update_rate]
+        holders = [sum(r.gate_holders.values()) for r in rs if r.gate_holders is not None]
         rows.append(
             {
                 "setting": where,
-                "task": rs[0]["task"],
+                "task": rs[0].task,
                 "arm": arm,
-                "seeds": [r["seed"] for r in rs],
+                "seeds": [r.seed for r in rs],
                 "metric": metric,
                 "test": vals,
                 "test_mean": m,
@@ -245,10 +266,10 @@ def table(runs: list[dict]) -> tuple[str, list[dict]]:
                 "acc_by_position": pos_mean,
                 "update_rate": statistics.fmean(rates) if rates else None,
                 "holders": holders or None,
-                "step_time_s": statistics.median(r["step_time_s"] for r in rs),
-                "train_h": statistics.fmean(r["train_time_s"] for r in rs) / 3600,
-                "git_commit": sorted({r.get("git_commit") for r in rs}),
-                "runs": [str(r["_dir"].name) for r in rs],
+                "step_time_s": statistics.median(r.step_time_s for r in rs),
+                "train_h": statistics.fmean(r.train_time_s for r in rs) / 3600,
+                "git_commit": sorted({r.git_commit for r in rs}),
+                "runs": [str(r.dir.name) for r in group],
             }
         )
     lines = []
@@ -277,7 +298,7 @@ def table(runs: list[dict]) -> tuple[str, list[dict]]:
 
 
 def _panels(
-    runs: list[dict],
+    runs: list[Run],
     key: str,
     ylabel: str,
     path: Path,
@@ -291,27 +312,29 @@ def _panels(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = grouped([r for r in runs if r[key] or not only_gated])
+    groups = grouped([r for r in runs if getattr(r, key) or not only_gated])
     settings = list(dict.fromkeys(w for w, _ in groups))
     if not settings:
         return False
     fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.2), squeeze=False)
     for ax, where in zip(axes[0], settings):
         for (w, arm), rs in groups.items():
-            if w != where or not any(r[key] for r in rs):
+            if w != where or not any(getattr(r, key) for r in rs):
                 continue
-            steps = sorted({s for r in rs for s, _ in r[key]})
-            ys = [[dict(r[key]).get(s) for r in rs] for s in steps]
+            steps = sorted({s for r in rs for s, _ in getattr(r, key)})
+            ys = [[dict(getattr(r, key)).get(s) for r in rs] for s in steps]
             ys = [[v for v in y if v is not None] for y in ys]
             mean = [statistics.fmean(y) for y in ys]
             (line,) = ax.plot(steps, mean, label=f"{arm} ({len(rs)} seeds)")
             ax.fill_between(
                 steps, [min(y) for y in ys], [max(y) for y in ys], color=line.get_color(), alpha=0.2
             )
-            if dashed and any(r[dashed] for r in rs):
-                ds = sorted({s for r in rs for s, _ in r[dashed]})
+            if dashed and any(getattr(r, dashed) for r in rs):
+                ds = sorted({s for r in rs for s, _ in getattr(r, dashed)})
                 dm = [
-                    statistics.fmean(v for r in rs if (v := dict(r[dashed]).get(s)) is not None)
+                    statistics.fmean(
+                        v for r in rs if (v := dict(getattr(r, dashed)).get(s)) is not None
+                    )
                     for s in ds
                 ]
                 ax.plot(ds, dm, ls="--", color=line.get_color())
@@ -486,19 +509,19 @@ def stats_table(stats: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def default_raster(runs: list[dict]) -> Path | None:
+def default_raster(runs: list[Run]) -> Path | None:
     """The learned suRNN run with the best test metric at the longest delay (or length)."""
-    su = [r for r in runs if r["model"] == "surnn" and r.get("variant") not in NOT_LEARNED]
+    su = [r.res for r in runs if r.res.model == "surnn" and r.res.variant not in NOT_LEARNED]
     if not su:
         return None
 
-    def size(r):
-        o = (r.get("data") or {}).get("options") or {}
+    def size(r: RunResult) -> int:
+        o = _options(r)
         return o.get("delay") or o.get("length") or 0
 
     longest = max(map(size, su))
-    best = max((r for r in su if size(r) == longest), key=lambda r: r["test_metrics"]["acc"])
-    return best["_dir"]
+    best = max((r for r in su if size(r) == longest), key=lambda r: r.test_metrics["acc"])
+    return best.run_dir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -520,20 +543,20 @@ def main(argv: list[str] | None = None) -> None:
     cmp_md, cmp_rows = comparisons(rows)
     if cmp_md:
         md += "\n" + cmp_md
-    _panels(runs, "_curve", "validation accuracy", Path(f"{out}-curves.png"))
+    _panels(runs, "curve", "validation accuracy", Path(f"{out}-curves.png"))
     _panels(
         runs,
-        "_holders",
+        "holders",
         "holders (solid), late holders (dashed)",
         Path(f"{out}-holders.png"),
         only_gated=True,
-        dashed="_late",
+        dashed="late",
     )
     raster = args.raster or default_raster(runs)
     if raster is not None:
         info = gate_raster(Path(raster), Path(f"{out}-raster.png"))
         Path(f"{out}-raster.json").write_text(json.dumps(info, indent=2) + "\n")
-    stats = [gate_stats(Path(r["_dir"])) for r in runs if r["model"] == "surnn"]
+    stats = [gate_stats(r.dir) for r in runs if r.res.model == "surnn"]
     if stats:
         Path(f"{out}-gate_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         md += "\n" + stats_table(stats)
@@ -541,7 +564,7 @@ def main(argv: list[str] | None = None) -> None:
     keep = args.out / "runs" / args.name
     keep.mkdir(parents=True, exist_ok=True)
     for r in runs:
-        d = Path(r["_dir"])
+        d = r.dir
         (keep / f"{d.name}.json").write_text((d / "results.json").read_text())
         if (d / "metrics.jsonl").exists():
             (keep / f"{d.name}.metrics.jsonl").write_text((d / "metrics.jsonl").read_text())

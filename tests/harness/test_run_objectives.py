@@ -136,16 +136,13 @@ def test_welch_t_test_and_arm_names():
     )
     with pytest.raises(ValueError):
         pm.welch([1.0], [2.0, 3.0])
-    run = {
-        "model": "surnn",
-        "variant": "clockwork",
-        "command": "python run.py seed=0 "
-        "experiment=memory/copy/clockwork model.options.gate.rate_min=0.000245 logger=none",
-    }
+    from surnn.harness.results import RunResult
+
+    cmd = "python run.py seed=0 experiment=memory/copy/clockwork logger=none"
+    run = RunResult(model="surnn", variant="clockwork", command=cmd)
+    assert pm.label(run) == "surnn [clockwork]"
+    run.command += " model.options.gate.rate_min=0.000245"
     assert pm.label(run) == "surnn [clockwork, gate.rate_min=0.000245]"
-    assert pm.label({**run, "command": "python run.py experiment=memory/copy/clockwork"}) == (
-        "surnn [clockwork]"
-    )
     rows = [
         {"setting": "s", "arm": "x", "metric": "acc", "test": [0.30, 0.35, 0.32]},
         {"setting": "s", "arm": "y", "metric": "acc", "test": [0.40, 0.45, 0.43]},
