@@ -4,8 +4,8 @@
     python scripts/model_table.py [--out results/models.md] [--models surnn,s4d]
 
 Each model is built from its default config (``configs/model/<name>.yaml``) around a task
-stand-in with the length, vocabulary, classes and dual flag of LRA_DATA.md (no data
-files needed), and counted with ``surnn.harness.flops.count_flops`` (FlopCounterMode, eval
+stand-in with the length, vocabulary, classes and dual flag of each LRA task (``LRA`` below,
+as ``configs/task/`` and ``tasks/`` set them; no data files needed), and counted with ``surnn.harness.flops.count_flops`` (FlopCounterMode, eval
 mode, one sequence). Counting a recurrent model at 16k steps on a CPU takes minutes, so
 each quantity (executed, dense) is obtained in the cheapest sound way and the table says
 which:
@@ -45,7 +45,7 @@ FIT_LENGTHS = (64, 128, 192, 256)
 
 @dataclass(frozen=True)
 class TaskStandIn:
-    """The Task attributes the backbone reads (LRA_DATA.md; vocabularies as tasks/ build them)."""
+    """The Task attributes the backbone reads (lengths as configs/task/, vocabularies as tasks/)."""
 
     name: str
     max_len: int
@@ -208,7 +208,7 @@ def render(rows: dict[str, dict[str, dict[str, Any]]], cfgs: dict[str, dict]) ->
         f"Produced by `python scripts/model_table.py` on {datetime.date.today()} at commit "
         f"{git_commit(ROOT, short=True)} (torch {torch.__version__}, CPU). Every registered model with its "
         "default config (`configs/model/<name>.yaml`; aliases omitted), around a stand-in "
-        "for each LRA task (length, vocabulary and classes of `LRA_DATA.md`; image and "
+        "for each LRA task (length, vocabulary and classes as `configs/task/` and `tasks/` set them; image and "
         "pathfinder as 257-token pixel inputs, the task configs' default).",
         "",
         "| Model | d_model | n_layers | ffn_mult | options |",

@@ -1,4 +1,5 @@
-"""The docs as a contract: every results folder says how its files were made."""
+"""The docs as a contract: every results folder says how its files were made, and no file
+names a document the repository does not hold."""
 
 from __future__ import annotations
 
@@ -59,3 +60,24 @@ def test_every_results_folder_has_a_readme():
             missing.append(str(d))
     assert not missing, f"results folders without a README.md: {missing}"
     assert not unnamed, f"READMEs that do not describe their runs/ folder: {sorted(set(unnamed))}"
+
+
+# Documents that are not in the repository: a file naming them points a reader nowhere.
+ABSENT_DOCS = ("LRA_DATA" + ".md", "DESIGN" + ".md", "PAPER" + ".md")
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".json", ".txt", ".cfg", ".ini"}
+
+
+def test_no_file_names_a_document_the_repository_lacks():
+    """Code, configs and docs outside results/ never name LRA_DATA, DESIGN or PAPER docs:
+    what they held is stated where it is used (the README's data section, the task modules
+    and presets, the scripts)."""
+    files = tracked_files()
+    added = [name for name in ABSENT_DOCS if (ROOT / name).exists()]
+    assert not added, f"{added} is in the repository now: take it out of ABSENT_DOCS"
+    found = []
+    for f in files:
+        if f.parts[0] == "results" or (f.suffix not in TEXT_SUFFIXES and f.name != "Makefile"):
+            continue
+        text = (ROOT / f).read_text(errors="replace")
+        found += [f"{f}: {name}" for name in ABSENT_DOCS if name in text]
+    assert not found, f"files naming a document not in the repository: {found}"

@@ -28,7 +28,7 @@ AA = 2  # anti-aliasing scale: draw at AA x resolution, then average AA x AA blo
 
 @dataclass(frozen=True)
 class Params:
-    """Drawing parameters in output pixels (the table of LRA_DATA.md)."""
+    """Drawing parameters in output pixels (the release's settings per resolution: ``_TABLE``)."""
 
     resolution: int
     contour_length: int

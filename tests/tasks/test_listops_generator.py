@@ -173,7 +173,7 @@ def test_impossible_settings_raise_config_error():
 
 
 def test_lra_settings_statistics():
-    """Acceptance ~8%, mean ~1040 tokens, classes 0 and 9 ~17% each (LRA_DATA.md)."""
+    """At the LRA settings: acceptance ~8%, mean ~1040 tokens, classes 0 and 9 ~17% each."""
     d = gen.generate(ListOpsSpec(n_train=1500, n_val=0, n_test=0), workers=1, progress=False)
     st = d.stats
     assert 0.07 < st["acceptance_rate"] < 0.095
