@@ -59,6 +59,7 @@ class Run:
     curve: list[tuple[int, float]] = field(default_factory=list)
     holders: list[tuple[int, float]] = field(default_factory=list)
     late: list[tuple[int, float]] = field(default_factory=list)
+    name: str = ""  # the run's name in the tables and runs/<table>/ (its folder's, made unique)
 
     @property
     def dir(self) -> Path:
@@ -88,6 +89,10 @@ def find_runs(roots: list[Path]) -> list[Run]:
             runs.append(r)
     if not runs:
         raise SystemExit(f"error: no memory/LM results.json under {', '.join(map(str, roots))}")
+    folders = [r.dir.name for r in runs]
+    for r in runs:  # two roots may hold folders of one name: prefix those with their parent's
+        clash = folders.count(r.dir.name) > 1
+        r.name = f"{r.dir.parent.name}-{r.dir.name}" if clash else r.dir.name
     return runs
 
 
@@ -269,7 +274,7 @@ def table(runs: list[Run]) -> tuple[str, list[dict]]:
                 "step_time_s": statistics.median(r.step_time_s for r in rs),
                 "train_h": statistics.fmean(r.train_time_s for r in rs) / 3600,
                 "git_commit": sorted({r.git_commit for r in rs}),
-                "runs": [str(r.dir.name) for r in group],
+                "runs": [r.name for r in group],
             }
         )
     lines = []
@@ -502,7 +507,7 @@ def stats_table(stats: list[dict]) -> str:
             both = v.get("open_at_input_then_closed_through_delay", "–")
             late = v.get("open_at_input_then_closed_through_90pct_of_delay", "–")
             lines.append(
-                f"| {Path(st['run']).name} | {key[5:]} | {v['update_rate']:.3f} | "
+                f"| {st.get('name') or Path(st['run']).name} | {key[5:]} | {v['update_rate']:.3f} | "
                 f"{v['longest_closed_max']} / {v['longest_closed_median']} | "
                 f"{held} | {both} | {late} |"
             )
@@ -556,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
     if raster is not None:
         info = gate_raster(Path(raster), Path(f"{out}-raster.png"))
         Path(f"{out}-raster.json").write_text(json.dumps(info, indent=2) + "\n")
-    stats = [gate_stats(r.dir) for r in runs if r.res.model == "surnn"]
+    stats = [{"name": r.name, **gate_stats(r.dir)} for r in runs if r.res.model == "surnn"]
     if stats:
         Path(f"{out}-gate_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
         md += "\n" + stats_table(stats)
@@ -565,9 +570,9 @@ def main(argv: list[str] | None = None) -> None:
     keep.mkdir(parents=True, exist_ok=True)
     for r in runs:
         d = r.dir
-        (keep / f"{d.name}.json").write_text((d / "results.json").read_text())
+        (keep / f"{r.name}.json").write_text((d / "results.json").read_text())
         if (d / "metrics.jsonl").exists():
-            (keep / f"{d.name}.metrics.jsonl").write_text((d / "metrics.jsonl").read_text())
+            (keep / f"{r.name}.metrics.jsonl").write_text((d / "metrics.jsonl").read_text())
     if cmp_rows:
         Path(f"{out}-comparisons.json").write_text(json.dumps(cmp_rows, indent=2) + "\n")
     (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")

@@ -81,7 +81,17 @@ NOT_MADE_HERE = {
     "scifar": "CIFAR-10 must be downloaded; nothing generates it",
 }
 
-MEMORY_ARMS = ["gru", "lstm", "uniform", "timescale", "clockwork", "handset", "soft", "random"]
+MEMORY_ARMS = [
+    "gru",
+    "lstm",
+    "uniform",
+    "timescale",
+    "clockwork",
+    "clockwork_1step",
+    "handset",
+    "soft",
+    "random",
+]
 #: (experiments, sweep overrides) of the memory study's tables (seeds: --seeds, default 0-2)
 MEMORY = {
     "memory": ([f"memory/copy/{a}" for a in MEMORY_ARMS], ["task.options.delay=1000,200"]),
@@ -92,7 +102,7 @@ MEMORY = {
         ["task=copy_memory", "task.options.delay=1000", "task.options.offset=100"],
     ),
     "memory-long": (  # suRNN first: it decides how long GRU and LSTM must train
-        [f"memory/copy/{a}" for a in ("clockwork", "handset", "gru", "lstm")],
+        [f"memory/copy/{a}" for a in ("clockwork_1step", "clockwork", "handset", "gru", "lstm")],
         ["task=copy_memory", "task.options.delay=1000", "trainer.max_steps=10000"],
     ),
     "memory-remedies": (

@@ -152,6 +152,21 @@ def test_welch_t_test_and_arm_names():
     assert [(c["a"], c["b"]) for c in cmp] == [("x", "y")] and "| s | x | y | 3 / 3 |" in md
 
 
+def test_runs_of_one_folder_name_under_two_roots_keep_both(tmp_path):
+    """plot_memory names a run by its folder; folders of one name under two roots (a rerun
+    of an arm with an override beside the preset's) get their parent's name in front, so
+    neither overwrites the other in runs/<table>/."""
+    from tests.fixtures import load_script
+
+    pm = load_script("plot_memory")
+    for root, run in (("a", "d1000-s0"), ("b", "d1000-s0"), ("b", "d200-s0")):
+        d = tmp_path / root / run
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"objective": "tokens", "metric_name": "acc"}))
+    names = sorted(r.name for r in pm.find_runs([tmp_path / "a", tmp_path / "b"]))
+    assert names == ["a-d1000-s0", "b-d1000-s0", "d200-s0"]
+
+
 @pytest.mark.slow
 def test_adding_and_selective_copy_smoke(tmp_path):
     # (one process per task: Hydra composes a task sweep's base config with the default
