@@ -17,7 +17,7 @@ fresh output folder, and every outcome field (accuracies, losses, best step, upd
 FLOPs, sizes) must be equal: training on CPU is deterministic for a given commit, seed,
 thread count and number of processes. Timings and dates are reported, never compared. The
 rerun uses the CPU kernel the result records (``kernel``; none recorded: the eager ``cpu``
-path, which ``impl=auto`` ran before the compiled kernel became its CPU choice);
+path, which a result that records no kernel ran on);
 ``--update`` reruns with today's defaults. The end says, per folder, how many results
 reproduce and which do not. Exit status 0 when all match, 1 otherwise.
 """

@@ -3,12 +3,14 @@ names a document the repository does not hold."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # Not part of the repository: what a fresh clone lacks (the .gitignore's folders).
 UNTRACKED = {".venv", "build", "data", "outputs", "multirun", "wandb", "logs", "__pycache__"}
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".json", ".txt", ".cfg", ".ini"}
 
 
 def tracked_files() -> list[Path]:
@@ -62,9 +64,23 @@ def test_every_results_folder_has_a_readme():
     assert not unnamed, f"READMEs that do not describe their runs/ folder: {sorted(set(unnamed))}"
 
 
+ISSUE_NUMBER = re.compile(r"\b[Ii]ssue #?[0-9]+")
+
+
+def test_no_file_outside_results_points_to_an_issue_number():
+    """Comments and docs say what the code does and why, not which issue asked for it: an
+    issue tracker is not part of the repository. (results/ may date its evidence.)"""
+    found = []
+    for f in tracked_files():
+        if f.parts[0] == "results" or (f.suffix not in TEXT_SUFFIXES and f.name != "Makefile"):
+            continue
+        text = (ROOT / f).read_text(errors="replace")
+        found += [f"{f}: {m.group()}" for m in ISSUE_NUMBER.finditer(text)]
+    assert not found, f"files naming an issue number: {found}"
+
+
 # Documents that are not in the repository: a file naming them points a reader nowhere.
 ABSENT_DOCS = ("LRA_DATA" + ".md", "DESIGN" + ".md", "PAPER" + ".md")
-TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".json", ".txt", ".cfg", ".ini"}
 
 
 def test_no_file_names_a_document_the_repository_lacks():

@@ -141,8 +141,8 @@ def check_sweep(argv: list[str], config_dir: Path = CONFIG_DIR) -> int:
     """Check every job of a sweep before the first one starts or is queued: each job's
     config is composed and checked as the job itself will check it (the model is built
     once per distinct task and model). The first bad job raises ConfigError naming the
-    job's swept values, so one bad value no longer fails after the jobs before it ran (or
-    after its queue time on SLURM). Returns the number of jobs checked."""
+    job's swept values, so a bad value fails before any job runs (not after the jobs before
+    it, or after its queue time on SLURM). Returns the number of jobs checked."""
     import json
 
     from hydra import compose, initialize_config_dir

@@ -48,9 +48,9 @@ class StopSignals:
         if os.getpid() != self._pid:
             # A forked child (a loader worker between its fork and its worker_init, which
             # then ignores these signals) inherits this handler: it must not act on it.
-            # Raising Preempted there killed the worker with a traceback and, now and
-            # then, hung the main process in the loader's shutdown (seen under
-            # `kill -- -PGID` while an evaluation's workers were starting).
+            # Raising Preempted there would kill the worker with a traceback and can hang
+            # the main process in the loader's shutdown (seen under `kill -- -PGID` while
+            # an evaluation's workers were starting).
             return
         first = self.signum is None
         self.signum = signum

@@ -37,9 +37,8 @@ IMPLS = ("auto", "reference", "cpu", "compiled", "triton")
 # (results/bench/surnn_cpu_targets_crossover.json, training with every update computed:
 # H=512 0.52x, H=256 0.81x, H=128 2.33x, H=64 3.24x).
 AUTO_DENSE_GRAD_MAX_H = 128
-# SURNN_AUTO_COMPILED=0 makes auto run the eager path on CPU, as it did before the kernel
-# was timed on a quiet machine (results made then record no ``kernel``:
-# scripts/check_results.py reruns them that way).
+# SURNN_AUTO_COMPILED=0 makes auto run the eager path on CPU: a committed result that
+# records no ``kernel`` ran on that path, and scripts/check_results.py reruns it that way.
 AUTO_COMPILED = os.environ.get("SURNN_AUTO_COMPILED", "1") not in ("", "0")
 _WARNED: set = set()
 

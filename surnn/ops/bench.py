@@ -68,11 +68,11 @@ def stream_layer(gru: torch.nn.GRU, T: int, width: float, impl: str) -> Selectiv
     return su
 
 
-#: The surrogates the ``surrogate`` setting times: (kind, half-width); ``ste`` is the suRNN
-#: presets' until the surrogate study, the triangle of width 1 the layer's default.
+#: The surrogates the ``surrogate`` setting times: (kind, half-width); ``ste`` is the LRA suRNN
+#: presets' (configs/experiment/lra/*_surnn.yaml), the triangle of width 1 the layer's default.
 SURROGATES = (("ste", None), ("triangle", 1.0), ("triangle", 0.3), ("triangle", 0.1))
-#: The ``surrogate`` setting's layer shapes, tag -> (B, T, D, H, lengths): the issue's layer
-#: (B=32 T=1024 D=H=512), the pixel presets' (sMNIST: batch 50, 784 steps, width 256) and
+#: The ``surrogate`` setting's layer shapes, tag -> (B, T, D, H, lengths): the ``big`` target's
+#: layer (B=32 T=1024 D=H=512), the pixel presets' (sMNIST: batch 50, 784 steps, width 256) and
 #: the demo ListOps' (batch 64, width 64, padded lengths 20..150 as the demo's data).
 SURROGATE_SHAPES = {
     "big": (32, 1024, 512, 512, None),

@@ -274,8 +274,8 @@ def test_sigterm_saves_last_checkpoint_then_resume_matches(tmp, straight):
 
 def test_sigterm_to_the_process_group_with_loader_workers_still_saves(tmp, straight):
     """SLURM preemption signals every process of the job, DataLoader workers included.
-    The workers used to die first and the run crashed ("DataLoader worker ... killed by
-    signal: Terminated") without writing last.pt."""
+    The workers must not die first and crash the run ("DataLoader worker ... killed by
+    signal: Terminated") before it writes last.pt."""
     import torch
 
     workers = ["trainer.num_workers=2"]
@@ -486,7 +486,7 @@ def test_read_only_output_dir_is_refused_naming_the_folder(tmp_path, monkeypatch
 @pytest.mark.parametrize(
     "bad",
     [
-        ["trainer.batch_size=-4"],  # used to hang at 100% CPU, deaf to SIGTERM
+        ["trainer.batch_size=-4"],  # unchecked: hangs at 100% CPU, deaf to SIGTERM
         ["trainer.eval_every=0"],  # ZeroDivisionError
         ["optim.lr=-1"],  # a torch traceback
         ["trainer.max_steps=0"],  # a results.json with best_val_acc=-1

@@ -222,7 +222,7 @@ def test_compiled_thread_count_does_not_change_results():
 def test_compiled_every_sample_runs_when_openmp_gives_fewer_threads():
     """OMP_THREAD_LIMIT=1 (like OMP_DYNAMIC under load, or a nested region) gives the
     kernel's parallel region fewer threads than it asks for: every sample must still be
-    computed (the samples of the missing threads used to keep uninitialised memory)."""
+    computed (a missing thread's samples would keep uninitialised memory)."""
     code = (
         "import torch\n"
         "from tests.fixtures import assert_close, make_case, run\n"
@@ -243,7 +243,7 @@ def test_compiled_every_sample_runs_when_openmp_gives_fewer_threads():
 @pytest.mark.parametrize("bad", ["active [T,H], g [B,T,H]", "g [1,T,H]", "lengths [1]"])
 def test_compiled_rejects_broadcast_shapes(bad):
     """The kernel indexes by (B, T, H) without bounds checks: shapes the reference accepts
-    by broadcasting are refused (they used to be read out of bounds, seen with ASan)."""
+    by broadcasting are refused (the kernel would read them out of bounds, as ASan shows)."""
     x, h0, w, g, active, lens = make_case(3, 5, 4, 6, "random", per_sample=True, lengths=True)
     if bad == "active [T,H], g [B,T,H]":
         active = active[0]

@@ -153,7 +153,7 @@ def test_gate_table_options_come_from_the_constructors():
     [("rhythm", "period"), ("interval", "n_freqs"), ("open", "init_rate"), ("soft", "width")],
 )
 def test_an_option_of_another_kind_is_an_error_naming_the_kinds_options(kind, option):
-    """It used to be dropped silently (yet gave the run its own table row)."""
+    """Never dropped silently (a dropped option would still give the run its own table row)."""
     with pytest.raises(
         ConfigError, match=rf"kind='{kind}' takes no option {option}; its options are"
     ):

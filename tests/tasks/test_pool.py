@@ -1,8 +1,8 @@
 """tasks.pool.ordered_map: the process pool behind data generation and decoding.
 
-The regression guarded here: ListOps generation stopped early (enough examples in the
-first chunks) while multiprocessing.Pool still had queued tasks, and ``Pool.terminate``
-deadlocked about one run in ten. Loops run in a subprocess with a timeout so a hang
+The case guarded here: ListOps generation stops early (enough examples in the first
+chunks) while tasks are still queued, where ``multiprocessing.Pool.terminate`` deadlocks
+about one run in ten. Loops run in a subprocess with a timeout so a hang
 fails the test instead of hanging the suite.
 """
 

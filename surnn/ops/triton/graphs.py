@@ -1,12 +1,12 @@
 """CUDA graphs for the Triton step loops: one graph per direction and shape replays a chunk
 of C step launches, and serves every sequence length.
 
-NOT RUN ON A GPU YET: no GPU was available when this was written. Its plumbing is tested
-on the CPU with the Triton interpreter and ``Recorder``, a stand-in for torch.cuda.CUDAGraph
-that keeps what a graph keeps of a capture (the kernel launches: kernel, grid, arguments) and
-replays exactly those, and that fails on any tensor operation during the capture, as a real
-capture of this body must never allocate (tests/surnn/test_triton_graphs.py). The real capture
-and replay are tested by that file's CUDA-only tests, run by scripts/gpu_check.sh.
+On the CPU its plumbing is tested with the Triton interpreter and ``Recorder``, a stand-in
+for torch.cuda.CUDAGraph that keeps what a graph keeps of a capture (the kernel launches:
+kernel, grid, arguments) and replays exactly those, and that fails on any tensor operation
+during the capture, as a real capture of this body must never allocate
+(tests/surnn/test_triton_graphs.py). The real capture and replay are tested only on a CUDA
+device, by that file's CUDA-only tests (scripts/gpu_check.sh runs them).
 
 A call of the op (op.py) runs in chunks of C steps on chunk-sized buffers: per chunk, copies
 in and GEMMs (outside any graph), the C step launches, copies out and GEMMs. The launches

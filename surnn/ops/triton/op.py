@@ -1,5 +1,7 @@
 """torch.library registration of the Triton selective-update GRU (kernels.py: the sequential
-part, launch.py: the launch model). NOT YET RUN ON A GPU.
+part, launch.py: the launch model). Without a GPU it runs under the Triton interpreter
+(TRITON_INTERPRET=1), where the tests check it against the reference; its CUDA tests run on a
+GPU (scripts/gpu_check.sh).
 
 A call runs in chunks of C steps (launch.chunk_len), on chunk-sized, time-major buffers:
 
@@ -765,8 +767,7 @@ def su_gru_triton(
     x, h0, w_ih, w_hh, b_ih, b_hh, g, active=None, lengths=None, graphs=None, precision=None
 ):
     """Same semantics as ``su_gru_reference``; x on CUDA (or CPU with TRITON_INTERPRET=1).
-    ``graphs``: replay the chunks' launches as cached CUDA graphs (graphs.py; not yet run on a
-    GPU); None reads $SURNN_CUDA_GRAPHS (default on). ``precision`` (fp32): see the module
+    ``graphs``: replay the chunks' launches as cached CUDA graphs (graphs.py); None reads $SURNN_CUDA_GRAPHS (default on). ``precision`` (fp32): see the module
     docstring. On a CUDA device the first call per dtype checks the kernels against the
     reference (selfcheck.py); after a failure this process runs the eager PyTorch path."""
     from surnn.ops.triton import selfcheck
