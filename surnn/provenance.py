@@ -66,8 +66,14 @@ def command_line() -> str:
     where a shell needs it, so that it runs again as it is (and ``shlex.split`` reads it
     back). Under torchrun the workers see only ``<script> <args>``: the launcher's own
     command line (the workers' parent) is recorded, so the run can be repeated as it was
-    started."""
-    own = shlex.join(["python", *sys.argv])
+    started. A script given by an absolute path below the working folder is written
+    relative to it (``python /clone/run.py`` typed in /clone: ``python run.py``), as a
+    sweep job's command names run.py: the command names no machine's folders it need not."""
+    argv = list(sys.argv)
+    script = Path(argv[0]).resolve() if argv and os.path.isabs(argv[0]) else None
+    if script is not None and script.is_relative_to(Path.cwd()):  # else: as typed
+        argv[0] = os.path.relpath(script, Path.cwd())
+    own = shlex.join(["python", *argv])
     if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_WORLD_SIZE" not in os.environ:
         return own
     try:
@@ -80,7 +86,7 @@ def command_line() -> str:
             parent[0] = "python"
         return shlex.join(parent)
     nproc = os.environ.get("LOCAL_WORLD_SIZE", "?")
-    return f"torchrun --nproc_per_node={nproc} " + shlex.join(sys.argv)
+    return f"torchrun --nproc_per_node={nproc} " + shlex.join(argv)
 
 
 def now_iso() -> str:

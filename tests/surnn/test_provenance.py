@@ -48,3 +48,20 @@ def test_the_command_line_as_typed(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(sys, "argv", ["scripts/bench_surnn.py", "--suite", "targets"])
     assert command_line() == "python scripts/bench_surnn.py --suite targets"
+
+
+def test_a_script_below_the_working_folder_is_recorded_relative_to_it(monkeypatch, tmp_path):
+    """``python /abs/clone/run.py ...`` typed in the clone records ``python run.py ...``, as
+    a sweep job's command does; typed elsewhere, the path stays as typed (the working folder
+    decides where relative data and output folders land)."""
+    from surnn.provenance import ROOT
+
+    for var in ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "run.py"), "task=listops", "seed=1"])
+    assert command_line() == "python run.py task=listops seed=1"
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / "reproduce.py"), "memory"])
+    assert command_line() == "python scripts/reproduce.py memory"
+    monkeypatch.chdir(tmp_path)
+    assert command_line() == f"python {ROOT / 'scripts' / 'reproduce.py'} memory"
