@@ -192,6 +192,9 @@ def comparisons(rows: list[dict]) -> tuple[str, list[dict]]:
     lines = [
         "### Comparisons (Welch's t-test, two-sided, on the test metric per seed)",
         "",
+        "Every pair of arms with at least 2 seeds; p is per comparison, not adjusted for the "
+        "number of comparisons in this table.",
+        "",
         "| setting | arm a | arm b | seeds a / b | mean a - b (points) | t | df | p |",
         "|---|---|---|---|---|---|---|---|",
     ]
