@@ -146,6 +146,13 @@ def rerun_args(res: RunResult, out_dir: Path, data_dir: str | None) -> list[str]
     return [*args, *extra, "trainer.progress=false"]
 
 
+def rerun_folder(runs_dir: Path, i: int, name: str) -> Path:
+    """The folder of the i-th rerun: its result file's name with every character Hydra's
+    override grammar would read (``=``, ``,``, brackets, quotes, spaces) made ``_``, so
+    ``output_dir=<folder>`` stays one value (``surrogate=ste-s0.json`` -> ``0-surrogate_ste-s0``)."""
+    return runs_dir / f"{i}-{re.sub(r'[^A-Za-z0-9._+-]', '_', name)}"
+
+
 def rerun(
     res: RunResult, out_dir: Path, data_dir: str | None, pin_kernel: bool = True
 ) -> RunResult:
@@ -190,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         old = RunResult.load(f)
         print(f"[{i + 1}/{len(files)}] {f} (made at {str(old.git_commit)[:12]}, now {head[:12]})")
         try:
-            new = rerun(old, runs_dir / f"{i}-{f.stem}", args.data_dir, not args.update)
+            new = rerun(old, rerun_folder(runs_dir, i, f.stem), args.data_dir, not args.update)
         except (RuntimeError, ValueError) as e:
             print(f"  FAILED: {e}")
             bad += 1

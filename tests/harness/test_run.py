@@ -614,3 +614,17 @@ def test_check_results_reruns_with_the_kernel_a_result_records(monkeypatch):
         "output_dir=/r",
         "trainer.progress=false",
     ]  # the rerun's folder, not the recorded hydra.run.dir
+
+
+def test_check_results_rerun_folders_are_one_hydra_value():
+    """A committed result named like the surrogate study's (``surrogate=triangle,width=0.1-s0``)
+    is rerun into a folder whose ``output_dir=...`` override Hydra reads as one value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from tests.fixtures import load_script
+
+    cr = load_script("check_results")
+    folder = cr.rerun_folder(Path("/r"), 3, "surrogate=triangle,width=0.1-s0")
+    assert folder == Path("/r/3-surrogate_triangle_width_0.1-s0")
+    (o,) = OverridesParser.create().parse_overrides([f"output_dir={folder}"])
+    assert o.value() == str(folder)
