@@ -320,10 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.copy_runs:
         dest = args.out / "runs"
         dest.mkdir(exist_ok=True)
-        for run in runs:
-            shutil.copyfile(run.result.path, dest / f"{run.name}.json")
-            if run.metrics.exists():
-                shutil.copyfile(run.metrics, dest / f"{run.name}.metrics.jsonl")
+        for run in runs:  # a summary already in <out>/runs/ (a root may be it) stays as it is
+            for src, dst in (
+                (run.result.path, dest / f"{run.name}.json"),
+                (run.metrics, dest / f"{run.name}.metrics.jsonl"),
+            ):
+                if src.exists() and not (dst.exists() and dst.samefile(src)):
+                    shutil.copyfile(src, dst)
     rows = table(runs, bench)
     md = markdown(rows, runs, bench, [str(a) for a in argv])
     (args.out / f"{args.name}.md").write_text(md)

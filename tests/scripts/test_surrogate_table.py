@@ -97,6 +97,14 @@ def test_the_table_groups_by_surrogate_and_times_from_the_bench(tmp_path, capsys
     assert (
         json.loads((out / "surrogate.json").read_text())["rows"][1]["test_acc"] == tri["test_acc"]
     )
+    # new runs beside the copies, copied in: the copies stay, the new ones join them
+    more = tmp_path / "more"
+    _run(more, "surrogate=ste", 2, 0.44, [(50, 1.0), (100, 1.0)])
+    argv = [str(out / "runs"), str(more), "--bench", str(tmp_path / "bench.json")]
+    assert st.main([*argv, "--out", str(out), "--copy-runs"]) == 0
+    assert (out / "runs" / "surrogate=ste-s2.json").exists()
+    rows = json.loads((out / "surrogate.json").read_text())["rows"]
+    assert rows[0]["test_acc"] == pytest.approx([40.0, 42.0, 44.0])
 
 
 def test_without_a_quiet_bench_the_table_says_what_fills_it(tmp_path):
