@@ -44,6 +44,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from surnn.harness.cli import variant_from_overrides
 from surnn.harness.results import RunResult
 
 #: arms whose gate is not learned (excluded from the default raster)
@@ -96,24 +97,21 @@ def find_runs(roots: list[Path]) -> list[Run]:
     return runs
 
 
-def model_overrides(r: RunResult) -> list[str]:
-    """The ``model.*`` overrides on the run's command line (``gate.rate_min=0.000245`` for
-    ``model.options.gate.rate_min=0.000245``): what the run changed beyond its preset."""
+def model_overrides(r: RunResult) -> str | None:
+    """The ``model.*`` overrides on the run's command line, as run.py names a variant
+    (``gate.rate_min=0.000245`` for ``model.options.gate.rate_min=0.000245``): what the run
+    changed beyond its preset."""
     cmd = r.command or ""
     try:
         words = shlex.split(cmd)
     except ValueError:
         words = cmd.split()
-    return [
-        w.removeprefix("model.").removeprefix("options.")
-        for w in words
-        if w.startswith("model.") and "=" in w
-    ]
+    return variant_from_overrides(words)
 
 
 def label(r: RunResult) -> str:
-    v = r.variant
-    parts = ([v] if v and v != "none" else []) + model_overrides(r)
+    v, extra = r.variant, model_overrides(r)
+    parts = ([v] if v and v != "none" else []) + ([extra] if extra else [])
     return f"{r.model} [{', '.join(parts)}]" if parts else r.model
 
 
