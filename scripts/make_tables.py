@@ -24,6 +24,7 @@ from pathlib import Path
 
 from surnn.harness.results import RunResult
 from surnn.harness.run_setting import generated_data, setting_of
+from surnn.harness.stats import mean_std
 from surnn.harness.tables import GEN_MARK, Table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,10 +72,6 @@ GEN_NOTE = (
 )
 
 
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
-
 def label(r: RunResult) -> str:
     """Row label: the model, and its variant (an ablation) when the run has one."""
     return f"{r.model} [{r.variant}]" if r.variant else r.model
@@ -101,6 +98,7 @@ def aggregate(runs: list[RunResult], setting: str | None = None) -> dict:
             )
         acc = [100 * r.test_acc for r in rs]
         m, s = mean_std(acc)
+        s = 0.0 if s is None else s
         cells[(sett, task, model)] = {
             "task": task,
             "model": model,

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import statistics
 import sys
@@ -46,6 +45,7 @@ from pathlib import Path
 
 from surnn.harness.cli import variant_from_overrides
 from surnn.harness.results import RunResult
+from surnn.harness.stats import mean_std, welch
 
 #: arms whose gate is not learned (excluded from the default raster)
 NOT_LEARNED = ("handset", "random")
@@ -115,58 +115,6 @@ def label(r: RunResult) -> str:
     return f"{r.model} [{', '.join(parts)}]" if parts else r.model
 
 
-def _betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b), by its continued fraction
-    (modified Lentz), on the side of x where it converges fast."""
-    if x <= 0.0 or x >= 1.0:
-        return 0.0 if x <= 0.0 else 1.0
-    if x > (a + 1.0) / (a + b + 2.0):
-        return 1.0 - _betainc(b, a, 1.0 - x)
-    front = math.exp(
-        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    )
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    f = d
-    for m in range(1, 500):
-        for num in (
-            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
-        ):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            f *= c * d
-        if abs(c * d - 1.0) < 1e-15:
-            break
-    return front * f / a
-
-
-def welch(a: list[float], b: list[float]) -> dict:
-    """Welch's t-test of mean(a) = mean(b) (unequal variances), two-sided: the difference
-    of the means, t, the Welch-Satterthwaite degrees of freedom and p. Needs 2 values in
-    each; p is 0 when both samples are constant and differ, 1 when they are equal."""
-    na, nb = len(a), len(b)
-    if na < 2 or nb < 2:
-        raise ValueError("Welch's t-test needs at least 2 values per sample")
-    ma, mb = statistics.fmean(a), statistics.fmean(b)
-    va, vb = statistics.variance(a) / na, statistics.variance(b) / nb
-    diff = ma - mb
-    if va + vb == 0.0:
-        return {
-            "diff": diff,
-            "t": math.copysign(math.inf, diff) if diff else 0.0,
-            "df": float(na + nb - 2),
-            "p": 0.0 if diff else 1.0,
-        }
-    t = diff / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
-    p = _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return {"diff": diff, "t": t, "df": df, "p": p}
-
-
 def comparisons(rows: list[dict]) -> tuple[str, list[dict]]:
     """Every two arms of a setting with at least 2 seeds each: Welch's t-test on the test
     metric (the table's rows; ``test`` holds one value per seed)."""
@@ -226,10 +174,12 @@ def setting(r: RunResult) -> str:
 
 
 def _ms(xs: list[float]) -> tuple[float, float]:
+    """Mean and std of the values a run recorded (0 spread from one; nan from none)."""
     xs = [x for x in xs if x is not None]
     if not xs:
         return float("nan"), float("nan")
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    m, s = mean_std(xs)
+    return m, (0.0 if s is None else s)
 
 
 def _positions(r: RunResult) -> list[float]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from surnn.harness.results import RunResult
+from surnn.harness.stats import mean_std, welch
 from surnn.ops.bench import SURROGATES, surrogate_name, surrogate_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,11 +121,6 @@ def load_bench(path: Path | None) -> dict | None:
     }
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float | None]:
-    """Mean and sample std; no std of one seed (None)."""
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
-
-
 def _seeds(rows: list[dict]) -> str:
     """``Seeds 0, 1, 2`` when every arm ran the same seeds, else each arm's."""
     by = {r["surrogate"]: ", ".join(map(str, r["seeds"])) for r in rows}
@@ -152,8 +149,8 @@ def table(runs: list[Run], bench: dict | None) -> list[dict]:
             "seeds": [r.seed for r in rs],
             "runs": [run.name for run in arm],
             "test_acc": acc,
-            "test_acc_mean": _mean_std(acc)[0],
-            "test_acc_std": _mean_std(acc)[1],
+            "test_acc_mean": mean_std(acc)[0],
+            "test_acc_std": mean_std(acc)[1],
             "best_val_acc": [100 * r.best_val_acc for r in rs],
             "test_update_rate": rate,
             "train_computed": act,
@@ -184,6 +181,14 @@ def table(runs: list[Run], bench: dict | None) -> list[dict]:
                     demo["step_min_s"] * row["steps"] * row["suRNN_layers"]
                 )
         rows.append(row)
+    ste = next((r for r in rows if r["surrogate"] == ORDER[0]), None)
+    for row in rows:  # Welch's t-test of each surrogate's test accuracy against ste's
+        if (
+            ste is not None
+            and row is not ste
+            and min(len(row["test_acc"]), len(ste["test_acc"])) > 1
+        ):
+            row["welch_vs_ste"] = welch(row["test_acc"], ste["test_acc"])
     return rows
 
 
@@ -208,10 +213,10 @@ def markdown(rows: list[dict], runs: list[Run], bench: dict | None, argv: list[s
         "in the benchmark's label below): the runs ran one at a time on a shared machine, so "
         "their wall-clock (in the JSON) is not comparable across arms.",
         "",
-        "| surrogate | test acc (%) per seed | mean ± std | update rate (test) "
-        "| computed in training | layer step, demo shape (ms) | recurrent layers' training "
-        "time (s) | step vs ste: demo / sMNIST / big |",
-        "|---|---|---|---|---|---|---|---|",
+        "| surrogate | test acc (%) per seed | mean ± std | vs ste: Welch p "
+        "| update rate (test) | computed in training | layer step, demo shape (ms) "
+        "| recurrent layers' training time (s) | step vs ste: demo / sMNIST / big |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         per_seed = " / ".join(f"{a:.1f}" for a in r["test_acc"])
@@ -226,12 +231,18 @@ def markdown(rows: list[dict], runs: list[Run], bench: dict | None, argv: list[s
         )
         std = r["test_acc_std"]
         spread = "(1 seed)" if std is None else f"± {std:.2f}"
+        w = r.get("welch_vs_ste")
+        p = "–" if w is None else f"{w['p']:.2g} ({w['diff']:+.2f})"
         lines.append(
-            f"| {r['surrogate']} | {per_seed} | {r['test_acc_mean']:.2f} {spread} "
+            f"| {r['surrogate']} | {per_seed} | {r['test_acc_mean']:.2f} {spread} | {p} "
             f"| {rate} | {act} | {step} | {total} | {vs} |"
         )
     lines += [
         "",
+        "- vs ste: Welch's two-sided t-test of the test accuracy per seed against "
+        "straight-through's (unequal variances; p per comparison, not adjusted for the three "
+        "comparisons), with the difference of the means in points; – with fewer than 2 seeds "
+        "in either arm.",
         "- computed in training: the fraction of (step, neuron) updates a training step "
         "computes (straight-through: every one; the triangle of half-width w: the open ones "
         "and the closed ones with |a| < w), the mean over each run's log and over seeds.",
@@ -298,7 +309,9 @@ def markdown(rows: list[dict], runs: list[Run], bench: dict | None, argv: list[s
 
 
 def _rel(cmd: str) -> str:
-    return cmd.replace(str(ROOT) + "/", "")
+    """The command as typed in the repository (older runs recorded run.py's absolute path,
+    which names the machine's working tree, not anything a reader has)."""
+    return re.sub(r"(?<=python )\S+/(?=run\.py\b)", "", cmd.replace(str(ROOT) + "/", ""))
 
 
 def main(argv: list[str] | None = None) -> int:

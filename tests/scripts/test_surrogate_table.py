@@ -84,8 +84,13 @@ def test_the_table_groups_by_surrogate_and_times_from_the_bench(tmp_path, capsys
     assert tri["bench_demo"]["vs_ste"] == pytest.approx(2.0)
     # layers x steps x the demo-shape step
     assert tri["recurrent_train_time_s"] == pytest.approx(2 * 1000 * 0.01)
+    # Welch against ste: equal spreads, 2 points lower: t = -2 / sqrt(2), df = 2, where the
+    # t distribution's two-sided tail is 1 - |t| / sqrt(t^2 + 2) = 1 - sqrt(2) / 2
+    assert "welch_vs_ste" not in ste and tri["welch_vs_ste"]["diff"] == pytest.approx(-2.0)
+    assert tri["welch_vs_ste"]["df"] == pytest.approx(2.0)
+    assert tri["welch_vs_ste"]["p"] == pytest.approx(1 - 2**0.5 / 2, rel=1e-9)
     md = (out / "surrogate.md").read_text()
-    assert "| triangle w=1 | 38.0 / 40.0 | 39.00 ± 1.41 |" in md
+    assert "| triangle w=1 | 38.0 / 40.0 | 39.00 ± 1.41 | 0.29 (-2.00) |" in md
     assert "Seeds 0, 1;" in md  # every arm ran both
     assert "2.00x / – / 2.00x" in md and "Warning" not in md and "DEMO SCALE" in md
     assert sorted(p.name for p in (out / "runs").iterdir())[0] == "surrogate=ste-s0.json"
