@@ -190,8 +190,6 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.LayerNorm(d_model)
         self.pos = Positions(pos_emb, d_model, max_len, "model.pos_emb")
-        if pool not in ("mean", "last", "max"):
-            raise ConfigError(f"model.pool={pool!r}: expected one of mean, last, max")
         self.pool = pool
         self.drop = nn.Dropout(dropout)
 

@@ -246,7 +246,7 @@ def build(cfg: DictConfig, s: Setup) -> tuple[Any, Any, torch.nn.Module]:
     task, tcfg = s.checked.task, s.checked.trainer
     try:
         splits = task.splits()
-        check_splits(splits, task, tcfg, tcfg.batch_size // (tcfg.grad_accum * s.world), s.world)
+        check_splits(splits, task, tcfg, tcfg.micro_batch(s.world), s.world)
         seed_everything(int(cfg.seed))
         model = build_model(task, s.checked.model)
     except (ConfigError, DataError) as e:

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from surnn.errors import ConfigError, TrainingError
+from surnn.errors import TrainingError
 from surnn.harness import checkpoint as ckpt
 from surnn.harness.config import OptimConfig, TrainerConfig
 from surnn.harness.data import to_device, train_batches
@@ -77,14 +77,7 @@ class Trainer:
         self.resume_command = resume_command  # said when a stop signal ends the run
         self.is_main = rank == 0
 
-        if tcfg.batch_size % (tcfg.grad_accum * world):
-            raise ConfigError(
-                f"trainer.batch_size={tcfg.batch_size} must be divisible by trainer.grad_accum "
-                f"({tcfg.grad_accum}) x world size ({world})"
-            )
-        self.micro_bs = tcfg.batch_size // (tcfg.grad_accum * world)
-        if tcfg.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"trainer.precision={tcfg.precision!r}: expected auto, fp32 or bf16")
+        self.micro_bs = tcfg.micro_batch(world)  # the split checked by the schema
         self.amp = tcfg.precision == "bf16" or (tcfg.precision == "auto" and device.type == "cuda")
 
         self.model_raw = model.to(device)

@@ -12,119 +12,29 @@ run.py calls it before Hydra makes the run folder, so nothing is left behind.
 from __future__ import annotations
 
 import copy
-import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from surnn.errors import ConfigError, HarnessError
+from surnn.checks import (
+    Rule,
+    at_least,
+    between,
+    boolean,
+    int_at_least,
+    is_int,
+    number,
+    positive,
+)
+from surnn.errors import ConfigError, HarnessError, show
 from surnn.harness.backbone import Model
 from surnn.harness.config import BackboneConfig, OptimConfig, TrainerConfig, checked
 from surnn.harness.registry import TASKS
 
-# ---------------------------------------------------------------------------- rules
-
-
-def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def int_at_least(lo: int, optional: bool = False) -> tuple[Callable[[Any], bool], str]:
-    text = f"an integer >= {lo}" + (" or null" if optional else "")
-    return (lambda v: (optional and v is None) or (_int(v) and v >= lo)), text
-
-
-def positive(optional: bool = False, zero_means: str | None = None):
-    if zero_means:
-        text = f"a number > 0 (0 = {zero_means})" + (" or null" if optional else "")
-        return (lambda v: (optional and v is None) or (_num(v) and v >= 0)), text
-    text = "a number > 0" + (" or null" if optional else "")
-    return (lambda v: (optional and v is None) or (_num(v) and v > 0)), text
-
-
-def between(lo: float, hi: float, hi_open: bool = False):
-    text = f"a number in [{lo}, {hi}{')' if hi_open else ']'}"
-    return (lambda v: _num(v) and lo <= v and (v < hi if hi_open else v <= hi)), text
-
-
-def one_of(*choices: Any):
-    return (lambda v: v in choices), "one of " + ", ".join(str(c) for c in choices)
-
-
-def boolean():
-    return (lambda v: isinstance(v, bool)), "true or false"
-
-
-TRAINER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "max_steps": int_at_least(1),
-    "batch_size": int_at_least(1),
-    "eval_batch_size": int_at_least(1, optional=True),
-    "grad_accum": int_at_least(1),
-    "warmup_steps": int_at_least(0),
-    "min_lr_ratio": between(0.0, 1.0),
-    "clip_grad": positive(optional=True, zero_means="no clipping"),
-    "eval_every": int_at_least(1),
-    "ckpt_every": int_at_least(1),
-    "log_every": int_at_least(1),
-    "precision": one_of("auto", "fp32", "bf16"),
-    "num_workers": int_at_least(0),
-    "progress": boolean(),
-    "flops": boolean(),
-    "max_train_examples": int_at_least(1, optional=True),
-    "max_eval_examples": int_at_least(1, optional=True),
-    "compile": boolean(),
-}
-OPTIM_RULES = {
-    "name": one_of("adamw"),
-    "lr": positive(),
-    "weight_decay": (lambda v: _num(v) and v >= 0, "a number >= 0"),
-    "betas": (
-        lambda v: (
-            isinstance(v, list | tuple)
-            and len(v) == 2
-            and all(_num(b) for b in v)
-            and all(0 <= b < 1 for b in v)
-        ),
-        "two numbers in [0, 1), e.g. [0.9, 0.98]",
-    ),
-    "eps": positive(),
-    "no_decay_1d": boolean(),
-}
-MODEL_RULES = {
-    "d_model": int_at_least(1),
-    "n_layers": int_at_least(1),
-    "ffn_mult": (lambda v: _num(v) and v >= 0, "a number >= 0 (0 = no feed-forward)"),
-    "dropout": between(0.0, 1.0, hi_open=True),
-    "pool": one_of("mean", "last", "max"),
-    "head_hidden": int_at_least(1, optional=True),
-    "pos_emb": one_of("none", "sinusoidal", "learned"),
-}
 LOGGER_MODES = ("offline", "online", "disabled")
-
-
-def _apply(obj: Any, rules: dict, group: str) -> None:
-    for key, (ok, allowed) in rules.items():
-        v = getattr(obj, key)
-        if not ok(v):
-            raise ConfigError(f"{group}.{key}={_show(v)}: expected {allowed}")
-
-
-def _show(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, str):
-        return repr(v)
-    return str(v)
 
 
 # ---------------------------------------------------------------------------- paths
@@ -134,7 +44,7 @@ def check_folder(key: str, value: Any, must_exist: bool = False) -> Path:
     """A folder path: an existing folder, or one that can be made (its nearest existing
     parent is a writable folder)."""
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{key}={_show(value)}: expected a folder path")
+        raise ConfigError(f"{key}={show(value)}: expected a folder path")
     p = Path(value).expanduser()
     if p.exists():
         if not p.is_dir():
@@ -176,7 +86,7 @@ def check_run_id(value: Any) -> str:
     parts = Path(s).parts
     if not s.strip() or s.startswith(("/", "~")) or ".." in parts or s != s.strip():
         raise ConfigError(
-            f"run_id={_show(value)}: expected a non-empty name (letters, digits, -_.; a "
+            f"run_id={show(value)}: expected a non-empty name (letters, digits, -_.; a "
             "relative sub/folder is allowed, '..' and absolute paths are not)"
         )
     return s
@@ -228,7 +138,7 @@ def build_model(task, mcfg: BackboneConfig) -> Model:
     except HarnessError:
         raise
     except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError) as e:
-        opts = ", ".join(f"{k}={_show(v)}" for k, v in sorted(_flat(mcfg.options).items()))
+        opts = ", ".join(f"{k}={show(v)}" for k, v in sorted(_flat(mcfg.options).items()))
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(
             f"model={mcfg.name}: the options ({opts}) cannot build the layer ({msg}); see "
@@ -248,7 +158,7 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 # Mixer options checked by name before the layer sees them (the layers check the rest):
 # sizes and counts are positive integers, dropouts probabilities, learning rates positive.
-_OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+_OPTION_RULES: dict[str, Rule] = {
     "hidden_size": int_at_least(1, optional=True),
     "n_heads": int_at_least(1),
     "qkv_dim": int_at_least(1, optional=True),
@@ -267,19 +177,19 @@ _OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "period_max": positive(optional=True),
     "width": positive(optional=True),
     "temperature": positive(optional=True),
-    "amplitude": (lambda v: v is None or _num(v), "a number or null"),
-    "init_rate": (lambda v: v is None or (_num(v) and 0 < v <= 1), "a number in (0, 1] or null"),
-    "target_rate": (lambda v: v is None or (_num(v) and 0 <= v <= 1), "a number in [0, 1] or null"),
-    "rate_penalty": (lambda v: v is None or (_num(v) and v >= 0), "a number >= 0 or null"),
+    "amplitude": number(optional=True),
+    "init_rate": between(0, 1, lo_open=True, optional=True),
+    "target_rate": between(0, 1, optional=True),
+    "rate_penalty": at_least(0, optional=True),
     "bidirectional": boolean(),
-    "causal": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
-    "learn_freqs": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "causal": boolean(optional=True),
+    "learn_freqs": boolean(optional=True),
 }
 
 
 # Task options checked by name (each task's constructor checks its own choices: input,
 # resolution, difficulty, generator bounds, unknown options).
-_TASK_OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+_TASK_OPTION_RULES: dict[str, Rule] = {
     "max_len": int_at_least(1),
     "doc_bytes": int_at_least(1),
     "val_size": int_at_least(1),
@@ -305,18 +215,18 @@ _TASK_OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 def check_task_options(cfg: DictConfig) -> None:
     options = OmegaConf.to_container(cfg.task.get("options", {}) or {}, resolve=True)
     if not isinstance(options, dict):
-        raise ConfigError(f"task.options={_show(options)}: expected a mapping of option: value")
+        raise ConfigError(f"task.options={show(options)}: expected a mapping of option: value")
     for key, v in _flat(options).items():
         rule = _TASK_OPTION_RULES.get(key.rsplit(".", 1)[-1])
-        if rule and not rule[0](v):
-            raise ConfigError(f"task.options.{key}={_show(v)}: expected {rule[1]}")
+        if rule:
+            rule.check(f"task.options.{key}", v)
 
 
 def check_model_options(mcfg: BackboneConfig) -> None:
     for key, v in _flat(mcfg.options).items():
         rule = _OPTION_RULES.get(key.rsplit(".", 1)[-1])
-        if rule and not rule[0](v):
-            raise ConfigError(f"model.options.{key}={_show(v)}: expected {rule[1]}")
+        if rule:
+            rule.check(f"model.options.{key}", v)
 
 
 # ---------------------------------------------------------------------------- the check
@@ -331,47 +241,30 @@ class Checked:
     run_dir: Path
 
 
-def check_trainer(tcfg: TrainerConfig, world: int = 1) -> None:
-    _apply(tcfg, TRAINER_RULES, "trainer")
-    if tcfg.batch_size % (tcfg.grad_accum * world):
-        ranks = f" x {world} ranks" if world > 1 else ""
-        raise ConfigError(
-            f"trainer.batch_size={tcfg.batch_size}: must be divisible by trainer.grad_accum "
-            f"({tcfg.grad_accum}){ranks}, the micro-batches it is split into"
-        )
-    micro = tcfg.batch_size // (tcfg.grad_accum * world)
-    if tcfg.max_train_examples is not None and tcfg.max_train_examples < micro * world:
-        raise ConfigError(
-            f"trainer.max_train_examples={tcfg.max_train_examples}: fewer than one batch "
-            f"({micro * world} examples per micro-step); raise it or lower trainer.batch_size"
-        )
-
-
 def check_config(cfg: DictConfig, world: int = 1, model: bool = True) -> Checked:
     """Check every value of a composed config; raises ConfigError (one line) on the first
     bad one. Builds the task and (with ``model``) the model on the CPU, reading no data."""
     seed = cfg.get("seed")
-    if not _int(seed) or not 0 <= seed < 2**32:
-        raise ConfigError(f"seed={_show(seed)}: expected an integer in [0, 2**32)")
+    if not is_int(seed) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={show(seed)}: expected an integer in [0, 2**32)")
     for key in ("task", "model", "trainer", "optim"):
         if not isinstance(cfg.get(key), DictConfig):
             raise ConfigError(f"{key}: missing from the config; choose one with {key}=<name>")
     tcfg: TrainerConfig = checked(TrainerConfig, cfg.trainer, "trainer")
     ocfg: OptimConfig = checked(OptimConfig, cfg.optim, "optim")
     mcfg: BackboneConfig = checked(BackboneConfig, cfg.model, "model")
-    check_trainer(tcfg, world)
-    _apply(ocfg, OPTIM_RULES, "optim")
-    _apply(mcfg, MODEL_RULES, "model")
+    if world > 1:  # the schema checked one rank; the ranks are known now
+        tcfg.check_world(world)
     check_model_options(mcfg)
 
     lcfg = cfg.get("logger")
     if lcfg is not None:
         name = lcfg.get("name")
         if name not in ("wandb", "none"):
-            raise ConfigError(f"logger.name={_show(name)}: expected wandb or none")
+            raise ConfigError(f"logger.name={show(name)}: expected wandb or none")
         if name == "wandb" and lcfg.get("mode", "offline") not in LOGGER_MODES:
             raise ConfigError(
-                f"logger.mode={_show(lcfg.get('mode'))}: expected one of {', '.join(LOGGER_MODES)}"
+                f"logger.mode={show(lcfg.get('mode'))}: expected one of {', '.join(LOGGER_MODES)}"
             )
     device = str(cfg.get("device", "auto"))
     if device not in ("auto", "cpu", "cuda") and not (
