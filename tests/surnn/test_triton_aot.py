@@ -126,6 +126,25 @@ def test_bf16_launch_signature_matches_the_jit():
     )
 
 
+def test_each_loop_passes_its_kernels_buffers_in_the_kernels_order():
+    """op.py launches a kernel with the buffers its loop names (``buffers``), positionally:
+    they must be the kernel's pointer arguments, in order."""
+    import ast
+
+    from surnn.ops.triton import op
+
+    tree = ast.parse((ROOT / "surnn" / "ops" / "triton" / "kernels.py").read_text())
+    params = {
+        f.name: [a.arg for a in f.args.args]
+        for f in tree.body
+        if isinstance(f, ast.FunctionDef) and f.name in ("fwd_step", "bwd_step")
+    }
+    for loop, kernel in ((op._Fwd, "fwd_step"), (op._Bwd, "bwd_step")):
+        ptrs = [a for a in params[kernel] if a.endswith("_ptr")]
+        assert params[kernel][: len(ptrs)] == ptrs  # the pointers come first
+        assert [f"{b}_ptr" for b in loop.buffers.split()] == ptrs, kernel
+
+
 def _result(**kw) -> aot.Result:
     job = aot.Job("fwd_step", "fwd", "aligned", 16, 64, 512, launch.cfg_for(16), "bf16", 90)
     base = dict(

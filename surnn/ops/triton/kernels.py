@@ -74,6 +74,31 @@ def _add(a, b):
 
 
 @triton.jit
+def _lanes(pid, n, BLOCK: tl.constexpr):
+    """The BLOCK indices of tile ``pid`` along one axis, and which of them are < n."""
+    i = pid * BLOCK + tl.arange(0, BLOCK)
+    return i, i < n
+
+
+@triton.jit
+def _zeros(BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    return tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
+
+
+@triton.jit
+def _ws(ws_ptr, s, N: tl.constexpr, rows, cols, B, HP):
+    """Split s's partial sums in the workspace [SPLIT, N, B, HP]: the tile's first of N."""
+    return ws_ptr + (s * N * B + rows)[:, None] * HP + cols[None, :]
+
+
+@triton.jit
+def _partial(p, m2):
+    """A partial sum another program stored, read from L2 (``.cg``: another SM wrote it, and
+    L1 is not coherent across SMs)."""
+    return tl.load(p, mask=m2, other=0.0, cache_modifier=".cg")
+
+
+@triton.jit
 def _splits(work, nkb, n_sm, SPLIT: tl.constexpr, MIN_KB: tl.constexpr):
     """Programs per tile (launch.splits): fill one wave of n_sm programs, at most SPLIT, at
     least MIN_KB K blocks each, at least 1."""
@@ -138,10 +163,8 @@ def fwd_step(
     if j < tl.load(nval_ptr):
         cnt = tl.load(cnt_ptr + j)
         nat = (cnt + BLOCK_H - 1) // BLOCK_H  # tiles holding active neurons
-        rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-        rmask = rows < B
-        pos = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)  # places in this step's neuron order
-        cmask = pos < H
+        rows, rmask = _lanes(pid_b, B, BLOCK_B)
+        pos, cmask = _lanes(pid_h, H, BLOCK_H)  # places in this step's neuron order
         m2 = rmask[:, None] & cmask[None, :]
         if pid_h < nat:
             nkb = (HP + BLOCK_K - 1) // BLOCK_K
@@ -151,9 +174,9 @@ def fwd_step(
                 per = (nkb + S - 1) // S
                 k_lo = pid_s * per * BLOCK_K
                 k_hi = tl.minimum(k_lo + per * BLOCK_K, HP)
-                acc_r = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
-                acc_z = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
-                acc_n = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
+                acc_r = _zeros(BLOCK_B, BLOCK_H)
+                acc_z = _zeros(BLOCK_B, BLOCK_H)
+                acc_n = _zeros(BLOCK_B, BLOCK_H)
                 kk = tl.arange(0, BLOCK_K)
                 a_off = (j * B + rows)[:, None] * HP + kk[None, :]
                 w_off = cols[None, :] * HP + kk[:, None]
@@ -169,22 +192,20 @@ def fwd_step(
                     )
                 last = S == 1
                 if S > 1:
-                    ws = ws_ptr + (pid_s * 3 * B + rows)[:, None] * HP + pos[None, :]
+                    ws = _ws(ws_ptr, pid_s, 3, rows, pos, B, HP)
                     tl.store(ws, acc_r, mask=m2)
                     tl.store(ws + B * HP, acc_z, mask=m2)
                     tl.store(ws + 2 * B * HP, acc_n, mask=m2)
                     last = _arrive(sem_ptr, pid_b * tl.num_programs(0) + pid_h, S)
                     if last:  # add the partials in split order (the same sum whoever is last)
-                        acc_r = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
-                        acc_z = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
-                        acc_n = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
+                        acc_r = _zeros(BLOCK_B, BLOCK_H)
+                        acc_z = _zeros(BLOCK_B, BLOCK_H)
+                        acc_n = _zeros(BLOCK_B, BLOCK_H)
                         for s2 in range(0, S):
-                            p = ws_ptr + (s2 * 3 * B + rows)[:, None] * HP + pos[None, :]
-                            acc_r += tl.load(p, mask=m2, other=0.0, cache_modifier=".cg")
-                            acc_z += tl.load(p + B * HP, mask=m2, other=0.0, cache_modifier=".cg")
-                            acc_n += tl.load(
-                                p + 2 * B * HP, mask=m2, other=0.0, cache_modifier=".cg"
-                            )
+                            p = _ws(ws_ptr, s2, 3, rows, pos, B, HP)
+                            acc_r += _partial(p, m2)
+                            acc_z += _partial(p + B * HP, m2)
+                            acc_n += _partial(p + 2 * B * HP, m2)
                 if last:
                     _fwd_point(
                         acc_r,
@@ -336,17 +357,15 @@ def bwd_step(
         nkb = (cn + BLOCK_K - 1) // BLOCK_K
         S = _splits(tl.num_programs(0) * tl.num_programs(1), nkb, n_sm, SPLIT, MIN_KB)
         if pid_s < S:
-            rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-            rmask = rows < B
-            cols = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-            cmask = cols < H
+            rows, rmask = _lanes(pid_b, B, BLOCK_B)
+            cols, cmask = _lanes(pid_h, H, BLOCK_H)
             m2 = rmask[:, None] & cmask[None, :]
             # one accumulator per gate, as in the forward: a single accumulator chained
             # through three dots makes Triton put every warp along M (repeating the MMAs of a
             # 64-row tile on 8 warps)
-            acc_r = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
-            acc_z = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
-            acc_n = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
+            acc_r = _zeros(BLOCK_B, BLOCK_H)
+            acc_z = _zeros(BLOCK_B, BLOCK_H)
+            acc_n = _zeros(BLOCK_B, BLOCK_H)
             per = (nkb + S - 1) // S
             p_lo = pid_s * per * BLOCK_K
             p_hi = tl.minimum(p_lo + per * BLOCK_K, nkb * BLOCK_K)
@@ -383,14 +402,12 @@ def bwd_step(
             acc = acc_r + acc_z + acc_n
             last = S == 1
             if S > 1:
-                ws = ws_ptr + (pid_s * B + rows)[:, None] * HP + cols[None, :]
-                tl.store(ws, acc, mask=m2)
+                tl.store(_ws(ws_ptr, pid_s, 1, rows, cols, B, HP), acc, mask=m2)
                 last = _arrive(sem_ptr, pid_b * tl.num_programs(0) + pid_h, S)
                 if last:
-                    acc = tl.full((BLOCK_B, BLOCK_H), 0.0, tl.float32)
+                    acc = _zeros(BLOCK_B, BLOCK_H)
                     for s2 in range(0, S):
-                        p = ws_ptr + (s2 * B + rows)[:, None] * HP + cols[None, :]
-                        acc += tl.load(p, mask=m2, other=0.0, cache_modifier=".cg")
+                        acc += _partial(_ws(ws_ptr, s2, 1, rows, cols, B, HP), m2)
             if last:
                 tile = rows[:, None] * HP + cols[None, :]
                 dlt = acc + tl.load(dc_ptr + tile, mask=m2, other=0.0)

@@ -146,6 +146,7 @@ class _Loop:
     captures) and ``store`` (copies out, GEMMs), then ``end``. Rows of the chunk buffers hold
     HP = H rounded up to 16 elements, the padding zero (kernels.py)."""
 
+    buffers = ""  # the kernel's pointer arguments in its order, less "_ptr": buffer names
     written: tuple[str, ...] = ()  # buffers the kernels write (restored after the warm-up)
     compared: tuple[str, ...] = ()  # compared bit for bit between warm-up and first replay
 
@@ -207,6 +208,18 @@ class _Loop:
         """(per step, per sequence) element strides of the chunk's gate and mask."""
         return (self.B * self.H, self.H) if self.ps else (self.H, 0)
 
+    def stepper(self, kernel, s, **flags):
+        """``step(j)``: launches ``kernel`` for slot j of the chunk, with the buffers of ``s``
+        named by ``buffers``, then the sizes both kernels take and the constants."""
+        grid, bufs = self.grid(), [s[name] for name in self.buffers.split()]
+        dims = (self.B, self.H, self.HP, *self.gate_strides(), self.lp.n_sm)
+        consts = {**flags, **self.consts()}
+
+        def step(j: int) -> None:
+            kernel[grid](*bufs, j, *dims, **consts)
+
+        return step
+
     def _common(self, e) -> dict:
         B, H, HP, C, f32 = self.B, self.H, self.HP, self.C, torch.float32
         gshape = (C, B, H) if self.ps else (C, H)
@@ -250,6 +263,7 @@ class _Loop:
 
 class _Fwd(_Loop):
     kind = "fwd"
+    buffers = "xp a hs wh bias g act lrel nval order cnt plane ws sem"
     written = ("a", "hs", "plane", "ws", "sem")
     compared = ("a", "hs", "plane")
 
@@ -298,34 +312,9 @@ class _Fwd(_Loop):
         self._load_schedule(s, t0, n, self.g, self.act, self.order, self.cnt, self.lens, False)
 
     def launches(self, k, s, n) -> None:
-        sgt, sgb = self.gate_strides()
-        grid = self.grid()
+        step = self.stepper(k.fwd_step, s, SAVE=self.save_plane)
         for j in range(n):
-            k.fwd_step[grid](
-                s["xp"],
-                s["a"],
-                s["hs"],
-                s["wh"],
-                s["bias"],
-                s["g"],
-                s["act"],
-                s["lrel"],
-                s["nval"],
-                s["order"],
-                s["cnt"],
-                s["plane"],
-                s["ws"],
-                s["sem"],
-                j,
-                self.B,
-                self.H,
-                self.HP,
-                sgt,
-                sgb,
-                self.lp.n_sm,
-                SAVE=self.save_plane,
-                **self.consts(),
-            )
+            step(j)
 
     def store(self, s, t0, n) -> None:
         H = self.H
@@ -339,6 +328,7 @@ class _Fwd(_Loop):
 
 class _Bwd(_Loop):
     kind = "bwd"
+    buffers = "dgp dgo wh order inv cnt xp gh hp bias g act lrel nval go dc dg dh0 ws sem"
     written = ("dgp", "dgo", "dc", "dg", "ws", "sem")
     compared = ("dgp", "dgo", "dc", "dg")
 
@@ -466,43 +456,9 @@ class _Bwd(_Loop):
             dst[:n].copy_(_t(full[:, t0 - 1 : t0 + n - 1]))
 
     def launches(self, k, s, n) -> None:
-        sgt, sgb = self.gate_strides()
-        grid = self.grid()
+        step = self.stepper(k.bwd_step, s, PER_SAMPLE=self.ps)
         for j in range(n - 1, -1, -1):
-            self._launch(k, s, j, grid, sgt, sgb)
-
-    def _launch(self, k, s, j, grid, sgt, sgb) -> None:
-        k.bwd_step[grid](
-            s["dgp"],
-            s["dgo"],
-            s["wh"],
-            s["order"],
-            s["inv"],
-            s["cnt"],
-            s["xp"],
-            s["gh"],
-            s["hp"],
-            s["bias"],
-            s["g"],
-            s["act"],
-            s["lrel"],
-            s["nval"],
-            s["go"],
-            s["dc"],
-            s["dg"],
-            s["dh0"],
-            s["ws"],
-            s["sem"],
-            j,
-            self.B,
-            self.H,
-            self.HP,
-            sgt,
-            sgb,
-            self.lp.n_sm,
-            PER_SAMPLE=self.ps,
-            **self.consts(),
-        )
+            step(j)
 
     def store(self, s, t0, n) -> None:
         B, D, H, HP, idx = self.B, self.D, self.H, self.HP, self.idx
@@ -536,7 +492,7 @@ class _Bwd(_Loop):
         H, HP = self.H, self.HP
         if self.T:  # dL/dh_0 through step 0's gates: one more launch
             with self.phase():
-                self._launch(k, s, -1, self.grid(), *self.gate_strides())
+                self.stepper(k.bwd_step, s, PER_SAMPLE=self.ps)(-1)
             dh0 = s["dh0"][:, :H].to(self.dtype, copy=True)
         else:
             dh0 = s["dc"][:, :H].to(self.dtype, copy=True)
@@ -631,23 +587,7 @@ def su_gru_bwd(
 
 
 @su_gru_bwd.register_fake
-def _(
-    grad_out,
-    grad_h,
-    x,
-    h0,
-    w_ih,
-    w_hh,
-    b_ih,
-    b_hh,
-    g,
-    act,
-    lengths,
-    out,
-    plane,
-    graphs=False,
-    precision="ieee",
-):
+def _(grad_out, grad_h, x, h0, w_ih, w_hh, b_ih, b_hh, g, *_):
     B, T, D = x.shape
     H = w_hh.shape[-1]
     return (
@@ -665,31 +605,19 @@ def _setup_context(ctx, inputs, output):
     x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, save, *rest = inputs
     ctx.graphs = bool(rest[0]) if rest else False
     ctx.precision = rest[1] if len(rest) > 1 else "ieee"
+    # su_gru_bwd's tensor inputs after the two gradients, in its order
     ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, output[0], output[2])
 
 
 def _backward(ctx, grad_out, grad_h, _grad_plane):
-    x, h0, w_ih, w_hh, b_ih, b_hh, g, act, lengths, out, plane = ctx.saved_tensors
+    saved = ctx.saved_tensors
+    x, w_hh = saved[0], saved[3]
     if grad_out is None:
         grad_out = torch.zeros(*x.shape[:2], w_hh.shape[-1], device=x.device, dtype=x.dtype)
     if grad_h is None:
         grad_h = torch.zeros(x.shape[0], w_hh.shape[-1], device=x.device, dtype=x.dtype)
     dx, dh0, dwi, dwh, dbi, dbh, dg = su_gru_bwd(
-        grad_out,
-        grad_h,
-        x,
-        h0,
-        w_ih,
-        w_hh,
-        b_ih,
-        b_hh,
-        g,
-        act,
-        lengths,
-        out,
-        plane,
-        ctx.graphs,
-        ctx.precision,
+        grad_out, grad_h, *saved, ctx.graphs, ctx.precision
     )
     # one None per non-tensor input (act, lengths, save, graphs, precision); autograd drops
     # trailing Nones the dispatcher left out (it omits arguments equal to their default)
