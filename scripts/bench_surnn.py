@@ -48,7 +48,7 @@ import torch
 
 from surnn.gates import build_gate
 from surnn.ops import resolve_impl, su_gru
-from surnn.ops.bench import surrogate_name, targets
+from surnn.ops.bench import SETTINGS, surrogate_name, targets
 from surnn.provenance import command_line, device_name, git_commit, now_iso
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +92,8 @@ def parse() -> argparse.Namespace:
     p.add_argument(
         "--settings",
         nargs="+",
-        choices=("big", "small", "padded", "stream", "crossover", "surrogate"),
-        default=["big", "small", "padded", "stream", "crossover", "surrogate"],
+        choices=tuple(SETTINGS),
+        default=list(SETTINGS),
         help="targets: which settings",
     )
     return p.parse_args()
