@@ -289,3 +289,34 @@ def triton_interpreter_unless_cuda() -> None:
             importlib.reload(sys.modules["surnn.ops.triton.kernels"])
     else:
         pytest.importorskip("triton")
+
+
+def small_triton_machine(setattr) -> None:
+    """The Triton op's launch model at interpreter sizes (``setattr``: monkeypatch's): one
+    16x16x16 tile configuration on 4 warps, chunks of at least 2 steps, every GEMM row
+    count worth it, split-K on any size, 6 SMs; so that chunk boundaries, partial chunks
+    and split-K run in small cases."""
+    from surnn.ops.triton import launch, op
+
+    for table in ("CFG_TABLE", "CFG_TABLE_SM80"):
+        setattr(launch, table, ((None, launch.Cfg(16, 16, 16, 4)),))
+    setattr(launch, "C_MIN", 2)
+    setattr(launch, "GEMM_ROWS", 1)
+    setattr(launch, "SPLIT_MIN_BYTES", 0)
+    setattr(op, "N_SM", 6)
+
+
+def corrupting_recorder():
+    """A graphs.Recorder whose every replay adds 1 to the floating buffers of its first
+    launch: a CUDA-graph replay that differs from its capture."""
+    from surnn.ops.triton import graphs
+
+    class Corrupting(graphs.Recorder):
+        def replay(self):
+            super().replay()
+            for _, _, args, _ in self.launches[:1]:
+                for t in args:
+                    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() > 1:
+                        t.add_(1.0)
+
+    return Corrupting

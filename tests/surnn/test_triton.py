@@ -11,7 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.fixtures import assert_close, make_case, run, triton_interpreter_unless_cuda
+from tests.fixtures import (
+    assert_close,
+    make_case,
+    run,
+    small_triton_machine,
+    triton_interpreter_unless_cuda,
+)
 
 HAS_CUDA = torch.cuda.is_available()
 triton_interpreter_unless_cuda()  # before the kernels are imported
@@ -35,12 +41,7 @@ def poisoned(monkeypatch):
 
 @pytest.fixture
 def small_machine(monkeypatch):
-    for table in ("CFG_TABLE", "CFG_TABLE_SM80"):
-        monkeypatch.setattr(launch, table, ((None, launch.Cfg(16, 16, 16, 4)),))
-    monkeypatch.setattr(launch, "C_MIN", 2)
-    monkeypatch.setattr(launch, "GEMM_ROWS", 1)
-    monkeypatch.setattr(launch, "SPLIT_MIN_BYTES", 0)
-    monkeypatch.setattr(op, "N_SM", 6)
+    small_triton_machine(monkeypatch.setattr)
 
 
 def to_dev(case, dtype=torch.float32):
@@ -89,13 +90,7 @@ def _loops(case):
     fwd = op._Fwd(
         x.detach(), h0.detach(), *[t.detach() for t in w], g.detach(), act, lens, True, "ieee"
     )
-    fs = fwd.alloc()
-    fwd.begin(fs)
-    for i, (t0, n) in enumerate(fwd.chunks()):
-        fwd.load(fs, t0, n, i == 0)
-        fwd.launches(k, fs, n)
-        fwd.store(fs, t0, n)
-    out, hT, plane = fwd.end(fs, k)
+    fs, (out, hT, plane) = _drive(fwd, k)
     go = torch.randn_like(out)
     bwd = op._Bwd(
         go,
@@ -110,14 +105,19 @@ def _loops(case):
         plane,
         "ieee",
     )
-    bs = bwd.alloc()
-    bwd.begin(bs)
-    for i, (t0, n) in enumerate(bwd.chunks()):
-        bwd.load(bs, t0, n, i == 0)
-        bwd.launches(k, bs, n)
-        bwd.store(bs, t0, n)
-    grads = bwd.end(bs, k)
+    bs, grads = _drive(bwd, k)
     return fwd, fs, bwd, bs, grads
+
+
+def _drive(loop, k):
+    """One direction's loop, chunk by chunk, without CUDA graphs: (its buffers, its end)."""
+    s = loop.alloc()
+    loop.begin(s)
+    for i, (t0, n) in enumerate(loop.chunks()):
+        loop.load(s, t0, n, i == 0)
+        loop.launches(k, s, n)
+        loop.store(s, t0, n)
+    return s, loop.end(s, k)
 
 
 def test_closed_steps_leave_the_gradient_gemms(small_machine, monkeypatch):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.fixtures import triton_interpreter_unless_cuda
+from tests.fixtures import corrupting_recorder, small_triton_machine, triton_interpreter_unless_cuda
 
 HAS_CUDA = torch.cuda.is_available()
 triton_interpreter_unless_cuda()  # before the kernels are imported
@@ -32,13 +32,8 @@ def poisoned_small_machine(monkeypatch):
     """NaN-filled buffers; chunks of 2 steps (so a call spans several chunks and a graph
     replays several times), 16x16x16 tiles, 6 SMs (split-K)."""
     monkeypatch.setattr(op, "FILL", float("nan"))
-    for table in ("CFG_TABLE", "CFG_TABLE_SM80"):
-        monkeypatch.setattr(launch, table, ((None, launch.Cfg(16, 16, 16, 4)),))
-    monkeypatch.setattr(launch, "C_MIN", 2)
+    small_triton_machine(monkeypatch.setattr)
     monkeypatch.setattr(launch, "C_MAX", 2)
-    monkeypatch.setattr(launch, "GEMM_ROWS", 1)
-    monkeypatch.setattr(launch, "SPLIT_MIN_BYTES", 0)
-    monkeypatch.setattr(op, "N_SM", 6)
 
 
 def make_case(B, T, D, H, per_sample=False, seed=0, rate=0.35, dtype=torch.float32, dev=DEV):
@@ -259,15 +254,7 @@ def test_failed_capture_falls_back_to_eager_for_good(monkeypatch):
 
 @needs_cpu
 def test_replay_that_differs_is_not_used(monkeypatch):
-    class Corrupting(graphs.Recorder):
-        def replay(self):
-            super().replay()
-            for _, _, args, _ in self.launches[:1]:
-                for t in args:
-                    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() > 1:
-                        t.add_(1.0)  # a wrong replay
-
-    cache = graphs.GraphCache(capture=Corrupting, devices=("cpu",))
+    cache = graphs.GraphCache(capture=corrupting_recorder(), devices=("cpu",))
     monkeypatch.setattr(graphs, "CACHE", cache)
     case = make_case(3, 5, 4, 16)
     run(case, True)

@@ -10,7 +10,13 @@ import warnings
 import pytest
 import torch
 
-from tests.fixtures import assert_close, make_case, run, triton_interpreter_unless_cuda
+from tests.fixtures import (
+    assert_close,
+    corrupting_recorder,
+    make_case,
+    run,
+    triton_interpreter_unless_cuda,
+)
 
 triton_interpreter_unless_cuda()  # before the kernels are imported
 
@@ -91,15 +97,8 @@ def test_a_graph_replay_that_differs_is_caught_by_its_capture_check(monkeypatch)
     """The graph part: a replay that differs from its eager warm-up is never used (its key runs
     eagerly, with a warning to report it); the kernels themselves pass the check."""
 
-    class Corrupting(graphs.Recorder):
-        def replay(self):
-            super().replay()
-            for _, _, args, _ in self.launches[:1]:
-                for t in args:
-                    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() > 1:
-                        t.add_(1.0)
-
-    monkeypatch.setattr(graphs, "CACHE", graphs.GraphCache(capture=Corrupting, devices=("cpu",)))
+    cache = graphs.GraphCache(capture=corrupting_recorder(), devices=("cpu",))
+    monkeypatch.setattr(graphs, "CACHE", cache)
     with pytest.warns(RuntimeWarning, match="bit for bit.*report"):
         got = run("triton", case())
     assert {("cpu", torch.float32): None} == selfcheck._STATE
