@@ -124,7 +124,6 @@ def fig_gate(run: Path, out: Path, name: str | None = None, length: int | None =
         ax.set_xlabel("log10 learned period (steps between open spells)")
         ax.set_ylabel("rhythms" + (f" ({never} never open)" if never else ""))
     fig.suptitle(f"Learned gate: {_label(res)} ({ck.name}, {T} steps)")
-    fig.tight_layout()
     return _save(fig, out, name or f"gate_{run.name}")
 
 
@@ -151,12 +150,9 @@ def fig_rates(runs: list[Path], out: Path, name: str | None = None) -> Path:
             n += 1
     if not n:
         _fail("no train/layer*/update_rate in these runs' metrics.jsonl (not suRNN runs?)")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("update rate (training batches)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
+    _labels(ax, "training step", "update rate (training batches)")
     ax.set_title("Update rate per layer over training")
-    fig.tight_layout()
     return _save(fig, out, name or "update_rate_over_training")
 
 
@@ -178,12 +174,9 @@ def fig_acc_rate(roots: list[Path], out: Path, name: str | None = None) -> Path:
         c = f"C{i % 10}"
         ax.scatter(xs, ys, color=c, alpha=0.35, s=14)  # each seed
         ax.errorbar(mx, my, yerr=sd, fmt="o", color=c, capsize=3, label=f"{lab} (n={len(ys)})")
-    ax.set_xlabel("update rate (test set, mean over layers; 1 = dense)")
-    ax.set_ylabel("test accuracy (%)")
     ax.set_xlim(0, 1.05)
-    ax.legend(fontsize=7)
+    _labels(ax, "update rate (test set, mean over layers; 1 = dense)", "test accuracy (%)")
     ax.set_title("Accuracy against update rate (mean ± std over seeds; faint: each seed)")
-    fig.tight_layout()
     return _save(fig, out, name or "accuracy_vs_update_rate")
 
 
@@ -203,15 +196,21 @@ def fig_curves(roots: list[Path], out: Path, name: str | None = None) -> Path:
             a2.plot(*zip(*va), marker="o", label=lab, color=f"C{i % 10}")
     a1.set_xlabel("training step")
     a1.set_ylabel("training loss")
-    a2.set_xlabel("training step")
-    a2.set_ylabel("validation accuracy (%)")
-    a2.legend(fontsize=7)
+    _labels(a2, "training step", "validation accuracy (%)")
     fig.suptitle("Learning curves")
-    fig.tight_layout()
     return _save(fig, out, name or "learning_curves")
 
 
+def _labels(ax, xlabel: str, ylabel: str) -> None:
+    """The axes' labels and a legend of the plotted runs."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+
+
 def _save(fig, out: Path, name: str) -> Path:
+    """Lays the figure out and writes out/<name>.png."""
+    fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.png"
     fig.savefig(path, dpi=120)
