@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from surnn.checks import boolean, int_at_least
 from surnn.harness.mixer import Mixer
 
 
@@ -28,8 +29,8 @@ class _TorchRNNMixer(Mixer):
         bidirectional: bool = False,
     ):
         super().__init__(d_model)
-        H = hidden_size or d_model
-        self.causal = not bidirectional
+        H = int_at_least(1, optional=True).check("hidden_size", hidden_size) or d_model
+        self.causal = not boolean().check("bidirectional", bidirectional)
         self.rnn = self.rnn_cls(d_model, H, batch_first=True, bidirectional=bidirectional)
         out = H * (2 if bidirectional else 1)
         self.out = nn.Linear(out, d_model) if out != d_model else nn.Identity()

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import baselines.flops  # noqa: F401  (FFT FLOP formulas)
+from surnn.checks import between, boolean, int_at_least, one_of, positive
 from surnn.errors import ConfigError
 from surnn.harness.mixer import Mixer
 from surnn.utils import optim_hint, valid_mask
@@ -56,12 +57,15 @@ class S4DKernel(nn.Module):
         lr_dt: float | None = 1e-3,
     ):
         super().__init__()
-        if d_state < 2 or d_state % 2:
-            raise ConfigError(f"s4d d_state={d_state}: expected an even number >= 2")
-        if init not in INITS:
-            raise ConfigError(f"s4d init={init!r}: expected one of {', '.join(INITS)}")
-        if not 0 < dt_min <= dt_max:
-            raise ConfigError(f"s4d dt_min={dt_min}, dt_max={dt_max}: need 0 < dt_min <= dt_max")
+        if not (int_at_least(2).ok(d_state) and d_state % 2 == 0):
+            raise ConfigError.option("d_state", d_state, "expected an even integer >= 2")
+        one_of(*INITS).check("init", init)
+        positive().check("dt_min", dt_min)
+        positive().check("dt_max", dt_max)
+        if dt_min > dt_max:
+            raise ConfigError.option("dt_min", dt_min, f"expected at most dt_max={dt_max}")
+        positive(optional=True).check("lr_A", lr_A)
+        positive(optional=True).check("lr_dt", lr_dt)
         N, N2 = d_state, d_state // 2
         n = torch.arange(N2, dtype=torch.float32)
         if init == "lin":
@@ -161,11 +165,10 @@ class S4DMixer(Mixer):
         mode: str = "conv",
     ):
         super().__init__(d_model)
-        if mode not in MODES:
-            raise ConfigError(f"s4d mode={mode!r}: expected one of {', '.join(MODES)}")
-        if output not in OUTPUTS:
-            raise ConfigError(f"s4d output={output!r}: expected one of {', '.join(OUTPUTS)}")
-        self.causal = not bidirectional
+        one_of(*MODES).check("mode", mode)
+        one_of(*OUTPUTS).check("output", output)
+        between(0, 1, hi_open=True).check("dropout", dropout)
+        self.causal = not boolean().check("bidirectional", bidirectional)
         self.mode = mode
         self.ssm = S4DKernel(
             d_model, d_state, init, dt_min, dt_max, 2 if bidirectional else 1, lr_A, lr_dt

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import baselines.flops  # noqa: F401  (CPU attention FLOP formula)
+from surnn.checks import between, boolean, int_at_least
 from surnn.errors import ConfigError
 from surnn.harness.mixer import Mixer
 from surnn.harness.positions import Positions
@@ -47,16 +48,21 @@ class AttentionMixer(Mixer):
         max_len: int | None = None,
     ):
         super().__init__(d_model)
-        dq = qkv_dim or d_model
+        int_at_least(1).check("n_heads", n_heads)
+        dq = int_at_least(1, optional=True).check("qkv_dim", qkv_dim) or d_model
         if dq % n_heads:
-            raise ConfigError(
-                f"transformer qkv_dim={dq} (null means d_model) is not divisible by "
-                f"n_heads={n_heads}; choose n_heads that divides it"
+            raise ConfigError.option(
+                "n_heads",
+                n_heads,
+                f"expected a divisor of qkv_dim={dq} (null means d_model), the width the heads "
+                "share",
             )
+        boolean(optional=True).check("causal", causal)
+        between(0, 1, hi_open=True).check("attn_dropout", attn_dropout)
         # None (the config's null): the backbone passes True for language modelling
         self.causal, self.n_heads, self.qkv_dim = bool(causal), n_heads, dq
         self.attn_dropout = float(attn_dropout)
-        self.pos = Positions(positions, d_model, max_len, "transformer positions")
+        self.pos = Positions(positions, d_model, max_len, "positions")
         self.qkv = nn.Linear(d_model, 3 * dq)
         self.proj = nn.Linear(dq, d_model)
 

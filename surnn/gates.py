@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from surnn import step_tables
+from surnn.checks import between, boolean, int_at_least, number, one_of, positive
 from surnn.errors import ConfigError
 from surnn.utils import optim_hint
 
@@ -115,16 +116,20 @@ class _Heaviside(torch.autograd.Function):
 
 
 def _check_surrogate(surrogate: str, width: float) -> None:
-    if surrogate not in SURROGATES:
-        raise ConfigError(f"gate surrogate={surrogate!r}: expected one of {', '.join(SURROGATES)}")
-    if not width > 0:
-        raise ConfigError(f"gate width={width}: expected a positive surrogate width")
+    one_of(*SURROGATES).check("surrogate", surrogate)
+    positive().check("width", width)
 
 
 def heaviside(a: torch.Tensor, surrogate: str = "triangle", width: float = 1.0) -> torch.Tensor:
     """Hard step forward, surrogate gradient backward."""
     _check_surrogate(surrogate, width)
     return _Heaviside.apply(a, surrogate, float(width))
+
+
+#: the open fraction of a neuron at initialisation (``init_rate`` of rhythm and content)
+OPEN_FRACTION = between(0, 1, lo_open=True)
+#: a gate's own learning rate (a trainer hint; null: the optimizer's)
+GATE_LR = positive(optional=True)
 
 
 class Gate(nn.Module):
@@ -209,7 +214,7 @@ class BinaryGate(Gate):
 
     def __init__(self, hidden_size: int, surrogate: str = "triangle", width: float = 1.0):
         super().__init__(hidden_size)
-        _check_surrogate(surrogate, float(width))
+        _check_surrogate(surrogate, width)
         self.surrogate, self.width = surrogate, float(width)
 
     def preactivation(self, T: int, x, device, t0=0) -> torch.Tensor:  # pragma: no cover
@@ -217,7 +222,7 @@ class BinaryGate(Gate):
 
     def gate(self, T, x, device, dtype, t0=0):
         a = self.preactivation(T, x, device, t0=t0)
-        g = heaviside(a, self.surrogate, self.width)
+        g = _Heaviside.apply(a, self.surrogate, self.width)  # checked by the constructor
         open_ = a > 0
         if torch.is_grad_enabled() and a.requires_grad:
             if self.surrogate == "ste":
@@ -286,39 +291,43 @@ class RhythmGate(BinaryGate):
         params: Any = None,
     ):
         super().__init__(hidden_size, surrogate, width)
-        if int(group_size) != group_size or group_size < 1 or hidden_size % int(group_size):
-            raise ConfigError(
-                f"gate group_size={group_size}: expected a positive integer dividing the "
-                f"hidden size {hidden_size} (neurons per shared rhythm; 1 = per neuron)"
+        if not (int_at_least(1).ok(group_size) and hidden_size % group_size == 0):
+            raise ConfigError.option(
+                "group_size",
+                group_size,
+                f"expected a positive integer dividing the hidden size {hidden_size} (neurons "
+                "per shared rhythm; 1 = per neuron)",
             )
-        self.group_size = int(group_size)
+        self.group_size = group_size
         n_rhythms = hidden_size // self.group_size
-        if init not in RHYTHM_INITS:
-            raise ConfigError(f"gate init={init!r}: expected one of {', '.join(RHYTHM_INITS)}")
-        if not 0.0 < init_rate <= 1.0:
-            raise ConfigError(f"gate init_rate={init_rate}: expected a value in (0, 1]")
-        if not 0.0 < rate_min <= rate_max < 1.0:
-            raise ConfigError(
-                f"gate rate_min={rate_min}, rate_max={rate_max}: expected "
-                "0 < rate_min <= rate_max < 1 (each neuron's open fraction at initialisation)"
+        int_at_least(1).check("n_freqs", n_freqs)
+        one_of(*RHYTHM_INITS).check("init", init)
+        OPEN_FRACTION.check("init_rate", init_rate)
+        between(0, 1, lo_open=True, hi_open=True).check("rate_min", rate_min)
+        between(0, 1, lo_open=True, hi_open=True).check("rate_max", rate_max)
+        if rate_min > rate_max:
+            raise ConfigError.option(
+                "rate_min",
+                rate_min,
+                f"expected at most rate_max={rate_max} (each neuron's open fraction at "
+                "initialisation is drawn between them)",
             )
-        if not edge_slope > 0:
-            raise ConfigError(f"gate edge_slope={edge_slope}: expected a positive value")
-        if n_freqs < 1:
-            raise ConfigError(f"gate n_freqs={n_freqs}: expected at least 1")
-        bad_len = isinstance(seq_len, bool) or int(seq_len or 1) != (seq_len or 1)
-        if seq_len is not None and (bad_len or seq_len < 1):
-            raise ConfigError(f"gate seq_len={seq_len}: expected a positive integer or null")
-        if not period_scale > 0:
-            raise ConfigError(f"gate period_scale={period_scale}: expected a positive value")
+        positive().check("edge_slope", edge_slope)
+        number().check("amplitude", amplitude)
+        int_at_least(1, optional=True).check("seq_len", seq_len)
+        positive().check("period_scale", period_scale)
+        positive().check("period_min", period_min)
+        positive(optional=True).check("period_max", period_max)
         if period_max is None:
             period_max = period_scale * seq_len if seq_len else DEFAULT_PERIOD_MAX
             period_max = max(period_max, period_min)
-        if not 0 < period_min <= period_max:
-            raise ConfigError(
-                f"gate period_min={period_min}, period_max={period_max}: expected "
-                "0 < period_min <= period_max (periods in steps)"
+        if period_min > period_max:
+            raise ConfigError.option(
+                "period_min", period_min, f"expected at most period_max={period_max} (steps)"
             )
+        boolean().check("learn_freqs", learn_freqs)
+        boolean().check("frozen", frozen)
+        GATE_LR.check("lr", lr)
         self.n_freqs, self.init = n_freqs, init
         periods = torch.logspace(math.log10(period_min), math.log10(period_max), n_freqs)
         omega = 2 * math.pi / periods
@@ -481,9 +490,7 @@ class SoftGate(RhythmGate):
 
     def __init__(self, hidden_size: int, temperature: float = 1.0, **rhythm: Any):
         super().__init__(hidden_size, **rhythm)
-        if not temperature > 0:
-            raise ConfigError(f"gate temperature={temperature}: expected a positive value")
-        self.temperature = float(temperature)
+        self.temperature = float(positive().check("temperature", temperature))
 
     def open_fraction(self, a):
         return torch.sigmoid(a / self.temperature)
@@ -506,9 +513,8 @@ class IntervalGate(Gate):
 
     def __init__(self, hidden_size: int, period: int = 3, stagger: bool = True):
         super().__init__(hidden_size)
-        if int(period) < 1:
-            raise ConfigError(f"gate period={period}: expected an integer >= 1 (steps)")
-        self.period = int(period)
+        self.period = int_at_least(1).check("period", period)
+        boolean().check("stagger", stagger)
         off = torch.arange(hidden_size) * self.period // max(hidden_size, 1) if stagger else None
         self.register_buffer("offset", off if off is not None else torch.zeros(hidden_size).long())
 
@@ -545,8 +551,8 @@ class ContentGate(BinaryGate):
         lr: float | None = None,
     ):
         super().__init__(hidden_size, surrogate, width)
-        if not 0.0 < init_rate <= 1.0:
-            raise ConfigError(f"gate init_rate={init_rate}: expected a value in (0, 1]")
+        OPEN_FRACTION.check("init_rate", init_rate)
+        GATE_LR.check("lr", lr)
         self.proj = nn.Linear(input_size, hidden_size)
         nn.init.normal_(self.proj.weight, std=1.0 / math.sqrt(input_size))
         q = torch.special.ndtri(torch.tensor(min(init_rate, 1 - 1e-6))).item()
@@ -577,7 +583,7 @@ class InputThresholdGate(Gate):
                 f"= hidden size (got {input_size} and {hidden_size}); set the hidden size to "
                 "the input size (in the harness: model.options.hidden_size=null)"
             )
-        self.threshold = float(threshold)
+        self.threshold = float(number().check("threshold", threshold))
 
     def gate(self, T, x, device, dtype, t0=0):
         if x is None:
@@ -626,9 +632,7 @@ def build_gate(hidden_size: int, input_size: int, options: dict[str, Any] | None
     """A gate from its config dict: ``kind`` plus options of that kind. An option set to
     None takes the kind's default; an option the kind does not take is an error."""
     opts = {k: v for k, v in dict(options or {}).items() if v is not None}
-    kind = opts.pop("kind", "rhythm")
-    if kind not in GATES:
-        raise ConfigError(f"gate kind={kind!r}: expected one of {', '.join(GATES)}")
+    kind = one_of(*GATES).check("kind", opts.pop("kind", "rhythm"))
     valid = gate_options(kind)
     foreign = sorted(set(opts) - set(valid))
     if foreign:

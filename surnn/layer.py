@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from surnn.checks import at_least, between, one_of
 from surnn.errors import ConfigError
 from surnn.gates import build_gate, forced_open
 from surnn.ops import IMPLS, resolve_impl, su_gru, update_rates
@@ -69,8 +70,7 @@ class SelectiveUpdateGRU(nn.Module):
                 "SelectiveUpdateGRU bidirectional=True: the layer is causal (as in the paper); "
                 "use bidirectional=False"
             )
-        if impl not in IMPLS:
-            raise ConfigError(f"surnn impl={impl!r}: expected one of {', '.join(IMPLS)}")
+        one_of(*IMPLS).check("impl", impl)
         if not torch.cuda.is_available():  # load (or build once) the CPU kernel impl runs
             resolve_impl(impl, torch.device("cpu"))  # now, not in a (timed) first forward
         self.input_size, self.hidden_size = input_size, hidden_size
@@ -78,14 +78,17 @@ class SelectiveUpdateGRU(nn.Module):
         self.dropout, self.impl = float(dropout), impl
         gate = dict(gate or {})
         self.target_rate = gate.pop("target_rate", None)
-        self.rate_penalty = float(gate.pop("rate_penalty", 0.0) or 0.0)
+        between(0, 1, optional=True).check("gate.target_rate", self.target_rate)
+        rate_penalty = gate.pop("rate_penalty", None)
+        self.rate_penalty = float(
+            at_least(0, optional=True).check("gate.rate_penalty", rate_penalty) or 0
+        )
         self.rate_control = gate.pop("rate_control", None) or "bias"
-        if self.target_rate is not None and not 0.0 <= float(self.target_rate) <= 1.0:
-            raise ConfigError(f"gate target_rate={self.target_rate}: expected a value in [0, 1]")
         if self.rate_control not in ("bias", "none"):
-            raise ConfigError(
-                f"gate rate_control={self.rate_control!r}: expected bias (steer each layer's "
-                "rate to target_rate) or none"
+            raise ConfigError.option(
+                "gate.rate_control",
+                self.rate_control,
+                "expected bias (steer each layer's rate to target_rate) or none",
             )
         H = hidden_size
         for k in range(num_layers):
@@ -95,9 +98,12 @@ class SelectiveUpdateGRU(nn.Module):
             if bias:
                 self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(3 * H)))
                 self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(3 * H)))
-        self.gates = nn.ModuleList(
-            build_gate(H, input_size if k == 0 else H, gate) for k in range(num_layers)
-        )
+        try:
+            self.gates = nn.ModuleList(
+                build_gate(H, input_size if k == 0 else H, gate) for k in range(num_layers)
+            )
+        except ConfigError as e:  # the gate names its option; here it sits under gate.
+            raise e.within("gate.") from None
         self.controlled = self.target_rate is not None and self.rate_control == "bias"
         if self.controlled:
             for g in self.gates:

@@ -80,14 +80,16 @@ class Hybrid:
 
 
 def layer_plan(
-    mixer: str, mixer_options: dict[str, Any], n_layers: int
-) -> list[tuple[str, dict[str, Any]]]:
-    """(mixer kind, its options) per layer. One kind: n_layers times the same. ``hybrid``:
-    ``options.layers`` (a list of kinds) repeated to fill n_layers, rounded up to whole
-    repeats (``trainer=smoke``'s one layer gives one of each kind), each kind with the
-    options under ``options.<kind>``."""
+    mixer: str, mixer_options: dict[str, Any], n_layers: int, idle: bool = False
+) -> list[tuple[str, dict[str, Any], str]]:
+    """(mixer kind, its options, where they sit in the config) per layer. One kind:
+    n_layers times the same, from ``model.options``. ``hybrid``: ``options.layers`` (a list
+    of kinds) repeated to fill n_layers, rounded up to whole repeats (``trainer=smoke``'s
+    one layer gives one of each kind), each kind with the options under
+    ``model.options.<kind>``. ``idle``: instead, the hybrid's option blocks of kinds not in
+    its layers (unused; ``check_config`` builds them once to check their options)."""
     if MIXERS.canonical(mixer) != HYBRID:
-        return [(mixer, dict(mixer_options))] * n_layers
+        return [] if idle else [(mixer, dict(mixer_options), "model.options.")] * n_layers
     opts = dict(mixer_options)
     kinds = opts.pop("layers", None)
     if not kinds or isinstance(kinds, str):
@@ -99,6 +101,17 @@ def layer_plan(
     if HYBRID in kinds:
         raise ConfigError("model.options.layers: a hybrid cannot contain hybrid; list mixers")
     repeats = -(-n_layers // len(kinds))
+    alias = {MIXERS.canonical(k): k for k in opts if k in MIXERS.names(aliases=True)}
+    foreign = sorted(k for k in opts if k not in MIXERS.names(aliases=True))
+    if foreign:
+        raise ConfigError(
+            f"model=hybrid: unknown option {', '.join(foreign)}; model.options takes `layers` "
+            f"and one options block per mixer kind ({', '.join(MIXERS.names())})"
+        )
+    per_kind = {c: dict(opts[a] or {}) for c, a in alias.items()}
+    where = {k: f"model.options.{alias.get(k, k)}." for k in per_kind.keys() | set(kinds)}
+    if idle:  # the option blocks of kinds the stack does not use
+        return [(k, o, where[k]) for k, o in per_kind.items() if k not in kinds]
     if n_layers % len(kinds):
         log.warning(
             "model=hybrid: model.n_layers=%d is not a multiple of the %d kinds in "
@@ -109,28 +122,22 @@ def layer_plan(
             repeats * len(kinds),
             repeats,
         )
-    alias = {MIXERS.canonical(k): k for k in opts if k in MIXERS.names(aliases=True)}
-    foreign = sorted(k for k in opts if k not in MIXERS.names(aliases=True))
-    if foreign:
-        raise ConfigError(
-            f"model=hybrid: unknown option {', '.join(foreign)}; model.options takes `layers` "
-            f"and one options block per mixer kind ({', '.join(MIXERS.names())})"
-        )
-    per_kind = {c: dict(opts[a] or {}) for c, a in alias.items()}
-    return [(k, per_kind.get(k, {})) for k in kinds] * repeats
+    return [(k, per_kind.get(k, {}), where[k]) for k in kinds] * repeats
 
 
-def _build_mixer(kind: str, options: dict[str, Any], d_model: int, max_len: int, causal):
+def build_mixer(kind: str, options: dict[str, Any], where: str, d_model: int, max_len: int, causal):
+    """The mixer, built from its options (the mixer checks them; a bad one is named by its
+    path in the config, ``where``)."""
     cls = MIXERS.get(kind)
     params = inspect.signature(cls).parameters
     if "max_len" in params:
         options = {"max_len": max_len, **options}
-    if causal and "causal" in params and options.get("causal") in (None, "auto"):
+    if causal and "causal" in params and options.get("causal") is None:
         options = {**options, "causal": True}
-    elif "causal" in params and options.get("causal") == "auto":
-        options = {**options, "causal": False}
     try:
         return cls(d_model, **options)
+    except ConfigError as e:
+        raise e.within(where) from None
     except TypeError as e:
         raise ConfigError(
             f"model={kind}: bad mixer option ({e}); see configs/model/{kind}.yaml "
@@ -175,10 +182,10 @@ class Encoder(nn.Module):
         else:
             self.embed = nn.Linear(input_dim, d_model)
         plan = layer_plan(mixer, mixer_options, n_layers)
-        self.kinds = [MIXERS.canonical(k) for k, _ in plan]
+        self.kinds = [MIXERS.canonical(k) for k, _, _ in plan]
         blocks = [
-            Block(_build_mixer(k, o, d_model, max_len, causal), d_model, ffn_mult, dropout)
-            for k, o in plan
+            Block(build_mixer(k, o, w, d_model, max_len, causal), d_model, ffn_mult, dropout)
+            for k, o, w in plan
         ]
         if causal:
             for i, (blk, kind) in enumerate(zip(blocks, self.kinds)):

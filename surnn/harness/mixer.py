@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from surnn.checks import int_at_least
 from surnn.errors import ConfigError
 from surnn.gates import GATES, gate_options, hold_stats
 from surnn.layer import SelectiveUpdateGRU
@@ -75,7 +76,7 @@ class SuRNNMixer(Mixer):
         max_len: int | None = None,
     ):
         super().__init__(d_model)
-        H = hidden_size or d_model
+        H = int_at_least(1, optional=True).check("hidden_size", hidden_size) or d_model
         gate = dict(gate or {})
         kind = gate.get("kind") or "rhythm"
         if max_len and gate.get("seq_len") is None and "seq_len" in gate_options_of(kind):

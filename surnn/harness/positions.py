@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from surnn.checks import one_of
 from surnn.errors import ConfigError
 
 KINDS = ("none", "sinusoidal", "learned")
@@ -31,13 +32,11 @@ class Positions(nn.Module):
 
     def __init__(self, kind: str, d_model: int, max_len: int | None, option: str):
         super().__init__()
-        if kind not in KINDS:
-            raise ConfigError(f"{option}={kind!r}: expected one of {', '.join(KINDS)}")
-        self.kind, self.option = kind, option
+        self.kind, self.option = one_of(*KINDS).check(option, kind), option
         if kind == "learned":
             if not max_len:
-                raise ConfigError(
-                    f"{option}=learned needs the task's max_len; use {option}=sinusoidal"
+                raise ConfigError.option(
+                    option, kind, f"needs the task's max_len; use {option}=sinusoidal"
                 )
             self.table = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
 

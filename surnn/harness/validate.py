@@ -21,16 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from surnn.checks import (
     Rule,
-    at_least,
     between,
     boolean,
     int_at_least,
     is_int,
-    number,
-    positive,
 )
 from surnn.errors import ConfigError, HarnessError, show
-from surnn.harness.backbone import Model
+from surnn.harness.backbone import Model, build_mixer, layer_plan
 from surnn.harness.config import BackboneConfig, OptimConfig, TrainerConfig, checked
 from surnn.harness.registry import TASKS
 
@@ -120,9 +117,13 @@ def _sized(task):
     return probe
 
 
-def build_model(task, mcfg: BackboneConfig) -> Model:
-    """The model (backbone + mixer); a mixer option the layer rejects is a ConfigError."""
+def build_model(task, mcfg: BackboneConfig, idle: bool = False) -> Model:
+    """The model (backbone + mixer); a mixer option the layer rejects is a ConfigError.
+    ``idle``: also build the mixers of a hybrid's unused option blocks, so that their
+    options are checked too (a layer added to ``model.options.layers`` later uses them)."""
     try:
+        for kind, options, where in layer_plan(mcfg.name, mcfg.options, mcfg.n_layers, idle):
+            build_mixer(kind, options, where, mcfg.d_model, task.max_len, causal=False)
         return Model(
             task,
             mixer=mcfg.name,
@@ -154,37 +155,6 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-# Mixer options checked by name before the layer sees them (the layers check the rest):
-# sizes and counts are positive integers, dropouts probabilities, learning rates positive.
-_OPTION_RULES: dict[str, Rule] = {
-    "hidden_size": int_at_least(1, optional=True),
-    "n_heads": int_at_least(1),
-    "qkv_dim": int_at_least(1, optional=True),
-    "d_state": int_at_least(2),
-    "n_freqs": int_at_least(1, optional=True),
-    "group_size": int_at_least(1, optional=True),
-    "period": int_at_least(1, optional=True),
-    "dropout": between(0.0, 1.0, hi_open=True),
-    "attn_dropout": between(0.0, 1.0, hi_open=True),
-    "lr": positive(optional=True),
-    "lr_A": positive(optional=True),
-    "lr_dt": positive(optional=True),
-    "dt_min": positive(),
-    "dt_max": positive(),
-    "period_min": positive(optional=True),
-    "period_max": positive(optional=True),
-    "width": positive(optional=True),
-    "temperature": positive(optional=True),
-    "amplitude": number(optional=True),
-    "init_rate": between(0, 1, lo_open=True, optional=True),
-    "target_rate": between(0, 1, optional=True),
-    "rate_penalty": at_least(0, optional=True),
-    "bidirectional": boolean(),
-    "causal": boolean(optional=True),
-    "learn_freqs": boolean(optional=True),
-}
 
 
 # Task options checked by name (each task's constructor checks its own choices: input,
@@ -222,13 +192,6 @@ def check_task_options(cfg: DictConfig) -> None:
             rule.check(f"task.options.{key}", v)
 
 
-def check_model_options(mcfg: BackboneConfig) -> None:
-    for key, v in _flat(mcfg.options).items():
-        rule = _OPTION_RULES.get(key.rsplit(".", 1)[-1])
-        if rule:
-            rule.check(f"model.options.{key}", v)
-
-
 # ---------------------------------------------------------------------------- the check
 
 
@@ -255,7 +218,6 @@ def check_config(cfg: DictConfig, world: int = 1, model: bool = True) -> Checked
     mcfg: BackboneConfig = checked(BackboneConfig, cfg.model, "model")
     if world > 1:  # the schema checked one rank; the ranks are known now
         tcfg.check_world(world)
-    check_model_options(mcfg)
 
     lcfg = cfg.get("logger")
     if lcfg is not None:
@@ -286,5 +248,5 @@ def check_config(cfg: DictConfig, world: int = 1, model: bool = True) -> Checked
         import torch
 
         with torch.random.fork_rng(devices=[]):
-            build_model(_sized(task), mcfg)
+            build_model(_sized(task), mcfg, idle=True)
     return Checked(tcfg, ocfg, mcfg, task, run_dir)

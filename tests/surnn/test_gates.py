@@ -315,7 +315,7 @@ def test_the_bank_scales_with_the_sequence_length():
         build_gate(4, 4, {"kind": "rhythm", "seq_len": 0})
     with pytest.raises(ConfigError, match="init='chrono'.*uniform, timescale, clockwork"):
         build_gate(4, 4, {"kind": "rhythm", "init": "chrono"})
-    with pytest.raises(ConfigError, match="rate_min=0.5, rate_max=0.1"):
+    with pytest.raises(ConfigError, match="rate_min=0.5: expected at most rate_max=0.1"):
         build_gate(4, 4, {"kind": "rhythm", "init": "clockwork", "rate_min": 0.5, "rate_max": 0.1})
 
 
