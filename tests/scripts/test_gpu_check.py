@@ -16,19 +16,25 @@ from tests.fixtures import load_script
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="needs make setup")
-def test_gpu_check_dry_run_runs_every_step_and_writes_one_json(tmp_path):
-    out = tmp_path / "check.json"
-    env = {**os.environ, "GPU_CHECK_OUT": str(out)}
+def gpu_check(tmp_path: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """scripts/gpu_check.sh run in ``tmp_path``, its JSON to tmp_path/check.json, without
+    the Triton interpreter flag of this process."""
+    env = {**os.environ, "GPU_CHECK_OUT": str(tmp_path / "check.json")}
     env.pop("TRITON_INTERPRET", None)
-    p = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run"],
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="needs make setup")
+def test_gpu_check_dry_run_runs_every_step_and_writes_one_json(tmp_path):
+    out = tmp_path / "check.json"
+    p = gpu_check(tmp_path, "--dry-run", timeout=600)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     r = json.loads(out.read_text())
     assert r["kind"] == "gpu_check" and r["dry_run"]
@@ -58,15 +64,7 @@ def test_gpu_check_without_a_gpu_stops_with_one_line(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present")
-    env = {**os.environ, "GPU_CHECK_OUT": str(tmp_path / "check.json")}
-    p = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "gpu_check.sh")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    p = gpu_check(tmp_path, timeout=120)
     assert p.returncode == 2, (p.stdout + p.stderr)[-2000:]
     assert p.stdout == "" and p.stderr.strip().splitlines() == [
         "gpu_check.sh needs a CUDA GPU (torch.cuda.is_available() is False); "
