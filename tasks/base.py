@@ -85,12 +85,3 @@ def check_no_unknown(task: str, unknown: dict[str, Any], valid: str) -> None:
             f"task={task}: unknown options {sorted(unknown)}; valid: {valid} "
             f"(configs/task/{task}.yaml)"
         )
-
-
-def check_max_len(value: Any, task: str, option: str = "max_len") -> int:
-    """A positive integer length option, else a ConfigError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(
-            f"task={task}: task.options.{option}={value!r}; expected a positive integer"
-        )
-    return value

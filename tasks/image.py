@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from surnn.checks import boolean, int_at_least
 from surnn.errors import ConfigError, DataError
 from tasks.base import Splits, Task, check_no_unknown
 from tasks.cache import file_signature, load_or_build
@@ -65,9 +66,10 @@ class PixelDataset(Dataset):
 def set_input(task: Task, input: str) -> None:
     """Set input_kind / vocab_size / input_dim for a pixel encoding."""
     if input not in INPUTS:
-        raise ConfigError(
-            f"task={task.name}: input={input!r}; expected tokens (256 levels, vocab 257) or "
-            "values (normalised scalar, input_dim 1)"
+        raise ConfigError.option(
+            "input",
+            input,
+            "expected tokens (256 levels, vocab 257) or values (normalised scalar, input_dim 1)",
         )
     task.input = input
     if input == "tokens":
@@ -199,10 +201,9 @@ class Image(Task):
         check_no_unknown(self.name, options, valid)
         super().__init__(data_dir, input=input, val_size=val_size, split_seed=split_seed, **extra)
         set_input(self, input)
-        if not isinstance(val_size, int) or isinstance(val_size, bool) or val_size < 1:
-            raise ConfigError(
-                f"task={self.name}: task.options.val_size={val_size!r}: expected a positive integer"
-            )
+        int_at_least(1).check("val_size", val_size)
+        int_at_least(0).check("split_seed", split_seed)
+        boolean().check("hub", hub)
         self.val_size, self.split_seed, self.hub = val_size, split_seed, hub
         self.source: str | None = None
         self.info: dict[str, Any] = {}

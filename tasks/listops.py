@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from surnn.checks import boolean, int_at_least
 from surnn.errors import ConfigError, DataError
 from tasks.base import Splits, Task, check_no_unknown
 from tasks.cache import build_command, cache_key, load_or_build, writing
@@ -187,28 +188,30 @@ class ListOps(Task):
     ):
         super().__init__(data_dir, max_len=max_len, append_eos=append_eos, generate=generate)
         check_no_unknown("listops", unknown, "max_len, append_eos, generate")
-        if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 2:
-            raise ConfigError(f"task listops: max_len={max_len!r}: expected an integer >= 2")
-        self.max_len = max_len
-        self.append_eos = bool(append_eos)
+        self.max_len = int_at_least(2).check("max_len", max_len)
+        self.append_eos = boolean().check("append_eos", append_eos)
         self.workers: int | None = None
         self.spec: gen.ListOpsSpec | None = None
         if generate is not None:
             g = dict(generate)
-            self.workers = g.pop("workers", None)
+            self.workers = int_at_least(1, optional=True).check(
+                "generate.workers", g.pop("workers", None)
+            )
             bad = sorted(set(g) - set(_SPEC_KEYS))
             if bad:
                 raise ConfigError(
                     f"task listops: unknown generate option(s) {', '.join(bad)}; valid are "
                     f"{', '.join((*_SPEC_KEYS, 'workers'))}"
                 )
-            self.spec = gen.ListOpsSpec(**{k: v for k, v in g.items() if v is not None})
+            self.spec = gen.ListOpsSpec(**g)
             self.spec.validate()
             for split, n in self.spec.sizes.items():
                 if n < 1:
-                    raise ConfigError(
-                        f"task.options.generate.n_{split}={n}: expected an integer >= 1 (an "
-                        f"empty {split} split cannot train or evaluate)"
+                    raise ConfigError.option(
+                        f"generate.n_{split}",
+                        n,
+                        f"expected an integer >= 1 (an empty {split} split cannot train or "
+                        "evaluate)",
                     )
         self._info: dict[str, Any] = {}
 

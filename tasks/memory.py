@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from surnn.checks import int_at_least, is_int, one_of
 from surnn.errors import ConfigError
 from tasks.base import IGNORE_INDEX, Splits, Task
 
@@ -49,16 +50,9 @@ SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 ENDLESS = 2**40  # the length of an endless training split (never reached)
 
 
-def _positive(task: str, **values: Any) -> None:
+def _positive(**values: Any) -> None:
     for k, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"task={task}: task.options.{k}={v!r}; expected a positive integer")
-
-
-def _split_sizes(task: str, n_train, n_val, n_test) -> None:
-    if n_train is not None:
-        _positive(task, n_train=n_train)
-    _positive(task, n_val=n_val, n_test=n_test)
+        int_at_least(1).check(k, v)
 
 
 class Generated(Dataset):
@@ -97,9 +91,9 @@ class _Generated(Task):
 
     def __init__(self, data_dir, seed: int = 0, n_train=None, n_val=1000, n_test=1000):
         super().__init__(data_dir)
-        _split_sizes(self.name, n_train, n_val, n_test)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"task={self.name}: task.options.seed={seed!r}; expected an integer")
+        int_at_least(1, optional=True).check("n_train", n_train)  # null: fresh every step
+        _positive(n_val=n_val, n_test=n_test)
+        int_at_least(0).check("seed", seed)
         self.seed, self.n_train, self.n_val, self.n_test = seed, n_train, n_val, n_test
 
     collate = staticmethod(collate_tokens)
@@ -141,11 +135,13 @@ class SelectiveCopy(_Generated):
 
     def __init__(self, data_dir, length=4096, n_tokens=16, vocab=14, **kw):
         super().__init__(data_dir, **kw)
-        _positive(self.name, length=length, n_tokens=n_tokens, vocab=vocab)
+        _positive(length=length, n_tokens=n_tokens, vocab=vocab)
         if n_tokens > length:
-            raise ConfigError(
-                f"task=selective_copy: n_tokens={n_tokens} symbols cannot fit among "
-                f"length={length} positions; use n_tokens <= length"
+            raise ConfigError.option(
+                "n_tokens",
+                n_tokens,
+                f"that many symbols cannot fit among length={length} positions; use "
+                "n_tokens <= length",
             )
         self.length, self.n_tokens, self.vocab = length, n_tokens, vocab
         self.n_classes = vocab
@@ -177,15 +173,16 @@ class CopyMemory(_Generated):
 
     def __init__(self, data_dir, delay=1000, n_copy=10, vocab=8, score="recall", offset=0, **kw):
         super().__init__(data_dir, **kw)
-        _positive(self.name, delay=delay, n_copy=n_copy, vocab=vocab)
+        _positive(delay=delay, n_copy=n_copy, vocab=vocab)
         if delay > MAX_DELAY:
-            raise ConfigError(f"task=copy_memory: delay={delay}; at most {MAX_DELAY}")
-        if score not in ("recall", "all"):
-            raise ConfigError(f"task=copy_memory: score={score!r}; expected recall or all")
-        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= delay:
-            raise ConfigError(
-                f"task=copy_memory: task.options.offset={offset!r}; expected an integer in "
-                f"[0, delay={delay}] (the symbols start at a random step below it; 0: at step 0)"
+            raise ConfigError.option("delay", delay, f"expected at most {MAX_DELAY}")
+        one_of("recall", "all").check("score", score)
+        if not (is_int(offset) and 0 <= offset <= delay):
+            raise ConfigError.option(
+                "offset",
+                offset,
+                f"expected an integer in [0, delay={delay}] (the symbols start at a random "
+                "step below it; 0: at step 0)",
             )
         self.delay, self.n_copy, self.vocab, self.score = delay, n_copy, vocab, score
         self.offset = offset
@@ -235,9 +232,10 @@ class Adding(_Generated):
 
     def __init__(self, data_dir, length=1000, marker_halves=True, **kw):
         super().__init__(data_dir, **kw)
-        _positive(self.name, length=length)
-        if length < 2:
-            raise ConfigError("task=adding: length must be at least 2 (two marked values)")
+        if not (is_int(length) and length >= 2):
+            raise ConfigError.option(
+                "length", length, "expected an integer of at least 2 (two marked values)"
+            )
         self.length, self.marker_halves = length, bool(marker_halves)
         self.max_len = length
 

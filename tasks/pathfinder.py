@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from surnn.checks import boolean, int_at_least, one_of
 from surnn.errors import ConfigError, DataError
 from tasks.base import Splits, Task, check_no_unknown
 from tasks.cache import file_signature, files_digest, load_or_build, writing
@@ -164,16 +165,17 @@ class Pathfinder(Task):
         valid = "resolution, difficulty, input, split_seed, generate, skip_unreadable, workers"
         check_no_unknown(self.name, options, valid)
         super().__init__(data_dir, resolution=resolution, difficulty=difficulty, input=input)
-        if resolution not in (32, 64, 128, 256):
-            raise ConfigError(
-                f"task.options.resolution={resolution!r}: expected 32, 64, 128 or 256"
-            )
+        one_of(32, 64, 128, 256).check("resolution", resolution)
         if difficulty not in gen.DIFFICULTIES:
-            raise ConfigError(
-                f"task.options.difficulty={difficulty!r}: expected easy (contour length 6), "
-                "medium (9) or hard (14)"
+            raise ConfigError.option(
+                "difficulty",
+                difficulty,
+                "expected easy (contour length 6), medium (9) or hard (14)",
             )
         set_input(self, input)
+        int_at_least(0).check("split_seed", split_seed)
+        boolean().check("skip_unreadable", skip_unreadable)
+        int_at_least(1, optional=True).check("workers", workers)
         self.resolution, self.difficulty, self.split_seed = resolution, difficulty, split_seed
         self.max_len = resolution * resolution
         self.generate = self._generate_options(generate)
@@ -189,11 +191,14 @@ class Pathfinder(Task):
         opts = {"n": EXPECTED_IMAGES, "seed": 0, "workers": None}
         if g is True:
             return opts
-        if isinstance(g, dict) and set(g) <= set(opts):
-            return {**opts, **g}
-        raise ConfigError(
-            f"task.options.generate={g!r}: expected false, true or a dict of {sorted(opts)}"
-        )
+        if not (isinstance(g, dict) and set(g) <= set(opts)):
+            raise ConfigError.option(
+                "generate", g, f"expected false, true or a dict of {', '.join(opts)}"
+            )
+        int_at_least(1).check("generate.n", g.get("n", 1))
+        int_at_least(0).check("generate.seed", g.get("seed", 0))
+        int_at_least(1, optional=True).check("generate.workers", g.get("workers"))
+        return {**opts, **g}
 
     def _check_generated(self) -> None:
         """Generated arrays made with another n or seed than task.options.generate asks
@@ -410,8 +415,10 @@ class PathX(Pathfinder):
 
     def __init__(self, data_dir, resolution: int = 128, **options: Any):
         if resolution != 128:
-            raise ConfigError(
-                f"task=pathx: resolution={resolution}; Path-X is 128 px (use task=pathfinder "
-                "with task.options.resolution for other sizes)"
+            raise ConfigError.option(
+                "resolution",
+                resolution,
+                "Path-X is 128 px (use task=pathfinder with task.options.resolution for other "
+                "sizes)",
             )
         super().__init__(data_dir, resolution=128, **options)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from surnn.checks import int_at_least
 from surnn.errors import ConfigError, DataError
 from tasks.cache import file_signature
 from tasks.collate import make_collate
@@ -191,11 +192,7 @@ class PSMNIST(SMNIST):
 
     def __init__(self, data_dir, permutation_seed: int = 0, **options: Any):
         super().__init__(data_dir, permutation_seed=permutation_seed, **options)
-        if not isinstance(permutation_seed, int) or isinstance(permutation_seed, bool):
-            raise ConfigError(
-                f"task=psmnist: task.options.permutation_seed={permutation_seed!r}: expected "
-                "an integer"
-            )
+        int_at_least(0).check("permutation_seed", permutation_seed)
         self.permutation_seed = permutation_seed
         self.perm = permutation(permutation_seed)
 
@@ -222,9 +219,11 @@ class SCIFAR(Image):
 
     def __init__(self, data_dir, input: str = "values", **options: Any):
         if input != "values":
-            raise ConfigError(
-                f"task=scifar: input={input!r}; sequential CIFAR takes the 3 colour channels "
-                "as values (input_dim 3); for greyscale tokens use task=image"
+            raise ConfigError.option(
+                "input",
+                input,
+                "sequential CIFAR takes the 3 colour channels as values (input_dim 3); for "
+                "greyscale tokens use task=image",
             )
         super().__init__(data_dir, input="values", **options)
         self.input_dim = 3

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from surnn.checks import int_at_least
 from surnn.errors import DataError
-from tasks.base import Splits, Task, check_max_len, check_no_unknown
+from tasks.base import Splits, Task, check_no_unknown
 from tasks.cache import file_signature, load_or_build
 from tasks.collate import make_collate
 from tasks.datasets import Subset
@@ -82,8 +83,8 @@ class Retrieval(Task):
     def __init__(self, data_dir, max_len: int = 4000, doc_bytes: int = 10_000, **options: Any):
         check_no_unknown("retrieval", options, "max_len, doc_bytes")
         super().__init__(data_dir, max_len=max_len, doc_bytes=doc_bytes)
-        self.max_len = check_max_len(max_len, "retrieval")
-        self.doc_bytes = check_max_len(doc_bytes, "retrieval", "doc_bytes")
+        self.max_len = int_at_least(1).check("max_len", max_len)
+        self.doc_bytes = int_at_least(1).check("doc_bytes", doc_bytes)
         self.info: dict[str, Any] = {}
 
     def files(self) -> dict[str, Path]:

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from surnn.errors import ConfigError, DataError
-from tasks.base import Splits, Task, check_max_len, check_no_unknown
+from surnn.checks import between, boolean, int_at_least
+from surnn.errors import DataError
+from tasks.base import Splits, Task, check_no_unknown
 from tasks.cache import files_digest, load_or_build
 from tasks.collate import make_collate
 from tasks.datasets import Subset, seeded_split
@@ -124,9 +125,10 @@ class Text(Task):
     ):
         check_no_unknown("text", options, "max_len, val_fraction, split_seed, hub")
         super().__init__(data_dir, max_len=max_len, val_fraction=val_fraction)
-        self.max_len = check_max_len(max_len, "text")
-        if not 0.0 <= float(val_fraction) < 1.0:
-            raise ConfigError(f"task.options.val_fraction={val_fraction}: expected 0 <= f < 1")
+        self.max_len = int_at_least(1).check("max_len", max_len)
+        between(0, 1, hi_open=True).check("val_fraction", val_fraction)
+        int_at_least(0).check("split_seed", split_seed)
+        boolean().check("hub", hub)
         self.val_fraction, self.split_seed, self.hub = float(val_fraction), split_seed, hub
         self.source = None
         self.info: dict[str, Any] = {}

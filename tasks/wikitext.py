@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from surnn.checks import boolean, int_at_least
 from surnn.errors import ConfigError, DataError
-from tasks.base import Splits, Task, check_max_len
+from tasks.base import Splits, Task
 from tasks.cache import file_signature, load_or_build
 from tasks.hub import _offline_mode, hub_disk_dir, hub_reachable
 
@@ -111,12 +112,10 @@ class _WikiText(Task):
         hub: bool = True,
     ):
         super().__init__(data_dir)
-        self.max_len = check_max_len(max_len, self.name)
-        if carry_state not in (True, False, "auto"):
-            raise ConfigError(
-                f"task={self.name}: task.options.carry_state={carry_state!r}; expected "
-                "true, false or auto"
-            )
+        self.max_len = int_at_least(1).check("max_len", max_len)
+        if not (isinstance(carry_state, bool) or carry_state == "auto"):
+            raise ConfigError.option("carry_state", carry_state, "expected true, false or auto")
+        boolean().check("hub", hub)
         self.carry_state = carry_state
         cut = self.default_cutoffs if adaptive_cutoffs is None else adaptive_cutoffs
         self.cutoffs_option = [int(c) for c in cut]

@@ -50,12 +50,13 @@ class Prefix:
 
 
 def carry_state(task, model) -> bool:
-    """Carry the state across windows? ``task.carry_state``: true (every mixer must be
-    stateful), false, or auto (when every mixer is; else independent windows, warned)."""
+    """Carry the state across windows? ``task.carry_state`` (checked by the task): true
+    (every mixer must be stateful), false, or auto (when every mixer is; else independent
+    windows, warned)."""
     want = getattr(task, "carry_state", "auto")
     enc = getattr(model, "encoder", None)
     stateful = bool(enc is not None and enc.stateful)
-    if want in (True, "true"):
+    if want is True:
         if not stateful:
             kinds = sorted(set(getattr(model, "layer_kinds", []) or ["?"]))
             raise ConfigError(
@@ -64,10 +65,8 @@ def carry_state(task, model) -> bool:
                 "use carry_state=auto or false"
             )
         return True
-    if want in (False, "false"):
+    if want is False:
         return False
-    if want != "auto":
-        raise ConfigError(f"task.options.carry_state={want!r}: expected true, false or auto")
     if not stateful:
         log.warning(
             "task=%s: this model cannot carry its state across windows; every window of "

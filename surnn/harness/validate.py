@@ -20,10 +20,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from surnn.checks import (
-    Rule,
-    between,
-    boolean,
-    int_at_least,
     is_int,
 )
 from surnn.errors import ConfigError, HarnessError, show
@@ -93,12 +89,17 @@ def check_run_id(value: Any) -> str:
 
 
 def build_task(cfg: DictConfig):
-    """The task object from ``cfg.task`` (checks its options; reads no data)."""
+    """The task object from ``cfg.task``: its constructor checks its options (a bad one is
+    named by its key under ``task.options``); reads no data."""
     name = cfg.task.name
     cls = TASKS.get(name)
     options = OmegaConf.to_container(cfg.task.get("options", {}) or {}, resolve=True)
+    if not isinstance(options, dict):
+        raise ConfigError(f"task.options={show(options)}: expected a mapping of option: value")
     try:
         return cls(data_dir=cfg.data_dir, **options)
+    except ConfigError as e:  # the task names its option; here it sits under task.options.
+        raise e.within("task.options.") from None
     except TypeError as e:
         raise ConfigError(
             f"task={name}: bad task option ({e}); see configs/task/{name}.yaml for its options"
@@ -157,41 +158,6 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-# Task options checked by name (each task's constructor checks its own choices: input,
-# resolution, difficulty, generator bounds, unknown options).
-_TASK_OPTION_RULES: dict[str, Rule] = {
-    "max_len": int_at_least(1),
-    "doc_bytes": int_at_least(1),
-    "val_size": int_at_least(1),
-    "val_fraction": between(0.0, 1.0, hi_open=True),
-    "split_seed": int_at_least(0),
-    "permutation_seed": int_at_least(0),
-    "seed": int_at_least(0),
-    "n": int_at_least(1),
-    "n_train": int_at_least(1, optional=True),  # memory tasks: null = fresh examples per step
-    "n_val": int_at_least(1),
-    "n_test": int_at_least(1),
-    "min_length": int_at_least(0),
-    "max_length": int_at_least(1),
-    "max_depth": int_at_least(1),
-    "max_args": int_at_least(2),
-    "workers": int_at_least(1, optional=True),
-    "append_eos": boolean(),
-    "hub": boolean(),
-    "skip_unreadable": boolean(),
-}
-
-
-def check_task_options(cfg: DictConfig) -> None:
-    options = OmegaConf.to_container(cfg.task.get("options", {}) or {}, resolve=True)
-    if not isinstance(options, dict):
-        raise ConfigError(f"task.options={show(options)}: expected a mapping of option: value")
-    for key, v in _flat(options).items():
-        rule = _TASK_OPTION_RULES.get(key.rsplit(".", 1)[-1])
-        if rule:
-            rule.check(f"task.options.{key}", v)
-
-
 # ---------------------------------------------------------------------------- the check
 
 
@@ -242,7 +208,6 @@ def check_config(cfg: DictConfig, world: int = 1, model: bool = True) -> Checked
         raise ConfigError(f"run_id={run_id}: {run_dir} is a file, not a run folder")
     check_writable("output_dir", cfg.output_dir, run_dir)
 
-    check_task_options(cfg)
     task = build_task(cfg)
     if model:
         import torch

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from surnn.checks import int_at_least
 from surnn.errors import ConfigError, HarnessError
 from tasks.pool import ordered_map
 
@@ -65,23 +66,21 @@ class ListOpsSpec:
     max_args: int = 10
 
     def validate(self) -> None:
+        """Each setting, named as the task's option ``generate.<name>``."""
+        least = {"max_depth": 1, "max_args": 2}
         for name, value in asdict(self).items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError(f"listops generate.{name}={value!r}: expected an integer >= 0")
-        if self.max_depth < 1 or self.max_args < 2:
-            raise ConfigError(
-                f"listops generate: max_depth={self.max_depth} must be >= 1 and "
-                f"max_args={self.max_args} >= 2"
-            )
+            int_at_least(least.get(name, 0)).check(f"generate.{name}", value)
         longest = 1  # longest possible tree: full max_args-ary tree of depth max_depth
         for _ in range(self.max_depth - 1):
             longest = 2 + self.max_args * longest
         lo, hi = self.min_length, self.max_length
         if hi - lo < 2 or lo + 1 > longest:
-            raise ConfigError(
-                f"listops generate: no tree can satisfy {lo} < length < {hi} with "
-                f"max_depth={self.max_depth}, max_args={self.max_args} (longest possible "
-                f"{longest}); widen min_length/max_length or raise max_depth"
+            raise ConfigError.option(
+                "generate.min_length",
+                lo,
+                f"no tree can satisfy {lo} < length < {hi} with max_depth={self.max_depth}, "
+                f"max_args={self.max_args} (longest possible {longest}); widen "
+                "min_length/max_length or raise max_depth",
             )
 
     @property

@@ -138,5 +138,5 @@ def test_copy_memory_offset_moves_the_symbols_and_keeps_the_cue():
     plain = CopyMemory(".", delay=50, n_copy=4)
     assert plain.memory_windows == {"input": (0, 4), "hold": (4, 54)}
     assert "offset" not in plain.describe()["options"]  # as before the option existed
-    with pytest.raises(ConfigError, match=r"offset=60; expected an integer in \[0, delay=50\]"):
+    with pytest.raises(ConfigError, match=r"^offset=60: expected an integer in \[0, delay=50\]"):
         CopyMemory(".", delay=50, offset=60)

@@ -105,7 +105,7 @@ def test_scifar_colour_pixels_normalised_per_channel(tmp_path):
     assert torch.allclose(b["x"].mean((0, 1)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(b["x"].std((0, 1)), torch.ones(3), atol=1e-2)
     assert len(t.describe()["mean"]) == 3
-    with pytest.raises(ConfigError, match="task=scifar: input='tokens'.*task=image"):
+    with pytest.raises(ConfigError, match="^input='tokens': .*task=image"):
         SCIFAR(tmp_path, input="tokens")
     with pytest.raises(ConfigError, match=r"task=scifar: unknown options \['colour'\]"):
         SCIFAR(tmp_path, colour=True)
