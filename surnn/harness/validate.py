@@ -1,12 +1,13 @@
 """Every value of a composed config checked before anything runs.
 
-``check_config`` types the trainer, optimizer and backbone groups (their schemas in
-``surnn.harness.config``), checks each numeric key against its range and the relations
-between keys (``grad_accum`` divides ``batch_size``, ...), the paths (``data_dir``,
-``output_dir``, the run folder), the logger, and builds the task (its constructor checks
-the task options) and the model (the mixers check their options) without reading data.
-A bad value ends in one ConfigError line naming the key, the value and what is allowed;
-run.py calls it before Hydra makes the run folder, so nothing is left behind.
+``check_config`` makes the trainer, optimizer and backbone schemas (``surnn.harness.config``:
+each checks its keys' types, ranges and relations), checks what no schema holds (the seed,
+the logger, the device, the paths: ``data_dir``, ``output_dir``, the run folder) and builds
+the task and (with ``model``) the model on the CPU without reading data: their constructors
+check the task and mixer options, and ``build_task``/``build_model`` name a bad option by its
+full key (``task.options.max_len``, ``model.options.gate.init_rate``). A bad value ends in one
+ConfigError line naming the key, the value and what is allowed; run.py calls it before Hydra
+makes the run folder, so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from surnn.checks import (
-    is_int,
-)
+from surnn.checks import is_int
 from surnn.errors import ConfigError, HarnessError, show
 from surnn.harness.backbone import Model, build_mixer, layer_plan
 from surnn.harness.config import BackboneConfig, OptimConfig, TrainerConfig, checked

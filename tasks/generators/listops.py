@@ -76,8 +76,8 @@ class ListOpsSpec:
         lo, hi = self.min_length, self.max_length
         if hi - lo < 2 or lo + 1 > longest:
             raise ConfigError.option(
-                "generate.min_length",
-                lo,
+                "generate.max_length" if hi - lo < 2 else "generate.min_length",
+                hi if hi - lo < 2 else lo,
                 f"no tree can satisfy {lo} < length < {hi} with max_depth={self.max_depth}, "
                 f"max_args={self.max_args} (longest possible {longest}); widen "
                 "min_length/max_length or raise max_depth",

@@ -3,15 +3,19 @@ ConfigError line naming the key, the value and what is allowed."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from surnn.errors import ConfigError
+from surnn.errors import ConfigError, show
 from surnn.harness.cli import CONFIG_DIR, choices, precheck
 from surnn.harness.config import BackboneConfig, OptimConfig, TrainerConfig
 from surnn.harness.validate import check_config
+from tests.fixtures import run_py
 
 
 def cfg_of(*overrides: str, tmp_path=None):
@@ -141,27 +145,15 @@ def test_bad_backbone_value(key, value):
     rejects(f"model.{key}={value}", match=f"model.{key}=", model=False)
 
 
-@pytest.mark.parametrize(
+@pytest.mark.parametrize(  # choices and relations; ranges: test_a_bad_mixer_option_...
     ("model", "override", "match"),
     [
-        ("surnn", "model.options.hidden_size=-3", "model.options.hidden_size=-3"),
-        ("surnn", "model.options.gate.init_rate=0", "gate.init_rate=0"),
-        ("surnn", "model.options.gate.n_freqs=0", "gate.n_freqs=0"),
-        ("surnn", "model.options.gate.group_size=0", "gate.group_size=0"),
         ("surnn", "model.options.gate.kind=interval", None),  # valid: builds
-        ("surnn", "model.options.gate.target_rate=2", "gate.target_rate=2"),
-        ("surnn", "model.options.gate.kind=sometimes", "kind='sometimes'"),
-        ("surnn", "model.options.impl=fast", "impl='fast'"),
-        ("gru", "model.options.hidden_size=0", "model.options.hidden_size=0"),
-        ("lstm", "model.options.bidirectional=2", "model.options.bidirectional=2"),
-        ("s4d", "model.options.d_state=0", "model.options.d_state=0"),
-        ("s4d", "model.options.d_state=7", "d_state=7"),
-        ("s4d", "model.options.dt_min=0", "model.options.dt_min=0"),
-        ("s4d", "model.options.lr_A=-1", "model.options.lr_A=-1"),
-        ("s4d", "model.options.mode=fft", "mode='fft'"),
-        ("transformer", "model.options.n_heads=0", "model.options.n_heads=0"),
-        ("transformer", "model.options.n_heads=5", "n_heads"),  # does not divide d_model
-        ("transformer", "model.options.attn_dropout=1", "model.options.attn_dropout=1"),
+        ("surnn", "model.options.gate.kind=sometimes", "model.options.gate.kind='sometimes'"),
+        ("surnn", "model.options.impl=fast", "model.options.impl='fast'"),
+        ("s4d", "model.options.d_state=7", "model.options.d_state=7"),
+        ("s4d", "model.options.mode=fft", "model.options.mode='fft'"),
+        ("transformer", "model.options.n_heads=5", "model.options.n_heads=5"),  # divides d_model?
     ],
 )
 def test_bad_model_option(model, override, match):
@@ -174,31 +166,13 @@ def test_bad_model_option(model, override, match):
     assert match in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
-@pytest.mark.parametrize(
+@pytest.mark.parametrize(  # choices and types; ranges: test_a_bad_task_option_...
     ("task", "override", "match"),
     [
-        ("listops", "task.options.max_len=0", "max_len=0"),
-        ("listops", "task.options.append_eos=3", "append_eos=3"),
-        ("listops", "task.options.generate.n_train=0", "generate.n_train=0"),
-        ("listops", "task.options.generate.n_val=0", "generate.n_val=0"),
-        ("listops", "task.options.generate.max_depth=0", "generate.max_depth=0"),
-        ("listops", "task.options.generate.workers=-2", "generate.workers=-2"),
-        ("listops", "task.options.generate.seed=-1", "generate.seed=-1"),
-        ("text", "task.options.max_len=-5", "max_len=-5"),
-        ("text", "task.options.val_fraction=1.0", "val_fraction=1.0"),
-        ("text", "task.options.split_seed=-1", "split_seed=-1"),
-        ("text", "task.options.hub=yes_please", "hub="),
-        ("retrieval", "task.options.doc_bytes=0", "doc_bytes=0"),
-        ("image", "task.options.val_size=0", "val_size=0"),
-        ("image", "task.options.input=rgb", "input='rgb'"),
-        ("psmnist", "task.options.permutation_seed=-1", "permutation_seed=-1"),
-        ("smnist", "task.options.split_seed=1.5", "split_seed=1.5"),
-        ("scifar", "task.options.val_size=-1", "val_size=-1"),
-        ("pathfinder", "task.options.resolution=48", "resolution=48"),
-        ("pathfinder", "task.options.difficulty=extreme", "difficulty='extreme'"),
-        ("pathfinder", "task.options.generate.n=0", "generate.n=0"),
-        ("pathfinder", "task.options.workers=0", "workers=0"),
-        ("pathx", "task.options.skip_unreadable=3", "skip_unreadable=3"),
+        ("image", "task.options.input=rgb", "task.options.input='rgb'"),
+        ("smnist", "task.options.split_seed=1.5", "task.options.split_seed=1.5"),
+        ("pathfinder", "task.options.resolution=48", "task.options.resolution=48"),
+        ("pathfinder", "task.options.difficulty=extreme", "task.options.difficulty='extreme'"),
     ],
 )
 def test_bad_task_option(task, override, match):
@@ -253,3 +227,113 @@ def test_every_trainer_key_is_valid_under_every_preset(override):
         if preset == "_schema":
             continue
         check_config(cfg_of(f"trainer={preset}", override), model=False)
+
+
+# Every key the harness once checked by its name alone, anywhere under model.options or
+# task.options, with a bad value, for each mixer or task that takes it: the constructor
+# that owns the option rejects it, and the one line names its full path in the config.
+MODEL_KEYS = [  # (model and its overrides, key, bad value)
+    (["model=surnn"], "hidden_size", 0),
+    (["model=gru"], "hidden_size", 0),
+    (["model=lstm"], "hidden_size", -3),
+    (["model=transformer"], "n_heads", 0),
+    (["model=transformer"], "qkv_dim", 0),
+    (["model=s4d"], "d_state", 1),
+    (["model=surnn"], "gate.n_freqs", 0),
+    (["model=surnn"], "gate.group_size", 0),
+    (["model=surnn", "model.options.gate.kind=interval"], "gate.period", 0),
+    (["model=s4d"], "dropout", 1.0),
+    (["model=transformer"], "attn_dropout", 1.0),
+    (["model=surnn"], "gate.lr", 0),
+    (["model=surnn", "model.options.gate.kind=content"], "gate.lr", -1),
+    (["model=s4d"], "lr_A", 0),
+    (["model=s4d"], "lr_dt", -1),
+    (["model=s4d"], "dt_min", 0),
+    (["model=s4d"], "dt_max", 0),
+    (["model=surnn"], "gate.period_min", 0),
+    (["model=surnn"], "gate.period_max", -2),
+    (["model=surnn"], "gate.width", 0),
+    (["model=surnn", "model.options.gate.kind=soft"], "gate.temperature", 0),
+    (["model=surnn"], "gate.amplitude", "loud"),
+    (["model=surnn"], "gate.init_rate", 0),
+    (["model=surnn", "model.options.gate.kind=content"], "gate.init_rate", 1.5),
+    (["model=surnn"], "gate.target_rate", 1.5),
+    (["model=surnn"], "gate.rate_penalty", -1),
+    (["model=gru"], "bidirectional", 2),
+    (["model=lstm"], "bidirectional", "yes"),
+    (["model=s4d"], "bidirectional", 2),
+    (["model=transformer"], "causal", "auto"),
+    (["model=surnn"], "gate.learn_freqs", 2),
+    (["model=hybrid"], "s4d.dropout", 1.0),  # a hybrid's layer: under model.options.<kind>
+    (["model=hybrid"], "surnn.gate.init_rate", 2),
+    (["model=hybrid"], "transformer.n_heads", 0),  # a block no layer uses: still checked
+]
+GENERATED = ["selective_copy", "copy_memory", "adding"]
+PIXELS = ["image", "smnist", "psmnist", "scifar"]
+TASK_KEYS = [  # (task, key, bad value)
+    *[(t, "max_len", 0) for t in ("listops", "text", "retrieval", "wikitext2", "wikitext103")],
+    ("retrieval", "doc_bytes", 0),
+    *[(t, "val_size", 0) for t in PIXELS],
+    ("text", "val_fraction", 1.0),
+    *[(t, "split_seed", -1) for t in (*PIXELS, "text", "pathfinder", "pathx")],
+    ("psmnist", "permutation_seed", -1),
+    *[(t, "seed", -1) for t in GENERATED],
+    ("listops", "generate.seed", -1),
+    ("pathfinder", "generate.seed", -1),
+    ("pathfinder", "generate.n", 0),
+    *[(t, k, 0) for t in GENERATED for k in ("n_train", "n_val", "n_test")],
+    *[("listops", f"generate.{k}", 0) for k in ("n_train", "n_val", "n_test")],
+    ("listops", "generate.min_length", -1),
+    ("listops", "generate.max_length", 0),
+    ("listops", "generate.max_depth", 0),
+    ("listops", "generate.max_args", 1),
+    ("listops", "generate.workers", 0),
+    ("pathfinder", "workers", 0),
+    ("pathfinder", "generate.workers", -2),
+    ("pathx", "workers", 0),
+    ("listops", "append_eos", 3),
+    *[(t, "hub", "yes") for t in (*PIXELS, "text", "wikitext2", "wikitext103")],
+    ("pathfinder", "skip_unreadable", 3),
+    ("pathx", "skip_unreadable", "no"),
+]
+
+
+@functools.cache
+def _composed(*overrides: str):
+    return cfg_of(*overrides)
+
+
+def _rejected(overrides: tuple[str, ...], key: str, value, model: bool) -> str:
+    cfg = copy.deepcopy(_composed(*overrides))
+    OmegaConf.update(cfg, key, value, force_add=True)
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg, model=model)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{key}={show(value)}: "), msg
+    return msg
+
+
+@pytest.mark.parametrize(("models", "key", "value"), MODEL_KEYS)
+def test_a_bad_mixer_option_is_one_line_naming_its_full_key(models, key, value):
+    base = ("task=listops", "model.d_model=16", "model.n_layers=1", *models)
+    _rejected(base, f"model.options.{key}", value, model=True)
+
+
+@pytest.mark.parametrize(("task", "key", "value"), TASK_KEYS)
+def test_a_bad_task_option_is_one_line_naming_its_full_key(task, key, value):
+    _rejected((f"task={task}", "model=lstm"), f"task.options.{key}", value, model=False)
+
+
+def test_a_bad_nested_option_ends_run_py_with_one_line_and_status_2(tmp_path):
+    """run.py checks before Hydra makes anything: the layer's error, one line, exit 2."""
+    p = run_py(
+        ["task=listops", "model=surnn", "trainer=smoke", "logger=none", "run_id=bad",
+         f"data_dir={tmp_path / 'data'}", f"output_dir={tmp_path / 'out'}",
+         "model.options.gate.init_rate=2"],
+        tmp_path, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines() == [
+        "error: model.options.gate.init_rate=2: expected a number in (0, 1]"
+    ], p.stderr
+    assert not (tmp_path / "out").exists()
