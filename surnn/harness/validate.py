@@ -122,7 +122,8 @@ def build_model(task, mcfg: BackboneConfig, idle: bool = False) -> Model:
     ``idle``: also build the mixers of a hybrid's unused option blocks, so that their
     options are checked too (a layer added to ``model.options.layers`` later uses them)."""
     try:
-        for kind, options, where in layer_plan(mcfg.name, mcfg.options, mcfg.n_layers, idle):
+        unused = layer_plan(mcfg.name, mcfg.options, mcfg.n_layers, idle=True) if idle else []
+        for kind, options, where in unused:
             build_mixer(kind, options, where, mcfg.d_model, task.max_len, causal=False)
         return Model(
             task,
