@@ -1,8 +1,7 @@
 """The mechanism of the paper's claim, for every implementation: a neuron whose gate is
-closed keeps its state bit for bit across 1,000 steps (300 under the Triton interpreter, still
-more than one of the op's chunks of steps), and a gradient crosses those steps undiminished
-(the Jacobian of a closed step is the identity); nn.GRU's gradient across the same span
-vanishes."""
+closed keeps its state bit for bit across 1,000 steps, and a gradient crosses those steps
+undiminished (the Jacobian of a closed step is the identity); nn.GRU's gradient across the
+same span vanishes."""
 
 from __future__ import annotations
 
@@ -18,33 +17,26 @@ from surnn.hold import closed_span_check, window_params  # noqa: E402
 from surnn.ops.reference import effective_gate, gru_cell  # noqa: E402
 
 SPAN = 1000
-#: the interpreter launches one kernel per step (forward and backward): fewer closed steps,
-#: still more than one chunk of the op's time loop, so the held state crosses a chunk boundary
-TRITON_SPAN = 300
 
 
 @pytest.mark.parametrize(
-    "impl, dtype, whole, span",
+    "impl, dtype, whole",
     [
-        ("reference", torch.float64, True, SPAN),
-        ("cpu", torch.float64, True, SPAN),
-        ("compiled", torch.float64, True, SPAN),
-        ("compiled", torch.float32, True, SPAN),
-        # the interpreter runs fp32 only: the window and the closed span as two calls (the
-        # whole sequence in one call adds nothing it tests)
-        ("triton", torch.float32, False, TRITON_SPAN),
+        ("reference", torch.float64, True),
+        ("cpu", torch.float64, True),
+        ("compiled", torch.float64, True),
+        ("compiled", torch.float32, True),
+        # the interpreter runs fp32 only, one kernel launch per step: the window and the
+        # closed span as two calls (the whole sequence in one call adds nothing it tests)
+        ("triton", torch.float32, False),
     ],
 )
-def test_a_closed_neuron_keeps_its_state_and_its_gradient(impl, dtype, whole, span):
-    if impl == "triton":
-        from surnn.ops.triton import launch
-
-        assert launch.chunk_len(2, span, 4) < span  # the span is more than one chunk
+def test_a_closed_neuron_keeps_its_state_and_its_gradient(impl, dtype, whole):
     r = closed_span_check(
-        impl, open_steps=10, span=span, hidden=4, batch=2, dtype=dtype, whole=whole
+        impl, open_steps=10, span=SPAN, hidden=4, batch=2, dtype=dtype, whole=whole
     )
-    assert (r["gate_open_steps"], r["gate_closed_steps"]) == (10, span)
-    assert r["state_held"] and r["max_state_change"] == 0.0  # bit for bit, every closed step
+    assert (r["gate_open_steps"], r["gate_closed_steps"]) == (10, SPAN)
+    assert r["state_held"] and r["max_state_change"] == 0.0  # bit for bit, 1,000 steps
     assert r["jacobian_identity"] and r["grad_equal"]  # the gradient reaches x_0 unchanged
     if whole:
         tol = 1e-12 if dtype == torch.float64 else 1e-5
