@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from surnn.harness.results import RunResult
-from tests.fixtures import TINY_LISTOPS, run_py
+from tests.fixtures import TINY_LISTOPS, load_script, run_py
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [*TINY_LISTOPS, "logger=none"]
@@ -88,20 +88,37 @@ def tmp(tmp_path_factory):
     return tmp_path_factory.mktemp("cli")
 
 
+#: the model options of each smoke run: the suRNN run is a variant (two model.* overrides)
+#: without dropout, so it is also the single-process reference of the DDP test
+SMOKE = {"surnn": ["model.options.gate.init_rate=0.5", "model.dropout=0.0"], "lstm": []}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp):
+    """smoke(model): the run folder of ``run.py task=listops model=<model> trainer=smoke``
+    (SMOKE's options), run once per module."""
+    done = {}
+
+    def get(model: str) -> Path:
+        if model not in done:
+            args = ["task=listops", f"model={model}", "trainer=smoke", *TINY, *SMOKE[model]]
+            p = run([*args, f"run_id=smoke-{model}"], tmp)
+            assert p.returncode == 0, p.stderr[-3000:]
+            done[model] = tmp / "out" / f"smoke-{model}"
+        return done[model]
+
+    return get
+
+
 @pytest.mark.parametrize("model", ["surnn", "lstm"])
-def test_smoke_run_writes_every_result_field(tmp, model):
-    extra = ["model.options.gate.init_rate=0.5"] if model == "surnn" else []  # a variant
-    p = run(
-        ["task=listops", f"model={model}", "trainer=smoke", f"run_id=smoke-{model}", *TINY, *extra],
-        tmp,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    path = tmp / "out" / f"smoke-{model}" / "results.json"
+def test_smoke_run_writes_every_result_field(tmp, smoke, model):
+    path = smoke(model) / "results.json"
     res = json.loads(path.read_text())
     assert list(res) == RESULT_KEYS
     assert RunResult.load(path).to_json() == path.read_text()  # read back, written the same
     assert res["task"] == "listops" and res["model"] == model and res["steps"] == 4
-    assert res["variant"] == ("gate.init_rate=0.5" if model == "surnn" else None)
+    # the variant: the model.* overrides, sorted
+    assert res["variant"] == ("dropout=0.0,gate.init_rate=0.5" if model == "surnn" else None)
     assert res["test_examples"] == 21 and res["split_sizes"] == {"train": 64, "val": 20, "test": 21}
     assert res["flops_per_seq"] > 0 and res["flops_per_seq_dense"] >= res["flops_per_seq"]
     from surnn.ops import compiled
@@ -324,16 +341,15 @@ def _train_losses(folder: Path) -> list[float]:
     return [json.loads(l)["train/loss"] for l in lines if "train/loss" in l]
 
 
-def test_torchrun_ddp_on_cpu_gives_the_single_process_numbers(tmp):
-    """DDP (2 ranks on CPU) against one process on the same data and global batch: one run
-    folder, every test example once, the same best step and test accuracy, train/loss the
-    mean over the whole batch (not rank 0's half), and the same per-layer update/active
-    rates (each rank sums its share weighted by its tokens; the sums are reduced before
-    dividing)."""
+def test_torchrun_ddp_on_cpu_gives_the_single_process_numbers(tmp, smoke):
+    """DDP (2 ranks on CPU) against one process on the same data and global batch (the
+    suRNN smoke run): one run folder, every test example once, the same best step and test
+    accuracy, train/loss the mean over the whole batch (not rank 0's half), and the same
+    per-layer update/active rates (each rank sums its share weighted by its tokens; the
+    sums are reduced before dividing)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    same = ["task=listops", "model=surnn", "trainer=smoke", "model.dropout=0.0", *TINY]
-    single = run([*same, "run_id=ddp-ref"], tmp)
-    assert single.returncode == 0, single.stderr[-3000:]
+    same = ["task=listops", "model=surnn", "trainer=smoke", *TINY, *SMOKE["surnn"]]
+    single = smoke("surnn")
     p = subprocess.run(
         [
             sys.executable,
@@ -355,7 +371,7 @@ def test_torchrun_ddp_on_cpu_gives_the_single_process_numbers(tmp):
     )
     assert p.returncode == 0, p.stderr[-3000:]
     ddp = json.loads((tmp / "out" / "ddp-2" / "results.json").read_text())
-    ref = json.loads((tmp / "out" / "ddp-ref" / "results.json").read_text())
+    ref = json.loads((single / "results.json").read_text())
     assert ddp["world_size"] == 2 and ddp["test_examples"] == 21
     for key in ("update_rate", "active_rate"):
         assert ddp[key].keys() == ref[key].keys() == {"layer0"}
@@ -366,7 +382,7 @@ def test_torchrun_ddp_on_cpu_gives_the_single_process_numbers(tmp):
     for key in ("best_step", "best_val_acc", "test_acc", "test_examples", "steps"):
         assert ddp[key] == ref[key], (key, ddp[key], ref[key])
     assert ddp["test_loss"] == pytest.approx(ref["test_loss"], rel=1e-6)
-    one, two = _train_losses(tmp / "out" / "ddp-ref"), _train_losses(tmp / "out" / "ddp-2")
+    one, two = _train_losses(single), _train_losses(tmp / "out" / "ddp-2")
     assert len(one) == ref["steps"] and two == pytest.approx(one, rel=1e-5)
 
 
@@ -408,19 +424,8 @@ def test_sweep_through_submitit_launcher_then_tables(sweep):
         assert res["command"].startswith(f"python {ROOT / 'run.py'} data_dir=")
         assert f" model={job.name.split('-')[1]} " in res["command"], res["command"]
     out = jobs[0].parents[1] / "tables"
-    t = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "make_tables.py"),
-            str(jobs[0].parent),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert t.returncode == 0, t.stderr
+    # in this process (its command line: tests/scripts/test_make_tables.py)
+    assert load_script("make_tables").main([str(jobs[0].parent), "--out", str(out)]) == 0
     md = (out / "lra.md").read_text()
     assert "| gru |" in md and "| lstm |" in md
 
@@ -568,10 +573,14 @@ def test_two_runs_with_one_run_id_one_refuses_and_the_folder_stays_intact(tmp_pa
     assert not list((folder / "checkpoints").glob("*.tmp"))
 
 
-def test_check_results_reruns_one_sweep_job_and_says_per_folder_what_reproduces(tmp, sweep):
+def test_check_results_reruns_one_sweep_job_and_says_per_folder_what_reproduces(
+    tmp, sweep, monkeypatch, capsys
+):
     """scripts/check_results.py on a sweep job's results.json (its command reruns that job
-    alone): the same command, commit and threads give the same numbers; a changed number
-    is reported, the folder it is in does not reproduce, and the exit status is 1."""
+    alone, as run.py in a subprocess): the same command, commit and threads give the same
+    numbers; a changed number is reported, the folder it is in does not reproduce, and the
+    exit status is 1. The script runs in this process; its two result files hold one
+    command, so the second rerun is the first's result (the comparison is what differs)."""
     job = next(j for j in sweep[1] if "-gru-" in j.name)
     res = json.loads((job / "results.json").read_text())
     same, changed = tmp / "committed" / "same", tmp / "committed" / "changed"
@@ -579,16 +588,24 @@ def test_check_results_reruns_one_sweep_job_and_says_per_folder_what_reproduces(
         folder.mkdir(parents=True, exist_ok=True)
     (same / "gru.json").write_text(json.dumps(res))
     (changed / "gru.json").write_text(json.dumps({**res, "test_acc": res["test_acc"] + 0.01}))
-    cmd = [sys.executable, str(ROOT / "scripts" / "check_results.py"), str(same), str(changed),
-           "--runs-dir", str(tmp / "rerun")]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-2000:]
-    assert f"rerun: {ROOT / 'run.py'} data_dir=" in p.stdout and " model=gru " in p.stdout
-    assert f"{same}: reproduces (1 of 1 result(s) the same)" in p.stdout, p.stdout
-    assert "test_acc: committed" in p.stdout and "1 of 2 result(s) reproduced" in p.stdout
+    cr = load_script("check_results")
+    reruns, real = {}, cr.rerun
+
+    def rerun_once(old, out_dir, data_dir, pin_kernel=True):
+        key = (old.command, data_dir, pin_kernel)
+        if key not in reruns:
+            reruns[key] = real(old, out_dir, data_dir, pin_kernel)
+        return reruns[key]
+
+    monkeypatch.setattr(cr, "rerun", rerun_once)
+    code = cr.main([str(same), str(changed), "--runs-dir", str(tmp / "rerun")])
+    out = capsys.readouterr().out
+    assert code == 1 and len(reruns) == 1, out[-3000:]
+    assert f"rerun: {ROOT / 'run.py'} data_dir=" in out and " model=gru " in out
+    assert f"{same}: reproduces (1 of 1 result(s) the same)" in out, out
+    assert "test_acc: committed" in out and "1 of 2 result(s) reproduced" in out
     said = f"{changed}: does NOT reproduce (0 of 1 result(s) the same; different: gru.json"
-    assert said in p.stdout, p.stdout[-3000:]
+    assert said in out, out[-3000:]
 
 
 def test_check_results_reruns_with_the_kernel_a_result_records(monkeypatch):
