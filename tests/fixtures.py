@@ -1,8 +1,9 @@
 """The plain helpers the tests share (their pytest fixtures are in conftest.py): a tiny
-in-memory task (no files, no registry), run.py in a subprocess, a function run on several
-processes joined by a gloo process group (DDP on CPU), the loader of the scripts under
-test, a read-only folder as a mount makes one, the selective-update GRU op cases and the
-Triton set-up. Writers of the real data formats live in tasks/formats.py."""
+in-memory task (no files, no registry), run.py in a subprocess or its training in this
+process, a function run on several processes joined by a gloo process group (DDP on CPU),
+the loader of the scripts under test, a read-only folder as a mount makes one, the
+selective-update GRU op cases and the Triton set-up. Writers of the real data formats live
+in tasks/formats.py."""
 
 from __future__ import annotations
 
@@ -78,6 +79,22 @@ def run_py(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Compl
         text=True,
         timeout=timeout,
     )
+
+
+def train_here(overrides: list[str], out: Path, run_id: str):
+    """What ``python run.py *overrides output_dir=<out> run_id=<run_id>`` trains, in this
+    process: the config composed as run.py composes it, then harness.run.train (results.json
+    in ``out/run_id``); its RunResult. No process start-up: for tests of a run's outcome,
+    not of run.py's command line."""
+    from hydra import compose, initialize_config_dir
+
+    from surnn.harness.cli import CONFIG_DIR
+    from surnn.harness.run import train
+
+    overrides = [*overrides, f"output_dir={out}", f"run_id={run_id}"]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    return train(cfg, Path(out) / run_id, command=f"python run.py {' '.join(overrides)}")
 
 
 def run_ranks(fn, world: int, folder: Path, *args) -> list:

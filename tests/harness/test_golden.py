@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from surnn.harness.results import RunResult
-from tests.fixtures import TINY_LISTOPS, load_script
+from tests.fixtures import TINY_LISTOPS, load_script, train_here
 
 GOLDEN = Path(__file__).with_name("golden.json")
 REGENERATE = "SURNN_UPDATE_GOLDENS=1 python -m pytest tests/harness/test_golden.py"
@@ -70,16 +70,8 @@ def one_thread():
 def run_kind(kind: str, data_dir: Path, out: Path) -> RunResult:
     """The golden run of one model kind, in this process (through harness.run.train,
     as run.py runs it)."""
-    from hydra import compose, initialize_config_dir
-
-    from surnn.harness.cli import CONFIG_DIR
-    from surnn.harness.run import train
-
     overrides = [*SETTING, f"model={kind}", *KINDS[kind], f"data_dir={data_dir}"]
-    overrides += [f"output_dir={out}", f"run_id=golden-{kind}"]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    return train(cfg, out / f"golden-{kind}", command=f"python run.py {' '.join(overrides)}")
+    return train_here(overrides, out, f"golden-{kind}")
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

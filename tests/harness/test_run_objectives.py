@@ -17,7 +17,7 @@ from surnn.harness.cli import CONFIG_DIR, choices
 from surnn.harness.config import BackboneConfig, TrainerConfig, checked
 from surnn.harness.registry import MIXERS
 from tasks.formats import write_wikitext
-from tests.fixtures import run_py
+from tests.fixtures import run_py, train_here
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
@@ -154,17 +154,13 @@ def test_runs_of_one_folder_name_under_two_roots_keep_both(tmp_path):
 
 @pytest.mark.slow
 def test_adding_and_selective_copy_smoke(tmp_path):
-    # (one process per task: Hydra composes a task sweep's base config with the default
-    # task, which has none of these task.options)
-    p = run(
-        ["task=adding", "model=surnn", "task.options.length=30", "run_id=add", *SMALL], tmp_path
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    p = run(
-        ["task=selective_copy", "model=hybrid", "task.options.length=40", "run_id=sc", *SMALL],
-        tmp_path,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
+    # (one run per task, not a sweep: Hydra composes a task sweep's base config with the
+    # default task, which has none of these task.options; both in this process, as run.py
+    # trains: the outcome is tested here, the command line by the multiruns around)
+    data, out = f"data_dir={tmp_path / 'data'}", tmp_path / "out"
+    train_here(["task=adding", "model=surnn", "task.options.length=30", *SMALL, data], out, "add")
+    sc = ["task=selective_copy", "model=hybrid", "task.options.length=40", *SMALL, data]
+    train_here(sc, out, "sc")
     res = results(tmp_path)
     add = res["adding/surnn"]
     assert add["objective"] == "regress" and add["metric_name"] == "mse"
@@ -185,8 +181,10 @@ def test_wikitext2_smoke_with_and_without_carried_state(tmp_path):
         "trainer=smoke",
         "trainer.max_steps=2",
     ]
-    p = run(["-m", "model=lstm,transformer", *lm], tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
+    for model in ("lstm", "transformer"):  # in this process (run.py's -m: the copy_memory test)
+        train_here(
+            [f"model={model}", *lm, f"data_dir={tmp_path / 'data'}"], tmp_path / "out", model
+        )
     res = results(tmp_path)
     for model, carried in (("lstm", True), ("transformer", False)):
         r = res[f"wikitext2/{model}"]
@@ -223,12 +221,11 @@ def test_memory_presets_compose_and_say_where_they_come_from(exp):
     assert tcfg.max_steps > tcfg.eval_every > 0
 
 
-def test_evidence_scripts_parse():
-    p = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "plot_memory.py"), "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert p.returncode == 0 and "raster" in p.stdout, p.stderr
+def test_evidence_scripts_parse(capsys):
+    """plot_memory's options, in this process (its command line runs in
+    test_every_model_on_copy_memory_in_one_multirun)."""
+    from tests.fixtures import load_script
+
+    with pytest.raises(SystemExit) as e:
+        load_script("plot_memory").main(["--help"])
+    assert e.value.code == 0 and "raster" in capsys.readouterr().out
