@@ -1,5 +1,5 @@
 """Every data task through the registry into the backbone, prepare_data on an empty
-folder, and run.py end to end on generated Pathfinder data."""
+folder, and a smoke run (as run.py trains) on generated Pathfinder data."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tasks.formats import (
     write_pathfinder_pngs,
 )
 from tasks.generators import pathfinder as gen
-from tests.fixtures import load_script, run_py
+from tests.fixtures import load_script, train_here
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,21 +72,18 @@ def test_lstm_forward_on_each_task(data, name, options, kind):
     assert d["encoding"] and d["max_len"] == task.max_len
 
 
-def test_prepare_data_on_empty_folder_prints_instructions(tmp_path):
-    r = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "prepare_data.py"), "--data-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    for task in load_script("prepare_data").TASKS:
+def test_prepare_data_on_empty_folder_prints_instructions(tmp_path, capsys):
+    """In this process (the command line: test_prepare_data_counts_and_builds_caches)."""
+    prepare = load_script("prepare_data")
+    assert prepare.main(["--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for task in prepare.TASKS:
         row = next(ln for ln in lines if ln.startswith(task + " "))
         assert " missing " in row
-    assert f"--resolution 128 --difficulty hard --n 200000 --out {tmp_path}" in r.stdout
-    assert "aclImdb_v1.tar.gz" in r.stdout and "cifar-10-python.tar.gz" in r.stdout
-    assert "ossci-datasets" in r.stdout  # where MNIST's IDX files come from
+    assert f"--resolution 128 --difficulty hard --n 200000 --out {tmp_path}" in out
+    assert "aclImdb_v1.tar.gz" in out and "cifar-10-python.tar.gz" in out
+    assert "ossci-datasets" in out  # where MNIST's IDX files come from
 
 
 def test_prepare_data_checks_only_registry_tasks():
@@ -94,7 +91,8 @@ def test_prepare_data_checks_only_registry_tasks():
     assert set(checks) <= set(TASKS), f"checks of unknown tasks: {set(checks) - set(TASKS)}"
 
 
-def test_prepare_data_counts_and_builds_caches(data):
+def test_prepare_data_counts_and_builds_caches(data, capsys):
+    """Through its command line, then (without --build-cache) in this process."""
     r = subprocess.run(
         [
             sys.executable,
@@ -116,30 +114,19 @@ def test_prepare_data_counts_and_builds_caches(data):
     assert "train 4 / val 2 / test 2 (release: 147,086 / 18,090 / 17,437)" in out
     assert "20 metadata lines, 20 PNGs" in out and "cache 16/2/2" in out
     assert "pathx       found" in out and "cache 8/1/1" in out
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "prepare_data.py"),
-            "--data-dir",
-            str(data),
-            "--tasks",
-            "smnist",
-            "scifar",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    capsys.readouterr()
+    assert (
+        load_script("prepare_data").main(["--data-dir", str(data), "--tasks", "smnist", "scifar"])
+        == 0
     )
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "train 12 / test 4 (release: 60,000 / 10,000)" in r.stdout
+    assert "train 12 / test 4 (release: 60,000 / 10,000)" in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_run_py_smoke_on_generated_pathfinder(data, tmp_path):
+def test_smoke_run_on_generated_pathfinder(data, tmp_path):
+    """A smoke run as run.py trains it, in this process (run.py's command line: test_run.py)."""
     args = ["task=pathfinder", "model=lstm", "model.d_model=16", "model.n_layers=1"]
-    out = [f"output_dir={tmp_path / 'out'}", "logger=none"]
-    r = run_py([*out, *args, "trainer=smoke", f"data_dir={data}"], tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    train_here([*args, "logger=none", "trainer=smoke", f"data_dir={data}"], tmp_path / "out", "pf")
     (res_file,) = (tmp_path / "out").rglob("results.json")
     res = json.loads(res_file.read_text())
     assert res["task"] == "pathfinder" and 0.0 <= res["test_acc"] <= 1.0

@@ -29,7 +29,7 @@ from tasks.formats import (
     write_wikitext,
 )
 from tasks.npy import NpyStream
-from tests.fixtures import TINY_LISTOPS, load_script, tree_state
+from tests.fixtures import TINY_LISTOPS, load_script, train_here, tree_state
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = {"format": 1, "option": "a"}
@@ -358,44 +358,19 @@ def test_the_command_the_error_names_prepares_a_folder_that_serves_read_only(
     assert tree_state(data) == before
 
 
-def test_run_py_trains_on_a_read_only_data_folder(tmp_path):
-    """A complete, cached data folder, read-only as a cluster's shared data set: run.py
-    trains from it (a subprocess whose writes under it fail as on a read-only mount) and
-    leaves it byte for byte as it was."""
+def test_a_run_trains_on_a_read_only_data_folder(tmp_path, frozen, caplog):
+    """A complete, cached data folder, read-only as a cluster's shared data set: a run (as
+    run.py trains it, in this process, where every write under the folder fails as on a
+    read-only mount) reads its cache and leaves it byte for byte as it was."""
+    import logging
+
     data = tmp_path / "data"
     _tiny_listops(data).splits()
     before = tree_state(data)
-    args = [
-        f"data_dir={data}",
-        f"output_dir={tmp_path / 'out'}",
-        "task=listops",
-        "model=lstm",
-        "trainer=smoke",
-        "trainer.max_steps=2",
-        "logger=none",
-        *TINY_LISTOPS,
-    ]
-    code = (
-        "import runpy, sys\n"
-        "from tests.fixtures import read_only\n"
-        f"read_only({str(data)!r})\n"
-        f"sys.argv = ['run.py', *{args!r}]\n"
-        f"runpy.run_path({str(ROOT / 'run.py')!r}, run_name='__main__')\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    try:
-        r = subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    finally:
-        for p in [data, *data.rglob("*")]:
-            os.chmod(p, p.stat().st_mode | stat.S_IWUSR)
-    assert r.returncode == 0, r.stderr[-3000:]
-    log = r.stdout + r.stderr
-    assert "listops: cache hit" in log and "done: best val acc" in log, log[-3000:]
+    args = ["task=listops", "model=lstm", "trainer=smoke", "trainer.max_steps=2", "logger=none"]
+    frozen(data)
+    with caplog.at_level(logging.INFO):
+        res = train_here([*args, *TINY_LISTOPS, f"data_dir={data}"], tmp_path / "out", "ro")
+    assert "listops: cache hit" in caplog.text, caplog.text[-3000:]
+    assert res.steps == 2 and (tmp_path / "out" / "ro" / "results.json").exists()
     assert tree_state(data) == before
