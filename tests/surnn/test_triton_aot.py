@@ -171,16 +171,40 @@ def test_ir_check_names_what_is_wrong():
     assert "on FMA" in aot.ir_check(_result(ir={**_result().ir, "dots": [fma], "ptx_mma": 0}))[0]
 
 
+#: the forward as kernels.py writes it; the broken copy feeds tl.dot an fp32 operand there
+GOOD_LOAD = "at = tl.load(a_ptr + a_off + k0, mask=rmask[:, None] & km[None, :], other=0.0)"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """aot.ci_jobs() and the two jobs the checks must fail on (the configuration table
+    before, a broken copy of kernels.py), compiled into an empty cache by one pool of
+    worker processes (each worker costs seconds of imports): {"ci", "old", "broken"}
+    -> their results, and the pool's wall time."""
+    tmp = tmp_path_factory.mktemp("aot")
+    ci = aot.ci_jobs()
+    old = aot.Job("fwd_step", "fwd_save", "aligned", 32, 64, 512, launch.Cfg(32, 32, 32, 4),
+                  "bf16", 90)  # fmt: skip
+    src = (ROOT / "surnn" / "ops" / "triton" / "kernels.py").read_text()
+    assert GOOD_LOAD in src
+    broken = tmp / "kernels_broken.py"
+    broken.write_text(src.replace(GOOD_LOAD, GOOD_LOAD + ".to(tl.float32)"))
+    fwd = next(j for j in ci if j.kernel == "fwd_step" and j.arch == 90 and j.dtype == "bf16")
+    broken_job = aot.Job(**{**fwd.__dict__, "source": str(broken)})
+    t0 = time.perf_counter()
+    workers = min(os.cpu_count() or 1, 8)
+    results = aot.compile_all([*ci, old, broken_job], workers, cache_dir=str(tmp / "cache"))
+    wall = time.perf_counter() - t0
+    return {"ci": results[: len(ci)], "old": results[-2], "broken": results[-1], "wall": wall}
+
+
 @needs_ptxas
-def test_every_kernel_compiles_and_passes_the_ir_checks(tmp_path):
+def test_every_kernel_compiles_and_passes_the_ir_checks(compiled):
     """The CI gate: compiles aot.ci_jobs() (every configuration's tensor-core kernels on
     sm_90, the rest at the largest tiles) into an empty cache; any compile error or IR
     problem fails with its message."""
-    jobs = aot.ci_jobs()
-    t0 = time.perf_counter()
-    workers = min(os.cpu_count() or 1, 8)
-    results = aot.compile_all(jobs, workers=workers, cache_dir=str(tmp_path / "triton-cache"))
-    wall = time.perf_counter() - t0
+    results = compiled["ci"]
+    assert [r.job for r in results] == aot.ci_jobs()
     bad = [
         f"{r.job.kernel}/{r.job.body} sm_{r.job.arch} {r.job.dtype} {r.job.cfg}: "
         f"{'; '.join(aot.ir_check(r))}"
@@ -190,35 +214,24 @@ def test_every_kernel_compiles_and_passes_the_ir_checks(tmp_path):
     assert not bad, "kernels that fail:\n" + "\n\n".join(bad)
     for r in results:
         assert 0 < r.regs <= 255 and r.shared >= 0
-    print(f"\n{len(results)} kernels compiled and checked in {wall:.1f} s")
+    print(f"\n{len(results) + 2} kernels compiled and checked in {compiled['wall']:.1f} s")
 
 
 @needs_ptxas
-def test_the_checks_fail_on_the_configuration_table_before(tmp_path):
+def test_the_checks_fail_on_the_configuration_table_before(compiled):
     """The check can fail: the table before (BLOCK_B=32 on 4 warps, the launch default) has
     its warps repeat every MMA of the forward's dots (warps 4 x 1 on 32 rows: 8 mma.sync per
     dot per warp where 4 would do)."""
-    old = launch.Cfg(32, 32, 32, 4)
-    job = aot.Job("fwd_step", "fwd_save", "aligned", 32, 64, 512, old, "bf16", 90)
-    (r,) = aot.compile_all([job], workers=1, cache_dir=str(tmp_path / "cache"))
-    problems = aot.ir_check(r)
+    problems = aot.ir_check(compiled["old"])
     assert any("repeat MMAs" in p and "8 per warp where 4" in p for p in problems), problems
 
 
 @needs_ptxas
-def test_a_broken_kernel_fails_the_check(tmp_path):
+def test_a_broken_kernel_fails_the_check(compiled):
     """The check can fail: a copy of kernels.py whose forward feeds tl.dot an fp32 and a bf16
     operand (the interpreter runs fp32 only, so its tests pass) must be reported."""
-    src = (ROOT / "surnn" / "ops" / "triton" / "kernels.py").read_text()
-    good = "at = tl.load(a_ptr + a_off + k0, mask=rmask[:, None] & km[None, :], other=0.0)"
-    assert good in src
-    broken = tmp_path / "kernels_broken.py"
-    broken.write_text(src.replace(good, good + ".to(tl.float32)"))
-    job = next(
-        j for j in aot.ci_jobs() if j.kernel == "fwd_step" and j.arch == 90 and j.dtype == "bf16"
-    )
-    job = aot.Job(**{**job.__dict__, "source": str(broken)})
-    (r,) = aot.compile_all([job], workers=1, cache_dir=str(tmp_path / "cache"))
+    r = compiled["broken"]
+    assert r.job.source.endswith("kernels_broken.py")
     assert not r.ok and "CompilationError" in r.error, r.error
 
 
