@@ -202,15 +202,25 @@ def test_cache_is_bounded_least_recently_used_out(monkeypatch):
     assert len(cache) == 0
 
 
-@needs_cpu
-def test_over_budget_runs_eager(monkeypatch):
-    cache = graphs.GraphCache(capture=graphs.Recorder, devices=("cpu",), max_bytes=1000)
+def second_use_runs_eager(monkeypatch, match: str, capture, **cache_kw):
+    """A key's first use (eager) and second (where it would be captured) through a cache
+    with ``capture``: the second warns ``match`` and gives the eager result bit for bit.
+    Returns the cache and the case."""
+    cache = graphs.GraphCache(capture=capture, devices=("cpu",), **cache_kw)
     monkeypatch.setattr(graphs, "CACHE", cache)
     case = make_case(3, 5, 4, 16)
     run(case, True)
-    with pytest.warns(RuntimeWarning, match="exceed the budget"):
+    with pytest.warns(RuntimeWarning, match=match):
         got = run(case, True)
     assert_same_bits(got, run(case, False))
+    return cache, case
+
+
+@needs_cpu
+def test_over_budget_runs_eager(monkeypatch):
+    cache, _ = second_use_runs_eager(
+        monkeypatch, "exceed the budget", graphs.Recorder, max_bytes=1000
+    )
     assert len(cache) == 0 and cache.stats["captured"] == 0 and len(cache.eager_keys()) == 2
 
 
@@ -241,26 +251,14 @@ def test_failed_capture_falls_back_to_eager_for_good(monkeypatch):
     def broken(fn, device, kernels):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    cache = graphs.GraphCache(capture=broken, devices=("cpu",))
-    monkeypatch.setattr(graphs, "CACHE", cache)
-    case = make_case(3, 5, 4, 16)
-    run(case, True)
-    with pytest.warns(RuntimeWarning, match="capture failed"):
-        got = run(case, True)
-    assert_same_bits(got, run(case, False))
+    cache, case = second_use_runs_eager(monkeypatch, "capture failed", broken)
     run(case, True)  # the keys stay eager: no second capture attempt
     assert cache.stats["eager"] == 2 and len(cache) == 0
 
 
 @needs_cpu
 def test_replay_that_differs_is_not_used(monkeypatch):
-    cache = graphs.GraphCache(capture=corrupting_recorder(), devices=("cpu",))
-    monkeypatch.setattr(graphs, "CACHE", cache)
-    case = make_case(3, 5, 4, 16)
-    run(case, True)
-    with pytest.warns(RuntimeWarning, match="bit for bit.*report"):
-        got = run(case, True)
-    assert_same_bits(got, run(case, False))
+    cache, _ = second_use_runs_eager(monkeypatch, "bit for bit.*report", corrupting_recorder())
     assert len(cache) == 0
 
 
