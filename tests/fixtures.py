@@ -1,12 +1,13 @@
 """The plain helpers the tests share (their pytest fixtures are in conftest.py): a tiny
-in-memory task (no files, no registry), run.py in a subprocess or its training in this
-process, a function run on several processes joined by a gloo process group (DDP on CPU),
-the loader of the scripts under test, a read-only folder as a mount makes one, the
-selective-update GRU op cases and the Triton set-up. Writers of the real data formats live
-in tasks/formats.py."""
+in-memory task (no files, no registry), run.py in a subprocess, or its training and its
+error line in this process, a function run on several processes joined by a gloo process
+group (DDP on CPU), the loader of the scripts under test, a read-only folder as a mount
+makes one, the selective-update GRU op cases and the Triton set-up. Writers of the real
+data formats live in tasks/formats.py."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import subprocess
@@ -95,6 +96,65 @@ def train_here(overrides: list[str], out: Path, run_id: str):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     return train(cfg, Path(out) / run_id, command=f"python run.py {' '.join(overrides)}")
+
+
+@contextlib.contextmanager
+def nothing_else_on_stderr(logs: bool = True):
+    """Fails unless the block writes nothing to stderr as a process of its own would show
+    it: no print to sys.stderr, no warning Python shows by default and (``logs``) no
+    WARNING or worse log record (before Hydra configures logging, Python prints those on
+    stderr). With it, an error raised inside is the only line run.py prints on stderr."""
+    import io
+    import logging
+    import warnings
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    if logs:
+        logging.getLogger().addHandler(handler)
+    buf = io.StringIO()
+    hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+    try:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(buf):
+            warnings.simplefilter("default")
+            yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+    shown = [str(w.message) for w in caught if not issubclass(w.category, hidden)]
+    assert not shown and not records and not buf.getvalue(), (shown, records, buf.getvalue())
+
+
+def precheck_error(argv: list[str]) -> str:
+    """The line ``python run.py *argv`` prints on stderr before it exits with status 2,
+    checked in this process: run.py first calls cli.precheck(argv), before Hydra makes a
+    run folder, and prints the HarnessError it raises as this one line. For the cases of
+    a contract whose command line one real run.py process tests."""
+    from surnn.errors import HarnessError
+    from surnn.harness.cli import precheck
+
+    with nothing_else_on_stderr(), pytest.raises(HarnessError) as e:
+        precheck(argv)
+    line = f"error: {e.value}"
+    assert "\n" not in line, line
+    return line
+
+
+def run_error(overrides: list[str], out: Path, run_id: str) -> str:
+    """The line ``python run.py *overrides output_dir=<out> run_id=<run_id>`` prints on
+    stderr before it exits with status 2 when the run fails before it starts (bad data,
+    a locked folder), checked in this process: cli.precheck passes, harness.run.train
+    raises RunNotStarted, and run.py prints its cause as this one line (then removes the
+    run folder if it holds only what Hydra wrote: remove_if_only_hydra)."""
+    from surnn.harness.cli import precheck
+    from surnn.harness.run import RunNotStarted
+
+    precheck([*overrides, f"output_dir={out}", f"run_id={run_id}"])
+    with nothing_else_on_stderr(logs=False), pytest.raises(RunNotStarted) as e:
+        train_here(overrides, out, run_id)
+    line = f"error: {e.value.cause}"
+    assert "\n" not in line, line
+    return line
 
 
 def run_ranks(fn, world: int, folder: Path, *args) -> list:

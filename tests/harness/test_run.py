@@ -1,4 +1,10 @@
-"""End to end through run.py, as a user runs it: smoke runs, clear errors, kill -9 resume."""
+"""End to end through run.py, as a user runs it: smoke runs, clear errors, kill -9 resume.
+
+Each error contract of run.py's command line runs as a real process once (a value
+precheck rejects: tests/harness/test_validate.py; a run that fails before it starts:
+test_empty_split_file_...); its other cases are checked in this process through the
+functions run.py calls (tests.fixtures.precheck_error and run_error), which give the
+line run.py prints."""
 
 from __future__ import annotations
 
@@ -15,7 +21,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from surnn.harness.results import RunResult
-from tests.fixtures import TINY_LISTOPS, load_script, run_py, train_here
+from surnn.harness.run import HYDRA_FILES, remove_if_only_hydra
+from tests.fixtures import (
+    TINY_LISTOPS,
+    load_script,
+    precheck_error,
+    run_error,
+    run_py,
+    train_here,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [*TINY_LISTOPS, "logger=none"]
@@ -77,10 +91,15 @@ RESULT_KEYS = [
 
 def run(args, tmp, **kw):
     return run_py(
-        [f"data_dir={tmp / 'data'}", f"output_dir={tmp / 'out'}", *args],
+        argv(args, tmp),
         tmp,
         kw.get("timeout", 300),
     )
+
+
+def argv(args, tmp) -> list[str]:
+    """run()'s command line (run.py's arguments), for the checks made in this process."""
+    return [f"data_dir={tmp / 'data'}", f"output_dir={tmp / 'out'}", *args]
 
 
 @pytest.fixture(scope="module")
@@ -139,25 +158,21 @@ def test_smoke_run_writes_every_result_field(tmp, smoke, model):
 
 
 def test_unknown_model_is_one_clear_line(tmp):
-    p = run(["model=nope"], tmp, timeout=60)
-    assert p.returncode == 2
-    err = p.stderr.strip().splitlines()
-    assert len(err) == 1, p.stderr
-    assert "unknown model 'nope'" in err[0] and "lstm" in err[0] and "surnn" in err[0]
+    err = precheck_error(argv(["model=nope"], tmp))
+    assert "unknown model 'nope'" in err and "lstm" in err and "surnn" in err
 
 
 def test_misspelt_key_is_one_clear_line(tmp):
-    p = run(["trainer.max_stepz=5", "logger=none"], tmp, timeout=60)
-    assert p.returncode == 2
-    err = p.stderr.strip().splitlines()
-    assert len(err) == 1, p.stderr
-    assert "unknown key 'trainer.max_stepz'" in err[0] and "trainer.max_steps?" in err[0]
+    err = precheck_error(argv(["trainer.max_stepz=5", "logger=none"], tmp))
+    assert "unknown key 'trainer.max_stepz'" in err and "trainer.max_steps?" in err
 
 
 def test_bad_trainer_value_is_one_clear_line(tmp):
-    p = run(["trainer.max_steps=abc", "task=listops", "trainer=smoke", *TINY], tmp, timeout=120)
-    assert p.returncode == 2
-    assert p.stderr.strip().splitlines()[-1].startswith("error: trainer.max_steps"), p.stderr
+    """A value the schema's type rejects (Hydra's own error, reworded by precheck)."""
+    err = precheck_error(
+        argv(["trainer.max_steps=abc", "task=listops", "trainer=smoke", *TINY], tmp)
+    )
+    assert err.startswith("error: trainer.max_steps"), err
 
 
 def test_corrupt_listops_row_is_one_clear_line(tmp):
@@ -169,26 +184,11 @@ def test_corrupt_listops_row_is_one_clear_line(tmp):
         if split == "train":
             body += "( ( [MAX 2 ) 9 ) ]\tnine\n"
         (d / f"basic_{split}.tsv").write_text(body)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "run.py"),
-            f"data_dir={tmp / 'corrupt'}",
-            f"output_dir={tmp / 'out'}",
-            "task=listops",
-            "trainer=smoke",
-            "logger=none",
-        ],
-        cwd=tmp,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert p.returncode == 2
-    last = p.stderr.strip().splitlines()[-1]
-    assert last.startswith("error:") and "basic_train.tsv" in last and "10" in last, p.stderr
+    args = [f"data_dir={tmp / 'corrupt'}", "task=listops", "trainer=smoke", "logger=none"]
+    err = run_error(args, tmp / "out", "corrupt")
+    assert err.startswith("error:") and "basic_train.tsv" in err and "10" in err, err
+    folder = tmp / "out" / "corrupt"  # nothing but what run.py removes (Hydra's files)
+    assert not folder.exists() or {p.name for p in folder.iterdir()} <= HYDRA_FILES
 
 
 COMMON = [
@@ -449,19 +449,14 @@ def test_the_surnn_lra_preset_runs_a_smoke_step_and_holds_its_target_rate(tmp):
 
 
 def test_unwritable_output_dir_is_one_line_exit_2_and_nothing_made(tmp_path):
-    """/proc takes no new folder, even from root (as a read-only file system)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for out in ("/proc/surnn-runs",):
-        p = subprocess.run(
-            [sys.executable, str(ROOT / "run.py"), f"data_dir={tmp_path / 'data'}",
-             f"output_dir={out}", "task=listops", "model=lstm", "trainer=smoke", *TINY],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert p.returncode == 2, p.stderr[-2000:]
-        err = p.stderr.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith(f"error: output_dir={out}: cannot write"), err
-        assert not Path("/proc/surnn-runs").exists()
-    assert not (tmp_path / "outputs").exists()  # Hydra made nothing in the working folder
+    """/proc takes no new folder, even from root (as a read-only file system). precheck
+    refuses it, so run.py exits before Hydra makes a folder anywhere."""
+    out = "/proc/surnn-runs"
+    args = [f"data_dir={tmp_path / 'data'}", f"output_dir={out}", "task=listops", "model=lstm"]
+    err = precheck_error([*args, "trainer=smoke", *TINY])
+    assert err.startswith(f"error: output_dir={out}: cannot write"), err
+    assert not Path(out).exists()
+    assert not any(tmp_path.iterdir())
 
 
 def test_read_only_output_dir_is_refused_naming_the_folder(tmp_path, monkeypatch):
@@ -500,16 +495,13 @@ def test_read_only_output_dir_is_refused_naming_the_folder(tmp_path, monkeypatch
     ],
 )
 def test_bad_value_is_one_line_exit_2_and_no_run_folder(tmp_path, bad):
-    p = run(
-        ["task=listops", "model=lstm", "trainer=smoke", "run_id=bad", *TINY, *bad],
-        tmp_path,
-        timeout=120,
-    )
-    assert p.returncode == 2, p.stderr[-2000:]
-    err = p.stderr.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: "), p.stderr
+    """precheck refuses it: run.py prints this one line and exits 2 before Hydra makes a
+    run folder (one real process checks that: tests/harness/test_validate.py)."""
+    args = ["task=listops", "model=lstm", "trainer=smoke", "run_id=bad", *TINY, *bad]
+    err = precheck_error(argv(args, tmp_path))
+    assert err.startswith("error: "), err
     key = bad[0].split("=")[0]
-    assert key in err[0] and "expected" in err[0] or "not a folder" in err[0], err[0]
+    assert key in err and "expected" in err or "not a folder" in err, err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
@@ -552,16 +544,17 @@ def test_two_runs_with_one_run_id_one_refuses_and_the_folder_stays_intact(tmp_pa
     while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
         time.sleep(0.02)
     first.send_signal(signal.SIGSTOP)  # a stopped process keeps its flock
+    folder = tmp_path / "out" / "shared"
     try:
         assert first.poll() is None, first.stderr.read()[-2000:]
-        second = run(args, tmp_path, timeout=120)
+        # the second run, in this process: the line run.py prints, then what it removes
+        data = f"data_dir={tmp_path / 'data'}"
+        err = run_error([data, *args[:-1]], tmp_path / "out", "shared")
+        assert not remove_if_only_hydra(folder)
     finally:
         first.send_signal(signal.SIGCONT)
-    assert second.returncode == 2, second.stderr[-2000:]
-    err = second.stderr.strip().splitlines()
-    assert len(err) == 1 and f"pid {first.pid}" in err[0] and "in use" in err[0], err
+    assert f"pid {first.pid}" in err and "in use" in err, err
     assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
-    folder = tmp_path / "out" / "shared"
     res = json.loads((folder / "results.json").read_text())
     assert res["steps"] == 40
     steps = [json.loads(l)["step"] for l in (folder / "metrics.jsonl").read_text().splitlines()]
