@@ -281,7 +281,16 @@ class Trainer:
             self.signals.interruptible = False
             raise Preempted
         for micro in range(self.tcfg.grad_accum):
+            # Fetching may start the loader's workers (os.fork): a signal raised there would
+            # unwind through fork's after-fork hooks and leave logging's lock held (the
+            # process then hangs at its next log line). It is noted, and acted on right
+            # after the fetch instead.
+            self.signals.interruptible = False
             batch = next(it)
+            self.signals.interruptible = True
+            if self.world == 1 and self.signals.signum is not None:
+                self.signals.interruptible = False
+                raise Preempted
             reset = bool(batch.pop("reset", False))
             batch = to_device(batch, self.device)
             self.batches_done += 1
