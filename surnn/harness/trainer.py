@@ -287,10 +287,8 @@ class Trainer:
             # after the fetch instead.
             self.signals.interruptible = False
             batch = next(it)
+            self.signals.check()
             self.signals.interruptible = True
-            if self.world == 1 and self.signals.signum is not None:
-                self.signals.interruptible = False
-                raise Preempted
             reset = bool(batch.pop("reset", False))
             batch = to_device(batch, self.device)
             self.batches_done += 1
