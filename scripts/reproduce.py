@@ -102,7 +102,17 @@ MEMORY = {
         ["task=copy_memory", "task.options.delay=1000", "task.options.offset=100"],
     ),
     "memory-long": (  # suRNN first: it decides how long GRU and LSTM must train
-        [f"memory/copy/{a}" for a in ("clockwork_1step", "clockwork", "handset", "gru", "lstm")],
+        [
+            f"memory/copy/{a}"
+            for a in (
+                "clockwork_1step",
+                "clockwork_1step_ste",
+                "clockwork",
+                "handset",
+                "gru",
+                "lstm",
+            )
+        ],
         ["task=copy_memory", "task.options.delay=1000", "trainer.max_steps=10000"],
     ),
     "memory-remedies": (
