@@ -98,7 +98,10 @@ MEMORY = {
     # (task=copy_memory: Hydra checks the fixed overrides against the config before the
     # experiments of the sweep are applied)
     "memory-offset": (
-        [f"memory/copy/{a}" for a in ("gru", "lstm", "uniform", "timescale", "clockwork")],
+        [
+            f"memory/copy/{a}"
+            for a in ("gru", "lstm", "uniform", "timescale", "clockwork", "clockwork_1step")
+        ],
         ["task=copy_memory", "task.options.delay=1000", "task.options.offset=100"],
     ),
     "memory-long": (  # suRNN first: it decides how long GRU and LSTM must train
