@@ -18,8 +18,12 @@ FLOPs, sizes) must be equal: training on CPU is deterministic for a given commit
 thread count and number of processes. Timings and dates are reported, never compared. The
 rerun uses the CPU kernel the result records (``kernel``; none recorded: the eager ``cpu``
 path, which a result that records no kernel ran on);
-``--update`` reruns with today's defaults. The end says, per folder, how many results
-reproduce and which do not. Exit status 0 when all match, 1 otherwise.
+``--update`` reruns with today's defaults and writes every rerun over its committed file
+after the last rerun (so no rerun runs on a tree the update has already modified; the
+files whose rerun failed are named and left as they are, exit status 1), each recording
+its rerun's commit: a ``-dirty`` one, from uncommitted changes, is warned about file by
+file. The end says, per folder, how many results reproduce and which do not. Exit status 0
+when all match, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -170,6 +174,28 @@ def rerun(
     return RunResult.load(found[-1])
 
 
+def write_updates(updates: list[tuple[Path, RunResult, int]], failed: list[Path]) -> int:
+    """``--update``'s writes, all after the last rerun: a committed file written right after
+    its rerun would leave the tree modified, so every later rerun of the same call (from
+    the repository it rewrites) would record a ``-dirty`` commit. ``updates``: (file, the
+    rerun's result, fields changed); ``failed``: the files whose rerun failed, left as they
+    are. Each written file records its rerun's ``git_commit``; one naming a ``-dirty`` tree
+    gets a warning line of its own. Returns the exit status: 1 when a rerun failed."""
+    for f, res, n_changed in updates:
+        res.save(f)
+        print(f"updated {f} ({n_changed} field(s) changed; rerun at {res.git_commit})")
+    for f, res, _ in updates:
+        if str(res.git_commit).endswith("-dirty"):
+            print(
+                f"WARNING: {f} records {res.git_commit}: rerun from a tree with uncommitted "
+                "changes, not evidence; commit them and rerun it"
+            )
+    if failed:
+        print(f"NOT updated, rerun failed ({len(failed)}): {', '.join(map(str, failed))}")
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -189,8 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     from surnn.provenance import git_commit
 
     head = git_commit()
+    if args.update and head.endswith("-dirty"):
+        print(
+            f"WARNING: this tree has uncommitted changes ({head}): the updated "
+            "files will record a -dirty commit, which is not evidence; commit and rerun"
+        )
     runs_dir = args.runs_dir or Path(tempfile.mkdtemp(prefix="check_results-"))
     bad = 0
+    updates: list[tuple[Path, RunResult, int]] = []  # --update: written after the last rerun
+    failed: list[Path] = []
     outcome: dict[Path, dict[str, list[str]]] = {}  # folder -> {"same": [...], "not": [...]}
     for i, f in enumerate(files):
         per = outcome.setdefault(f.parent, {"same": [], "not": []})
@@ -201,14 +234,15 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, ValueError) as e:
             print(f"  FAILED: {e}")
             bad += 1
+            failed.append(f)
             per["not"].append(f"{f.name} (rerun failed)")
             continue
         diff = compare(old, new)
         if args.update:
             # the reruns' output_dir/data_dir change nothing: the committed command stays
             keep = dataclasses.replace(new, command=old.command, omitted=new.omitted | set(LOCAL))
-            keep.save(f)
-            print(f"  updated {f} ({len(diff)} field(s) changed)")
+            updates.append((f, keep, len(diff)))
+            print(f"  rerun done ({len(diff)} field(s) changed; written after the last rerun)")
             continue
         metric = new.metric_name or "acc"
         if diff:
@@ -223,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  same: test_{metric} {new.test_metric:.4f}, best validation {best:.4f}")
             per["same"].append(f.name)
     if args.update:
-        return 0
+        return write_updates(updates, failed)
     for folder, per in outcome.items():
         n = len(per["same"]) + len(per["not"])
         status = "reproduces" if not per["not"] else "does NOT reproduce"
