@@ -121,7 +121,14 @@ MEMORY = {
     "memory-remedies": (
         [
             f"memory/copy/{a}"
-            for a in ("clockwork_ste", "clockwork_w01", "clockwork_target", "uniform_free")
+            for a in (
+                "clockwork_ste",
+                "clockwork_w01",
+                "clockwork_target",
+                "uniform_free",
+                "clockwork_lr10",
+                "clockwork_lr01",
+            )
         ],
         ["task=copy_memory", "task.options.delay=1000"],
     ),
