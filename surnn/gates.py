@@ -17,27 +17,9 @@ rhythm, no binarisation), ``random`` (a frozen random rhythm), ``interval`` (ope
 learned linear function of the input, per sample), ``input`` (the paper's input-threshold
 ablation: neuron i open when its input x[b, t, i] > 0, nothing learned).
 
-Rhythm initialisation (``RhythmGate(init=...)``), always within the paper's formula:
-
-- ``uniform``: every neuron sums all K sinusoids of the bank at one amplitude with random
-  phases, and one bias opens it ``init_rate`` of the time (short, frequent bursts).
-- ``timescale`` and ``clockwork``: per-neuron timescales, as chrono initialisation gives
-  LSTM units timescales spread log-uniformly up to the longest dependency (Tallec & Ollivier
-  2018). Each neuron is dominated by one frequency of the bank (the neurons spread evenly
-  over the K periods, the other amplitudes 0) and is open ``r_i P_k`` consecutive steps of
-  each period P_k, with its open fraction ``r_i`` log-uniform in ``[rate_min, rate_max]``;
-  the amplitude makes the pre-activation cross the threshold with slope ``edge_slope`` per
-  step at both edges of the window, so one bias or phase step moves a window's edge by a
-  similar number of steps whatever the period. ``clockwork`` starts every neuron's window
-  at t = 0, as Clockwork RNN's modules all tick at t = 0 (on the slowest periods: open
-  while a sequence begins, then closed for the rest of it); ``timescale`` puts each window
-  at a random time of its period, as Phased LSTM draws its phase shifts.
-
-The bank: K periods log-spaced from ``period_min`` to ``period_max``; without
-``period_max`` the slowest period is ``period_scale`` times ``seq_len`` (the longest
-sequence the layer reads; the harness passes the task's), and 1024 steps when neither is
-known. ``params`` sets any of the gate's tensors (bias, alpha, phi, log_omega) explicitly,
-from a mapping or a ``.json``/``.pt`` file, and ``frozen`` keeps them fixed.
+The rhythm's initial values (its frequency bank; the ``uniform``, ``timescale`` and
+``clockwork`` families; explicit ``params``) come from ``surnn.gate_init``; ``frozen`` keeps
+them fixed. The hard step and its surrogate gradients are ``surnn.surrogate``'s.
 
 Rate control: ``Gate.enable_rate_control()`` gives a gate with a pre-activation (rhythm,
 soft, random, content) a scalar buffer ``rate_offset`` added to every neuron's
@@ -52,9 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,13 +43,10 @@ from torch import nn
 from surnn import step_tables
 from surnn.checks import between, boolean, int_at_least, number, one_of, positive
 from surnn.errors import ConfigError
+from surnn.gate_init import RHYTHM_INITS, bank_period_max, initial_values
+from surnn.surrogate import Heaviside, check_surrogate
 from surnn.utils import optim_hint
 
-SURROGATES = ("ste", "triangle", "rect")
-RHYTHM_INITS = ("uniform", "timescale", "clockwork")
-#: the slowest period of the bank when neither period_max nor seq_len is given
-DEFAULT_PERIOD_MAX = 1024.0
-GATE_TENSORS = ("bias", "alpha", "phi", "log_omega")
 _FORCE_OPEN = [0]
 
 
@@ -85,45 +62,6 @@ def all_open():
 
 def forced_open() -> bool:
     return _FORCE_OPEN[0] > 0
-
-
-def surrogate_grad(a: torch.Tensor, kind: str, width: float) -> torch.Tensor:
-    """psi(a): the derivative used for Heaviside(a) in the backward pass.
-
-    ``ste`` is 1 everywhere (dense work in training); ``triangle`` and ``rect`` are zero
-    for |a| >= width, so only open and near-threshold neurons need f in training.
-    """
-    if kind == "ste":
-        return torch.ones_like(a)
-    if kind == "triangle":
-        return (1.0 - a.abs() / width).clamp(min=0.0)
-    if kind == "rect":
-        return (a.abs() < width).to(a.dtype)
-    raise ConfigError(f"gate surrogate={kind!r}: expected one of {', '.join(SURROGATES)}")
-
-
-class _Heaviside(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, a, kind, width):
-        ctx.save_for_backward(a)
-        ctx.kind, ctx.width = kind, width
-        return (a > 0).to(a.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (a,) = ctx.saved_tensors
-        return grad * surrogate_grad(a, ctx.kind, ctx.width), None, None
-
-
-def _check_surrogate(surrogate: str, width: float) -> None:
-    one_of(*SURROGATES).check("surrogate", surrogate)
-    positive().check("width", width)
-
-
-def heaviside(a: torch.Tensor, surrogate: str = "triangle", width: float = 1.0) -> torch.Tensor:
-    """Hard step forward, surrogate gradient backward."""
-    _check_surrogate(surrogate, width)
-    return _Heaviside.apply(a, surrogate, float(width))
 
 
 #: the open fraction of a neuron at initialisation (``init_rate`` of rhythm and content)
@@ -214,7 +152,7 @@ class BinaryGate(Gate):
 
     def __init__(self, hidden_size: int, surrogate: str = "triangle", width: float = 1.0):
         super().__init__(hidden_size)
-        _check_surrogate(surrogate, width)
+        check_surrogate(surrogate, width)
         self.surrogate, self.width = surrogate, float(width)
 
     def preactivation(self, T: int, x, device, t0=0) -> torch.Tensor:  # pragma: no cover
@@ -222,7 +160,7 @@ class BinaryGate(Gate):
 
     def gate(self, T, x, device, dtype, t0=0):
         a = self.preactivation(T, x, device, t0=t0)
-        g = _Heaviside.apply(a, self.surrogate, self.width)  # checked by the constructor
+        g = Heaviside.apply(a, self.surrogate, self.width)  # checked by the constructor
         open_ = a > 0
         if torch.is_grad_enabled() and a.requires_grad:
             if self.surrogate == "ste":
@@ -245,7 +183,7 @@ class RhythmGate(BinaryGate):
         seq_len: the longest sequence the layer will read (sets the default bank).
         period_scale: the slowest default period in sequence lengths.
         learn_freqs: learn the shared frequencies (log-parametrised) or keep them fixed.
-        init: ``uniform``, ``timescale`` or ``clockwork`` (see the module docstring).
+        init: ``uniform``, ``timescale`` or ``clockwork`` (see ``surnn.gate_init``).
         init_rate: ``uniform``: the expected fraction of steps a neuron is open.
         rate_min, rate_max: ``timescale``/``clockwork``: each neuron's open fraction is
             drawn log-uniformly between these.
@@ -318,9 +256,7 @@ class RhythmGate(BinaryGate):
         positive().check("period_scale", period_scale)
         positive().check("period_min", period_min)
         positive(optional=True).check("period_max", period_max)
-        if period_max is None:
-            period_max = period_scale * seq_len if seq_len else DEFAULT_PERIOD_MAX
-            period_max = max(period_max, period_min)
+        period_max = bank_period_max(period_min, period_max, seq_len, period_scale)
         if period_min > period_max:
             raise ConfigError.option(
                 "period_min", period_min, f"expected at most period_max={period_max} (steps)"
@@ -329,17 +265,19 @@ class RhythmGate(BinaryGate):
         boolean().check("frozen", frozen)
         GATE_LR.check("lr", lr)
         self.n_freqs, self.init = n_freqs, init
-        periods = torch.logspace(math.log10(period_min), math.log10(period_max), n_freqs)
-        omega = 2 * math.pi / periods
-        if init == "uniform":
-            alpha, phi, bias = _uniform_init(n_rhythms, n_freqs, init_rate, amplitude)
-        else:
-            alpha, phi, bias = _timescale_init(
-                n_rhythms, omega, rate_min, rate_max, edge_slope, aligned=init == "clockwork"
-            )
-        init_values = {"log_omega": torch.log(omega), "alpha": alpha, "phi": phi, "bias": bias}
-        if params is not None:
-            init_values.update(_explicit_params(params, init_values))
+        init_values = initial_values(
+            n_rhythms,
+            n_freqs,
+            period_min,
+            period_max,
+            init,
+            init_rate,
+            rate_min,
+            rate_max,
+            amplitude,
+            edge_slope,
+            params,
+        )
         for name, value in init_values.items():
             learn = not frozen and (name != "log_omega" or learn_freqs)
             if learn:
@@ -365,93 +303,6 @@ class RhythmGate(BinaryGate):
             a = a.repeat_interleave(self.group_size, dim=1)
         a = self._offset(a)
         return a if dtype is None else a.to(dtype)
-
-
-def _uniform_init(n: int, K: int, init_rate: float, amplitude: float):
-    """Every rhythm sums the K sinusoids at ``amplitude`` with random phases; with random
-    phases the sum is roughly normal with variance K alpha^2 / 2, so this bias opens each
-    neuron about ``init_rate`` of the time."""
-    sigma = abs(amplitude) * math.sqrt(K / 2)
-    q = torch.special.ndtri(torch.tensor(min(init_rate, 1 - 1e-6))).item()
-    alpha = torch.full((n, K), float(amplitude))
-    phi = torch.rand(n, K) * 2 * math.pi
-    return alpha, phi, torch.full((n,), sigma * q)
-
-
-def _timescale_init(n: int, omega, rate_min, rate_max, edge_slope, aligned: bool):
-    """Rhythm i rides on the bank's frequency k_i (the rhythms spread evenly over the K
-    frequencies) and is open L_i = max(1, r_i P) consecutive steps of each period P, with
-    r_i log-uniform in [rate_min, rate_max]: a = b + A cos(omega (t - c)) is positive for
-    |t - c| < L / 2 when b = -A cos(pi L / P), and crosses 0 there with slope
-    A omega sin(pi L / P) = edge_slope. The window's centre c is L / 2 - 1/2 (``aligned``:
-    open at steps 0 .. L - 1 of every period) or uniform in [0, P). A window as long as
-    its period (P <= 1 step) is a neuron open at every step (b = 1, A = 0)."""
-    K = len(omega)
-    k = torch.arange(n) * K // n
-    w = omega[k].double()
-    period = 2 * math.pi / w
-    r = torch.exp(math.log(rate_min) + torch.rand(n).double() * math.log(rate_max / rate_min))
-    length = torch.maximum(r * period, torch.ones_like(r))  # a window holds >= 1 step
-    frac = length / period
-    always = frac >= 1
-    frac = frac.clamp(max=1 - 1e-6)  # (only used where the neuron is not always open)
-    centre = length / 2 - 0.5 if aligned else torch.rand(n).double() * period
-    amp = torch.where(always, 0.0, edge_slope / (w * torch.sin(math.pi * frac)))
-    alpha = torch.zeros(n, K)
-    phi = torch.rand(n, K) * 2 * math.pi  # the other frequencies: amplitude 0
-    rows = torch.arange(n)
-    alpha[rows, k] = amp.float()
-    phi[rows, k] = (math.pi / 2 - w * centre).remainder(2 * math.pi).float()  # sin(x+pi/2)=cos x
-    bias = torch.where(always, 1.0, -amp * torch.cos(math.pi * frac)).float()
-    return alpha, phi, bias
-
-
-def _explicit_params(params: Any, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``params`` (a mapping, or a .json/.pt file of one) as tensors shaped like ``like``."""
-    source = "gate params"
-    if isinstance(params, (str, Path)):
-        path, source = Path(params), f"gate params={params}"
-        if not path.is_file():
-            raise ConfigError(
-                f"{source}: no such file (a .json or .pt of {', '.join(GATE_TENSORS)})"
-            )
-        try:
-            if path.suffix == ".json":
-                params = json.loads(path.read_text())
-            elif path.suffix in (".pt", ".pth"):
-                params = torch.load(path, map_location="cpu", weights_only=True)
-            else:
-                raise ConfigError(f"{source}: expected a .json or .pt file")
-        except (OSError, ValueError, RuntimeError) as e:
-            raise ConfigError(f"{source}: unreadable ({type(e).__name__}: {e})") from e
-    if not hasattr(params, "items"):
-        raise ConfigError(f"{source}: expected a mapping of {', '.join(GATE_TENSORS)}")
-    out = {}
-    for name, value in params.items():
-        if name not in like:
-            raise ConfigError(
-                f"{source}: unknown tensor {name!r}; a rhythm gate has {', '.join(GATE_TENSORS)}"
-            )
-        try:
-            t = torch.as_tensor(_plain(value), dtype=torch.float32).clone()
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{source}: {name} is not numeric ({e})") from e
-        if t.shape != like[name].shape:
-            raise ConfigError(
-                f"{source}: {name} has shape {list(t.shape)}; this gate needs "
-                f"{list(like[name].shape)}"
-            )
-        if not torch.isfinite(t).all():
-            raise ConfigError(f"{source}: {name} has non-finite values")
-        out[name] = t
-    return out
-
-
-def _plain(value: Any) -> Any:
-    """Nested sequences (a config's list nodes included) as plain lists; tensors as they are."""
-    if isinstance(value, (torch.Tensor, int, float)):
-        return value
-    return [_plain(v) for v in value]
 
 
 def hold_stats(g: torch.Tensor, input_window, hold_window) -> dict[str, int]:
