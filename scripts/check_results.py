@@ -22,7 +22,8 @@ path, which a result that records no kernel ran on);
 after the last rerun (so no rerun runs on a tree the update has already modified; the
 files whose rerun failed are named and left as they are, exit status 1), each recording
 its rerun's commit: a ``-dirty`` one, from uncommitted changes, is warned about file by
-file. The end says, per folder, how many results reproduce and which do not. Exit status 0
+file. Of the rerun's ``data`` a committed file keeps the portable part (whether the data was
+generated, the generator settings), none of its machine-local paths. The end says, per folder, how many results reproduce and which do not. Exit status 0
 when all match, 1 otherwise.
 """
 
@@ -40,6 +41,7 @@ import tempfile
 from pathlib import Path
 
 from surnn.harness.results import RunResult
+from surnn.harness.run_setting import committed_data
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPARED = (  # RunResult fields (test_acc: test_metric when the metric is accuracy)
@@ -61,7 +63,6 @@ COMPARED = (  # RunResult fields (test_acc: test_metric when the metric is accur
     "flops_per_seq_dense",
     "precision",
 )
-LOCAL = ("data",)  # machine-local paths, left out of committed files
 
 
 def threads_of(res: RunResult) -> int | None:
@@ -239,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         diff = compare(old, new)
         if args.update:
-            # the reruns' output_dir/data_dir change nothing: the committed command stays
-            keep = dataclasses.replace(new, command=old.command, omitted=new.omitted | set(LOCAL))
+            # the reruns' output_dir/data_dir change nothing: the committed command stays;
+            # of ``data`` only its portable part (no machine-local paths)
+            keep = dataclasses.replace(new, command=old.command, data=committed_data(new.data))
             updates.append((f, keep, len(diff)))
             print(f"  rerun done ({len(diff)} field(s) changed; written after the last rerun)")
             continue

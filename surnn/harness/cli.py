@@ -14,9 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, InterpolationResolutionError, ValidationError
 
 from surnn.errors import ConfigError
-from surnn.harness import config as _schemas  # noqa: F401  (registers the config schemas)
+from surnn.harness.config import CONFIG_DIR  # the import registers the config schemas
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 GROUPS = ("task", "model", "trainer", "optim", "logger", "experiment")
 
 

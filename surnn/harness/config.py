@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
@@ -33,6 +34,7 @@ from surnn.checks import (
 from surnn.errors import ConfigError
 from surnn.harness.positions import KINDS as POSITIONS
 
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"  # the Hydra config tree
 POOLS = ("mean", "last", "max")  # model.pool: over the valid positions (backbone.pool)
 
 

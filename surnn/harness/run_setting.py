@@ -6,11 +6,21 @@ such as ``memory/copy_memory_cpu``, a test scored on part of the test set, data 
 size) carries a label saying what differs. Used by
 ``scripts/make_tables.py`` (tables by setting) and ``scripts/bench_checkpoint.py`` (the
 setting of a benchmarked checkpoint).
+
+A run folder's results.json records its data as the task describes it (``data``: its source,
+generator settings, machine-local paths). A committed copy keeps only its portable part
+(``committed_data``: whether the data was generated, and the generator settings), and one
+written before that keeps none; for such a ListOps run the generator settings are those its
+recorded command composes from today's configs. So a table comes out the same from run
+folders and from committed copies.
 """
 
 from __future__ import annotations
 
+import functools
+import shlex
 from pathlib import Path
+from typing import Any
 
 from surnn.harness.results import RunResult
 
@@ -26,6 +36,16 @@ STANDARD_SPLITS = {  # (train, val, test) of each task's standard data
     "scifar": (45000, 5000, 10000),
 }
 LRA_LISTOPS = {"min_length": 500, "max_length": 2000, "max_depth": 10}
+#: ListOps generator settings whose data can be the LRA release (tasks.listops reads the release
+#: files for these when present); any other settings always generate
+LRA_LISTOPS_SPEC = {
+    "seed": 0,
+    "n_train": 96000,
+    "n_val": 2000,
+    "n_test": 2000,
+    **LRA_LISTOPS,
+    "max_args": 10,
+}
 
 
 def run_config(run_dir: str | Path | None) -> dict:
@@ -66,7 +86,7 @@ def setting_of(r: RunResult, run_dir: str | Path | None = None) -> str | None:
     std = STANDARD_SPLITS.get(r.task)
     if std and sizes and tuple(sizes.get(k) for k in ("train", "val", "test")) != std:
         marks.append("data of another size ({train}/{val}/{test})".format(**sizes))
-    gen = (r.data or {}).get("generate")
+    gen = listops_generate(r)
     lra_like = isinstance(gen, dict) and all(gen.get(k, v) == v for k, v in LRA_LISTOPS.items())
     if r.task == "listops" and isinstance(gen, dict) and not lra_like:
         marks.append(
@@ -77,9 +97,60 @@ def setting_of(r: RunResult, run_dir: str | Path | None = None) -> str | None:
 
 
 def generated_data(r: RunResult) -> bool:
-    """The run read data this harness generated (ListOps, Pathfinder), not a release."""
-    src = str((r.data or {}).get("source") or "")
-    return src.startswith("generated")
+    """The run read data this harness generated (ListOps, Pathfinder), not a release: as its
+    ``data`` records it (a committed copy: ``generated``), else (a committed copy without
+    ``data``) when it is ListOps with generator settings other than LRA's, which always
+    generate. Any other run without ``data`` counts as not generated."""
+    data = r.data or {}
+    if "generated" in data:
+        return bool(data["generated"])
+    if r.data is not None:
+        return str(data.get("source") or "").startswith("generated")
+    gen = listops_generate(r)
+    return isinstance(gen, dict) and any(gen.get(k, v) != v for k, v in LRA_LISTOPS_SPEC.items())
+
+
+def committed_data(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a committed copy of a results.json keeps of its ``data`` (paths and cache keys are
+    machine-local): whether the data was generated, and the generator settings if any."""
+    if data is None:
+        return None
+    r = RunResult(data=data)
+    return {"generated": generated_data(r), **{k: data[k] for k in ("generate",) if k in data}}
+
+
+def listops_generate(r: RunResult) -> dict[str, Any] | None:
+    """A ListOps run's generator settings (None: release only, or not ListOps): its
+    ``data``'s, or for a committed copy without ``data`` those its command composes."""
+    if r.data is not None or r.task != "listops":
+        return (r.data or {}).get("generate")
+    return _composed_generate(r.command or "")
+
+
+@functools.lru_cache(maxsize=64)
+def _composed_generate(command: str) -> dict[str, Any] | None:
+    """``task.options.generate`` of the config a recorded run.py command composes today
+    (None when it has none or no longer composes)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from surnn.harness.config import CONFIG_DIR  # registers the config schemas too
+
+    words = shlex.split(command)
+    at = next((i for i, w in enumerate(words) if w.endswith("run.py")), None)
+    if at is None:
+        return None
+    overrides = [w for w in words[at + 1 :] if "=" in w and not w.startswith(("hydra.", "-"))]
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            gen = OmegaConf.select(compose("config", overrides=overrides), "task.options.generate")
+            gen = OmegaConf.to_container(gen, resolve=True) if gen is not None else None
+    except (HydraException, OmegaConfBaseException):
+        return None
+    # as the run records it (the generator's settings, not ``workers``)
+    return {k: v for k, v in gen.items() if k in LRA_LISTOPS_SPEC} if gen else None
 
 
 def experiment_of(r: RunResult) -> str | None:

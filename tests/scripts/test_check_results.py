@@ -19,6 +19,13 @@ COMMITTED = {
     "command": "python run.py experiment=demo_listops model=gru",
 }
 
+DATA = {  # a rerun's data as ListOps describes it: the paths are this machine's
+    "source": "generated",
+    "files": ["/data/listops-gen-e6a1dbfcfdd1/listops-1000/basic_train.tsv"],
+    "cache": "/data/cache/listops/0a1b",
+    "generate": {"seed": 0, "min_length": 20, "max_length": 150, "max_depth": 5},
+}
+
 
 def committed(folder: Path, names: list[str]) -> dict[Path, bytes]:
     folder.mkdir(parents=True)
@@ -33,7 +40,8 @@ def committed(folder: Path, names: list[str]) -> dict[Path, bytes]:
 def test_update_writes_every_file_after_the_last_rerun(tmp_path, monkeypatch, capsys):
     """The fake rerun records the commit a real one would: ``-dirty`` once a committed file
     in the tree it reruns from was modified. Every rerun finds the files as committed, so
-    each updated file records the clean commit."""
+    each updated file records the clean commit, and of the rerun's data only what is not
+    machine-local."""
     cr = load_script("check_results")
     files = committed(tmp_path / "results", ["a", "b", "c"])
     seen = []
@@ -42,7 +50,8 @@ def test_update_writes_every_file_after_the_last_rerun(tmp_path, monkeypatch, ca
         modified = [f.name for f, text in files.items() if f.read_bytes() != text]
         seen.append(modified)
         commit = "c1ean" + ("-dirty" if modified else "")
-        return dataclasses.replace(old, test_metric=0.5, git_commit=commit)
+        fresh = dict(test_metric=0.5, git_commit=commit, data=DATA, omitted=frozenset())
+        return dataclasses.replace(old, **fresh)  # as a rerun's results.json loads
 
     monkeypatch.setattr(cr, "rerun", rerun)
     monkeypatch.setattr("surnn.provenance.git_commit", lambda *a, **k: "c1ean")
@@ -52,7 +61,8 @@ def test_update_writes_every_file_after_the_last_rerun(tmp_path, monkeypatch, ca
     for f in files:
         d = json.loads(f.read_text())
         assert d["git_commit"] == "c1ean" and d["test_acc"] == 0.5
-        assert d["command"] == COMMITTED["command"] and "data" not in d
+        assert d["command"] == COMMITTED["command"]
+        assert d["data"] == {"generated": True, "generate": DATA["generate"]}  # no paths
     assert "WARNING" not in out
 
 

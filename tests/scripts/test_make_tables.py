@@ -243,3 +243,42 @@ def test_cost_table_gives_model_and_mixer_flops(tmp_path):
     assert "Mixer GFLOPs/seq executed" in md and "always runs dense" in md
     row = next(l for l in md.splitlines() if l.startswith("| standard | listops | surnn"))
     assert "| 0.002 | 0.004 | 0.0005 | 0.0025 | 0.500 / 0.300 |" in row
+
+
+def test_generated_data_is_marked_alike_from_run_folders_and_committed_copies(tmp_path):
+    """The same table comes out of a run folder (its ``data`` as the task describes it), of a
+    committed copy written by check_results --update (``data``'s portable part) and of an
+    older committed copy without ``data`` (ListOps: the generator settings its command
+    composes): the cell marked generated, the setting named alike."""
+    from surnn.harness.run_setting import committed_data
+
+    demo = dict(seed=0, n_train=20000, n_val=1000, n_test=1000, min_length=20, max_length=150)
+    data = {
+        "source": "generated",
+        "files": ["/data/listops-gen-e6a1dbfcfdd1/listops-1000/basic_train.tsv"],
+        "generate": {**demo, "max_depth": 5, "max_args": 10},
+    }
+    copies = {"run": {"data": data}, "committed": {"data": committed_data(data)}, "older": {}}
+    tables = {}
+    for name, extra in copies.items():
+        write_run(
+            tmp_path / name,
+            "listops",
+            "gru",
+            0,
+            0.47,
+            command="python run.py experiment=demo_listops model=gru seed=0",
+            split_sizes={"train": 20000, "val": 1000, "test": 1000},
+            test_examples=1000,
+            **extra,
+        )
+        assert make_tables.main([str(tmp_path / name), "--out", str(tmp_path / f"t-{name}")]) == 0
+        md = (tmp_path / f"t-{name}" / "lra.md").read_text()
+        tables[name] = md.replace(str(tmp_path / name), "RUNS")
+    assert "| gru | 47.00 (1)† |" in tables["run"]
+    assert "ListOps generated with lengths 20-150, depth <= 5" in tables["run"]
+    assert tables["committed"] == tables["run"] and tables["older"] == tables["run"]
+    # an older copy of a run whose data may be the LRA release: not marked
+    write_run(tmp_path / "lra", "listops", "gru", 0, 0.3, command="python run.py task=listops")
+    assert make_tables.main([str(tmp_path / "lra"), "--out", str(tmp_path / "t-lra")]) == 0
+    assert "| gru | 30.00 (1) |" in (tmp_path / "t-lra" / "lra.md").read_text()
