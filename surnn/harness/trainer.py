@@ -276,10 +276,8 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         losses, correct, count, rates = 0.0, 0, 0, {}
+        self.signals.check()  # a signal noted since the last step: stop before this one
         self._begin_step()
-        if self.world == 1 and self.signals.signum is not None:
-            self.signals.interruptible = False
-            raise Preempted
         for micro in range(self.tcfg.grad_accum):
             # Fetching may start the loader's workers (os.fork): a signal raised there would
             # unwind through fork's after-fork hooks and leave logging's lock held (the
