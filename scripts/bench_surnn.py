@@ -48,7 +48,8 @@ import torch
 
 from surnn.gates import build_gate
 from surnn.ops import resolve_impl, su_gru
-from surnn.ops.bench import SETTINGS, surrogate_name, targets
+from surnn.ops.bench import targets
+from surnn.ops.bench_settings import SETTINGS, surrogate_name
 from surnn.provenance import command_line, device_name, git_commit, now_iso
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from surnn.harness.results import RunResult
 from surnn.harness.stats import mean_std, welch
-from surnn.ops.bench import SURROGATES, surrogate_name
 from surnn.ops.bench_report import surrogate_rows
+from surnn.ops.bench_settings import SURROGATES, surrogate_name
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
-"""surnn.ops.bench (scripts/bench_surnn.py --suite targets): every training row names its
-surrogate, the surrogate setting times the public layer as the presets train it under
-straight-through and the triangle of each width, the JSON records the command as typed.
-Structure only, never timings."""
+"""surnn.ops.bench and its settings (scripts/bench_surnn.py --suite targets): every training
+row names its surrogate, the surrogate setting times the public layer as the presets train
+it under straight-through and the triangle of each width, the JSON records the command as
+typed. Structure only, never timings."""
 
 from __future__ import annotations
 
@@ -11,13 +11,15 @@ import sys
 
 import pytest
 
-from surnn.ops import bench
+from surnn.ops import bench, bench_settings
 
 
 @pytest.fixture()
 def tiny_shapes(monkeypatch):
     monkeypatch.setattr(
-        bench, "SURROGATE_SHAPES", {"big": (2, 24, 8, 8, None), "demo": (3, 20, 8, 8, (4, 20))}
+        bench_settings,
+        "SURROGATE_SHAPES",
+        {"big": (2, 24, 8, 8, None), "demo": (3, 20, 8, 8, (4, 20))},
     )
 
 
@@ -53,7 +55,7 @@ def test_surrogate_rows_name_the_presets_and_the_layers_default(tmp_path, tiny_s
 
 
 def test_the_ops_training_rows_name_their_triangle_width(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "CROSSOVER_SHAPES", [((2, 24, 8, 8), (0.5,))])
+    monkeypatch.setattr(bench_settings, "CROSSOVER_SHAPES", [((2, 24, 8, 8), (0.5,))])
     typed = ["scripts/bench_surnn.py", "--suite", "targets", "--settings", "crossover"]
     monkeypatch.setattr(sys, "argv", typed)
     meta = _run(tmp_path, ["crossover"], width=0.3)
@@ -68,7 +70,7 @@ def test_the_ops_training_rows_name_their_triangle_width(tmp_path, monkeypatch):
 def test_the_layers_per_call_overhead_is_reported_not_a_target(tmp_path, monkeypatch):
     """The stream setting's overhead row measures microseconds per call: it has no ratio to
     meet, and neither the JSON nor the Markdown says it met one."""
-    monkeypatch.setattr(bench, "STREAM_SHAPE", (1, 24, 1, 8))
+    monkeypatch.setattr(bench_settings, "STREAM_SHAPE", (1, 24, 1, 8))
     meta = _run(tmp_path, ["stream"])
     (row,) = [r for r in meta["rows"] if "overhead_us_per_call" in r]
     assert row["target"] is None and row["met"] is None
