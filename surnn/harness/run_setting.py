@@ -4,7 +4,7 @@ A run in its task's standard setting (full data, every test example) may sit bes
 published numbers; any other run (the demo's short ListOps, a smoke run, a CPU-sized preset
 such as ``memory/copy_memory_cpu``, a test scored on part of the test set, data of another
 size) carries a label saying what differs. Used by
-``scripts/make_tables.py`` (tables by setting) and ``scripts/bench_checkpoint.py`` (the
+``surnn.harness.paper_tables`` (tables by setting) and ``scripts/bench_checkpoint.py`` (the
 setting of a benchmarked checkpoint).
 
 A run folder's results.json records its data as the task describes it (``data``: its source,

@@ -1,5 +1,5 @@
 """One table of the paper's, as rows of strings, rendered to Markdown and to LaTeX
-(booktabs: ``\\usepackage{booktabs}``). Used by ``scripts/make_tables.py``."""
+(booktabs: ``\\usepackage{booktabs}``). Used by ``surnn.harness.paper_tables``."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from surnn.harness.paper_tables import gpu_table
 from tests.fixtures import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +54,7 @@ def test_gpu_check_dry_run_runs_every_step_and_writes_one_json(tmp_path):
         assert case in table
     mt = load_script("make_tables")
     gpu = mt.find_gpu_checks([tmp_path])
-    md = "\n".join(mt._gpu_table(gpu).markdown())
+    md = "\n".join(gpu_table(gpu).markdown())
     assert "su rate 0.17 train" in md and "DRY RUN" in md
 
 

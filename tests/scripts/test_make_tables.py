@@ -1,4 +1,5 @@
-"""scripts/make_tables.py: aggregation over seeds, paper rows, clear errors."""
+"""scripts/make_tables.py (and surnn.harness.paper_tables, the tables it builds): aggregation
+over seeds, paper rows, clear errors."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from surnn.harness import paper_tables
 from tests.fixtures import ROOT, load_script
 
 make_tables = load_script("make_tables")
@@ -130,7 +132,7 @@ def test_averages_follow_one_stated_convention_for_runs_and_published_rows(tmp_p
     """Avg-5 without Path-X, Avg-6 with a Path-X FAIL counted as 50 (as S4 does), both
     computed by the script: the Transformer's published 53.66 is its 6-task average, the
     suGRU's 70.43 its 5-task one, and the table now says which is which."""
-    assert make_tables.averages(
+    assert paper_tables.averages(
         {
             "listops": 36.37,
             "text": 64.27,
@@ -140,7 +142,7 @@ def test_averages_follow_one_stated_convention_for_runs_and_published_rows(tmp_p
             "pathx": "fail",
         }
     ) == (pytest.approx(54.388), pytest.approx(53.657, abs=1e-3))
-    a5, a6 = make_tables.averages(
+    a5, a6 = paper_tables.averages(
         {
             "listops": 44.93,
             "text": 64.42,
@@ -151,7 +153,7 @@ def test_averages_follow_one_stated_convention_for_runs_and_published_rows(tmp_p
         }
     )
     assert a5 == pytest.approx(70.426) and a6 is None
-    for t in make_tables.LRA_TASKS:
+    for t in paper_tables.LRA_TASKS:
         write_run(tmp_path / "r", t, "gru", 0, 0.6)
     out = tmp_path / "t"
     assert make_tables.main([str(tmp_path / "r"), "--out", str(out)]) == 0
