@@ -26,7 +26,7 @@ such runs never pool with the preset's), and writes into ``--out``:
   difference of their mean test metric and Welch's t-test (two-sided; unequal variances);
 - ``<name>-gate_stats.json``: for every trained suRNN run, each layer's longest closed
   stretch per neuron and (copy memory) the neurons open at the input and closed through the
-  delay;
+  delay (``surnn.harness.trained_gates``);
 - ``runs/<name>/<run>.json`` and ``<run>.metrics.jsonl``: every run's results.json (its
   command, commit and thread count: ``scripts/check_results.py results/memory/runs/<name>``
   reruns them) and its metrics log, so the committed table keeps its evidence.
@@ -46,6 +46,7 @@ from pathlib import Path
 from surnn.harness.cli import variant_from_overrides
 from surnn.harness.results import RunResult
 from surnn.harness.stats import mean_std, welch
+from surnn.harness.trained_gates import gate_stats, holding, stats_table, trained_gates
 
 #: arms whose gate is not learned (excluded from the default raster)
 NOT_LEARNED = ("handset", "random")
@@ -113,44 +114,6 @@ def label(r: RunResult) -> str:
     v, extra = r.variant, model_overrides(r)
     parts = ([v] if v and v != "none" else []) + ([extra] if extra else [])
     return f"{r.model} [{', '.join(parts)}]" if parts else r.model
-
-
-def comparisons(rows: list[dict]) -> tuple[str, list[dict]]:
-    """Every two arms of a setting with at least 2 seeds each: Welch's t-test on the test
-    metric (the table's rows; ``test`` holds one value per seed)."""
-    out = []
-    for where in dict.fromkeys(w["setting"] for w in rows):
-        arms = [w for w in rows if w["setting"] == where and len(w["test"]) >= 2]
-        for i, x in enumerate(arms):
-            for y in arms[i + 1 :]:
-                w = welch(x["test"], y["test"])
-                out.append(
-                    {
-                        "setting": where,
-                        "a": x["arm"],
-                        "b": y["arm"],
-                        "seeds": [len(x["test"]), len(y["test"])],
-                        **w,
-                    }
-                )
-    if not out:
-        return "", out
-    lines = [
-        "### Comparisons (Welch's t-test, two-sided, on the test metric per seed)",
-        "",
-        "Every pair of arms with at least 2 seeds; p is per comparison, not adjusted for the "
-        "number of comparisons in this table.",
-        "",
-        "| setting | arm a | arm b | seeds a / b | mean a - b (points) | t | df | p |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for c in out:
-        f = 100 if next(w for w in rows if w["arm"] == c["a"])["metric"] == "acc" else 1
-        lines.append(
-            f"| {c['setting']} | {c['a']} | {c['b']} | {c['seeds'][0]} / {c['seeds'][1]} | "
-            f"{f * c['diff']:+.1f} | {c['t']:.2f} | {c['df']:.1f} | {c['p']:.3g} |"
-        )
-    return "\n".join(lines) + "\n", out
 
 
 def _options(r: RunResult) -> dict:
@@ -253,6 +216,44 @@ def table(runs: list[Run]) -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
+def comparisons(rows: list[dict]) -> tuple[str, list[dict]]:
+    """Every two arms of a setting with at least 2 seeds each: Welch's t-test on the test
+    metric (the table's rows; ``test`` holds one value per seed)."""
+    out = []
+    for where in dict.fromkeys(w["setting"] for w in rows):
+        arms = [w for w in rows if w["setting"] == where and len(w["test"]) >= 2]
+        for i, x in enumerate(arms):
+            for y in arms[i + 1 :]:
+                w = welch(x["test"], y["test"])
+                out.append(
+                    {
+                        "setting": where,
+                        "a": x["arm"],
+                        "b": y["arm"],
+                        "seeds": [len(x["test"]), len(y["test"])],
+                        **w,
+                    }
+                )
+    if not out:
+        return "", out
+    lines = [
+        "### Comparisons (Welch's t-test, two-sided, on the test metric per seed)",
+        "",
+        "Every pair of arms with at least 2 seeds; p is per comparison, not adjusted for the "
+        "number of comparisons in this table.",
+        "",
+        "| setting | arm a | arm b | seeds a / b | mean a - b (points) | t | df | p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in out:
+        f = 100 if next(w for w in rows if w["arm"] == c["a"])["metric"] == "acc" else 1
+        lines.append(
+            f"| {c['setting']} | {c['a']} | {c['b']} | {c['seeds'][0]} / {c['seeds'][1]} | "
+            f"{f * c['diff']:+.1f} | {c['t']:.2f} | {c['df']:.1f} | {c['p']:.3g} |"
+        )
+    return "\n".join(lines) + "\n", out
+
+
 def _panels(
     runs: list[Run],
     key: str,
@@ -304,88 +305,6 @@ def _panels(
     return True
 
 
-def trained_gates(run_dir: Path):
-    """(task, checkpoint path, [(layer, gate [T, H] as numpy)]) of a suRNN run's best
-    checkpoint (else its last) over one sequence of its task."""
-    import torch
-    from omegaconf import OmegaConf
-
-    from surnn.harness import checkpoint
-    from surnn.harness.config import BackboneConfig, checked
-    from surnn.harness.run import build_model, build_task
-    from surnn.layer import SelectiveUpdateGRU
-
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    task = build_task(cfg)
-    task.splits()
-    model = build_model(task, checked(BackboneConfig, cfg.model, "model"))
-    ckpt = run_dir / "checkpoints" / "best.pt"
-    if not ckpt.exists():
-        ckpt = run_dir / "checkpoints" / "last.pt"
-    model.load_state_dict(checkpoint.load(ckpt)["model"])
-    gates = []
-    for i, blk in enumerate(model.encoder.blocks):
-        rnn = getattr(blk.mixer, "rnn", None)
-        if isinstance(rnn, SelectiveUpdateGRU):
-            with torch.no_grad():
-                g, _ = rnn.gates[0](task.max_len)
-            gates.append((i, g.float().numpy()))
-    if not gates:
-        raise SystemExit(f"error: {run_dir} has no suRNN layer to draw")
-    return task, ckpt, gates
-
-
-def _longest_closed(col) -> int:
-    """The longest run of consecutive closed steps (g == 0) of one neuron."""
-    best = cur = 0
-    for v in col:
-        cur = cur + 1 if v == 0 else 0
-        best = max(best, cur)
-    return best
-
-
-def _holding(task, g, late: bool = False):
-    """Bool per neuron: open at the input and closed through the delay (copy memory); with
-    ``late``, closed through its last 90% (as ``surnn.gates.hold_stats``' late holders)."""
-    win = getattr(task, "memory_windows", None)
-    if not win:
-        return None
-    (a0, a1), (b0, b1) = win["input"], win["hold"]
-    if late:
-        b0 = b1 - (b1 - b0) * 9 // 10
-    return g[a0:a1].any(0) & ~g[b0:b1].any(0)
-
-
-def gate_stats(run_dir: Path) -> dict:
-    """What the trained gate can hold: per layer, each neuron's longest closed stretch
-    (a closed neuron keeps its state exactly) and, for copy memory, the neurons open at the
-    input and closed through the whole delay: the only ones that carry what they read
-    across the delay untouched (the readout sees every neuron's state at the recall)."""
-    task, ckpt, gates = trained_gates(run_dir)
-    out = {"run": str(run_dir), "checkpoint": ckpt.name, "task": task.name}
-    for i, g in gates:
-        spans = sorted(_longest_closed(g[:, h]) for h in range(g.shape[1]))
-        st = {
-            "update_rate": float(g.mean()),
-            "longest_closed_max": int(spans[-1]),
-            "longest_closed_median": int(spans[len(spans) // 2]),
-        }
-        held = _holding(task, g > 0)
-        if held is not None:
-            import torch
-
-            from surnn.gates import hold_stats
-
-            win = task.memory_windows
-            hs = hold_stats(torch.from_numpy(g), win["input"], win["hold"])
-            st["closed_through_delay"] = hs["closed_through_hold"]
-            st["open_at_input_then_closed_through_delay"] = hs["holders"]
-            st["open_at_input_then_closed_through_90pct_of_delay"] = hs["late_holders"]
-            st["delay"] = int(task.delay)
-        out[f"layer{i}"] = st
-    return out
-
-
 def gate_raster(run_dir: Path, path: Path) -> dict:
     """The trained gates of a suRNN run (best checkpoint) over one sequence of its task,
     the holding neurons marked on the left: red, open at the input and closed through the
@@ -407,9 +326,9 @@ def gate_raster(run_dir: Path, path: Path) -> dict:
         ax.imshow(g.T, aspect="auto", cmap="gray", interpolation="nearest")
         for m in marks:
             ax.axvline(m - 0.5, color="red", lw=0.8)
-        held = _holding(task, g > 0)
+        held = holding(task, g > 0)
         rows = [] if held is None else [int(h) for h in held.nonzero()[0]]
-        late = _holding(task, g > 0, late=True)
+        late = holding(task, g > 0, late=True)
         late_rows = [] if late is None else [int(h) for h in late.nonzero()[0] if h not in rows]
         for h in rows:
             ax.plot([-0.01 * g.shape[0]], [h], marker=">", color="red", ms=4, clip_on=False)
@@ -438,31 +357,6 @@ def gate_raster(run_dir: Path, path: Path) -> dict:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return {"run": str(run_dir), "checkpoint": ckpt.name, **info}
-
-
-def stats_table(stats: list[dict]) -> str:
-    """Markdown: what each trained suRNN gate can hold (see gate_stats)."""
-    lines = [
-        "### What the trained gates can hold (per suRNN run and layer)",
-        "",
-        "| run | layer | update rate | longest closed stretch: max / median (steps) "
-        "| closed through the whole delay | open at the input, then closed through the "
-        "delay | ... through its last 90% |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for st in stats:
-        for key, v in st.items():
-            if not key.startswith("layer"):
-                continue
-            held = v.get("closed_through_delay", "–")
-            both = v.get("open_at_input_then_closed_through_delay", "–")
-            late = v.get("open_at_input_then_closed_through_90pct_of_delay", "–")
-            lines.append(
-                f"| {st.get('name') or Path(st['run']).name} | {key[5:]} | {v['update_rate']:.3f} | "
-                f"{v['longest_closed_max']} / {v['longest_closed_median']} | "
-                f"{held} | {both} | {late} |"
-            )
-    return "\n".join(lines) + "\n"
 
 
 def default_raster(runs: list[Run]) -> Path | None:

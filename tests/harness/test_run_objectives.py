@@ -108,11 +108,10 @@ def test_every_model_on_copy_memory_in_one_multirun(tmp_path):
 
 
 def test_longest_closed_stretch():
-    from tests.fixtures import load_script
+    from surnn.harness.trained_gates import longest_closed
 
-    pm = load_script("plot_memory")
-    assert pm._longest_closed([1, 0, 0, 1, 0, 0, 0, 1]) == 3
-    assert pm._longest_closed([1, 1]) == 0 and pm._longest_closed([0, 0]) == 2
+    assert longest_closed([1, 0, 0, 1, 0, 0, 0, 1]) == 3
+    assert longest_closed([1, 1]) == 0 and longest_closed([0, 0]) == 2
 
 
 def test_arm_names_and_comparisons():
