@@ -8,7 +8,8 @@ the signal is then handed on, e.g. to submitit, which requeues the job).
 
 Its parts: optim.py (parameter groups, schedule), data.py (batching), streams.py
 (language-model streams in windows, state carried), evaluation.py (metrics over a split,
-FLOPs), preemption.py (stop signals), checkpoint.py (last.pt, best.pt), metrics.py.
+FLOPs), preemption.py (stop signals), resume.py (saving last.pt, resuming from it, stopping
+at a signal), checkpoint.py (the files), metrics.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import signal
 import statistics
 import time
 from pathlib import Path
@@ -36,6 +36,7 @@ from surnn.harness.loggers import Loggers
 from surnn.harness.metrics import run_summary
 from surnn.harness.optim import param_groups, warmup_cosine
 from surnn.harness.preemption import Preempted, StopSignals
+from surnn.harness.resume import Resumable
 from surnn.harness.streams import Prefix, carry_state, detached_rows, is_stream, train_windows
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def _tokens(batch: dict[str, torch.Tensor]) -> int:
     return n
 
 
-class Trainer:
+class Trainer(Resumable):
     def __init__(
         self,
         model: torch.nn.Module,
@@ -139,118 +140,6 @@ class Trainer:
             rank,
             world,
         )
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def _state(self) -> dict[str, Any]:
-        return {
-            "model": self.model_raw.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": ckpt.rng_state(),
-            "step": self.step,
-            "batches_done": self.batches_done,
-            "best": self.best,
-            "last_eval_step": self.last_eval_step,
-            "timers": self.timers,
-            "step_times": self.step_times[-2000:],
-            "running": self.running,
-            "fingerprint": self.fingerprint,
-            "carried": self.carried,
-        }
-
-    def save_last(self) -> None:
-        self._check_finite_weights()  # on every rank: the same weights, the same decision
-        if self.is_main:
-            ckpt.save(self.ckpt_dir / "last.pt", self._state())
-
-    def try_resume(self) -> bool:
-        path = self.ckpt_dir / "last.pt"
-        if not path.exists():
-            return False
-        state = ckpt.load_last(path, self.fingerprint, self.run_dir)
-        self.model_raw.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        self.step, self.batches_done = state["step"], state["batches_done"]
-        self.best, self.last_eval_step = state["best"], state["last_eval_step"]
-        self.carried = state.get("carried", {})
-        self.timers, self.step_times = state["timers"], list(state["step_times"])
-        self.running = dict(state.get("running", {}))
-        log.info("resumed from %s at step %d", path, self.step)
-        return True
-
-    # ------------------------------------------------------------------ signals
-
-    def _on_signal(self, signum: int) -> None:
-        """The first stop signal: say so. Inside a training step (one process) or an
-        evaluation ``self.signals`` stops at once: the step is abandoned before the
-        optimizer touches the weights, and last.pt holds the state as of its start."""
-        if self.is_main:
-            log.warning(
-                "received %s at step %d: saving last.pt and stopping",
-                signal.Signals(signum).name,
-                self.step,
-            )
-
-    def _begin_step(self) -> None:
-        self._step_start = {
-            "rng": ckpt.rng_state(),
-            "batches_done": self.batches_done,
-            "tokens": self.timers["tokens"],
-        }
-        self.signals.interruptible = True
-
-    def _abandon_step(self) -> None:
-        """Back to the start of the interrupted step (weights and optimizer are untouched
-        until optimizer.step, which runs outside the interruptible part)."""
-        self.signals.interruptible = False
-        snap = self._step_start
-        if snap is None:
-            return
-        self.optimizer.zero_grad(set_to_none=True)
-        ckpt.set_rng_state(snap["rng"])
-        self.batches_done = snap["batches_done"]
-        self.timers["tokens"] = snap["tokens"]
-        self._step_start = None
-
-    def _warn_if_long(self) -> None:
-        """One warning when a CPU run is on course to take hours (the full LRA settings on
-        a laptop): the estimate, and what to run instead. Checked after the first step
-        (minus start-up, so at most a step's time into the run) and again after ten."""
-        if self._warned_long or not self.step_times:
-            return
-        per_step = statistics.median(self.step_times[-5:])
-        left_h = per_step * (self.tcfg.max_steps - self.step) / 3600
-        if self.device.type == "cpu" and left_h > 2:
-            self._warned_long = True
-            log.warning(
-                "this run needs about %.0f more hours on CPU (%.2f s/step x %d steps). The "
-                "LRA settings are sized for a GPU; on CPU try `make demo` "
-                "(experiment=demo_listops, ~7 min) or trainer=smoke, or cut trainer.max_steps.",
-                left_h,
-                per_step,
-                self.tcfg.max_steps - self.step,
-            )
-
-    def _exit_for_signal(self) -> None:
-        """Save last.pt, then hand the signal on (default action or, e.g., submitit's
-        requeue handler)."""
-        self.signals.interruptible = False
-        if self._step_start is not None:  # a step was cut short: save as of its start
-            self._abandon_step()
-        self.save_last()
-        if self.world > 1:
-            dist.barrier()  # rank 0 has written last.pt before any rank exits
-        if self.is_main:
-            log.warning(
-                "saved last.pt at step %d; exiting. To resume this run: %s",
-                self.step,
-                self.resume_command or f"rerun it with the same run_id (run folder {self.run_dir})",
-            )
-        self.loggers.close()
-        self.signals.hand_on()
 
     # ------------------------------------------------------------------ loops
 
@@ -354,30 +243,6 @@ class Trainer:
         bad = out[0] > 0
         return bad, float("nan") if bad else out[2] / w, int(out[3]), int(out[4]), mean_rates
 
-    def _kept(self) -> str:
-        """Where the run can go back to: the last checkpoint written (every last.pt is
-        checked finite, weights and validation, before it is written)."""
-        last = self.ckpt_dir / "last.pt"
-        if last.exists():
-            return f"the last good checkpoint is {last} (step {self._last_saved_step})"
-        return "no checkpoint had been saved yet"
-
-    def _fix(self) -> str:
-        if self.tcfg.clip_grad:
-            return f"Lower optim.lr or trainer.clip_grad (now {self.tcfg.clip_grad})"
-        return "Lower optim.lr or set trainer.clip_grad (e.g. 1.0)"
-
-    def _check_finite_weights(self) -> None:
-        """A checkpoint is written only of finite weights: a step whose loss was finite
-        can still leave inf/NaN weights behind (a huge learning rate), and saving them
-        would make last.pt a run that resumes into NaN."""
-        if all(bool(torch.isfinite(p).all()) for p in self.model_raw.parameters()):
-            return
-        raise TrainingError(
-            f"the weights became non-finite at step {self.step}; stopped without saving "
-            f"them, {self._kept()}. {self._fix()}."
-        )
-
     def _train_batches(self):
         """Endless training batches from ``batches_done`` on (this rank's share).
 
@@ -463,6 +328,25 @@ class Trainer:
             self.step,
             {k: round(v, 4) for k, v in res.items() if isinstance(v, float)},
         )
+
+    def _warn_if_long(self) -> None:
+        """One warning when a CPU run is on course to take hours (the full LRA settings on
+        a laptop): the estimate, and what to run instead. Checked after the first step
+        (minus start-up, so at most a step's time into the run) and again after ten."""
+        if self._warned_long or not self.step_times:
+            return
+        per_step = statistics.median(self.step_times[-5:])
+        left_h = per_step * (self.tcfg.max_steps - self.step) / 3600
+        if self.device.type == "cpu" and left_h > 2:
+            self._warned_long = True
+            log.warning(
+                "this run needs about %.0f more hours on CPU (%.2f s/step x %d steps). The "
+                "LRA settings are sized for a GPU; on CPU try `make demo` "
+                "(experiment=demo_listops, ~7 min) or trainer=smoke, or cut trainer.max_steps.",
+                left_h,
+                per_step,
+                self.tcfg.max_steps - self.step,
+            )
 
     def fit(self) -> None:
         self.signals.install()
