@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import baselines.flops  # noqa: F401  (CPU attention FLOP formula)
-from surnn.checks import between, boolean, int_at_least
+from surnn.checks import between, boolean, int_at_least, one_of
 from surnn.errors import ConfigError
 from surnn.harness.mixer import Mixer
+from surnn.harness.positions import KINDS as POSITIONS
 from surnn.harness.positions import Positions
 from surnn.utils import valid_mask
 
@@ -59,6 +60,7 @@ class AttentionMixer(Mixer):
             )
         boolean(optional=True).check("causal", causal)
         between(0, 1, hi_open=True).check("attn_dropout", attn_dropout)
+        one_of(*POSITIONS).check("positions", positions)
         # None (the config's null): the backbone passes True for language modelling
         self.causal, self.n_heads, self.qkv_dim = bool(causal), n_heads, dq
         self.attn_dropout = float(attn_dropout)

@@ -8,7 +8,6 @@ import math
 import torch
 from torch import nn
 
-from surnn.checks import one_of
 from surnn.errors import ConfigError
 
 KINDS = ("none", "sinusoidal", "learned")
@@ -28,11 +27,13 @@ def sinusoidal_positions(L: int, d: int, device=None, dtype=torch.float32) -> to
 
 class Positions(nn.Module):
     """Adds a position signal to ``x: [B, L, d]``: ``none``, ``sinusoidal`` (fixed) or
-    ``learned`` (a table of ``max_len`` rows). ``option`` names the config key in errors."""
+    ``learned`` (a table of ``max_len`` rows). ``kind`` is one of ``KINDS``, checked where
+    the option is defined (``model.pos_emb`` by the backbone's schema, the Transformer's
+    ``positions`` by its constructor); ``option`` names the config key in errors."""
 
     def __init__(self, kind: str, d_model: int, max_len: int | None, option: str):
         super().__init__()
-        self.kind, self.option = one_of(*KINDS).check(option, kind), option
+        self.kind, self.option = kind, option
         if kind == "learned":
             if not max_len:
                 raise ConfigError.option(
