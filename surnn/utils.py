@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -31,3 +36,20 @@ def optim_hint(param: nn.Parameter, lr: float | None = None, weight_decay: float
         hints["weight_decay"] = weight_decay
     param._optim = hints
     return param
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (made, with its folder, if missing) across
+    processes and DDP ranks: held while the block runs, dropped by the kernel if the process
+    dies. Whoever waited on it finds the work done (a compiled kernel, a data cache)."""
+    import fcntl  # POSIX; imported here so that ``import surnn`` needs it only to lock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from surnn.errors import DataError
+from surnn.utils import file_lock
 from tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -112,18 +112,6 @@ def sample_digest(path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive lock so concurrent runs (or DDP ranks) write a folder once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def unwritable(folder: Path) -> str | None:

@@ -33,7 +33,6 @@ and the stdlib.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import os
@@ -49,6 +48,8 @@ from types import ModuleType
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
+
+from surnn.utils import file_lock
 
 _SRC = Path(__file__).resolve().parent / "csrc"
 _STATE: dict = {
@@ -127,20 +128,6 @@ def build_key(name: str, cflags: list[str], ldflags: list[str], cxx: str) -> str
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock on ``path`` (created if missing) across processes, released when
-    the block ends or the process dies."""
-    import fcntl
-
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def library(where: Path, name: str, build: Callable[[Path], ModuleType | None]):
     """``(path of where/<name>.so, module or None, built)``: the library of one key.
     Present: nothing runs. Missing: under a lock on ``where``.lock, ``build(tmp)`` builds
@@ -151,7 +138,7 @@ def library(where: Path, name: str, build: Callable[[Path], ModuleType | None]):
     if so.exists():
         return so, None, False
     where.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(where.parent / f"{where.name}.lock"):
+    with file_lock(where.parent / f"{where.name}.lock"):
         if so.exists():  # built by another process while this one waited
             return so, None, False
         tmp = Path(tempfile.mkdtemp(prefix=f"{where.name}.build-", dir=where.parent))
