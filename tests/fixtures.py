@@ -157,6 +157,21 @@ def run_error(overrides: list[str], out: Path, run_id: str) -> str:
     return line
 
 
+def crash_after(trainer, steps: int) -> None:
+    """Make ``trainer`` stop dead (``KeyboardInterrupt``, where a kill would stop it) when it
+    begins its step number ``steps + 1`` in this process: ``fit`` raises, and the run
+    folder holds what it had saved by then."""
+    done, step = [0], trainer._train_step
+
+    def counted(it):
+        if done[0] == steps:
+            raise KeyboardInterrupt
+        done[0] += 1
+        return step(it)
+
+    trainer._train_step = counted
+
+
 def run_ranks(fn, world: int, folder: Path, *args) -> list:
     """``fn(rank, world, *args)`` on ``world`` processes joined by a gloo process group:
     what each returned, by rank; ``folder`` holds the rendezvous file and the results. The

@@ -21,6 +21,7 @@ from surnn.harness.registry import MIXERS
 from surnn.harness.trainer import Trainer
 from tasks.base import Splits
 from tasks.memory import CopyMemory, SelectiveCopy
+from tests.fixtures import crash_after
 
 
 def standin(objective, **kw):
@@ -361,15 +362,7 @@ def test_stream_training_resumes_exactly_with_the_carried_state(tmp_path, mixer)
     a, _, _ = _lm_trainer(tmp_path / "a", mixer, window=8)
     a.fit()
     b, _, _ = _lm_trainer(tmp_path / "b", mixer, window=8)
-    calls, orig = {"n": 0}, b._train_step
-
-    def crash_after_four(it):
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return orig(it)
-
-    b._train_step = crash_after_four
+    crash_after(b, 4)
     with pytest.raises(KeyboardInterrupt):
         b.fit()
     c, _, _ = _lm_trainer(tmp_path / "b", mixer, window=8)

@@ -15,7 +15,7 @@ from surnn.harness.config import BackboneConfig, OptimConfig, TrainerConfig, che
 from surnn.harness.data import ResumableBatchSampler
 from surnn.harness.loggers import JsonlLog, Loggers
 from surnn.harness.trainer import Trainer
-from tests.fixtures import ToyTask
+from tests.fixtures import ToyTask, crash_after
 
 
 def make_trainer(
@@ -86,16 +86,7 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
     ref = a.test()
 
     b = make_trainer(tmp_path / "b")
-    calls = {"n": 0}
-    orig = b._train_step
-
-    def crash_after_five(it):
-        if calls["n"] == 5:  # last.pt was written at step 3
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        return orig(it)
-
-    b._train_step = crash_after_five
+    crash_after(b, 5)  # last.pt was written at step 3
     with pytest.raises(KeyboardInterrupt):
         b.fit()
     c = make_trainer(tmp_path / "b", init_seed=99)  # other init: resume must overwrite it
@@ -287,16 +278,7 @@ def test_training_is_deterministic_on_cpu(tmp_path):
 
 def test_long_cpu_run_warns_after_the_first_step(tmp_path, caplog):
     tr = make_trainer(tmp_path, max_steps=10**8)
-    orig = tr._train_step
-    calls = {"n": 0}
-
-    def two_steps(it):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return orig(it)
-
-    tr._train_step = two_steps
+    crash_after(tr, 1)
     with (
         caplog.at_level("WARNING", logger="surnn.harness.trainer"),
         pytest.raises(KeyboardInterrupt),
