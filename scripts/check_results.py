@@ -23,7 +23,8 @@ after the last rerun (so no rerun runs on a tree the update has already modified
 files whose rerun failed are named and left as they are, exit status 1), each recording
 its rerun's commit: a ``-dirty`` one, from uncommitted changes, is warned about file by
 file. Of the rerun's ``data`` a committed file keeps the portable part (whether the data was
-generated, the generator settings), none of its machine-local paths. The end says, per folder, how many results reproduce and which do not. Exit status 0
+generated, the generator settings, the task's sizes and options), none of its machine-local
+paths. The end says, per folder, how many results reproduce and which do not. Exit status 0
 when all match, 1 otherwise.
 """
 

@@ -9,7 +9,7 @@ setting of a benchmarked checkpoint).
 
 A run folder's results.json records its data as the task describes it (``data``: its source,
 generator settings, machine-local paths). A committed copy keeps only its portable part
-(``committed_data``: whether the data was generated, and the generator settings), and one
+(``committed_data``: whether the data was generated, the generator settings, sizes), and one
 written before that keeps none; for such a ListOps run the generator settings are those its
 recorded command composes from today's configs. So a table comes out the same from run
 folders and from committed copies.
@@ -110,13 +110,19 @@ def generated_data(r: RunResult) -> bool:
     return isinstance(gen, dict) and any(gen.get(k, v) != v for k, v in LRA_LISTOPS_SPEC.items())
 
 
+#: the keys of a run's ``data`` that hold no machine-local path or cache key: every task's
+#: (tasks.base.Task.describe), ListOps' generator settings, a generated task's options
+PORTABLE_DATA = ("name", "objective", "n_classes", "input_kind", "vocab_size", "input_dim")
+PORTABLE_DATA += ("max_len", "dual", "generate", "options")
+
+
 def committed_data(data: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What a committed copy of a results.json keeps of its ``data`` (paths and cache keys are
-    machine-local): whether the data was generated, and the generator settings if any."""
+    """What a committed copy of a results.json keeps of its ``data`` (its paths and cache keys
+    are machine-local): whether the data was generated, and the ``PORTABLE_DATA`` keys."""
     if data is None:
         return None
-    r = RunResult(data=data)
-    return {"generated": generated_data(r), **{k: data[k] for k in ("generate",) if k in data}}
+    kept = {k: data[k] for k in PORTABLE_DATA if k in data}
+    return {**kept, "generated": generated_data(RunResult(data=data))}
 
 
 def listops_generate(r: RunResult) -> dict[str, Any] | None:

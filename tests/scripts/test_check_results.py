@@ -20,6 +20,8 @@ COMMITTED = {
 }
 
 DATA = {  # a rerun's data as ListOps describes it: the paths are this machine's
+    "name": "listops",
+    "max_len": 160,
     "source": "generated",
     "files": ["/data/listops-gen-e6a1dbfcfdd1/listops-1000/basic_train.tsv"],
     "cache": "/data/cache/listops/0a1b",
@@ -62,7 +64,8 @@ def test_update_writes_every_file_after_the_last_rerun(tmp_path, monkeypatch, ca
         d = json.loads(f.read_text())
         assert d["git_commit"] == "c1ean" and d["test_acc"] == 0.5
         assert d["command"] == COMMITTED["command"]
-        assert d["data"] == {"generated": True, "generate": DATA["generate"]}  # no paths
+        kept = {"name": "listops", "max_len": 160, "generate": DATA["generate"]}
+        assert d["data"] == {**kept, "generated": True}  # no paths
     assert "WARNING" not in out
 
 
