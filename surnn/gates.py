@@ -1,4 +1,4 @@
-"""Update gates for selective-update layers and their surrogate gradients.
+"""Update gates for selective-update layers: the kinds, their options and ``build_gate``.
 
 The paper's rhythm gate depends on time only:
     a[t, i] = b_i + sum_k alpha[i, k] * sin(omega_k * t + phi[i, k]),   g = Heaviside(a)
