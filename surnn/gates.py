@@ -118,7 +118,7 @@ class Gate(nn.Module):
             shape = (T, self.hidden_size)
             if not self.time_only and x is not None:
                 shape = (x.shape[0], T, self.hidden_size)
-            elif not grad:  # inference: served like the gate's own table (same cost)
+            elif not grad and not torch.compiler.is_compiling():  # inference: a served table
                 return step_tables.serve(
                     self,
                     "_open_table",
@@ -131,14 +131,16 @@ class Gate(nn.Module):
                 )
             g = torch.ones(shape, device=device, dtype=dtype)
             return g, torch.ones(shape, device=device, dtype=torch.bool)
-        if self.time_only and not t0 and not grad:
+        if self.time_only and not t0 and not grad and not torch.compiler.is_compiling():
             return self._from_table(T, device, dtype)
         return self.gate(T, x, device, dtype, t0)
 
     def _from_table(self, T: int, device, dtype):
         """Inference (no gradients) of a time-only gate, from a table of its first steps
         (``surnn.step_tables``): at batch 1 a rhythm's [T, H, K] sinusoids cost more than
-        the recurrence they gate. Recomputed when a parameter or buffer changes or moves."""
+        the recurrence they gate. Recomputed when a parameter or buffer changes or moves.
+        Not used while torch.compile traces (a table's key reads storage pointers, which a
+        graph cannot): the compiled graph computes the gate itself."""
         key = step_tables.state_key(self, device, dtype)
         return step_tables.serve(
             self, "_table", key, T, lambda n: self.gate(n, None, device, dtype, 0)

@@ -120,8 +120,8 @@ def update_rates(
     T = g.shape[-2]
     if closes_nothing(lengths, T):
         lengths = None
-    if lengths is None:
-        served = step_tables.served_rates(g)  # computed once per served table view
+    if lengths is None:  # a served table view's rates are computed once (not when tracing)
+        served = None if torch.compiler.is_compiling() else step_tables.served_rates(g)
         if served is not None:
             return served
         rate = g.float().mean() if g.numel() else g.new_zeros((), dtype=torch.float32)

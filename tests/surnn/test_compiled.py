@@ -538,3 +538,30 @@ def test_torch_compile_traces_the_compiled_kernel():
     with torch.no_grad():
         out, h = traced(x, h0, *w, g, active, lens)
     assert_close((out, h), got[:2], 1e-10)
+
+
+@needs_kernel
+@pytest.mark.parametrize("open_all", [False, True])
+def test_torch_compile_traces_the_layer_at_inference(open_all):
+    """The public layer in eval without gradients (a time-only rhythm gate, served from its
+    step table in eager mode; every gate forced open as the efficiency baselines run it)
+    compiles to one graph (fullgraph: the step tables' storage checks are skipped while
+    tracing) with the eager layer's outputs and update rates."""
+    from surnn.gates import all_open
+    from surnn.layer import SelectiveUpdateGRU
+
+    torch.manual_seed(0)
+    layer = SelectiveUpdateGRU(
+        4, 6, num_layers=2, batch_first=True, gate={"init_rate": 0.3}, impl="compiled"
+    ).eval()
+    x = torch.randn(2, 9, 4)
+    traced = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    ctx = all_open if open_all else contextlib.nullcontext
+    with torch.no_grad(), ctx():
+        want, want_h = layer(x)
+        want_rates = [float(r) for r in layer.last_update_rate]
+        got, got_h = traced(x)
+        got_rates = [float(r) for r in layer.last_update_rate]
+    assert_close((got, got_h), (want, want_h), 1e-6)
+    assert got_rates == pytest.approx(want_rates)
+    assert (min(want_rates) == 1.0) == open_all
