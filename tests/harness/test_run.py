@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from surnn.harness.results import RunResult
+from surnn.harness.results import CLASSIFY_FIELDS, FLOPS_FIELDS, RunResult
 from surnn.harness.run import HYDRA_FILES, remove_if_only_hydra
 from tests.fixtures import (
     TINY_LISTOPS,
@@ -33,7 +33,8 @@ from tests.fixtures import (
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [*TINY_LISTOPS, "logger=none"]
-# results.json of a classification run with FLOPs counted: these keys, in this order
+# results.json of a classification run with FLOPs counted: these keys, in this order (the
+# classification and FLOPs fields last, as results.py groups them)
 RESULT_KEYS = [
     "task",
     "model",
@@ -73,19 +74,8 @@ RESULT_KEYS = [
     "command",
     "data",
     "split_sizes",
-    "best_val_acc",
-    "test_majority_class",
-    "flops_per_seq",
-    "flops_per_seq_dense",
-    "mixer_flops_per_seq",
-    "mixer_flops_per_seq_dense",
-    "flops_per_layer",
-    "flops_per_layer_dense",
-    "layer_kinds",
-    "flops_examples",
-    "flops_split",
-    "flops_mean_len",
-    "flops_always_dense",
+    *CLASSIFY_FIELDS,
+    *FLOPS_FIELDS,
 ]
 
 
