@@ -2,8 +2,9 @@
 in-memory task (no files, no registry), run.py in a subprocess, or its training and its
 error line in this process, a function run on several processes joined by a gloo process
 group (DDP on CPU), the loader of the scripts under test, a read-only folder as a mount
-makes one, the selective-update GRU op cases and the Triton set-up. Writers of the real
-data formats live in tasks/formats.py."""
+makes one, a data folder of each file-based task's raw files at a few examples, the
+selective-update GRU op cases and the Triton set-up. Writers of the real data formats live in
+tasks/formats.py."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from surnn.ops import su_gru
 from tasks.base import Splits, Task
 from tasks.collate import make_collate
 from tasks.datasets import SequenceDataset, pack_sequences
+from tasks.formats import write_aan, write_aclimdb, write_cifar, write_mnist, write_wikitext
 
 ROOT = Path(__file__).resolve().parents[1]
 #: run.py overrides of a tiny generated ListOps (64 / 20 / 21 sequences of 10-60 tokens,
@@ -35,6 +37,24 @@ TINY_LISTOPS = [
     "task.options.generate.max_depth=3",
     "task.options.max_len=64",
 ]
+
+#: each file-based task's raw files, as its download holds them, at a few examples (2 x 3
+#: reviews per split, 4 / 2 / 2 pairs, 6 x 4 images, 12 + 4 digits, the WikiText-2 files)
+_RAW = {
+    "text": lambda d: write_aclimdb(d, n=3),
+    "retrieval": lambda d: write_aan(d, {"train": 4, "eval": 2, "test": 2}),
+    "image": lambda d: write_cifar(d, n=4),
+    "smnist": lambda d: write_mnist(d / "mnist", n_train=12, n_test=4),
+    "wikitext2": lambda d: write_wikitext(d, "wikitext-2"),
+}
+
+
+def write_raw(d: Path, *names: str) -> Path:
+    """The raw files of the tasks ``names`` (keys of ``_RAW``; image's also serve scifar,
+    smnist's psmnist) in data folder ``d``; returns d."""
+    for name in names:
+        _RAW[name](d)
+    return d
 
 
 class ToyTask(Task):

@@ -13,16 +13,9 @@ import torch
 
 from surnn.harness.backbone import Model
 from surnn.harness.registry import TASKS
-from tasks.formats import (
-    random_images,
-    write_aan,
-    write_aclimdb,
-    write_cifar,
-    write_mnist,
-    write_pathfinder_pngs,
-)
+from tasks.formats import random_images, write_pathfinder_pngs
 from tasks.generators import pathfinder as gen
-from tests.fixtures import load_script, train_here
+from tests.fixtures import load_script, train_here, write_raw
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,10 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("lra")
-    write_aclimdb(d, n=3)
-    write_aan(d, {"train": 4, "eval": 2, "test": 2})
-    write_cifar(d, n=4)
-    write_mnist(d / "mnist", n_train=12, n_test=4)
+    write_raw(d, "text", "retrieval", "image", "smnist")
     gen.generate(d, 32, "hard", n=20, seed=0, workers=1, fmt="release", progress=False)
     imgs, y = random_images(10, 128)
     write_pathfinder_pngs(d, "pathfinder128/curv_contour_length_14", imgs, y)

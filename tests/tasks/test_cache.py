@@ -19,17 +19,9 @@ import tasks.cache as cache
 from surnn.errors import DataError
 from tasks.base import Task
 from tasks.cache import load_or_build
-from tasks.formats import (
-    random_images,
-    write_aan,
-    write_aclimdb,
-    write_cifar,
-    write_mnist,
-    write_pathfinder_pngs,
-    write_wikitext,
-)
+from tasks.formats import random_images, write_pathfinder_pngs
 from tasks.npy import NpyStream
-from tests.fixtures import TINY_LISTOPS, load_script, train_here, tree_state
+from tests.fixtures import TINY_LISTOPS, load_script, train_here, tree_state, write_raw
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = {"format": 1, "option": "a"}
@@ -279,15 +271,8 @@ def _make(name: str, d: Path) -> Task:
         return _tiny_listops(d)
     if name == "pathfinder":
         return _pathfinder(d)
-    writers = {
-        "text": lambda: write_aclimdb(d, n=2),
-        "retrieval": lambda: write_aan(d, {"train": 3, "eval": 2, "test": 2}),
-        "image": lambda: write_cifar(d, n=4),
-        "smnist": lambda: write_mnist(d / "mnist", n_train=12, n_test=4),
-        "wikitext2": lambda: write_wikitext(d, "wikitext-2"),
-    }
     if not any(d.iterdir()):
-        writers[name]()
+        write_raw(d, name)
     return {
         "text": lambda: Text(d, hub=False),
         "retrieval": lambda: Retrieval(d, max_len=64),
