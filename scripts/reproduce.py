@@ -20,7 +20,8 @@ each gate initialisation, the hand-set gate and the gate ablation) on copy memor
 ``memory`` every arm at delays 200 and 1,000, seeds 0-2, 2,000 steps; ``memory-offset``
 the symbols at a random offset in the first 100 steps (delay 1,000); ``memory-long``
 10,000 steps at delay 1,000; ``memory-remedies`` the clockwork gate with straight-through,
-a narrower surrogate or a rate target, and the uniform gate without rate control;
+a narrower surrogate, a rate target or its own learning rate, the uniform gate without rate
+control, and the copy preset's gate frozen at its initialisation;
 ``memory-selective`` selective copy at length 1,000: suRNN,
 S4D and both orders of their hybrid (configs/experiment/memory/selective/).
 
@@ -128,6 +129,7 @@ MEMORY = {
                 "uniform_free",
                 "clockwork_lr10",
                 "clockwork_lr01",
+                "clockwork_1step_frozen",
             )
         ],
         ["task=copy_memory", "task.options.delay=1000"],
