@@ -52,55 +52,14 @@ class Params:
         return self.distractor_budget // self.distractor_length
 
 
+#: per resolution, the fields of Params after ``resolution`` and ``contour_length``:
+#: padding, dash_length, thickness, margins, marker_radius, seed_distance, continuity,
+#: contrast, gain, distractor_budget
 _TABLE = {
-    32: dict(
-        padding=1,
-        dash_length=2,
-        thickness=0.5,
-        margins=(1,),
-        marker_radius=1.5,
-        seed_distance=7,
-        continuity=1.0,
-        contrast=0.75,
-        gain=2.0,
-        distractor_budget=20,
-    ),
-    64: dict(
-        padding=1,
-        dash_length=5,
-        thickness=1.0,
-        margins=(1,),
-        marker_radius=2.5,
-        seed_distance=12,
-        continuity=1.8,
-        contrast=1.0,
-        gain=1.0,
-        distractor_budget=22,
-    ),
-    128: dict(
-        padding=1,
-        dash_length=5,
-        thickness=1.5,
-        margins=(2, 3),
-        marker_radius=3,
-        seed_distance=20,
-        continuity=1.8,
-        contrast=1.0,
-        gain=1.0,
-        distractor_budget=35,
-    ),
-    256: dict(
-        padding=22,
-        dash_length=5,
-        thickness=2.0,
-        margins=(3,),
-        marker_radius=5,
-        seed_distance=27,
-        continuity=1.8,
-        contrast=1.0,
-        gain=1.0,
-        distractor_budget=30,
-    ),
+    32: (1, 2, 0.5, (1,), 1.5, 7, 1.0, 0.75, 2.0, 20),
+    64: (1, 5, 1.0, (1,), 2.5, 12, 1.8, 1.0, 1.0, 22),
+    128: (1, 5, 1.5, (2, 3), 3, 20, 1.8, 1.0, 1.0, 35),
+    256: (22, 5, 2.0, (3,), 5, 27, 1.8, 1.0, 1.0, 30),
 }
 
 
@@ -110,7 +69,7 @@ def params_for(resolution: int, difficulty: str) -> Params:
         raise ValueError(f"resolution {resolution}: expected one of {sorted(_TABLE)}")
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty {difficulty!r}: expected one of {list(DIFFICULTIES)}")
-    return Params(resolution, DIFFICULTIES[difficulty], **_TABLE[resolution])
+    return Params(resolution, DIFFICULTIES[difficulty], *_TABLE[resolution])
 
 
 def folder_name(resolution: int, difficulty: str) -> str:
@@ -134,6 +93,16 @@ def _seg_dist(xs, ys, dx, dy):
         return np.hypot(xs, ys)
     t = np.minimum(np.maximum((xs * dx + ys * dy) / l2, 0.0), 1.0)
     return np.hypot(xs - t * dx, ys - t * dy)
+
+
+def _disc_window(x: float, y: float, R: float, pad: int = 0):
+    """The window of grid cells that holds the disc of radius R around (x, y), widened by
+    ``pad`` cells on each side, as (row slice, column slice), and the distance of each
+    cell centre in it to (x, y)."""
+    x0, x1 = int(x - R) - pad, int(x + R) + 2 + pad
+    y0, y1 = int(y - R) - pad, int(y + R) + 2 + pad
+    d = _seg_dist(np.arange(x0, x1)[None, :] + 0.5 - x, np.arange(y0, y1)[:, None] + 0.5 - y, 0, 0)
+    return (slice(y0, y1), slice(x0, x1)), d
 
 
 def _snap(x, y, width: int):
@@ -283,13 +252,9 @@ class _Canvas:
         """Claim the free cells around a contour tip for its dash ``ident``, so the other
         contour keeps clear of the marker that may go there; returns the cells."""
         R = self.tip_clearance() + 0.5
-        x0, x1, y0, y1 = int(x - R), int(x + R) + 2, int(y - R), int(y + R) + 2
-        d = _seg_dist(
-            np.arange(x0, x1)[None, :] + 0.5 - x, np.arange(y0, y1)[:, None] + 0.5 - y, 0, 0
-        )
-        o = self.occ[y0:y1, x0:x1]
-        yy, xx = np.nonzero((d <= R) & (o == 0))
-        idx = (yy + y0) * self.n + (xx + x0)
+        win, d = _disc_window(x, y, R)
+        yy, xx = np.nonzero((d <= R) & (self.occ[win] == 0))
+        idx = (yy + win[0].start) * self.n + (xx + win[1].start)
         self.flat[idx] = ident
         return idx
 
@@ -299,11 +264,8 @@ class _Canvas:
     def marker(self, x, y) -> None:
         R = self.p.marker_radius * AA
         rr = R + self.M + self.r
-        x0, x1, y0, y1 = int(x - rr), int(x + rr) + 2, int(y - rr), int(y + rr) + 2
-        d = _seg_dist(
-            np.arange(x0, x1)[None, :] + 0.5 - x, np.arange(y0, y1)[:, None] + 0.5 - y, 0, 0
-        )
-        o = self.occ[y0:y1, x0:x1]
+        win, d = _disc_window(x, y, rr)
+        o = self.occ[win]
         o[(d <= rr) & (o == 0)] = self.new_id()
         self.discs.append((x, y, R))
 
@@ -316,12 +278,9 @@ class _Canvas:
             img[idx] = np.maximum(img[idx], self.t_cov[tmpl] * self.p.contrast)
         img = img.reshape(self.n, self.n)
         for x, y, R in self.discs:
-            x0, x1, y0, y1 = int(x - R) - 1, int(x + R) + 3, int(y - R) - 1, int(y + R) + 3
-            d = _seg_dist(
-                np.arange(x0, x1)[None, :] + 0.5 - x, np.arange(y0, y1)[:, None] + 0.5 - y, 0, 0
-            )
-            win = img[y0:y1, x0:x1]
-            np.maximum(win, np.minimum(np.maximum(R + 0.5 - d, 0.0), 1.0) / self.p.gain, out=win)
+            win, d = _disc_window(x, y, R, pad=1)
+            ink = img[win]
+            np.maximum(ink, np.minimum(np.maximum(R + 0.5 - d, 0.0), 1.0) / self.p.gain, out=ink)
         o, S, a, res = self.off, self.S, AA, self.p.resolution
         img = img[o : o + S, o : o + S].reshape(res, a, res, a).mean(axis=(1, 3))
         return np.minimum(np.rint(img * (255.0 * self.p.gain)), 255).astype(np.uint8)

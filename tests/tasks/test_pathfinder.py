@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
@@ -45,6 +46,27 @@ def test_generator_same_seed_same_images_for_any_worker_count(tmp_path):
     assert not np.array_equal(np.load(c / "images.npy"), imgs[:3])
     with pytest.raises(FileExistsError):
         gen.generate(tmp_path / "a", 32, "hard", n=2, progress=False)
+
+
+#: sha256 over (image bytes, label, margin) of make_image(params_for(res, difficulty), 7, i)
+#: for i < n: any change to the drawing changes the data a seed makes
+PINNED = [
+    (32, "hard", 6, "8fdd507ae72291202f004487161e81c997f6995560b0c4eb2b6bd7fc52b6a6e7"),
+    (64, "easy", 2, "c227d2c65c4f9dd1f040585a930696396b55429b22345ebbb10541597d5f0e32"),
+    (128, "medium", 2, "73d193c07b30ebcb2817179f63e6f36ae3a9d55b15d2df35f7689ead4f3a5cdb"),
+    (256, "easy", 1, "f22b58ab4c14b302c8d948de0c55b60896b5d6e1dea6118ef42d2a384bad3cb8"),
+]
+
+
+@pytest.mark.parametrize("resolution, difficulty, n, digest", PINNED)
+def test_generator_draws_the_pinned_images_for_a_seed(resolution, difficulty, n, digest):
+    p = draw.params_for(resolution, difficulty)
+    h = hashlib.sha256()
+    for i in range(n):
+        img, label, margin = draw.make_image(p, 7, i)
+        h.update(img.tobytes())
+        h.update(bytes([label, margin]))
+    assert h.hexdigest() == digest
 
 
 def _segments(cv, contour):
