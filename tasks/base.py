@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 
 from surnn.errors import ConfigError
+from tasks.datasets import SPLIT_INDICES, Subset
 
 
 @dataclass
@@ -31,6 +32,13 @@ class Splits:
     val: Dataset
     test: Dataset
     collate: Callable[[list], dict[str, torch.Tensor]]
+
+    @classmethod
+    def from_indices(cls, base: Dataset, arrays, collate) -> Splits:
+        """Index views of ``base`` by the cached ``arrays`` ``train_idx``, ``val_idx`` and
+        ``test_idx`` (datasets.SPLIT_INDICES)."""
+        train, val, test = (Subset(base, arrays[k]) for k in SPLIT_INDICES)
+        return cls(train, val, test, collate)
 
 
 #: "no target here" in per-position targets (torch's cross-entropy default; the harness's

@@ -52,6 +52,15 @@ def pack_sequences(seqs: Sequence[np.ndarray], dtype=np.int16) -> tuple[np.ndarr
     return data, offsets
 
 
+#: the cache arrays that hold a task's train / val / test indices into one dataset
+SPLIT_INDICES = ("train_idx", "val_idx", "test_idx")
+
+
+def split_indices(train, val, test) -> dict[str, np.ndarray]:
+    """The train / val / test indices under their cache names (``SPLIT_INDICES``)."""
+    return dict(zip(SPLIT_INDICES, (train, val, test)))
+
+
 def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """Split ``range(n)`` by a fixed seed (indices are stored with the cache)."""
     perm = np.random.default_rng(seed).permutation(n)

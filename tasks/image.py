@@ -32,7 +32,7 @@ from surnn.errors import ConfigError, DataError
 from tasks.base import Splits, Task, check_no_unknown
 from tasks.cache import file_signature, load_or_build
 from tasks.collate import make_collate
-from tasks.datasets import Subset, seeded_split
+from tasks.datasets import SPLIT_INDICES, seeded_split, split_indices
 from tasks.hub import require_hub
 
 log = logging.getLogger(__name__)
@@ -163,14 +163,12 @@ def build_pixel_cache(task: Task, key: dict, load) -> tuple[dict, dict, Path]:
         arrays = {
             "images": images,
             "labels": np.concatenate([ytr, yte]),
-            "train_idx": tr,
-            "val_idx": va,
-            "test_idx": np.arange(n, n + len(yte)),
+            **split_indices(tr, va, np.arange(n, n + len(yte))),
         }
         counts = {"train": len(tr), "val": len(va), "test": len(yte)}
         return arrays, {"source": task.source, "counts": counts, **task.stats(images, tr)}
 
-    names = ["images", "labels", "train_idx", "val_idx", "test_idx"]
+    names = ["images", "labels", *SPLIT_INDICES]
     cache = load_or_build(task, task.cache_name, key, names, build)
     return cache.arrays, cache.meta, cache.path
 
@@ -275,12 +273,7 @@ class Image(Task):
         self.mean, self.std = meta["mean"], meta["std"]
         self.info = {"counts": meta["counts"], "mean": self.mean, "std": self.std}
         base = self.dataset(a["images"], a["labels"])
-        return Splits(
-            Subset(base, a["train_idx"]),
-            Subset(base, a["val_idx"]),
-            Subset(base, a["test_idx"]),
-            self.collate(),
-        )
+        return Splits.from_indices(base, a, self.collate())
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -32,7 +32,7 @@ from surnn.checks import boolean, int_at_least, one_of
 from surnn.errors import ConfigError, DataError
 from tasks.base import Splits, Task, check_no_unknown
 from tasks.cache import file_signature, files_digest, load_or_build, writing
-from tasks.datasets import Subset, seeded_split
+from tasks.datasets import SPLIT_INDICES, seeded_split, split_indices
 from tasks.generators import pathfinder as gen
 from tasks.image import PixelDataset, encoding_info, pixel_collate, pixel_stats, set_input
 from tasks.pool import ordered_map
@@ -321,7 +321,7 @@ class Pathfinder(Task):
             "split_seed": self.split_seed,
             "skip_unreadable": self.skip_unreadable,
         }
-        names = ["labels", "train_idx", "val_idx", "test_idx"]
+        names = ["labels", *SPLIT_INDICES]
         if layout == "release":
             names.append("images")  # decoded from the PNGs; generated arrays are read in place
 
@@ -346,12 +346,7 @@ class Pathfinder(Task):
             k: meta[k] for k in ("counts", "skipped", "n_skipped", "label_mean", "mean", "std")
         }
         base = PixelDataset(images, a["labels"], self.input)
-        return Splits(
-            Subset(base, a["train_idx"]),
-            Subset(base, a["val_idx"]),
-            Subset(base, a["test_idx"]),
-            pixel_collate(self.input, self.mean, self.std),
-        )
+        return Splits.from_indices(base, a, pixel_collate(self.input, self.mean, self.std))
 
     def _build_cache(self, tmp: Path, layout: str) -> tuple[dict, dict]:
         """Labels, the seeded split and pixel statistics (and, from the release's PNGs,
@@ -392,7 +387,7 @@ class Pathfinder(Task):
         }
         if n != EXPECTED_IMAGES:
             log.info("%s: %d images (the LRA release has %d)", self.name, n, EXPECTED_IMAGES)
-        arrays = {"labels": labels.astype(np.uint8), "train_idx": tr, "val_idx": va, "test_idx": te}
+        arrays = {"labels": labels.astype(np.uint8), **split_indices(tr, va, te)}
         return arrays, meta
 
     def describe(self) -> dict[str, Any]:

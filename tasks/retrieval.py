@@ -22,7 +22,7 @@ from surnn.errors import DataError
 from tasks.base import Splits, Task, check_no_unknown
 from tasks.cache import file_signature, load_or_build
 from tasks.collate import make_collate
-from tasks.datasets import Subset
+from tasks.datasets import SPLIT_INDICES, split_indices
 from tasks.text import BYTE_VOCAB, BytePairDataset, ByteWriter
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Retrieval(Task):
         arrays = {
             "offsets": offsets,
             "labels": np.asarray(labels, np.uint8),
-            **{f"{s}_idx": v for s, v in idx.items()},
+            **split_indices(idx["train"], idx["val"], idx["test"]),
         }
         return arrays, {"counts": counts, "truncated_docs": docs.truncated}
 
@@ -131,7 +131,7 @@ class Retrieval(Task):
             "max_len": self.max_len,
             "doc_bytes": self.doc_bytes,
         }
-        names = ["data", "offsets", "labels", "train_idx", "val_idx", "test_idx"]
+        names = ["data", "offsets", "labels", *SPLIT_INDICES]
         cache = load_or_build(self, self.name, key, names, lambda tmp: self._build(tmp, files))
         a, meta = cache.arrays, cache.meta
         self.cache_path = cache.path
@@ -142,12 +142,7 @@ class Retrieval(Task):
                     "retrieval: %s has %d rows, the LRA release has %d", s, n, EXPECTED_ROWS[s]
                 )
         base = BytePairDataset(a["data"], a["offsets"], a["labels"])
-        return Splits(
-            Subset(base, a["train_idx"]),
-            Subset(base, a["val_idx"]),
-            Subset(base, a["test_idx"]),
-            make_collate("tokens", dual=True),
-        )
+        return Splits.from_indices(base, a, make_collate("tokens", dual=True))
 
     def describe(self) -> dict[str, Any]:
         return {

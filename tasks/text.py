@@ -27,7 +27,7 @@ from surnn.errors import DataError
 from tasks.base import Splits, Task, check_no_unknown
 from tasks.cache import files_digest, load_or_build
 from tasks.collate import make_collate
-from tasks.datasets import Subset, seeded_split
+from tasks.datasets import SPLIT_INDICES, seeded_split, split_indices
 from tasks.hub import require_hub
 from tasks.npy import NpyStream
 
@@ -186,9 +186,7 @@ class Text(Task):
         arrays = {
             "offsets": offsets,
             "labels": np.asarray(labels, np.uint8),
-            "train_idx": tr,
-            "val_idx": va,
-            "test_idx": test,
+            **split_indices(tr, va, test),
         }
         return arrays, {"source": self.source, "counts": counts, "truncated": docs.truncated}
 
@@ -202,18 +200,13 @@ class Text(Task):
             "val_fraction": self.val_fraction,
             "split_seed": self.split_seed if self.val_fraction > 0 else None,
         }
-        names = ["data", "offsets", "labels", "train_idx", "val_idx", "test_idx"]
+        names = ["data", "offsets", "labels", *SPLIT_INDICES]
         cache = load_or_build(self, self.name, key, names, lambda tmp: self._build(tmp, rows))
         a, meta = cache.arrays, cache.meta
         self.cache_path = cache.path
         self.info = {"counts": meta["counts"], "truncated": meta["truncated"]}
         base = ByteDataset(a["data"], a["offsets"], a["labels"])
-        return Splits(
-            Subset(base, a["train_idx"]),
-            Subset(base, a["val_idx"]),
-            Subset(base, a["test_idx"]),
-            make_collate("tokens"),
-        )
+        return Splits.from_indices(base, a, make_collate("tokens"))
 
     def describe(self) -> dict[str, Any]:
         return {
