@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -86,20 +87,41 @@ class ToyTask(Task):
         return self._splits
 
 
+#: TINY_LISTOPS without a logger
+TINY_RUN = [*TINY_LISTOPS, "logger=none"]
+
+
+def run_py_env() -> dict[str, str]:
+    """The environment run.py runs in as a user runs it: this checkout's packages on the
+    path, wandb offline."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+
+
 def run_py(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python run.py *args`` in ``cwd`` as a user runs it (this checkout's packages on the
-    path, wandb offline); flags (``-m``) go before the overrides."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    """``python run.py *args`` in ``cwd`` as a user runs it (run_py_env); flags (``-m``) go
+    before the overrides."""
     flags = [a for a in args if a.startswith("-")]
     rest = [a for a in args if not a.startswith("-")]
     return subprocess.run(
         [sys.executable, str(ROOT / "run.py"), *flags, *rest],
         cwd=cwd,
-        env=env,
+        env=run_py_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def in_tmp(args: list[str], tmp: Path) -> list[str]:
+    """run.py's arguments for a run whose data is in ``tmp/data`` and its run folders in
+    ``tmp/out``."""
+    return [f"data_dir={tmp / 'data'}", f"output_dir={tmp / 'out'}", *args]
+
+
+def run_in_tmp(args: list[str], tmp: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python run.py *args`` in ``tmp`` with its data in ``tmp/data`` and its run folders
+    in ``tmp/out`` (run_py)."""
+    return run_py(in_tmp(args, tmp), tmp, timeout)
 
 
 def train_here(overrides: list[str], out: Path, run_id: str):
@@ -215,6 +237,16 @@ def _rank(rank: int, world: int, folder: str, fn, args) -> None:
         torch.save(fn(rank, world, *args), Path(folder) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def write_run_folder(folder: Path, results: dict, metrics: list[dict] | None = None) -> Path:
+    """A run folder as run.py leaves it, for the scripts that read run folders: its
+    results.json and (``metrics``: one dict a line) its metrics.jsonl; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results))
+    if metrics is not None:
+        (folder / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in metrics) + "\n")
+    return folder
 
 
 def load_script(name: str):

@@ -5,10 +5,8 @@ each other task), the memory presets compose, and the evidence scripts parse."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -17,9 +15,8 @@ from surnn.harness.cli import CONFIG_DIR, choices
 from surnn.harness.config import BackboneConfig, TrainerConfig, checked
 from surnn.harness.registry import MIXERS
 from tasks.formats import write_wikitext
-from tests.fixtures import precheck_error, run_py, train_here
+from tests.fixtures import ROOT, in_tmp, precheck_error, run_in_tmp, run_py_env, train_here
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
     "task.options.n_val=6",
     "task.options.n_test=5",
@@ -27,10 +24,6 @@ SMALL = [
     "trainer=smoke",
     "trainer.max_steps=2",
 ]
-
-
-def run(args, tmp):
-    return run_py([f"data_dir={tmp / 'data'}", f"output_dir={tmp / 'out'}", *args], tmp, 600)
 
 
 def results(tmp) -> dict[str, dict]:
@@ -44,9 +37,8 @@ def results(tmp) -> dict[str, dict]:
 @pytest.mark.slow
 def test_every_model_on_copy_memory_in_one_multirun(tmp_path):
     models = ",".join(MIXERS.names())
-    p = run(
-        ["-m", "task=copy_memory", f"model={models}", "task.options.delay=12", *SMALL], tmp_path
-    )
+    args = ["-m", "task=copy_memory", f"model={models}", "task.options.delay=12", *SMALL]
+    p = run_in_tmp(args, tmp_path, 600)
     assert p.returncode == 0, p.stderr[-3000:]
     res = results(tmp_path)
     assert set(res) == {f"copy_memory/{m}" for m in MIXERS.names()}
@@ -78,7 +70,7 @@ def test_every_model_on_copy_memory_in_one_multirun(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=run_py_env(),
     )
     assert p.returncode == 0, p.stderr[-2000:]
     md = (out / "memory.md").read_text()
@@ -140,13 +132,11 @@ def test_runs_of_one_folder_name_under_two_roots_keep_both(tmp_path):
     """plot_memory names a run by its folder; folders of one name under two roots (a rerun
     of an arm with an override beside the preset's) get their parent's name in front, so
     neither overwrites the other in runs/<table>/."""
-    from tests.fixtures import load_script
+    from tests.fixtures import load_script, write_run_folder
 
     pm = load_script("plot_memory")
     for root, run in (("a", "d1000-s0"), ("b", "d1000-s0"), ("b", "d200-s0")):
-        d = tmp_path / root / run
-        d.mkdir(parents=True)
-        (d / "results.json").write_text(json.dumps({"objective": "tokens", "metric_name": "acc"}))
+        write_run_folder(tmp_path / root / run, {"objective": "tokens", "metric_name": "acc"})
     names = sorted(r.name for r in pm.find_runs([tmp_path / "a", tmp_path / "b"]))
     assert names == ["a-d1000-s0", "b-d1000-s0", "d200-s0"]
 
@@ -194,9 +184,8 @@ def test_wikitext2_smoke_with_and_without_carried_state(tmp_path):
         assert {"loss", "ppl", "bpt"} <= set(m) and m["ppl"] > 1
         assert r["split_sizes"]["test"] == m["targets"] + 1  # every test token predicted
     # run.py's one line (exit 2) for a bidirectional model on a causal task, from precheck
-    where = [f"data_dir={tmp_path / 'data'}", f"output_dir={tmp_path / 'out'}"]
     bad = ["model=transformer", "model.options.causal=false", "run_id=bad"]
-    assert "causal" in precheck_error([*where, *lm, *bad])
+    assert "causal" in precheck_error(in_tmp([*lm, *bad], tmp_path))
 
 
 MEMORY_PRESETS = sorted(c for c in choices("experiment") if c.startswith("memory/"))

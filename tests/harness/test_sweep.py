@@ -1,6 +1,6 @@
 """surnn.harness.sweep: a line per job naming its run folder, and a sweep with failed jobs
 ends in one line per failure naming its log (exit status 1), for submitit's jobs and for
-Hydra's basic launcher. The end-to-end sweeps are in test_run.py and test_slurm.py."""
+Hydra's basic launcher. The end-to-end sweeps are in test_run_sweep.py and test_slurm.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""scripts/check_results.py --update: every rerun runs before any committed file is written."""
+"""scripts/check_results.py: how a result is rerun (its environment, arguments and folder),
+and --update, where every rerun runs before any committed file is written. A rerun of a
+real sweep job: tests/harness/test_run_sweep.py."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from surnn.harness.results import RunResult
 from tests.fixtures import load_script
 
 COMMITTED = {
@@ -97,3 +100,35 @@ def test_update_names_failed_reruns_and_dirty_commits(tmp_path, monkeypatch, cap
         assert f"WARNING: {f} records d1rty-dirty" in out
     assert "WARNING: this tree has uncommitted changes (d1rty-dirty)" in out
     assert out.count("WARNING: ") == 3, out
+
+
+def test_check_results_reruns_with_the_kernel_a_result_records(monkeypatch):
+    """The rerun pins impl=auto's CPU choice to the recorded ``kernel``; a result without
+    one was made when auto ran the eager path; ``--update`` takes today's default."""
+    cr = load_script("check_results")
+    monkeypatch.setenv("SURNN_AUTO_COMPILED", "0")
+    saved = RunResult.from_json  # a results.json's content
+    old = cr.rerun_env(saved({"threads": 2}))
+    assert old["SURNN_AUTO_COMPILED"] == "0" and old["OMP_NUM_THREADS"] == "2"
+    assert cr.rerun_env(saved({"kernel": "compiled"}))["SURNN_AUTO_COMPILED"] == "1"
+    assert cr.rerun_env(saved({"kernel": "cpu"}))["SURNN_AUTO_COMPILED"] == "0"
+    assert "SURNN_AUTO_COMPILED" not in cr.rerun_env(saved({"kernel": None}))  # a baseline
+    assert "SURNN_AUTO_COMPILED" not in cr.rerun_env(saved({}), pin_kernel=False)
+    cmd = "python run.py experiment=demo_listops hydra.run.dir=/tmp/g8 output_dir=o"
+    assert cr.rerun_args(RunResult(command=cmd), Path("/r"), None) == [
+        "experiment=demo_listops",
+        "output_dir=/r",
+        "trainer.progress=false",
+    ]  # the rerun's folder, not the recorded hydra.run.dir
+
+
+def test_check_results_rerun_folders_are_one_hydra_value():
+    """A committed result named like the surrogate study's (``surrogate=triangle,width=0.1-s0``)
+    is rerun into a folder whose ``output_dir=...`` override Hydra reads as one value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cr = load_script("check_results")
+    folder = cr.rerun_folder(Path("/r"), 3, "surrogate=triangle,width=0.1-s0")
+    assert folder == Path("/r/3-surrogate_triangle_width_0.1-s0")
+    (o,) = OverridesParser.create().parse_overrides([f"output_dir={folder}"])
+    assert o.value() == str(folder)

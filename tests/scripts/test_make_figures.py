@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from surnn.layer import SelectiveUpdateGRU
-from tests.fixtures import load_script
+from tests.fixtures import load_script, write_run_folder
 
 make_figures = load_script("make_figures")
 
@@ -34,7 +33,6 @@ def fake_run(root: Path, name: str, variant: str | None, rate: float, acc: float
         "update_rate": {"layer0": rate, "layer1": rate},
         "data": {"max_len": 30},
     }
-    (run / "results.json").write_text(json.dumps(res))
     rows = [
         {
             "step": s,
@@ -45,8 +43,7 @@ def fake_run(root: Path, name: str, variant: str | None, rate: float, acc: float
         for s in (1, 2, 3, 4)
     ]
     rows += [{"step": s, "val/acc": 0.1 * s} for s in (2, 4)]
-    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return run
+    return write_run_folder(run, res, rows)
 
 
 def _png(path: Path) -> bool:

@@ -11,14 +11,12 @@ from pathlib import Path
 import pytest
 
 from surnn.harness import paper_tables
-from tests.fixtures import ROOT, load_script
+from tests.fixtures import ROOT, load_script, write_run_folder
 
 make_tables = load_script("make_tables")
 
 
 def write_run(root: Path, task: str, model: str, seed: int, acc: float, **extra):
-    d = root / f"{task}-{model}-s{seed}"
-    d.mkdir(parents=True)
     res = {
         "task": task,
         "model": model,
@@ -36,7 +34,7 @@ def write_run(root: Path, task: str, model: str, seed: int, acc: float, **extra)
         "git_commit": "abc",
         **extra,
     }
-    (d / "results.json").write_text(json.dumps(res))
+    write_run_folder(root / f"{task}-{model}-s{seed}", res)
 
 
 def test_mean_std_over_seeds_and_average(tmp_path):

@@ -7,14 +7,12 @@ import json
 
 import pytest
 
-from tests.fixtures import load_script
+from tests.fixtures import load_script, write_run_folder
 
 st = load_script("surrogate_table")
 
 
 def _run(root, variant, seed, acc, active):
-    d = root / f"{variant}-s{seed}"
-    d.mkdir(parents=True)
     res = {
         "seed": seed,
         "variant": variant,
@@ -30,11 +28,10 @@ def _run(root, variant, seed, acc, active):
         "kernel": "compiled",
         "command": "python run.py -m seed=0,1 experiment=surrogate/ste",
     }
-    (d / "results.json").write_text(json.dumps(res))
     log = [
         {"step": s, "train/layer0/active_rate": a, "train/layer1/active_rate": a} for s, a in active
     ]
-    (d / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in log) + "\n")
+    write_run_folder(root / f"{variant}-s{seed}", res, log)
 
 
 def _bench(path, loadavg=0.3):

@@ -1,0 +1,209 @@
+"""run.py interrupted and resumed: kill -9 and SIGTERM (to the run or its whole process
+group) resume to the uninterrupted run's numbers, the default run id names the
+configuration so a rerun resumes, and a second run on a folder in use is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from surnn.harness.run import remove_if_only_hydra
+from tests.fixtures import ROOT, TINY_RUN, run_error, run_in_tmp, run_py_env
+
+COMMON = [
+    "task=listops",
+    "model=surnn",
+    "trainer=smoke",
+    "trainer.max_steps=16",
+    "trainer.ckpt_every=4",
+    "trainer.eval_every=4",
+    "trainer.max_train_examples=null",
+    "model.dropout=0.1",
+    *TINY_RUN,
+]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp):
+    ref = run_in_tmp([*COMMON, "run_id=straight"], tmp)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    return json.loads((tmp / "out" / "straight" / "results.json").read_text())
+
+
+def _interrupt(
+    tmp, run_id: str, sig: int, at_step: int, group: bool = False, extra=()
+) -> subprocess.Popen:
+    """Start a run, signal it once it has logged ``at_step`` (the whole process group,
+    loader workers included, when ``group``: what SLURM and ``timeout`` do)."""
+    env = run_py_env()
+    cmd = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        f"data_dir={tmp / 'data'}",
+        f"output_dir={tmp / 'out'}",
+        *COMMON,
+        *extra,
+        f"run_id={run_id}",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.PIPE if group else subprocess.DEVNULL,
+        stderr=subprocess.PIPE if group else subprocess.DEVNULL,
+        start_new_session=group,
+    )
+    metrics = tmp / "out" / run_id / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and any(
+            json.loads(l).get("step", 0) >= at_step
+            for l in metrics.read_text().splitlines()
+            if l.endswith("}")
+        ):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be interrupted"
+    if group:
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=120)
+        proc.stdout_text = out.decode(errors="replace")  # the log (Hydra's console handler)
+        proc.stderr_text = err.decode(errors="replace")
+    else:
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=120)
+    assert not (tmp / "out" / run_id / "results.json").exists()
+    return proc
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    for k in ("best_val_acc", "best_step", "test_acc", "steps", "update_rate"):
+        assert a[k] == b[k], k
+    assert b["test_loss"] == pytest.approx(a["test_loss"], rel=1e-6)
+
+
+def test_kill_9_and_resume_matches_uninterrupted_run(tmp, straight):
+    _interrupt(tmp, "killed", signal.SIGKILL, at_step=10)
+    resumed = run_in_tmp([*COMMON, "run_id=killed"], tmp)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same(straight, json.loads((tmp / "out" / "killed" / "results.json").read_text()))
+    steps = [
+        json.loads(l)["step"]
+        for l in (tmp / "out" / "killed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == sorted(steps), (
+        "metrics.jsonl has lines from the killed process past the checkpoint"
+    )
+
+
+def test_sigterm_saves_last_checkpoint_then_resume_matches(tmp, straight):
+    import torch
+
+    proc = _interrupt(tmp, "preempted", signal.SIGTERM, at_step=5)
+    assert proc.returncode == -signal.SIGTERM
+    saved = torch.load(tmp / "out" / "preempted" / "checkpoints" / "last.pt", weights_only=False)
+    assert 5 <= saved["step"] < 16  # written at the signal, not only every ckpt_every steps
+    resumed = run_in_tmp([*COMMON, "run_id=preempted"], tmp)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same(straight, json.loads((tmp / "out" / "preempted" / "results.json").read_text()))
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_still_saves(tmp, straight):
+    """SLURM preemption signals every process of the job, DataLoader workers included.
+    The workers must not die first and crash the run ("DataLoader worker ... killed by
+    signal: Terminated") before it writes last.pt."""
+    import torch
+
+    workers = ["trainer.num_workers=2"]
+    proc = _interrupt(tmp, "group", signal.SIGTERM, at_step=5, group=True, extra=workers)
+    assert "killed by signal" not in proc.stderr_text, proc.stderr_text[-3000:]
+    assert proc.returncode == -signal.SIGTERM, proc.stderr_text[-3000:]
+    saved = torch.load(tmp / "out" / "group" / "checkpoints" / "last.pt", weights_only=False)
+    assert 5 <= saved["step"] < 16
+    said = [l for l in proc.stdout_text.splitlines() if "To resume this run: " in l]
+    assert len(said) == 1, proc.stdout_text[-3000:]
+    words = shlex.split(said[0].split("To resume this run: ", 1)[1])
+    assert words[0] == "python" and words[-1] == "run_id=group", words
+    env = run_py_env()
+    resumed = subprocess.run(  # the command the message gives, as it gives it
+        [sys.executable, *words[1:]], cwd=tmp, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(resuming)" in resumed.stdout, resumed.stdout[-3000:]
+    _assert_same(straight, json.loads((tmp / "out" / "group" / "results.json").read_text()))
+
+
+def test_the_default_run_id_names_the_configuration_so_a_rerun_resumes():
+    """`python run.py task=listops model=surnn` twice: the same folder (the second run
+    resumes); a value that changes the computation gets another, one that does not
+    (progress, workers, cadence of logs and checkpoints) the same."""
+    import re
+
+    from hydra import compose, initialize_config_dir
+
+    from surnn.harness.cli import CONFIG_DIR
+    from surnn.harness.config import config_key
+
+    def run_id(*extra):
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=["task=listops", "model=surnn", *extra])
+            return cfg.run_id, config_key(cfg)
+
+    (a, key), (b, _) = run_id(), run_id()
+    assert a == b and re.fullmatch(r"listops-surnn-s0-[0-9a-f]{8}", a) and a.endswith(key[:8])
+    assert run_id("trainer.progress=false", "trainer.ckpt_every=7")[0] == a
+    assert run_id("optim.lr=0.01")[0] != a and run_id("seed=1")[0].startswith("listops-surnn-s1-")
+
+
+def test_two_runs_with_one_run_id_one_refuses_and_the_folder_stays_intact(tmp_path):
+    """The first run is stopped (SIGSTOP) as soon as it holds the lock, so it still holds it
+    when the second starts, however fast either is; continued, it ends as if alone."""
+    env = run_py_env()
+    args = [*COMMON, "trainer.max_steps=40", "run_id=shared"]
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            f"data_dir={tmp_path / 'data'}",
+            f"output_dir={tmp_path / 'out'}",
+            *args,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lock = tmp_path / "out" / "shared" / ".lock"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
+        time.sleep(0.02)
+    first.send_signal(signal.SIGSTOP)  # a stopped process keeps its flock
+    folder = tmp_path / "out" / "shared"
+    try:
+        assert first.poll() is None, first.stderr.read()[-2000:]
+        # the second run, in this process: the line run.py prints, then what it removes
+        data = f"data_dir={tmp_path / 'data'}"
+        err = run_error([data, *args[:-1]], tmp_path / "out", "shared")
+        assert not remove_if_only_hydra(folder)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert f"pid {first.pid}" in err and "in use" in err, err
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    res = json.loads((folder / "results.json").read_text())
+    assert res["steps"] == 40
+    steps = [json.loads(l)["step"] for l in (folder / "metrics.jsonl").read_text().splitlines()]
+    train = [
+        json.loads(l)["step"]
+        for l in (folder / "metrics.jsonl").read_text().splitlines()
+        if "train/loss" in l
+    ]
+    assert train == list(range(1, 41)) and steps == sorted(steps)
+    assert not list((folder / "checkpoints").glob("*.tmp"))
