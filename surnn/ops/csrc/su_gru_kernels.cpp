@@ -562,35 +562,46 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
 }
 
 // ---------------------------------------------------------------- backward tiles
-// dst[s][k] += sum_q G[q][s0 + s] * W_q[k] (the transposed product dh += G W) for a tile
-// of MS samples x NV vectors of k held in registers while the rows q stream by.
-// 3 x 3 tiles fit AVX2's 16 registers without spills (9 accumulators, 3 W, 1 broadcast).
-template <typename T, int MS, int NV>
-inline void gemm_tn_tile(const T* const* wrows, int nrows, const T* G, int gstride, int s0,
-                         T* const* dst, int k0) {
+// The register tile of the backward's products: dst[i][k] += sum_r coef(i, r) * row(r)[k]
+// for R destination rows x NV vectors of k (from k0) held in registers while the n rows
+// stream by (row(r): a pointer, coef(i, r): a scalar; both inlined). 3 x 3 tiles fit AVX2's 16
+// registers without spills (9 accumulators, 3 row vectors, 1 broadcast).
+template <typename T, int R, int NV, typename Row, typename Coef>
+[[gnu::always_inline]] inline void rank1_tile(T* const* dst, int k0, int n, Row row,
+                                              Coef coef) {
   using Vt = typename V<T>::type;
   constexpr int N = V<T>::N;
-  Vt a[MS][NV];
+  Vt a[R][NV];
 #pragma GCC unroll 4
-  for (int s = 0; s < MS; ++s)
+  for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) a[s][v] = vload(dst[s] + k0 + v * N);
-  for (int q = 0; q < nrows; ++q) {
-    const T* w = wrows[q] + k0;
-    Vt wv[NV];
+    for (int v = 0; v < NV; ++v) a[i][v] = vload(dst[i] + k0 + v * N);
+  for (int r = 0; r < n; ++r) {
+    const T* p = row(r) + k0;
+    Vt x[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) wv[v] = vload(w + v * N);
+    for (int v = 0; v < NV; ++v) x[v] = vload(p + v * N);
 #pragma GCC unroll 4
-    for (int s = 0; s < MS; ++s) {
-      const Vt gq = vset<T>(G[q * gstride + s0 + s]);
+    for (int i = 0; i < R; ++i) {
+      const Vt c = vset<T>(coef(i, r));
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) a[s][v] += gq * wv[v];
+      for (int v = 0; v < NV; ++v) a[i][v] += c * x[v];
     }
   }
 #pragma GCC unroll 4
-  for (int s = 0; s < MS; ++s)
+  for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) vstore(dst[s] + k0 + v * N, a[s][v]);
+    for (int v = 0; v < NV; ++v) vstore(dst[i] + k0 + v * N, a[i][v]);
+}
+
+// dst[s][k] += sum_q G[q][s0 + s] * W_q[k] (the transposed product dh += G W) for a tile
+// of MS samples: the rows q of W stream by.
+template <typename T, int MS, int NV>
+inline void gemm_tn_tile(const T* const* wrows, int nrows, const T* G, int gstride, int s0,
+                         T* const* dst, int k0) {
+  rank1_tile<T, MS, NV>(
+      dst, k0, nrows, [&](int q) { return wrows[q]; },
+      [&](int s, int q) { return G[q * gstride + s0 + s]; });
 }
 
 template <typename T, int NV>
@@ -620,33 +631,12 @@ void gemm_tn(const T* const* wrows, int nrows, const T* G, int gstride, int nv,
   }
 }
 
-// dW_q[k] += sum_s G_q[s] * v_s[k] for the three rows q of one neuron: NV vectors of k per
-// row in registers (3 x 3 = 9 accumulators, 3 inputs, 3 broadcasts: no spills).
+// dW_q[k] += sum_s G_q[s] * v_s[k] for the three rows q of one neuron: the inputs v_s
+// stream by.
 template <typename T, int NV>
 inline void outer3_tile(T* const* d, const T* const* gq, const T* const* v, int nv, int k0) {
-  using Vt = typename V<T>::type;
-  constexpr int N = V<T>::N;
-  Vt a[3][NV];
-#pragma GCC unroll 3
-  for (int q = 0; q < 3; ++q)
-#pragma GCC unroll 4
-    for (int u = 0; u < NV; ++u) a[q][u] = vload(d[q] + k0 + u * N);
-  for (int s = 0; s < nv; ++s) {
-    const T* p = v[s] + k0;
-    Vt x[NV];
-#pragma GCC unroll 4
-    for (int u = 0; u < NV; ++u) x[u] = vload(p + u * N);
-#pragma GCC unroll 3
-    for (int q = 0; q < 3; ++q) {
-      const Vt c = vset<T>(gq[q][s]);
-#pragma GCC unroll 4
-      for (int u = 0; u < NV; ++u) a[q][u] += c * x[u];
-    }
-  }
-#pragma GCC unroll 3
-  for (int q = 0; q < 3; ++q)
-#pragma GCC unroll 4
-    for (int u = 0; u < NV; ++u) vstore(d[q] + k0 + u * N, a[q][u]);
+  rank1_tile<T, 3, NV>(
+      d, k0, nv, [&](int s) { return v[s]; }, [&](int q, int s) { return gq[q][s]; });
 }
 
 template <typename T>
