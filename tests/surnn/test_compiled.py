@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import surnn.ops as ops
-from surnn.ops import compiled, su_gru
+from surnn.ops import compiled, compiled_build, su_gru
 from tests.fixtures import F64, ROOT, assert_close, make_case, op_gradcheck, run
 
 needs_kernel = pytest.mark.skipif(
@@ -346,7 +346,7 @@ def test_without_a_compiler_the_eager_path_runs_with_one_warning(monkeypatch):
     monkeypatch.delenv("SURNN_NO_COMPILED", raising=False)
     for key, value in {"tried": False, "ext": None, "error": None}.items():
         monkeypatch.setitem(compiled._STATE, key, value)
-    monkeypatch.setattr(compiled.shutil, "which", lambda name: None)
+    monkeypatch.setattr(compiled_build.shutil, "which", lambda name: None)
     case = make_case(3, 5, 4, 7, "random", lengths=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -444,12 +444,12 @@ def test_concurrent_builds_of_one_key_build_once(tmp_path):
 
     where = tmp_path / "fake-0123"
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: compiled.library(where, "fake", build), range(4)))
+        results = list(pool.map(lambda _: compiled_build.library(where, "fake", build), range(4)))
     assert len(calls) == 1
     assert [r[2] for r in results].count(True) == 1
     assert all(r[0] == where / "fake.so" for r in results)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake-0123", "fake-0123.lock"]
-    assert compiled.library(where, "fake", build)[2] is False and len(calls) == 1
+    assert compiled_build.library(where, "fake", build)[2] is False and len(calls) == 1
 
 
 def test_a_failed_build_leaves_nothing_and_the_next_process_builds(tmp_path):
@@ -459,20 +459,20 @@ def test_a_failed_build_leaves_nothing_and_the_next_process_builds(tmp_path):
 
     where = tmp_path / "fake-0123"
     with pytest.raises(RuntimeError, match="compiler error"):
-        compiled.library(where, "fake", broken)
+        compiled_build.library(where, "fake", broken)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake-0123.lock"]
 
     def works(folder: Path):
         (folder / "fake.so").write_bytes(b"library")
 
-    assert compiled.library(where, "fake", works) == (where / "fake.so", None, True)
+    assert compiled_build.library(where, "fake", works) == (where / "fake.so", None, True)
 
 
 def test_the_key_follows_sources_and_flags_only():
-    key = compiled.build_key("surnn_su_gru", ["-O3"], ["-fopenmp"], "c++")
-    assert key == compiled.build_key("surnn_su_gru", ["-O3"], ["-fopenmp"], "c++")
-    assert key != compiled.build_key("surnn_su_gru", ["-O2"], ["-fopenmp"], "c++")
-    assert key != compiled.build_key("surnn_su_gru_san", ["-O3"], ["-fopenmp"], "c++")
+    key = compiled_build.build_key("surnn_su_gru", ["-O3"], ["-fopenmp"], "c++")
+    assert key == compiled_build.build_key("surnn_su_gru", ["-O3"], ["-fopenmp"], "c++")
+    assert key != compiled_build.build_key("surnn_su_gru", ["-O2"], ["-fopenmp"], "c++")
+    assert key != compiled_build.build_key("surnn_su_gru_san", ["-O3"], ["-fopenmp"], "c++")
 
 
 @needs_kernel
