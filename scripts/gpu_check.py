@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from surnn.ops import su_gru
-from surnn.ops.triton import graphs, launch, numerics, op
+from surnn.ops.triton import graphs, launch, loops, numerics, op
 from surnn.provenance import device_name, git_commit
 
 KIND = "gpu_check"
@@ -77,7 +77,7 @@ def _grads(fn, case, wout, gh):
 def sanitize(a) -> dict:
     """Every code path on tiny odd shapes (the sanitizers slow kernels by 10-100x)."""
     dev = _dev(a)
-    launch.SPLIT_MIN_BYTES, op.N_SM = 0, 1000  # split-K wherever a step has the K blocks
+    launch.SPLIT_MIN_BYTES, loops.N_SM = 0, 1000  # split-K wherever a step has the K blocks
     runs = []
     B, T, D, H = a.batch, a.seq, a.dim, a.hidden
     cuda = dev.type == "cuda"
@@ -159,7 +159,7 @@ def long_run(a) -> dict:
 
 # -- timings -------------------------------------------------------------------------------
 class Timer:
-    """op.TIMER: sums each phase over a call (CUDA events on the GPU, wall clock on CPU)."""
+    """loops.TIMER: sums each phase over a call (CUDA events on the GPU, wall clock on CPU)."""
 
     def __init__(self, cuda: bool):
         self.cuda, self.spans = cuda, defaultdict(list)
@@ -185,9 +185,9 @@ class Timer:
 
 
 def _timed(fn, cuda: bool) -> tuple[float, dict]:
-    """(ms of one call, ms per phase) with op.TIMER set."""
+    """(ms of one call, ms per phase) with loops.TIMER set."""
     timer = Timer(cuda)
-    op.TIMER = timer
+    loops.TIMER = timer
     try:
         if cuda:
             torch.cuda.synchronize()
@@ -202,7 +202,7 @@ def _timed(fn, cuda: bool) -> tuple[float, dict]:
             fn()
             total = 1e3 * (time.perf_counter() - t0)
     finally:
-        op.TIMER = None
+        loops.TIMER = None
     return total, timer.totals_ms()
 
 

@@ -440,14 +440,14 @@ def small_triton_machine(setattr) -> None:
     16x16x16 tile configuration on 4 warps, chunks of at least 2 steps, every GEMM row
     count worth it, split-K on any size, 6 SMs; so that chunk boundaries, partial chunks
     and split-K run in small cases."""
-    from surnn.ops.triton import launch, op
+    from surnn.ops.triton import launch, loops
 
     for table in ("CFG_TABLE", "CFG_TABLE_SM80"):
         setattr(launch, table, ((None, launch.Cfg(16, 16, 16, 4)),))
     setattr(launch, "C_MIN", 2)
     setattr(launch, "GEMM_ROWS", 1)
     setattr(launch, "SPLIT_MIN_BYTES", 0)
-    setattr(op, "N_SM", 6)
+    setattr(loops, "N_SM", 6)
 
 
 def corrupting_recorder():

@@ -1,6 +1,6 @@
 """The Triton path against the reference: under TRITON_INTERPRET=1 on the CPU (fp32), and on
 CUDA (fp32 and bf16) when a GPU is present. Every buffer the op allocates is NaN-filled
-(integers -1; op.FILL), so a kernel that reads a position nothing wrote gives NaN instead of
+(integers -1; loops.FILL), so a kernel that reads a position nothing wrote gives NaN instead of
 the zeros fresh CPU memory often holds. ``small_machine`` shrinks the launch model (chunks of
 2 steps, 16x16x16 tiles, 6 SMs) so that chunk boundaries, partial chunks and split-K run at
 interpreter sizes. Also: the contract of ``active``, the numerics emulation (bf16 at
@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from surnn.ops import su_gru  # noqa: E402
 from surnn.ops.reference import su_gru_reference  # noqa: E402
-from surnn.ops.triton import launch, numerics, op  # noqa: E402
+from surnn.ops.triton import launch, loops, numerics, op  # noqa: E402
 from surnn.ops.triton.kernels import _splits  # noqa: E402
 
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -36,7 +36,7 @@ DEV = "cuda" if HAS_CUDA else "cpu"
 
 @pytest.fixture(autouse=True)
 def poisoned(monkeypatch):
-    monkeypatch.setattr(op, "FILL", float("nan"))
+    monkeypatch.setattr(loops, "FILL", float("nan"))
 
 
 @pytest.fixture
@@ -87,12 +87,12 @@ def _loops(case):
     act = op.mask_u8(g, active)
     lens = lens if lens is not None else torch.full((x.shape[0],), x.shape[1])
     k = op._kernels()
-    fwd = op._Fwd(
+    fwd = loops.Fwd(
         x.detach(), h0.detach(), *[t.detach() for t in w], g.detach(), act, lens, True, "ieee"
     )
     fs, (out, hT, plane) = _drive(fwd, k)
     go = torch.randn_like(out)
-    bwd = op._Bwd(
+    bwd = loops.Bwd(
         go,
         hT,
         x.detach(),
@@ -129,14 +129,14 @@ def test_closed_steps_leave_the_gradient_gemms(small_machine, monkeypatch):
     g[1:4], active[1:4] = 0, False  # steps 1, 2, 3 closed
     lens[0] = 6
     case = to_dev((x, h0, w, g.requires_grad_(), active, lens))
-    seen, real = [], op._Bwd._compact
+    seen, real = [], loops.Bwd._compact
 
     def spy(self, t0, n, first):
         idx = real(self, t0, n, first)
         seen.append((t0, None if idx is None else idx.tolist()))
         return idx
 
-    monkeypatch.setattr(op._Bwd, "_compact", spy)
+    monkeypatch.setattr(loops.Bwd, "_compact", spy)
     assert_close(run("triton", case), run("reference", case), 2e-4)
     assert seen == [(4, None), (2, []), (0, [0])]
 
@@ -144,7 +144,7 @@ def test_closed_steps_leave_the_gradient_gemms(small_machine, monkeypatch):
 def test_split_k_really_runs(small_machine, monkeypatch):
     """With 16 SMs, 4 neuron tiles and 4 K blocks, a step spreads each tile's reduction over
     2 programs: the split-K workspace is written (it stays NaN when no step splits)."""
-    monkeypatch.setattr(op, "N_SM", 16)
+    monkeypatch.setattr(loops, "N_SM", 16)
     case = to_dev(make_case(3, 4, 5, 64, "open", dtype=torch.float32))
     fwd, fs, bwd, bs, grads = _loops(case)
     assert fwd.lp.split == 2 and bwd.lp.split == 2
@@ -156,14 +156,14 @@ def test_split_k_really_runs(small_machine, monkeypatch):
 def test_poison_catches_an_unwritten_read(small_machine, monkeypatch):
     """The check can fail: without copying step t0+C's gradients into the chunk's last slot,
     the backward reads a slot nothing wrote, and the NaN fill shows it."""
-    real = op._Bwd.load
+    real = loops.Bwd.load
 
     def load_without_the_carry(self, s, t0, n, first):
         s_c = s["dgo"][self.C].clone()
         real(self, s, t0, n, first)
         s["dgo"][self.C].copy_(s_c)  # undo the copy: the slot keeps what it held before
 
-    monkeypatch.setattr(op._Bwd, "load", load_without_the_carry)
+    monkeypatch.setattr(loops.Bwd, "load", load_without_the_carry)
     case = to_dev(make_case(3, 5, 5, 20, "open", dtype=torch.float32))
     grads = run("triton", case)[2:]
     assert not all(torch.isfinite(t).all() for t in grads)
@@ -204,13 +204,13 @@ def test_steps_past_the_longest_sequence_are_not_run(monkeypatch):
     so the op runs only up to it (no launches, no GEMM rows for the rest) and autograd routes
     the padding outputs' gradients into dL/dh_T: the same values and gradients."""
     runs = []
-    real = op._Fwd.__init__
+    real = loops.Fwd.__init__
 
     def spy(self, x, *a, **kw):
         runs.append(x.shape[1])
         real(self, x, *a, **kw)
 
-    monkeypatch.setattr(op._Fwd, "__init__", spy)
+    monkeypatch.setattr(loops.Fwd, "__init__", spy)
     for per_sample in (False, True):
         x, h0, w, g, active, _ = make_case(3, 7, 5, 20, "random", per_sample, dtype=torch.float32)
         lens = torch.tensor([4, 2, 4])
@@ -380,7 +380,7 @@ def test_step_order_packs_the_computed_neurons_first():
     gen = torch.Generator().manual_seed(0)
     T, H = 6, 70
     active = torch.rand(T, H, generator=gen) < 0.2
-    order, cnt = op._order(active.to(torch.uint8), H, T)
+    order, cnt = loops.step_order(active.to(torch.uint8), H, T)
     assert order.dtype == torch.int32 and cnt.tolist() == active.sum(1).tolist()
     for t in range(T):
         o = order[t].long()
@@ -390,5 +390,5 @@ def test_step_order_packs_the_computed_neurons_first():
         assert (torch.diff(o[:c]) > 0).all() and (torch.diff(o[c:]) > 0).all()
     per_sample = torch.zeros(2, T, H, dtype=torch.uint8)
     per_sample[0, :, 3] = per_sample[1, :, 60] = 3
-    order, cnt = op._order(per_sample, H, T)
+    order, cnt = loops.step_order(per_sample, H, T)
     assert cnt.tolist() == [2] * T and order[0, :2].tolist() == [3, 60]

@@ -114,11 +114,11 @@ def _params(kernel: str) -> list[str]:
 
 
 def test_each_loop_passes_its_kernels_buffers_in_the_kernels_order():
-    """op.py launches a kernel with the buffers its loop names (``buffers``), positionally:
+    """loops.py launches a kernel with the buffers its loop names (``buffers``), positionally:
     they must be the kernel's pointer arguments, in order."""
-    from surnn.ops.triton import op
+    from surnn.ops.triton import loops
 
-    for loop, kernel in ((op._Fwd, "fwd_step"), (op._Bwd, "bwd_step")):
+    for loop, kernel in ((loops.Fwd, "fwd_step"), (loops.Bwd, "bwd_step")):
         params = _params(kernel)
         ptrs = [a for a in params if a.endswith("_ptr")]
         assert params[: len(ptrs)] == ptrs  # the pointers come first

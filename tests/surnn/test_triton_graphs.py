@@ -7,7 +7,7 @@ operation during the capture. Graph and eager must agree bit for bit (forward an
 gradients) across sequence lengths (one graph serves every T), schedules and lengths; the
 capture happens on a key's second use; results never alias the static buffers; the cache is
 bounded; over-budget keys, failed captures and replays that differ fall back to the eager
-loop. Buffers are NaN-filled (op.FILL). On CUDA (marked gpu, skipped without one; NOT RUN
+loop. Buffers are NaN-filled (loops.FILL). On CUDA (marked gpu, skipped without one; NOT RUN
 YET, no GPU was available): the real torch.cuda.CUDAGraph capture and replay against eager.
 """
 
@@ -21,7 +21,7 @@ from tests.fixtures import corrupting_recorder, small_triton_machine, triton_int
 HAS_CUDA = torch.cuda.is_available()
 triton_interpreter_unless_cuda()  # before the kernels are imported
 
-from surnn.ops.triton import graphs, launch, op  # noqa: E402
+from surnn.ops.triton import graphs, launch, loops  # noqa: E402
 from surnn.ops.triton.op import su_gru_triton  # noqa: E402
 
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -31,7 +31,7 @@ DEV = "cuda" if HAS_CUDA else "cpu"
 def poisoned_small_machine(monkeypatch):
     """NaN-filled buffers; chunks of 2 steps (so a call spans several chunks and a graph
     replays several times), 16x16x16 tiles, 6 SMs (split-K)."""
-    monkeypatch.setattr(op, "FILL", float("nan"))
+    monkeypatch.setattr(loops, "FILL", float("nan"))
     small_triton_machine(monkeypatch.setattr)
     monkeypatch.setattr(launch, "C_MAX", 2)
 
@@ -143,13 +143,13 @@ def test_a_graph_made_under_inference_mode_serves_later_calls(cpu_cache):
 def test_capture_fails_on_a_tensor_operation(cpu_cache, monkeypatch):
     """A captured body that allocates (or runs any tensor op) fails the capture: the key
     runs eagerly, with a warning that says how to report it."""
-    real = op._Fwd.launches
+    real = loops.Fwd.launches
 
     def allocating(self, k, s, n):
         torch.zeros(1)  # a real graph would keep this allocation, run once at capture
         real(self, k, s, n)
 
-    monkeypatch.setattr(op._Fwd, "launches", allocating)
+    monkeypatch.setattr(loops.Fwd, "launches", allocating)
     with torch.no_grad():
         case = make_case(3, 5, 4, 16)
         args = (*case[:2], *case[2], *case[3:])
@@ -167,7 +167,7 @@ def test_the_stand_in_replays_what_was_captured(cpu_cache, monkeypatch):
     the lengths made afresh by each chunk's load) works eagerly but not as a graph, which
     keeps the tensor it captured; the stand-in shows it as a real graph would (a stand-in
     that re-ran the Python body hid it)."""
-    real_load, real_launches = op._Fwd.load, op._Fwd.launches
+    real_load, real_launches = loops.Fwd.load, loops.Fwd.launches
 
     def load(self, s, t0, n, first):
         real_load(self, s, t0, n, first)
@@ -176,8 +176,8 @@ def test_the_stand_in_replays_what_was_captured(cpu_cache, monkeypatch):
     def launches(self, k, s, n):
         real_launches(self, k, {**s, "lrel": self.fresh_lrel}, n)
 
-    monkeypatch.setattr(op._Fwd, "load", load)
-    monkeypatch.setattr(op._Fwd, "launches", launches)
+    monkeypatch.setattr(loops.Fwd, "load", load)
+    monkeypatch.setattr(loops.Fwd, "launches", launches)
     with torch.no_grad():
         case = make_case(4, 6, 4, 16, seed=3)
         case[5][:] = torch.tensor([6, 3, 1, 5])
@@ -226,15 +226,15 @@ def test_over_budget_runs_eager(monkeypatch):
 
 @needs_cpu
 def test_out_of_memory_for_the_static_buffers_runs_eager(cpu_cache, monkeypatch):
-    real, calls = op._Fwd.alloc, []
+    real, calls = loops.Fwd.alloc, []
 
-    def alloc(self, e=op._empty):
+    def alloc(self, e=loops.empty):
         calls.append(e)
         if len(calls) == 3:  # first use: eager (1); second: meta sizing (2), static (3)
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(self, e)
 
-    monkeypatch.setattr(op._Fwd, "alloc", alloc)
+    monkeypatch.setattr(loops.Fwd, "alloc", alloc)
     case = make_case(3, 5, 4, 16)
     args = (*case[:2], *case[2], *case[3:])
     with torch.no_grad():

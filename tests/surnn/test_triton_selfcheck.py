@@ -20,7 +20,7 @@ from tests.fixtures import (
 
 triton_interpreter_unless_cuda()  # before the kernels are imported
 
-from surnn.ops.triton import graphs, op, selfcheck  # noqa: E402
+from surnn.ops.triton import graphs, loops, op, selfcheck  # noqa: E402
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU stand-in")
 
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CP
 def checked_cpu(monkeypatch):
     monkeypatch.setattr(selfcheck, "DEVICES", ("cpu",))
     monkeypatch.setattr(selfcheck, "CASE", dict(B=2, T=2, D=3, H=16))
-    monkeypatch.setattr(op, "FILL", float("nan"))
+    monkeypatch.setattr(loops, "FILL", float("nan"))
     monkeypatch.setattr(
         graphs, "CACHE", graphs.GraphCache(capture=graphs.Recorder, devices=("cpu",))
     )
@@ -58,13 +58,13 @@ def test_first_use_checks_once_per_dtype_and_passes(monkeypatch):
 
 
 def test_a_mismatch_falls_back_to_the_eager_path_with_one_warning(monkeypatch):
-    real = op._Fwd.store
+    real = loops.Fwd.store
 
     def wrong(self, s, t0, n):
         real(self, s, t0, n)
         self.out[:, t0 : t0 + n] += 0.01  # a kernel that computes something else
 
-    monkeypatch.setattr(op._Fwd, "store", wrong)
+    monkeypatch.setattr(loops.Fwd, "store", wrong)
     eager_calls = []
     from surnn.ops import cpu
 

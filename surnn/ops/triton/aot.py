@@ -3,7 +3,7 @@ machine without a GPU (the triton wheel ships ptxas and cuobjdump), and checks o
 compiler made of them.
 
 What is compiled is what the op would launch, not a hand-written copy of it: the op's chunk
-loops (op._Fwd with and without saving the state, op._Bwd with a time-only and a per-sample
+loops (loops.Fwd with and without saving the state, loops.Bwd with a time-only and a per-sample
 gate) are built on meta tensors and their launches recorded with a stand-in for the kernels
 module, and each recorded launch's arguments are specialised exactly as triton.jit
 specialises them at a launch (pointer dtypes and 16-byte alignment, integers equal to 1 or
@@ -180,7 +180,7 @@ def record(
 ):
     """The launches of one op loop for these sizes, on meta tensors (nothing runs); ``cfg``
     replaces the configuration launch.cfg_for picks (to compile one the table lacks)."""
-    from surnn.ops.triton import op
+    from surnn.ops.triton import loops
 
     dt, m, prec = _TORCH_DTYPE[dtype], "meta", _PREC[dtype]
 
@@ -196,10 +196,10 @@ def record(
 
     rec = _Recorder()
     if body in ("fwd", "fwd_save"):
-        loop = op._Fwd(x, h0, w_ih, w_hh, b, b, g, act, lengths, body == "fwd_save", prec)
+        loop = loops.Fwd(x, h0, w_ih, w_hh, b, b, g, act, lengths, body == "fwd_save", prec)
     else:
         out, plane = e(B, T, H), e(B, T, H, dtype=torch.float32)
-        loop = op._Bwd(out, h0, x, h0, w_ih, w_hh, b, b, g, act, lengths, out, plane, prec)
+        loop = loops.Bwd(out, h0, x, h0, w_ih, w_hh, b, b, g, act, lengths, out, plane, prec)
     if cfg is not None and cfg != loop.lp.cfg:  # (on meta tensors the op plans for sm_90)
         kind = "bf16" if dtype == "bf16" else prec
         loop.lp = launch.Launch(

@@ -8,7 +8,7 @@ during the capture, as a real capture of this body must never allocate
 (tests/surnn/test_triton_graphs.py). The real capture and replay are tested only on a CUDA
 device, by that file's CUDA-only tests (scripts/gpu_check.sh runs them).
 
-A call of the op (op.py) runs in chunks of C steps on chunk-sized buffers: per chunk, copies
+A call of the op (loops.py) runs in chunks of C steps on chunk-sized buffers: per chunk, copies
 in and GEMMs (outside any graph), the C step launches, copies out and GEMMs. The launches
 read the step slot as a constant and everything that changes from call to call or chunk to
 chunk (inputs, the step order and counts, lengths minus the chunk's start, the number of

@@ -1,7 +1,7 @@
 """Triton kernels of the selective-update GRU: the sequential part only, one launch per step.
 
 The input projection x_t W_ih^T of every step is a GEMM per chunk of C steps, outside these
-kernels (op.py); so are the backward's recomputed pre-activations and its weight and input
+kernels (loops.py); so are the backward's recomputed pre-activations and its weight and input
 gradients. What is left per step is the recurrent part:
 
 ``fwd_step``: for a tile of BLOCK_B sequences x BLOCK_H neurons, h_{t-1} W_hh^T over K = H
@@ -28,14 +28,14 @@ Buffers are per chunk of C steps, time-major (slot j = step t0 + j), with rows o
 elements (H rounded up to 16, so that every row starts 16-element aligned and the dots'
 operands load as vectors through asynchronous copies whatever H is; the padding columns are
 zero, as are the padded weights'): every tensor a kernel reads was written by an earlier
-launch or copied in by op.py; the state is fp32 [B, HP], updated in place tile by tile (the dot reads h_{t-1} from the output slot j, never from the
+launch or copied in by loops.py; the state is fp32 [B, HP], updated in place tile by tile (the dot reads h_{t-1} from the output slot j, never from the
 state, so no program reads what another writes in the same launch). The step's dot operand is
 h_{t-1} in the storage dtype (bf16 or fp32), accumulation fp32. Masks (u8): bit 0 = the
 update is computed at (t, neuron[, sequence]) (active or open), bit 1 = the gate gets a
 gradient there (active); the sequence's length closes padding steps. Selects use ``tl.where``
 (a NaN in an unused lane cannot leak), tanh is ``2*sigmoid(2x)-1``; the step slot is a
 runtime argument (never specialised), so one compiled kernel serves every step. Offsets are
-32-bit: the kernels touch only chunk buffers, which op.py keeps under 2**31 elements (the
+32-bit: the kernels touch only chunk buffers, which loops.py keeps under 2**31 elements (the
 [B, T, H] tensors of Path-X sizes, past 2**31 elements, are only copied by torch).
 
 Set TRITON_INTERPRET=1 before importing this module to run it on the CPU (fp32 only). Only

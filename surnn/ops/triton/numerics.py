@@ -5,7 +5,7 @@ float64 reference (how far the op's rounding drifts over a long sequence) and in
 the interpreted kernels (that it emulates them); scripts/gpu_check.sh compares the real bf16
 run with the same float64 reference and the same tolerance (``LONG_TOL``).
 
-What the op does (op.py, kernels.py) for storage dtype ``dt`` (bf16 or fp32):
+What the op does (loops.py, kernels.py) for storage dtype ``dt`` (bf16 or fp32):
 - x, h0, weights and gate are ``dt``; the input projection x W_ih^T and the recomputed
   h_{t-1} W_hh^T are GEMMs of ``dt`` operands with fp32 results; biases are added in fp32;
 - the recurrent dot reads h_{t-1} rounded to ``dt`` (the previous output), accumulates in
