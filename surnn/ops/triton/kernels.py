@@ -206,32 +206,38 @@ def fwd_step(
                             acc_r += _partial(p, m2)
                             acc_z += _partial(p + B * HP, m2)
                             acc_n += _partial(p + 2 * B * HP, m2)
-                if last:
-                    _fwd_point(
-                        acc_r,
-                        acc_z,
-                        acc_n,
-                        rows,
-                        cols,
-                        rmask,
-                        cmask,
-                        m2,
-                        xp_ptr,
-                        a_ptr,
-                        hs_ptr,
-                        bias_ptr,
-                        g_ptr,
-                        act_ptr,
-                        lrel_ptr,
-                        plane_ptr,
-                        j,
-                        B,
-                        H,
-                        HP,
-                        sgt,
-                        sgb,
-                        SAVE,
+                if last:  # the GRU update of the tile, given its three recurrent dot products
+                    xb = xp_ptr + (j * B + rows)[:, None] * (3 * HP) + cols[None, :]
+                    r = _sigmoid(
+                        acc_r
+                        + tl.load(xb, mask=m2, other=0.0)
+                        + tl.load(bias_ptr + cols, mask=cmask, other=0.0)[None, :]
                     )
+                    z = _sigmoid(
+                        acc_z
+                        + tl.load(xb + HP, mask=m2, other=0.0)
+                        + tl.load(bias_ptr + H + cols, mask=cmask, other=0.0)[None, :]
+                    )
+                    hn = acc_n + tl.load(bias_ptr + 3 * H + cols, mask=cmask, other=0.0)[None, :]
+                    n = _tanh(
+                        tl.load(xb + 2 * HP, mask=m2, other=0.0)
+                        + tl.load(bias_ptr + 2 * H + cols, mask=cmask, other=0.0)[None, :]
+                        + r * hn
+                    )
+                    hst = rows[:, None] * HP + cols[None, :]
+                    hp = tl.load(hs_ptr + hst, mask=m2, other=0.0)
+                    gat = j * sgt + rows[:, None] * sgb + cols[None, :]
+                    gv = tl.load(g_ptr + gat, mask=m2, other=0.0).to(tl.float32)
+                    av = tl.load(act_ptr + gat, mask=m2, other=0)
+                    lr = tl.load(lrel_ptr + rows, mask=rmask, other=0)
+                    upd = ((av & 1) != 0) & (j < lr)[:, None] & m2
+                    hnew = tl.where(upd, hp + gv * (1.0 - z) * (n - hp), hp)  # h + g * (f - h)
+                    tl.store(hs_ptr + hst, hnew, mask=m2)
+                    tl.store(
+                        a_ptr + hst + (j + 1) * B * HP, hnew.to(a_ptr.dtype.element_ty), mask=m2
+                    )
+                    if SAVE:
+                        tl.store(plane_ptr + hst + j * B * HP, hnew, mask=m2)
         else:
             if pid_s == 0:  # a closed tile: the state carries over into the output
                 cols = tl.load(order_ptr + j * HP + pos, mask=cmask, other=0)
@@ -240,64 +246,6 @@ def fwd_step(
                 tl.store(a_ptr + hst + (j + 1) * B * HP, hp.to(a_ptr.dtype.element_ty), mask=m2)
                 if SAVE:
                     tl.store(plane_ptr + hst + j * B * HP, hp, mask=m2)
-
-
-@triton.jit
-def _fwd_point(
-    acc_r,
-    acc_z,
-    acc_n,
-    rows,
-    cols,
-    rmask,
-    cmask,
-    m2,
-    xp_ptr,
-    a_ptr,
-    hs_ptr,
-    bias_ptr,
-    g_ptr,
-    act_ptr,
-    lrel_ptr,
-    plane_ptr,
-    j,
-    B,
-    H,
-    HP,
-    sgt,
-    sgb,
-    SAVE: tl.constexpr,
-):
-    """The GRU update of a tile of step t0 + j, given its three recurrent dot products."""
-    xb = xp_ptr + (j * B + rows)[:, None] * (3 * HP) + cols[None, :]
-    r = _sigmoid(
-        acc_r
-        + tl.load(xb, mask=m2, other=0.0)
-        + tl.load(bias_ptr + cols, mask=cmask, other=0.0)[None, :]
-    )
-    z = _sigmoid(
-        acc_z
-        + tl.load(xb + HP, mask=m2, other=0.0)
-        + tl.load(bias_ptr + H + cols, mask=cmask, other=0.0)[None, :]
-    )
-    hn = acc_n + tl.load(bias_ptr + 3 * H + cols, mask=cmask, other=0.0)[None, :]
-    n = _tanh(
-        tl.load(xb + 2 * HP, mask=m2, other=0.0)
-        + tl.load(bias_ptr + 2 * H + cols, mask=cmask, other=0.0)[None, :]
-        + r * hn
-    )
-    hst = rows[:, None] * HP + cols[None, :]
-    hp = tl.load(hs_ptr + hst, mask=m2, other=0.0)
-    gat = j * sgt + rows[:, None] * sgb + cols[None, :]
-    gv = tl.load(g_ptr + gat, mask=m2, other=0.0).to(tl.float32)
-    av = tl.load(act_ptr + gat, mask=m2, other=0)
-    lr = tl.load(lrel_ptr + rows, mask=rmask, other=0)
-    upd = ((av & 1) != 0) & (j < lr)[:, None] & m2
-    hnew = tl.where(upd, hp + gv * (1.0 - z) * (n - hp), hp)  # h + g * (f - h)
-    tl.store(hs_ptr + hst, hnew, mask=m2)
-    tl.store(a_ptr + hst + (j + 1) * B * HP, hnew.to(a_ptr.dtype.element_ty), mask=m2)
-    if SAVE:
-        tl.store(plane_ptr + hst + j * B * HP, hnew, mask=m2)
 
 
 @triton.jit(do_not_specialize=["j"])
@@ -413,112 +361,56 @@ def bwd_step(
                 dlt = acc + tl.load(dc_ptr + tile, mask=m2, other=0.0)
                 if j < 0:
                     tl.store(dh0_ptr + tile, dlt, mask=m2)
-                else:
-                    _bwd_point(
-                        dlt,
-                        tile,
-                        rows,
-                        cols,
-                        rmask,
-                        cmask,
-                        m2,
-                        dgp_ptr,
-                        dgo_ptr,
-                        inv_ptr,
-                        xp_ptr,
-                        gh_ptr,
-                        hp_ptr,
-                        bias_ptr,
-                        g_ptr,
-                        act_ptr,
-                        lrel_ptr,
-                        go_ptr,
-                        dc_ptr,
-                        dg_ptr,
-                        j,
-                        B,
-                        H,
-                        HP,
-                        sgt,
-                        sgb,
-                        pid_b,
-                        tl.num_programs(1),
-                        PER_SAMPLE,
+                else:  # the pointwise backward of step t0 + j on the tile
+                    at = tile + j * B * HP
+                    dh = dlt + tl.load(go_ptr + at, mask=m2, other=0.0).to(tl.float32)  # dL/dh_t
+                    gat = j * sgt + rows[:, None] * sgb + cols[None, :]
+                    av = tl.load(act_ptr + gat, mask=m2, other=0)
+                    lr = tl.load(lrel_ptr + rows, mask=rmask, other=0)
+                    live = m2 & (j < lr)[:, None]
+                    upd = live & ((av & 1) != 0)
+                    gm = live & ((av & 2) != 0)  # bit 1: the gate has a gradient here
+                    x3 = (j * B + rows)[:, None] * (3 * HP) + cols[None, :]
+                    pr = tl.load(xp_ptr + x3, mask=upd, other=0.0)
+                    pr += tl.load(gh_ptr + x3, mask=upd, other=0.0)
+                    r = _sigmoid(pr + tl.load(bias_ptr + cols, mask=cmask, other=0.0)[None, :])
+                    pz = tl.load(xp_ptr + x3 + HP, mask=upd, other=0.0)
+                    pz += tl.load(gh_ptr + x3 + HP, mask=upd, other=0.0)
+                    z = _sigmoid(pz + tl.load(bias_ptr + H + cols, mask=cmask, other=0.0)[None, :])
+                    hn = tl.load(gh_ptr + x3 + 2 * HP, mask=upd, other=0.0)
+                    hn += tl.load(bias_ptr + 3 * H + cols, mask=cmask, other=0.0)[None, :]
+                    pn = tl.load(xp_ptr + x3 + 2 * HP, mask=upd, other=0.0)
+                    n = _tanh(
+                        pn
+                        + tl.load(bias_ptr + 2 * H + cols, mask=cmask, other=0.0)[None, :]
+                        + r * hn
                     )
-
-
-@triton.jit
-def _bwd_point(
-    dlt,
-    tile,
-    rows,
-    cols,
-    rmask,
-    cmask,
-    m2,
-    dgp_ptr,
-    dgo_ptr,
-    inv_ptr,
-    xp_ptr,
-    gh_ptr,
-    hp_ptr,
-    bias_ptr,
-    g_ptr,
-    act_ptr,
-    lrel_ptr,
-    go_ptr,
-    dc_ptr,
-    dg_ptr,
-    j,
-    B,
-    H,
-    HP,
-    sgt,
-    sgb,
-    pid_b,
-    n_bt,
-    PER_SAMPLE: tl.constexpr,
-):
-    """The pointwise backward of step t0 + j on a tile, given dL/dh_t less dL/d out_t."""
-    at = tile + j * B * HP
-    dlt += tl.load(go_ptr + at, mask=m2, other=0.0).to(tl.float32)
-    gat = j * sgt + rows[:, None] * sgb + cols[None, :]
-    av = tl.load(act_ptr + gat, mask=m2, other=0)
-    lr = tl.load(lrel_ptr + rows, mask=rmask, other=0)
-    live = m2 & (j < lr)[:, None]
-    upd = live & ((av & 1) != 0)
-    gm = live & ((av & 2) != 0)  # bit 1: the gate has a gradient here
-    x3 = (j * B + rows)[:, None] * (3 * HP) + cols[None, :]
-    pr = tl.load(xp_ptr + x3, mask=upd, other=0.0) + tl.load(gh_ptr + x3, mask=upd, other=0.0)
-    r = _sigmoid(pr + tl.load(bias_ptr + cols, mask=cmask, other=0.0)[None, :])
-    pz = tl.load(xp_ptr + x3 + HP, mask=upd, other=0.0)
-    pz += tl.load(gh_ptr + x3 + HP, mask=upd, other=0.0)
-    z = _sigmoid(pz + tl.load(bias_ptr + H + cols, mask=cmask, other=0.0)[None, :])
-    hn = tl.load(gh_ptr + x3 + 2 * HP, mask=upd, other=0.0)
-    hn += tl.load(bias_ptr + 3 * H + cols, mask=cmask, other=0.0)[None, :]
-    pn = tl.load(xp_ptr + x3 + 2 * HP, mask=upd, other=0.0)
-    n = _tanh(pn + tl.load(bias_ptr + 2 * H + cols, mask=cmask, other=0.0)[None, :] + r * hn)
-    gv = tl.load(g_ptr + gat, mask=upd, other=0.0).to(tl.float32)
-    nh = n - tl.load(hp_ptr + at, mask=upd, other=0.0)  # n - h_{t-1}
-    df = dlt * gv
-    tl.store(dc_ptr + tile, tl.where(upd, dlt - df + df * z, dlt), mask=m2)
-    dgv = tl.where(gm, dlt * (1.0 - z) * nh, 0.0)  # dL/dg = dL/dh_t * (f - h_{t-1})
-    if PER_SAMPLE:
-        tl.store(dg_ptr + at, dgv.to(dg_ptr.dtype.element_ty), mask=m2)
-    else:
-        tl.store(dg_ptr + (j * n_bt + pid_b) * HP + cols, tl.reduce(dgv, 0, _add), mask=cmask)
-    dan = tl.where(upd, (df - df * z) * (1.0 - n * n), 0.0)
-    dar = tl.where(upd, dan * hn * r * (1.0 - r), 0.0)
-    daz = tl.where(upd, -df * nh * z * (1.0 - z), 0.0)
-    dnr = dan * r
-    ety = dgp_ptr.dtype.element_ty
-    d4 = dgp_ptr + (j * B + rows)[:, None] * (4 * HP) + cols[None, :]
-    tl.store(d4, dar.to(ety), mask=m2)
-    tl.store(d4 + HP, daz.to(ety), mask=m2)
-    tl.store(d4 + 2 * HP, dan.to(ety), mask=m2)
-    tl.store(d4 + 3 * HP, dnr.to(ety), mask=m2)
-    pos = tl.load(inv_ptr + j * HP + cols, mask=cmask, other=0)  # places in step t's order
-    d3 = dgo_ptr + (j * B + rows)[:, None] * (3 * HP) + pos[None, :]
-    tl.store(d3, dar.to(ety), mask=m2)
-    tl.store(d3 + HP, daz.to(ety), mask=m2)
-    tl.store(d3 + 2 * HP, dnr.to(ety), mask=m2)
+                    gv = tl.load(g_ptr + gat, mask=upd, other=0.0).to(tl.float32)
+                    nh = n - tl.load(hp_ptr + at, mask=upd, other=0.0)  # n - h_{t-1}
+                    df = dh * gv
+                    tl.store(dc_ptr + tile, tl.where(upd, dh - df + df * z, dh), mask=m2)
+                    dgv = tl.where(gm, dh * (1.0 - z) * nh, 0.0)  # dL/dg = dL/dh_t * (f - h_{t-1})
+                    if PER_SAMPLE:
+                        tl.store(dg_ptr + at, dgv.to(dg_ptr.dtype.element_ty), mask=m2)
+                    else:
+                        tl.store(
+                            dg_ptr + (j * tl.num_programs(1) + pid_b) * HP + cols,
+                            tl.reduce(dgv, 0, _add),
+                            mask=cmask,
+                        )
+                    dan = tl.where(upd, (df - df * z) * (1.0 - n * n), 0.0)
+                    dar = tl.where(upd, dan * hn * r * (1.0 - r), 0.0)
+                    daz = tl.where(upd, -df * nh * z * (1.0 - z), 0.0)
+                    dnr = dan * r
+                    ety = dgp_ptr.dtype.element_ty
+                    d4 = dgp_ptr + (j * B + rows)[:, None] * (4 * HP) + cols[None, :]
+                    tl.store(d4, dar.to(ety), mask=m2)
+                    tl.store(d4 + HP, daz.to(ety), mask=m2)
+                    tl.store(d4 + 2 * HP, dan.to(ety), mask=m2)
+                    tl.store(d4 + 3 * HP, dnr.to(ety), mask=m2)
+                    # the gradients at each neuron's place in step t's order
+                    pos = tl.load(inv_ptr + j * HP + cols, mask=cmask, other=0)
+                    d3 = dgo_ptr + (j * B + rows)[:, None] * (3 * HP) + pos[None, :]
+                    tl.store(d3, dar.to(ety), mask=m2)
+                    tl.store(d3 + HP, daz.to(ety), mask=m2)
+                    tl.store(d3 + 2 * HP, dnr.to(ety), mask=m2)
