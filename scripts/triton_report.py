@@ -5,14 +5,15 @@ registers, spills and shared memory: results/bench/triton_kernels.md (+ .json).
     python scripts/triton_report.py [--out results/bench/triton_kernels] [--jobs N] [--fresh-cache]
 
 Exit status 1 when a kernel does not compile (its error is printed). See
-surnn/ops/triton/aot.py for what is compiled and how (same as python -m surnn.ops.triton.aot).
+surnn/ops/triton/aot.py for what is compiled and how, aot_report.py for the table (same as
+python -m surnn.ops.triton.aot_report).
 """
 
 from __future__ import annotations
 
 import sys
 
-from surnn.ops.triton.aot import main
+from surnn.ops.triton.aot_report import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from surnn.ops.triton import aot, launch  # noqa: E402
+from surnn.ops.triton import aot, aot_report, launch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = ROOT / "results" / "bench" / "triton_kernels.json"
@@ -254,7 +254,7 @@ def test_committed_table_lists_the_whole_matrix():
     want = {
         (
             j.kernel,
-            aot._variant(j),
+            aot_report._variant(j),
             f"sm_{j.arch}",
             j.dtype,
             j.shape,
