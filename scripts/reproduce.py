@@ -101,7 +101,15 @@ MEMORY = {
     "memory-offset": (
         [
             f"memory/copy/{a}"
-            for a in ("gru", "lstm", "uniform", "timescale", "clockwork", "clockwork_1step")
+            for a in (
+                "gru",
+                "lstm",
+                "uniform",
+                "timescale",
+                "clockwork",
+                "clockwork_1step",
+                "clockwork_1step_frozen",
+            )
         ],
         ["task=copy_memory", "task.options.delay=1000", "task.options.offset=100"],
     ),
@@ -110,6 +118,7 @@ MEMORY = {
             f"memory/copy/{a}"
             for a in (
                 "clockwork_1step",
+                "clockwork_1step_frozen",
                 "clockwork_1step_ste",
                 "clockwork",
                 "handset",
