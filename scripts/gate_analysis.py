@@ -2,7 +2,7 @@
 """Why a learned rhythm gate does or does not come to hold: measured at initialisation.
 
     python scripts/gate_analysis.py --out results/memory/gate_analysis \
-        [--arms uniform timescale clockwork] [--delay 1000] [--batches 8]
+        [--arms uniform timescale clockwork clockwork_1step] [--delay 1000] [--batches 8]
 
 For each copy-memory arm (configs/experiment/memory/copy/<arm>.yaml), builds the model
 with its initial gate (seed 0) and measures, over the task's layout (``memory_windows``):
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from surnn.harness.cli import CONFIG_DIR
 from surnn.harness.config import BackboneConfig, checked
 from surnn.harness.run import build_model, build_task
 from surnn.layer import SelectiveUpdateGRU
+from surnn.provenance import git_commit, now_iso
 
 
 def build(arm: str, delay: int, overrides: list[str]):
@@ -180,7 +182,9 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arms", nargs="+", default=["uniform", "timescale", "clockwork"])
+    ap.add_argument(
+        "--arms", nargs="+", default=["uniform", "timescale", "clockwork", "clockwork_1step"]
+    )
     ap.add_argument("--delay", type=int, default=1000)
     ap.add_argument("--batches", type=int, default=8)
     ap.add_argument("--out", type=Path, required=True)
@@ -188,8 +192,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rows = [analyse(a, args.delay, args.batches, args.overrides) for a in args.arms]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.out}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    md = markdown(rows)
+    made = {  # the measured gradients depend on the commit and the thread count
+        "command": shlex.join(["python", "scripts/gate_analysis.py", *(argv or sys.argv[1:])]),
+        "commit": git_commit(),
+        "threads": torch.get_num_threads(),
+        "date": now_iso(),
+    }
+    Path(f"{args.out}.json").write_text(json.dumps({**made, "rows": rows}, indent=2) + "\n")
+    md = markdown(rows) + (
+        f"\nMade by `{made['command']}` at commit {made['commit']}, "
+        f"{made['threads']} threads, {made['date']}.\n"
+    )
     Path(f"{args.out}.md").write_text(md)
     sys.stdout.write(md)
     return 0

@@ -45,3 +45,10 @@ def test_gate_analysis_counts_what_a_bias_alone_could_make_hold(tmp_path):
     assert uni["grad_ste"]["bias"]["with_gradient"] == 1.0  # straight-through: every step
     md = ga.markdown(rows)
     assert md.count("\n| ") == 2 and "| clockwork | 40 |" in md  # one row per arm
+    out = tmp_path / "ga"
+    argv = ["--arms", "clockwork", "--delay", "40", "--batches", "2", "--out", str(out), *small]
+    assert ga.main(argv) == 0
+    made = json.loads(out.with_suffix(".json").read_text())
+    assert made["commit"] and made["threads"] >= 1 and "gate_analysis" in made["command"]
+    assert [r["arm"] for r in made["rows"]] == ["clockwork"]
+    assert f"at commit {made['commit']}" in out.with_suffix(".md").read_text()
