@@ -20,10 +20,12 @@ such runs never pool with the preset's), and writes into ``--out``:
 - ``<name>-holders.png``: the holding neurons of every suRNN arm against the step (the
   evaluation counts them on the validation gate every ``eval_every`` steps);
 - ``<name>-raster.png`` / ``.json``: the trained gate of one run (``--raster RUN``, default
-  the learned suRNN run with the best test accuracy at the longest delay), neurons x time
+  the suRNN run with a generic gate, learned or frozen, not the hand-set one, with the best
+  test accuracy at the longest delay), neurons x time
   over one sequence, white = update, the holding neurons marked;
 - a comparison of every two arms of a setting that have at least 2 seeds each: the
   difference of their mean test metric and Welch's t-test (two-sided; unequal variances);
+  with ``--against OTHER.json`` also each arm against another table's arms of its setting;
 - ``<name>-gate_stats.json``: for every trained suRNN run, each layer's longest closed
   stretch per neuron and (copy memory) the neurons open at the input and closed through the
   delay (``surnn.harness.trained_gates``);
@@ -48,8 +50,8 @@ from surnn.harness.results import RunResult
 from surnn.harness.stats import mean_std, welch
 from surnn.harness.trained_gates import gate_stats, holding, stats_table, trained_gates
 
-#: arms whose gate is not learned (excluded from the default raster)
-NOT_LEARNED = ("handset", "random")
+#: arms whose gate is told where the symbols are (excluded from the default raster)
+TOLD_LAYOUT = ("handset",)
 
 
 @dataclass
@@ -216,14 +218,17 @@ def table(runs: list[Run]) -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
-def comparisons(rows: list[dict]) -> tuple[str, list[dict]]:
+def comparisons(rows: list[dict], against: list[dict] = ()) -> tuple[str, list[dict]]:
     """Every two arms of a setting with at least 2 seeds each: Welch's t-test on the test
-    metric (the table's rows; ``test`` holds one value per seed)."""
+    metric (the table's rows; ``test`` holds one value per seed). ``against``: the rows of
+    another table (its ``<name>.json``); each of this table's arms is also compared with
+    each of its arms of the same setting, named ``<arm> (<table>)``."""
     out = []
     for where in dict.fromkeys(w["setting"] for w in rows):
         arms = [w for w in rows if w["setting"] == where and len(w["test"]) >= 2]
+        other = [w for w in against if w["setting"] == where and len(w["test"]) >= 2]
         for i, x in enumerate(arms):
-            for y in arms[i + 1 :]:
+            for y in arms[i + 1 :] + other:
                 w = welch(x["test"], y["test"])
                 out.append(
                     {
@@ -360,8 +365,10 @@ def gate_raster(run_dir: Path, path: Path) -> dict:
 
 
 def default_raster(runs: list[Run]) -> Path | None:
-    """The learned suRNN run with the best test metric at the longest delay (or length)."""
-    su = [r.res for r in runs if r.res.model == "surnn" and r.res.variant not in NOT_LEARNED]
+    """The suRNN run with the best test metric at the longest delay (or length) among those
+    whose gate is generic (learned or frozen at its initialisation; not the hand-set gate,
+    which is told where the symbols are)."""
+    su = [r.res for r in runs if r.res.model == "surnn" and r.res.variant not in TOLD_LAYOUT]
     if not su:
         return None
 
@@ -380,17 +387,30 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("results/memory"))
     ap.add_argument("--name", default="memory", help="prefix of the files written")
     ap.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        help="another table's JSON (e.g. results/memory/memory.json): compare this table's "
+        "arms with its arms of the same setting",
+    )
+    ap.add_argument(
         "--raster",
         type=Path,
         default=None,
-        help="suRNN run folder for the gate raster (default: the best learned one)",
+        help="suRNN run folder for the gate raster (default: the best one with a generic gate)",
     )
     args = ap.parse_args(argv)
     runs = find_runs(args.roots)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / args.name
     md, rows = table(runs)
-    cmp_md, cmp_rows = comparisons(rows)
+    against = []
+    if args.against is not None:
+        name = args.against.stem
+        against = [
+            {**w, "arm": f"{w['arm']} ({name})"} for w in json.loads(args.against.read_text())
+        ]
+    cmp_md, cmp_rows = comparisons(rows, against)
     if cmp_md:
         md += "\n" + cmp_md
     _panels(runs, "curve", "validation accuracy", Path(f"{out}-curves.png"))

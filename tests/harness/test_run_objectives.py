@@ -126,6 +126,13 @@ def test_arm_names_and_comparisons():
     ]
     md, cmp = pm.comparisons(rows)
     assert [(c["a"], c["b"]) for c in cmp] == [("x", "y")] and "| s | x | y | 3 / 3 |" in md
+    other = [  # another table's arms: compared with this one's of the same setting only
+        {"setting": "s", "arm": "w (memory)", "metric": "acc", "test": [0.2, 0.25]},
+        {"setting": "t", "arm": "v (memory)", "metric": "acc", "test": [0.2, 0.25]},
+    ]
+    _, cmp = pm.comparisons(rows, other)
+    pairs = [(c["a"], c["b"]) for c in cmp]
+    assert pairs == [("x", "y"), ("x", "w (memory)"), ("y", "w (memory)")]
 
 
 def test_runs_of_one_folder_name_under_two_roots_keep_both(tmp_path):
