@@ -131,3 +131,30 @@ def test_make_tables_puts_the_published_numbers_beside_the_measured_row(tiny_run
     assert "Efficiency" in (tables / "lra.tex").read_text()
     with pytest.raises(SystemExit, match="no scripts/bench_checkpoint.py JSON"):
         make_tables.main([str(tiny_run), "--out", str(tables), "--efficiency", str(tiny_run)])
+
+
+def test_compile_times_the_dense_parts_compiled_beside_the_eager_model(
+    tiny_run, tmp_path, monkeypatch
+):
+    """--compile: a case whose dense parts run under torch.compile (here its eager backend,
+    to keep the suite fast; the committed benchmark uses inductor), the suRNN layers eager at
+    the same rate, timed right after the eager learned-gate model, the same outputs."""
+    compile_ = bench.torch.compile
+    monkeypatch.setattr(
+        bench.torch, "compile", lambda m, **kw: compile_(m, **{**kw, "backend": "eager"})
+    )
+    argv = [str(tiny_run), "--reps", "1", "--examples", "8", "--batch", "4", "--no-gru"]
+    assert bench.main([*argv, "--compile", "--out", str(tmp_path)]) == 0
+    b = json.loads((tmp_path / "checkpoint_tiny_B4.json").read_text())
+    c = b["cases"]
+    assert c["compiled"]["update_rate"] == pytest.approx(c["learned"]["update_rate"])
+    assert 0 < c["compiled"]["mixer_min_s"] < c["compiled"]["min_s"]  # layers timed eagerly
+    assert [(p["baseline"], p["case"]) for p in b["pairs"]] == [
+        ("open", "learned"),
+        ("learned", "compiled"),
+    ]
+    assert b["compiled_max_abs_diff_vs_learned"] < 1e-5
+    md = (tmp_path / "checkpoint_tiny_B4.md").read_text()
+    assert "torch.compile of the dense parts" in md
+    row = next(line for line in md.splitlines() if "torch.compile'd" in line)
+    assert row.endswith("| – | – |")  # not a speedup of the learned gate
