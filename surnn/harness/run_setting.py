@@ -73,9 +73,10 @@ def setting_of(r: RunResult, run_dir: str | Path | None = None) -> str | None:
     cmd = r.command or ""
     if (cfg.get("trainer") or {}).get("name") == "smoke" or "trainer=smoke" in cmd:
         marks.append("smoke")
-    if "experiment=demo_" in cmd:
-        marks.append("demo (" + cmd.split("experiment=")[1].split()[0] + ")")
     exp = experiment_of(r) or ""
+    demo = demo_of(exp)
+    if demo:
+        marks.append(f"demo ({demo})" if demo == exp else f"demo ({exp}, from {demo})")
     cpu_sized = exp.endswith("_cpu") or exp.startswith(("memory/copy/", "memory/selective/"))
     if cpu_sized:  # memory/copy_memory_cpu, the memory study's arms: sized for a CPU
         marks.append(f"CPU-sized preset ({exp})")
@@ -165,6 +166,33 @@ def experiment_of(r: RunResult) -> str | None:
     return cmd.split("experiment=")[1].split()[0] if "experiment=" in cmd else None
 
 
+@functools.cache
+def demo_of(exp: str, depth: int = 4) -> str | None:
+    """The demo preset (``demo_*``) the experiment ``exp`` is or extends through its
+    ``/experiment/...`` defaults (``rate_control/t017`` extends ``demo_listops``), else None."""
+    if not exp or depth < 0:
+        return None
+    if exp.startswith("demo_"):
+        return exp
+    from surnn.harness.config import CONFIG_DIR
+
+    path = Path(CONFIG_DIR) / "experiment" / f"{exp}.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
+    except (yaml.YAMLError, AttributeError):
+        return None
+    for d in defaults:
+        if isinstance(d, str) and d.startswith("/experiment/"):
+            found = demo_of(d[len("/experiment/") :], depth - 1)
+            if found:
+                return found
+    return None
+
+
 def scale_of(r: RunResult, run_dir: str | Path | None = None) -> str:
     """One word for the run's size: smoke, demo, mini (the mini presets), full (the
     standard setting) or other (any other non-standard setting)."""
@@ -172,7 +200,7 @@ def scale_of(r: RunResult, run_dir: str | Path | None = None) -> str:
     sett = setting_of(r, run_dir)
     if sett and "smoke" in sett.split("; "):
         return "smoke"
-    if exp.startswith("demo_"):
+    if demo_of(exp):
         return "demo"
     if exp.startswith("mini/") or (sett or "").startswith("mini"):
         return "mini"
