@@ -35,7 +35,7 @@ IMPLS = ("auto", "reference", "cpu", "compiled", "triton")
 # except a training call computing every update of a layer wider than AUTO_DENSE_GRAD_MAX_H
 # (the straight-through surrogate's dense training), where the eager path's GEMMs win
 # (results/bench/surnn_cpu_targets_crossover.json, training with every update computed:
-# H=512 0.52x, H=256 0.81x, H=128 2.33x, H=64 3.24x).
+# H=512 0.64x, H=256 0.92x, H=128 2.12x, H=64 4.24x).
 AUTO_DENSE_GRAD_MAX_H = 128
 # SURNN_AUTO_COMPILED=0 makes auto run the eager path on CPU: a committed result that
 # records no ``kernel`` ran on that path, and scripts/check_results.py reruns it that way.
