@@ -1,0 +1,103 @@
+"""The cases ``scripts/bench_checkpoint.py`` times on a trained model: the same weights in
+torch.nn.GRU (``with_nn_gru``), the dense parts under torch.compile (``with_dense_compiled``),
+and ``Clock``, which times a model's passes and its recurrent layers within them."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+
+import torch
+from torch import nn
+
+from surnn.gates import all_open
+from surnn.layer import SelectiveUpdateGRU
+
+
+class DenseGRU(nn.Module):
+    """A suRNN layer's weights in torch.nn.GRU (every step of every neuron computed, the
+    padding steps too; outputs at valid positions equal the all-open suRNN's)."""
+
+    def __init__(self, su: SelectiveUpdateGRU):
+        super().__init__()
+        self.gru = nn.GRU(su.input_size, su.hidden_size, su.num_layers, su.bias, batch_first=True)
+        self.gru.load_state_dict(
+            {k: v for k, v in su.state_dict().items() if not k.startswith("gates.")}
+        )
+        self.batch_first, self.num_layers = su.batch_first, su.num_layers
+        one = torch.ones(())
+        self.last_update_rate = self.last_active_rate = [one] * su.num_layers
+        self.last_aux_loss, self.last_gate = None, []
+
+    def forward(self, input, hx=None, lengths=None, t0=0):
+        x = input if self.batch_first else input.transpose(0, 1)
+        out, h = self.gru(x, hx)
+        return (out if self.batch_first else out.transpose(0, 1)), h
+
+
+def with_dense_compiled(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose dense parts run under ``torch.compile`` (dynamic shapes)
+    and whose suRNN mixers run eagerly, outside the graph (as in the uncompiled model: their
+    served step tables and the C++ kernel), so that only the dense parts change. The mixer
+    around each suRNN layer is left out whole, with the timing hooks inside it: one graph
+    break per layer."""
+    dense = copy.deepcopy(model)
+    for m in dense.modules():
+        if any(isinstance(c, SelectiveUpdateGRU) for c in m.children()):
+            m.forward = torch.compiler.disable(m.forward)
+    return torch.compile(dense, dynamic=True)
+
+
+def with_nn_gru(model: nn.Module) -> nn.Module:
+    dense = copy.deepcopy(model)
+    for m in list(dense.modules()):
+        if isinstance(getattr(m, "rnn", None), SelectiveUpdateGRU):
+            m.rnn = DenseGRU(m.rnn)
+    return dense
+
+
+class Clock:
+    """Times a model's passes over batches, and its recurrent layers within them."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.mixer, self.cpu, self._t0 = device, 0.0, 0.0, 0.0
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def attach(self, model: nn.Module) -> None:
+        for m in model.modules():
+            if isinstance(m, (SelectiveUpdateGRU, DenseGRU)):
+                m.register_forward_pre_hook(self._start)
+                m.register_forward_hook(self._stop)
+
+    def _start(self, *_):
+        self.sync()
+        self._t0 = time.perf_counter()
+
+    def _stop(self, *_):
+        self.sync()
+        self.mixer += time.perf_counter() - self._t0
+
+    def run(self, model, batches, tokens, open_gates: bool) -> tuple[float, float, dict]:
+        """(whole-model seconds, recurrent-layer seconds, update rate per layer weighted
+        per valid token as Trainer.evaluate weights it) of one pass over ``batches``."""
+        auxes = []
+        self.mixer, self.cpu = 0.0, time.process_time()
+        ctx = all_open() if open_gates else contextlib.nullcontext()
+        with torch.no_grad(), ctx:
+            self.sync()
+            t0 = time.perf_counter()
+            for b in batches:
+                auxes.append(model(b)[1])
+            self.sync()
+            total = time.perf_counter() - t0
+        self.cpu = time.process_time() - self.cpu  # all threads: > total unless preempted
+        rates: dict[str, float] = {}
+        for aux, n in zip(auxes, tokens):
+            for k, v in aux.items():
+                if k.endswith("/update_rate"):
+                    rates[k.split("/")[0]] = rates.get(k.split("/")[0], 0.0) + float(v) * n
+        return total, self.mixer, {k: v / max(sum(tokens), 1) for k, v in rates.items()}
