@@ -113,8 +113,8 @@ class Evaluator:
         metrics = obj.metrics().to(self.device)
         rates: dict[str, WeightedMean] = {}  # each rate's mean over the valid tokens
         state = None
-        for batch in self.batches(split, ds):
-            self.signals.check()
+        batches = self.batches(split, ds)
+        while (batch := self.signals.fetch(batches)) is not None:  # never cut in the loader
             rows = batch.pop("rows", None)
             batch = to_device(batch, self.device)
             with self.autocast():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 from surnn.harness.data import PREEMPTION_SIGNALS
@@ -59,6 +59,20 @@ class StopSignals:
         if self.interruptible and self.interrupts:
             self.interruptible = False
             raise Preempted
+
+    def fetch(self, it: Iterator[Any]) -> Any:
+        """``next(it)`` (``None`` at its end) with the section closed to interruption while
+        fetching: a fetch may start the loader's workers (``os.fork``), and a ``Preempted``
+        raised inside fork's after-fork hooks is swallowed there and leaves logging's lock
+        held, so the process hangs at its next log line (seen under ``kill -- -PGID`` as an
+        evaluation's workers started). A signal arriving meanwhile is noted, and acted on
+        as soon as the batch is in hand."""
+        was, self.interruptible = self.interruptible, False
+        item = next(it, None)
+        if was:
+            self.check()
+            self.interruptible = True
+        return item
 
     def check(self) -> None:
         """Raise ``Preempted`` if a stop signal has arrived (one process only: under DDP

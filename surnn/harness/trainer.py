@@ -168,14 +168,9 @@ class Trainer(Resumable):
         self.signals.check()  # a signal noted since the last step: stop before this one
         self._begin_step()
         for micro in range(self.tcfg.grad_accum):
-            # Fetching may start the loader's workers (os.fork): a signal raised there would
-            # unwind through fork's after-fork hooks and leave logging's lock held (the
-            # process then hangs at its next log line). It is noted, and acted on right
-            # after the fetch instead.
-            self.signals.interruptible = False
-            batch = next(it)
-            self.signals.check()
-            self.signals.interruptible = True
+            batch = self.signals.fetch(it)  # never interrupted inside the loader
+            if batch is None:
+                raise RuntimeError("the training batches ended; they are meant to cycle")
             reset = bool(batch.pop("reset", False))
             batch = to_device(batch, self.device)
             self.batches_done += 1

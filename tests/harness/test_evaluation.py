@@ -116,6 +116,37 @@ def test_a_memory_tasks_gate_statistics_join_the_metrics(toy_task):
     assert res["val/layer0/holders"] == 5.0 and res["val/layer0/late_holders"] == 2.0
 
 
+def test_a_signal_while_fetching_a_batch_stops_the_evaluation_after_the_fetch(
+    toy_task, monkeypatch
+):
+    """The evaluation's loop fetches through ``StopSignals.fetch``: a stop signal arriving
+    inside the loader (where its workers fork) never unwinds through it."""
+    import signal
+
+    from surnn.harness.preemption import PREEMPTION_SIGNALS, Preempted
+
+    ev = evaluator(toy_task)
+    real, finished = ev.batches, []
+
+    def batches(split, ds):
+        for i, b in enumerate(real(split, ds)):
+            if i == 1:
+                signal.raise_signal(signal.SIGUSR1)
+            finished.append(i)
+            yield b
+
+    monkeypatch.setattr(ev, "batches", batches)
+    before = {s: signal.getsignal(s) for s in PREEMPTION_SIGNALS}
+    ev.signals.install()
+    try:
+        with pytest.raises(Preempted):
+            ev.evaluate("val", Scorer(), carry=False)
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+    assert finished == [0, 1] and ev.signals.signum == signal.SIGUSR1
+
+
 def test_flops_per_sequence_over_the_validation_set(toy_task):
     model = torch.nn.Sequential()  # count_flops' contract, measured on a real model elsewhere
     calls = []

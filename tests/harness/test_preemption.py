@@ -37,3 +37,55 @@ def test_a_forked_child_ignores_the_inherited_handler(monkeypatch):
     monkeypatch.setattr(preemption.os, "getpid", lambda: child)  # as in a forked child
     stop._handle(signal.SIGTERM, None)
     assert stop.signum is None and seen == [] and stop.interruptible
+
+
+class _SignalsMidFetch:
+    """An iterator that receives a stop signal while producing its second item (as a
+    DataLoader forking its workers does, under ``kill -- -PGID``), and records whether it
+    got to finish that item."""
+
+    def __init__(self, n: int = 3):
+        self.i, self.n, self.finished = 0, n, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i >= self.n:
+            raise StopIteration
+        self.i += 1
+        if self.i == 2:
+            signal.raise_signal(signal.SIGUSR1)  # the handler runs here, synchronously
+        self.finished.append(self.i)
+        return self.i
+
+
+@pytest.fixture
+def installed():
+    """A StopSignals with its handlers installed; the previous handlers put back after."""
+    stop = StopSignals(interrupts=True, on_first=lambda signum: None)
+    before = {s: signal.getsignal(s) for s in preemption.PREEMPTION_SIGNALS}
+    stop.install()
+    yield stop
+    for s, h in before.items():
+        signal.signal(s, h)
+
+
+def test_a_signal_during_a_fetch_is_acted_on_once_the_batch_is_in_hand(installed):
+    """Regression (CI, kill -- -PGID while an evaluation's loader forked its workers): a
+    Preempted raised inside the loader was swallowed by fork's after-fork hooks with
+    logging's lock held, and the run hung. Inside ``fetch`` the signal is only noted; the
+    fetch completes, then the section is cut short."""
+    stop, it = installed, _SignalsMidFetch()
+    stop.interruptible = True
+    assert stop.fetch(it) == 1 and stop.interruptible
+    with pytest.raises(Preempted):
+        stop.fetch(it)
+    assert it.finished == [1, 2]  # the fetch was not cut short
+    assert stop.signum == signal.SIGUSR1 and not stop.interruptible
+
+
+def test_a_fetch_outside_a_section_only_notes_the_signal(installed):
+    stop, it = installed, _SignalsMidFetch()
+    assert [stop.fetch(it) for _ in range(4)] == [1, 2, 3, None]  # None: the end
+    assert stop.signum == signal.SIGUSR1 and not stop.interruptible
