@@ -35,10 +35,15 @@ def _worker_init(_worker_id: int) -> None:
     worker ... is killed by signal: Terminated" from its SIGCHLD handler before the
     trainer reaches the step boundary where it saves last.pt, so the run died without a
     checkpoint. Ignoring the signal here leaves it to the main process, which saves and
-    exits; its workers then stop with it (their parent watchdog).
+    exits; its workers then stop with it (their parent watchdog). The worker was forked
+    with the signals blocked (``StopSignals.fetch``): from its start until here, torch's own
+    worker handler would die of a SIGTERM; a signal pending since then is discarded by
+    SIG_IGN, and they are unblocked.
     """
     for s in PREEMPTION_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)
 
 
 class ResumableBatchSampler(Sampler[list[int]]):

@@ -20,6 +20,19 @@ from typing import Any, NoReturn
 from surnn.harness.data import PREEMPTION_SIGNALS
 
 
+def _block(signals) -> frozenset:
+    """Block ``signals`` in this thread (where the platform can); the ones it blocks."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return frozenset()
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    return frozenset(signals) - before
+
+
+def _unblock(signals) -> None:
+    if signals:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+
+
 class Preempted(Exception):
     """Raised inside a step or an evaluation when a stop signal arrives, to save and exit
     quickly."""
@@ -61,14 +74,27 @@ class StopSignals:
             raise Preempted
 
     def fetch(self, it: Iterator[Any]) -> Any:
-        """``next(it)`` (``None`` at its end) with the section closed to interruption while
-        fetching: a fetch may start the loader's workers (``os.fork``), and a ``Preempted``
-        raised inside fork's after-fork hooks is swallowed there and leaves logging's lock
-        held, so the process hangs at its next log line (seen under ``kill -- -PGID`` as an
-        evaluation's workers started). A signal arriving meanwhile is noted, and acted on
-        as soon as the batch is in hand."""
+        """``next(it)`` (``None`` at its end), never cut short: a fetch may start the
+        loader's workers (``os.fork``), and a signal must neither unwind through that nor
+        reach a worker before it ignores the signals. So, during the fetch:
+
+        - the section is closed to interruption: a ``Preempted`` raised inside fork's
+          after-fork hooks is swallowed there, with logging's lock held, and the process
+          hangs at its next log line;
+        - this thread blocks the stop signals, so a worker forked now starts with them
+          blocked: from its start torch's worker SIGTERM handler kills it on any SIGTERM
+          not sent by its parent (the main process then dies with "DataLoader worker ...
+          killed by signal: Terminated" before saving), until ``_worker_init`` ignores
+          them and unblocks.
+
+        A signal that arrives meanwhile is noted (delivered at the unblock at the latest),
+        and acted on as soon as the batch is in hand."""
         was, self.interruptible = self.interruptible, False
-        item = next(it, None)
+        blocked = _block(PREEMPTION_SIGNALS)
+        try:
+            item = next(it, None)
+        finally:
+            _unblock(blocked)  # a pending signal is handled here: noted, not raised
         if was:
             self.check()
             self.interruptible = True

@@ -3,6 +3,7 @@ section short, in the process that installed the handler only."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 
@@ -89,3 +90,64 @@ def test_a_fetch_outside_a_section_only_notes_the_signal(installed):
     stop, it = installed, _SignalsMidFetch()
     assert [stop.fetch(it) for _ in range(4)] == [1, 2, 3, None]  # None: the end
     assert stop.signum == signal.SIGUSR1 and not stop.interruptible
+
+
+def _mask() -> set:
+    return set(signal.pthread_sigmask(signal.SIG_BLOCK, []))  # the mask, unchanged
+
+
+class _ForksAChild:
+    """An iterator whose item is the signal mask a process forked inside ``next`` starts
+    with (as a DataLoader's worker is forked inside the first fetch)."""
+
+    def __init__(self):
+        self.ctx = multiprocessing.get_context("fork")
+        self.q = self.ctx.SimpleQueue()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        p = self.ctx.Process(target=lambda: self.q.put(_mask()))
+        p.start()
+        p.join(timeout=60)
+        return self.q.get()
+
+
+def test_a_process_forked_during_a_fetch_starts_with_the_stop_signals_blocked(installed):
+    """torch's worker SIGTERM handler kills a worker on any SIGTERM its parent did not
+    send, from the worker's start until its worker_init ignores the signal: a group
+    signal in that window crashed the run ("DataLoader worker ... killed by signal:
+    Terminated", one run in ~10 under kill -- -PGID). Forked with the signals blocked, a
+    worker holds them pending until it ignores them."""
+    installed.interruptible = True
+    child = installed.fetch(_ForksAChild())
+    assert set(preemption.PREEMPTION_SIGNALS) <= child
+    assert not set(preemption.PREEMPTION_SIGNALS) & _mask()  # unblocked here again
+
+
+def test_a_loader_worker_ignores_and_unblocks_the_stop_signals(installed):
+    """A worker forked in a fetch (signals blocked) ends its worker_init ignoring the stop
+    signals, with nothing blocked: a signal pending since its fork is discarded."""
+    import torch
+
+    from surnn.harness.data import _worker_init
+
+    class Report(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            ignored = all(
+                signal.getsignal(s) == signal.SIG_IGN for s in preemption.PREEMPTION_SIGNALS
+            )
+            return torch.tensor([ignored, bool(set(preemption.PREEMPTION_SIGNALS) & _mask())])
+
+    loader = torch.utils.data.DataLoader(
+        Report(), num_workers=1, worker_init_fn=_worker_init, multiprocessing_context="fork"
+    )
+    def batches():  # the workers start inside the fetch, as in the trainer
+        yield from loader
+
+    ignored, blocked = installed.fetch(batches())[0].tolist()
+    assert ignored and not blocked
