@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -14,6 +14,17 @@ from surnn.errors import ConfigError
 from surnn.gates import build_gate, forced_open
 from surnn.ops import IMPLS, resolve_impl, su_gru, update_rates
 from surnn.utils import valid_mask
+
+
+class LastCall(NamedTuple):
+    """What a ``SelectiveUpdateGRU`` call leaves, per layer: its gate, the gate's mean over
+    the valid positions, the fraction of updates computed (detached 0-d tensors), and the
+    rate penalty (None without one)."""
+
+    gate: list[torch.Tensor]
+    update_rate: list[torch.Tensor]
+    active_rate: list[torch.Tensor]
+    aux_loss: torch.Tensor | None
 
 
 class SelectiveUpdateGRU(nn.Module):
@@ -47,8 +58,9 @@ class SelectiveUpdateGRU(nn.Module):
       ``last_aux_loss`` (a loss on the gate parameters; alone it trades the rate against the
       task loss and does not land on the target, see tests/surnn/test_layer.py).
 
-    After a call, ``last_gate`` holds each layer's gate, ``last_update_rate`` its mean over
-    the valid positions and ``last_active_rate`` the fraction of updates actually computed,
+    After a call, ``last`` (a ``LastCall``; also read as ``last_gate``, ``last_update_rate``,
+    ``last_active_rate``, ``last_aux_loss``) holds each layer's gate, its mean over the valid
+    positions and the fraction of updates actually computed,
     as detached 0-d tensors (no host sync: read them with ``float()`` when logging).
     """
 
@@ -109,16 +121,29 @@ class SelectiveUpdateGRU(nn.Module):
             for g in self.gates:
                 g.enable_rate_control()
         self.reset_parameters()
-        self.last_gate: list[torch.Tensor] = []
-        self.last_update_rate: list[torch.Tensor] = []
-        self.last_active_rate: list[torch.Tensor] = []
-        self.last_aux_loss: torch.Tensor | None = None
+        self.last = LastCall([], [], [], None)
 
     def reset_parameters(self) -> None:
         std = 1.0 / math.sqrt(self.hidden_size)
         for name, p in self.named_parameters():
             if name.startswith(("weight_", "bias_")):
                 nn.init.uniform_(p, -std, std)
+
+    @property
+    def last_gate(self) -> list[torch.Tensor]:
+        return self.last.gate
+
+    @property
+    def last_update_rate(self) -> list[torch.Tensor]:
+        return self.last.update_rate
+
+    @property
+    def last_active_rate(self) -> list[torch.Tensor]:
+        return self.last.active_rate
+
+    @property
+    def last_aux_loss(self) -> torch.Tensor | None:
+        return self.last.aux_loss
 
     def layer_weights(self, k: int):
         """Layer k's (W_ih [3H, D], W_hh [3H, H], b_ih [3H] or None, b_hh [3H] or None)."""
@@ -160,9 +185,8 @@ class SelectiveUpdateGRU(nn.Module):
             h_n.append(h)
             if self.dropout and self.training and k < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout, True)
-        self.last_gate, self.last_update_rate, self.last_active_rate = gates, rates, active_rates
-        self.last_aux_loss = aux_loss
-        h_n = torch.stack(h_n)
+        self.last = LastCall(gates, rates, active_rates, aux_loss)  # one attribute: ~3 us each
+        h_n = h_n[0].unsqueeze(0) if len(h_n) == 1 else torch.stack(h_n)
         if packed:  # packed as the input was: its length order and batch permutation
             return _pack_like(input, x, lengths), h_n
         return (x if self.batch_first else x.transpose(0, 1)), h_n

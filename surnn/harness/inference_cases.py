@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from surnn.gates import all_open
-from surnn.layer import SelectiveUpdateGRU
+from surnn.layer import LastCall, SelectiveUpdateGRU
 
 
 class DenseGRU(nn.Module):
@@ -26,9 +26,8 @@ class DenseGRU(nn.Module):
             {k: v for k, v in su.state_dict().items() if not k.startswith("gates.")}
         )
         self.batch_first, self.num_layers = su.batch_first, su.num_layers
-        one = torch.ones(())
-        self.last_update_rate = self.last_active_rate = [one] * su.num_layers
-        self.last_aux_loss, self.last_gate = None, []
+        ones = [torch.ones(())] * su.num_layers
+        self.last = LastCall([], ones, ones, None)  # every update computed
 
     def forward(self, input, hx=None, lengths=None, t0=0):
         x = input if self.batch_first else input.transpose(0, 1)

@@ -109,10 +109,11 @@ class SuRNNMixer(Mixer):
         return hold_stats(g, windows["input"], windows["hold"])
 
     def _aux(self) -> dict[str, Any]:
+        last = self.rnn.last
         aux: dict[str, Any] = {
-            "update_rate": self.rnn.last_update_rate[0],
-            "active_rate": self.rnn.last_active_rate[0],
+            "update_rate": last.update_rate[0],
+            "active_rate": last.active_rate[0],
         }
-        if self.rnn.last_aux_loss is not None:
-            aux["aux_loss"] = self.rnn.last_aux_loss
+        if last.aux_loss is not None:
+            aux["aux_loss"] = last.aux_loss
         return aux
