@@ -146,6 +146,7 @@ def test_a_loader_worker_ignores_and_unblocks_the_stop_signals(installed):
     loader = torch.utils.data.DataLoader(
         Report(), num_workers=1, worker_init_fn=_worker_init, multiprocessing_context="fork"
     )
+
     def batches():  # the workers start inside the fetch, as in the trainer
         yield from loader
 
