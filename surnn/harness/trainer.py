@@ -219,7 +219,10 @@ class Trainer(Resumable):
         same decisions (a non-finite loss anywhere stops every rank; a stop signal received
         by any rank stops every rank at this step, which is abandoned) and gives the step's
         loss, accuracy and rates as the means over every rank's share of the batch (the
-        numbers one process would log for the whole batch)."""
+        numbers one process would log for the whole batch). These per-step numbers are not
+        torchmetrics metrics (the evaluation's are, ``harness.metrics``): the stop flag must
+        reach every rank in the same collective as the step's numbers, and torchmetrics'
+        own sync would add one collective per metric at every step."""
         keys = sorted(rates)
         stop = self.signals.signum is not None
         vals = [float(bad), float(stop), loss if not bad else 0.0, correct, count]
