@@ -11,11 +11,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from surnn.harness.run import remove_if_only_hydra
 from tests.fixtures import ROOT, TINY_RUN, run_error, run_in_tmp, run_py_env
+
+HOOKS = Path(__file__).with_name("hooks")
 
 COMMON = [
     "task=listops",
@@ -163,9 +166,16 @@ def test_the_default_run_id_names_the_configuration_so_a_rerun_resumes():
 
 
 def test_two_runs_with_one_run_id_one_refuses_and_the_folder_stays_intact(tmp_path):
-    """The first run is stopped (SIGSTOP) as soon as it holds the lock, so it still holds it
-    when the second starts, however fast either is; continued, it ends as if alone."""
-    env = run_py_env()
+    """The first run waits as soon as it holds the lock (the hold-lock test hook) until the
+    second has been refused, so it still holds it when the second starts, however fast
+    either is; released, it ends as if alone."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    env = {
+        **run_py_env(),
+        "PYTHONPATH": f"{HOOKS}{os.pathsep}{ROOT}",
+        "SURNN_TEST_HOLD_LOCK": str(hold),
+    }
     args = [*COMMON, "trainer.max_steps=40", "run_id=shared"]
     first = subprocess.Popen(
         [
@@ -181,22 +191,27 @@ def test_two_runs_with_one_run_id_one_refuses_and_the_folder_stays_intact(tmp_pa
         stderr=subprocess.PIPE,
         text=True,
     )
-    lock = tmp_path / "out" / "shared" / ".lock"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
-        time.sleep(0.02)
-    first.send_signal(signal.SIGSTOP)  # a stopped process keeps its flock
     folder = tmp_path / "out" / "shared"
     try:
-        assert first.poll() is None, first.stderr.read()[-2000:]
+        deadline = time.time() + 240
+        while not (hold / "held").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        if not (hold / "held").exists():
+            first.kill()
+            pytest.fail(f"the first run never held the lock: {first.communicate()[1][-2000:]}")
         # the second run, in this process: the line run.py prints, then what it removes
         data = f"data_dir={tmp_path / 'data'}"
         err = run_error([data, *args[:-1]], tmp_path / "out", "shared")
         assert not remove_if_only_hydra(folder)
+    except BaseException:
+        first.kill()
+        first.wait(timeout=60)
+        raise
     finally:
-        first.send_signal(signal.SIGCONT)
+        (hold / "release").touch()
     assert f"pid {first.pid}" in err and "in use" in err, err
-    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err[-2000:]
     res = json.loads((folder / "results.json").read_text())
     assert res["steps"] == 40
     steps = [json.loads(l)["step"] for l in (folder / "metrics.jsonl").read_text().splitlines()]

@@ -19,7 +19,7 @@ from tests.fixtures import TINY_LISTOPS, train_here
 
 ROOT = Path(__file__).resolve().parents[2]
 STUB = Path(__file__).with_name("slurm_stub.py")
-HOOK = Path(__file__).with_name("preempt_hook")
+HOOKS = Path(__file__).with_name("hooks")
 TINY = [*TINY_LISTOPS, "logger=none", "device=cpu", "model=lstm", "model.dropout=0.0"]
 STEPS = ["trainer=smoke", "trainer.max_steps=6", "trainer.eval_every=3", "trainer.ckpt_every=3"]
 SLURM = [
@@ -88,7 +88,7 @@ def test_ddp_job_on_slurm_is_preempted_requeued_and_gives_the_single_process_num
     reference trains in this process (as run.py trains it)."""
     env = {
         **cluster,
-        "PYTHONPATH": f"{HOOK}{os.pathsep}{ROOT}",
+        "PYTHONPATH": f"{HOOKS}{os.pathsep}{ROOT}",
         "SURNN_TEST_PREEMPT_AT_STEP": "3",
     }
     p = _run_py(["-m", *SLURM, "task=listops", *STEPS, *TINY, "optim.lr=3e-3"], tmp_path, env)
