@@ -208,12 +208,12 @@ def cost_table(cells: dict) -> Table:
             ]
         )
     notes = [
-        "FLOPs: forward, per sequence, averaged over the whole validation set (runs before "
-        "this rule: the first validation batch). Model = the whole network; Mixer = the "
-        "sequence mixers alone (the only part a gate can skip). The rest (embedding, "
-        "feed-forward, norms, pooling, head) always runs dense: model minus mixer. Executed "
-        "counts the updates actually computed; dense, the same model with every gate open. "
-        "Update rate: the test set's, per layer, weighted per valid token."
+        "FLOPs: forward, per sequence, averaged over the whole validation set (a run that does "
+        "not record its FLOP sequence count: its first validation batch). Model = the whole "
+        "network; Mixer = the sequence mixers alone (the only part a gate can skip). The rest "
+        "(embedding, feed-forward, norms, pooling, head) always runs dense: model minus mixer. "
+        "Executed counts the updates actually computed; dense, the same model with every gate "
+        "open. Update rate: the test set's, per layer, weighted per valid token."
     ]
     return Table("Cost and sparsity", header, rows, notes)
 
