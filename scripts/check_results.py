@@ -130,7 +130,7 @@ def compare(old: RunResult, new: RunResult) -> list[tuple[str, object, object]]:
 def rerun_env(res: RunResult, pin_kernel: bool = True) -> dict[str, str]:
     """The environment a result is rerun in: its thread count, a fixed hash seed and, with
     ``pin_kernel``, the CPU kernel ``impl=auto`` ran for it (``kernel``; a result without
-    one was made when auto ran the eager path on CPU). Without it: today's auto."""
+    one is from a commit whose auto runs the eager path on CPU). Without it: this tree's auto."""
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     env.pop("SURNN_AUTO_COMPILED", None)
     kernel = res.kernel if res.has("kernel") else "cpu"

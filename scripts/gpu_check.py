@@ -1,4 +1,4 @@
-"""The Python steps of scripts/gpu_check.sh (the first run of the Triton kernels on a GPU).
+"""The Python steps of scripts/gpu_check.sh (the Triton kernels checked on a GPU).
 
     python scripts/gpu_check.py sanitize [--device cuda]     # tiny odd shapes, every code path
     python scripts/gpu_check.py long --out long.json         # bf16, T=4096, against float64

@@ -3,7 +3,7 @@
 ``RunLock`` holds an exclusive ``flock`` on ``<run_dir>/.lock`` for the life of the run and
 writes the holder (pid, host, start time) into it. A second process started with the same
 run_id finds the lock taken and stops at once with one line naming the holder; without
-this both trained into one folder (duplicate steps in metrics.jsonl, a crash renaming
+it both would train into one folder (duplicate steps in metrics.jsonl, a crash renaming
 last.pt.tmp). The kernel drops the lock when its process dies, even by ``kill -9``, so a
 lock left by a killed run is stale by construction and the next run takes it over (and
 says whose it was).

@@ -1,4 +1,4 @@
-"""run.py end to end on the new tasks: trainer=smoke writes results.json with the
+"""run.py end to end on the non-classify tasks: trainer=smoke writes results.json with the
 objective's metrics (every model on copy_memory through one Hydra multirun; one model on
 each other task), the memory presets compose, and the evidence scripts parse."""
 

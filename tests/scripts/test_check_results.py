@@ -104,7 +104,7 @@ def test_update_names_failed_reruns_and_dirty_commits(tmp_path, monkeypatch, cap
 
 def test_check_results_reruns_with_the_kernel_a_result_records(monkeypatch):
     """The rerun pins impl=auto's CPU choice to the recorded ``kernel``; a result without
-    one was made when auto ran the eager path; ``--update`` takes today's default."""
+    one is from a commit whose auto runs the eager path; ``--update`` takes this tree's default."""
     cr = load_script("check_results")
     monkeypatch.setenv("SURNN_AUTO_COMPILED", "0")
     saved = RunResult.from_json  # a results.json's content

@@ -129,7 +129,7 @@ def test_pixel_level_runs_get_their_own_table_with_published_numbers(tmp_path):
 def test_averages_follow_one_stated_convention_for_runs_and_published_rows(tmp_path):
     """Avg-5 without Path-X, Avg-6 with a Path-X FAIL counted as 50 (as S4 does), both
     computed by the script: the Transformer's published 53.66 is its 6-task average, the
-    suGRU's 70.43 its 5-task one, and the table now says which is which."""
+    suGRU's 70.43 its 5-task one, and the table says which is which."""
     assert paper_tables.averages(
         {
             "listops": 36.37,

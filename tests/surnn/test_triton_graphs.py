@@ -7,8 +7,8 @@ operation during the capture. Graph and eager must agree bit for bit (forward an
 gradients) across sequence lengths (one graph serves every T), schedules and lengths; the
 capture happens on a key's second use; results never alias the static buffers; the cache is
 bounded; over-budget keys, failed captures and replays that differ fall back to the eager
-loop. Buffers are NaN-filled (loops.FILL). On CUDA (marked gpu, skipped without one; NOT RUN
-YET, no GPU was available): the real torch.cuda.CUDAGraph capture and replay against eager.
+loop. Buffers are NaN-filled (loops.FILL). On CUDA (marked gpu, skipped without one; no GPU
+run is recorded): the real torch.cuda.CUDAGraph capture and replay against eager.
 """
 
 from __future__ import annotations
