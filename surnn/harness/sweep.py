@@ -91,8 +91,9 @@ def wait_reporting(
             except Exception as e:  # noqa: BLE001 - a job that died without returning
                 ok, what, folder = False, _one_line(str(e)), None
             if ok:
-                log.info("sweep job %d/%d (#%d %s): %s -> %s", ended, n, first + i, label, what,
-                         folder)  # fmt: skip
+                log.info(
+                    "sweep job %d/%d (#%d %s): %s -> %s", ended, n, first + i, label, what, folder
+                )
             else:
                 where = f"{folder}; " if folder else ""
                 line = f"sweep job #{first + i} ({label}): FAILED: {what} ({where}log: {err_log})"
@@ -113,8 +114,8 @@ def report_returns(rets: Sequence[Any], job_overrides: Sequence[Sequence[str]], 
         ok, what, folder = job_outcome(ret)
         label = names[i]
         if ok:
-            log.info("sweep job %d/%d (#%d %s): %s -> %s", i + 1, len(rets), first + i, label,
-                     what, folder)  # fmt: skip
+            job = f"{i + 1}/{len(rets)} (#{first + i} {label})"
+            log.info("sweep job %s: %s -> %s", job, what, folder)
             continue
         job_log = Path(folder) / f"{ret.hydra_cfg.hydra.job.name}.log" if folder else "?"
         failures.append(f"sweep job #{first + i} ({label}): FAILED: {what} (log: {job_log})")

@@ -92,8 +92,11 @@ def test_golden_run_gives_the_committed_numbers(kind, data_dir, tmp_path, one_th
         GOLDEN.write_text(json.dumps(committed, indent=1, sort_keys=True) + "\n")
         return
     want = committed["runs"][kind]
-    diff = [f"{k}: committed {want.get(k)!r} / now {got.get(k)!r}"
-            for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]  # fmt: skip
+    diff = [
+        f"{k}: committed {want.get(k)!r} / now {got.get(k)!r}"
+        for k in sorted(set(want) | set(got))
+        if want.get(k) != got.get(k)
+    ]
     assert not diff, (
         f"golden run {kind!r} gives other numbers than {GOLDEN.name} ({'; '.join(diff)}). "
         f"If the numerics changed on purpose, regenerate the goldens ({REGENERATE}) and the "

@@ -72,8 +72,11 @@ def test_token_accuracy_by_position_matches_a_direct_count():
     m = obj.compute(s)
     right = logits.argmax(-1) == y
     for k in range(obj.N_POS):
-        hits = [bool(right[b, (y[b] != IGNORE_INDEX).nonzero()[k]]) for b in range(B)
-                if (y[b] != IGNORE_INDEX).sum() > k]  # fmt: skip
+        hits = [
+            bool(right[b, (y[b] != IGNORE_INDEX).nonzero()[k]])
+            for b in range(B)
+            if (y[b] != IGNORE_INDEX).sum() > k
+        ]
         if hits:
             assert m[f"acc_pos{k}"] == pytest.approx(sum(hits) / len(hits))
         else:

@@ -58,8 +58,12 @@ def _run_py(args, tmp, env, timeout=600):
         args.append(f"hydra.launcher.submitit_folder={tmp / 'submitit'}")
     return subprocess.run(
         [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _ended(job_file: Path, timeout: float = 120) -> dict:
@@ -124,10 +128,19 @@ def test_a_bad_value_in_a_sweep_stops_it_before_any_job_runs_or_queues(tmp_path,
     """Every job's config is checked before the first is queued (the same check runs
     before Hydra's basic launcher runs the first job in this process)."""
     p = _run_py(
-        ["-m", *SLURM, "task=listops", "model=surnn", "trainer=smoke", "logger=none",
-         "model.options.gate.init_rate=0.5,2,0.3"],
-        tmp_path, cluster, timeout=300,
-    )  # fmt: skip
+        [
+            "-m",
+            *SLURM,
+            "task=listops",
+            "model=surnn",
+            "trainer=smoke",
+            "logger=none",
+            "model.options.gate.init_rate=0.5,2,0.3",
+        ],
+        tmp_path,
+        cluster,
+        timeout=300,
+    )
     assert p.returncode == 2, p.stderr[-3000:]
     err = p.stderr.strip().splitlines()
     assert len(err) == 1, p.stderr
@@ -147,9 +160,16 @@ def test_a_multi_node_job_takes_rank_world_and_master_from_slurm(monkeypatch):
         monkeypatch.setenv(key, "")  # recorded, so the test's exports are undone after it
         monkeypatch.delenv(key)
     monkeypatch.setenv("MASTER_PORT", "29123")
-    slurm = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "77", "SLURM_NTASKS": "4",
-             "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1", "SLURM_PROCID": "3",
-             "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]"}  # fmt: skip
+    slurm = {
+        "SUBMITIT_EXECUTOR": "slurm",
+        "SLURM_JOB_ID": "77",
+        "SLURM_NTASKS": "4",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NODEID": "1",
+        "SLURM_PROCID": "3",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_NODELIST": "gpu[07-08]",
+    }
     for k, v in slurm.items():
         monkeypatch.setenv(k, v)
     assert export_slurm_ddp_env()

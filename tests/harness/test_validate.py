@@ -327,11 +327,19 @@ def test_a_bad_task_option_is_one_line_naming_its_full_key(task, key, value):
 def test_a_bad_nested_option_ends_run_py_with_one_line_and_status_2(tmp_path):
     """run.py checks before Hydra makes anything: the layer's error, one line, exit 2."""
     p = run_py(
-        ["task=listops", "model=surnn", "trainer=smoke", "logger=none", "run_id=bad",
-         f"data_dir={tmp_path / 'data'}", f"output_dir={tmp_path / 'out'}",
-         "model.options.gate.init_rate=2"],
-        tmp_path, timeout=120,
-    )  # fmt: skip
+        [
+            "task=listops",
+            "model=surnn",
+            "trainer=smoke",
+            "logger=none",
+            "run_id=bad",
+            f"data_dir={tmp_path / 'data'}",
+            f"output_dir={tmp_path / 'out'}",
+            "model.options.gate.init_rate=2",
+        ],
+        tmp_path,
+        timeout=120,
+    )
     assert p.returncode == 2, p.stderr[-2000:]
     assert p.stderr.strip().splitlines() == [
         "error: model.options.gate.init_rate=2: expected a number in (0, 1]"

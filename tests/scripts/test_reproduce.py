@@ -95,9 +95,9 @@ def test_a_tiny_table_through_the_whole_path(tmp_path, monkeypatch):
         "task.options.generate.n_test=11",
     ]
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # what its commands import: this checkout
-    args = ["lra", "--scale", "mini", "--only", "mini/listops_gru", "--runs",
-            str(tmp_path / "runs"), "--out", str(tmp_path / "tables"), "--data-dir",
-            str(tmp_path / "data"), *tiny]  # fmt: skip
+    args = ["lra", "--scale", "mini", "--only", "mini/listops_gru"]
+    args += ["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "tables")]
+    args += ["--data-dir", str(tmp_path / "data"), *tiny]
     assert reproduce.main(args) == 0
     md = (tmp_path / "tables" / "lra-mini.md").read_text()
     assert "non-standard setting: mini scale" in md and "| gru |" in md

@@ -275,9 +275,16 @@ def test_timescale_inits_give_each_neuron_one_period_and_one_window(init):
     gate = build_gate(
         H,
         4,
-        {"kind": "rhythm", "init": init, "n_freqs": K, "period_min": 1.0, "seq_len": 1000,
-         "rate_min": 0.01, "rate_max": 0.4},
-    )  # fmt: skip
+        {
+            "kind": "rhythm",
+            "init": init,
+            "n_freqs": K,
+            "period_min": 1.0,
+            "seq_len": 1000,
+            "rate_min": 0.01,
+            "rate_max": 0.4,
+        },
+    )
     assert float(gate.log_omega.exp().min()) == pytest.approx(2 * math.pi / 4000.0)  # 4 x seq_len
     dominant = (gate.alpha != 0).sum(1)
     assert (dominant <= 1).all()  # one frequency per neuron (none: open at every step)

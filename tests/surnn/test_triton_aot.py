@@ -183,8 +183,9 @@ def compiled(tmp_path_factory):
     -> their results, and the pool's wall time."""
     tmp = tmp_path_factory.mktemp("aot")
     ci = aot.ci_jobs()
-    old = aot.Job("fwd_step", "fwd_save", "aligned", 32, 64, 512, launch.Cfg(32, 32, 32, 4),
-                  "bf16", 90)  # fmt: skip
+    old = aot.Job(
+        "fwd_step", "fwd_save", "aligned", 32, 64, 512, launch.Cfg(32, 32, 32, 4), "bf16", 90
+    )
     src = (ROOT / "surnn" / "ops" / "triton" / "kernels.py").read_text()
     assert GOOD_LOAD in src
     broken = tmp / "kernels_broken.py"
