@@ -12,6 +12,7 @@ import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -61,19 +62,23 @@ def device_name(device: torch.device | str, threads: bool = False) -> str:
     return cpu_model()
 
 
-def command_line() -> str:
-    """The command that started this process (``python <script> <args>``), each word quoted
-    where a shell needs it, so that it runs again as it is (and ``shlex.split`` reads it
-    back). Under torchrun the workers see only ``<script> <args>``: the launcher's own
-    command line (the workers' parent) is recorded, so the run can be repeated as it was
-    started. A script given by an absolute path below the working folder is written
-    relative to it (``python /clone/run.py`` typed in /clone: ``python run.py``), as a
-    sweep job's command names run.py: the command names no machine's folders it need not."""
-    argv = list(sys.argv)
-    script = Path(argv[0]).resolve() if argv and os.path.isabs(argv[0]) else None
-    if script is not None and script.is_relative_to(Path.cwd()):  # else: as typed
-        argv[0] = os.path.relpath(script, Path.cwd())
-    own = shlex.join(["python", *argv])
+def command_line(script: str | Path | None = None, args: Sequence[str] | None = None) -> str:
+    """The command that started this process (``python <script> <args>``, or ``python -m
+    <module> <args>`` when a module was run), each word quoted where a shell needs it, so
+    that it runs again as it is (and ``shlex.split`` reads it back). Under torchrun the
+    workers see only ``<script> <args>``: the launcher's own command line (the workers'
+    parent) is recorded, so the run can be repeated as it was started. A script given by an
+    absolute path below the working folder is written relative to it (``python
+    /clone/run.py`` typed in /clone: ``python run.py``), as a sweep job's command names
+    run.py: the command names no machine's folders it need not.
+
+    A script whose ``main(argv)`` is called with its arguments (by a test or another script,
+    not from a command line) passes its file and those arguments: the command is then
+    ``python <script> <args>``, the one that runs it alone; with ``args`` None it is the
+    command line of this process."""
+    if args is not None:
+        return shlex.join(["python", *_relative([str(script or sys.argv[0]), *args])])
+    own = shlex.join(["python", *_relative(_typed_argv())])
     if "TORCHELASTIC_RUN_ID" not in os.environ and "LOCAL_WORLD_SIZE" not in os.environ:
         return own
     try:
@@ -86,7 +91,27 @@ def command_line() -> str:
             parent[0] = "python"
         return shlex.join(parent)
     nproc = os.environ.get("LOCAL_WORLD_SIZE", "?")
-    return f"torchrun --nproc_per_node={nproc} " + shlex.join(argv)
+    return f"torchrun --nproc_per_node={nproc} " + shlex.join(_relative(list(sys.argv)))
+
+
+def _typed_argv() -> list[str]:
+    """``sys.argv``, with ``-m <module>`` in place of the module's file when the interpreter
+    ran a module (``python -m pkg.mod``: ``sys.argv[0]`` is pkg/mod.py)."""
+    argv = list(sys.argv)
+    orig = list(getattr(sys, "orig_argv", []))
+    k = len(orig) - len(argv)  # orig[k + 1:] are argv[1:] when orig ends with them
+    if k >= 2 and orig[k - 1] == "-m" and orig[k + 1 :] == argv[1:]:
+        argv[0:1] = ["-m", orig[k]]
+    return argv
+
+
+def _relative(argv: list[str]) -> list[str]:
+    """``argv`` with its script, given by an absolute path below the working folder, written
+    relative to that folder; else as it is."""
+    script = Path(argv[0]).resolve() if argv and os.path.isabs(argv[0]) else None
+    if script is not None and script.is_relative_to(Path.cwd()):
+        argv = [os.path.relpath(script, Path.cwd()), *argv[1:]]
+    return argv
 
 
 def now_iso() -> str:

@@ -65,3 +65,40 @@ def test_a_script_below_the_working_folder_is_recorded_relative_to_it(monkeypatc
     assert command_line() == "python scripts/reproduce.py memory"
     monkeypatch.chdir(tmp_path)
     assert command_line() == f"python {ROOT / 'scripts' / 'reproduce.py'} memory"
+
+
+def test_a_module_run_with_dash_m_is_recorded_as_typed(monkeypatch):
+    """``python -m pkg.mod ARGS``: sys.argv[0] is the module's file; the command names the
+    module, as typed (interpreter options such as -u are not part of it)."""
+    from surnn.provenance import ROOT
+
+    for var in ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(ROOT)
+    module_file = str(ROOT / "surnn" / "ops" / "triton" / "aot_report.py")
+    monkeypatch.setattr(sys, "argv", [module_file, "--out", "/tmp/k k"])
+    monkeypatch.setattr(
+        sys,
+        "orig_argv",
+        ["/x/bin/python", "-u", "-m", "surnn.ops.triton.aot_report", "--out", "/tmp/k k"],
+    )
+    assert command_line() == "python -m surnn.ops.triton.aot_report --out '/tmp/k k'"
+    # a script run by its path is recorded by its path
+    monkeypatch.setattr(sys, "argv", ["scripts/triton_report.py", "--jobs", "2"])
+    monkeypatch.setattr(sys, "orig_argv", ["python3", "scripts/triton_report.py", "--jobs", "2"])
+    assert command_line() == "python scripts/triton_report.py --jobs 2"
+
+
+def test_a_main_called_with_its_arguments_records_the_command_that_runs_it_alone(monkeypatch):
+    """A script's ``main(argv)`` called in a process started otherwise (a test, another
+    script) records ``python <script> <argv>``, not that process's command line."""
+    from surnn.provenance import ROOT
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/pytest", "-q", "tests"])
+    script = ROOT / "scripts" / "bench_checkpoint.py"
+    assert command_line(script, ["outputs/a b", "--batch", "1"]) == (
+        "python scripts/bench_checkpoint.py 'outputs/a b' --batch 1"
+    )
+    assert command_line(script, []) == "python scripts/bench_checkpoint.py"
+    assert command_line(script, None) == "python /venv/bin/pytest -q tests"  # not in-process
