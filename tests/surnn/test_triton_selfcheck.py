@@ -104,3 +104,11 @@ def test_a_graph_replay_that_differs_is_caught_by_its_capture_check(monkeypatch)
     assert {("cpu", torch.float32): None} == selfcheck._STATE
     assert graphs.CACHE.eager_keys() and len(graphs.CACHE) == 0
     assert_close(got, run("reference", case()), 2e-4)
+
+
+def test_the_warning_names_the_device_as_results_record_it(monkeypatch):
+    """A GPU is named by surnn.provenance.device_name (as results.json and the benchmark
+    JSONs name it), after the device; other devices by the device alone."""
+    monkeypatch.setattr(selfcheck, "device_name", lambda d: f"GPU of {d}")
+    assert selfcheck._name(torch.device("cuda:1")) == "cuda:1 (GPU of cuda:1)"
+    assert selfcheck._name(torch.device("cpu")) == "cpu"

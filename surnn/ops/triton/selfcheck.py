@@ -18,6 +18,8 @@ import warnings
 
 import torch
 
+from surnn.provenance import device_name
+
 DEVICES = ("cuda",)  # device types checked; the tests add "cpu" (the interpreter)
 CASE = dict(B=5, T=6, D=24, H=1280)
 _STATE: dict = {}  # (device, dtype) -> None (passed) or why it failed, or _CHECKING
@@ -65,9 +67,8 @@ def reset() -> None:
 
 
 def _name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
+    """``cuda:0 (NVIDIA H100 80GB HBM3)``: the device and, for a GPU, its name."""
+    return f"{device} ({device_name(device)})" if device.type == "cuda" else str(device)
 
 
 def _tolerance(dtype: torch.dtype) -> tuple[float, bool]:
