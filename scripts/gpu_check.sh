@@ -59,7 +59,8 @@ import torch, triton
 if sys.argv[1] == "0" and not torch.cuda.is_available():
     sys.exit("gpu_check.sh needs a CUDA GPU (torch.cuda.is_available() is False); "
              "--dry-run checks the script on the CPU")
-dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (dry run)"
+from surnn.provenance import device_name
+dev = device_name("cuda") if torch.cuda.is_available() else "cpu (dry run)"
 print("device:", dev, "| python", sys.executable, "| torch", torch.__version__,
       "| triton", triton.__version__)
 PY
