@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surnn.provenance import git_commit, now_iso
+from surnn.provenance import command_line, cpu_model, git_commit, now_iso
 from tasks.formats import write_cifar, write_pathfinder_pngs
 from tasks.generators import pathfinder as gen
 
@@ -198,15 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.figure:
         figure(ROOT / "results" / "figures" / "pathfinder_samples.png")
     res = {
-        "command": " ".join(
-            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": command_line(__file__, argv),
         "date": now_iso(),
         "git_commit": git_commit(ROOT, short=True),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
-            "processor": platform.processor(),
+            "processor": cpu_model(),
         },
         "load_avg_start": os.getloadavg(),
     }
