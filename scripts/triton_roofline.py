@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from surnn.ops.triton import launch
-from surnn.provenance import git_commit
+from surnn.provenance import command_line, git_commit, now_iso
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = dict(B=64, T=1024, D=1024, H=1024)
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "triton_roofline"))
     a = ap.parse_args(argv)
-    d = build()
+    d = dict(build(), command=command_line(__file__, argv), date=now_iso())
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(d, indent=1) + "\n")

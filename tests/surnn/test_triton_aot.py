@@ -286,3 +286,29 @@ def test_committed_roofline_is_current():
     for e in est.values():
         assert {"fwd_step", "fwd_dense", "bwd_step", "bwd_dense"} <= set(e)
         assert all(e[k]["flops"] > 0 and e[k]["time_s"] > 0 for k in ("fwd_step", "bwd_step"))
+
+
+def test_the_writers_record_their_command_as_typed(tmp_path, monkeypatch):
+    """triton_kernels.json and triton_roofline.json say how they were made, as the other
+    benchmark JSONs do: the command (the script that runs the writer alone, with the
+    arguments given), the commit and the date (no kernel compiled here: an empty matrix)."""
+    import shlex
+
+    from tests.fixtures import load_script
+
+    monkeypatch.setattr(aot_report, "compile_all", lambda *a, **k: [])
+    out = tmp_path / "k k"
+    assert aot_report.main(["--out", str(out), "--arch", "90"]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())["meta"]
+    words = shlex.split(meta["command"])
+    assert words[0] == "python" and words[2:] == ["--out", str(out), "--arch", "90"]
+    assert Path(words[1]).resolve() == ROOT / "scripts" / "triton_report.py"
+    assert meta["commit"] and meta["date"] and meta["n"] == 0
+
+    roofline = load_script("triton_roofline")
+    assert roofline.main(["--out", str(tmp_path / "roof")]) == 0
+    d = json.loads((tmp_path / "roof.json").read_text())
+    words = shlex.split(d["command"])
+    assert words[0] == "python" and words[2:] == ["--out", str(tmp_path / "roof")]
+    assert Path(words[1]).resolve() == ROOT / "scripts" / "triton_roofline.py"
+    assert d["commit"] and d["date"] and d["kind"] == "triton_roofline"

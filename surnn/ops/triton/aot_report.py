@@ -19,7 +19,7 @@ from pathlib import Path
 
 from surnn.ops.triton import launch
 from surnn.ops.triton.aot import ARCHS, DTYPES, Job, Result, compile_all, ir_check, jobs, plan_kind
-from surnn.provenance import git_commit
+from surnn.provenance import ROOT, command_line, git_commit, now_iso
 
 
 def _variant(job: Job) -> str:
@@ -184,7 +184,13 @@ def main(argv=None) -> int:
         )
     wall = time.perf_counter() - t0
     table = rows(results)
-    meta = dict(summary(table), commit=git_commit(short=True), wall_s=round(wall, 1))
+    meta = dict(
+        summary(table),
+        command=command_line(ROOT / "scripts" / "triton_report.py", argv),
+        commit=git_commit(short=True),
+        date=now_iso(),
+        wall_s=round(wall, 1),
+    )
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(markdown(table, meta))
