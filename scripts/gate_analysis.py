@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import sys
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from surnn.harness.cli import CONFIG_DIR
 from surnn.harness.config import BackboneConfig, checked
 from surnn.harness.run import build_model, build_task
 from surnn.layer import SelectiveUpdateGRU
-from surnn.provenance import git_commit, now_iso
+from surnn.provenance import command_line, git_commit, now_iso
 
 
 def build(arm: str, delay: int, overrides: list[str]):
@@ -193,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [analyse(a, args.delay, args.batches, args.overrides) for a in args.arms]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     made = {  # the measured gradients depend on the commit and the thread count
-        "command": shlex.join(["python", "scripts/gate_analysis.py", *(argv or sys.argv[1:])]),
+        "command": command_line(__file__, argv),
         "commit": git_commit(),
         "threads": torch.get_num_threads(),
         "date": now_iso(),

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+from pathlib import Path
 
 import torch
 
 from surnn.gates import build_gate, hold_stats
-from tests.fixtures import load_script
+from tests.fixtures import ROOT, load_script
 
 
 def test_the_handset_gate_holds_the_symbols_and_nothing_else(tmp_path):
@@ -49,6 +51,9 @@ def test_gate_analysis_counts_what_a_bias_alone_could_make_hold(tmp_path):
     argv = ["--arms", "clockwork", "--delay", "40", "--batches", "2", "--out", str(out), *small]
     assert ga.main(argv) == 0
     made = json.loads(out.with_suffix(".json").read_text())
-    assert made["commit"] and made["threads"] >= 1 and "gate_analysis" in made["command"]
+    assert made["commit"] and made["threads"] >= 1
+    words = shlex.split(made["command"])  # the command that runs it alone, as typed
+    assert words[0] == "python" and words[2:] == argv
+    assert Path(words[1]).resolve() == ROOT / "scripts" / "gate_analysis.py"
     assert [r["arm"] for r in made["rows"]] == ["clockwork"]
     assert f"at commit {made['commit']}" in out.with_suffix(".md").read_text()
