@@ -57,7 +57,7 @@ from surnn.harness.trainer import Trainer, is_stream
 from surnn.harness.validate import build_model, build_task
 from surnn.layer import SelectiveUpdateGRU
 from surnn.ops import IMPLS, resolve_impl
-from surnn.provenance import device_name, git_commit, now_iso
+from surnn.provenance import command_line, device_name, git_commit, now_iso
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_TASK = "smnist"
@@ -156,7 +156,9 @@ def load_run(run: Path, args) -> dict:
 # ------------------------------------------------------------------------ one run
 
 
-def bench_run(run: Path, args) -> dict:
+def bench_run(run: Path, args, command: str) -> dict:
+    """The measurement of one run folder (the JSON's fields); ``command``: the command line
+    that asked for it, as the JSON records it."""
     r = load_run(run, args)
     cfg, res, task, splits, model = r["cfg"], r["results"], r["task"], r["splits"], r["model"]
     device = torch.device(args.device)
@@ -265,7 +267,7 @@ def bench_run(run: Path, args) -> dict:
     recorded = res or RunResult()  # an unfinished run (no results.json) records nothing
     return {
         "kind": "checkpoint_efficiency",
-        "command": "python scripts/bench_checkpoint.py " + " ".join(sys.argv[1:]),
+        "command": command,
         "label": args.label,
         "run_dir": str(run.resolve()),
         "checkpoint": r["checkpoint"].name,
@@ -431,7 +433,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     for run in args.runs:
         try:
-            b = bench_run(run, args)
+            b = bench_run(run, args, command_line(__file__, argv))
         except Fail as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

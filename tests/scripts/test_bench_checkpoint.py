@@ -5,13 +5,15 @@ make_tables puts the measurement beside the paper's published 83% / 5.3x."""
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from surnn.harness.cli import CONFIG_DIR
 from surnn.harness.run import train
-from tests.fixtures import TINY_LISTOPS, load_script
+from tests.fixtures import ROOT, TINY_LISTOPS, load_script
 
 bench = load_script("bench_checkpoint")
 make_tables = load_script("make_tables")
@@ -58,6 +60,13 @@ def test_rates_are_the_trainers_and_every_open_gate_has_rate_1(tiny_run, measure
     for key in (*keys, "cpu_per_wall"):
         assert b[key] not in (None, ""), key
     assert b["checkpoint"] == "best.pt" and b["run_dir"] == str(tiny_run.resolve())
+    # the command that runs this measurement again: the script and the arguments it was given
+    words = shlex.split(b["command"])
+    assert (
+        words[0] == "python"
+        and Path(words[1]).resolve() == ROOT / "scripts" / "bench_checkpoint.py"
+    )
+    assert words[2:] == [str(tiny_run), "--reps", "1", "--examples", "0", "--out", str(out)]
     # (a) per layer per valid token, as the trainer reports it: the same examples, the same
     # weights, so results.json's test rate and accuracy come back
     assert b["update_rate"].keys() == res["update_rate"].keys() == {"layer0"}
