@@ -381,12 +381,14 @@ def main(argv: list[str] | None = None) -> int:
         md = ROOT / "results" / "memory" / f"{args.table}.md"
     if args.table == "rate-control":
         md = (args.out or ROOT / "results" / "rate_control") / "demo_rate_control.md"
+    from surnn.provenance import command_line  # torch: not needed to plan or launch
+
     lines = [
         "",
         "## How this table was made",
         "",
         "```",
-        "python scripts/reproduce.py " + " ".join(argv or sys.argv[1:]),
+        command_line(__file__, argv),
         *(shlex.join(c) for c in cmds),
         "```",
     ]

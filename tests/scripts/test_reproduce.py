@@ -103,6 +103,10 @@ def test_a_tiny_table_through_the_whole_path(tmp_path, monkeypatch):
     assert "non-standard setting: mini scale" in md and "| gru |" in md
     assert "44.93" not in md  # no published numbers beside a mini table
     assert "## How this table was made" in md and "## Skipped tasks" in md
+    # first the command that remakes the table: this script with the arguments it was given
+    words = shlex.split(md.split("## How this table was made")[1].split("```")[1].splitlines()[1])
+    assert words[0] == "python" and words[2:] == args
+    assert (ROOT / words[1]).resolve() == ROOT / "scripts" / "reproduce.py"
     assert (tmp_path / "tables" / "lra-mini.tex").exists()
     # each run records its own command, as if run alone: check_results.py reruns it
     (res,) = (tmp_path / "runs").glob("*/results.json")
