@@ -38,6 +38,7 @@ from surnn.harness.results import RunResult
 from surnn.harness.stats import mean_std, welch
 from surnn.ops.bench_report import surrogate_rows
 from surnn.ops.bench_settings import SURROGATES, surrogate_name
+from surnn.provenance import command_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,7 +194,8 @@ def table(runs: list[Run], bench: dict | None) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], runs: list[Run], bench: dict | None, argv: list[str]) -> str:
+def markdown(rows: list[dict], runs: list[Run], bench: dict | None, command: str) -> str:
+    """The table and how it was made (``command``: this script's command line)."""
     r0 = runs[0].result
     lines = [
         "# The surrogate gradient on the demo ListOps: accuracy and training time",
@@ -300,7 +302,7 @@ def markdown(rows: list[dict], runs: list[Run], bench: dict | None, argv: list[s
         "```",
         "python scripts/reproduce.py surrogate",
         _rel(r0.command),
-        _rel("python scripts/surrogate_table.py " + " ".join(argv)),
+        _rel(command),
         "```",
         "",
         f"Runs at commit {', '.join(c[:12] for c in commits)}; each run's results.json and "
@@ -324,7 +326,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--copy-runs", action="store_true", help="copy each run's summary into <out>/runs/"
     )
-    argv = sys.argv[1:] if argv is None else argv
     args = ap.parse_args(argv)
     runs = find_runs(args.roots)
     bench = load_bench(args.bench)
@@ -342,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                 if src.exists() and not (dst.exists() and dst.samefile(src)):
                     shutil.copyfile(src, dst)
     rows = table(runs, bench)
-    md = markdown(rows, runs, bench, [str(a) for a in argv])
+    command = command_line(__file__, None if argv is None else [str(a) for a in argv])
+    md = markdown(rows, runs, bench, command)
     (args.out / f"{args.name}.md").write_text(md)
     payload = {
         "title": "The surrogate gradient on the demo ListOps: accuracy and training time",

@@ -4,10 +4,11 @@ beside the work computed in training and the benchmark's step times."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
-from tests.fixtures import load_script, write_run_folder
+from tests.fixtures import ROOT, load_script, write_run_folder
 
 st = load_script("surrogate_table")
 
@@ -90,6 +91,10 @@ def test_the_table_groups_by_surrogate_and_times_from_the_bench(tmp_path, capsys
     assert "| triangle w=1 | 38.0 / 40.0 | 39.00 ± 1.41 | 0.29 (-2.00) |" in md
     assert "Seeds 0, 1;" in md  # every arm ran both
     assert "2.00x / – / 2.00x" in md and "Warning" not in md and "DEMO SCALE" in md
+    made = md.split("## How this table was made")[1].split("```")[1].splitlines()
+    words = shlex.split(made[3])  # after reproduce.py's and the runs' commands: this one
+    assert words[0] == "python" and words[2:] == argv
+    assert (ROOT / words[1]).resolve() == ROOT / "scripts" / "surrogate_table.py"
     assert sorted(p.name for p in (out / "runs").iterdir())[0] == "surrogate=ste-s0.json"
     # the copied summaries rebuild the same table
     assert (
