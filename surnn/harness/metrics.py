@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import math
-import os
 import resource
-import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -62,11 +60,8 @@ def multirun_job_command(overrides: dict[str, str] | None = None, world: int = 1
         if o.split("=", 1)[0].lstrip("+~") not in overrides
     ]
     job += [f"{k}={v}" for k, v in overrides.items()]
-    script = Path(__file__).resolve().parents[2] / "run.py"
-    here = Path.cwd()
-    shown = os.path.relpath(script, here) if script.is_relative_to(here) else str(script)
-    launcher = ["torchrun", f"--nproc_per_node={world}"] if world > 1 else ["python"]
-    return shlex.join([*launcher, shown, *job])
+    alone = command_line(Path(__file__).resolve().parents[2] / "run.py", job)  # python run.py
+    return alone if world == 1 else f"torchrun --nproc_per_node={world}" + alone[len("python") :]
 
 
 def run_command() -> str:
