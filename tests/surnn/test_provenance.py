@@ -96,6 +96,7 @@ def test_a_main_called_with_its_arguments_records_the_command_that_runs_it_alone
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["/venv/bin/pytest", "-q", "tests"])
+    monkeypatch.setattr(sys, "orig_argv", ["/venv/bin/python", "/venv/bin/pytest", "-q", "tests"])
     script = ROOT / "scripts" / "bench_checkpoint.py"
     assert command_line(script, ["outputs/a b", "--batch", "1"]) == (
         "python scripts/bench_checkpoint.py 'outputs/a b' --batch 1"
