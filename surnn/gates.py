@@ -40,10 +40,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from surnn import step_tables
 from surnn.checks import between, boolean, int_at_least, number, one_of, positive
 from surnn.errors import ConfigError
 from surnn.gate_init import RHYTHM_INITS, bank_period_max, initial_values
+from surnn.ops import step_tables
 from surnn.surrogate import Heaviside, check_surrogate
 from surnn.utils import optim_hint
 
@@ -121,7 +121,7 @@ class Gate(nn.Module):
             elif not grad and not torch.compiler.is_compiling():  # inference: a served table
                 return step_tables.serve(
                     self,
-                    "_open_table",
+                    "all_open",
                     (str(device), dtype),
                     T,
                     lambda n: (
@@ -137,13 +137,13 @@ class Gate(nn.Module):
 
     def _from_table(self, T: int, device, dtype):
         """Inference (no gradients) of a time-only gate, from a table of its first steps
-        (``surnn.step_tables``): at batch 1 a rhythm's [T, H, K] sinusoids cost more than
+        (``surnn.ops.step_tables``): at batch 1 a rhythm's [T, H, K] sinusoids cost more than
         the recurrence they gate. Recomputed when a parameter or buffer changes or moves.
         Not used while torch.compile traces (a table's key reads storage pointers, which a
         graph cannot): the compiled graph computes the gate itself."""
         key = step_tables.state_key(self, device, dtype)
         return step_tables.serve(
-            self, "_table", key, T, lambda n: self.gate(n, None, device, dtype, 0)
+            self, "gate", key, T, lambda n: self.gate(n, None, device, dtype, 0)
         )
 
 

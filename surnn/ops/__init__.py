@@ -22,9 +22,8 @@ import warnings
 
 import torch
 
-from surnn import step_tables
 from surnn.errors import ConfigError
-from surnn.ops import compiled
+from surnn.ops import compiled, step_tables
 from surnn.ops.cpu import su_gru_cpu
 from surnn.ops.reference import su_gru_reference
 from surnn.utils import closes_nothing, valid_mask

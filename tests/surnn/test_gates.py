@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import weakref
 
 import pytest
 import torch
 
 from surnn.errors import ConfigError
 from surnn.gates import all_open, build_gate
+from surnn.ops import step_tables
 
 
 def test_interval_gate_rate_and_slabs():
@@ -217,13 +220,13 @@ def test_inference_takes_the_gate_from_a_table_equal_to_computing_it(kind, opts)
         return g.shape[0] == T and torch.equal(g, want_g) and torch.equal(a, want_a)
 
     assert all(same(T) for T in (50, 80, 30, 1, 200, 129))
-    table = gate.__dict__["_table"]
-    assert table[1] == 256  # the longest T asked, rounded up to a power of two
-    assert same(17) and gate.__dict__["_table"] is table  # served, not recomputed
+    table = step_tables.table(gate, "gate")
+    assert table.rows == 256  # the longest T asked, rounded up to a power of two
+    assert same(17) and step_tables.table(gate, "gate") is table  # served, not recomputed
     if list(gate.parameters()):
         with torch.no_grad():
             next(gate.parameters()).add_(0.25)  # what an optimizer step does
-        assert same(40) and gate.__dict__["_table"] is not table
+        assert same(40) and step_tables.table(gate, "gate") is not table
         state = {k: v + 0.5 for k, v in gate.state_dict().items()}
         gate.load_state_dict(state)
         assert same(40)
@@ -234,8 +237,20 @@ def test_inference_takes_the_gate_from_a_table_equal_to_computing_it(kind, opts)
         assert same(40)
 
 
+def test_a_gate_table_stays_out_of_the_state_dict_and_leaves_with_its_gate():
+    gate = build_gate(8, 8, {"kind": "rhythm"})
+    keys = set(gate.state_dict())
+    with torch.no_grad():
+        g, _ = gate(20, None, dtype=torch.float32)
+    assert step_tables.table(gate, "gate") is not None and set(gate.state_dict()) == keys
+    owner, view = weakref.ref(gate), weakref.ref(g)
+    del gate, g
+    gc.collect()
+    assert owner() is None and view() is None  # the table holds no reference to its gate
+
+
 def test_served_rates_only_for_what_a_table_served():
-    from surnn.step_tables import served_rates
+    from surnn.ops.step_tables import served_rates
 
     torch.manual_seed(0)
     gate = build_gate(16, 16, {"kind": "rhythm"})
@@ -261,11 +276,11 @@ def test_the_gate_table_is_not_used_with_gradients_or_a_later_window():
     torch.manual_seed(0)
     gate = build_gate(8, 8, {"kind": "rhythm"})
     g, _ = gate(20, None, dtype=torch.float32)
-    assert g.requires_grad and "_table" not in gate.__dict__
+    assert g.requires_grad and step_tables.table(gate, "gate") is None
     with torch.no_grad():
         late, _ = gate(20, None, dtype=torch.float32, t0=1000)
         want, _ = gate.gate(20, None, None, torch.float32, 1000)
-    assert torch.equal(late, want) and "_table" not in gate.__dict__
+    assert torch.equal(late, want) and step_tables.table(gate, "gate") is None
 
 
 @pytest.mark.parametrize("init", ["timescale", "clockwork"])

@@ -74,8 +74,8 @@ def test_update_rates_weigh_the_valid_positions_and_serve_table_rates():
     """The layer's rates: means over the valid (sequence, step, neuron) positions; lengths
     that close nothing count as none; a served table view's rates are computed once, and
     its registry entry leaves with the view."""
-    from surnn import step_tables
     from surnn.gates import build_gate
+    from surnn.ops import step_tables
 
     gen = torch.Generator().manual_seed(0)
     g, active = (torch.rand(2, 4, 3, generator=gen) < 0.5).float(), torch.ones(2, 4, 3) > 0
