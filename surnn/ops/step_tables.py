@@ -7,11 +7,20 @@ two) and rebuilt when its key changes (``state_key``: a parameter or buffer chan
 version, storage, device or dtype); every call with the same T gets the same two views,
 and ``served_rates`` (given a served view of g) their update and active rates, computed
 once per view. The tables live here, keyed weakly by their owner: outside its state dict,
-gone with it. Imports nothing beyond torch.
+gone with it.
+
+Listing a module's tensors (``parameters()``, ``buffers()``) costs ~5 us, more than the
+rest of a served call, so a module without children has them listed once and again after
+anything is registered on it (nn.Module's global registration hooks, installed at the
+first listing: a parameter, buffer or child assigned, a checkpoint loaded with
+``assign=True``) or when the device or dtype asked changes (a move that replaces the
+tensors); a module with children has its tree's listed at every key. Imports nothing
+beyond torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Callable
 from typing import NamedTuple
@@ -32,17 +41,47 @@ class Table(NamedTuple):
 
 # owner -> {name: Table}; an owner's entry leaves with the owner.
 _TABLES: weakref.WeakKeyDictionary[nn.Module, dict[str, Table]] = weakref.WeakKeyDictionary()
+# owner without children -> ((device, dtype), its parameters and buffers) as last listed;
+# an entry leaves when anything is registered on its owner, or with the owner.
+_LISTED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+_HOOKS: list = []  # the registration hooks' handles, once installed
 # id of each served view of g -> [weak reference to it, its active view, rates or None];
 # an entry leaves when its view is freed (its table rebuilt or its owner gone).
 _SERVED: dict[int, list] = {}
+
+
+def _relist(module: nn.Module, name: str, value) -> None:
+    """Registration hook: ``module``'s tensors are listed again at its next key."""
+    with contextlib.suppress(TypeError):  # an unhashable module: never listed
+        _LISTED.pop(module, None)
+
+
+def _tensors(module: nn.Module, device=None, dtype=None) -> tuple[torch.Tensor, ...]:
+    """``module``'s parameters and buffers (its tree's, when it has children), listed
+    again only when something is registered on it or ``(device, dtype)`` changes."""
+    listed = _LISTED.get(module)
+    if listed is not None and listed[0] == (device, dtype):
+        return listed[1]
+    if not _HOOKS:
+        mm = nn.modules.module
+        for register in (
+            mm.register_module_parameter_registration_hook,
+            mm.register_module_buffer_registration_hook,
+            mm.register_module_module_registration_hook,
+        ):
+            _HOOKS.append(register(_relist))
+    leaf = next(module.children(), None) is None  # a gate: its own tensors, no tree walk
+    state = (*module.parameters(recurse=not leaf), *module.buffers(recurse=not leaf))
+    if leaf:  # a registration on a child calls the hook with the child, not this module
+        _LISTED[module] = ((device, dtype), state)
+    return state
 
 
 def state_key(module: nn.Module, device, dtype) -> tuple:
     """What a table built from ``module``'s parameters and buffers depends on: the
     device, the dtype and each tensor's storage and version counter (an optimizer step,
     a checkpoint load or rate control changes one, a move changes the storage)."""
-    leaf = next(module.children(), None) is None  # a gate: its own tensors, no tree walk
-    state = (*module.parameters(recurse=not leaf), *module.buffers(recurse=not leaf))
+    state = _tensors(module, device, dtype)
     return (device, dtype, tuple((t.data_ptr(), t._version) for t in state))
 
 

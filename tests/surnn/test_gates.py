@@ -230,10 +230,14 @@ def test_inference_takes_the_gate_from_a_table_equal_to_computing_it(kind, opts)
         state = {k: v + 0.5 for k, v in gate.state_dict().items()}
         gate.load_state_dict(state)
         assert same(40)
+        gate.load_state_dict({k: v - 0.75 for k, v in state.items()}, assign=True)
+        assert same(40)  # new tensors under the same names
     if kind == "rhythm":
-        gate.enable_rate_control()
+        gate.enable_rate_control()  # a buffer registered after the table was built
         with torch.no_grad():
             gate.rate_offset.add_(0.7)
+        assert same(40)
+        gate.rate_offset = torch.tensor(-0.4)
         assert same(40)
 
 
@@ -247,6 +251,34 @@ def test_a_gate_table_stays_out_of_the_state_dict_and_leaves_with_its_gate():
     del gate, g
     gc.collect()
     assert owner() is None and view() is None  # the table holds no reference to its gate
+
+
+def test_a_table_key_follows_every_tensor_of_its_owner():
+    """A leaf's tensors are listed once and again after a registration on it; a module
+    with children has its tree's listed at every key."""
+    leaf, tree = torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Linear(2, 2))
+
+    def key(m):
+        return step_tables.state_key(m, None, torch.float32)
+
+    for m in (leaf, tree):
+        first = key(m)
+        assert key(m) == first
+        with torch.no_grad():
+            next(m.parameters()).add_(1.0)  # in place: a new version
+        assert key(m) != first
+    for owner, m in ((leaf, leaf), (tree, tree[0])):
+        before = key(owner)
+        m.bias = torch.nn.Parameter(torch.zeros(2))  # a new tensor under an old name
+        assert key(owner) != before
+    before = key(leaf)
+    leaf.register_buffer("extra", torch.zeros(1))
+    assert len(key(leaf)[2]) == len(before[2]) + 1
+    tree.append(torch.nn.Linear(2, 2))  # a new child
+    assert len(key(tree)[2]) == 4
+    before = key(leaf)
+    leaf.double()  # a move: new storage
+    assert key(leaf) != before
 
 
 def test_served_rates_only_for_what_a_table_served():
