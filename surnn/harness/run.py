@@ -12,13 +12,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import random
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
@@ -30,16 +28,16 @@ from surnn.harness.loggers import JsonlLog, Loggers, WandbLog
 from surnn.harness.metrics import run_command
 from surnn.harness.results import RunResult
 from surnn.harness.trainer import Trainer
-from surnn.harness.validate import build_model, build_task, check_config  # noqa: F401
+from surnn.harness.validate import (  # noqa: F401
+    Checked,
+    build_model,
+    build_task,
+    check_config,
+    seed_everything,
+)
 from surnn.provenance import device_name, git_commit, now_iso
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def resolve_device(name: str, local_rank: int) -> torch.device:
@@ -166,23 +164,28 @@ class Setup:
     local: int
     world: int
     command: str  # the command that reruns this run alone
-    checked: Any  # check_config's composed config (trainer, optim, model, task)
+    checked: Checked  # the config's schemas, task and run folder (check_config)
     device: torch.device
     run_dir: Path
     lock: RunLock | None
 
 
-def train(cfg: DictConfig, run_dir: Path, command: str | None = None) -> RunResult:
+def train(
+    cfg: DictConfig, run_dir: Path, command: str | None = None, checked: Checked | None = None
+) -> RunResult:
     """Train and test one configuration; returns (and writes) results.json.
 
     Every value is checked, the run folder is locked (one process per folder), the data
     are loaded and checked, and only then is anything written into the folder. An error
     before that point is raised as RunNotStarted. ``command``: the command that reruns
     this run alone (results.json's ``command``; default: this process's command line).
+    ``checked``: check_config's result for a config of these values, made before the run
+    (run.py's precheck): what it checked is not checked again, and the model it built
+    from the seed (``Checked.built``) is the run's.
 
     Four steps: ``setup`` (processes, config, device, lock), ``build`` (data, model),
     ``fit`` (train, then test at the best validation step) and ``report`` (the RunResult)."""
-    s = setup(cfg, run_dir, command)
+    s = setup(cfg, run_dir, command, checked)
     loggers = Loggers([])
     started = False
     try:
@@ -204,9 +207,12 @@ def train(cfg: DictConfig, run_dir: Path, command: str | None = None) -> RunResu
             s.lock.release(remove=not started)
 
 
-def setup(cfg: DictConfig, run_dir: Path, command: str | None) -> Setup:
-    """The process group, the checked config and device, and the locked run folder (rank
-    0's when ranks disagree); RunNotStarted on an error, with nothing written."""
+def setup(
+    cfg: DictConfig, run_dir: Path, command: str | None, checked: Checked | None = None
+) -> Setup:
+    """The process group, the checked config (``checked`` reused when given) and device,
+    and the locked run folder (rank 0's when ranks disagree); RunNotStarted on an error,
+    with nothing written."""
     rank, local, world = _ddp()
     command = command or run_command()
     if world > 1 and rank != 0:
@@ -217,7 +223,10 @@ def setup(cfg: DictConfig, run_dir: Path, command: str | None) -> Setup:
 
         warnings.simplefilter("ignore")
     try:
-        checked = check_config(cfg, world=world, model=False)
+        if checked is None:
+            checked = check_config(cfg, world=world, model=False)
+        else:
+            checked = checked.reused(cfg, world)
     except ConfigError as e:
         raise RunNotStarted(e) from None
     try:
@@ -239,14 +248,17 @@ def setup(cfg: DictConfig, run_dir: Path, command: str | None) -> Setup:
 
 
 def build(cfg: DictConfig, s: Setup) -> tuple[Any, Any, torch.nn.Module]:
-    """(task, splits, model): the data loaded and checked, the model built from the seed;
-    RunNotStarted on a config or data error."""
-    task, tcfg = s.checked.task, s.checked.trainer
+    """(task, splits, model): the data loaded and checked, the model built from the seed
+    (or the one the check built from it); RunNotStarted on a config or data error."""
+    task, tcfg, built = s.checked.task, s.checked.trainer, s.checked.built
     try:
         splits = task.splits()
         check_splits(splits, task, tcfg, tcfg.micro_batch(s.world), s.world)
-        seed_everything(int(cfg.seed))
-        model = build_model(task, s.checked.model)
+        if built is not None:
+            model = built.take(int(cfg.seed))
+        else:
+            seed_everything(int(cfg.seed))
+            model = build_model(task, s.checked.model)
     except (ConfigError, DataError) as e:
         raise RunNotStarted(e) from None
     return task, splits, model

@@ -7,17 +7,22 @@ the task and (with ``model``) the model on the CPU without reading data: their c
 check the task and mixer options, and ``build_task``/``build_model`` name a bad option by its
 full key (``task.options.max_len``, ``model.options.gate.init_rate``). A bad value ends in one
 ConfigError line naming the key, the value and what is allowed; run.py calls it before Hydra
-makes the run folder, so nothing is left behind.
+makes the run folder, so nothing is left behind, and hands what it checked and built (a
+``Checked``) to the run, which checks only what differs (``Checked.reused``).
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
+import random
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from surnn.checks import is_int
@@ -121,10 +126,9 @@ def build_model(task, mcfg: BackboneConfig, idle: bool = False) -> Model:
     """The model (backbone + mixer); a mixer option the layer rejects is a ConfigError.
     ``idle``: also build the mixers of a hybrid's unused option blocks, so that their
     options are checked too (a layer added to ``model.options.layers`` later uses them)."""
-    try:
-        unused = layer_plan(mcfg.name, mcfg.options, mcfg.n_layers, idle=True) if idle else []
-        for kind, options, where in unused:
-            build_mixer(kind, options, where, mcfg.d_model, task.max_len, causal=False)
+    if idle:
+        check_idle_mixers(task, mcfg)
+    with _layer_errors(mcfg):
         return Model(
             task,
             mixer=mcfg.name,
@@ -137,6 +141,21 @@ def build_model(task, mcfg: BackboneConfig, idle: bool = False) -> Model:
             head_hidden=mcfg.head_hidden,
             pos_emb=mcfg.pos_emb,
         )
+
+
+def check_idle_mixers(task, mcfg: BackboneConfig) -> None:
+    """Build (and drop) the mixers of a hybrid's unused option blocks: their options are
+    checked as the layers' own."""
+    with _layer_errors(mcfg):
+        for kind, options, where in layer_plan(mcfg.name, mcfg.options, mcfg.n_layers, idle=True):
+            build_mixer(kind, options, where, mcfg.d_model, task.max_len, causal=False)
+
+
+@contextmanager
+def _layer_errors(mcfg: BackboneConfig):
+    """An error of a layer's constructor as one ConfigError line naming the options."""
+    try:
+        yield
     except HarnessError:
         raise
     except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError) as e:
@@ -146,6 +165,50 @@ def build_model(task, mcfg: BackboneConfig, idle: bool = False) -> Model:
             f"model={mcfg.name}: the options ({opts}) cannot build the layer ({msg}); see "
             f"configs/model/{mcfg.name}.yaml"
         ) from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class SeededModel:
+    """The run's model, built as the run builds it (``seed_everything(seed)``, then
+    ``build_model``) and the random state its build left (Python's, NumPy's, torch's CPU
+    generator): a run that takes it goes on from that state, so its weights and every
+    number after them are those of a model built in place."""
+
+    model: Model
+    rng: tuple[Any, Any, torch.Tensor]
+
+    @classmethod
+    def build(cls, task, mcfg: BackboneConfig, seed: int) -> SeededModel:
+        """Built on the CPU; the caller's random streams are left as they were (only the
+        CPU generator is seeded here: the build draws from no other)."""
+        py, npy = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                random.seed(seed)
+                np.random.seed(seed)
+                torch.default_generator.manual_seed(seed)
+                model = build_model(task, mcfg)
+                rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+        return cls(model, rng)
+
+    def take(self, seed: int) -> Model:
+        """The model, with every generator where ``seed_everything(seed)`` and the build
+        would have left it."""
+        seed_everything(seed)
+        py, npy, cpu = self.rng
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(cpu)
+        return self.model
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -163,16 +226,47 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 @dataclass
 class Checked:
+    """A checked config: its schemas, its task and run folder, and (``keep``) the run's
+    model built from its seed."""
+
     trainer: TrainerConfig
     optim: OptimConfig
     model: BackboneConfig
     task: Any
     run_dir: Path
+    built: SeededModel | None = None
+
+    def reused(self, cfg: DictConfig, world: int = 1) -> Checked:
+        """This check for ``cfg``, a config of the same values but perhaps another run
+        folder (a sweep job names its own): checks what it has not checked, the run
+        folder when it differs, the batch's split over ``world`` ranks."""
+        if world > 1:
+            self.trainer.check_world(world)
+        run_dir = Path(str(cfg.output_dir)).expanduser() / str(cfg.run_id)
+        if run_dir != self.run_dir:
+            run_dir = check_run_folder(cfg)
+        return replace(self, run_dir=run_dir)
 
 
-def check_config(cfg: DictConfig, world: int = 1, model: bool = True) -> Checked:
+def check_run_folder(cfg: DictConfig) -> Path:
+    """The run folder ``output_dir/run_id``: a folder that exists or can be made, and takes
+    a new file."""
+    out = check_folder("output_dir", cfg.output_dir)
+    run_id = check_run_id(cfg.run_id)
+    run_dir = out / run_id
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_id={run_id}: {run_dir} is a file, not a run folder")
+    check_writable("output_dir", cfg.output_dir, run_dir)
+    return run_dir
+
+
+def check_config(
+    cfg: DictConfig, world: int = 1, model: bool = True, keep: bool = False
+) -> Checked:
     """Check every value of a composed config; raises ConfigError (one line) on the first
-    bad one. Builds the task and (with ``model``) the model on the CPU, reading no data."""
+    bad one. Builds the task and (with ``model``) the model on the CPU, reading no data.
+    ``keep``: the model built is the run's, from its seed (``Checked.built``), unless its
+    size is read from the data (a vocabulary: the run builds it then)."""
     seed = cfg.get("seed")
     if not is_int(seed) or not 0 <= seed < 2**32:
         raise ConfigError(f"seed={show(seed)}: expected an integer in [0, 2**32)")
@@ -201,17 +295,17 @@ def check_config(cfg: DictConfig, world: int = 1, model: bool = True) -> Checked
         raise ConfigError(f"device={device!r}: expected auto, cpu, cuda or cuda:N")
 
     check_folder("data_dir", cfg.data_dir)
-    out = check_folder("output_dir", cfg.output_dir)
-    run_id = check_run_id(cfg.run_id)
-    run_dir = out / run_id
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run_id={run_id}: {run_dir} is a file, not a run folder")
-    check_writable("output_dir", cfg.output_dir, run_dir)
+    run_dir = check_run_folder(cfg)
 
     task = build_task(cfg)
+    built = None
     if model:
-        import torch
-
-        with torch.random.fork_rng(devices=[]):
-            build_model(_sized(task), mcfg, idle=True)
-    return Checked(tcfg, ocfg, mcfg, task, run_dir)
+        probe = _sized(task)
+        with torch.random.fork_rng(devices=[]):  # the check draws none of the run's numbers
+            if keep and probe is task:
+                check_idle_mixers(task, mcfg)
+            else:
+                build_model(probe, mcfg, idle=True)
+        if keep and probe is task:
+            built = SeededModel.build(task, mcfg, int(seed))
+    return Checked(tcfg, ocfg, mcfg, task, run_dir, built)
