@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from surnn.errors import HarnessError
-from surnn.harness.cli import precheck, sweep_job_location, variant_from_overrides
+from surnn.harness.cli import precheck, prechecked, sweep_job_location, variant_from_overrides
 
 log = logging.getLogger("run")
 
@@ -52,8 +52,11 @@ def main(cfg: DictConfig) -> float | None:
         for key, value in where.items():
             cfg[key] = value
         command = multirun_job_command(where, submitit_tasks())
+    # the precheck's work on these values, when this process made it (a job of a sweep
+    # launched elsewhere, on SLURM, checks its own config)
+    checked = prechecked(cfg, last=not sweep)
     try:
-        results = train(cfg, run_dir, command)
+        results = train(cfg, run_dir, command, checked)
     except RunNotStarted as e:  # nothing of the run was written: leave no folder behind
         if not sweep:
             remove_if_only_hydra(Path(run_dir))

@@ -2,19 +2,33 @@
 
 Hydra reports an unknown config choice over several lines with a stack-trace hint; a
 user who typed ``model=nope`` deserves one line with the valid choices.
+
+What the checks checked and built is handed to the run (``prechecked``) when Hydra's own
+config for it holds the same values, so each value is checked once and a run's model built
+once.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, InterpolationResolutionError, ValidationError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    InterpolationResolutionError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from surnn.errors import ConfigError
 from surnn.harness.config import CONFIG_DIR  # the import registers the config schemas
+
+if TYPE_CHECKING:
+    from surnn.harness.validate import Checked
 
 GROUPS = ("task", "model", "trainer", "optim", "logger", "experiment")
 
@@ -105,19 +119,59 @@ def check_keys(argv: list[str], config_dir: Path = CONFIG_DIR) -> DictConfig | N
 def precheck(argv: list[str], config_dir: Path = CONFIG_DIR) -> None:
     """Everything checked before Hydra starts (and makes a run folder or queues a job):
     config-group choices, key names, and every value of the composed config; for a sweep
-    (``-m``), of every job's config. Raises ConfigError."""
+    (``-m``), of every job's config. Raises ConfigError. What it checked (and for a single
+    run, the model it built from the seed) is kept for the run (``prechecked``)."""
     from surnn.harness.validate import check_config
 
+    _HANDED.clear()
     check_overrides(argv, config_dir)
     cfg = check_keys(argv, config_dir)
     if cfg is None:
         return
+    sweep = any(a in ("-m", "--multirun") for a in argv)
     try:
-        check_config(cfg)
+        first = check_config(cfg, keep=not sweep)
     except InterpolationResolutionError as e:
         raise ConfigError(f"the config cannot be resolved: {str(e).splitlines()[0]}") from None
-    if any(a in ("-m", "--multirun") for a in argv):
-        check_sweep(argv, config_dir)
+    if sweep:
+        check_sweep(argv, config_dir, first=(cfg, first))
+    else:
+        _hand(cfg, first)
+
+
+#: What precheck checked, by the values checked (``_values``): a run takes its own.
+_HANDED: dict[str, list[Checked]] = {}
+
+
+def _values(cfg: DictConfig) -> str | None:
+    """A composed config's values, resolved, but those that name the run's folder and label
+    (``output_dir``, ``run_id``, ``variant``: a sweep job sets them); None when they do not
+    resolve."""
+    try:
+        values = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return None
+    for key in ("output_dir", "run_id", "variant"):
+        values.pop(key, None)
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def _hand(cfg: DictConfig, checked: Checked) -> None:
+    key = _values(cfg)
+    if key is not None:
+        _HANDED.setdefault(key, []).append(checked)
+
+
+def prechecked(cfg: DictConfig, last: bool = True) -> Checked | None:
+    """What precheck checked for a config of ``cfg``'s values (the run's folder aside), for
+    ``harness.run.train``; None when it checked none. Each is taken once; ``last``: the
+    process runs no other, and what is left is dropped (a model among it)."""
+    key = _values(cfg)
+    found = _HANDED.get(key) if key is not None else None
+    checked = found.pop(0) if found else None
+    if last:
+        _HANDED.clear()
+    return checked
 
 
 def sweep_jobs(argv: list[str]) -> list[list[str]] | None:
@@ -136,14 +190,18 @@ def sweep_jobs(argv: list[str]) -> list[list[str]] | None:
         return None
 
 
-def check_sweep(argv: list[str], config_dir: Path = CONFIG_DIR) -> int:
+def check_sweep(
+    argv: list[str],
+    config_dir: Path = CONFIG_DIR,
+    first: tuple[DictConfig, Checked] | None = None,
+) -> int:
     """Check every job of a sweep before the first one starts or is queued: each job's
     config is composed and checked as the job itself will check it (the model is built
     once per distinct task and model). The first bad job raises ConfigError naming the
     job's swept values, so a bad value fails before any job runs (not after the jobs before
-    it, or after its queue time on SLURM). Returns the number of jobs checked."""
-    import json
-
+    it, or after its queue time on SLURM). ``first``: a config already checked (precheck's,
+    of each sweep's first value) and its check, which a job of its values takes. Each job's
+    check is kept for it (``prechecked``). Returns the number of jobs checked."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
@@ -158,21 +216,34 @@ def check_sweep(argv: list[str], config_dir: Path = CONFIG_DIR) -> int:
         if len({o for job in jobs for o in job if o.split("=", 1)[0] == key}) > 1
     }
     built: set[str] = set()
+    done = None
+    if first is not None:
+        built.add(_shape(first[0]))
+        done = _values(first[0])
     with initialize_config_dir(str(config_dir.resolve()), version_base="1.3"):
         for i, job in enumerate(jobs):
             label = " ".join(o for o in job if o.split("=", 1)[0] in varies) or " ".join(job)
             where = f"sweep job #{i} of {len(jobs)} ({label})"
             try:
                 cfg = compose("config", overrides=job)
-                parts = [OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "model")]
-                shape = json.dumps(parts, sort_keys=True, default=str)
-                check_config(cfg, model=shape not in built)
+                shape = _shape(cfg)
+                if done is not None and _values(cfg) == done:
+                    _hand(cfg, first[1])  # checked already
+                    done = None
+                    continue
+                _hand(cfg, check_config(cfg, model=shape not in built))
                 built.add(shape)
             except ConfigError as e:
                 raise ConfigError(f"{where}: {e}") from None
             except (HydraException, InterpolationResolutionError) as e:
                 raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
     return len(jobs)
+
+
+def _shape(cfg: DictConfig) -> str:
+    """What the model's check depends on: the task and model, resolved."""
+    parts = [OmegaConf.to_container(cfg[k], resolve=True) for k in ("task", "model")]
+    return json.dumps(parts, sort_keys=True, default=str)
 
 
 def sweep_job_location(run_dir: str | Path, output_dir: str) -> dict[str, str]:

@@ -345,3 +345,82 @@ def test_a_bad_nested_option_ends_run_py_with_one_line_and_status_2(tmp_path):
         "error: model.options.gate.init_rate=2: expected a number in (0, 1]"
     ], p.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _rng_state():
+    import random
+
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()
+    return (
+        random.getstate(),
+        (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        torch.get_rng_state(),
+    )
+
+
+def _same_rng(a, b) -> bool:
+    return a[0] == b[0] and a[1] == b[1] and bool((a[2] == b[2]).all())
+
+
+def test_the_model_precheck_hands_over_is_the_model_the_run_builds(tmp_path):
+    """run.py's precheck builds the run's model from its seed and hands it to the run: the
+    same weights, and the random state the run's own build leaves (so every number after
+    it is the same); the caller's random state is left as it was."""
+    import torch
+
+    from surnn.harness.cli import prechecked
+    from surnn.harness.validate import build_model, seed_everything
+
+    overrides = ["task=listops", "model=hybrid", "model.n_layers=2", "trainer=smoke", "seed=3"]
+    cfg = cfg_of(*overrides, tmp_path=tmp_path)
+    torch.manual_seed(123)
+    before = _rng_state()
+    precheck(
+        [*overrides, "logger=none", f"data_dir={cfg.data_dir}", f"output_dir={cfg.output_dir}"]
+    )
+    assert _same_rng(_rng_state(), before)
+    checked = prechecked(cfg)
+    assert checked is not None and checked.built is not None
+    assert prechecked(cfg) is None  # taken once
+    model = checked.built.take(3)
+    after = _rng_state()
+
+    seed_everything(3)
+    ref = build_model(checked.task, checked.model)
+    assert _same_rng(_rng_state(), after)
+    got, want = model.state_dict(), ref.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_sweep_checks_each_job_once_and_hands_each_its_check(tmp_path, monkeypatch):
+    """precheck of ``-m``: the first values' config is checked, then every job but the one
+    of those values; each job's check waits for its run, which checks its own folder."""
+    from surnn.harness import validate
+    from surnn.harness.cli import prechecked
+
+    calls = []
+    real = validate.check_config
+
+    def counted(cfg, *a, **kw):
+        calls.append(int(cfg.seed))
+        return real(cfg, *a, **kw)
+
+    monkeypatch.setattr(validate, "check_config", counted)
+    common = ["task=listops", "model=lstm", "trainer=smoke", "logger=none"]
+    common += [f"data_dir={tmp_path / 'data'}", f"output_dir={tmp_path / 'out'}"]
+    precheck(["-m", *common, "seed=4,5"])
+    assert calls == [4, 5]  # seed=4: the first values', one check for its job too
+    job = cfg_of(*common, "seed=5")
+    job.run_id = "sweeps/x/1"  # a job names its own folder
+    checked = prechecked(job, last=False)
+    assert checked is not None and checked.built is None
+    assert checked.reused(job).run_dir == tmp_path / "out" / "sweeps/x/1"
+    job.run_id = "../elsewhere"
+    with pytest.raises(ConfigError, match=r"^run_id='\.\./elsewhere': expected"):
+        checked.reused(job)
+    assert prechecked(cfg_of(*common, "seed=4")) is not None
+    assert prechecked(cfg_of(*common, "seed=5")) is None  # dropped with the last
