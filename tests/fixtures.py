@@ -124,20 +124,27 @@ def run_in_tmp(args: list[str], tmp: Path, timeout: float = 300) -> subprocess.C
     return run_py(in_tmp(args, tmp), tmp, timeout)
 
 
-def train_here(overrides: list[str], out: Path, run_id: str):
+def train_here(overrides: list[str], out: Path, run_id: str, prechecked: bool = False):
     """What ``python run.py *overrides output_dir=<out> run_id=<run_id>`` trains, in this
     process: the config composed as run.py composes it, then harness.run.train (results.json
     in ``out/run_id``); its RunResult. No process start-up: for tests of a run's outcome,
-    not of run.py's command line."""
+    not of run.py's command line. ``prechecked``: run.py's precheck first, its check and
+    model handed to the run as run.py hands them (else the run checks and builds its own)."""
     from hydra import compose, initialize_config_dir
 
-    from surnn.harness.cli import CONFIG_DIR
+    from surnn.harness import cli
     from surnn.harness.run import train
 
     overrides = [*overrides, f"output_dir={out}", f"run_id={run_id}"]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+    if prechecked:
+        cli.precheck(overrides)
+    with initialize_config_dir(str(cli.CONFIG_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
-    return train(cfg, Path(out) / run_id, command=f"python run.py {' '.join(overrides)}")
+    checked = cli.prechecked(cfg) if prechecked else None
+    if prechecked:
+        assert checked is not None, "run.py's precheck hands the run nothing"
+    command = f"python run.py {' '.join(overrides)}"
+    return train(cfg, Path(out) / run_id, command=command, checked=checked)
 
 
 @contextlib.contextmanager

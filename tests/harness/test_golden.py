@@ -68,11 +68,11 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def run_kind(kind: str, data_dir: Path, out: Path) -> RunResult:
+def run_kind(kind: str, data_dir: Path, out: Path, prechecked: bool = False) -> RunResult:
     """The golden run of one model kind, in this process (through harness.run.train,
-    as run.py runs it)."""
+    as run.py runs it; ``prechecked``: from the check and model of run.py's precheck)."""
     overrides = [*SETTING, f"model={kind}", *KINDS[kind], f"data_dir={data_dir}"]
-    return train_here(overrides, out, f"golden-{kind}")
+    return train_here(overrides, out, f"golden-{kind}", prechecked=prechecked)
 
 
 def load_goldens() -> dict:
@@ -133,3 +133,19 @@ def test_goldens_hold_one_profile_per_environment_and_every_kind():
     assert envs and len(envs) == len(set(envs)), envs
     for p in committed["profiles"]:
         assert sorted(p["runs"]) == sorted(KINDS), p["environment"]
+
+
+def test_a_run_from_the_prechecked_model_gives_the_committed_numbers(
+    data_dir, tmp_path, one_thread
+):
+    """run.py's run trains the model its precheck built from the seed (a hybrid: suRNN and
+    S4D layers): the numbers of a model built in the run."""
+    if UPDATE:
+        pytest.skip("the goldens are made by the runs that build their own model")
+    env = environment()
+    profile = profile_for(load_goldens(), env)
+    if profile is None:
+        pytest.skip(f"no goldens were made in {env} ({REGENERATE})")
+    want = profile["runs"]["hybrid"]
+    got = outcome(run_kind("hybrid", data_dir, tmp_path, prechecked=True))
+    assert got == want, sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
