@@ -168,6 +168,7 @@ def _layer_errors(mcfg: BackboneConfig):
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (every device's) as a run starts."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
