@@ -13,6 +13,8 @@ results.json. Rerunning with the same ``run_id=...`` resumes from checkpoints/la
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -57,6 +59,10 @@ def main(cfg: DictConfig) -> float | None:
     checked = prechecked(cfg, last=not sweep)
     try:
         results = train(cfg, run_dir, command, checked)
+    except KeyboardInterrupt:  # Ctrl-C: a run folder holding nothing of the run goes
+        if not sweep:
+            remove_if_only_hydra(Path(run_dir))
+        raise
     except RunNotStarted as e:  # nothing of the run was written: leave no folder behind
         if not sweep:
             remove_if_only_hydra(Path(run_dir))
@@ -84,13 +90,25 @@ def main(cfg: DictConfig) -> float | None:
     return results.best_val_metric
 
 
+def interrupted() -> None:
+    """Ctrl-C ends the process as interrupted by SIGINT (what a calling shell or script
+    expects), without a traceback: a run in training has saved last.pt and said how to
+    resume; one interrupted before that leaves no run folder of its own."""
+    sys.stderr.write("interrupted (Ctrl-C)\n")
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 if __name__ == "__main__":
     try:
-        precheck(sys.argv[1:])
-    except HarnessError as e:
-        _fail(e)
-    if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
-        from surnn.harness.sweep import report_sweep_progress
+        try:
+            precheck(sys.argv[1:])
+        except HarnessError as e:
+            _fail(e)
+        if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
+            from surnn.harness.sweep import report_sweep_progress
 
-        report_sweep_progress()  # a line per job as it ends; failed jobs, one line each
-    main()
+            report_sweep_progress()  # a line per job as it ends; failed jobs, one line each
+        main()
+    except KeyboardInterrupt:
+        interrupted()

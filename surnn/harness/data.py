@@ -8,6 +8,8 @@ once, with no dropped partial batch and no padding duplicates across ranks.
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 from collections.abc import Iterator
 
@@ -24,14 +26,16 @@ def _own_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+#: The signals that stop a run with last.pt saved: SLURM preemption, scancel and timeout
+#: (TERM, USR1, USR2) and Ctrl-C in a terminal (INT, to the whole foreground group).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 def _worker_init(_worker_id: int) -> None:
-    """Loader workers ignore the preemption signals the trainer handles.
+    """Loader workers ignore the stop signals the trainer handles.
 
-    SLURM preemption, ``scancel``, ``timeout`` and ``kill -- -PGID`` signal the whole
-    process group. A worker killed by SIGTERM makes the main process raise "DataLoader
+    SLURM preemption, ``scancel``, ``timeout``, ``kill -- -PGID`` and Ctrl-C signal the
+    whole process group. A worker killed by SIGTERM makes the main process raise "DataLoader
     worker ... is killed by signal: Terminated" from its SIGCHLD handler before the
     trainer reaches the step boundary where it saves last.pt, so the run died without a
     checkpoint. Ignoring the signal here leaves it to the main process, which saves and
@@ -40,10 +44,32 @@ def _worker_init(_worker_id: int) -> None:
     worker handler would die of a SIGTERM; a signal pending since then is discarded by
     SIG_IGN, and they are unblocked.
     """
-    for s in PREEMPTION_SIGNALS:
+    for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+def _end_workers_at_exit() -> None:
+    """At the interpreter's exit, multiprocessing ends its daemonic children (loader workers)
+    with SIGTERM and waits for them; loader workers ignore SIGTERM (``_worker_init``), so a
+    loader still alive then (an exception raised during an evaluation keeps its iterator in
+    the traceback) would be waited for forever. They are killed first: as daemons they end
+    with the process anyway. Registered after multiprocessing's own exit hook, so it runs
+    before it. (Main thread only: atexit callbacks run there.)"""
+    daemons = [p for p in multiprocessing.active_children() if p.daemon]
+    if not daemons:
+        return
+    # torch's SIGCHLD handler would raise "DataLoader worker ... killed" here, at the first
+    # death: the process is ending, so the default action serves
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for p in daemons:
+        p.kill()
+    for p in daemons:
+        p.join(timeout=10)
+
+
+atexit.register(_end_workers_at_exit)
 
 
 class ResumableBatchSampler(Sampler[list[int]]):

@@ -1,4 +1,5 @@
-"""Stop signals (SIGTERM, SIGUSR1, SIGUSR2: SLURM preemption, scancel, timeout).
+"""Stop signals (SIGTERM, SIGUSR1, SIGUSR2: SLURM preemption, scancel, timeout; SIGINT:
+Ctrl-C).
 
 A signal is noted at once; on one process, inside an interruptible section (a training
 step's forward and backward, an evaluation) it also cuts the section short by raising
@@ -17,7 +18,7 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
-from surnn.harness.data import PREEMPTION_SIGNALS
+from surnn.harness.data import STOP_SIGNALS
 
 
 def _block(signals) -> frozenset:
@@ -53,9 +54,18 @@ class StopSignals:
     def install(self) -> None:
         """Handle the stop signals from now on (remembering the handlers they had)."""
         self._prev, self._pid = {}, os.getpid()
-        for s in PREEMPTION_SIGNALS:
+        for s in STOP_SIGNALS:
             with contextlib.suppress(ValueError):  # not the main thread
                 self._prev[s] = signal.signal(s, self._handle)
+
+    def uninstall(self) -> None:
+        """Put back the handlers ``install`` replaced (in this process)."""
+        if os.getpid() != self._pid:
+            return
+        for s, prev in self._prev.items():
+            with contextlib.suppress(ValueError, TypeError):  # not the main thread; None
+                signal.signal(s, prev)
+        self._prev = {}
 
     def _handle(self, signum, frame) -> None:
         if os.getpid() != self._pid:
@@ -90,7 +100,7 @@ class StopSignals:
         A signal that arrives meanwhile is noted (delivered at the unblock at the latest),
         and acted on as soon as the batch is in hand."""
         was, self.interruptible = self.interruptible, False
-        blocked = _block(PREEMPTION_SIGNALS)
+        blocked = _block(STOP_SIGNALS)
         try:
             item = next(it, None)
         finally:
@@ -108,8 +118,11 @@ class StopSignals:
             raise Preempted
 
     def hand_on(self) -> NoReturn:
-        """Give the signal to the handler installed before, then exit."""
+        """Give the signal to the handler installed before, then exit (Ctrl-C: Python's
+        own handler raises KeyboardInterrupt, which run.py turns into the process's end by
+        SIGINT, without a traceback; a caller in Python gets the KeyboardInterrupt)."""
         signum = self.signum
-        signal.signal(signum, self._prev.get(signum, signal.SIG_DFL))
+        prev = self._prev.get(signum)
+        signal.signal(signum, signal.SIG_DFL if prev is None else prev)
         signal.raise_signal(signum)
         raise SystemExit(128 + signum)

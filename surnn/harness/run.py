@@ -324,8 +324,11 @@ def fit(
         config_key(cfg),
         resume_command(s.command, str(cfg.run_id)),
     )
-    trainer.fit()
-    return trainer, trainer.test()
+    try:
+        trainer.fit()  # installs the stop signals' handlers (preemption, Ctrl-C)
+        return trainer, trainer.test()
+    finally:
+        trainer.signals.uninstall()  # the handlers of before, for whatever runs next
 
 
 def report(

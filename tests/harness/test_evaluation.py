@@ -123,7 +123,7 @@ def test_a_signal_while_fetching_a_batch_stops_the_evaluation_after_the_fetch(
     inside the loader (where its workers fork) never unwinds through it."""
     import signal
 
-    from surnn.harness.preemption import PREEMPTION_SIGNALS, Preempted
+    from surnn.harness.preemption import STOP_SIGNALS, Preempted
 
     ev = evaluator(toy_task)
     real, finished = ev.batches, []
@@ -136,7 +136,7 @@ def test_a_signal_while_fetching_a_batch_stops_the_evaluation_after_the_fetch(
             yield b
 
     monkeypatch.setattr(ev, "batches", batches)
-    before = {s: signal.getsignal(s) for s in PREEMPTION_SIGNALS}
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     ev.signals.install()
     try:
         with pytest.raises(Preempted):

@@ -65,7 +65,7 @@ class _SignalsMidFetch:
 def installed():
     """A StopSignals with its handlers installed; the previous handlers put back after."""
     stop = StopSignals(interrupts=True, on_first=lambda signum: None)
-    before = {s: signal.getsignal(s) for s in preemption.PREEMPTION_SIGNALS}
+    before = {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS}
     stop.install()
     yield stop
     for s, h in before.items():
@@ -122,8 +122,8 @@ def test_a_process_forked_during_a_fetch_starts_with_the_stop_signals_blocked(in
     worker holds them pending until it ignores them."""
     installed.interruptible = True
     child = installed.fetch(_ForksAChild())
-    assert set(preemption.PREEMPTION_SIGNALS) <= child
-    assert not set(preemption.PREEMPTION_SIGNALS) & _mask()  # unblocked here again
+    assert set(preemption.STOP_SIGNALS) <= child
+    assert not set(preemption.STOP_SIGNALS) & _mask()  # unblocked here again
 
 
 def test_a_loader_worker_ignores_and_unblocks_the_stop_signals(installed):
@@ -138,10 +138,8 @@ def test_a_loader_worker_ignores_and_unblocks_the_stop_signals(installed):
             return 1
 
         def __getitem__(self, i):
-            ignored = all(
-                signal.getsignal(s) == signal.SIG_IGN for s in preemption.PREEMPTION_SIGNALS
-            )
-            return torch.tensor([ignored, bool(set(preemption.PREEMPTION_SIGNALS) & _mask())])
+            ignored = all(signal.getsignal(s) == signal.SIG_IGN for s in preemption.STOP_SIGNALS)
+            return torch.tensor([ignored, bool(set(preemption.STOP_SIGNALS) & _mask())])
 
     loader = torch.utils.data.DataLoader(
         Report(), num_workers=1, worker_init_fn=_worker_init, multiprocessing_context="fork"
@@ -152,3 +150,55 @@ def test_a_loader_worker_ignores_and_unblocks_the_stop_signals(installed):
 
     ignored, blocked = installed.fetch(batches())[0].tolist()
     assert ignored and not blocked
+
+
+def test_uninstall_puts_back_the_handlers_of_before():
+    """After a run (harness.run.fit), the process's handlers are those it had: a later
+    Ctrl-C in a notebook or a test session acts as it did before the run."""
+    before = {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS}
+    stop = StopSignals(interrupts=True, on_first=lambda signum: None)
+    stop.install()
+    assert all(signal.getsignal(s) == stop._handle for s in preemption.STOP_SIGNALS)
+    stop.uninstall()
+    assert {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS} == before
+
+
+LIVE_LOADER_AT_EXIT = """
+import torch
+from surnn.harness.data import _worker_init
+
+class Nums(torch.utils.data.Dataset):
+    def __len__(self):
+        return 100
+
+    def __getitem__(self, i):
+        return i
+
+loader = torch.utils.data.DataLoader(
+    Nums(), num_workers=2, worker_init_fn=_worker_init, multiprocessing_context="fork"
+)
+it = iter(loader)
+next(it)  # the workers are up and have ignored SIGTERM
+print("exiting", flush=True)
+"""
+
+
+def test_a_process_exits_with_its_loader_workers_alive():
+    """A loader alive at the interpreter's exit (an exception raised during an evaluation
+    keeps its iterator): multiprocessing's exit hook ends daemonic children with SIGTERM,
+    which our workers ignore, then waits for them; without ``_end_workers_at_exit`` the
+    process hung there (seen after Ctrl-C with a KeyboardInterrupt left to the top)."""
+    import subprocess
+    import sys
+
+    from tests.fixtures import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-c", LIVE_LOADER_AT_EXIT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "exiting" in done.stdout

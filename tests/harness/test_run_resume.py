@@ -4,6 +4,7 @@ configuration so a rerun resumes, and a second run on a folder in use is refused
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -74,14 +75,23 @@ def _interrupt(
             break
         time.sleep(0.05)
     assert proc.poll() is None, "run finished before it could be interrupted"
-    if group:
-        os.killpg(proc.pid, sig)
-        out, err = proc.communicate(timeout=120)
-        proc.stdout_text = out.decode(errors="replace")  # the log (Hydra's console handler)
-        proc.stderr_text = err.decode(errors="replace")
-    else:
-        os.kill(proc.pid, sig)
-        proc.wait(timeout=120)
+    try:
+        if group:
+            os.killpg(proc.pid, sig)
+            out, err = proc.communicate(timeout=120)
+            proc.stdout_text = out.decode(errors="replace")  # the log (Hydra's console)
+            proc.stderr_text = err.decode(errors="replace")
+        else:
+            os.kill(proc.pid, sig)
+            proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:  # a hung run: end it (and its workers), then fail
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+        proc.communicate()
+        raise
     assert not (tmp / "out" / run_id / "results.json").exists()
     return proc
 
@@ -222,3 +232,23 @@ def test_two_runs_with_one_run_id_one_refuses_and_the_folder_stays_intact(tmp_pa
     ]
     assert train == list(range(1, 41)) and steps == sorted(steps)
     assert not list((folder / "checkpoints").glob("*.tmp"))
+
+
+def test_ctrl_c_to_the_process_group_saves_and_ends_without_a_traceback(tmp, straight):
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground group, loader workers
+    included: the run saves last.pt, says how to resume, and ends as interrupted by SIGINT
+    (what a calling shell expects), with no KeyboardInterrupt traceback; the resumed run
+    gives the uninterrupted run's numbers."""
+    import torch
+
+    workers = ["trainer.num_workers=2"]
+    proc = _interrupt(tmp, "ctrl-c", signal.SIGINT, at_step=5, group=True, extra=workers)
+    assert proc.returncode == -signal.SIGINT, proc.stderr_text[-3000:]
+    assert "Traceback" not in proc.stderr_text, proc.stderr_text[-3000:]
+    assert "interrupted (Ctrl-C)" in proc.stderr_text, proc.stderr_text[-3000:]
+    assert "To resume this run: " in proc.stdout_text, proc.stdout_text[-3000:]
+    saved = torch.load(tmp / "out" / "ctrl-c" / "checkpoints" / "last.pt", weights_only=False)
+    assert 5 <= saved["step"] < 16
+    resumed = run_in_tmp([*COMMON, "run_id=ctrl-c"], tmp)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same(straight, json.loads((tmp / "out" / "ctrl-c" / "results.json").read_text()))
