@@ -15,7 +15,9 @@ The command is rerun here with the same thread count (OMP_NUM_THREADS / MKL_NUM_
 PYTHONHASHSEED=0) and launcher (``torchrun --nproc_per_node=N``: N processes again) into a
 fresh output folder, and every outcome field (accuracies, losses, best step, update rates,
 FLOPs, sizes) must be equal: training on CPU is deterministic for a given commit, seed,
-thread count and number of processes. Timings and dates are reported, never compared. The
+thread count, number of processes and CPU instruction set (AVX2 and AVX-512 machines round
+some sums differently; over a training the difference can reach the accuracies, so compare
+on the kind of CPU a result was made on: its ``device``, and the README of its folder). Timings and dates are reported, never compared. The
 rerun uses the CPU kernel the result records (``kernel``; none recorded: the eager ``cpu``
 path, which a result that records no kernel ran on);
 ``--update`` reruns with today's defaults and writes every rerun over its committed file
@@ -267,6 +269,17 @@ def main(argv: list[str] | None = None) -> int:
         line = f"{folder}: {status} ({len(per['same'])} of {n} result(s) the same"
         print(line + (f"; different: {', '.join(per['not'])})" if per["not"] else ")"))
     print(f"{len(files) - bad} of {len(files)} result(s) reproduced")
+    if bad:
+        import torch
+
+        from surnn.provenance import cpu_model
+
+        isa = torch.backends.cpu.get_cpu_capability()
+        print(
+            f"(this CPU: {cpu_model()}, {isa}. A result made on another instruction set can "
+            "differ here without a change of code: rerun it where it was made, as its "
+            "folder's README says)"
+        )
     return 1 if bad else 0
 
 

@@ -132,3 +132,24 @@ def test_check_results_rerun_folders_are_one_hydra_value():
     assert folder == Path("/r/3-surrogate_triangle_width_0.1-s0")
     (o,) = OverridesParser.create().parse_overrides([f"output_dir={folder}"])
     assert o.value() == str(folder)
+
+
+def test_a_result_that_differs_names_this_cpu_and_where_to_rerun(tmp_path, monkeypatch, capsys):
+    """A rerun that differs fails (exit 1) and the end names this machine's CPU and
+    instruction set: a result made on another instruction set can differ without a change
+    of code."""
+    import torch
+
+    cr = load_script("check_results")
+    committed(tmp_path / "results", ["a"])
+
+    def rerun(old, out_dir, data_dir, pin_kernel=True):
+        return dataclasses.replace(old, test_metric=0.41, git_commit="n3w")
+
+    monkeypatch.setattr(cr, "rerun", rerun)
+    code = cr.main([str(tmp_path / "results"), "--runs-dir", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "DIFFERENT" in out and "does NOT reproduce" in out, out
+    assert torch.backends.cpu.get_cpu_capability() in out.splitlines()[-1], out
+    assert "another instruction set" in out.splitlines()[-1], out
