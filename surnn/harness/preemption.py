@@ -52,9 +52,13 @@ class StopSignals:
         self._pid = os.getpid()
 
     def install(self) -> None:
-        """Handle the stop signals from now on (remembering the handlers they had)."""
+        """Handle the stop signals from now on (remembering the handlers they had). A
+        SIGINT this process was started ignoring stays ignored: a job a shell started in
+        the background (``cmd &``) is meant to be immune to Ctrl-C."""
         self._prev, self._pid = {}, os.getpid()
         for s in STOP_SIGNALS:
+            if s == signal.SIGINT and signal.getsignal(s) == signal.SIG_IGN:
+                continue
             with contextlib.suppress(ValueError):  # not the main thread
                 self._prev[s] = signal.signal(s, self._handle)
 

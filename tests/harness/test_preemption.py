@@ -202,3 +202,19 @@ def test_a_process_exits_with_its_loader_workers_alive():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "exiting" in done.stdout
+
+
+def test_a_sigint_ignored_at_start_stays_ignored():
+    """A process started ignoring SIGINT (a shell's background job) keeps ignoring it: only
+    the other stop signals are handled."""
+    before = {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = StopSignals(interrupts=True, on_first=lambda signum: None)
+    try:
+        stop.install()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        stop.uninstall()
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)

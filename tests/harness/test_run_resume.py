@@ -41,6 +41,13 @@ def straight(tmp):
     return json.loads((tmp / "out" / "straight" / "results.json").read_text())
 
 
+def _as_from_a_terminal() -> None:
+    """In the child: SIGINT as a command typed in a terminal has it (a suite started in the
+    background, ``make test &``, would pass on its SIGINT ignored, and an ignored Ctrl-C
+    stays ignored by design)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(
     tmp, run_id: str, sig: int, at_step: int, group: bool = False, extra=()
 ) -> subprocess.Popen:
@@ -63,6 +70,7 @@ def _interrupt(
         stdout=subprocess.PIPE if group else subprocess.DEVNULL,
         stderr=subprocess.PIPE if group else subprocess.DEVNULL,
         start_new_session=group,
+        preexec_fn=_as_from_a_terminal,
     )
     metrics = tmp / "out" / run_id / "metrics.jsonl"
     deadline = time.time() + 240
