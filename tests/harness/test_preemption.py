@@ -155,12 +155,20 @@ def test_a_loader_worker_ignores_and_unblocks_the_stop_signals(installed):
 def test_uninstall_puts_back_the_handlers_of_before():
     """After a run (harness.run.fit), the process's handlers are those it had: a later
     Ctrl-C in a notebook or a test session acts as it did before the run."""
-    before = {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS}
-    stop = StopSignals(interrupts=True, on_first=lambda signum: None)
-    stop.install()
-    assert all(signal.getsignal(s) == stop._handle for s in preemption.STOP_SIGNALS)
-    stop.uninstall()
-    assert {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS} == before
+    outer = {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS}
+    # SIGINT as in a terminal (a suite run in the background starts with it ignored, and
+    # an ignored SIGINT is left alone: tested below)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS}
+        stop = StopSignals(interrupts=True, on_first=lambda signum: None)
+        stop.install()
+        assert all(signal.getsignal(s) == stop._handle for s in preemption.STOP_SIGNALS)
+        stop.uninstall()
+        assert {s: signal.getsignal(s) for s in preemption.STOP_SIGNALS} == before
+    finally:
+        for s, h in outer.items():
+            signal.signal(s, h)
 
 
 LIVE_LOADER_AT_EXIT = """
