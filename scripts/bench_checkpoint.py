@@ -16,9 +16,17 @@ checkpoint), reads the task's test split as the run did (its data_dir and option
 (c) the same model with every gate open on the same kernel (the paper's "dense": same
     weights, rate 1);
 (d) the same weights in torch.nn.GRU (cuDNN/MKL dense path; ``--no-gru`` skips it);
-(e) with ``--compile``: the learned-gate model with its dense parts under ``torch.compile``
+(e) the learned-gate model with its dense parts as eager torch modules, timed right before
+    (b): what running them fused saves (``--dense eager`` times every case that way instead);
+(f) with ``--compile``: the learned-gate model with its dense parts under ``torch.compile``
     (dynamic shapes; the suRNN layers run eagerly, as in (b)), timed right after (b): what
     compiling the embedding, feed-forward, norms, pooling and head saves per sequence.
+
+The dense parts (embedding, norms, feed-forward, pooling, head) of (b), (c) and (d) run
+fused in the compiled extension (``surnn.harness.fused``, ``--dense fused``, the default on
+the CPU): one C++ call per block instead of ~30 small torch ops. Their outputs agree with
+the eager model's to float rounding; the JSON records the largest difference of the
+outputs and whether every prediction agrees, over the timed sequences.
 
 Each case's whole model and its recurrent layers alone (the suRNN layers' forward: gate
 and recurrence, summed over layers) are timed in the same pass: embedding, feed-forward,
@@ -34,6 +42,7 @@ whether the run is in the paper's sMNIST setting (a smoke, demo or mini run is n
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -49,6 +58,7 @@ from surnn.gates import all_open
 from surnn.harness import checkpoint
 from surnn.harness.config import BackboneConfig, OptimConfig, TrainerConfig, checked
 from surnn.harness.data import eval_loader
+from surnn.harness.fused import DENSE_IMPLS, use_fused
 from surnn.harness.inference_cases import Clock, with_dense_compiled, with_nn_gru
 from surnn.harness.loggers import Loggers
 from surnn.harness.results import RunResult
@@ -84,6 +94,12 @@ def parse(argv=None) -> argparse.Namespace:
         "--compile",
         action="store_true",
         help="also time the dense parts under torch.compile (the suRNN layers eager)",
+    )
+    p.add_argument(
+        "--dense",
+        choices=DENSE_IMPLS,
+        default=None,
+        help="the dense parts of every case: fused (default on cpu) or eager torch modules",
     )
     p.add_argument("--data-dir", default=None, help="where the run's data are (default: its own)")
     p.add_argument("--checkpoint", choices=("best", "last"), default=None)
@@ -156,6 +172,20 @@ def load_run(run: Path, args) -> dict:
 # ------------------------------------------------------------------------ one run
 
 
+def agreement(fused, eager, batches) -> dict:
+    """How the fused model's outputs compare with the eager one's over ``batches``: the
+    largest absolute difference and, for class scores, how many predictions agree."""
+    diff, same, total = 0.0, 0, 0
+    with torch.no_grad():
+        for b in batches:
+            f, e = fused(b)[0], eager(b)[0]
+            diff = max(diff, float((f - e).abs().max()))
+            if f.dim() >= 2:
+                same += int((f.argmax(-1) == e.argmax(-1)).sum())
+                total += f.argmax(-1).numel()
+    return {"max_abs_diff": diff, "predictions_agree": same if total else None, "of": total}
+
+
 def bench_run(run: Path, args, command: str) -> dict:
     """The measurement of one run folder (the JSON's fields); ``command``: the command line
     that asked for it, as the JSON records it."""
@@ -187,30 +217,43 @@ def bench_run(run: Path, args, command: str) -> dict:
         for b in eval_loader(Subset(splits.test, range(n)), bs, splits.collate, 0)
     ]
     tokens = [float(b["lengths"].sum() + b.get("lengths2", torch.zeros(())).sum()) for b in batches]
+    dense_impl = args.dense or ("fused" if device.type == "cpu" else "eager")
+    if dense_impl == "fused" and device.type != "cpu":
+        raise Fail(f"--dense fused runs on the CPU only (--device {args.device})")
+    eager = copy.deepcopy(model)  # the same weights, dense parts as torch modules
+    use_fused(model, dense_impl == "fused")
+    dense_label = "dense parts fused" if dense_impl == "fused" else "dense parts eager"
     clock = Clock(device)
     clock.attach(model)
     cases = {
-        "learned": (model, False, f"learned gate, mask-aware ({ran})"),
-        "open": (model, True, f"every gate open, same kernel ({ran})"),
+        "learned": (model, False, f"learned gate, mask-aware ({ran}), {dense_label}"),
+        "open": (model, True, f"every gate open, same kernel ({ran}), {dense_label}"),
     }
+    fused_check = None
+    if dense_impl == "fused":
+        clock.attach(eager)
+        cases["eager_dense"] = (eager, False, f"learned gate ({ran}), dense parts eager (torch)")
+        fused_check = agreement(model, eager, batches)
     gru_diff = None
     if not args.no_gru:
         dense = with_nn_gru(model).eval()
         clock.attach(dense)
-        cases["nn_gru"] = (dense, False, "torch.nn.GRU, same weights (dense)")
+        cases["nn_gru"] = (dense, False, f"torch.nn.GRU, same weights (dense), {dense_label}")
         with torch.no_grad(), all_open():
             gru_diff = float((dense(batches[0])[0] - model(batches[0])[0]).abs().max())
     pairs = [("open", "learned")] + ([] if args.no_gru else [("nn_gru", "learned")])
+    if "eager_dense" in cases:
+        pairs.append(("eager_dense", "learned"))
     compiled_diff = None
     if args.compile:
-        fused = with_dense_compiled(model)
+        fused = with_dense_compiled(eager)
         clock.attach(fused)
         label = "learned gate, dense parts torch.compile'd (suRNN layers eager)"
         cases["compiled"] = (fused, False, label)
-        pairs.append(("learned", "compiled"))
+        pairs.append(("eager_dense" if "eager_dense" in cases else "learned", "compiled"))
         clock.run(fused, batches, tokens, False)  # compiles (every shape class of the data)
         with torch.no_grad():
-            compiled_diff = max(float((fused(b)[0] - model(b)[0]).abs().max()) for b in batches[:8])
+            compiled_diff = max(float((fused(b)[0] - eager(b)[0]).abs().max()) for b in batches[:8])
     for m, op, _ in cases.values():  # warm-up: loads the kernel, allocates
         clock.run(m, batches[:1], tokens[:1], op)
     timed = {p: {"base": [], "case": []} for p in pairs}  # (model s, recurrent layers s)
@@ -321,6 +364,8 @@ def bench_run(run: Path, args, command: str) -> dict:
         "pairs": out_pairs,
         "nn_gru_max_abs_diff_vs_open": gru_diff,
         "compiled_max_abs_diff_vs_learned": compiled_diff,
+        "dense": dense_impl,
+        "fused_vs_eager": fused_check,
         "method": "per repetition each case runs right after its baseline over the same "
         "pre-collated batches (no data loading timed); speedup = min(baseline) / min(case)",
         "always_dense": DENSE_PARTS,
@@ -338,6 +383,7 @@ def markdown(b: dict) -> str:
     c = b["cases"]
     pairs = {p["baseline"]: p for p in b["pairs"] if p["case"] == "learned"}
     rate = " / ".join(f"{v:.3f}" for v in b["update_rate"].values())
+    pairs = {k: v for k, v in pairs.items() if k != "eager_dense"}
     lines = [
         f"# Efficiency of a trained checkpoint: {b['task']} {b['model']}",
         "",
@@ -395,9 +441,27 @@ def markdown(b: dict) -> str:
             f"{pub['c_inference_speedup']}x faster inference than dense "
             f"({pub.get('dense_ms', '?')} ms -> {pub.get('mask_aware_ms', '?')} ms)."
         )
+    fc = b.get("fused_vs_eager")
+    if fc is not None:
+        p = next(p for p in b["pairs"] if p["baseline"] == "eager_dense")
+        e, f = c["eager_dense"], c["learned"]
+        agree = (
+            f"; predictions equal on {fc['predictions_agree']} of {fc['of']}"
+            if fc["predictions_agree"] is not None
+            else ""
+        )
+        lines += [
+            "",
+            f"Dense parts fused (`surnn.harness.fused`, one C++ call per block) against eager "
+            f"torch modules, the learned gate in both: the whole model {e['ms_per_seq']:.3f} -> "
+            f"{f['ms_per_seq']:.3f} ms/seq ({p['speedup_model']:.2f}x), the dense parts "
+            f"{e['dense_ms_per_seq']:.3f} -> {f['dense_ms_per_seq']:.3f} ms/seq "
+            f"({e['dense_ms_per_seq'] / f['dense_ms_per_seq']:.2f}x); outputs within "
+            f"{fc['max_abs_diff']:.1e} of eager{agree}.",
+        ]
     fused = next((p for p in b["pairs"] if p["case"] == "compiled"), None)
     if fused is not None:
-        e, f = c["learned"], c["compiled"]
+        e, f = c[fused["baseline"]], c["compiled"]
         lines += [
             "",
             f"torch.compile of the dense parts (the suRNN layers eager): the whole model "

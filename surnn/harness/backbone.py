@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from surnn.errors import ConfigError
+from surnn.harness import fused
+from surnn.harness.fused import ops_for
 from surnn.harness.objectives import build_objective
 from surnn.harness.positions import Positions
 from surnn.harness.registry import MIXERS
@@ -199,6 +201,8 @@ class Encoder(nn.Module):
         self.pos = Positions(pos_emb, d_model, max_len, "model.pos_emb")
         self.pool = pool
         self.drop = nn.Dropout(dropout)
+        #: "fused": inference passes run the dense parts in the extension (``use_fused``).
+        self.dense = "eager"
 
     @property
     def stateful(self) -> bool:
@@ -209,6 +213,11 @@ class Encoder(nn.Module):
         self, x: torch.Tensor, lengths: torch.Tensor, states: list | None = None, carry=False
     ) -> tuple[torch.Tensor, dict, list | None]:
         """(h [B, L, D] after the final norm, aux, new states when ``carry``)."""
+        ext = ops_for(self, x)
+        if ext is not None:
+            p = fused.plan(self)
+            if p.float32:
+                return self._forward_fused(ext, p, x, lengths, states, carry)
         h = self.drop(self.pos(self.embed(x)))
         aux: dict[str, Any] = {}
         aux_loss = None
@@ -218,14 +227,49 @@ class Encoder(nn.Module):
             h, a, s = blk(h, lengths, s, carry)
             if carry:
                 new_states.append(s)
-            for k, v in a.items():
-                if k == "aux_loss":
-                    aux_loss = v if aux_loss is None else aux_loss + v
-                else:
-                    aux[f"layer{i}/{k}"] = v
-        if aux_loss is not None:
-            aux["aux_loss"] = aux_loss
-        return self.norm(h), aux, new_states
+            aux_loss = _gather(aux, i, a, aux_loss)
+        return self.norm(h), _ended(aux, aux_loss), new_states
+
+    def _forward_fused(self, ext, p, x, lengths, states, carry):
+        """``forward`` with the dense parts in the extension (``surnn.harness.fused``,
+        following its plan ``p``): the same modules, in eval mode (no dropout); each call
+        ends with the next norm."""
+        if p.table is not None:
+            h, u = ext.dense_embed(x, p.table, *p.first)
+        else:
+            h = self.pos(self.embed(x)).contiguous()
+            u = ext.dense_norm(h, *p.first)
+        aux: dict[str, Any] = {}
+        aux_loss = None
+        new_states = [] if carry else None
+        for i, (blk, args) in enumerate(p.blocks):
+            if carry:
+                s = states[i] if states is not None else None
+                y, a, s = blk.mixer.forward_state(u, lengths, s)
+                new_states.append(s)
+            else:
+                y, a = blk.mixer(u, lengths)
+            h, u = ext.dense_tail(h, y.contiguous(), *args)
+            aux_loss = _gather(aux, i, a, aux_loss)
+        return u, _ended(aux, aux_loss), new_states
+
+
+def _gather(aux: dict, i: int, a: dict, aux_loss):
+    """Layer i's aux into the model's (its metrics as ``layer{i}/<name>``); returns the
+    auxiliary loss so far, ``aux_loss`` plus the layer's."""
+    for k, v in a.items():
+        if k == "aux_loss":
+            aux_loss = v if aux_loss is None else aux_loss + v
+        else:
+            aux[f"layer{i}/{k}"] = v
+    return aux_loss
+
+
+def _ended(aux: dict, aux_loss) -> dict:
+    """``aux`` with the layers' summed auxiliary loss last (when there is one)."""
+    if aux_loss is not None:
+        aux["aux_loss"] = aux_loss
+    return aux
 
 
 def _causal_fix(kind: str) -> str:
@@ -330,7 +374,11 @@ class Model(nn.Module):
         elif obj.name == "regress":
             out = obj.outputs(self.head, pool(h, lengths, "last"), None)
         elif not self.dual:
-            out = self.head(pool(h, lengths, self.encoder.pool))
+            ext = ops_for(self.encoder, h)
+            if ext is not None and h.dtype == torch.float32:
+                out = fused.pool(ext, h, lengths, self.encoder.pool, self.head)
+            else:
+                out = self.head(pool(h, lengths, self.encoder.pool))
         else:
             a = pool(h, lengths, self.encoder.pool)
             h2, aux2, _ = self.encoder(batch["x2"], batch["lengths2"])

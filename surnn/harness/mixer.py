@@ -86,7 +86,12 @@ class SuRNNMixer(Mixer):
 
     def forward(self, x, lengths):
         y, _ = self.rnn(x, lengths=lengths)
-        return self.out(y), self._aux()
+        return self._project(y), self._aux()
+
+    def _project(self, y):
+        """``out(y)``; the identity without a module call (~1.5 us a layer at batch 1)."""
+        out = self.out
+        return y if type(out) is nn.Identity else out(y)
 
     def forward_state(self, x, lengths, state):
         """State: ``h`` [B, H] and ``t`` [B], the steps read so far: the rhythm gate's clock
@@ -96,7 +101,7 @@ class SuRNNMixer(Mixer):
             h0, t0 = state["h"].unsqueeze(0), int(state["t"][0])
         y, h_n = self.rnn(x, h0, lengths=lengths, t0=t0 or 0)
         t = (t0 or 0) + lengths.to(torch.long)
-        return self.out(y), self._aux(), {"h": h_n[0], "t": t}
+        return self._project(y), self._aux(), {"h": h_n[0], "t": t}
 
     @torch.no_grad()
     def gate_stats(self, T: int, windows: dict[str, tuple[int, int]]) -> dict[str, int]:

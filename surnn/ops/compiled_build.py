@@ -43,6 +43,8 @@ import torch
 from surnn.utils import file_lock
 
 _SRC = Path(__file__).resolve().parent / "csrc"
+#: The extension's translation units (the headers beside them are in the build key too).
+SOURCES = ("su_gru_bind.cpp", "su_gru_kernels.cpp", "dense.cpp")
 _STATE: dict = {
     "tried": False,
     "ext": None,
@@ -187,7 +189,7 @@ def load(verbose: bool = False):
             )
             return cpp_extension.load(
                 name=name,
-                sources=[str(_SRC / "su_gru_bind.cpp"), str(_SRC / "su_gru_kernels.cpp")],
+                sources=[str(_SRC / n) for n in SOURCES],
                 extra_cflags=cflags,
                 extra_ldflags=ldflags,
                 build_directory=str(tmp),

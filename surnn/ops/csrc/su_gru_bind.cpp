@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "dense.h"
 #include "su_gru_kernels.h"
 
 namespace {
@@ -295,4 +296,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("plan", &plan, "active neurons per step (union over running samples)");
   m.def("backward", &backward, "selective-update GRU backward (whole reverse sweep)");
   m.def("infer", &infer, "selective-update GRU inference: plan and forward in one call");
+  m.def("dense_embed", &surnn::dense_embed, "embedding rows and their norm (fused dense parts)");
+  m.def("dense_norm", &surnn::dense_norm, "layer norm over the last dim (fused dense parts)");
+  m.def("dense_tail", &surnn::dense_tail, "a block after its mixer: residual, GLU, the next norm");
+  m.def("dense_pool", &surnn::dense_pool, "pooling over valid positions, then a linear head");
 }

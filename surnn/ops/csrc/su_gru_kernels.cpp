@@ -28,6 +28,7 @@
 //   out [B,T,H], saved [nnz, 4, B] = (r, z, n, hn) per executed (step, neuron, sample),
 //   zeros for the samples past their length.
 #include "su_gru_kernels.h"
+#include "simd.h"
 #ifdef __AVX__
 #include <immintrin.h>
 #endif
@@ -41,80 +42,10 @@
 
 namespace {
 
-template <typename T> struct V;
-template <> struct V<float> {
-  typedef float type __attribute__((vector_size(32)));
-  static constexpr int N = 8;
-};
-template <> struct V<double> {
-  typedef double type __attribute__((vector_size(32)));
-  static constexpr int N = 4;
-};
-
-template <typename T>
-inline typename V<T>::type vload(const T* p) {
-  typename V<T>::type v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <typename T>
-inline void vstore(T* p, typename V<T>::type v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-// Scalar broadcast (one vbroadcastss/sd).
-template <typename T>
-inline typename V<T>::type vset(T s);
-template <>
-inline V<float>::type vset<float>(float s) {
-  return V<float>::type{s, s, s, s, s, s, s, s};
-}
-template <>
-inline V<double>::type vset<double>(double s) {
-  return V<double>::type{s, s, s, s};
-}
-template <typename T>
-inline T hsum(typename V<T>::type v) {
-  T s = 0;
-  for (int i = 0; i < V<T>::N; ++i) s += v[i];
-  return s;
-}
-#ifdef __AVX__
-// Horizontal sum in 5 instructions (the generic loop extracts lane by lane).
-template <>
-inline float hsum<float>(V<float>::type v) {
-  __m256 a = (__m256)v;
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-#endif
-
 // ---------------------------------------------------------------- exp, sigmoid, tanh
 // y[i] = exp(x[i]) for n values, in place.
 inline void exp_inplace(double* x, int n) {
   for (int i = 0; i < n; ++i) x[i] = std::exp(x[i]);
-}
-typedef float vf8 __attribute__((vector_size(32)));
-inline vf8 exp8(vf8 v) {
-  typedef int vi __attribute__((vector_size(32)));
-  v = v < 88.3762626647949f ? v : 88.3762626647949f;
-  v = v > -87.3365478515625f ? v : -87.3365478515625f;
-  // n = round(v / ln2) by the 1.5 * 2^23 trick; r = v - n ln2 (ln2 split in two).
-  vf8 t = v * 1.44269504088896341f + 12582912.0f;
-  vf8 fn = t - 12582912.0f;
-  vf8 r = v - fn * 0.693359375f + fn * 2.12194440e-4f;
-  vf8 p = vset<float>(1.9875691500E-4f);
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  p = p * r * r + r + 1.0f;
-  vi e = (__builtin_convertvector(fn, vi) + 127) << 23;  // 2^n as float bits
-  vf8 s;
-  std::memcpy(&s, &e, sizeof(s));
-  return p * s;
 }
 // The tail (n % 8 values) goes through the same vector code, so a value's exp does not
 // depend on where it sits in the array (and no scalar libm call per step).
