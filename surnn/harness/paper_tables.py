@@ -220,13 +220,17 @@ def cost_table(cells: dict) -> Table:
 
 EFF_HEADER = ["Source", "Task", "Setting", "Updates skipped", "Rate per layer", "Batch"]
 EFF_HEADER += ["Threads", "Speedup vs every gate open (model / recurrent layers)"]
-EFF_HEADER += ["Speedup vs nn.GRU (model / recurrent layers)", "ms/seq learned / open", "Device"]
+EFF_HEADER += ["Speedup vs nn.GRU (model / recurrent layers)", "ms/seq learned / open"]
+EFF_HEADER += ["Dense parts ms/seq", "Device"]
 EFF_NOTE = (
     "Measured rows: scripts/bench_checkpoint.py on a trained checkpoint (update rate per valid "
     "token over the timed test sequences; speedup = min time of the baseline / min time of "
     "the learned gate on the same kernel; embedding, feed-forward, norms, pooling and head "
-    "always run dense, so the recurrent layers are timed alone too). The published row is "
-    "the paper's sMNIST suGRU (its C kernel), not a run of this harness."
+    "always run dense, so the recurrent layers are timed alone too). Dense parts: their time "
+    "per sequence with the learned gate, as every case ran them (fused: one C++ call per "
+    "block, surnn.harness.fused; eager: torch modules), and the eager time beside a fused "
+    "one. The published row is the paper's sMNIST suGRU (its C kernel), not a run of this "
+    "harness."
 )
 
 
@@ -249,9 +253,20 @@ def _eff_row(b: dict) -> list[str]:
         sp.get("open", "–"),
         sp.get("nn_gru", "–"),
         f"{c['learned']['ms_per_seq']:.3g} / {c['open']['ms_per_seq']:.3g}",
+        _dense_cell(b),
         f"{b['device']}, {b['impl']}, load {b['loadavg_before'][0]:.1f}"
         + (", PREEMPTED: times inflated" if b.get("cpu_per_wall", 1) < 0.8 else ""),
     ]
+
+
+def _dense_cell(b: dict) -> str:
+    """The learned gate's dense parts: fused (with the eager time beside), or eager."""
+    c = b["cases"]
+    ms = f"{c['learned']['dense_ms_per_seq']:.3g}"
+    if b.get("dense", "eager") != "fused":  # files made before the fused path: eager
+        return f"{ms} eager"
+    eager = c.get("eager_dense")
+    return f"{ms} fused" + (f" ({eager['dense_ms_per_seq']:.3g} eager)" if eager else "")
 
 
 def eff_table(benches: list[dict], pub: dict) -> Table:
@@ -262,7 +277,7 @@ def eff_table(benches: list[dict], pub: dict) -> Table:
             speed += f" ({pub['dense_ms']} -> {pub['mask_aware_ms']} ms)"
         skipped = f"{100 * pub['smnist_skipped_updates']:.0f}%"
         paper = ["suGRU (paper): published", pub.get("task", "smnist"), "the paper's", skipped]
-        rows.insert(0, [*paper, "–", "–", "–", speed, "–", "–", "C kernel"])
+        rows.insert(0, [*paper, "–", "–", "–", speed, "–", "–", "–", "C kernel"])
     return Table("Efficiency: updates skipped and inference speed", EFF_HEADER, rows, [EFF_NOTE])
 
 

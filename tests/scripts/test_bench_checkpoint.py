@@ -79,7 +79,7 @@ def test_rates_are_the_trainers_and_every_open_gate_has_rate_1(tiny_run, measure
     assert c["open"]["update_rate"] == {"layer0": 1.0}
     assert c["learned"]["impl"] == c["open"]["impl"] == b["impl"]  # the same kernel
     assert b["nn_gru_max_abs_diff_vs_open"] < 1e-4  # nn.GRU: the same weights, dense
-    assert [p["baseline"] for p in b["pairs"]] == ["open", "nn_gru"]
+    assert [p["baseline"] for p in b["pairs"]] == ["open", "nn_gru", "eager_dense"]
     for p in b["pairs"]:
         assert len(p["base_times_s"]) == len(p["case_mixer_times_s"]) == 1
         assert p["speedup_model"] > 0 and p["speedup_mixer"] > 0
@@ -89,24 +89,44 @@ def test_rates_are_the_trainers_and_every_open_gate_has_rate_1(tiny_run, measure
         rest = [t - m for t, m in zip(v["times_s"], v["mixer_times_s"])]
         assert v["dense_min_s"] == min(rest) > 0
         assert v["dense_ms_per_seq"] == pytest.approx(1e3 * min(rest) / b["examples"])
-    # every raw time kept: the learned gate runs once after each of its two baselines
-    assert len(c["learned"]["times_s"]) == len(c["learned"]["cpu_times_s"]) == 2
+    # every raw time kept: the learned gate runs once after each of its three baselines
+    assert len(c["learned"]["times_s"]) == len(c["learned"]["cpu_times_s"]) == 3
     assert len(c["open"]["mixer_times_s"]) == len(c["nn_gru"]["times_s"]) == 1
     # the run's setting, read from the run: a smoke run, not the paper's sMNIST setting
     assert b["scale"] == "smoke" and "smoke" in b["setting"] and not b["paper_setting"]
+    # the dense parts fused in every case (the CPU default), the eager ones timed beside:
+    # the same model to float rounding, every prediction equal
+    assert b["dense"] == "fused" and "dense parts fused" in c["learned"]["label"]
+    assert c["eager_dense"]["update_rate"] == c["learned"]["update_rate"]
+    fe = b["fused_vs_eager"]
+    assert fe["max_abs_diff"] < 1e-5 and fe["predictions_agree"] == fe["of"] == 21
     md = (out / "checkpoint_tiny_B256.md").read_text()
     assert "NOT the paper's sMNIST setting" in md and "recurrent layers" in md
     assert "run dense in every case" in md and "| dense parts ms/seq |" in md
+    assert "Dense parts fused (`surnn.harness.fused`" in md and "equal on 21 of 21" in md
+    row = next(line for line in md.splitlines() if "dense parts eager (torch)" in line)
+    assert row.endswith("| – | – |")  # not a speedup of the learned gate
 
 
 def test_streaming_batch_1_on_a_few_examples(tiny_run, tmp_path):
     argv = [str(tiny_run), "--reps", "1", "--examples", "3", "--batch", "1", "--no-gru"]
     assert bench.main([*argv, "--out", str(tmp_path)]) == 0
     b = json.loads((tmp_path / "checkpoint_tiny_B1.json").read_text())
-    assert b["batch"] == 1 and b["examples"] == 3 and list(b["cases"]) == ["learned", "open"]
+    assert b["batch"] == 1 and b["examples"] == 3
+    assert list(b["cases"]) == ["learned", "open", "eager_dense"]
     assert b["cases"]["learned"]["update_rate"]["layer0"] == pytest.approx(
         b["update_rate"]["layer0"]
     )
+
+
+def test_dense_eager_times_every_case_with_the_torch_modules(tiny_run, tmp_path):
+    argv = [str(tiny_run), "--reps", "1", "--examples", "3", "--batch", "1", "--no-gru"]
+    assert bench.main([*argv, "--dense", "eager", "--out", str(tmp_path)]) == 0
+    b = json.loads((tmp_path / "checkpoint_tiny_B1.json").read_text())
+    assert b["dense"] == "eager" and b["fused_vs_eager"] is None
+    assert list(b["cases"]) == ["learned", "open"]
+    assert "dense parts eager" in b["cases"]["learned"]["label"]
+    assert "Dense parts fused" not in (tmp_path / "checkpoint_tiny_B1.md").read_text()
 
 
 def test_bad_folders_are_one_line_and_exit_2(tiny_run, tmp_path, capsys):
@@ -137,6 +157,9 @@ def test_make_tables_puts_the_published_numbers_beside_the_measured_row(tiny_run
     row = next(l for l in eff.splitlines() if l.startswith("| measured: tiny"))
     assert "| listops | smoke" in row and "(not the paper's sMNIST setting)" in row
     assert f"| {100 * b['skipped']:.1f}% |" in row
+    c = b["cases"]
+    dense = f"| {c['learned']['dense_ms_per_seq']:.3g} fused ({c['eager_dense']['dense_ms_per_seq']:.3g} eager) |"
+    assert dense in row
     assert "Efficiency" in (tables / "lra.tex").read_text()
     with pytest.raises(SystemExit, match="no scripts/bench_checkpoint.py JSON"):
         make_tables.main([str(tiny_run), "--out", str(tables), "--efficiency", str(tiny_run)])
@@ -160,9 +183,10 @@ def test_compile_times_the_dense_parts_compiled_beside_the_eager_model(
     assert 0 < c["compiled"]["mixer_min_s"] < c["compiled"]["min_s"]  # layers timed eagerly
     assert [(p["baseline"], p["case"]) for p in b["pairs"]] == [
         ("open", "learned"),
-        ("learned", "compiled"),
+        ("eager_dense", "learned"),
+        ("eager_dense", "compiled"),  # compiled against the eager dense parts it replaces
     ]
-    assert b["compiled_max_abs_diff_vs_learned"] < 1e-5
+    assert b["compiled_max_abs_diff_vs_eager"] < 1e-5
     md = (tmp_path / "checkpoint_tiny_B4.md").read_text()
     assert "torch.compile of the dense parts" in md
     row = next(line for line in md.splitlines() if "torch.compile'd" in line)

@@ -15,7 +15,7 @@
 // state, so the threads never wait for each other inside the time loop: no barrier per
 // step. Weight gradients are accumulated per thread and summed by the caller.
 //
-// SIMD: GCC vector extensions (8 floats / 4 doubles per 256-bit vector, AVX2+FMA when
+// SIMD (simd.h): GCC vector extensions (8 floats / 4 doubles per 256-bit vector, AVX2+FMA when
 // the build enables them). The forward dot kernel keeps a 3-row x 4-sample tile of
 // accumulators in registers (12 FMAs per 3 weight + 4 input loads). float uses a
 // vectorised exp (Cephes polynomial, ~1 ulp); double (used by the tests) uses std::exp.
