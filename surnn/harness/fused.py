@@ -55,6 +55,7 @@ def use_fused(model: nn.Module, on: bool = True) -> nn.Module:
             stacklevel=2,
         )
     encoder.dense = "fused" if on else "eager"
+    _PLANS.pop(encoder, None)
     return model
 
 
@@ -82,7 +83,7 @@ class Plan(NamedTuple):
     table: torch.Tensor | None  # the embedding table when the input is one (no positions)
     first: tuple  # (weight, bias, eps) of the first norm (block 0's; the final one without blocks)
     blocks: tuple  # ((block, its dense_tail arguments after (x, y)), ...)
-    made: tuple  # (weight, version, storage) of each weight copied transposed
+    made: tuple  # (weight, version, storage) of the weights watched
 
 
 # encoder -> its Plan; cleared when anything is registered on any module (a parameter or
@@ -99,8 +100,10 @@ def plan(encoder: nn.Module) -> Plan:
     """``encoder``'s Plan: per block its second norm, its feed-forward's projections
     transposed (contiguous: the layout MKL multiplies fastest at batch 1) with their biases,
     and the norm that follows it (the next block's first, or the final one). Made once,
-    and again when a transposed weight changes (its version or storage: an optimizer step,
-    a checkpoint loaded into it, a move) or anything is registered on a module."""
+    and again when a transposed weight or the first norm's changes (its version or storage:
+    an optimizer step, a checkpoint loaded into it, a move or a dtype change) or anything is
+    registered on a module. An edit through ``weight.data`` bumps no version: call
+    ``use_fused(model)`` again after one (it forgets the plans)."""
     hit = _PLANS.get(encoder)
     if hit is not None and all(w._version == v and w.data_ptr() == p for w, v, p in hit.made):
         return hit
@@ -113,7 +116,10 @@ def plan(encoder: nn.Module) -> Plan:
         ):
             _HOOKS.append(register(_forget))
     norms = [(n.weight, n.bias, n.eps) for n in [b.norm1 for b in encoder.blocks] + [encoder.norm]]
-    blocks, made = [], []
+    # Watched: the first norm's weight (a move or a dtype change replaces every tensor's
+    # storage, with or without feed-forwards) and each weight copied transposed.
+    first = norms[0][0]
+    blocks, made = [], [(first, first._version, first.data_ptr())]
     for i, blk in enumerate(encoder.blocks):
         ffn = blk.ffn
         if ffn is None:
