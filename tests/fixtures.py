@@ -1,10 +1,10 @@
 """The plain helpers the tests share (their pytest fixtures are in conftest.py): a tiny
-in-memory task (no files, no registry), run.py in a subprocess, or its training and its
-error line in this process, a function run on several processes joined by a gloo process
-group (DDP on CPU), the loader of the scripts under test, a read-only folder as a mount
-makes one, a data folder of each file-based task's raw files at a few examples, the
-selective-update GRU op cases and the Triton set-up. Writers of the real data formats live in
-tasks/formats.py."""
+in-memory task (no files, no registry) and a data-less stand-in for one, run.py in a
+subprocess, or its training and its error line in this process, a function run on several
+processes joined by a gloo process group (DDP on CPU), the loader of the scripts under
+test, a read-only folder as a mount makes one, a data folder of each file-based task's raw
+files at a few examples, the selective-update GRU op cases and the Triton set-up. Writers
+of the real data formats live in tasks/formats.py."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -85,6 +86,23 @@ class ToyTask(Task):
 
     def splits(self) -> Splits:
         return self._splits
+
+
+def standin(objective: str, **kw) -> SimpleNamespace:
+    """What the backbone reads of a task (Model(task, ...)), no data: an ``objective``
+    task of 7 classes over 9 token ids, sequences up to 40; ``kw`` overrides any field
+    (``input_kind="values", input_dim=2``; ``dual=True``)."""
+    base = dict(
+        name="standin",
+        objective=objective,
+        n_classes=7,
+        input_kind="tokens",
+        vocab_size=9,
+        input_dim=None,
+        max_len=40,
+        dual=False,
+    )
+    return SimpleNamespace(**{**base, **kw})
 
 
 #: TINY_LISTOPS without a logger

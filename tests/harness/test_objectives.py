@@ -5,7 +5,6 @@ windows, fresh examples per step, hybrid stacks with per-layer FLOPs and rates."
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,22 +20,7 @@ from surnn.harness.registry import MIXERS
 from surnn.harness.trainer import Trainer
 from tasks.base import Splits
 from tasks.memory import CopyMemory, SelectiveCopy
-from tests.fixtures import crash_after
-
-
-def standin(objective, **kw):
-    base = dict(
-        name="standin",
-        objective=objective,
-        n_classes=7,
-        input_kind="tokens",
-        vocab_size=9,
-        input_dim=None,
-        max_len=40,
-        dual=False,
-    )
-    return SimpleNamespace(**{**base, **kw})
-
+from tests.fixtures import crash_after, standin
 
 # ------------------------------------------------------------------ metrics
 
