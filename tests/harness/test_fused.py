@@ -390,6 +390,21 @@ def test_bad_shapes_to_the_extension_are_errors():
         ext.dense_norm(x, torch.ones(8), torch.zeros(8), 1e-5)
 
 
+def test_a_tail_longer_than_one_chunk_of_scratch_equals_the_eager_block():
+    """Rows beyond one chunk (the scratch a thread keeps: 2^20 floats, here 9,362 rows of
+    a block of width 16) go through the same steps chunk after chunk."""
+    m = _model(ToyTask(n_train=8, n_eval=4))
+    blk, nxt = m.encoder.blocks[0], m.encoder.blocks[1].norm1
+    _, args = fused.plan(m.encoder).blocks[0]
+    x, y = torch.randn(2, 12_000, 16), torch.randn(2, 12_000, 16)
+    with torch.no_grad():
+        h, u = fused._ext().dense_tail(x, y, *args)
+        e = x + y
+        e = e + blk.ffn(blk.norm2(e))
+        torch.testing.assert_close(h, e, **TOL)
+        torch.testing.assert_close(u, nxt(e), **TOL)
+
+
 # ------------------------------------------------------------------ the inference clock
 
 

@@ -28,7 +28,7 @@
 namespace {
 
 constexpr int64_t kRowGrain = 256;
-constexpr size_t kScratchFloats = size_t(1) << 20;  // 4 MB
+constexpr int64_t kScratchFloats = int64_t(1) << 20;  // 4 MB of scratch per thread
 
 void check_f32(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(),
@@ -295,36 +295,41 @@ std::tuple<torch::Tensor, torch::Tensor> dense_tail(
               "surnn fused dense: expected the GLU output projection transposed, [", F, ", ",
               D, "], and its bias [", D, "]; got ", out_wt->sizes(), " and ", out_b->sizes());
   const float *nw = norm_w->data_ptr<float>(), *nb = norm_b->data_ptr<float>();
-  // u holds norm2(x + y) until the feed-forward has read it, then the next norm's output.
-  at::parallel_for(0, N, kRowGrain, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) add_row(px + r * D, py + r * D, ph + r * D, D);
-    norm_rows(ph + r0 * D, nw, nb, (float)eps, pu + r0 * D, r1 - r0, D);
-  });
-  // p = u W_in^T [N, 2F] (the a and gate halves; bias added in the GLU), g = a * gelu(gate)
-  // [N, F], q = g W_out^T [N, D].
-  // Scratch of this thread, kept between calls up to kScratchFloats (a big batch's
-  // scratch is freed after its call).
-  thread_local std::vector<float> kept;
-  std::vector<float> once;
-  const size_t need = static_cast<size_t>(N) * (F2 + F + D);
-  std::vector<float>& scratch = need <= kScratchFloats ? kept : once;
+  const float *wi = in_wt->data_ptr<float>(), *bi = in_b->data_ptr<float>();
+  const float *wo = out_wt->data_ptr<float>(), *bo = out_b->data_ptr<float>();
+  // Rows go in chunks whose scratch (p = u W_in^T [rows, 2F]: the a and gate halves, bias
+  // added in the GLU; g = a * gelu(gate) [rows, F]; q = g W_out^T [rows, D]) fits in
+  // kScratchFloats, kept by this thread between calls: a batch-1 sequence is one chunk,
+  // a big batch's chunks stay in cache and allocate nothing. In each chunk, u holds
+  // norm2(x + y) until the feed-forward has read it, then the next norm's output.
+  const int64_t chunk = std::max<int64_t>(64, kScratchFloats / (F2 + F + D));
+  thread_local std::vector<float> scratch;
+  const int64_t rows = std::min(chunk, N);
+  const size_t need = static_cast<size_t>(rows * (F2 + F + D));
   if (scratch.size() < need) scratch.resize(need);
-  float *pp = scratch.data(), *pg = pp + N * F2, *pq = pg + N * F;
-  product(pu, in_wt->data_ptr<float>(), pp, N, D, F2);
-  const float* bi = in_b->data_ptr<float>();
-  at::parallel_for(0, N, kRowGrain, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      glu_row(pp + r * F2, pp + r * F2 + F, bi, bi + F, pg + r * F, F);
-  });
-  product(pg, out_wt->data_ptr<float>(), pq, N, F, D);
-  const float* bo = out_b->data_ptr<float>();
-  at::parallel_for(0, N, kRowGrain, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      add_row(pq + r * D, bo, pq + r * D, D);
-      add_row(ph + r * D, pq + r * D, ph + r * D, D);
-    }
-    norm_rows(ph + r0 * D, xw, xb, (float)next_eps, pu + r0 * D, r1 - r0, D);
-  });
+  float *pp = scratch.data(), *pg = pp + rows * F2, *pq = pg + rows * F;
+  for (int64_t c0 = 0; c0 < N; c0 += chunk) {
+    const int64_t n = std::min(chunk, N - c0);
+    const float *cx = px + c0 * D, *cy = py + c0 * D;
+    float *ch = ph + c0 * D, *cu = pu + c0 * D;
+    at::parallel_for(0, n, kRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) add_row(cx + r * D, cy + r * D, ch + r * D, D);
+      norm_rows(ch + r0 * D, nw, nb, (float)eps, cu + r0 * D, r1 - r0, D);
+    });
+    product(cu, wi, pp, n, D, F2);
+    at::parallel_for(0, n, kRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        glu_row(pp + r * F2, pp + r * F2 + F, bi, bi + F, pg + r * F, F);
+    });
+    product(pg, wo, pq, n, F, D);
+    at::parallel_for(0, n, kRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        add_row(pq + r * D, bo, pq + r * D, D);
+        add_row(ch + r * D, pq + r * D, ch + r * D, D);
+      }
+      norm_rows(ch + r0 * D, xw, xb, (float)next_eps, cu + r0 * D, r1 - r0, D);
+    });
+  }
   return {h, u};
 }
 
