@@ -20,7 +20,9 @@ float rounding, not bit for bit (the matrix products are MKL's, as in nn.Linear 
 the weights transposed once; layer norm and GELU are the extension's own loops), which is
 why the harness's training and evaluation keep the eager path and committed results stay
 reproducible; ``scripts/bench_checkpoint.py`` times both and records how far apart their
-outputs are.
+outputs are. The products call the BLAS ``sgemm`` that torch links, found at the first
+call and checked on a known product; ``SURNN_DENSE_ATEN_MM=1`` (read once per process)
+sends them through ``torch.mm`` instead.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import collections
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -20,7 +23,7 @@ from surnn.harness.fused import use_fused
 from surnn.harness.inference_cases import Clock
 from surnn.harness.objectives import IGNORE_INDEX
 from surnn.ops import compiled
-from tests.fixtures import ToyTask, standin
+from tests.fixtures import ROOT, ToyTask, standin
 
 pytestmark = pytest.mark.skipif(
     not compiled.available(), reason=f"compiled extension unavailable: {compiled._STATE['error']}"
@@ -403,6 +406,28 @@ def test_a_tail_longer_than_one_chunk_of_scratch_equals_the_eager_block():
         e = e + blk.ffn(blk.norm2(e))
         torch.testing.assert_close(h, e, **TOL)
         torch.testing.assert_close(u, nxt(e), **TOL)
+
+
+def test_the_products_through_torch_mm_give_the_same_model():
+    """SURNN_DENSE_ATEN_MM=1: the feed-forward's products go through at::mm (the path of a
+    torch that exports no sgemm); a fresh process, since the choice is made once."""
+    code = (
+        "import torch\n"
+        "from surnn.harness import fused\n"
+        "from tests.harness.test_fused import TOL, ToyTask, _model, _tokens\n"
+        "m, b = _model(ToyTask(n_train=8, n_eval=4)), _tokens(10)\n"
+        "with torch.no_grad():\n"
+        "    e = m(b)[0]\n"
+        "    f = fused.use_fused(m)(b)[0]\n"
+        "torch.testing.assert_close(f, e, **TOL)\n"
+        "print(fused._ext().dense_blas())\n"
+    )
+    env = {**os.environ, "SURNN_DENSE_ATEN_MM": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "at::mm"
 
 
 # ------------------------------------------------------------------ the inference clock

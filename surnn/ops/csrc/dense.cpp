@@ -20,7 +20,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "simd.h"
@@ -153,12 +155,14 @@ inline void glu_row(const float* a, const float* g, const float* ba, const float
 }
 
 // The BLAS sgemm that torch links (MKL's, or OpenBLAS's), looked up once; null when
-// torch exports none, and the products go through at::mm.
+// torch exports none or SURNN_DENSE_ATEN_MM=1 is set, and the products go through at::mm.
 using Sgemm = void (*)(const char*, const char*, const int*, const int*, const int*, const float*,
                        const float*, const int*, const float*, const int*, const float*, float*,
                        const int*);
 Sgemm blas_sgemm() {
-  static const Sgemm f = [] {
+  static const Sgemm f = []() -> Sgemm {
+    const char* off = std::getenv("SURNN_DENSE_ATEN_MM");  // the at::mm path, always
+    if (off != nullptr && *off != '\0' && std::string(off) != "0") return nullptr;
     void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
     Sgemm g = lib ? reinterpret_cast<Sgemm>(dlsym(lib, "sgemm_")) : nullptr;
     if (g == nullptr) return g;
@@ -332,6 +336,8 @@ std::tuple<torch::Tensor, torch::Tensor> dense_tail(
   }
   return {h, u};
 }
+
+std::string dense_blas() { return blas_sgemm() != nullptr ? "sgemm" : "at::mm"; }
 
 torch::Tensor dense_pool(const torch::Tensor& h, const torch::Tensor& lengths, int64_t kind,
                          const c10::optional<torch::Tensor>& head_w,

@@ -3,6 +3,8 @@
 #pragma once
 #include <torch/extension.h>
 
+#include <string>
+
 namespace surnn {
 
 // (table[tokens], norm(table[tokens])): the embedding rows [..., D] (ids checked against
@@ -33,5 +35,9 @@ std::tuple<torch::Tensor, torch::Tensor> dense_tail(
 torch::Tensor dense_pool(const torch::Tensor& h, const torch::Tensor& lengths, int64_t kind,
                          const c10::optional<torch::Tensor>& head_w,
                          const c10::optional<torch::Tensor>& head_b);
+
+// What the feed-forward's products call: "sgemm" (the BLAS torch links, found and checked
+// at the first call) or "at::mm" (none found, or SURNN_DENSE_ATEN_MM=1).
+std::string dense_blas();
 
 }  // namespace surnn

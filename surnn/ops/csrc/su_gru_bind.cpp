@@ -299,5 +299,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dense_embed", &surnn::dense_embed, "embedding rows and their norm (fused dense parts)");
   m.def("dense_norm", &surnn::dense_norm, "layer norm over the last dim (fused dense parts)");
   m.def("dense_tail", &surnn::dense_tail, "a block after its mixer: residual, GLU, the next norm");
+  m.def("dense_blas", &surnn::dense_blas, "what the fused feed-forward's products call");
   m.def("dense_pool", &surnn::dense_pool, "pooling over valid positions, then a linear head");
 }
