@@ -53,3 +53,25 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# callback -> the handles of its registration hooks, once installed
+_WATCHERS: dict = {}
+
+
+def on_registration(callback) -> None:
+    """Call ``callback(module, name, value)`` whenever a parameter, buffer or submodule is
+    assigned to any module (nn.Module's global registration hooks; a checkpoint loaded with
+    ``assign=True`` too). Installed once per callback: what caches built from a module's
+    tensors use to forget them when one is replaced."""
+    if callback in _WATCHERS:
+        return
+    mm = nn.modules.module
+    _WATCHERS[callback] = [
+        register(callback)
+        for register in (
+            mm.register_module_parameter_registration_hook,
+            mm.register_module_buffer_registration_hook,
+            mm.register_module_module_registration_hook,
+        )
+    ]

@@ -34,6 +34,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from surnn.utils import on_registration
+
 DENSE_IMPLS = ("eager", "fused")
 _POOL_KINDS = {"mean": 0, "max": 1, "last": 2}
 _EXT: list = []  # [the extension or None], once looked up
@@ -91,7 +93,6 @@ class Plan(NamedTuple):
 # encoder -> its Plan; cleared when anything is registered on any module (a parameter or
 # submodule replaced), left with the encoder.
 _PLANS: weakref.WeakKeyDictionary[nn.Module, Plan] = weakref.WeakKeyDictionary()
-_HOOKS: list = []
 
 
 def _forget(*_):
@@ -109,14 +110,7 @@ def plan(encoder: nn.Module) -> Plan:
     hit = _PLANS.get(encoder)
     if hit is not None and all(w._version == v and w.data_ptr() == p for w, v, p in hit.made):
         return hit
-    if not _HOOKS:
-        mm = nn.modules.module
-        for register in (
-            mm.register_module_parameter_registration_hook,
-            mm.register_module_buffer_registration_hook,
-            mm.register_module_module_registration_hook,
-        ):
-            _HOOKS.append(register(_forget))
+    on_registration(_forget)
     norms = [(n.weight, n.bias, n.eps) for n in [b.norm1 for b in encoder.blocks] + [encoder.norm]]
     # Watched: the first norm's weight (a move or a dtype change replaces every tensor's
     # storage, with or without feed-forwards) and each weight copied transposed.

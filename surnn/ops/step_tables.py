@@ -15,7 +15,7 @@ anything is registered on it (nn.Module's global registration hooks, installed a
 first listing: a parameter, buffer or child assigned, a checkpoint loaded with
 ``assign=True``) or when the device or dtype asked changes (a move that replaces the
 tensors); a module with children has its tree's listed at every key. Imports nothing
-beyond torch.
+beyond torch (and surnn.utils).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+
+from surnn.utils import on_registration
 
 Build = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -44,7 +46,6 @@ _TABLES: weakref.WeakKeyDictionary[nn.Module, dict[str, Table]] = weakref.WeakKe
 # owner without children -> ((device, dtype), its parameters and buffers) as last listed;
 # an entry leaves when anything is registered on its owner, or with the owner.
 _LISTED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
-_HOOKS: list = []  # the registration hooks' handles, once installed
 # id of each served view of g -> [weak reference to it, its active view, rates or None];
 # an entry leaves when its view is freed (its table rebuilt or its owner gone).
 _SERVED: dict[int, list] = {}
@@ -62,14 +63,7 @@ def _tensors(module: nn.Module, device=None, dtype=None) -> tuple[torch.Tensor, 
     listed = _LISTED.get(module)
     if listed is not None and listed[0] == (device, dtype):
         return listed[1]
-    if not _HOOKS:
-        mm = nn.modules.module
-        for register in (
-            mm.register_module_parameter_registration_hook,
-            mm.register_module_buffer_registration_hook,
-            mm.register_module_module_registration_hook,
-        ):
-            _HOOKS.append(register(_relist))
+    on_registration(_relist)
     leaf = next(module.children(), None) is None  # a gate: its own tensors, no tree walk
     state = (*module.parameters(recurse=not leaf), *module.buffers(recurse=not leaf))
     if leaf:  # a registration on a child calls the hook with the child, not this module
