@@ -1,6 +1,7 @@
 """The cases ``scripts/bench_checkpoint.py`` times on a trained model: the same weights in
 torch.nn.GRU (``with_nn_gru``), the dense parts under torch.compile (``with_dense_compiled``),
-and ``Clock``, which times a model's passes and its recurrent layers within them."""
+how a fused model's outputs compare with the eager one's (``agreement``), and ``Clock``,
+which times a model's passes and its recurrent layers within them."""
 
 from __future__ import annotations
 
@@ -54,6 +55,20 @@ def with_nn_gru(model: nn.Module) -> nn.Module:
         if isinstance(getattr(m, "rnn", None), SelectiveUpdateGRU):
             m.rnn = DenseGRU(m.rnn)
     return dense
+
+
+def agreement(fused, eager, batches) -> dict:
+    """How the fused model's outputs compare with the eager one's over ``batches``: the
+    largest absolute difference and, for class scores, how many predictions agree."""
+    diff, same, total = 0.0, 0, 0
+    with torch.no_grad():
+        for b in batches:
+            f, e = fused(b)[0], eager(b)[0]
+            diff = max(diff, float((f - e).abs().max()))
+            if f.dim() >= 2:
+                same += int((f.argmax(-1) == e.argmax(-1)).sum())
+                total += f.argmax(-1).numel()
+    return {"max_abs_diff": diff, "predictions_agree": same if total else None, "of": total}
 
 
 class _Timed:
