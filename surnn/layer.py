@@ -12,8 +12,9 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from surnn.checks import at_least, between, one_of
 from surnn.errors import ConfigError
 from surnn.gates import build_gate, forced_open
-from surnn.ops import IMPLS, resolve_impl, su_gru, update_rates
-from surnn.utils import valid_mask
+from surnn.ops import IMPLS, compiled, resolve_impl, su_gru, update_rates
+from surnn.ops.compiled import plain_call
+from surnn.utils import closes_nothing, valid_mask
 
 
 class LastCall(NamedTuple):
@@ -122,6 +123,13 @@ class SelectiveUpdateGRU(nn.Module):
                 g.enable_rate_control()
         self.reset_parameters()
         self.last = LastCall([], [], [], None)
+        # each layer's parameter names, in layer_weights' order (None: no biases)
+        self._names = [
+            (f"weight_ih_l{k}", f"weight_hh_l{k}")
+            + ((f"bias_ih_l{k}", f"bias_hh_l{k}") if bias else ("", ""))
+            for k in range(num_layers)
+        ]
+        self._kept = None  # (served gate views, their LastCall): _served_last's
 
     def reset_parameters(self) -> None:
         std = 1.0 / math.sqrt(self.hidden_size)
@@ -161,6 +169,10 @@ class SelectiveUpdateGRU(nn.Module):
     ) -> tuple[torch.Tensor | PackedSequence, torch.Tensor]:
         """``t0``: the time of the first step for the gates (the steps already read when a
         long stream is fed in windows with the state carried over; 0 otherwise)."""
+        if not t0 and not torch.is_grad_enabled():
+            res = self._infer(input, hx, lengths)
+            if res is not None:
+                return res
         packed = isinstance(input, PackedSequence)
         if packed:  # padded, in the caller's batch order (as hx and h_n are)
             x, lengths = pad_packed_sequence(input, batch_first=True)
@@ -190,6 +202,53 @@ class SelectiveUpdateGRU(nn.Module):
         if packed:  # packed as the input was: its length order and batch permutation
             return _pack_like(input, x, lengths), h_n
         return (x if self.batch_first else x.transpose(0, 1)), h_n
+
+    def _infer(self, x, hx, lengths):
+        """Inference of an unpadded batch (``lengths`` None or closing no step) with
+        time-only gates on the compiled CPU kernel: each gate served from its table, one C++
+        call per layer, and the previous ``LastCall`` kept while every gate serves the same
+        views. None where the general path runs: another input, device, dtype or kernel, a
+        dispatch mode (FlopCounterMode) or a torch.compile trace, per-sample gates, dropout
+        or a rate penalty in training. Same outputs and ``last`` as the general path with
+        less Python around the kernel: at batch 1 that Python costs more than a short
+        sequence's sweep, and after a long one (its caches evicted) ~0.1 ms a call."""
+        if type(x) is not torch.Tensor or x.dim() != 3 or 0 in x.shape[:2]:
+            return None
+        if lengths is not None and not closes_nothing(lengths, x.shape[int(self.batch_first)]):
+            return None
+        if self.training and (self.rate_penalty > 0 or self.dropout and self.num_layers > 1):
+            return None
+        if resolve_impl(self.impl, x.device, x.dtype) != "compiled" or not plain_call(x, hx):
+            return None
+        gates = self.gates
+        for gate in gates:
+            if not gate.time_only:
+                return None
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        T, nthreads, params = x.shape[1], torch.get_num_threads(), self._parameters
+        served, hs = [], []
+        for k, gate in enumerate(gates):
+            g, active = gate(T, x, device=x.device, dtype=x.dtype)
+            served.append((g, active))
+            w = [params.get(name) for name in self._names[k]]
+            x, h = compiled.infer(x, None if hx is None else hx[k], *w, g, active, nthreads)
+            hs.append(h)
+        self.last = self._served_last(served)
+        h_n = hs[0].unsqueeze(0) if len(hs) == 1 else torch.stack(hs)
+        return (x if self.batch_first else x.transpose(0, 1)), h_n
+
+    def _served_last(self, served: list) -> LastCall:
+        """The ``LastCall`` of gates served as ``served`` [(g, active)]: the previous one
+        when the views are the same objects (their rates are computed once per view)."""
+        kept = self._kept
+        same = kept is not None and len(kept[0]) == len(served)
+        if same and all(a[0] is b[0] for a, b in zip(kept[0], served)):
+            return kept[1]
+        rates = [update_rates(g, active) for g, active in served]
+        last = LastCall([g for g, _ in served], [r for r, _ in rates], [a for _, a in rates], None)
+        self._kept = (served, last)
+        return last
 
 
 def _pack_like(input: PackedSequence, x: torch.Tensor, lengths: torch.Tensor) -> PackedSequence:

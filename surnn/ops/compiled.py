@@ -20,7 +20,7 @@ from torch.utils.flop_counter import register_flop_formula
 # The extension's loading, re-exported: surnn.ops.compiled is the kernel's one entry point.
 from surnn.ops.compiled_build import _STATE, available, load
 
-__all__ = ["_STATE", "available", "load", "su_gru_compiled"]
+__all__ = ["_STATE", "available", "infer", "load", "plain_call", "su_gru_compiled"]
 
 
 # ------------------------------------------------------------------ the ops
@@ -240,7 +240,7 @@ def _(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, lengths):
     return x.new_empty(B, T, H), x.new_empty(B, H)
 
 
-def _plain_call(tensors) -> bool:
+def plain_call(*tensors) -> bool:
     """True when nothing has to see the inference call as an operator: no dispatch mode
     (FlopCounterMode, fake tensors), no torch.compile trace, plain tensors or parameters.
     Then ``_infer_op``'s extension function is called directly: the custom op's dispatch
@@ -255,6 +255,12 @@ def _plain_call(tensors) -> bool:
         and depth() == 0
         and all(t is None or type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
     )
+
+
+def infer(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, nthreads: int):
+    """(out [B,T,H], h_T [B,H]) of an unpadded inference call, straight to the extension
+    (the caller checked ``plain_call``; ``_infer_op`` is the same call as an operator)."""
+    return _STATE["ext"].infer(x, h0, w_ih, w_hh, b_ih, b_hh, g, active, None, nthreads)
 
 
 def _executed(off: torch.Tensor, bs: torch.Tensor) -> int:
@@ -295,7 +301,7 @@ def su_gru_compiled(
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if not grad:  # one C++ call, padded batches included
         args = (*tensors, active, lengths)
-        if _plain_call(args):
+        if plain_call(*args):
             return _STATE["ext"].infer(*args, torch.get_num_threads())
         return _infer_op(*args)
     if h0 is None:

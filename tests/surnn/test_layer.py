@@ -261,3 +261,115 @@ def test_eval_rates_from_the_gate_table_follow_the_weights():
     with torch.no_grad():
         layer(x, lengths=torch.tensor([30]))  # full lengths: the same path
     assert [float(r) for r in layer.last_update_rate] == second
+
+
+needs_kernel = pytest.mark.skipif(not compiled.available(), reason="no compiled CPU kernel")
+
+
+def _spy_fast_path(monkeypatch) -> list:
+    """Records each call of the layer's inference path to the kernel (``compiled.infer``)."""
+    calls, real = [], compiled.infer
+    monkeypatch.setattr(compiled, "infer", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("layers,bias,hx", [(1, True, False), (2, False, True), (2, True, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_inference_path_equals_the_general_path(
+    batch_first, layers, bias, hx, dtype, monkeypatch
+):
+    """Inference of an unpadded batch goes straight to the kernel, one call per layer: the
+    same outputs, final states and ``last`` as the general path, bit for bit."""
+    torch.manual_seed(0)
+    gate = {"kind": "rhythm", "init_rate": 0.3}
+    layer = SelectiveUpdateGRU(5, 12, layers, bias=bias, batch_first=batch_first, gate=gate)
+    layer = layer.to(dtype).eval()
+    x = torch.randn(3, 17, 5, dtype=dtype)
+    x = x if batch_first else x.transpose(0, 1)
+    h0 = torch.randn(layers, 3, 12, dtype=dtype) if hx else None
+    calls = _spy_fast_path(monkeypatch)
+    with torch.no_grad():
+        fast, last = layer(x, h0), layer.last
+    assert len(calls) == layers
+    monkeypatch.setattr(SelectiveUpdateGRU, "_infer", lambda *a: None)
+    with torch.no_grad():
+        ref = layer(x, h0)
+    assert len(calls) == layers  # the general path does not take it
+    assert torch.equal(fast[0], ref[0]) and torch.equal(fast[1], ref[1])
+    assert last.aux_loss is None and layer.last.aux_loss is None
+    for got, want in zip(last[:3], layer.last[:3]):
+        assert len(got) == len(want) == layers
+        assert all(torch.equal(a, b) and not a.requires_grad for a, b in zip(got, want))
+
+
+@needs_kernel
+def test_the_inference_path_keeps_last_while_the_gates_serve_the_same_views():
+    """The previous ``LastCall`` is kept while every gate serves the same table views; a
+    weight change or another length gives new views and fresh rates."""
+    torch.manual_seed(0)
+    layer = SelectiveUpdateGRU(4, 16, 2, batch_first=True, gate={"kind": "rhythm"}).eval()
+    x = torch.randn(1, 30, 4)
+    with torch.no_grad():
+        layer(x)
+        first = layer.last
+        layer(x)
+        assert layer.last is first
+        layer.gates[1].bias.add_(2.0)  # an optimizer step: more neurons open
+        layer(x)
+        assert layer.last is not first
+        assert float(layer.last.update_rate[1]) > float(first.update_rate[1])
+        layer(x[:, :20])
+        for k, gate in enumerate(layer.gates):
+            g, a = gate.gate(20, None, None, torch.float32, 0)
+            assert torch.equal(layer.last.gate[k], g)
+            assert torch.equal(layer.last.update_rate[k], g.float().mean())
+            assert torch.equal(layer.last.active_rate[k], a.float().mean())
+
+
+@needs_kernel
+def test_the_general_path_runs_where_the_inference_path_does_not_apply(monkeypatch):
+    """Gradients, padding that closes steps, packed input, a gate clock (t0), another
+    kernel, a per-sample gate, a dispatch mode (FLOP counting), and dropout or a rate
+    penalty in training all take the general path; lengths that close nothing do not."""
+    torch.manual_seed(0)
+    x, lens = torch.randn(2, 9, 4), torch.tensor([9, 5])
+
+    def layer(**kw):
+        gate = kw.pop("gate", {"kind": "rhythm"})
+        return SelectiveUpdateGRU(4, 8, batch_first=True, gate=gate, **kw).eval()
+
+    general = {
+        "grad": lambda: layer()(x),
+        "lengths": lambda: layer()(x, lengths=lens),
+        "packed": lambda: layer()(pack_padded_sequence(x, lens, batch_first=True)),
+        "t0": lambda: layer()(x, t0=3),
+        "cpu": lambda: layer(impl="cpu")(x),
+        "content": lambda: layer(gate={"kind": "content"})(x),
+        "flops": lambda: _counted(layer(), x),
+        "dropout": lambda: layer(num_layers=2, dropout=0.5).train()(x),
+        "penalty": lambda: layer(
+            gate={"kind": "rhythm", "target_rate": 0.2, "rate_penalty": 1.0}
+        ).train()(x),
+    }
+    calls = _spy_fast_path(monkeypatch)
+    for name, run in general.items():
+        if name == "grad":
+            run()
+        else:
+            with torch.no_grad():
+                run()
+        assert calls == [], name
+    with torch.no_grad():
+        layer()(x, lengths=torch.tensor([9, 9]))
+        layer(num_layers=2, dropout=0.5)(x)  # eval: no dropout
+    assert calls == [1, 1, 1]
+
+
+def _counted(module, x):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        module(x)
+    assert fc.get_total_flops() > 0
