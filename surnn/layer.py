@@ -12,7 +12,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from surnn.checks import at_least, between, one_of
 from surnn.errors import ConfigError
 from surnn.gates import build_gate, forced_open
-from surnn.ops import IMPLS, compiled, resolve_impl, su_gru, update_rates
+from surnn.ops import IMPLS, compiled, resolve_impl, step_tables, su_gru, update_rates
 from surnn.ops.compiled import plain_call
 from surnn.utils import closes_nothing, valid_mask
 
@@ -205,9 +205,9 @@ class SelectiveUpdateGRU(nn.Module):
 
     def _infer(self, x, hx, lengths):
         """Inference of an unpadded batch (``lengths`` None or closing no step) with
-        time-only gates on the compiled CPU kernel: each gate served from its table, one C++
-        call per layer, and the previous ``LastCall`` kept while every gate serves the same
-        views. None where the general path runs: another input, device, dtype or kernel, a
+        time-only gates on the compiled CPU kernel: each gate served from its table with its
+        step plan (``compiled.step_plan``, made once per table view), one C++ call per layer,
+        and the previous ``LastCall`` kept while every gate serves the same views. None where the general path runs: another input, device, dtype or kernel, a
         dispatch mode (FlopCounterMode) or a torch.compile trace, per-sample gates, dropout
         or a rate penalty in training. Same outputs and ``last`` as the general path with
         less Python around the kernel: at batch 1 that Python costs more than a short
@@ -231,11 +231,16 @@ class SelectiveUpdateGRU(nn.Module):
         for k, gate in enumerate(gates):
             g, active = gate(T, x, device=x.device, dtype=x.dtype)
             served.append((g, active))
-            w = [params.get(name) for name in self._names[k]]
-            x, h = compiled.infer(x, None if hx is None else hx[k], *w, g, active, nthreads)
+            w, h0 = [params.get(name) for name in self._names[k]], None if hx is None else hx[k]
+            plan = step_tables.served_extra(g, "step_plan", compiled.step_plan)
+            if plan is None:  # a gate whose forward is its own (no table)
+                x, h = compiled.infer(x, h0, *w, g, active, nthreads)
+                h = h.unsqueeze(0)
+            else:  # h: [1, B, H]
+                x, h = compiled.infer_plan(x, h0, *w, plan, nthreads)
             hs.append(h)
         self.last = self._served_last(served)
-        h_n = hs[0].unsqueeze(0) if len(hs) == 1 else torch.stack(hs)
+        h_n = hs[0] if len(hs) == 1 else torch.cat(hs)
         return (x if self.batch_first else x.transpose(0, 1)), h_n
 
     def _served_last(self, served: list) -> LastCall:

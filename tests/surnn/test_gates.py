@@ -304,6 +304,31 @@ def test_served_rates_only_for_what_a_table_served():
         assert gate(40, None, dtype=torch.float32)[0] is g  # the learned table again
 
 
+def test_served_extra_is_built_once_per_view():
+    """``served_extra`` builds once per served view and name (a new table after a weight
+    change gives new views, so a new build) and nothing for any other tensor."""
+    from surnn.ops.step_tables import served_extra
+
+    torch.manual_seed(0)
+    gate = build_gate(16, 16, {"kind": "rhythm"})
+    builds = []
+
+    def build(g, active):
+        builds.append((g, active))
+        return len(builds)
+
+    with torch.no_grad():
+        g, a = gate(40, None, dtype=torch.float32)
+        assert served_extra(g, "x", build) == served_extra(g, "x", build) == 1
+        assert builds[0][0] is g and builds[0][1] is a  # the view and its active view
+        assert served_extra(g, "y", build) == 2  # another name
+        assert served_extra(g.clone(), "x", build) is None  # not a table view
+        assert served_extra(gate(20, None, dtype=torch.float32)[0], "x", build) == 3
+        gate.bias.add_(1.0)  # a new table, new views
+        assert served_extra(gate(40, None, dtype=torch.float32)[0], "x", build) == 4
+    assert len(builds) == 4
+
+
 def test_the_gate_table_is_not_used_with_gradients_or_a_later_window():
     torch.manual_seed(0)
     gate = build_gate(8, 8, {"kind": "rhythm"})

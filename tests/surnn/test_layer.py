@@ -267,9 +267,13 @@ needs_kernel = pytest.mark.skipif(not compiled.available(), reason="no compiled 
 
 
 def _spy_fast_path(monkeypatch) -> list:
-    """Records each call of the layer's inference path to the kernel (``compiled.infer``)."""
-    calls, real = [], compiled.infer
-    monkeypatch.setattr(compiled, "infer", lambda *a: calls.append(1) or real(*a))
+    """Records each call of the layer's inference path to the kernel: ``compiled.infer_plan``
+    with a served gate's step plan (1), ``compiled.infer`` without one (2)."""
+    calls = []
+    for name, tag in (("infer_plan", 1), ("infer", 2)):
+        real = getattr(compiled, name)
+        spy = lambda *a, real=real, tag=tag: calls.append(tag) or real(*a)  # noqa: E731
+        monkeypatch.setattr(compiled, name, spy)
     return calls
 
 
@@ -292,11 +296,15 @@ def test_the_inference_path_equals_the_general_path(
     calls = _spy_fast_path(monkeypatch)
     with torch.no_grad():
         fast, last = layer(x, h0), layer.last
-    assert len(calls) == layers
+        gate = layer.gates[0]  # a gate served without a table: the kernel gets g itself
+        monkeypatch.setattr(gate, "_from_table", lambda T, d, dt: gate.gate(T, None, d, dt, 0))
+        unserved = layer(x, h0)
+    assert calls == [1] * layers + [2] + [1] * (layers - 1)
     monkeypatch.setattr(SelectiveUpdateGRU, "_infer", lambda *a: None)
     with torch.no_grad():
         ref = layer(x, h0)
-    assert len(calls) == layers  # the general path does not take it
+    assert len(calls) == 2 * layers  # the general path does not take it
+    assert torch.equal(unserved[0], ref[0]) and torch.equal(unserved[1], ref[1])
     assert torch.equal(fast[0], ref[0]) and torch.equal(fast[1], ref[1])
     assert last.aux_loss is None and layer.last.aux_loss is None
     for got, want in zip(last[:3], layer.last[:3]):

@@ -24,7 +24,7 @@ void check(const torch::Tensor& t, const char* name, c10::ScalarType dt) {
 // accepts: active [T,H] with a per-sample g, g [1,T,H], lengths [1]) or a plan that is not
 // plan()'s would otherwise be read or written out of bounds.
 void check_dims(const torch::Tensor& x, const torch::Tensor& h0, const torch::Tensor& wih,
-                const torch::Tensor& whh, const torch::Tensor& g) {
+                const torch::Tensor& whh, torch::IntArrayRef g) {
   TORCH_CHECK(x.dim() == 3 && h0.dim() == 2 && h0.size(0) == x.size(0),
               "su_gru_compiled: expected x [B,T,D] and h0 [B,H], got ", x.sizes(), " and ",
               h0.sizes());
@@ -33,15 +33,14 @@ void check_dims(const torch::Tensor& x, const torch::Tensor& h0, const torch::Te
                   whh.sizes() == torch::IntArrayRef({3 * H, H}),
               "su_gru_compiled: expected w_ih [3H,D] and w_hh [3H,H], got ", wih.sizes(),
               " and ", whh.sizes());
-  TORCH_CHECK(g.sizes() == torch::IntArrayRef({Tn, H}) ||
-                  g.sizes() == torch::IntArrayRef({B, Tn, H}),
-              "su_gru_compiled: expected g [T,H] or [B,T,H] (no broadcasting), got ", g.sizes());
+  TORCH_CHECK(g == torch::IntArrayRef({Tn, H}) || g == torch::IntArrayRef({B, Tn, H}),
+              "su_gru_compiled: expected g [T,H] or [B,T,H] (no broadcasting), got ", g);
 }
 
 void check_shapes(const torch::Tensor& x, const torch::Tensor& h0, const torch::Tensor& wih,
                   const torch::Tensor& whh, const torch::Tensor& g, const torch::Tensor& idx,
                   const torch::Tensor& off, const torch::Tensor& bs) {
-  check_dims(x, h0, wih, whh, g);
+  check_dims(x, h0, wih, whh, g.sizes());
   const int64_t B = x.size(0), Tn = x.size(1), H = h0.size(1);
   TORCH_CHECK(idx.scalar_type() == torch::kInt32 && off.scalar_type() == torch::kInt64 &&
                   bs.scalar_type() == torch::kInt32 && idx.is_contiguous() &&
@@ -225,6 +224,47 @@ std::vector<torch::Tensor> plan(torch::Tensor g, torch::Tensor active, torch::Te
 // through a permutation (no sorted copies of x and out), and a sample past its length
 // keeps its state. At batch 1 the ATen and Python steps of the general path cost about as much as
 // the kernel's sparse sweep; at B=250 the sorted copies cost a fifth of it.
+// An inference call's layer arguments as the kernel takes them: contiguous, of x's dtype
+// (float32 or float64), absent h0 as zeros and absent biases as zeros; shapes checked
+// against g's (the [T,H] or [B,T,H] gate, or a plan's [T,H]).
+struct LayerArgs {
+  torch::Tensor x, h0, wih, whh, bih, bhh;
+};
+LayerArgs layer_args(torch::Tensor x, const c10::optional<torch::Tensor>& h0_or_zeros,
+                     torch::Tensor wih, torch::Tensor whh,
+                     const c10::optional<torch::Tensor>& bih,
+                     const c10::optional<torch::Tensor>& bhh, torch::IntArrayRef g) {
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(dt == torch::kFloat32 || dt == torch::kFloat64,
+              "su_gru_compiled: float32 or float64 input expected, got ", dt);
+  TORCH_CHECK(x.dim() == 3 && whh.dim() == 2,
+              "su_gru_compiled: expected x [B,T,D] and w_hh [3H,H]");
+  LayerArgs a;
+  a.x = x.contiguous();
+  a.wih = wih.contiguous();
+  a.whh = whh.contiguous();
+  a.h0 = h0_or_zeros.has_value() ? h0_or_zeros->contiguous()
+                                 : torch::zeros({x.size(0), whh.size(1)}, x.options());
+  check_dims(a.x, a.h0, a.wih, a.whh, g);
+  const int64_t H = a.h0.size(1);
+  auto bias = [&](const c10::optional<torch::Tensor>& b) {
+    if (!b.has_value()) return torch::zeros({3 * H}, x.options());
+    TORCH_CHECK(b->numel() == 3 * H, "su_gru_compiled: biases [3H]");
+    return b->contiguous();
+  };
+  a.bih = bias(bih);
+  a.bhh = bias(bhh);
+  for (auto* p : {&a.x, &a.h0, &a.wih, &a.whh, &a.bih, &a.bhh}) check(*p, "su_gru_compiled", dt);
+  return a;
+}
+
+// h_T [B,H]: each sample's last output row.
+template <typename T>
+void last_rows(const T* o, T* h, int B, int Tn, int H) {
+  for (int b = 0; b < B; ++b)
+    std::memcpy(h + (int64_t)b * H, o + ((int64_t)b * Tn + Tn - 1) * H, sizeof(T) * H);
+}
+
 std::vector<torch::Tensor> infer(torch::Tensor x, c10::optional<torch::Tensor> h0_or_zeros,
                                  torch::Tensor wih, torch::Tensor whh,
                                  c10::optional<torch::Tensor> bih,
@@ -234,32 +274,18 @@ std::vector<torch::Tensor> infer(torch::Tensor x, c10::optional<torch::Tensor> h
   const auto dt = x.scalar_type();
   TORCH_CHECK(dt == torch::kFloat32 || dt == torch::kFloat64,
               "su_gru_compiled: float32 or float64 input expected, got ", dt);
-  x = x.contiguous();
-  wih = wih.contiguous();
-  whh = whh.contiguous();
   g = g.to(dt).contiguous();
-  TORCH_CHECK(x.dim() == 3 && whh.dim() == 2,
-              "su_gru_compiled: expected x [B,T,D] and w_hh [3H,H]");
-  torch::Tensor h0 = h0_or_zeros.has_value()
-                         ? h0_or_zeros->contiguous()
-                         : torch::zeros({x.size(0), whh.size(1)}, x.options());
-  check_dims(x, h0, wih, whh, g);
-  const int B = x.size(0), Tn = x.size(1), D = x.size(2), H = h0.size(1);
-  auto bias = [&](const c10::optional<torch::Tensor>& b) {
-    if (!b.has_value()) return torch::zeros({3 * H}, x.options());
-    TORCH_CHECK(b->numel() == 3 * H, "su_gru_compiled: biases [3H]");
-    return b->contiguous();
-  };
-  torch::Tensor bi = bias(bih), bh = bias(bhh);
+  LayerArgs a = layer_args(x, h0_or_zeros, wih, whh, bih, bhh, g.sizes());
   const torch::Tensor none = torch::empty({0}, torch::kInt64);  // plan(): empty = absent
   const torch::Tensor act = active.has_value() ? active->to(torch::kBool).contiguous() : none;
   const torch::Tensor lens = lengths.has_value()
                                  ? lengths->to(torch::kCPU, torch::kInt64).contiguous()
                                  : none;
-  for (auto* p : {&x, &h0, &wih, &whh, &bi, &bh, &g}) check(*p, "su_gru_compiled", dt);
+  check(g, "su_gru_compiled", dt);
+  const int B = a.x.size(0), Tn = a.x.size(1), D = a.x.size(2), H = a.h0.size(1);
   check_plan_inputs(g, act, lens, B);
-  auto out = torch::empty({B, Tn, H}, x.options());
-  auto hT = torch::empty({B, H}, x.options());
+  auto out = torch::empty({B, Tn, H}, a.x.options());
+  auto hT = torch::empty({B, H}, a.x.options());
   if (out.numel() == 0) return {out, hT};
   const bool padded = lens.numel() > 0;
   std::vector<int> perm(padded ? B : 0), bs(padded ? Tn : 0);
@@ -276,15 +302,89 @@ std::vector<torch::Tensor> infer(torch::Tensor x, c10::optional<torch::Tensor> h
   const int64_t gb = per_sample ? (int64_t)Tn * H : 0;
   AT_DISPATCH_FLOATING_TYPES(dt, "su_gru_compiled_infer", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
-    forward_impl<scalar_t>(x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
-                           wih.data_ptr<scalar_t>(), whh.data_ptr<scalar_t>(),
-                           bi.data_ptr<scalar_t>(), bh.data_ptr<scalar_t>(),
+    forward_impl<scalar_t>(a.x.data_ptr<scalar_t>(), a.h0.data_ptr<scalar_t>(),
+                           a.wih.data_ptr<scalar_t>(), a.whh.data_ptr<scalar_t>(),
+                           a.bih.data_ptr<scalar_t>(), a.bhh.data_ptr<scalar_t>(),
                            g.data_ptr<scalar_t>(), gb, ids, off.data(), running, mask,
                            padded ? perm.data() : nullptr, o, nullptr, B, Tn, D, H,
                            static_cast<int>(nthreads));
-    scalar_t* h = hT.data_ptr<scalar_t>();
-    for (int b = 0; b < B; ++b)
-      std::memcpy(h + (int64_t)b * H, o + ((int64_t)b * Tn + Tn - 1) * H, sizeof(scalar_t) * H);
+    last_rows(o, hT.data_ptr<scalar_t>(), B, Tn, H);
+  });
+  return {out, hT};
+}
+
+// A time-only gate's steps as the kernel runs them, made once per table view that
+// surnn/ops/step_tables.py serves and checked here once: the neurons each step computes
+// (g != 0 or active; none kept when every step computes every neuron with g = 1) and a copy
+// of g when some listed neuron's value is not 1. Inference with it (infer_plan) reads
+// neither g nor the mask per step and lists no neurons: for a served gate, the work of a
+// step is its neurons' and the output row's.
+struct StepPlan {
+  int64_t T = 0, H = 0, nnz = 0;
+  bool every = false;
+  std::vector<int> idx;
+  std::vector<int64_t> off;
+  torch::Tensor g;  // undefined: g is 1 at every listed neuron
+};
+
+StepPlan make_plan(torch::Tensor g, c10::optional<torch::Tensor> active) {
+  TORCH_CHECK(g.dim() == 2 && (g.scalar_type() == torch::kFloat32 ||
+                               g.scalar_type() == torch::kFloat64),
+              "StepPlan: expected a time-only gate g [T,H] of float32 or float64, got ",
+              g.sizes(), " ", g.scalar_type());
+  g = g.contiguous();
+  const torch::Tensor none = torch::empty({0}, torch::kInt64);
+  const torch::Tensor act = active.has_value() ? active->to(torch::kBool).contiguous() : none;
+  check_plan_inputs(g, act, none, 1);
+  StepPlan p;
+  p.T = g.size(0);
+  p.H = g.size(1);
+  p.off.resize(p.T + 1);
+  std::vector<int> bs(p.T);
+  const int* ids = run_plan(g, act, none, 1, p.off.data(), bs.data());
+  p.nnz = p.off[p.T];
+  bool unit = true;
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "su_gru_step_plan", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    for (int64_t t = 0; t < p.T; ++t)
+      for (int64_t j = p.off[t]; j < p.off[t + 1]; ++j) unit &= gp[t * p.H + ids[j]] == 1;
+  });
+  p.every = unit && p.nnz == p.T * p.H;
+  if (!p.every) p.idx.assign(ids, ids + p.nnz);
+  if (!unit) p.g = g.clone();  // its own copy: the plan stays what it was checked as
+  return p;
+}
+
+// Inference of an unpadded batch with a step plan (make_plan): (out [B,T,H], h_T [1,B,H],
+// a one-layer h_n as the layer returns it), the same arithmetic as infer() with the plan's
+// gate.
+std::vector<torch::Tensor> infer_plan(torch::Tensor x, c10::optional<torch::Tensor> h0_or_zeros,
+                                      torch::Tensor wih, torch::Tensor whh,
+                                      c10::optional<torch::Tensor> bih,
+                                      c10::optional<torch::Tensor> bhh, const StepPlan& plan,
+                                      int64_t nthreads) {
+  const auto dt = x.scalar_type();
+  TORCH_CHECK(x.dim() == 3 && x.size(1) == plan.T,
+              "su_gru_compiled: the plan is for T=", plan.T, ", got x ", x.sizes());
+  TORCH_CHECK(!plan.g.defined() || plan.g.scalar_type() == dt,
+              "su_gru_compiled: the plan's gate is ", plan.g.defined() ? plan.g.scalar_type() : dt,
+              ", the input ", dt);
+  LayerArgs a = layer_args(x, h0_or_zeros, wih, whh, bih, bhh, {plan.T, plan.H});
+  const int B = a.x.size(0), Tn = a.x.size(1), D = a.x.size(2), H = a.h0.size(1);
+  auto out = torch::empty({B, Tn, H}, a.x.options());
+  auto hT = torch::empty({1, B, H}, a.x.options());
+  if (out.numel() == 0) return {out, hT};
+  static const int kNoIds = 0;  // a plan that lists nothing still passes a plan (not null)
+  const int* ids = plan.every ? nullptr : plan.idx.empty() ? &kNoIds : plan.idx.data();
+  AT_DISPATCH_FLOATING_TYPES(dt, "su_gru_compiled_infer_plan", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    forward_impl<scalar_t>(a.x.data_ptr<scalar_t>(), a.h0.data_ptr<scalar_t>(),
+                           a.wih.data_ptr<scalar_t>(), a.whh.data_ptr<scalar_t>(),
+                           a.bih.data_ptr<scalar_t>(), a.bhh.data_ptr<scalar_t>(),
+                           plan.g.defined() ? plan.g.data_ptr<scalar_t>() : nullptr, 0,
+                           ids, plan.off.data(), nullptr,
+                           nullptr, nullptr, o, nullptr, B, Tn, D, H, static_cast<int>(nthreads));
+    last_rows(o, hT.data_ptr<scalar_t>(), B, Tn, H);
   });
   return {out, hT};
 }
@@ -296,6 +396,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("plan", &plan, "active neurons per step (union over running samples)");
   m.def("backward", &backward, "selective-update GRU backward (whole reverse sweep)");
   m.def("infer", &infer, "selective-update GRU inference: plan and forward in one call");
+  py::class_<StepPlan>(m, "StepPlan", "a time-only gate's steps as the kernel runs them")
+      .def(py::init(&make_plan), py::arg("g"), py::arg("active") = py::none())
+      .def_readonly("T", &StepPlan::T)
+      .def_readonly("H", &StepPlan::H)
+      .def_readonly("nnz", &StepPlan::nnz)
+      .def_readonly("every", &StepPlan::every)
+      .def_property_readonly("unit", [](const StepPlan& p) { return !p.g.defined(); });
+  m.def("infer_plan", &infer_plan, "selective-update GRU inference with a StepPlan");
   m.def("dense_embed", &surnn::dense_embed, "embedding rows and their norm (fused dense parts)");
   m.def("dense_norm", &surnn::dense_norm, "layer norm over the last dim (fused dense parts)");
   m.def("dense_tail", &surnn::dense_tail, "a block after its mixer: residual, GLU, the next norm");

@@ -8,7 +8,10 @@
 // dotted against x[b, t] and h[b, t-1] for every running sample b, then the GRU pointwise
 // math and the state carry h_t = h_{t-1} + g * (f - h_{t-1}) are applied. Closed neurons
 // copy their state. Inference with a time-only gate needs no plan: idx is null and each
-// step lists its neurons from its own row of g (and of the active mask) as it starts.
+// step lists its neurons from its own row of g (and of the active mask) as it starts. A
+// gate served from a table comes with its plan made once (su_gru_bind.cpp's StepPlan):
+// then g is read only where some listed value is not 1, and a gate open everywhere lists
+// nothing (idx and g null).
 //
 // Parallelism: threads split the batch (blocks of 4 samples, dealt round-robin so that
 // the length-sorted batch stays balanced). A sample's recurrence only reads its own
@@ -336,10 +339,12 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
   // runs every step). perm (inference only; null: the identity) maps a sample's place in
   // the length-sorted order to its row of x, h0, out and a per-sample g, so that a padded
   // batch runs in the caller's order without sorted copies.
-  const bool fused = idx == nullptr;
+  // With neither idx nor g (inference, a gate open everywhere) every step computes every
+  // neuron, g taken as 1. With idx and no g, g is 1 wherever the plan lists a neuron.
+  const bool fused = idx == nullptr && g != nullptr, every = idx == nullptr && g == nullptr;
   const int nt = n_threads(B, nthreads);
-  int64_t amax = fused ? H : 0;
-  for (int t = 0; t < Tn && !fused; ++t) amax = std::max(amax, off[t + 1] - off[t]);
+  int64_t amax = idx ? 0 : H;
+  for (int t = 0; t < Tn && idx; ++t) amax = std::max(amax, off[t + 1] - off[t]);
   // Workspaces are allocated here, outside the parallel region (an exception cannot
   // leave an OpenMP region: it would abort the process instead of raising in Python).
   std::vector<std::vector<int>> samples(nt);
@@ -357,7 +362,8 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
   std::vector<std::vector<T>> states(nt);
   std::vector<std::vector<int>> rows(nt);  // the row of each of my samples (perm)
   for (int tid = 0; tid < nt; ++tid) {
-    if (fused) step_ids[tid].resize(H + 8);
+    if (!idx) step_ids[tid].resize(H + 8);
+    for (int i = 0; i < H && every; ++i) step_ids[tid][i] = i;
     samples[tid] = my_samples(B, tid, nt);
     rows[tid] = rows_of(samples[tid], perm);
     const size_t nm = samples[tid].size();
@@ -427,11 +433,12 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
         }
       }
       if (nv == 0) continue;
-      const int* ids = fused ? step_ids[tid].data() : idx + off[t];
+      const int* ids = idx ? idx + off[t] : step_ids[tid].data();
       const int A = static_cast<int>(
-          fused ? scan_row<T>(g + (int64_t)t * H, mask ? mask + (int64_t)t * H : nullptr, H,
-                              step_ids[tid].data(), 0)
-                : off[t + 1] - off[t]);
+          fused   ? scan_row<T>(g + (int64_t)t * H, mask ? mask + (int64_t)t * H : nullptr, H,
+                                step_ids[tid].data(), 0)
+          : every ? H
+                  : off[t + 1] - off[t]);
       if (A == 0) continue;
       // 1. Dots: 3 rows x up to 4 samples per tile, both sides of each active neuron.
       const int64_t sx = (int64_t)H * D, sh = (int64_t)H * H;  // gate-to-gate row stride
@@ -502,7 +509,7 @@ void forward_impl(const T* x, const T* h0, const T* wih, const T* whh, const T* 
           const T nn = T(2) / (T(1) + e1[q]) - T(1);  // tanh
           const T z = hz[q], hp = hv[s][i];
           const T f = nn + z * (hp - nn);
-          const T gv = g[row[s] * g_bstride + (int64_t)t * H + i];
+          const T gv = g ? g[row[s] * g_bstride + (int64_t)t * H + i] : T(1);
           ov[s][i] = hp + gv * (f - hp);
           if (sv) {
             sv[b] = hr[q];
