@@ -206,12 +206,14 @@ class SelectiveUpdateGRU(nn.Module):
     def _infer(self, x, hx, lengths):
         """Inference of an unpadded batch (``lengths`` None or closing no step) with
         time-only gates on the compiled CPU kernel: each gate served from its table with its
-        step plan (``compiled.step_plan``, made once per table view), one C++ call per layer,
-        and the previous ``LastCall`` kept while every gate serves the same views. None where the general path runs: another input, device, dtype or kernel, a
-        dispatch mode (FlopCounterMode) or a torch.compile trace, per-sample gates, dropout
-        or a rate penalty in training. Same outputs and ``last`` as the general path with
-        less Python around the kernel: at batch 1 that Python costs more than a short
-        sequence's sweep, and after a long one (its caches evicted) ~0.1 ms a call."""
+        step plan (``compiled.step_plan``, made once per table view), one C++ call per
+        layer, and the previous ``LastCall`` kept while every gate serves the same views.
+        None where the general path runs: another input, device, dtype or kernel, a dispatch
+        mode (FlopCounterMode) or a torch.compile trace, per-sample gates, weights that are
+        not the layer's own parameters (a parametrization), dropout or a rate penalty in
+        training. Same outputs and ``last`` as the general path with less Python around the
+        kernel, which at batch 1 costs more than a short sequence's sweep (22 us a call when
+        warm; 0.15-0.2 ms right after a long sweep has left it cold)."""
         if type(x) is not torch.Tensor or x.dim() != 3 or 0 in x.shape[:2]:
             return None
         if lengths is not None and not closes_nothing(lengths, x.shape[int(self.batch_first)]):
@@ -220,13 +222,15 @@ class SelectiveUpdateGRU(nn.Module):
             return None
         if resolve_impl(self.impl, x.device, x.dtype) != "compiled" or not plain_call(x, hx):
             return None
-        gates = self.gates
+        gates, params = self.gates, self._parameters
         for gate in gates:
             if not gate.time_only:
                 return None
+        if not all(name in params for names in self._names for name in names if name):
+            return None
         if not self.batch_first:
             x = x.transpose(0, 1)
-        T, nthreads, params = x.shape[1], torch.get_num_threads(), self._parameters
+        T, nthreads = x.shape[1], torch.get_num_threads()
         served, hs = [], []
         for k, gate in enumerate(gates):
             g, active = gate(T, x, device=x.device, dtype=x.dtype)

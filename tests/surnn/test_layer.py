@@ -357,6 +357,7 @@ def test_the_general_path_runs_where_the_inference_path_does_not_apply(monkeypat
         "content": lambda: layer(gate={"kind": "content"})(x),
         "flops": lambda: _counted(layer(), x),
         "dropout": lambda: layer(num_layers=2, dropout=0.5).train()(x),
+        "parametrized": lambda: _parametrized(layer())(x),
         "penalty": lambda: layer(
             gate={"kind": "rhythm", "target_rate": 0.2, "rate_penalty": 1.0}
         ).train()(x),
@@ -373,6 +374,37 @@ def test_the_general_path_runs_where_the_inference_path_does_not_apply(monkeypat
         layer()(x, lengths=torch.tensor([9, 9]))
         layer(num_layers=2, dropout=0.5)(x)  # eval: no dropout
     assert calls == [1, 1, 1]
+
+
+def _parametrized(layer):
+    """``layer`` with W_hh computed by a parametrization (twice the stored tensor): a weight
+    the layer reads as an attribute, not from its parameters."""
+    from torch.nn.utils import parametrize
+
+    class Twice(torch.nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    parametrize.register_parametrization(layer, "weight_hh_l0", Twice())
+    return layer
+
+
+@needs_kernel
+def test_a_parametrized_weight_is_used_as_the_general_path_uses_it(monkeypatch):
+    torch.manual_seed(0)
+    layer = _parametrized(SelectiveUpdateGRU(4, 8, batch_first=True).eval())
+    x = torch.randn(1, 12, 4)
+    with torch.no_grad():
+        got = layer(x)
+        monkeypatch.setattr(SelectiveUpdateGRU, "_infer", lambda *a: None)
+        want = layer(x)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    original = layer.parametrizations.weight_hh_l0.original
+    with torch.no_grad():
+        plain = SelectiveUpdateGRU(4, 8, batch_first=True).eval()
+        state = {k: v for k, v in layer.state_dict().items() if "parametrizations" not in k}
+        plain.load_state_dict({**state, "weight_hh_l0": 2 * original}, strict=False)
+        assert torch.equal(plain(x)[0], got[0])  # the parametrized weight, not the stored one
 
 
 def _counted(module, x):
