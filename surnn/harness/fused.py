@@ -34,11 +34,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from surnn.ops import compiled_build
 from surnn.utils import on_registration
 
 DENSE_IMPLS = ("eager", "fused")
 _POOL_KINDS = {"mean": 0, "max": 1, "last": 2}
-_EXT: list = []  # [the extension or None], once looked up
 
 
 def use_fused(model: nn.Module, on: bool = True) -> nn.Module:
@@ -64,11 +64,8 @@ def use_fused(model: nn.Module, on: bool = True) -> nn.Module:
 
 
 def _ext():
-    if not _EXT:
-        from surnn.ops import compiled_build
-
-        _EXT.append(compiled_build.load())
-    return _EXT[0]
+    """The extension, or None where it cannot be built (``compiled_build.load`` keeps it)."""
+    return compiled_build.load()
 
 
 def ops_for(encoder: nn.Module, x: torch.Tensor):

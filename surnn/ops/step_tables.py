@@ -6,9 +6,9 @@ per owning module and name, built for the longest T asked so far (rounded up to 
 two) and rebuilt when its key changes (``state_key``: a parameter or buffer changes
 version, storage, device or dtype); every call with the same T gets the same two views,
 and ``served_rates`` (given a served view of g) their update and active rates, computed
-once per view, as ``served_extra`` builds anything else kept with a view (the compiled
-kernel's step plan). The tables live here, keyed weakly by their owner: outside its state
-dict, gone with it.
+once per view by ``served_extra``, which keeps with a view what is built once for it (the
+compiled kernel's step plan too). The tables live here, keyed weakly by their owner:
+outside its state dict, gone with it.
 
 Listing a module's tensors (``parameters()``, ``buffers()``) costs ~5 us, more than the
 rest of a served call, so a module without children has them listed once and again after
@@ -47,9 +47,9 @@ _TABLES: weakref.WeakKeyDictionary[nn.Module, dict[str, Table]] = weakref.WeakKe
 # owner without children -> ((device, dtype), its parameters and buffers) as last listed;
 # an entry leaves when anything is registered on its owner, or with the owner.
 _LISTED: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
-# id of each served view of g -> [weak reference to it, its active view, rates or None,
-# {name: what served_extra built}]; an entry leaves when its view is freed (its table
-# rebuilt or its owner gone).
+# id of each served view of g -> [weak reference to it, its active view, {name: what
+# served_extra built for it}]; an entry leaves when its view is freed (its table rebuilt or
+# its owner gone).
 _SERVED: dict[int, list] = {}
 
 
@@ -101,7 +101,7 @@ def serve(owner: nn.Module, name: str, key, T: int, build: Build):
         views = entry.views[T] = (entry.g[:T], entry.active[:T])
         vid = id(views[0])
         gone = weakref.ref(views[0], lambda _, vid=vid: _SERVED.pop(vid, None))
-        _SERVED[vid] = [gone, views[1], None, {}]
+        _SERVED[vid] = [gone, views[1], {}]
     return views
 
 
@@ -109,22 +109,21 @@ def served_rates(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(g.float().mean(), active.float().mean())`` when ``g`` is a view that ``serve``
     returned, computed once per view (two means cost ~30 us, a sparse recurrence step at
     batch 1 ~1 us); None for any other ``g``."""
-    entry = _SERVED.get(id(g))
-    if entry is None or entry[0]() is not g or not g.numel():
-        return None
-    if entry[2] is None:
-        entry[2] = (g.float().mean(), entry[1].float().mean())
-    return entry[2]
+    return served_extra(g, "rates", _rates) if g.numel() else None
+
+
+def _rates(g: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return g.float().mean(), active.float().mean()
 
 
 def served_extra(g: torch.Tensor, name: str, build: Callable[[torch.Tensor, torch.Tensor], Any]):
     """``build(g, active)`` when ``g`` is a view that ``serve`` returned (``active``: its
-    active view), built once per view and name and kept with the view (the compiled
-    kernel's step plan); None for any other ``g``."""
+    active view), built once per view and name and kept with the view (its rates, the
+    compiled kernel's step plan); None for any other ``g``."""
     entry = _SERVED.get(id(g))
     if entry is None or entry[0]() is not g:
         return None
-    extras = entry[3]
+    extras = entry[2]
     if name not in extras:
         extras[name] = build(g, entry[1])
     return extras[name]

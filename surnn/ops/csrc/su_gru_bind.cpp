@@ -272,10 +272,8 @@ std::vector<torch::Tensor> infer(torch::Tensor x, c10::optional<torch::Tensor> h
                                  c10::optional<torch::Tensor> active,
                                  c10::optional<torch::Tensor> lengths, int64_t nthreads) {
   const auto dt = x.scalar_type();
-  TORCH_CHECK(dt == torch::kFloat32 || dt == torch::kFloat64,
-              "su_gru_compiled: float32 or float64 input expected, got ", dt);
+  LayerArgs a = layer_args(x, h0_or_zeros, wih, whh, bih, bhh, g.sizes());  // checks dt
   g = g.to(dt).contiguous();
-  LayerArgs a = layer_args(x, h0_or_zeros, wih, whh, bih, bhh, g.sizes());
   const torch::Tensor none = torch::empty({0}, torch::kInt64);  // plan(): empty = absent
   const torch::Tensor act = active.has_value() ? active->to(torch::kBool).contiguous() : none;
   const torch::Tensor lens = lengths.has_value()
